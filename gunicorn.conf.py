@@ -1,0 +1,27 @@
+"""gunicorn settings. Read in the master; the service's own settings come from service.settings."""
+
+import os
+
+from service import settings as service_settings
+
+_settings = service_settings.load_or_exit()
+
+# nginx reaches the workers over a unix socket; the launcher (service/stack.py) or the container
+# sets its path.
+bind = [os.environ.get("GUNICORN_BIND", "unix:/run/fraud-scoring/gunicorn.sock")]
+workers = _settings.workers
+worker_class = "sync"  # scoring is CPU-bound and nginx absorbs slow clients
+preload_app = True  # settings, model and schema load once in the master and are shared after fork
+worker_tmp_dir = "/dev/shm"  # the heartbeat file must not sit on a slow or read-only disk
+max_requests = 20000
+max_requests_jitter = 2000  # workers recycle at different times, never all at once
+timeout = 30
+graceful_timeout = 20
+
+control_socket_disable = True  # signals are the control interface (make reload)
+
+logger_class = "service.logs.JsonGunicornLogger"
+accesslog = "-"
+errorlog = "-"
+loglevel = "info"
+proc_name = "fraud-scoring"

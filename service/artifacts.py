@@ -1,0 +1,88 @@
+"""Where a model's files live, what the manifest records about them, and digest checks.
+
+joblib files are pickles: loading one runs whatever code it holds. Nothing is unpickled before
+its SHA-256 matches a digest from a trusted record (the manifest written at training time, or
+one pinned by the operator)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+class ArtifactError(Exception):
+    """A model file is missing, unreadable or does not match its recorded digest."""
+
+
+@dataclass(frozen=True)
+class ArtifactPaths:
+    estimator: Path  # the sklearn estimator, as the reference's users have it
+    forest: Path  # the serving artifact: flat arrays, uncompressed, memory-mappable
+    manifest: Path
+
+    @classmethod
+    def for_model(cls, model_path: Path) -> "ArtifactPaths":
+        stem = model_path.name.removesuffix(".joblib")
+        return cls(
+            estimator=model_path,
+            forest=model_path.with_name(f"{stem}.forest.joblib"),
+            manifest=model_path.with_name(f"{stem}.manifest.json"),
+        )
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as e:
+        raise ArtifactError(f"cannot read {path}: {e.strerror}") from e
+    return digest.hexdigest()
+
+
+def verify(path: Path, expected: str | None, source: str) -> str:
+    """Returns the file's digest if it equals `expected`; raises before anything is unpickled."""
+    if not expected:
+        raise ArtifactError(f"refusing to load {path}: no trusted SHA-256 for it ({source})")
+    actual = sha256_file(path)
+    if actual != expected.lower():
+        raise ArtifactError(
+            f"refusing to load {path}: SHA-256 {actual} does not match {expected} ({source})"
+        )
+    return actual
+
+
+def read_manifest(path: Path) -> dict[str, Any] | None:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise ArtifactError(f"cannot read {path}: {e.strerror}") from e
+    try:
+        manifest = json.loads(text)
+    except ValueError as e:
+        raise ArtifactError(f"{path} is not valid JSON: {e}") from e
+    if not isinstance(manifest, dict):
+        raise ArtifactError(f"{path} is not a JSON object")
+    return manifest
+
+
+def recorded_digest(manifest: dict[str, Any] | None, role: str) -> str | None:
+    return ((manifest or {}).get("files", {}).get(role) or {}).get("sha256")
+
+
+def write_json_atomically(path: Path, document: dict[str, Any]) -> None:
+    """Readers (a starting service) never see a half-written manifest."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        json.dump(document, f, indent=2, sort_keys=True)
+        f.write("\n")
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)

@@ -1,0 +1,103 @@
+"""The fast scorer: a random forest as flat node arrays, walked by a small C extension.
+
+The arrays are written once (uncompressed joblib) and loaded with ``mmap_mode="r"``, so every
+gunicorn worker reads the same read-only page-cache pages instead of a private copy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import joblib
+import numpy as np
+
+from service._walker import Walker
+
+TREE_ESTIMATORS = ("RandomForestClassifier", "ExtraTreesClassifier", "DecisionTreeClassifier")
+ARRAY_NAMES = ("left", "right", "feature", "threshold", "value", "roots")
+
+
+class UnsupportedEstimator(ValueError):
+    """The estimator is not a binary single-output tree ensemble the walker can serve."""
+
+
+def positive_class_index(classes: np.ndarray) -> int:
+    """Column of predict_proba that holds P(fraud): the class labelled 1 (or True)."""
+    matches = np.flatnonzero(np.asarray(classes) == 1)
+    if len(classes) != 2 or len(matches) != 1:
+        raise UnsupportedEstimator(f"expected the binary classes [0, 1], got {list(classes)}")
+    return int(matches[0])
+
+
+def flatten(estimator: Any) -> dict[str, Any]:
+    """Flat node arrays of a fitted tree classifier, children as global node indices.
+
+    ``value`` is each node's class-1 fraction exactly as ``tree_.predict`` reports it, for every
+    node (not only leaves), so the same arrays also serve the path decomposition."""
+    kind = type(estimator).__name__
+    if kind not in TREE_ESTIMATORS:
+        raise UnsupportedEstimator(f"{kind} is not one of {', '.join(TREE_ESTIMATORS)}")
+    if getattr(estimator, "n_outputs_", 1) != 1:
+        raise UnsupportedEstimator("multi-output models are not supported")
+    k = positive_class_index(estimator.classes_)
+    trees = [t.tree_ for t in getattr(estimator, "estimators_", [estimator])]
+    offsets = np.cumsum([0] + [t.node_count for t in trees])
+    if offsets[-1] >= np.iinfo(np.int32).max:
+        raise UnsupportedEstimator("the forest has too many nodes for 32-bit indices")
+
+    def children(t, side, offset):
+        ids = getattr(t, side).astype(np.int64)
+        return np.where(ids >= 0, ids + offset, -1).astype(np.int32)
+
+    return {
+        "left": np.concatenate([children(t, "children_left", o) for t, o in zip(trees, offsets)]),
+        "right": np.concatenate([children(t, "children_right", o) for t, o in zip(trees, offsets)]),
+        "feature": np.concatenate([t.feature for t in trees]).astype(np.int32),
+        "threshold": np.concatenate([t.threshold for t in trees]).astype(np.float64),
+        "value": np.concatenate([t.value[:, 0, k] for t in trees]).astype(np.float64),
+        "roots": offsets[:-1].astype(np.int32),
+        "n_features": int(estimator.n_features_in_),
+        "max_depth": int(max(t.max_depth for t in trees)),
+        "estimator": kind,
+    }
+
+
+def save(arrays: dict[str, Any], path: Path) -> None:
+    """Writes the arrays uncompressed, so that they can be memory-mapped."""
+    c_arrays = {k: np.ascontiguousarray(v) if isinstance(v, np.ndarray) else v for k, v in arrays.items()}
+    joblib.dump(c_arrays, path, compress=0)
+
+
+class Forest:
+    """P(fraud) for one row or many, bit-identical to the estimator's ``predict_proba``."""
+
+    def __init__(self, arrays: dict[str, Any]) -> None:
+        self.arrays = arrays
+        self.n_features: int = int(arrays["n_features"])
+        self.max_depth: int = int(arrays["max_depth"])
+        self.estimator: str = str(arrays["estimator"])
+        self._walker = Walker(**{name: arrays[name] for name in ARRAY_NAMES}, n_features=self.n_features)
+        self.n_trees: int = self._walker.n_trees
+        self.n_nodes: int = self._walker.n_nodes
+        # The hot path: a bound C method, no Python frame of ours in between.
+        self.predict_row = self._walker.predict_row
+
+    @classmethod
+    def load(cls, path: Path) -> "Forest":
+        """Loads the arrays memory-mapped read-only. The caller verifies the file's digest first:
+        a joblib file is a pickle."""
+        return cls(joblib.load(path, mmap_mode="r"))
+
+    def predict_rows(self, X: np.ndarray) -> np.ndarray:
+        X32 = np.ascontiguousarray(X, dtype=np.float32)
+        if X32.ndim != 2 or X32.shape[1] != self.n_features:
+            raise ValueError(f"X must have shape (n, {self.n_features}), got {X32.shape}")
+        out = np.empty(X32.shape[0], dtype=np.float64)
+        self._walker.predict_rows(X32, out)
+        return out
+
+    def explain_row(self, row: Sequence[float]) -> tuple[float, float, np.ndarray]:
+        """(probability, bias, per-feature contributions) with bias + Σ contributions = probability."""
+        contributions = np.empty(self.n_features, dtype=np.float64)
+        proba, bias = self._walker.explain_row(row, contributions)
+        return proba, bias, contributions

@@ -1,0 +1,124 @@
+"""Loads the model once, in the gunicorn master before fork: verify, then memory-map.
+
+Order matters: every file's SHA-256 is checked against a trusted record before it is unpickled.
+A seed-style estimator dropped in without a serving artifact is converted once; an estimator the
+fast walker cannot serve is served through sklearn, with a warning."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import joblib
+import numpy as np
+
+from service import forest
+from service.artifacts import (
+    ArtifactError,
+    ArtifactPaths,
+    read_manifest,
+    recorded_digest,
+    sha256_file,
+    verify,
+    write_json_atomically,
+)
+from service.features import N_FEATURES
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class SklearnScorer:
+    """Fallback for estimators the walker does not know: correct, but milliseconds per row."""
+
+    def __init__(self, estimator: Any) -> None:
+        self.estimator = estimator
+        classes = list(getattr(estimator, "classes_", [0, 1]))
+        self._column = classes.index(1) if 1 in classes else len(classes) - 1
+
+    def predict_row(self, row: Sequence[float]) -> float:
+        return float(self.estimator.predict_proba(np.asarray([row], dtype=np.float64))[0, self._column])
+
+    def predict_rows(self, X: np.ndarray) -> np.ndarray:
+        return self.estimator.predict_proba(np.asarray(X, dtype=np.float64))[:, self._column]
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    version: str
+    predict_row: Callable[[Sequence[float]], float]
+    scorer: forest.Forest | SklearnScorer
+    manifest: dict[str, Any] = field(default_factory=dict)
+    forest_sha256: str | None = None
+
+
+def _convert(estimator: Any, paths: ArtifactPaths, manifest: dict[str, Any], estimator_digest: str) -> dict[str, Any]:
+    from model.export import write_serving_artifact
+
+    info = write_serving_artifact(estimator, paths)
+    manifest = {
+        **manifest,
+        "files": {**manifest.get("files", {}), "estimator": {"path": paths.estimator.name, "sha256": estimator_digest},
+                  "forest": info},
+    }
+    manifest.setdefault("version", f"imported-{estimator_digest[:8]}")
+    manifest.setdefault("estimator", type(estimator).__name__)
+    write_json_atomically(paths.manifest, manifest)
+    log.info("converted %s to the serving artifact %s (once; later starts memory-map it)",
+             paths.estimator, paths.forest)
+    return manifest
+
+
+def _load_estimator(paths: ArtifactPaths, manifest: dict[str, Any], settings: Settings) -> tuple[Any, str]:
+    pinned = settings.model_sha256
+    source = "MODEL_SHA256" if pinned else f"recorded in {paths.manifest.name}"
+    digest = verify(paths.estimator, pinned or recorded_digest(manifest, "estimator"),
+                    source if (pinned or manifest) else "no manifest; set MODEL_SHA256 to the file's sha256sum to trust it")
+    try:
+        return joblib.load(paths.estimator), digest
+    except Exception as e:  # a verified file that still fails to load is corrupt or from another library version
+        raise ArtifactError(f"cannot load {paths.estimator}: {type(e).__name__}: {e}") from e
+
+
+def load_model(settings: Settings) -> LoadedModel:
+    paths = ArtifactPaths.for_model(settings.model_path)
+    manifest = read_manifest(paths.manifest) or {}
+    if settings.model_sha256 and paths.estimator.exists():
+        # The operator's pin is about the estimator; the manifest must be the one made from it.
+        verify(paths.estimator, settings.model_sha256, "MODEL_SHA256")
+        if recorded_digest(manifest, "estimator") != settings.model_sha256:
+            manifest = {}
+
+    forest_digest = recorded_digest(manifest, "forest")
+    if forest_digest and paths.forest.exists():
+        verify(paths.forest, forest_digest, f"recorded in {paths.manifest.name}")
+        scorer: forest.Forest | SklearnScorer = forest.Forest.load(paths.forest)
+    elif paths.estimator.exists():
+        estimator, estimator_digest = _load_estimator(paths, manifest, settings)
+        try:
+            manifest = _convert(estimator, paths, manifest, estimator_digest)
+            forest_digest = recorded_digest(manifest, "forest")
+            scorer = forest.Forest.load(paths.forest)
+        except forest.UnsupportedEstimator as e:
+            if not hasattr(estimator, "predict_proba"):
+                raise ArtifactError(f"{paths.estimator} holds a {type(estimator).__name__}, which has no predict_proba") from e
+            log.warning("serving %s through sklearn (%s): expect milliseconds per request", type(estimator).__name__, e)
+            manifest.setdefault("version", f"imported-{estimator_digest[:8]}")
+            scorer = SklearnScorer(estimator)
+            forest_digest = None
+    else:
+        raise ArtifactError(f"no model at {paths.estimator}: run `make model` to train the default one")
+
+    n_features = getattr(scorer, "n_features", None) or getattr(scorer.estimator, "n_features_in_", N_FEATURES)
+    if n_features != N_FEATURES:
+        raise ArtifactError(f"{paths.estimator} takes {n_features} features; the service sends {N_FEATURES}")
+    version = settings.model_version or manifest.get("version") or f"unversioned-{sha256_file(paths.estimator)[:8]}"
+    return LoadedModel(version=version, predict_row=scorer.predict_row, scorer=scorer, manifest=manifest,
+                       forest_sha256=forest_digest)
+
+
+def model_file_exists(model_path: Path) -> bool:
+    paths = ArtifactPaths.for_model(model_path)
+    return paths.estimator.exists() or paths.forest.exists()

@@ -1,0 +1,126 @@
+"""Configuration: read once, from the environment and an optional `.env` file, into a frozen object.
+
+A variable set in the environment wins over `.env` (as with Compose's `env_file`). Any invalid
+value raises ConfigError naming the variable; entry points turn it into one line and a non-zero exit."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Callable, Mapping, TypeVar
+
+from dotenv import dotenv_values
+
+from service import __version__
+
+T = TypeVar("T")
+MIN_KEY_LENGTH = 16
+
+
+class ConfigError(Exception):
+    """A setting is missing or invalid; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    api_keys: tuple[bytes, ...] = field(repr=False)  # never printed
+    fraud_threshold: int = 50
+    model_path: Path = Path("model/fraud-model.joblib")
+    model_version: str | None = None
+    model_sha256: str | None = None
+    app_version: str = __version__
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = 2
+
+
+def _integer(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise ValueError(f"must be an integer from {low} to {high}") from None
+        if not low <= value <= high:
+            raise ValueError(f"must be an integer from {low} to {high}")
+        return value
+
+    return parse
+
+
+def _api_keys(text: str) -> tuple[bytes, ...]:
+    keys = tuple(k.strip() for k in text.split(",") if k.strip())
+    if not keys:
+        raise ValueError("is required: one key, or several separated by commas for rotation")
+    for key in keys:
+        if len(key) < MIN_KEY_LENGTH or not key.isascii() or not key.isprintable():
+            raise ValueError(f"keys must be at least {MIN_KEY_LENGTH} printable ASCII characters")
+    return tuple(k.encode() for k in keys)
+
+
+def _sha256(text: str) -> str:
+    digest = text.strip().lower()
+    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise ValueError("must be 64 hexadecimal digits (the output of sha256sum)")
+    return digest
+
+
+def _nonempty(text: str) -> str:
+    if not text.strip():
+        raise ValueError("must not be empty")
+    return text.strip()
+
+
+def from_mapping(env: Mapping[str, str]) -> Settings:
+    """Builds Settings from a mapping of variables; raises ConfigError naming the first bad one."""
+
+    def get(name: str, parse: Callable[[str], T], default: T) -> T:
+        raw = env.get(name)
+        if raw is None or raw == "":
+            return default
+        try:
+            return parse(raw)
+        except ValueError as e:
+            raise ConfigError(f"{name} {e} (got {raw!r})") from None
+
+    if not (env.get("API_KEY") or "").strip():
+        raise ConfigError("API_KEY is required: set it in the environment or in .env (see .env.example)")
+    try:
+        api_keys = _api_keys(env["API_KEY"])
+    except ValueError as e:
+        raise ConfigError(f"API_KEY {e}") from None  # never echo a key
+    return Settings(
+        api_keys=api_keys,
+        fraud_threshold=get("FRAUD_THRESHOLD", _integer(0, 100), 50),
+        model_path=get("MODEL_PATH", lambda s: Path(_nonempty(s)), Path("model/fraud-model.joblib")),
+        model_version=get("MODEL_VERSION", _nonempty, None),
+        model_sha256=get("MODEL_SHA256", _sha256, None),
+        app_version=get("APP_VERSION", _nonempty, __version__),
+        host=get("HOST", _nonempty, "127.0.0.1"),
+        port=get("PORT", _integer(1, 65535), 8080),
+        workers=get("WORKERS", _integer(1, 64), os.cpu_count() or 1),
+    )
+
+
+def read_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The process environment over the `.env` file named by ENV_FILE (default `.env`)."""
+    environ = os.environ if environ is None else environ
+    env_file = Path(environ.get("ENV_FILE", ".env"))
+    from_file = {k: v for k, v in dotenv_values(env_file).items() if v is not None} if env_file.is_file() else {}
+    return {**from_file, **environ}
+
+
+@cache
+def load() -> Settings:
+    """The process's settings, read once (in the gunicorn master, before fork)."""
+    return from_mapping(read_environment())
+
+
+def load_or_exit() -> Settings:
+    """For entry points: a bad setting stops the process with one clear line."""
+    try:
+        return load()
+    except ConfigError as e:
+        sys.exit(f"config error: {e}")

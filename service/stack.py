@@ -1,0 +1,188 @@
+"""Runs the real stack: gunicorn (master + pre-forked workers) behind nginx.
+
+Used by `make run` (`python -m service.stack`), the integration tests and `make perf`, so all
+three exercise the same processes and the same rendered nginx config."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Mapping
+
+from service import settings as settings_module
+from service.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+TEMPLATE = ROOT / "nginx" / "nginx.conf.template"
+GUNICORN_CONF = ROOT / "gunicorn.conf.py"
+PLACEHOLDER = re.compile(r"\$\{([A-Z][A-Z0-9_]*)\}")
+CLIENT_MAX_BODY_SIZE = "8k"
+
+
+def render_nginx_config(template: str, values: Mapping[str, str]) -> str:
+    """Substitutes ${NAME} placeholders, like envsubst restricted to the names given."""
+    missing = sorted({m for m in PLACEHOLDER.findall(template) if m not in values})
+    if missing:
+        raise KeyError(f"no value for {', '.join(missing)} in the nginx template")
+    return PLACEHOLDER.sub(lambda m: values[m.group(1)], template)
+
+
+def nginx_values(settings: Settings, run_dir: Path, socket: Path, access_log: str = "/dev/stdout") -> dict[str, str]:
+    return {
+        # As root, nginx's master keeps root and its workers drop to an unprivileged user.
+        "NGINX_USER_LINE": "user nobody nogroup;" if os.geteuid() == 0 else "",
+        "NGINX_WORKERS": "1",
+        "NGINX_RUN_DIR": str(run_dir),
+        "NGINX_ACCESS_LOG": access_log,
+        "NGINX_LISTEN": f"{settings.host}:{settings.port}",
+        "GUNICORN_UPSTREAM": f"unix:{socket}",
+        "CLIENT_MAX_BODY_SIZE": CLIENT_MAX_BODY_SIZE,
+    }
+
+
+def find_nginx() -> str:
+    found = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.path.exists(p)), None)
+    if not found:
+        raise RuntimeError("nginx is not installed: run `make install` (apt-get install nginx)")
+    return found
+
+
+def http_get(host: str, port: int, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+@dataclass
+class Stack:
+    """nginx + gunicorn, started together and stopped together."""
+
+    settings: Settings
+    env: dict[str, str]
+    run_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="fraud-scoring-")))
+    stdout: IO[str] | int | None = None
+    stderr: IO[str] | int | None = None
+    access_log: str = "/dev/stdout"
+    gunicorn: subprocess.Popen | None = None
+    nginx: subprocess.Popen | None = None
+
+    @property
+    def socket(self) -> Path:
+        return self.run_dir / "gunicorn.sock"
+
+    @property
+    def base_url(self) -> str:
+        host = "127.0.0.1" if self.settings.host in ("0.0.0.0", "") else self.settings.host
+        return f"http://{host}:{self.settings.port}"
+
+    def start(self, timeout: float = 60.0) -> "Stack":
+        # nginx's workers run unprivileged: they may traverse the directory (to reach the socket
+        # and their temp files) but not list it.
+        self.run_dir.chmod(0o711)
+        conf = self.run_dir / "nginx.conf"
+        conf.write_text(render_nginx_config(TEMPLATE.read_text(), nginx_values(
+            self.settings, self.run_dir, self.socket, self.access_log)))
+        nginx = find_nginx()
+        check = subprocess.run([nginx, "-t", "-q", "-p", str(self.run_dir), "-c", str(conf)],
+                               capture_output=True, text=True)
+        if check.returncode != 0:
+            raise RuntimeError(f"nginx rejected its config: {check.stderr.strip()}")
+        env = {**self.env, "GUNICORN_BIND": f"unix:{self.socket}"}
+        self.gunicorn = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF), "service.wsgi:application"],
+            cwd=ROOT, env=env, stdout=self.stdout, stderr=self.stderr)
+        self._wait(lambda: self.socket.exists(), self.gunicorn, "gunicorn", timeout)
+        self.nginx = subprocess.Popen(
+            [nginx, "-p", str(self.run_dir), "-c", str(conf), "-g", "daemon off;"],
+            cwd=self.run_dir, stdout=self.stdout, stderr=self.stderr)
+        self._wait(self._healthy, self.nginx, "nginx", timeout)
+        return self
+
+    def _healthy(self) -> bool:
+        try:
+            return http_get("127.0.0.1" if self.settings.host == "0.0.0.0" else self.settings.host,
+                            self.settings.port, "/health")[0] == 200
+        except OSError:
+            return False
+
+    def _wait(self, ready, process: subprocess.Popen, name: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not ready():
+            if process.poll() is not None:
+                self.stop()
+                raise RuntimeError(f"{name} exited with status {process.returncode} during start-up")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"{name} was not ready within {timeout:.0f} s")
+            time.sleep(0.05)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Graceful: nginx finishes its in-flight requests (SIGQUIT), then gunicorn's workers
+        finish theirs (SIGTERM)."""
+        for process, sig in ((self.nginx, signal.SIGQUIT), (self.gunicorn, signal.SIGTERM)):
+            if process is None or process.poll() is not None:
+                continue
+            process.send_signal(sig)
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+
+    def __enter__(self) -> "Stack":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def main() -> int:
+    settings = settings_module.load_or_exit()
+    stack = Stack(settings, env=dict(os.environ))
+    stopping = False
+
+    def request_stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    try:
+        stack.start()
+    except RuntimeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    url = stack.base_url
+    print(f"\nfraud scoring is up at {url}  (Ctrl-C stops nginx and gunicorn)\n\n"
+          f"  curl -s {url}/health\n"
+          f"  curl -s -X POST {url}/v1/fraud-score -H 'Content-Type: application/json' \\\n"
+          f"       -H \"X-API-Key: $(grep ^API_KEY= .env | cut -d= -f2 | cut -d, -f1)\" \\\n"
+          f"       --data @model/mock-request-body.json\n", file=sys.stderr, flush=True)
+    status = 0
+    while not stopping:
+        for name, process in (("gunicorn", stack.gunicorn), ("nginx", stack.nginx)):
+            if process and process.poll() is not None:
+                print(f"error: {name} exited with status {process.returncode}", file=sys.stderr)
+                stopping, status = True, 1
+        time.sleep(0.2)
+    print("stopping nginx and gunicorn…", file=sys.stderr)
+    stack.stop()
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
