@@ -1,0 +1,108 @@
+"""The fast walker must give exactly sklearn's predict_proba: same bits, every row."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.ensemble import ExtraTreesClassifier, RandomForestClassifier
+from sklearn.tree import DecisionTreeClassifier
+
+from model import synthetic
+from service import forest
+
+N_ROWS = 10_000
+
+
+@pytest.fixture(scope="module")
+def training_data():
+    X, y = synthetic.generate(8000, seed=5)
+    Xf, yf = synthetic.generate(200_000, seed=6)
+    return np.vstack([X, Xf[yf == 1]]), np.concatenate([y, yf[yf == 1]])
+
+
+def rows_on_thresholds(arrays: dict, X: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Rows whose features sit exactly on split thresholds, and one float32 step either side:
+    where a walker that skips sklearn's float32 cast would take the other branch."""
+    internal = np.flatnonzero(arrays["left"] >= 0)
+    rows = X[rng.integers(0, len(X), size=N_ROWS)].copy()
+    for row in rows:
+        for node in rng.choice(internal, size=8):
+            threshold = arrays["threshold"][node]
+            nudge = rng.integers(-1, 2)
+            value = np.float32(threshold)
+            if nudge:
+                value = np.nextafter(value, np.float32(np.inf * nudge))
+            row[arrays["feature"][node]] = threshold if nudge == 0 and rng.random() < 0.5 else float(value)
+    return rows
+
+
+@pytest.mark.parametrize("make_estimator", [
+    lambda: RandomForestClassifier(n_estimators=40, random_state=1),
+    lambda: ExtraTreesClassifier(n_estimators=30, random_state=2),
+    lambda: DecisionTreeClassifier(random_state=3),
+    lambda: RandomForestClassifier(n_estimators=10, max_depth=4, random_state=4),
+], ids=["random-forest", "extra-trees", "decision-tree", "shallow-forest"])
+def test_bit_identical_to_predict_proba(make_estimator, training_data):
+    X, y = training_data
+    estimator = make_estimator().fit(X, y)
+    arrays = forest.flatten(estimator)
+    scorer = forest.Forest(arrays)
+    rng = np.random.default_rng(0)
+    X_test, _ = synthetic.generate(N_ROWS, seed=99)
+    on_thresholds = rows_on_thresholds(arrays, X, rng)
+    for rows in (X_test, on_thresholds):
+        expected = estimator.predict_proba(rows)[:, 1]
+        assert np.array_equal(scorer.predict_rows(rows), expected)
+        single = np.array([scorer.predict_row(list(map(float, r))) for r in rows])
+        assert np.array_equal(single, expected)
+    # The threshold rows must really exercise the cast: without it, some would land elsewhere.
+    naive = [sum(arrays["value"][naive_leaf(arrays, root, r)] for root in arrays["roots"]) / len(arrays["roots"])
+             for r in on_thresholds[:2000]]
+    assert not np.array_equal(naive, estimator.predict_proba(on_thresholds[:2000])[:, 1])
+
+
+def naive_leaf(arrays: dict, node: int, row: np.ndarray) -> int:
+    """The walk done in float64, without sklearn's float32 cast."""
+    while arrays["left"][node] >= 0:
+        go_left = row[arrays["feature"][node]] <= arrays["threshold"][node]
+        node = arrays["left"][node] if go_left else arrays["right"][node]
+    return node
+
+
+def test_memory_mapped_round_trip(tmp_path, training_data):
+    X, y = training_data
+    estimator = RandomForestClassifier(n_estimators=5, random_state=0).fit(X, y)
+    path = tmp_path / "forest.joblib"
+    forest.save(forest.flatten(estimator), path)
+    loaded = forest.Forest.load(path)
+    assert isinstance(loaded.arrays["threshold"], np.memmap)
+    assert not loaded.arrays["threshold"].flags.writeable
+    assert np.array_equal(loaded.predict_rows(X[:500]), estimator.predict_proba(X[:500])[:, 1])
+
+
+def test_rejects_what_it_cannot_serve(training_data):
+    X, y = training_data
+    with pytest.raises(forest.UnsupportedEstimator):
+        forest.flatten(RandomForestClassifier(n_estimators=2).fit(X, np.arange(len(y)) % 3))
+    from sklearn.dummy import DummyClassifier
+    with pytest.raises(forest.UnsupportedEstimator):
+        forest.flatten(DummyClassifier().fit(X, y))
+
+
+def test_corrupt_arrays_are_refused_not_walked(training_data):
+    X, y = training_data
+    arrays = forest.flatten(DecisionTreeClassifier(max_depth=3, random_state=0).fit(X, y))
+    for name, index, value in (("left", 0, 10**6), ("feature", 0, 31), ("left", 0, 0)):
+        bad = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in arrays.items()}
+        bad[name][index] = value
+        with pytest.raises(ValueError):
+            forest.Forest(bad)
+
+
+def test_wrong_row_length_is_an_error(training_data):
+    X, y = training_data
+    scorer = forest.Forest(forest.flatten(DecisionTreeClassifier(max_depth=2).fit(X, y)))
+    with pytest.raises(ValueError):
+        scorer.predict_row([0.0] * 29)
+    with pytest.raises(ValueError):
+        scorer.predict_rows(np.zeros((3, 29)))

@@ -1,0 +1,81 @@
+"""The compiled validator must accept and reject exactly what jsonschema (the reference) does."""
+
+import math
+
+import jsonschema
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from service.features import FEATURES
+from service.schema import TransactionValidator, load_schema_document
+
+DOCUMENT = load_schema_document()
+VALIDATOR = TransactionValidator(DOCUMENT)
+REFERENCE = jsonschema.Draft202012Validator(DOCUMENT)
+FLT_MAX = 3.4028234663852886e38
+
+# JSON values as orjson decodes them (no NaN/Infinity: JSON has none).
+json_scalars = (st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.text(max_size=5)
+                | st.floats(allow_nan=False, allow_infinity=False))
+json_values = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=3)
+                           | st.dictionaries(st.text(max_size=4), inner, max_size=3), max_leaves=6)
+feature_values = (st.floats(allow_nan=False, allow_infinity=False) | st.integers(-(2**64), 2**64)
+                  | st.sampled_from([FLT_MAX, -FLT_MAX, math.nextafter(FLT_MAX, math.inf), 0, -0.0, True, False, None, "1"]))
+
+
+@st.composite
+def transactions(draw):
+    body = {name: draw(feature_values) for name in FEATURES}
+    for name in draw(st.lists(st.sampled_from(FEATURES), max_size=3)):
+        body.pop(name, None)
+    body.update(draw(st.dictionaries(st.text(max_size=6), json_values, max_size=3)))
+    return body
+
+
+@settings(max_examples=1500, suppress_health_check=[HealthCheck.too_slow])
+@given(transactions())
+def test_compiled_agrees_with_reference_on_transactions(body):
+    assert VALIDATOR.is_valid(body) == REFERENCE.is_valid(body)
+
+
+@settings(max_examples=500)
+@given(json_values)
+def test_compiled_agrees_with_reference_on_any_json(value):
+    assert VALIDATOR.is_valid(value) == REFERENCE.is_valid(value)
+
+
+def test_sample_is_valid():
+    body = {name: 0.5 for name in FEATURES}
+    assert VALIDATOR.is_valid(body) and VALIDATOR.violations(body) == []
+
+
+@pytest.mark.parametrize("value, message", [
+    ("1", "must be a number, got string"),
+    (True, "must be a number, got boolean"),
+    (None, "must be a number, got null"),
+    ([], "must be a number, got array"),
+    (1e39, "must be a finite number within the float32 range"),
+])
+def test_violations_name_field_and_reason(value, message):
+    body = {name: 0.5 for name in FEATURES} | {"V9": value}
+    assert not VALIDATOR.is_valid(body)
+    [violation] = VALIDATOR.violations(body)
+    assert violation.field == "V9"
+    assert violation.message.startswith(message)
+
+
+def test_missing_fields_listed_once_each_in_feature_order():
+    violations = VALIDATOR.violations({"V5": 1.0})
+    assert [v.field for v in violations] == [f for f in FEATURES if f != "V5"]
+    assert {v.message for v in violations} == {"is required"}
+
+
+def test_whole_body_violation_has_no_field():
+    [violation] = VALIDATOR.violations([1, 2])
+    assert violation.field is None and "object" in violation.message
+
+
+def test_schema_is_the_contract():
+    assert DOCUMENT["required"] == list(FEATURES)
+    jsonschema.Draft202012Validator.check_schema(DOCUMENT)

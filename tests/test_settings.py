@@ -1,0 +1,70 @@
+from pathlib import Path
+
+import pytest
+
+from service.settings import ConfigError, from_mapping, read_environment
+
+KEY = "k" * 16
+
+
+def test_defaults():
+    s = from_mapping({"API_KEY": KEY})
+    assert s.api_keys == (KEY.encode(),)
+    assert s.fraud_threshold == 50
+    assert s.model_path == Path("model/fraud-model.joblib")
+    assert s.model_version is None and s.model_sha256 is None
+    assert s.port == 8080 and s.workers >= 1
+
+
+def test_settings_are_frozen():
+    s = from_mapping({"API_KEY": KEY})
+    with pytest.raises(AttributeError):
+        s.fraud_threshold = 10  # type: ignore[misc]
+
+
+def test_key_rotation_list():
+    s = from_mapping({"API_KEY": f" {KEY}a , {KEY}b ,"})
+    assert s.api_keys == (f"{KEY}a".encode(), f"{KEY}b".encode())
+
+
+def test_keys_never_in_repr():
+    assert KEY not in repr(from_mapping({"API_KEY": KEY}))
+
+
+@pytest.mark.parametrize("env, variable", [
+    ({}, "API_KEY"),
+    ({"API_KEY": "   "}, "API_KEY"),
+    ({"API_KEY": "short"}, "API_KEY"),
+    ({"API_KEY": KEY, "FRAUD_THRESHOLD": "abc"}, "FRAUD_THRESHOLD"),
+    ({"API_KEY": KEY, "FRAUD_THRESHOLD": "101"}, "FRAUD_THRESHOLD"),
+    ({"API_KEY": KEY, "FRAUD_THRESHOLD": "-1"}, "FRAUD_THRESHOLD"),
+    ({"API_KEY": KEY, "PORT": "0"}, "PORT"),
+    ({"API_KEY": KEY, "PORT": "http"}, "PORT"),
+    ({"API_KEY": KEY, "WORKERS": "0"}, "WORKERS"),
+    ({"API_KEY": KEY, "MODEL_SHA256": "abc"}, "MODEL_SHA256"),
+    ({"API_KEY": KEY, "MODEL_PATH": "  "}, "MODEL_PATH"),
+])
+def test_invalid_values_name_the_variable(env, variable):
+    with pytest.raises(ConfigError) as e:
+        from_mapping(env)
+    message = str(e.value)
+    assert message.startswith(variable)
+    assert "\n" not in message
+
+
+def test_bad_key_is_not_echoed():
+    with pytest.raises(ConfigError) as e:
+        from_mapping({"API_KEY": "secret-but-short"[:10]})
+    assert "secret-but" not in str(e.value)
+
+
+def test_environment_wins_over_env_file(tmp_path):
+    env_file = tmp_path / ".env"
+    env_file.write_text(f"API_KEY={KEY}\nFRAUD_THRESHOLD=70\nPORT=9000\n")
+    merged = read_environment({"ENV_FILE": str(env_file), "FRAUD_THRESHOLD": "30"})
+    s = from_mapping(merged)
+    assert s.fraud_threshold == 30 and s.port == 9000 and s.api_keys == (KEY.encode(),)
+
+
+def test_missing_env_file_is_fine(tmp_path):
+    assert read_environment({"ENV_FILE": str(tmp_path / "absent")})["ENV_FILE"].endswith("absent")
