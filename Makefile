@@ -5,14 +5,15 @@ VENV := .venv
 PY := $(VENV)/bin/python
 MODEL_PATH ?= model/fraud-model.joblib
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_PACKAGES := nginx
+APT_PACKAGES := nginx chromium
 INSTALLED := $(VENV)/.installed
 
-.PHONY: help install system-packages run model model-full test clean
+.PHONY: help install system-packages run reload model model-full test clean
 
 help:
 	@echo "make run    install what is missing, train the default model if there is none, serve through nginx"
 	@echo "make test   run the test suite (unit + integration with real nginx and gunicorn)"
+	@echo "make reload roll out the model now at MODEL_PATH to the running service, with zero downtime"
 	@echo "make model  (re)train the default model; CSV=path/to/creditcard.csv trains on real data"
 	@echo "make install  system packages (nginx) and the virtual environment in .venv/"
 
@@ -49,7 +50,15 @@ model-full: | $(INSTALLED)
 	@echo "created $(CURDIR)/.env with a new random API_KEY"
 
 run: install .env $(MODEL_PATH)
-	$(PY) -m service.stack
+	@mkdir -p .run
+	GUNICORN_PIDFILE=$(CURDIR)/.run/gunicorn.pid $(PY) -m service.stack
+
+# Zero-downtime model rollout for a running `make run`: replace the model files (make model does,
+# atomically), then this. New workers load the new model before the old ones stop.
+reload:
+	@test -s .run/gunicorn.pid || { echo "no running service (.run/gunicorn.pid is missing)"; exit 1; }
+	kill -HUP $$(cat .run/gunicorn.pid)
+	@echo "rollout requested: the log says 'rolled out model …' or why it was refused"
 
 test: install
 	$(PY) -m pytest -n auto -q

@@ -18,6 +18,7 @@ max_requests_jitter = 2000  # workers recycle at different times, never all at o
 timeout = 30
 graceful_timeout = 20
 
+pidfile = os.environ.get("GUNICORN_PIDFILE")  # `make reload` signals the master found here
 control_socket_disable = True  # signals are the control interface (make reload)
 
 logger_class = "service.logs.JsonGunicornLogger"
@@ -25,3 +26,11 @@ accesslog = "-"
 errorlog = "-"
 loglevel = "info"
 proc_name = "fraud-scoring"
+
+
+def on_reload(server):
+    """SIGHUP (`make reload`): roll out the model now at MODEL_PATH with zero downtime. gunicorn
+    calls this in the master before it forks the new workers and then retires the old ones."""
+    from service import wsgi
+
+    wsgi.roll_out(server)

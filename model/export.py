@@ -11,7 +11,7 @@ import joblib
 import numpy as np
 import sklearn
 
-from service.artifacts import ArtifactPaths, sha256_file, write_json_atomically
+from service.artifacts import ArtifactPaths, sha256_file, write_atomically, write_json_atomically
 from service.features import FEATURES
 from service import forest
 
@@ -24,6 +24,13 @@ def feature_stats(X: np.ndarray) -> dict[str, dict[str, float]]:
         name: {"mean": float(X[:, i].mean()), "std": float(X[:, i].std())}
         for i, name in enumerate(FEATURES)
     }
+
+
+def feature_importances(estimator: Any) -> dict[str, float] | None:
+    importances = getattr(estimator, "feature_importances_", None)
+    if importances is None or len(importances) != len(FEATURES):
+        return None
+    return {name: round(float(v), 6) for name, v in zip(FEATURES, importances)}
 
 
 def write_serving_artifact(estimator: Any, paths: ArtifactPaths) -> dict[str, Any]:
@@ -55,7 +62,7 @@ def export(
     # A forest pickled with n_jobs>1 makes every predict_proba spin up threads (~3x slower per row).
     if hasattr(estimator, "n_jobs"):
         estimator.n_jobs = None
-    joblib.dump(estimator, paths.estimator, compress=3)
+    write_atomically(paths.estimator, lambda tmp: joblib.dump(estimator, tmp, compress=3))
     estimator_digest = sha256_file(paths.estimator)
     trained_at = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
     manifest = {
@@ -67,6 +74,7 @@ def export(
         "params": {k: v for k, v in estimator.get_params().items() if isinstance(v, (int, float, str, bool, type(None)))},
         "data_source": data_source,
         "features": list(FEATURES),
+        "feature_importances": feature_importances(estimator),
         "metrics": metrics or {},
         "feature_stats": stats,
         "files": {"estimator": {"path": paths.estimator.name, "sha256": estimator_digest}},

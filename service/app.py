@@ -1,17 +1,30 @@
-"""The Falcon application: routes, error shape, request id and timing headers."""
+"""The Falcon application: routes, error shape, request id and timing headers.
+
+Built in the gunicorn master (at start, and again on a model rollout): everything a request
+needs is prepared here, once."""
 
 from __future__ import annotations
 
 import time
 import uuid
+from importlib import resources
+from typing import Any
 
 import falcon
 
 from service.auth import ApiKeys
 from service.errors import handle_unexpected, serialize_error
 from service.loader import LoadedModel
-from service.resources import FraudScoreResource, HealthResource
-from service.schema import TransactionValidator
+from service.ood import OutOfDistribution
+from service.openapi import DOCS_PAGE, build_openapi
+from service.resources import (
+    BatchScoreResource,
+    FraudScoreResource,
+    ModelUnavailableResource,
+    StaticJson,
+)
+from service.schema import TransactionValidator, batch_document, load_schema_document
+from service.scoring import Scoring
 from service.settings import Settings
 
 
@@ -26,11 +39,59 @@ class RequestContext:
         resp.set_header("X-Response-Time-Ms", f"{(time.perf_counter() - req.context.started) * 1000.0:.3f}")
 
 
-def create_app(settings: Settings, model: LoadedModel, validator: TransactionValidator) -> falcon.App:
-    app = falcon.App(middleware=[RequestContext()], cors_enable=False)
+class DocsPage:
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.text = DOCS_PAGE
+        resp.content_type = falcon.MEDIA_HTML
+
+
+def model_info(model: LoadedModel, settings: Settings, ood: OutOfDistribution) -> dict[str, Any]:
+    manifest = model.manifest
+    scorer = model.scorer
+    return {
+        "model-version": model.version,
+        "estimator": manifest.get("estimator") or type(getattr(scorer, "estimator", scorer)).__name__,
+        "scorer": "forest-walker" if hasattr(scorer, "explain_row") else "sklearn",
+        "trained_at": manifest.get("trained_at"),
+        "data_source": manifest.get("data_source"),
+        "sklearn_version": manifest.get("sklearn_version"),
+        "n_trees": getattr(scorer, "n_trees", None),
+        "n_nodes": getattr(scorer, "n_nodes", None),
+        "max_depth": getattr(scorer, "max_depth", None),
+        "features": manifest.get("features"),
+        "feature_importances": manifest.get("feature_importances"),
+        "metrics": manifest.get("metrics") or {},
+        "threshold": settings.fraud_threshold,
+        "ood": {"z": settings.ood_z, "enabled": ood.enabled},
+        "sha256": model.forest_sha256,
+        "estimator_sha256": (manifest.get("files", {}).get("estimator") or {}).get("sha256"),
+    }
+
+
+def create_app(settings: Settings, model: LoadedModel | None, unavailable_reason: str = "") -> falcon.App:
+    app = falcon.App(middleware=[RequestContext()])
     app.set_error_serializer(serialize_error)
     app.add_error_handler(Exception, handle_unexpected)
     keys = ApiKeys(settings.api_keys)
-    app.add_route("/health", HealthResource(model))
-    app.add_route("/v1/fraud-score", FraudScoreResource(model, validator, keys, settings.fraud_threshold))
+    document = load_schema_document()
+
+    app.add_route("/openapi.json", StaticJson(build_openapi(document, settings.batch_max, settings.app_version)))
+    app.add_route("/docs", DocsPage())
+    app.add_static_route("/docs/static", str(resources.files("service").joinpath("static/swagger-ui")))
+
+    if model is None:
+        app.add_route("/health", StaticJson({"status": "unhealthy", "model_loaded": False, "reason": unavailable_reason},
+                                            status=falcon.HTTP_503))
+        app.add_route("/v1/fraud-score", ModelUnavailableResource(unavailable_reason, "post"))
+        app.add_route("/v1/fraud-score/batch", ModelUnavailableResource(unavailable_reason, "post"))
+        app.add_route("/v1/model-info", ModelUnavailableResource(unavailable_reason, "get"))
+        return app
+
+    ood = OutOfDistribution(model.manifest.get("feature_stats"), settings.ood_z)
+    scoring = Scoring(model, ood, settings.fraud_threshold)
+    app.add_route("/health", StaticJson({"status": "healthy", "model_loaded": True}))
+    app.add_route("/v1/fraud-score", FraudScoreResource(scoring, TransactionValidator(document), keys))
+    app.add_route("/v1/fraud-score/batch", BatchScoreResource(
+        scoring, TransactionValidator(batch_document(document, settings.batch_max)), keys, settings.batch_max))
+    app.add_route("/v1/model-info", StaticJson(model_info(model, settings, ood), keys=keys))
     return app

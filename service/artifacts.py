@@ -12,7 +12,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 
 class ArtifactError(Exception):
@@ -78,11 +78,23 @@ def recorded_digest(manifest: dict[str, Any] | None, role: str) -> str | None:
     return ((manifest or {}).get("files", {}).get(role) or {}).get("sha256")
 
 
-def write_json_atomically(path: Path, document: dict[str, Any]) -> None:
-    """Readers (a starting service) never see a half-written manifest."""
+def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    """Writes a new file beside `path` and renames it into place. Readers never see a half-written
+    file, and running workers that memory-mapped the old file keep its (unlinked) pages: overwriting
+    it in place would change or truncate their model under them."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(document, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomically(path: Path, document: dict[str, Any]) -> None:
+    def dump(tmp: Path) -> None:
+        tmp.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
+
+    write_atomically(path, dump)

@@ -31,10 +31,8 @@ class ApiError(falcon.HTTPError):
 
 
 def invalid_body(violations: list[Violation]) -> ApiError:
-    first = violations[0]
-    where = f"{first.field} {first.message}" if first.field else f"the body {first.message}"
     more = f" (and {len(violations) - 1} more)" if len(violations) > 1 else ""
-    return ApiError(falcon.HTTP_422, "invalid_transaction", where + more, violations)
+    return ApiError(falcon.HTTP_422, "invalid_transaction", violations[0].describe() + more, violations)
 
 
 def _code(error: falcon.HTTPError) -> str:

@@ -12,6 +12,7 @@ import joblib
 import numpy as np
 
 from service._walker import Walker
+from service.artifacts import write_atomically
 
 TREE_ESTIMATORS = ("RandomForestClassifier", "ExtraTreesClassifier", "DecisionTreeClassifier")
 ARRAY_NAMES = ("left", "right", "feature", "threshold", "value", "roots")
@@ -65,7 +66,7 @@ def flatten(estimator: Any) -> dict[str, Any]:
 def save(arrays: dict[str, Any], path: Path) -> None:
     """Writes the arrays uncompressed, so that they can be memory-mapped."""
     c_arrays = {k: np.ascontiguousarray(v) if isinstance(v, np.ndarray) else v for k, v in arrays.items()}
-    joblib.dump(c_arrays, path, compress=0)
+    write_atomically(path, lambda tmp: joblib.dump(c_arrays, tmp, compress=0))
 
 
 class Forest:

@@ -55,7 +55,7 @@ class LoadedModel:
 
 
 def _convert(estimator: Any, paths: ArtifactPaths, manifest: dict[str, Any], estimator_digest: str) -> dict[str, Any]:
-    from model.export import write_serving_artifact
+    from model.export import feature_importances, write_serving_artifact
 
     info = write_serving_artifact(estimator, paths)
     manifest = {
@@ -65,6 +65,7 @@ def _convert(estimator: Any, paths: ArtifactPaths, manifest: dict[str, Any], est
     }
     manifest.setdefault("version", f"imported-{estimator_digest[:8]}")
     manifest.setdefault("estimator", type(estimator).__name__)
+    manifest.setdefault("feature_importances", feature_importances(estimator))
     write_json_atomically(paths.manifest, manifest)
     log.info("converted %s to the serving artifact %s (once; later starts memory-map it)",
              paths.estimator, paths.forest)
@@ -118,7 +119,3 @@ def load_model(settings: Settings) -> LoadedModel:
     return LoadedModel(version=version, predict_row=scorer.predict_row, scorer=scorer, manifest=manifest,
                        forest_sha256=forest_digest)
 
-
-def model_file_exists(model_path: Path) -> bool:
-    paths = ArtifactPaths.for_model(model_path)
-    return paths.estimator.exists() or paths.forest.exists()

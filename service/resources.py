@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from operator import itemgetter
+from typing import Any
 
 import falcon
 import orjson
@@ -10,9 +10,10 @@ import orjson
 from service.auth import ApiKeys
 from service.body import decode
 from service.errors import JSON, ApiError, invalid_body
-from service.features import FEATURES
-from service.loader import LoadedModel
-from service.schema import TransactionValidator
+from service.schema import BATCH_FIELD, TransactionValidator
+from service.scoring import Scoring
+
+RETRY_AFTER_SECONDS = "30"
 
 
 def require_key(keys: ApiKeys, req: falcon.Request) -> None:
@@ -31,26 +32,46 @@ def require_json(req: falcon.Request) -> None:
                        f"Content-Type must be application/json, got {content_type!r}")
 
 
-class HealthResource:
-    """For ALB target health checks: cheap, unauthenticated, no model call."""
+def wants_explanation(req: falcon.Request, scoring: Scoring) -> bool:
+    if not req.query_string:  # the common case costs one attribute read
+        return False
+    if not req.get_param_as_bool("explain", default=False):
+        return False
+    if not scoring.can_explain:
+        raise ApiError(falcon.HTTP_400, "explain_unavailable",
+                       "explanations need a tree model; this model is served through sklearn")
+    return True
 
-    def __init__(self, model: LoadedModel | None) -> None:
-        self._body = orjson.dumps({"status": "healthy", "model_loaded": model is not None})
+
+def respond(resp: falcon.Response, body: dict[str, Any]) -> None:
+    resp.data = orjson.dumps(body)
+    resp.content_type = JSON
+
+
+class StaticJson:
+    """A JSON body fixed at start (health, model info, the OpenAPI document): serialised once."""
+
+    def __init__(self, body: Any, status: str = falcon.HTTP_200, keys: ApiKeys | None = None) -> None:
+        self._body = orjson.dumps(body)
+        self._status = status
+        self._keys = keys
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        if self._keys is not None:
+            require_key(self._keys, req)
+        resp.status = self._status
         resp.data = self._body
         resp.content_type = JSON
 
 
 class FraudScoreResource:
-    def __init__(self, model: LoadedModel, validator: TransactionValidator, keys: ApiKeys, threshold: int) -> None:
-        self._predict_row = model.predict_row
-        self._version = model.version
+    def __init__(self, scoring: Scoring, validator: TransactionValidator, keys: ApiKeys) -> None:
+        self._scoring = scoring
+        self._one = scoring.one
+        self._row_of = scoring.row_of
         self._validator = validator
         self._is_valid = validator.is_valid
         self._keys = keys
-        self._threshold = threshold
-        self._row = itemgetter(*FEATURES)
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         require_key(self._keys, req)
@@ -58,7 +79,42 @@ class FraudScoreResource:
         transaction = decode(req.bounded_stream.read())
         if not self._is_valid(transaction):
             raise invalid_body(self._validator.violations(transaction))
-        score = round(100.0 * self._predict_row(self._row(transaction)))
-        resp.data = orjson.dumps(
-            {"fraud-score": score, "is-fraud": score >= self._threshold, "model-version": self._version})
-        resp.content_type = JSON
+        row = self._row_of(transaction)
+        if wants_explanation(req, self._scoring):
+            respond(resp, self._scoring.one_explained(row))
+        else:
+            respond(resp, self._one(row))
+
+
+class BatchScoreResource:
+    def __init__(self, scoring: Scoring, validator: TransactionValidator, keys: ApiKeys, batch_max: int) -> None:
+        self._scoring = scoring
+        self._validator = validator
+        self._keys = keys
+        self._batch_max = batch_max
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        require_key(self._keys, req)
+        require_json(req)
+        explain = wants_explanation(req, self._scoring)
+        body = decode(req.bounded_stream.read())
+        items = body.get(BATCH_FIELD) if isinstance(body, dict) else None
+        if isinstance(items, list) and len(items) > self._batch_max:
+            raise ApiError(falcon.HTTP_413, "batch_too_large",
+                           f"at most {self._batch_max} transactions per batch (BATCH_MAX), got {len(items)}")
+        if not self._validator.is_valid(body):
+            raise invalid_body(self._validator.violations(body))
+        rows = [self._scoring.row_of(item) for item in items]
+        respond(resp, {"results": self._scoring.many(rows, explain), "model-version": self._scoring.version})
+
+
+class ModelUnavailableResource:
+    """Stands in for a model-backed route while no model is loaded (graceful degradation)."""
+
+    def __init__(self, reason: str, method: str) -> None:
+        self._message = f"no model is loaded: {reason}"
+        setattr(self, f"on_{method}", self._unavailable)
+
+    def _unavailable(self, req: falcon.Request, resp: falcon.Response) -> None:
+        raise ApiError(falcon.HTTP_503, "model_unavailable", self._message,
+                       headers={"Retry-After": RETRY_AFTER_SECONDS})

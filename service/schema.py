@@ -11,39 +11,84 @@ from typing import Any, Callable
 import fastjsonschema
 import jsonschema
 
+from service.features import FEATURES
+
 SCHEMA_FILE = "transaction.schema.json"
+BATCH_FIELD = "transactions"
 
 
 def load_schema_document() -> dict[str, Any]:
     return json.loads(resources.files("service.schemas").joinpath(SCHEMA_FILE).read_text())
 
 
+def embeddable(document: dict[str, Any]) -> dict[str, Any]:
+    """The schema without its document-level keywords, to be nested in another document."""
+    return {k: v for k, v in document.items() if k not in ("$schema", "$id")}
+
+
+def batch_document(transaction: dict[str, Any], batch_max: int) -> dict[str, Any]:
+    """The batch body's schema, built from the transaction schema (one source, no copy)."""
+    return {
+        "$schema": transaction["$schema"],
+        "title": "TransactionBatch",
+        "type": "object",
+        "required": [BATCH_FIELD],
+        "properties": {
+            BATCH_FIELD: {"type": "array", "minItems": 1, "maxItems": batch_max, "items": embeddable(transaction)},
+        },
+    }
+
+
 @dataclass(frozen=True)
 class Violation:
-    """What is wrong with one field of a request (field is None when the whole body is wrong)."""
+    """What is wrong with one field of a request: `field` is None when the whole body (or batch
+    item) is wrong; `index` is the batch item's position."""
 
     field: str | None
     message: str
+    index: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"field": self.field, "message": self.message}
+        found: dict[str, Any] = {"field": self.field, "message": self.message}
+        if self.index is not None:
+            found["index"] = self.index
+        return found
+
+    def describe(self) -> str:
+        where = f"{BATCH_FIELD}[{self.index}]" if self.index is not None else ""
+        if self.field:
+            where = f"{where}.{self.field}" if where else self.field
+        return f"{where or 'the body'} {self.message}"
 
 
-def _describe(error: jsonschema.ValidationError) -> Violation:
-    field = ".".join(str(p) for p in error.absolute_path) or None
-    instance = error.instance
+def _kind(instance: Any) -> str:
+    return {bool: "boolean", str: "string", dict: "object", list: "array", type(None): "null",
+            int: "integer", float: "number"}.get(type(instance), type(instance).__name__)
+
+
+def _located(path: list[Any]) -> tuple[str | None, int | None]:
+    index = next((p for p in path if isinstance(p, int)), None)
+    names = [p for p in path if isinstance(p, str)]
+    field = names[-1] if names and not (index is not None and names[-1] == BATCH_FIELD) else None
+    return field, index
+
+
+def _describe(error: jsonschema.ValidationError) -> list[Violation]:
+    field, index = _located(list(error.absolute_path))
+    if error.validator == "required":
+        # jsonschema reports each missing property in its own error; name them all, once each.
+        return [Violation(p, "is required", index) for p in error.validator_value if p not in error.instance]
     if error.validator == "type":
-        got = "null" if instance is None else type(instance).__name__
-        got = {"bool": "boolean", "str": "string", "dict": "object", "list": "array"}.get(got, got)
-        article = "an" if str(error.validator_value)[0] in "aeiou" else "a"
-        return Violation(field, f"must be {article} {error.validator_value}, got {got}")
+        expected = error.validator_value
+        article = "an" if str(expected)[0] in "aeiou" else "a"
+        return [Violation(field, f"must be {article} {expected}, got {_kind(error.instance)}", index)]
     if error.validator in ("minimum", "maximum"):
-        return Violation(field, "must be a finite number within the float32 range (|x| <= 3.4028234663852886e38)")
-    return Violation(field, error.message)
+        return [Violation(field, "must be a finite number within the float32 range (|x| <= 3.4028234663852886e38)", index)]
+    return [Violation(field, error.message, index)]
 
 
 class TransactionValidator:
-    """Validates decoded request bodies against the schema document.
+    """Validates decoded request bodies against a schema document.
 
     `is_valid` is the compiled fast path; `violations` asks `jsonschema` (the reference) what is
     wrong, and is only called once a body has been rejected."""
@@ -52,7 +97,6 @@ class TransactionValidator:
         jsonschema.validators.validator_for(document).check_schema(document)
         self.document = document
         self._reference = jsonschema.Draft202012Validator(document)
-        self._positions = {name: i for i, name in enumerate(document.get("required", ()))}
         self._compiled: Callable[[Any], Any] = fastjsonschema.compile(document)
 
     def is_valid(self, instance: Any) -> bool:
@@ -63,16 +107,11 @@ class TransactionValidator:
         return True
 
     def violations(self, instance: Any) -> list[Violation]:
-        found: list[Violation] = []
-        for error in self._reference.iter_errors(instance):
-            if error.validator == "required":
-                # jsonschema reports each missing property in its own error; name them once each.
-                found.extend(Violation(p, "is required") for p in error.validator_value if p not in error.instance)
-            else:
-                found.append(_describe(error))
-        return sorted(dict.fromkeys(found), key=self._field_order)
+        found = [v for error in self._reference.iter_errors(instance) for v in _describe(error)]
+        return sorted(dict.fromkeys(found), key=self._order)
 
-    def _field_order(self, violation: Violation) -> tuple[int, str]:
-        if violation.field is None:
-            return (-1, "")
-        return (self._positions.get(violation.field, len(self._positions)), violation.field)
+    @staticmethod
+    def _order(v: Violation) -> tuple[int, int, str]:
+        """Batch items in order, then fields in the order of the features."""
+        position = FEATURES.index(v.field) if v.field in FEATURES else (-1 if v.field is None else len(FEATURES))
+        return (-1 if v.index is None else v.index, position, v.field or "")

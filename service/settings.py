@@ -35,6 +35,9 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8080
     workers: int = 2
+    batch_max: int = 1000
+    ood_z: float = 3.0
+    model_required: bool = False
 
 
 def _integer(low: int, high: int) -> Callable[[str], int]:
@@ -65,6 +68,25 @@ def _sha256(text: str) -> str:
     if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
         raise ValueError("must be 64 hexadecimal digits (the output of sha256sum)")
     return digest
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError("must be a positive number") from None
+    if not 0 < value < float("inf"):
+        raise ValueError("must be a positive number")
+    return value
+
+
+def _boolean(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("must be true or false")
 
 
 def _nonempty(text: str) -> str:
@@ -101,6 +123,9 @@ def from_mapping(env: Mapping[str, str]) -> Settings:
         host=get("HOST", _nonempty, "127.0.0.1"),
         port=get("PORT", _integer(1, 65535), 8080),
         workers=get("WORKERS", _integer(1, 64), os.cpu_count() or 1),
+        batch_max=get("BATCH_MAX", _integer(1, 10_000), 1000),
+        ood_z=get("OOD_Z", _positive_float, 3.0),
+        model_required=get("MODEL_REQUIRED", _boolean, False),
     )
 
 

@@ -6,6 +6,7 @@ three exercise the same processes and the same rendered nginx config."""
 from __future__ import annotations
 
 import http.client
+import math
 import os
 import re
 import shutil
@@ -26,6 +27,7 @@ TEMPLATE = ROOT / "nginx" / "nginx.conf.template"
 GUNICORN_CONF = ROOT / "gunicorn.conf.py"
 PLACEHOLDER = re.compile(r"\$\{([A-Z][A-Z0-9_]*)\}")
 CLIENT_MAX_BODY_SIZE = "8k"
+BATCH_ITEM_KB = 1.25  # a transaction's JSON, pretty-printed, with full-precision numbers
 
 
 def render_nginx_config(template: str, values: Mapping[str, str]) -> str:
@@ -46,7 +48,12 @@ def nginx_values(settings: Settings, run_dir: Path, socket: Path, access_log: st
         "NGINX_LISTEN": f"{settings.host}:{settings.port}",
         "GUNICORN_UPSTREAM": f"unix:{socket}",
         "CLIENT_MAX_BODY_SIZE": CLIENT_MAX_BODY_SIZE,
+        "BATCH_MAX_BODY_SIZE": batch_body_limit(settings.batch_max),
     }
+
+
+def batch_body_limit(batch_max: int) -> str:
+    return f"{math.ceil(batch_max * BATCH_ITEM_KB) + 1}k"
 
 
 def find_nginx() -> str:
@@ -85,8 +92,7 @@ class Stack:
 
     @property
     def base_url(self) -> str:
-        host = "127.0.0.1" if self.settings.host in ("0.0.0.0", "") else self.settings.host
-        return f"http://{host}:{self.settings.port}"
+        return f"http://{self.host}:{self.settings.port}"
 
     def start(self, timeout: float = 60.0) -> "Stack":
         # nginx's workers run unprivileged: they may traverse the directory (to reach the socket
@@ -100,7 +106,7 @@ class Stack:
                                capture_output=True, text=True)
         if check.returncode != 0:
             raise RuntimeError(f"nginx rejected its config: {check.stderr.strip()}")
-        env = {**self.env, "GUNICORN_BIND": f"unix:{self.socket}"}
+        env = {"GUNICORN_PIDFILE": str(self.run_dir / "gunicorn.pid"), **self.env, "GUNICORN_BIND": f"unix:{self.socket}"}
         self.gunicorn = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF), "service.wsgi:application"],
             cwd=ROOT, env=env, stdout=self.stdout, stderr=self.stderr)
@@ -112,11 +118,17 @@ class Stack:
         return self
 
     def _healthy(self) -> bool:
+        """Up means the app answers /health: 200, or 503 from the app itself when it runs
+        without a model (graceful degradation), not nginx's 503 for an unreachable upstream."""
         try:
-            return http_get("127.0.0.1" if self.settings.host == "0.0.0.0" else self.settings.host,
-                            self.settings.port, "/health")[0] == 200
+            status, body = http_get(self.host, self.settings.port, "/health")
         except OSError:
             return False
+        return status == 200 or (status == 503 and b'"model_loaded":false' in body)
+
+    @property
+    def host(self) -> str:
+        return "127.0.0.1" if self.settings.host in ("0.0.0.0", "") else self.settings.host
 
     def _wait(self, ready, process: subprocess.Popen, name: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -128,6 +140,12 @@ class Stack:
                 self.stop()
                 raise RuntimeError(f"{name} was not ready within {timeout:.0f} s")
             time.sleep(0.05)
+
+    def reload(self) -> None:
+        """Zero-downtime model rollout: SIGHUP makes the gunicorn master load the model now at
+        MODEL_PATH, fork new workers from it, then retire the old ones gracefully."""
+        assert self.gunicorn is not None
+        self.gunicorn.send_signal(signal.SIGHUP)
 
     def stop(self, timeout: float = 30.0) -> None:
         """Graceful: nginx finishes its in-flight requests (SIGQUIT), then gunicorn's workers
@@ -167,6 +185,9 @@ def main() -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     url = stack.base_url
+    status, body = http_get(stack.host, settings.port, "/health")
+    if status != 200:
+        print(f"warning: serving without a model (every scoring request gets 503): {body.decode()}", file=sys.stderr)
     print(f"\nfraud scoring is up at {url}  (Ctrl-C stops nginx and gunicorn)\n\n"
           f"  curl -s {url}/health\n"
           f"  curl -s -X POST {url}/v1/fraud-score -H 'Content-Type: application/json' \\\n"

@@ -1,34 +1,67 @@
 """The WSGI entry point. gunicorn imports it once, in the master, before forking (preload_app):
 settings, model verification and loading, and schema compilation all happen here, never per
-worker or per request."""
+worker or per request. A model rollout (SIGHUP to the master) builds the next application here
+too, before the new workers are forked from it."""
 
 from __future__ import annotations
 
 import gc
 import logging
 import sys
+from typing import Any
+
+import falcon
 
 from service import logs, settings as settings_module
 from service.app import create_app
 from service.artifacts import ArtifactError
-from service.loader import load_model
-from service.schema import TransactionValidator, load_schema_document
+from service.loader import LoadedModel, load_model
 
 logs.configure()
 log = logging.getLogger("service")
-
 settings = settings_module.load_or_exit()
-try:
-    model = load_model(settings)
-except ArtifactError as e:
-    log.error("model not loaded: %s", e)
-    sys.exit(f"model error: {e}")
-validator = TransactionValidator(load_schema_document())
-application = create_app(settings, model, validator)
-log.info("model %s loaded (%s, %s trees); serving with threshold %d", model.version,
-         type(model.scorer).__name__, getattr(model.scorer, "n_trees", "?"), settings.fraud_threshold)
 
-# Objects made so far live for the process's lifetime: move them out of the collector's reach so
-# that collections in the workers do not write to (and so copy) the pages they share with the master.
-gc.collect()
-gc.freeze()
+
+def build(current: LoadedModel | None = None) -> tuple[falcon.App, LoadedModel | None]:
+    """The application for the model now at MODEL_PATH. Without a loadable model it answers 503
+    (health included, so a load balancer drains it) unless MODEL_REQUIRED."""
+    try:
+        model = load_model(settings)
+    except ArtifactError as e:
+        if settings.model_required:
+            log.error("model not loaded: %s", e)
+            sys.exit(f"model error: {e}")
+        log.error("model not loaded, serving 503 until one is: %s", e)
+        return create_app(settings, None, str(e)), None
+    log.info("model %s loaded (%s, %s trees); threshold %d", model.version, type(model.scorer).__name__,
+             getattr(model.scorer, "n_trees", "?"), settings.fraud_threshold)
+    return create_app(settings, model), model
+
+
+def freeze() -> None:
+    # Objects made so far live as long as the process: move them out of the collector's reach so
+    # that collections in the workers do not write to (and so copy) pages shared with the master.
+    gc.collect()
+    gc.freeze()
+
+
+application, model = build()
+freeze()
+
+
+def roll_out(server: Any) -> None:
+    """gunicorn's on_reload hook, in the master: load and verify the new model, then hand the new
+    application to the workers about to be forked. Old workers keep their own model until they
+    finish their requests and stop. A model that fails verification changes nothing."""
+    global application, model
+    try:
+        candidate = load_model(settings)
+    except ArtifactError as e:
+        log.error("rollout refused, still serving %s: %s", model.version if model else "no model", e)
+        return
+    gc.unfreeze()
+    application = create_app(settings, candidate)
+    model = candidate
+    server.app.callable = application
+    freeze()
+    log.info("rolled out model %s", candidate.version)

@@ -106,3 +106,21 @@ def test_wrong_row_length_is_an_error(training_data):
         scorer.predict_row([0.0] * 29)
     with pytest.raises(ValueError):
         scorer.predict_rows(np.zeros((3, 29)))
+
+
+def test_path_decomposition_adds_up_to_the_probability(training_data):
+    X, y = training_data
+    estimator = RandomForestClassifier(n_estimators=30, random_state=7).fit(X, y)
+    scorer = forest.Forest(forest.flatten(estimator))
+    X_test, _ = synthetic.generate(3000, seed=12)
+    rows = np.vstack([X_test, X[y == 1][:500]])
+    expected = estimator.predict_proba(rows)[:, 1]
+    root_mean = np.mean([t.tree_.value[0, 0, 1] for t in estimator.estimators_])
+    worst = 0.0
+    for row, p in zip(rows, expected):
+        probability, bias, contributions = scorer.explain_row(list(map(float, row)))
+        assert probability == p  # the same walk, the same bits as predict_proba
+        assert bias == pytest.approx(root_mean, abs=1e-15)
+        worst = max(worst, abs(bias + contributions.sum() - probability))
+    assert worst < 1e-12
+    assert (expected > 0.5).sum() > 10  # the identity was checked on fraud-like rows too

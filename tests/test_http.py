@@ -35,7 +35,8 @@ def test_scores_the_sample_request(client: Client, small_model):
     reply = client.score(sample_transaction())
     assert reply.status == 200, reply.raw
     body = reply.json
-    assert set(body) == {"fraud-score", "is-fraud", "model-version"}
+    assert set(body) == {"fraud-score", "is-fraud", "model-version", "ood-warning"}
+    assert body["ood-warning"] is False
     assert isinstance(body["fraud-score"], int) and 0 <= body["fraud-score"] <= 100
     assert body["is-fraud"] is (body["fraud-score"] >= 50)
     assert body["model-version"] == "test-3"

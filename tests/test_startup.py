@@ -41,14 +41,14 @@ def test_config_error_stops_the_launcher_with_one_line(small_model):
     assert result.stderr.strip() == "config error: PORT must be an integer from 1 to 65535 (got '99999')"
 
 
-def test_tampered_model_stops_gunicorn_with_a_clear_line(small_model, tmp_path):
+def test_tampered_model_stops_gunicorn_when_a_model_is_required(small_model, tmp_path):
     import shutil
     from service.artifacts import ArtifactPaths
     for p in ArtifactPaths.for_model(small_model[0]).__dict__.values():
         shutil.copy(p, tmp_path / p.name)
     forest = ArtifactPaths.for_model(tmp_path / "fraud-model.joblib").forest
     forest.write_bytes(forest.read_bytes()[:-1] + b"\x00")
-    result = run_gunicorn(stack_env(tmp_path / "fraud-model.joblib", free_port()), tmp_path)
+    result = run_gunicorn(stack_env(tmp_path / "fraud-model.joblib", free_port(), MODEL_REQUIRED="true"), tmp_path)
     assert result.returncode != 0
     assert "model error: refusing to load" in result.stderr and "does not match" in result.stderr
     assert "Traceback" not in result.stderr
