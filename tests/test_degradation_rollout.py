@@ -1,0 +1,173 @@
+"""Graceful degradation without a model, and zero-downtime model rollout, on the real stack."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from model import synthetic
+from service.artifacts import ArtifactPaths
+from tests.conftest import start_stack
+from tests.helpers import Client, as_transaction, sample_transaction, train_small_model
+from tests.test_http import assert_error
+
+
+def install_model(source: Path, target: Path) -> None:
+    """As an operator (or `make model`) does: each file renamed into place, never overwritten."""
+    for src, dst in zip(ArtifactPaths.for_model(source).__dict__.values(), ArtifactPaths.for_model(target).__dict__.values()):
+        tmp = dst.with_name(f".{dst.name}.new")
+        shutil.copy(src, tmp)
+        os.replace(tmp, dst)
+
+
+def wait_for(predicate, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
+def log_text(logs: Path) -> str:
+    return (logs / "stack.log").read_text()
+
+
+def test_without_a_model_the_service_starts_and_answers_503(tmp_path, small_model):
+    model_path = tmp_path / "models" / "fraud-model.joblib"
+    model_path.parent.mkdir()
+    stack = start_stack(model_path, tmp_path / "logs")
+    try:
+        client = Client("127.0.0.1", stack.settings.port)
+        health = client.request("GET", "/health", key=None)
+        assert health.status == 503
+        assert health.json["status"] == "unhealthy" and health.json["model_loaded"] is False
+        assert "make model" in health.json["reason"]
+        for reply in (client.score(sample_transaction()),
+                      client.request("POST", "/v1/fraud-score/batch", {"transactions": [sample_transaction()]}),
+                      client.request("GET", "/v1/model-info")):
+            body = assert_error(reply, 503)
+            assert body["error"] == "model_unavailable"
+            assert int(reply.headers["Retry-After"]) > 0
+        assert client.request("GET", "/openapi.json", key=None).status == 200
+
+        # The operator provides a model and asks for a rollout: the service recovers without a restart.
+        install_model(small_model[0], model_path)
+        stack.reload()
+        wait_for(lambda: client.request("GET", "/health", key=None).status == 200)
+        assert client.score(sample_transaction()).json["model-version"] == "test-3"
+    finally:
+        stack.stop()
+
+
+def test_wrong_digest_starts_degraded_with_the_reason(tmp_path, small_model):
+    model_path = tmp_path / "fraud-model.joblib"
+    install_model(small_model[0], model_path)
+    forest = ArtifactPaths.for_model(model_path).forest
+    forest.write_bytes(forest.read_bytes() + b"tampered")
+    stack = start_stack(model_path, tmp_path / "logs")
+    try:
+        health = Client("127.0.0.1", stack.settings.port).request("GET", "/health", key=None)
+        assert health.status == 503 and "does not match" in health.json["reason"]
+        assert "refusing to load" in log_text(tmp_path / "logs")
+    finally:
+        stack.stop()
+
+
+@pytest.fixture(scope="module")
+def two_models(tmp_path_factory):
+    """Models A and B, and a transaction that they score differently."""
+    base = tmp_path_factory.mktemp("two-models")
+    a = base / "a" / "fraud-model.joblib"
+    b = base / "b" / "fraud-model.joblib"
+    model_a = train_small_model(a, trees=25, seed=3)
+    model_b = train_small_model(b, trees=15, seed=4)
+    X, y = synthetic.generate(3000, seed=30)
+    candidates = X[y == 1]
+    score_a = np.round(100 * model_a.predict_proba(candidates)[:, 1])
+    score_b = np.round(100 * model_b.predict_proba(candidates)[:, 1])
+    probe = candidates[np.flatnonzero(score_a != score_b)[0]]
+    return a, b, as_transaction(probe), {"test-3": int(score_a[score_a != score_b][0]), "test-4": int(score_b[score_a != score_b][0])}
+
+
+class SteadyTraffic(threading.Thread):
+    """Scores the probe transaction back to back over keep-alive connections through nginx."""
+
+    def __init__(self, client: Client, transaction: dict) -> None:
+        super().__init__(daemon=True)
+        self.client, self.transaction = client, transaction
+        self.seen: list[tuple[int, str | None, int | None]] = []
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                reply = self.client.score(self.transaction)
+                body = reply.json if reply.status == 200 else {}
+                self.seen.append((reply.status, body.get("model-version"), body.get("fraud-score")))
+            except Exception as e:  # a refused or cut connection is a failure to count, not to hide
+                self.seen.append((0, repr(e), None))
+
+    def stop(self) -> list[tuple[int, str | None, int | None]]:
+        self.stopping.set()
+        self.join(10)
+        return self.seen
+
+
+def test_rollout_under_steady_traffic_switches_cleanly(tmp_path, two_models):
+    a, b, probe, expected = two_models
+    model_path = tmp_path / "fraud-model.joblib"
+    install_model(a, model_path)
+    stack = start_stack(model_path, tmp_path / "logs")
+    traffic = [SteadyTraffic(Client("127.0.0.1", stack.settings.port), probe) for _ in range(3)]
+    try:
+        for t in traffic:
+            t.start()
+        wait_for(lambda: all(len(t.seen) > 20 for t in traffic))
+        install_model(b, model_path)
+        stack.reload()
+        wait_for(lambda: all(t.seen[-30:] and all(v == "test-4" for _, v, _ in t.seen[-30:]) for t in traffic))
+        seen = [s for t in traffic for s in t.stop()]
+    finally:
+        for t in traffic:
+            t.stopping.set()
+        stack.stop()
+    failures = [s for s in seen if s[0] != 200]
+    assert not failures, f"{len(failures)} of {len(seen)} requests failed during the rollout: {failures[:3]}"
+    # Every response comes wholly from one model: its version and its score agree.
+    assert all(score == expected[version] for _, version, score in seen)
+    for t in traffic:
+        versions = [v for _, v, _ in t.seen]
+        assert versions[0] == "test-3" and versions[-1] == "test-4"
+        last_a = max(i for i, v in enumerate(versions) if v == "test-3")
+        assert all(v == "test-4" for v in versions[last_a + 1:])
+    assert "rolled out model test-4" in log_text(tmp_path / "logs")
+
+
+def test_rollout_to_a_model_that_fails_verification_keeps_the_old_one(tmp_path, two_models):
+    a, b, probe, expected = two_models
+    model_path = tmp_path / "fraud-model.joblib"
+    install_model(a, model_path)
+    stack = start_stack(model_path, tmp_path / "logs")
+    client = Client("127.0.0.1", stack.settings.port)
+    traffic = SteadyTraffic(client, probe)
+    try:
+        traffic.start()
+        install_model(b, model_path)
+        forest = ArtifactPaths.for_model(model_path).forest
+        tampered = forest.with_name(".tampered")
+        tampered.write_bytes(forest.read_bytes()[:-8] + b"\0" * 8)
+        os.replace(tampered, forest)
+        stack.reload()
+        wait_for(lambda: "rollout refused" in log_text(tmp_path / "logs"))
+        time.sleep(1.0)  # the recycled workers serve for a while after the refusal
+        seen = traffic.stop()
+    finally:
+        traffic.stopping.set()
+        stack.stop()
+    assert seen and all(s == (200, "test-3", expected["test-3"]) for s in seen)
+    assert "does not match" in log_text(tmp_path / "logs")
