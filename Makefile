@@ -5,10 +5,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 MODEL_PATH ?= model/fraud-model.joblib
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_PACKAGES := nginx chromium
+APT_PACKAGES := nginx
+TEST_APT_PACKAGES := chromium
 INSTALLED := $(VENV)/.installed
 
-.PHONY: help install system-packages run reload model model-full test clean
+.PHONY: help install system-packages test-system-packages apt-packages run reload model model-full test clean
 
 help:
 	@echo "make run    install what is missing, train the default model if there is none, serve through nginx"
@@ -19,9 +20,15 @@ help:
 
 install: system-packages $(INSTALLED)
 
-# nginx from Debian's packages, installed only when missing.
+# Debian's packages, installed only when missing: nginx to serve; chromium for the docs-page test.
 system-packages:
-	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@$(MAKE) --no-print-directory apt-packages PACKAGES="$(APT_PACKAGES)"
+
+test-system-packages:
+	@$(MAKE) --no-print-directory apt-packages PACKAGES="$(APT_PACKAGES) $(TEST_APT_PACKAGES)"
+
+apt-packages:
+	@missing=""; for p in $(PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:$$missing"; \
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
@@ -60,7 +67,7 @@ reload:
 	kill -HUP $$(cat .run/gunicorn.pid)
 	@echo "rollout requested: the log says 'rolled out model …' or why it was refused"
 
-test: install
+test: test-system-packages install
 	$(PY) -m pytest -n auto -q
 
 clean:

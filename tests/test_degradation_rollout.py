@@ -164,7 +164,8 @@ def test_rollout_to_a_model_that_fails_verification_keeps_the_old_one(tmp_path, 
         os.replace(tampered, forest)
         stack.reload()
         wait_for(lambda: "rollout refused" in log_text(tmp_path / "logs"))
-        time.sleep(1.0)  # the recycled workers serve for a while after the refusal
+        served_before = len(traffic.seen)
+        wait_for(lambda: len(traffic.seen) > served_before + 100)  # the recycled workers keep serving
         seen = traffic.stop()
     finally:
         traffic.stopping.set()
