@@ -58,6 +58,18 @@ def verify(path: Path, expected: str | None, source: str) -> str:
     return actual
 
 
+def read_verified(path: Path, expected: str) -> bytes:
+    """The file's bytes, if their SHA-256 is `expected`."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ArtifactError(f"cannot read {path}: {e.strerror}") from e
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != expected.lower():
+        raise ArtifactError(f"refusing to load {path}: SHA-256 {actual} does not match {expected}")
+    return data
+
+
 def read_manifest(path: Path) -> dict[str, Any] | None:
     try:
         text = path.read_text()

@@ -6,7 +6,9 @@ fast walker cannot serve is served through sklearn, with a warning."""
 
 from __future__ import annotations
 
+import io
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -19,6 +21,7 @@ from service.artifacts import (
     ArtifactError,
     ArtifactPaths,
     read_manifest,
+    read_verified,
     recorded_digest,
     sha256_file,
     verify,
@@ -72,41 +75,69 @@ def _convert(estimator: Any, paths: ArtifactPaths, manifest: dict[str, Any], est
     return manifest
 
 
-def _load_estimator(paths: ArtifactPaths, manifest: dict[str, Any], settings: Settings) -> tuple[Any, str]:
+def _trusted_manifest(paths: ArtifactPaths, manifest: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """The manifest if it describes the estimator now at MODEL_PATH, or {} when the operator pinned
+    a different (new) file with MODEL_SHA256. Refuses an estimator nothing vouches for: one without
+    a manifest or a pin, or one replaced after the manifest was written."""
     pinned = settings.model_sha256
-    source = "MODEL_SHA256" if pinned else f"recorded in {paths.manifest.name}"
-    digest = verify(paths.estimator, pinned or recorded_digest(manifest, "estimator"),
-                    source if (pinned or manifest) else "no manifest; set MODEL_SHA256 to the file's sha256sum to trust it")
+    if not paths.estimator.exists():
+        if pinned:
+            raise ArtifactError(f"MODEL_SHA256 is set but there is no file at {paths.estimator}")
+        return manifest
+    actual = sha256_file(paths.estimator)
+    recorded = recorded_digest(manifest, "estimator")
+    if pinned:
+        if actual != pinned:
+            raise ArtifactError(f"refusing to load {paths.estimator}: SHA-256 {actual} does not match {pinned} (MODEL_SHA256)")
+        return manifest if recorded == actual else {}
+    if not recorded:
+        raise ArtifactError(f"refusing to load {paths.estimator}: no manifest records its SHA-256; "
+                            f"set MODEL_SHA256 to the file's sha256sum to trust it")
+    if recorded != actual:
+        raise ArtifactError(f"refusing to load {paths.estimator}: SHA-256 {actual} does not match {recorded} "
+                            f"recorded in {paths.manifest.name} (replaced after training?); set MODEL_SHA256 "
+                            f"to trust the new file, or run `make model`")
+    return manifest
+
+
+def _unpickle_estimator(paths: ArtifactPaths, expected: str) -> Any:
+    """Hashes and unpickles the same bytes, so the file cannot change in between."""
+    data = read_verified(paths.estimator, expected)
     try:
-        return joblib.load(paths.estimator), digest
+        return joblib.load(io.BytesIO(data))
     except Exception as e:  # a verified file that still fails to load is corrupt or from another library version
         raise ArtifactError(f"cannot load {paths.estimator}: {type(e).__name__}: {e}") from e
 
 
+def _map_forest(paths: ArtifactPaths, expected: str, source: str) -> forest.Forest:
+    """Verifies, then memory-maps; a file replaced meanwhile (a rollout racing a write) is refused."""
+    before = os.stat(paths.forest)
+    verify(paths.forest, expected, source)
+    scorer = forest.Forest.load(paths.forest)
+    after = os.stat(paths.forest)
+    if (before.st_ino, before.st_size, before.st_mtime_ns) != (after.st_ino, after.st_size, after.st_mtime_ns):
+        raise ArtifactError(f"{paths.forest} changed while it was being loaded; try again")
+    return scorer
+
+
 def load_model(settings: Settings) -> LoadedModel:
     paths = ArtifactPaths.for_model(settings.model_path)
-    manifest = read_manifest(paths.manifest) or {}
-    if settings.model_sha256 and paths.estimator.exists():
-        # The operator's pin is about the estimator; the manifest must be the one made from it.
-        verify(paths.estimator, settings.model_sha256, "MODEL_SHA256")
-        if recorded_digest(manifest, "estimator") != settings.model_sha256:
-            manifest = {}
-
+    manifest = _trusted_manifest(paths, read_manifest(paths.manifest) or {}, settings)
     forest_digest = recorded_digest(manifest, "forest")
     if forest_digest and paths.forest.exists():
-        verify(paths.forest, forest_digest, f"recorded in {paths.manifest.name}")
-        scorer: forest.Forest | SklearnScorer = forest.Forest.load(paths.forest)
+        scorer: forest.Forest | SklearnScorer = _map_forest(paths, forest_digest, f"recorded in {paths.manifest.name}")
     elif paths.estimator.exists():
-        estimator, estimator_digest = _load_estimator(paths, manifest, settings)
+        estimator_digest = settings.model_sha256 or recorded_digest(manifest, "estimator")
+        estimator = _unpickle_estimator(paths, estimator_digest)
         try:
             manifest = _convert(estimator, paths, manifest, estimator_digest)
             forest_digest = recorded_digest(manifest, "forest")
-            scorer = forest.Forest.load(paths.forest)
+            scorer = _map_forest(paths, forest_digest, "just converted")
         except forest.UnsupportedEstimator as e:
             if not hasattr(estimator, "predict_proba"):
                 raise ArtifactError(f"{paths.estimator} holds a {type(estimator).__name__}, which has no predict_proba") from e
             log.warning("serving %s through sklearn (%s): expect milliseconds per request", type(estimator).__name__, e)
-            manifest.setdefault("version", f"imported-{estimator_digest[:8]}")
+            manifest = {**manifest, "version": manifest.get("version") or f"imported-{estimator_digest[:8]}"}
             scorer = SklearnScorer(estimator)
             forest_digest = None
     else:
@@ -115,7 +146,7 @@ def load_model(settings: Settings) -> LoadedModel:
     n_features = getattr(scorer, "n_features", None) or getattr(scorer.estimator, "n_features_in_", N_FEATURES)
     if n_features != N_FEATURES:
         raise ArtifactError(f"{paths.estimator} takes {n_features} features; the service sends {N_FEATURES}")
-    version = settings.model_version or manifest.get("version") or f"unversioned-{sha256_file(paths.estimator)[:8]}"
+    version = settings.model_version or manifest.get("version") or f"unversioned-{(forest_digest or '')[:8]}"
     return LoadedModel(version=version, predict_row=scorer.predict_row, scorer=scorer, manifest=manifest,
                        forest_sha256=forest_digest)
 

@@ -128,3 +128,18 @@ def test_missing_model_says_how_to_make_one(tmp_path):
 
 def test_model_version_setting_overrides_the_manifest(small_model):
     assert load_model(settings_for(small_model[0], MODEL_VERSION="v-override")).version == "v-override"
+
+
+def test_estimator_replaced_after_training_is_not_silently_ignored(small_model, tmp_path):
+    """A new estimator dropped over an old one must not leave the old forest serving unnoticed."""
+    path = tmp_path / "fraud-model.joblib"
+    for p in ArtifactPaths.for_model(small_model[0]).__dict__.values():
+        shutil.copy(p, tmp_path / p.name)
+    X, y = synthetic.generate(5000, seed=9)
+    replacement = ExtraTreesClassifier(n_estimators=4, random_state=0).fit(X, y)
+    joblib.dump(replacement, path)
+    with pytest.raises(ArtifactError, match="replaced after training"):
+        load_model(settings_for(path))
+    loaded = load_model(settings_for(path, MODEL_SHA256=sha256_file(path)))
+    assert loaded.scorer.n_trees == 4  # the pinned new file, converted; not the old forest
+    assert np.array_equal(loaded.scorer.predict_rows(X[:500]), replacement.predict_proba(X[:500])[:, 1])
