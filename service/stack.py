@@ -95,6 +95,8 @@ class Stack:
         return f"http://{self.host}:{self.settings.port}"
 
     def start(self, timeout: float = 60.0) -> "Stack":
+        """Both servers run in sessions of their own, so a terminal's Ctrl-C reaches only the
+        launcher, which then stops them gracefully (their own SIGINT handling is a fast stop)."""
         # nginx's workers run unprivileged: they may traverse the directory (to reach the socket
         # and their temp files) but not list it.
         self.run_dir.chmod(0o711)
@@ -109,11 +111,11 @@ class Stack:
         env = {"GUNICORN_PIDFILE": str(self.run_dir / "gunicorn.pid"), **self.env, "GUNICORN_BIND": f"unix:{self.socket}"}
         self.gunicorn = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF), "service.wsgi:application"],
-            cwd=ROOT, env=env, stdout=self.stdout, stderr=self.stderr)
+            cwd=ROOT, env=env, stdout=self.stdout, stderr=self.stderr, start_new_session=True)
         self._wait(lambda: self.socket.exists(), self.gunicorn, "gunicorn", timeout)
         self.nginx = subprocess.Popen(
             [nginx, "-p", str(self.run_dir), "-c", str(conf), "-g", "daemon off;"],
-            cwd=self.run_dir, stdout=self.stdout, stderr=self.stderr)
+            cwd=self.run_dir, stdout=self.stdout, stderr=self.stderr, start_new_session=True)
         self._wait(self._healthy, self.nginx, "nginx", timeout)
         return self
 

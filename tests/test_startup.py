@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -60,7 +61,7 @@ def test_launcher_serves_then_stops_cleanly(small_model, tmp_path, stop_signal):
     env = stack_env(small_model[0], port)
     with open(tmp_path / "out.log", "w") as log:
         process = subprocess.Popen([sys.executable, "-m", "service.stack"], cwd=ROOT, env=env,
-                                   stdout=log, stderr=subprocess.STDOUT)
+                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             deadline = time.monotonic() + 60
             while True:
@@ -71,7 +72,8 @@ def test_launcher_serves_then_stops_cleanly(small_model, tmp_path, stop_signal):
                     pass
                 assert process.poll() is None and time.monotonic() < deadline, (tmp_path / "out.log").read_text()
                 time.sleep(0.05)
-            process.send_signal(stop_signal)
+            # As a terminal does: Ctrl-C signals the whole foreground process group.
+            os.killpg(process.pid, stop_signal)
             assert process.wait(timeout=40) == 0
         finally:
             if process.poll() is None:
@@ -79,5 +81,6 @@ def test_launcher_serves_then_stops_cleanly(small_model, tmp_path, stop_signal):
     output = (tmp_path / "out.log").read_text()
     assert f"http://127.0.0.1:{port}" in output and "curl" in output
     assert "Shutting down: Master" in output
+    assert "Handling signal: term" in output  # gunicorn got the graceful stop, not a fast SIGINT one
     with pytest.raises(OSError):
         http_get("127.0.0.1", port, "/health", timeout=1)
