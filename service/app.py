@@ -7,6 +7,7 @@ import uuid
 
 import falcon
 
+from service import metrics
 from service.auth import ApiKeys
 from service.errors import handle_unexpected, serialize_error
 from service.loader import LoadedModel
@@ -27,10 +28,14 @@ class RequestContext:
 
 
 def create_app(settings: Settings, model: LoadedModel, validator: TransactionValidator) -> falcon.App:
-    app = falcon.App(middleware=[RequestContext()], cors_enable=False)
+    # RequestMetrics first: its process_response runs last, so it counts the final status.
+    app = falcon.App(middleware=[metrics.RequestMetrics(), RequestContext()], cors_enable=False)
     app.set_error_serializer(serialize_error)
     app.add_error_handler(Exception, handle_unexpected)
     keys = ApiKeys(settings.api_keys)
     app.add_route("/health", HealthResource(model))
-    app.add_route("/v1/fraud-score", FraudScoreResource(model, validator, keys, settings.fraud_threshold))
+    app.add_route("/v1/fraud-score", FraudScoreResource(model, validator, keys, settings.fraud_threshold,
+                                                        observe=metrics.observe_score))
+    app.add_route("/metrics", metrics.MetricsResource())  # nginx serves it to internal networks only
+    metrics.set_model_version(model.version)
     return app

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from operator import itemgetter
+from typing import Callable
 
 import falcon
 import orjson
@@ -43,7 +44,8 @@ class HealthResource:
 
 
 class FraudScoreResource:
-    def __init__(self, model: LoadedModel, validator: TransactionValidator, keys: ApiKeys, threshold: int) -> None:
+    def __init__(self, model: LoadedModel, validator: TransactionValidator, keys: ApiKeys, threshold: int,
+                 observe: Callable[[int, bool], None] = lambda score, is_fraud: None) -> None:
         self._predict_row = model.predict_row
         self._version = model.version
         self._validator = validator
@@ -51,6 +53,7 @@ class FraudScoreResource:
         self._keys = keys
         self._threshold = threshold
         self._row = itemgetter(*FEATURES)
+        self._observe = observe  # metrics: score distribution and fraud rate
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         require_key(self._keys, req)
@@ -59,6 +62,7 @@ class FraudScoreResource:
         if not self._is_valid(transaction):
             raise invalid_body(self._validator.violations(transaction))
         score = round(100.0 * self._predict_row(self._row(transaction)))
-        resp.data = orjson.dumps(
-            {"fraud-score": score, "is-fraud": score >= self._threshold, "model-version": self._version})
+        is_fraud = score >= self._threshold
+        self._observe(score, is_fraud)
+        resp.data = orjson.dumps({"fraud-score": score, "is-fraud": is_fraud, "model-version": self._version})
         resp.content_type = JSON
