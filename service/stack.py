@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import IO, Mapping
 
 from service import settings as settings_module
+from service.serve import GUNICORN_CONF  # noqa: F401  (where gunicorn's config lives, for callers)
 from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
