@@ -5,18 +5,25 @@ VENV := .venv
 PY := $(VENV)/bin/python
 MODEL_PATH ?= model/fraud-model.joblib
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_PACKAGES := nginx
+APT_PACKAGES := nginx wrk
+# The container's production stage installs without the dev extras: `make venv PIP_EXTRAS=`.
+PIP_EXTRAS ?= dev
 INSTALLED := $(VENV)/.installed
 
-.PHONY: help install system-packages run model model-full test clean
+.PHONY: help install system-packages venv run model model-full test fuzz chaos clean
 
 help:
 	@echo "make run    install what is missing, train the default model if there is none, serve through nginx"
 	@echo "make test   run the test suite (unit + integration with real nginx and gunicorn)"
 	@echo "make model  (re)train the default model; CSV=path/to/creditcard.csv trains on real data"
-	@echo "make install  system packages (nginx) and the virtual environment in .venv/"
+	@echo "make install  system packages (nginx, wrk) and the virtual environment in .venv/"
+	@echo "make fuzz   thousands of generated requests through nginx: no 5xx, still healthy (FUZZ_EXAMPLES=5000)"
+	@echo "make chaos  faults under load (kill -9, SIGTERM, recycling, slow body): a table of failures and recovery"
 
 install: system-packages $(INSTALLED)
+
+# The virtual environment alone (no Debian packages): what the container's build stage needs.
+venv: $(INSTALLED)
 
 # nginx from Debian's packages, installed only when missing.
 system-packages:
@@ -29,7 +36,7 @@ system-packages:
 $(INSTALLED): pyproject.toml service/_walker.c
 	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.$(if $(PIP_EXTRAS),[$(PIP_EXTRAS)])'
 	touch $@
 
 # Trained only when missing: `make model` retrains on purpose.
@@ -53,6 +60,14 @@ run: install .env $(MODEL_PATH)
 
 test: install
 	$(PY) -m pytest -n auto -q
+
+# The slow parts of issue #5. FUZZ_EXAMPLES sets how many generated requests the fuzz run sends.
+FUZZ_EXAMPLES ?= 5000
+fuzz: install
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q -p no:xdist tests/test_fuzz.py
+
+chaos: install
+	$(PY) -m chaos
 
 clean:
 	rm -rf $(VENV) build *.egg-info service/*.so .pytest_cache .hypothesis
