@@ -64,7 +64,7 @@ test: install
 # The slow parts of issue #5. FUZZ_EXAMPLES sets how many generated requests the fuzz run sends.
 FUZZ_EXAMPLES ?= 5000
 fuzz: install
-	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q -p no:xdist tests/test_fuzz.py
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q -s -p no:xdist tests/test_fuzz.py
 
 chaos: install
 	$(PY) -m chaos
