@@ -66,7 +66,7 @@ FUZZ_EXAMPLES ?= 5000
 fuzz: install
 	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q -s -p no:xdist tests/test_fuzz.py
 
-chaos: install
+chaos: install $(MODEL_PATH)
 	$(PY) -m chaos
 
 clean:
