@@ -137,7 +137,7 @@ def test_a_body_sent_a_byte_at_a_time_does_not_hold_the_only_worker(stack_factor
         slow.sendall(body[i:i + 1])
         started = time.monotonic()
         assert client.score(sample_transaction()).status == 200
-        assert time.monotonic() - started < 1.0
+        assert time.monotonic() - started < 2.0  # milliseconds normally; generous on a busy machine
         served += 1
         time.sleep(0.1)
     slow.sendall(body[20:])  # the rest arrives: nginx hands the whole body over at once
