@@ -6,10 +6,13 @@ PY := $(VENV)/bin/python
 MODEL_PATH ?= model/fraud-model.joblib
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := nginx
-TEST_APT_PACKAGES := chromium
+# chromium renders /docs in a test; wrk drives load in the hostile-input tests and make chaos.
+TEST_APT_PACKAGES := chromium wrk
+# The container's production stage installs without the dev extras: `make venv PIP_EXTRAS=`.
+PIP_EXTRAS ?= dev
 INSTALLED := $(VENV)/.installed
 
-.PHONY: help install system-packages test-system-packages apt-packages run reload model model-full test clean
+.PHONY: help install system-packages test-system-packages apt-packages venv run reload model model-full test fuzz chaos clean
 
 help:
 	@echo "make run    install what is missing, train the default model if there is none, serve through nginx"
@@ -17,10 +20,15 @@ help:
 	@echo "make reload roll out the model now at MODEL_PATH to the running service, with zero downtime"
 	@echo "make model  (re)train the default model; CSV=path/to/creditcard.csv trains on real data"
 	@echo "make install  system packages (nginx) and the virtual environment in .venv/"
+	@echo "make fuzz   thousands of generated requests through nginx: no 5xx, still healthy (FUZZ_EXAMPLES=5000)"
+	@echo "make chaos  faults under load (kill -9, SIGTERM, recycling, slow body): a table of failures and recovery"
 
 install: system-packages $(INSTALLED)
 
-# Debian's packages, installed only when missing: nginx to serve; chromium for the docs-page test.
+# The virtual environment alone (no Debian packages): what the container's build stage needs.
+venv: $(INSTALLED)
+
+# Debian's packages, installed only when missing: nginx to serve; more for the tests.
 system-packages:
 	@$(MAKE) --no-print-directory apt-packages PACKAGES="$(APT_PACKAGES)"
 
@@ -37,7 +45,7 @@ apt-packages:
 $(INSTALLED): pyproject.toml service/_walker.c
 	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.$(if $(PIP_EXTRAS),[$(PIP_EXTRAS)])'
 	touch $@
 
 # Trained only when missing: `make model` retrains on purpose.
@@ -69,6 +77,14 @@ reload:
 
 test: test-system-packages install
 	$(PY) -m pytest -n auto -q
+
+# The slow parts of issue #5. FUZZ_EXAMPLES sets how many generated requests the fuzz run sends.
+FUZZ_EXAMPLES ?= 5000
+fuzz: test-system-packages install
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q -s -p no:xdist tests/test_fuzz.py
+
+chaos: test-system-packages install $(MODEL_PATH)
+	$(PY) -m chaos
 
 clean:
 	rm -rf $(VENV) build *.egg-info service/*.so .pytest_cache .hypothesis

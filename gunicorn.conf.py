@@ -2,9 +2,11 @@
 
 import os
 
-from service import settings as service_settings
+from service import multiproc, settings as service_settings
 
 _settings = service_settings.load_or_exit()
+# Before the preloaded app imports prometheus_client: multiprocess mode, no samples from a past run.
+_metrics_dir, _metrics_dir_is_ours = multiproc.prepare()
 
 # nginx reaches the workers over a unix socket; the launcher (service/stack.py) or the container
 # sets its path.
@@ -34,3 +36,14 @@ def on_reload(server):
     from service import wsgi
 
     wsgi.roll_out(server)
+
+def child_exit(server, worker):
+    """In the master, for every worker that exits (killed, crashed or recycled by max_requests)."""
+    from service import metrics
+
+    metrics.worker_exited(worker.pid)
+
+
+def on_exit(server):
+    if _metrics_dir_is_ours:
+        multiproc.remove(_metrics_dir)

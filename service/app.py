@@ -12,6 +12,7 @@ from typing import Any
 
 import falcon
 
+from service import metrics
 from service.auth import ApiKeys
 from service.errors import handle_unexpected, serialize_error
 from service.loader import LoadedModel
@@ -69,7 +70,8 @@ def model_info(model: LoadedModel, settings: Settings, ood: OutOfDistribution) -
 
 
 def create_app(settings: Settings, model: LoadedModel | None, unavailable_reason: str = "") -> falcon.App:
-    app = falcon.App(middleware=[RequestContext()])
+    # RequestMetrics first: its process_response runs last, so it counts the final status.
+    app = falcon.App(middleware=[metrics.RequestMetrics(), RequestContext()])
     app.set_error_serializer(serialize_error)
     app.add_error_handler(Exception, handle_unexpected)
     keys = ApiKeys(settings.api_keys)
@@ -78,6 +80,7 @@ def create_app(settings: Settings, model: LoadedModel | None, unavailable_reason
     app.add_route("/openapi.json", StaticJson(build_openapi(document, settings.batch_max, settings.app_version)))
     app.add_route("/docs", DocsPage())
     app.add_static_route("/docs/static", str(resources.files("service").joinpath("static/swagger-ui")))
+    app.add_route("/metrics", metrics.MetricsResource())  # nginx serves it to internal networks only
 
     if model is None:
         app.add_route("/health", StaticJson({"status": "unhealthy", "model_loaded": False, "reason": unavailable_reason},
@@ -88,7 +91,8 @@ def create_app(settings: Settings, model: LoadedModel | None, unavailable_reason
         return app
 
     ood = OutOfDistribution(model.manifest.get("feature_stats"), settings.ood_z)
-    scoring = Scoring(model, ood, settings.fraud_threshold)
+    scoring = Scoring(model, ood, settings.fraud_threshold, observe=metrics.observe_score)
+    metrics.set_model_version(model.version)
     app.add_route("/health", StaticJson({"status": "healthy", "model_loaded": True}))
     app.add_route("/v1/fraud-score", FraudScoreResource(scoring, TransactionValidator(document), keys))
     app.add_route("/v1/fraud-score/batch", BatchScoreResource(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from operator import itemgetter
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -15,7 +15,8 @@ EXPLAIN_TOP = 5
 
 
 class Scoring:
-    def __init__(self, model: LoadedModel, ood: OutOfDistribution, threshold: int) -> None:
+    def __init__(self, model: LoadedModel, ood: OutOfDistribution, threshold: int,
+                 observe: Callable[[int, bool, bool], None] = lambda score, is_fraud, ood_warning: None) -> None:
         self.version = model.version
         self.can_explain = hasattr(model.scorer, "explain_row")
         self._scorer = model.scorer
@@ -23,12 +24,14 @@ class Scoring:
         self._ood = ood.features
         self._ood_rows = ood.features_of_rows
         self._threshold = threshold
+        self._observe = observe  # metrics: the score distribution, fraud and out-of-distribution rates
         self.row_of = itemgetter(*FEATURES)
 
     def _result(self, probability: float, flagged: list[str]) -> dict[str, Any]:
         score = round(100.0 * probability)
-        return annotate({"fraud-score": score, "is-fraud": score >= self._threshold, "model-version": self.version},
-                        flagged)
+        is_fraud = score >= self._threshold
+        self._observe(score, is_fraud, bool(flagged))
+        return annotate({"fraud-score": score, "is-fraud": is_fraud, "model-version": self.version}, flagged)
 
     def one(self, row: Sequence[float]) -> dict[str, Any]:
         return self._result(self._predict_row(row), self._ood(row))

@@ -5,6 +5,7 @@ value raises ConfigError naming the variable; entry points turn it into one line
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import sys
 from dataclasses import dataclass, field
@@ -38,6 +39,15 @@ class Settings:
     batch_max: int = 1000
     ood_z: float = 3.0
     model_required: bool = False
+    # nginx limits (issue #5): requests per second per API key and per client address, and the
+    # burst above the rate that is let through at once before 429s start.
+    rate_limit_per_key: int = 1000
+    rate_limit_per_ip: int = 2000
+    rate_limit_burst: int = 200
+    # Who may read /metrics besides loopback, and which proxies (the ALB's subnets) may name the
+    # client address in X-Forwarded-For. Both are CIDR lists; empty means none.
+    metrics_allow: tuple[str, ...] = ()
+    trusted_proxies: tuple[str, ...] = ()
 
 
 def _integer(low: int, high: int) -> Callable[[str], int]:
@@ -88,6 +98,12 @@ def _boolean(text: str) -> bool:
         return False
     raise ValueError("must be true or false")
 
+def _networks(text: str) -> tuple[str, ...]:
+    try:
+        return tuple(str(ipaddress.ip_network(part.strip(), strict=False)) for part in text.split(",") if part.strip())
+    except ValueError as e:
+        raise ValueError(f"must be comma-separated addresses or CIDR networks ({e})") from None
+
 
 def _nonempty(text: str) -> str:
     if not text.strip():
@@ -126,6 +142,11 @@ def from_mapping(env: Mapping[str, str]) -> Settings:
         batch_max=get("BATCH_MAX", _integer(1, 10_000), 1000),
         ood_z=get("OOD_Z", _positive_float, 3.0),
         model_required=get("MODEL_REQUIRED", _boolean, False),
+        rate_limit_per_key=get("RATE_LIMIT_PER_KEY", _integer(1, 1_000_000), 1000),
+        rate_limit_per_ip=get("RATE_LIMIT_PER_IP", _integer(1, 1_000_000), 2000),
+        rate_limit_burst=get("RATE_LIMIT_BURST", _integer(0, 1_000_000), 200),
+        metrics_allow=get("METRICS_ALLOW", _networks, ()),
+        trusted_proxies=get("TRUSTED_PROXIES", _networks, ()),
     )
 
 

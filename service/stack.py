@@ -24,7 +24,6 @@ from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "nginx" / "nginx.conf.template"
-GUNICORN_CONF = ROOT / "gunicorn.conf.py"
 PLACEHOLDER = re.compile(r"\$\{([A-Z][A-Z0-9_]*)\}")
 CLIENT_MAX_BODY_SIZE = "8k"
 BATCH_ITEM_KB = 1.25  # a transaction's JSON, pretty-printed, with full-precision numbers
@@ -49,6 +48,13 @@ def nginx_values(settings: Settings, run_dir: Path, socket: Path, access_log: st
         "GUNICORN_UPSTREAM": f"unix:{socket}",
         "CLIENT_MAX_BODY_SIZE": CLIENT_MAX_BODY_SIZE,
         "BATCH_MAX_BODY_SIZE": batch_body_limit(settings.batch_max),
+        "RATE_LIMIT_PER_KEY": str(settings.rate_limit_per_key),
+        "RATE_LIMIT_PER_IP": str(settings.rate_limit_per_ip),
+        "RATE_LIMIT_BURST": str(settings.rate_limit_burst),
+        "METRICS_ALLOW_LINES": " ".join(f"{net} 1;" for net in settings.metrics_allow),
+        "REAL_IP_LINES": " ".join([f"set_real_ip_from {net};" for net in settings.trusted_proxies]
+                                  + (["real_ip_header X-Forwarded-For; real_ip_recursive on;"]
+                                     if settings.trusted_proxies else [])),
     }
 
 
@@ -108,10 +114,13 @@ class Stack:
                                capture_output=True, text=True)
         if check.returncode != 0:
             raise RuntimeError(f"nginx rejected its config: {check.stderr.strip()}")
-        env = {"GUNICORN_PIDFILE": str(self.run_dir / "gunicorn.pid"), **self.env, "GUNICORN_BIND": f"unix:{self.socket}"}
+        # Metrics samples live in the run directory: fresh per stack, removed with it.
+        env = {"PROMETHEUS_MULTIPROC_DIR": str(self.run_dir / "metrics"),
+               "GUNICORN_PIDFILE": str(self.run_dir / "gunicorn.pid"), **self.env,
+               "GUNICORN_BIND": f"unix:{self.socket}"}
         self.gunicorn = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF), "service.wsgi:application"],
-            cwd=ROOT, env=env, stdout=self.stdout, stderr=self.stderr, start_new_session=True)
+            [sys.executable, "-m", "service.serve"], cwd=ROOT, env=env, stdout=self.stdout, stderr=self.stderr,
+            start_new_session=True)
         self._wait(lambda: self.socket.exists(), self.gunicorn, "gunicorn", timeout)
         self.nginx = subprocess.Popen(
             [nginx, "-p", str(self.run_dir), "-c", str(conf), "-g", "daemon off;"],

@@ -59,3 +59,19 @@ def stack(small_model, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sta
 @pytest.fixture
 def client(stack: Stack) -> Client:
     return Client("127.0.0.1", stack.settings.port)
+
+
+@pytest.fixture
+def stack_factory(small_model, tmp_path: Path) -> Iterator:
+    """Starts stacks with their own settings (rate limits, workers…); stops them after the test."""
+    started: list[Stack] = []
+
+    def start(**extra: str) -> Stack:
+        running = start_stack(small_model[0], tmp_path / f"stack-{len(started)}", **extra)
+        running.logs = tmp_path / f"stack-{len(started)}"  # type: ignore[attr-defined]
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        running.stop()

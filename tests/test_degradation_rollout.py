@@ -18,6 +18,10 @@ from tests.helpers import Client, as_transaction, sample_transaction, train_smal
 from tests.test_http import assert_error
 
 
+# Back-to-back requests from one key: nginx's default rate limit would answer 429s.
+UNTHROTTLED = {"RATE_LIMIT_PER_KEY": "1000000", "RATE_LIMIT_PER_IP": "1000000", "RATE_LIMIT_BURST": "100000"}
+
+
 def install_model(source: Path, target: Path) -> None:
     """As an operator (or `make model`) does: each file renamed into place, never overwritten."""
     for src, dst in zip(ArtifactPaths.for_model(source).__dict__.values(), ArtifactPaths.for_model(target).__dict__.values()):
@@ -122,7 +126,7 @@ def test_rollout_under_steady_traffic_switches_cleanly(tmp_path, two_models):
     a, b, probe, expected = two_models
     model_path = tmp_path / "fraud-model.joblib"
     install_model(a, model_path)
-    stack = start_stack(model_path, tmp_path / "logs")
+    stack = start_stack(model_path, tmp_path / "logs", **UNTHROTTLED)
     traffic = [SteadyTraffic(Client("127.0.0.1", stack.settings.port), probe) for _ in range(3)]
     try:
         for t in traffic:
@@ -152,7 +156,7 @@ def test_rollout_to_a_model_that_fails_verification_keeps_the_old_one(tmp_path, 
     a, b, probe, expected = two_models
     model_path = tmp_path / "fraud-model.joblib"
     install_model(a, model_path)
-    stack = start_stack(model_path, tmp_path / "logs")
+    stack = start_stack(model_path, tmp_path / "logs", **UNTHROTTLED)
     client = Client("127.0.0.1", stack.settings.port)
     traffic = SteadyTraffic(client, probe)
     try:

@@ -10,15 +10,15 @@ import time
 
 import pytest
 
-from service.stack import GUNICORN_CONF, ROOT, http_get
+from service import serve
+from service.stack import ROOT, http_get
 from tests.conftest import stack_env
 from tests.helpers import free_port
 
 
 def run_gunicorn(env: dict[str, str], tmp_path) -> subprocess.CompletedProcess:
     env = {**env, "GUNICORN_BIND": f"unix:{tmp_path}/g.sock"}
-    return subprocess.run([sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF), "service.wsgi:application"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    return subprocess.run(serve.argv(), cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
 
 
 @pytest.mark.parametrize("override, expected", [

@@ -1,0 +1,44 @@
+# syntax=docker/dockerfile:1
+# The api container: gunicorn + the Falcon app. nginx runs in its own container (docker-compose.yml).
+# Every step runs the same command a developer runs natively: `make test`, `make venv`,
+# `make model`, `python -m service.serve`, `python -m service.healthcheck`.
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS base
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONUNBUFFERED=1 DEBIAN_FRONTEND=noninteractive
+# A C compiler for service/_walker.c, make for the one install script.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev make \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /app
+
+# The whole suite, with real nginx and gunicorn, as CI runs it: a failing test fails the build.
+FROM base AS test
+COPY . .
+RUN make test && touch /app/.tests-passed
+
+# Runtime dependencies only, and the serving artifact (MODEL_CSV trains on real data instead).
+FROM base AS build
+COPY pyproject.toml Makefile README.md gunicorn.conf.py ./
+COPY service service
+COPY model model
+RUN make venv PIP_EXTRAS= && make model && rm -rf build
+
+FROM ${PYTHON_IMAGE} AS production
+# The production image is built only from a tested tree: this copy makes it depend on the test stage.
+COPY --from=test /app/.tests-passed /opt/fraud-scoring/tests-passed
+RUN groupadd --system --gid 10001 app \
+ && useradd --system --uid 10001 --gid app --no-create-home --shell /usr/sbin/nologin app \
+ && install -d -o app -g app -m 0755 /run/fraud-scoring
+# Owned by root, so the service user can read but never change the code or the model.
+COPY --from=build /app /app
+WORKDIR /app
+ENV PATH=/app/.venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
+    ENV_FILE=/nonexistent \
+    MODEL_PATH=/app/model/fraud-model.joblib \
+    GUNICORN_BIND=unix:/run/fraud-scoring/gunicorn.sock \
+    PROMETHEUS_MULTIPROC_DIR=/tmp/metrics
+USER 10001:10001
+HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 CMD ["python", "-m", "service.healthcheck"]
+CMD ["python", "-m", "service.serve"]

@@ -1,0 +1,304 @@
+"""`make chaos`: faults under steady load against the real stack (nginx + gunicorn from
+service/stack.py, the default model), on loopback, each scenario bounded in time.
+
+  kill -9 of a worker      gunicorn replaces it; failed requests stay under 0.5 % of the load
+  SIGTERM to the launcher  in-flight requests finish: nothing is cut mid-response
+  max_requests recycling   workers restart under load: no failed request
+  slow body                a client dribbling its body holds no worker, and is cut when it stalls
+
+Load comes from wrk (Debian package), as in the perf harness; the SIGTERM scenario uses a small
+client of its own because it must tell a refused connection (never processed, safe to retry) from a
+response cut half-way, which wrk cannot. Prints one table: fault, load, requests, failures, recovery."""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from service.settings import from_mapping
+from service.stack import ROOT, Stack, http_get
+
+SAMPLE = (ROOT / "model" / "mock-request-body.json").read_text()
+MAX_FAILURE_RATE = 0.005
+
+
+@dataclass
+class Row:
+    fault: str
+    load: str
+    requests: int
+    failures: int
+    recovery: str
+    passed: bool
+    note: str = ""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Bench:
+    """Settings shared by the scenarios: a throwaway key, limits out of the way, logs kept."""
+
+    def __init__(self, model_path: Path, workers: int, work: Path) -> None:
+        self.key = secrets.token_urlsafe(32)
+        self.model_path, self.workers, self.work = model_path, workers, work
+        self.script = work / "score.lua"
+        self.script.write_text(
+            'wrk.method = "POST"\n'
+            f"wrk.body = [[{SAMPLE}]]\n"
+            'wrk.headers["Content-Type"] = "application/json"\n'
+            f'wrk.headers["X-API-Key"] = "{self.key}"\n')
+
+    def env(self, port: int, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR")}
+        env.update(API_KEY=self.key, MODEL_PATH=str(self.model_path), PORT=str(port), WORKERS=str(self.workers),
+                   ENV_FILE="/nonexistent/.env", RATE_LIMIT_PER_KEY="1000000", RATE_LIMIT_PER_IP="1000000",
+                   RATE_LIMIT_BURST="100000")
+        env.update(extra)
+        return env
+
+    def stack(self, name: str, **extra: str) -> Stack:
+        env = self.env(free_port(), **extra)
+        log = open(self.work / f"{name}.log", "w")
+        return Stack(from_mapping(env), env=env, stdout=log, stderr=log,
+                     access_log=str(self.work / f"{name}-nginx-access.log")).start()
+
+
+@dataclass
+class WrkResult:
+    requests: int
+    non_2xx: int
+    socket_errors: int
+    text: str
+
+    @property
+    def failures(self) -> int:
+        return self.non_2xx + self.socket_errors
+
+
+def start_wrk(url: str, script: Path, seconds: int, connections: int) -> subprocess.Popen:
+    wrk = shutil.which("wrk")
+    if not wrk:
+        sys.exit("wrk is not installed: run `make install` (apt-get install wrk)")
+    return subprocess.Popen([wrk, "-t2", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s", "-s", str(script), url],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish_wrk(process: subprocess.Popen) -> WrkResult:
+    text = process.communicate(timeout=120)[0]
+    requests = int(re.search(r"(\d+) requests in", text).group(1))
+    non_2xx = int(m.group(1)) if (m := re.search(r"Non-2xx or 3xx responses: (\d+)", text)) else 0
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    return WrkResult(requests, non_2xx, sum(int(g) for g in errors.groups()) if errors else 0, text)
+
+
+def workers_of(master_pid: int) -> set[int]:
+    with open(f"/proc/{master_pid}/task/{master_pid}/children") as f:
+        return {int(pid) for pid in f.read().split()}
+
+
+def wait_for(predicate, timeout: float = 30.0) -> float:
+    started = time.monotonic()
+    while not predicate():
+        if time.monotonic() - started > timeout:
+            raise TimeoutError("condition not met")
+        time.sleep(0.005)
+    return time.monotonic() - started
+
+
+def metric(stack: Stack, name: str) -> float:
+    status, body = http_get("127.0.0.1", stack.settings.port, "/metrics")
+    found = re.search(rf"^{name} ([0-9.e+]+)$", body.decode(), re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def kill_a_worker(bench: Bench, seconds: int, connections: int) -> Row:
+    stack = bench.stack("kill9")
+    try:
+        master = stack.gunicorn.pid
+        wait_for(lambda: len(workers_of(master)) == bench.workers)
+        load = start_wrk(stack.base_url + "/v1/fraud-score", bench.script, seconds, connections)
+        time.sleep(seconds / 3)
+        victim = min(workers_of(master))
+        os.kill(victim, signal.SIGKILL)
+        recovery = wait_for(lambda: victim not in (w := workers_of(master)) and len(w) == bench.workers)
+        result = finish_wrk(load)
+        healthy = http_get("127.0.0.1", stack.settings.port, "/health")[0] == 200
+    finally:
+        stack.stop()
+    rate = result.failures / max(result.requests, 1)
+    return Row("kill -9 one worker", f"wrk {connections} conn, {seconds} s", result.requests, result.failures,
+               f"{recovery * 1000:.0f} ms to a new worker", healthy and rate < MAX_FAILURE_RATE,
+               f"failure rate {rate:.4%} (limit {MAX_FAILURE_RATE:.1%})")
+
+
+def recycle_workers(bench: Bench, seconds: int, connections: int) -> Row:
+    stack = bench.stack("recycle", GUNICORN_CMD_ARGS="--max-requests 500 --max-requests-jitter 100")
+    try:
+        result = finish_wrk(start_wrk(stack.base_url + "/v1/fraud-score", bench.script, seconds, connections))
+        restarts = metric(stack, "fraud_worker_exits_total")
+    finally:
+        stack.stop()
+    return Row("max_requests recycling", f"wrk {connections} conn, {seconds} s", result.requests, result.failures,
+               f"{restarts:.0f} workers recycled", result.failures == 0 and restarts > 0,
+               "max_requests 500 (jitter 100)")
+
+
+def sigterm_the_stack(bench: Bench, seconds: int, threads: int) -> Row:
+    """The launcher (`python -m service.stack`, what `make run` starts) gets SIGTERM mid-load."""
+    port = free_port()
+    log = open(bench.work / "sigterm.log", "w")
+    launcher = subprocess.Popen([sys.executable, "-m", "service.stack"], cwd=ROOT, env=bench.env(port),
+                                stdout=log, stderr=log)
+    wait_for(lambda: _healthy(port), 60)
+    counts = {"ok": 0, "refused": 0, "cut": 0, "error_status": 0}
+    lock = threading.Lock()
+    stop = threading.Event()
+    body = SAMPLE.encode()
+    headers = {"Content-Type": "application/json", "X-API-Key": bench.key}
+
+    def client() -> None:
+        while not stop.is_set():
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            outcome = "ok"
+            try:
+                conn.request("POST", "/v1/fraud-score", body, headers)
+            except OSError:
+                outcome = "refused"  # nginx no longer accepts: never processed, safe to retry
+            else:
+                try:
+                    response = conn.getresponse()
+                except (ConnectionError, http.client.RemoteDisconnected):
+                    outcome = "refused"  # closed before a single response byte: not processed
+                else:
+                    try:
+                        data = response.read()
+                        if response.status != 200:
+                            outcome = "error_status"
+                        elif "fraud-score" not in json.loads(data):
+                            outcome = "cut"
+                    except (http.client.IncompleteRead, OSError, ValueError):
+                        outcome = "cut"
+            finally:
+                conn.close()
+            with lock:
+                counts[outcome] += 1
+            if outcome == "refused":
+                time.sleep(0.01)
+
+    workers = [threading.Thread(target=client, daemon=True) for _ in range(threads)]
+    for t in workers:
+        t.start()
+    time.sleep(seconds / 2)
+    before = dict(counts)
+    signalled = time.monotonic()
+    launcher.send_signal(signal.SIGTERM)
+    launcher.wait(60)
+    stopped_in = time.monotonic() - signalled
+    time.sleep(0.5)
+    stop.set()
+    for t in workers:
+        t.join(15)
+    failures = counts["cut"] + counts["error_status"]
+    requests = counts["ok"] + failures
+    return Row("SIGTERM to the stack", f"{threads} clients, {seconds / 2:.0f} s before", requests, failures,
+               f"stopped in {stopped_in:.2f} s", failures == 0 and launcher.returncode == 0,
+               f"{counts['ok'] - before['ok']} answered after the signal; {counts['refused']} refused once "
+               f"nginx had closed its port (never processed); 0 cut mid-response required")
+
+
+def _healthy(port: int) -> bool:
+    try:
+        return http_get("127.0.0.1", port, "/health")[0] == 200
+    except OSError:
+        return False
+
+
+def slow_body(bench: Bench, seconds: int, connections: int) -> Row:
+    """One worker only; a client sends a byte a second of its body, then goes silent."""
+    stack = bench.stack("slowbody", WORKERS="1")
+    try:
+        port = stack.settings.port
+        body = SAMPLE.encode()
+        slow = socket.create_connection(("127.0.0.1", port))
+        slow.sendall(b"POST /v1/fraud-score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     + f"X-API-Key: {bench.key}\r\nContent-Length: {len(body)}\r\n\r\n".encode())
+        load = start_wrk(stack.base_url + "/v1/fraud-score", bench.script, seconds, connections)
+        for i in range(min(seconds, 5)):  # a byte a second while the load runs on the one worker
+            if i:
+                time.sleep(1)
+            slow.sendall(body[i:i + 1])
+        silent_from = time.monotonic()
+        slow.settimeout(60)
+        try:
+            answer = slow.recv(4096)  # b"" when nginx closes it (reset_timedout_connection: maybe a reset)
+        except ConnectionResetError:
+            answer = b""
+        cut_after = time.monotonic() - silent_from
+        slow.close()
+        result = finish_wrk(load)
+    finally:
+        stack.stop()
+    return Row("slow body (1 B/s, then silent)", f"wrk {connections} conn, {seconds} s, 1 worker",
+               result.requests, result.failures, f"cut {cut_after:.1f} s after its last byte",
+               result.failures == 0 and answer == b"" and cut_after < 15,
+               "nginx client_body_timeout 10s is between reads: a client that keeps sending is bounded "
+               "by the 8k body limit instead, and never reaches a worker")
+
+
+def table(rows: list[Row]) -> str:
+    head = ("fault", "load", "requests", "failures", "recovery", "result")
+    cells = [head] + [(r.fault, r.load, str(r.requests), str(r.failures), r.recovery, "ok" if r.passed else "FAIL")
+                      for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(head))]
+    lines = [" | ".join(c.ljust(w) for c, w in zip(row, widths)) for row in cells]
+    lines.insert(1, "-+-".join("-" * w for w in widths))
+    notes = [f"  {r.fault}: {r.note}" for r in rows if r.note]
+    return "\n".join(lines + [""] + notes)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=os.environ.get("MODEL_PATH", "model/fraud-model.joblib"))
+    parser.add_argument("--seconds", type=int, default=10, help="load duration per scenario")
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--keep", action="store_true", help="keep the logs (their directory is printed)")
+    args = parser.parse_args()
+    model = Path(args.model).resolve()
+    if not model.exists():
+        sys.exit(f"no model at {model}: run `make model`")
+    work = Path(tempfile.mkdtemp(prefix="fraud-chaos-"))
+    bench = Bench(model, args.workers, work)
+    rows = []
+    for scenario in (kill_a_worker, sigterm_the_stack, recycle_workers, slow_body):
+        print(f"running: {scenario.__name__} …", file=sys.stderr, flush=True)
+        n = args.connections // 2 if scenario is sigterm_the_stack else args.connections
+        rows.append(scenario(bench, args.seconds, n))
+    print(table(rows))
+    if args.keep:
+        print(f"\nlogs: {work}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0 if all(r.passed for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

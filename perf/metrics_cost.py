@@ -1,0 +1,45 @@
+"""What Prometheus metrics add to a scored request, in multiprocess mode as gunicorn runs them.
+
+    .venv/bin/python -m perf.metrics_cost
+
+A benchmark, not a test: median of repeated runs, on whatever machine it runs on."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+import timeit
+
+# Multiprocess mode is chosen when prometheus_client is imported: set it first, as gunicorn.conf.py does.
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="metrics-cost-")
+
+import falcon  # noqa: E402
+import falcon.testing  # noqa: E402
+
+from service import metrics  # noqa: E402
+
+
+def main() -> None:
+    middleware = metrics.RequestMetrics()
+    req = falcon.testing.create_req(method="POST", path="/v1/fraud-score")
+    req.uri_template = "/v1/fraud-score"
+    resp = falcon.Response()
+    resp.status = 200
+
+    def request_metrics() -> None:
+        req.context.started = 0.0
+        middleware.process_response(req, resp, None, True)
+
+    def score_metrics() -> None:
+        metrics.observe_score(12, False, False)
+
+    n = 100_000
+    for name, function in (("request count + latency", request_metrics), ("score histogram + fraud count", score_metrics)):
+        function()
+        us = statistics.median(timeit.repeat(function, number=n, repeat=5)) / n * 1e6
+        print(f"{name:<32} {us:6.2f} µs per request")
+
+
+if __name__ == "__main__":
+    main()

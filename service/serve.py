@@ -1,0 +1,27 @@
+"""The one way the API process starts: `python -m service.serve` runs gunicorn with this
+repository's gunicorn.conf.py. The container's CMD, `make run` (through service/stack.py) and the
+integration tests all start it, so the tests exercise the command that production runs."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+GUNICORN_CONF = Path(__file__).resolve().parent.parent / "gunicorn.conf.py"
+APP = "service.wsgi:application"
+
+
+def argv() -> list[str]:
+    return [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF), APP]
+
+
+def main() -> None:
+    # exec: gunicorn's master becomes this process, so signals from the container runtime or the
+    # launcher reach it directly.
+    command = argv()
+    os.execv(command[0], command)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+"""The container files, checked without a Docker engine: hadolint, the Compose specification's
+JSON Schema, nginx -t on the config the nginx container renders, and the Dockerfile running only
+commands that this suite exercises natively."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from service import healthcheck, serve
+from service.stack import ROOT, TEMPLATE, find_nginx, render_nginx_config
+
+DOCKERFILE = ROOT / "Dockerfile"
+COMPOSE = ROOT / "docker-compose.yml"
+COMPOSE_SCHEMA = ROOT / "deploy" / "compose-spec" / "compose-spec.json"
+
+
+def compose() -> dict:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+def instructions() -> list[tuple[str, str]]:
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in text.splitlines()
+            if line.strip() and not line.lstrip().startswith("#")]
+
+
+def test_hadolint_passes():
+    hadolint = Path(sys.executable).parent / "hadolint"
+    result = subprocess.run([str(hadolint), "--config", str(ROOT / ".hadolint.yaml"), str(DOCKERFILE)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_hadolint_catches_a_bad_dockerfile(tmp_path):
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM python:latest\nRUN cd /app && pip install flask\n")
+    hadolint = Path(sys.executable).parent / "hadolint"
+    result = subprocess.run([str(hadolint), str(bad)], capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0 and "DL3007" in result.stdout  # :latest
+
+
+def validator() -> jsonschema.protocols.Validator:
+    schema = json.loads(COMPOSE_SCHEMA.read_text())
+    return jsonschema.validators.validator_for(schema)(schema)
+
+
+def test_compose_file_follows_the_compose_specification():
+    errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator().iter_errors(compose())]
+    assert errors == []
+
+
+def test_the_schema_rejects_a_broken_compose_file():
+    broken = compose()
+    broken["services"]["api"]["read_only"] = "sometimes"
+    broken["services"]["nginx"]["healthcheck"]["intervall"] = "10s"
+    assert len(list(validator().iter_errors(broken))) == 2
+
+
+def test_compose_hardening():
+    services = compose()["services"]
+    assert set(services) == {"api", "nginx"}
+    for name, service in services.items():
+        assert service["read_only"] is True, name
+        assert service["cap_drop"] == ["ALL"], name
+        assert service["deploy"]["resources"]["limits"]["memory"], name
+        assert service["healthcheck"]["test"], name
+    assert services["nginx"]["depends_on"]["api"]["condition"] == "service_healthy"
+    assert "sockets:/run/fraud-scoring" in services["api"]["volumes"]
+    assert "sockets:/run/fraud-scoring" in services["nginx"]["volumes"]
+
+
+def interpolate(value: str) -> str:
+    """Compose's ${NAME:-default} with nothing set: the defaults."""
+    return re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", str(value))
+
+
+def test_the_nginx_container_renders_a_config_that_nginx_accepts(tmp_path):
+    nginx = compose()["services"]["nginx"]
+    values = {k: interpolate(v) for k, v in nginx["environment"].items()}
+    assert "./nginx/nginx.conf.template:/etc/nginx/templates/nginx.conf.template:ro" in nginx["volumes"]
+    rendered = render_nginx_config(TEMPLATE.read_text(), values)  # every placeholder has a value
+    assert f"{values['NGINX_ENVSUBST_OUTPUT_DIR']}/nginx.conf" in nginx["command"]
+    # Only the run directory moves, so that nginx -t may create its temp paths here.
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(rendered.replace("/tmp", str(tmp_path)))
+    result = subprocess.run([find_nginx(), "-t", "-q", "-p", str(tmp_path), "-c", str(conf)],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+
+
+def test_the_dockerfile_runs_only_what_the_suite_runs_natively():
+    steps = instructions()
+    makefile = (ROOT / "Makefile").read_text()
+    for kind, argument in steps:
+        if kind != "RUN":
+            continue
+        for command in (c.strip() for c in argument.split("&&")):
+            words = shlex.split(command)
+            if words[0] == "make":
+                target = next(w for w in words[1:] if "=" not in w)
+                assert re.search(rf"^{target}:", makefile, re.M), command
+            else:  # image plumbing, not the service's own steps
+                assert words[0] in {"apt-get", "rm", "groupadd", "useradd", "install", "touch"}, command
+    run = [json.loads(a) for k, a in steps if k == "CMD"]
+    assert run[-1] == ["python", "-m", "service.serve"]  # what service/stack.py starts for every test
+    assert "[sys.executable, \"-m\", \"service.serve\"]" in (ROOT / "service" / "stack.py").read_text()
+    health = [a for k, a in steps if k == "HEALTHCHECK"]
+    assert health and health[-1].endswith('CMD ["python", "-m", "service.healthcheck"]')
+    assert compose()["services"]["api"]["healthcheck"]["test"] == ["CMD", "python", "-m", "service.healthcheck"]
+    assert any(k == "USER" and not a.startswith(("0", "root")) for k, a in steps)
+    assert serve.argv()[-1] == "service.wsgi:application"
+
+
+def test_the_container_healthcheck_against_a_real_gunicorn(stack, tmp_path):
+    env = {"GUNICORN_BIND": f"unix:{stack.socket}", "PATH": "/usr/bin:/bin"}
+    result = subprocess.run([sys.executable, "-m", "service.healthcheck"], env=env, cwd=ROOT,
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert '"status":"healthy"' in result.stdout
+    healthy, line = healthcheck.check(f"unix:{tmp_path}/nothing.sock")
+    assert not healthy and "unhealthy" in line

@@ -1,0 +1,146 @@
+"""Fuzzing through real nginx and workers: generated requests, valid and invalid, never get a 5xx,
+and the service is healthy afterwards.
+
+schemathesis generates the requests from an OpenAPI description: the service's own /openapi.json
+when it serves one, otherwise one built here around service/schemas/transaction.schema.json (the
+same document the service validates with). Raw hostile bytes come from hypothesis directly.
+
+`make test` runs a quick pass; `make fuzz` runs FUZZ_EXAMPLES (default 5000) of each kind."""
+
+from __future__ import annotations
+
+import collections
+import http.client
+import json
+import os
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings, strategies as st
+from schemathesis import GenerationMode
+
+from service.schema import load_schema_document
+from tests.conftest import start_stack
+from tests.helpers import TEST_KEY
+
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "150"))
+FUZZ_SETTINGS = settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=False,
+                         suppress_health_check=list(HealthCheck))
+
+
+def openapi_document() -> dict:
+    """A minimal OpenAPI 3.1 description of the scoring endpoint, around the transaction schema."""
+    transaction = {k: v for k, v in load_schema_document().items() if k not in ("$schema", "$id")}
+    error = {"description": "error", "content": {"application/json": {"schema": {"type": "object"}}}}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "fraud scoring", "version": "1"},
+        "paths": {
+            "/v1/fraud-score": {"post": {
+                "requestBody": {"required": True, "content": {"application/json": {"schema": transaction}}},
+                "responses": {"200": {"description": "scored"}, "422": error, "400": error, "403": error},
+            }},
+            "/health": {"get": {"responses": {"200": {"description": "healthy"}}}},
+        },
+    }
+
+
+def load_api_schema(base_url: str):
+    host, port = base_url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    conn.request("GET", "/openapi.json")
+    reply = conn.getresponse()
+    body = reply.read()
+    conn.close()
+    document = json.loads(body) if reply.status == 200 else openapi_document()
+    return schemathesis.openapi.from_dict(document)
+
+
+@pytest.fixture(scope="module")
+def fuzz_stack(small_model, tmp_path_factory):
+    # Limits out of the way: the fuzzer sends thousands of requests from one address and key.
+    running = start_stack(small_model[0], tmp_path_factory.mktemp("fuzz-logs"), WORKERS="2",
+                          RATE_LIMIT_PER_KEY="1000000", RATE_LIMIT_PER_IP="1000000", RATE_LIMIT_BURST="100000")
+    yield running
+    running.stop()
+
+
+def assert_clean_run(stack, statuses: collections.Counter, label: str) -> None:
+    host, port = "127.0.0.1", stack.settings.port
+    conn = http.client.HTTPConnection(host, port, timeout=10)
+    conn.request("GET", "/health")
+    assert conn.getresponse().status == 200
+    conn.close()
+    assert not [s for s in statuses if s >= 500], statuses
+    print(f"\nfuzz {label}: {sum(statuses.values())} requests, statuses {dict(sorted(statuses.items()))}, "
+          f"5xx: 0, healthy afterwards")
+
+
+def test_schemathesis_cases_never_get_a_5xx(fuzz_stack):
+    schema = load_api_schema(fuzz_stack.base_url)
+    cases = st.one_of(*(op.ok().as_strategy(mode) for op in schema.get_all_operations()
+                        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)))
+    statuses: collections.Counter = collections.Counter()
+
+    @FUZZ_SETTINGS
+    @given(case=cases, with_key=st.sampled_from([True, True, True, False]))
+    def run(case, with_key):
+        headers = {"X-API-Key": TEST_KEY} if with_key else {}
+        response = case.call(base_url=fuzz_stack.base_url, headers=headers, timeout=10)
+        statuses[response.status_code] += 1
+        assert response.status_code < 500, (case.method, case.path, case.body, response.text[:300])
+        if response.status_code >= 400 and case.method != "HEAD":
+            assert "error" in response.json(), response.text[:300]
+
+    run()
+    assert statuses[200] > 0 and sum(n for s, n in statuses.items() if 400 <= s < 500) > 0, statuses
+    assert_clean_run(fuzz_stack, statuses, "schemathesis")
+
+
+JSONISH = st.recursive(st.none() | st.booleans() | st.floats(allow_nan=False) | st.integers() | st.text(max_size=20),
+                       lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=8), inner, max_size=5),
+                       max_leaves=40)
+
+
+@st.composite
+def hostile_requests(draw):
+    method = draw(st.sampled_from(["POST", "POST", "POST", "GET", "PUT", "DELETE", "OPTIONS", "PATCH"]))
+    path = draw(st.sampled_from(["/v1/fraud-score", "/v1/fraud-score/", "/health", "/v1/fraud-score?x=1",
+                                 "/metrics", "/v1//fraud-score", "/%2e%2e/etc/passwd"]))
+    body = draw(st.one_of(
+        st.binary(max_size=2000),
+        JSONISH.map(lambda v: json.dumps(v).encode()),
+        st.dictionaries(st.sampled_from(["Time", "V1", "V14", "Amount", "x"]), JSONISH, max_size=5)
+          .map(lambda v: json.dumps(v).encode()),
+    ))
+    content_type = draw(st.sampled_from([None, "application/json", "text/plain", "application/problem+json",
+                                         "application/json; charset=latin-1", "multipart/form-data"]))
+    key = draw(st.sampled_from([TEST_KEY, None, "", "x" * 300, TEST_KEY + "\t"]))
+    return method, path, body, content_type, key
+
+
+def test_raw_hostile_requests_never_get_a_5xx(fuzz_stack):
+    statuses: collections.Counter = collections.Counter()
+
+    @FUZZ_SETTINGS
+    @given(request=hostile_requests())
+    def run(request):
+        method, path, body, content_type, key = request
+        headers = {"Content-Type": content_type} if content_type else {}
+        if key is not None:
+            headers["X-API-Key"] = key
+        conn = http.client.HTTPConnection("127.0.0.1", fuzz_stack.settings.port, timeout=10)
+        try:
+            conn.request(method, path, body=body, headers=headers)
+            reply = conn.getresponse()
+            raw = reply.read()
+        finally:
+            conn.close()
+        statuses[reply.status] += 1
+        assert reply.status < 500, (method, path, body[:200], raw[:300])
+        if reply.status >= 400:
+            assert reply.getheader("Content-Type", "").startswith("application/json"), raw[:300]
+            assert "error" in json.loads(raw), raw[:300]
+
+    run()
+    assert_clean_run(fuzz_stack, statuses, "raw hostile")

@@ -1,0 +1,148 @@
+"""Hostile input over real nginx and workers: every one gets a 4xx JSON body, never a 5xx; and a
+slow client does not hold a worker. (The basics are in test_http.py; these are the abusive cases.)"""
+
+from __future__ import annotations
+
+import json
+import socket
+import statistics
+import time
+
+import pytest
+
+from service.auth import ApiKeys
+from tests.helpers import Client, sample_transaction
+from tests.test_http import assert_error
+
+TEXT = json.dumps(sample_transaction())
+
+
+def with_v3(token: str) -> str:
+    text = TEXT.replace('"V3": 2.53634673796914', f'"V3": {token}')
+    assert token in text
+    return text
+
+
+@pytest.mark.parametrize("headers", [
+    {"X-Big": "a" * 9000},  # one header beyond large_client_header_buffers
+    {f"X-Many-{i}": "a" * 1000 for i in range(40)},  # many, 40 KB in all
+    {"X-API-Key": "k" * 9000},
+])
+def test_headers_beyond_limits_are_400_json(client: Client, headers):
+    assert_error(client.request("GET", "/health", headers=headers, key=None), 400)
+
+
+def test_uri_beyond_limits_is_414_json(client: Client):
+    assert_error(client.request("GET", "/" + "a" * 9000), 414)
+
+
+@pytest.mark.parametrize("body", [
+    "[" * 3000 + "]" * 3000,
+    TEXT[:-1] + ', "extra": ' + "[" * 2000 + "]" * 2000 + "}",
+    TEXT[:-1] + ', "extra": ' + '{"a":' * 1200 + "1" + "}" * 1200 + "}",
+])
+def test_deeply_nested_json_is_400(client: Client, body):
+    reply = client.request("POST", "/v1/fraud-score", body)
+    assert_error(reply, 400)
+    assert "depth" in reply.json["message"] or "JSON" in reply.json["message"]
+
+
+def test_duplicate_keys_last_one_wins_for_validation_and_scoring_alike(client: Client):
+    # Validation and scoring read the same parsed object, so a duplicate cannot be validated as one
+    # value and scored as another.
+    assert_error(client.request("POST", "/v1/fraud-score", TEXT[:-1] + ', "V1": "x"}'), 422, "V1")
+    reply = client.request("POST", "/v1/fraud-score", '{"V1": "x", ' + TEXT[1:])
+    assert reply.status == 200
+    assert reply.json == client.score(sample_transaction()).json
+
+
+@pytest.mark.parametrize("token, status", [
+    ("100000000000000000000", 200),  # beyond 64-bit integers, still a float32
+    ("-" + "9" * 30, 200),
+    ("1" + "0" * 40, 422),  # beyond float32
+    ("1e38", 200), ("1e39", 422), ("-1e39", 422),
+    ("0." + "0" * 500 + "1", 200), ("1e-400", 200),  # underflows to 0
+    ("1" + "0" * 5000, 422),
+])
+def test_huge_and_tiny_numbers(client: Client, token, status):
+    reply = client.request("POST", "/v1/fraud-score", with_v3(token))
+    if status == 200:
+        assert reply.status == 200, reply.raw
+    else:
+        assert_error(reply, status, "V3")
+
+
+@pytest.mark.parametrize("method", ["PUT", "PATCH", "DELETE", "TRACE", "CONNECT", "HEAD"])
+def test_wrong_methods_are_405(client: Client, method):
+    reply = client.request(method, "/v1/fraud-score", TEXT)
+    assert reply.status == 405
+    if method != "HEAD":  # HEAD answers carry no body
+        assert_error(reply, 405)
+
+
+def test_unknown_method_is_400_json(client: Client):
+    assert_error(client.request("BREW", "/v1/fraud-score", TEXT), 400)
+
+
+@pytest.mark.parametrize("content_type", ["multipart/form-data; boundary=x", "text/json", "application/octet-stream",
+                                          "application/jsonx", "*/*"])
+def test_wrong_content_types_are_415(client: Client, content_type):
+    assert_error(client.request("POST", "/v1/fraud-score", TEXT, headers={"Content-Type": content_type}), 415)
+
+
+def test_chunked_and_content_length_together_is_refused(client: Client):
+    # Request smuggling: a body framed two ways is refused by nginx before it reaches a worker.
+    assert_error(client.request("POST", "/v1/fraud-score", TEXT, headers={"Transfer-Encoding": "chunked"}), 400)
+
+
+def _probe(keys: ApiKeys, early: str, late: str, rounds: int = 25, n: int = 50) -> float:
+    """Ratio of the time to reject a key that differs at the end to one that differs at the start."""
+    early_t, late_t = [], []
+    for _ in range(rounds):  # interleaved, so that noise from other processes hits both alike
+        t = time.perf_counter()
+        for _ in range(n):
+            keys.accepts(early)
+        early_t.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        for _ in range(n):
+            keys.accepts(late)
+        late_t.append(time.perf_counter() - t)
+    return statistics.median(late_t) / statistics.median(early_t)
+
+
+class NaiveKeys(ApiKeys):
+    def accepts(self, presented):  # what the probe must catch: == stops at the first difference
+        return presented.encode("latin-1") in self._keys
+
+
+def test_api_key_comparison_time_does_not_depend_on_how_much_matches():
+    key = "k" * 200_000  # long, so that a comparison that stops early would stand out from the noise
+    early, late = "x" + key[1:], key[:-1] + "x"
+    # Both pay for encoding the presented key; only the comparison differs.
+    assert _probe(NaiveKeys((key.encode(),)), early, late) > 1.6  # the probe sees a leaky comparison…
+    assert 0.75 < _probe(ApiKeys((key.encode(),)), early, late) < 1.33  # …and the service's is flat
+
+
+def test_a_body_sent_a_byte_at_a_time_does_not_hold_the_only_worker(stack_factory):
+    stack = stack_factory(WORKERS="1")
+    port = stack.settings.port
+    body = TEXT.encode()
+    slow = socket.create_connection(("127.0.0.1", port))
+    slow.sendall(b"POST /v1/fraud-score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"X-API-Key: test-key-0123456789abcdef\r\n"
+                 + f"Content-Length: {len(body)}\r\n\r\n".encode())
+    client = Client("127.0.0.1", port)
+    served = 0
+    for i in range(20):  # 20 bytes over 2 s; meanwhile the single worker serves everyone else
+        slow.sendall(body[i:i + 1])
+        started = time.monotonic()
+        assert client.score(sample_transaction()).status == 200
+        assert time.monotonic() - started < 2.0  # milliseconds normally; generous on a busy machine
+        served += 1
+        time.sleep(0.1)
+    slow.sendall(body[20:])  # the rest arrives: nginx hands the whole body over at once
+    slow.settimeout(10)
+    answer = slow.recv(65536)
+    slow.close()
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+    assert served == 20

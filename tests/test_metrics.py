@@ -1,0 +1,87 @@
+"""/metrics over real nginx and several real gunicorn workers: counts add up across processes,
+survive a worker's death, and the per-request cost stays within the hot path's budget."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.helpers import Client, sample_transaction
+
+
+def samples(client: Client) -> dict[tuple[str, frozenset], float]:
+    reply = client.request("GET", "/metrics")
+    assert reply.status == 200
+    assert reply.headers["Content-Type"].startswith("text/plain")
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(reply.raw.decode()) for s in family.samples}
+
+
+def value(found: dict, name: str, **labels: str) -> float:
+    return found.get((name, frozenset(labels.items())), 0.0)
+
+
+def workers_of(master_pid: int) -> set[int]:
+    with open(f"/proc/{master_pid}/task/{master_pid}/children") as f:
+        return {int(pid) for pid in f.read().split()}
+
+
+def wait_for(predicate, timeout: float = 30.0):
+    deadline = time.monotonic() + timeout
+    while not (result := predicate()):
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+    return result
+
+
+def test_counts_add_up_across_workers_and_survive_a_killed_worker(stack_factory):
+    stack = stack_factory(WORKERS="3")
+    client = Client("127.0.0.1", stack.settings.port)
+    master = stack.gunicorn.pid
+    workers = wait_for(lambda: w if len(w := workers_of(master)) == 3 else None)
+    for _ in range(60):  # a new connection each time: the kernel spreads them over the workers
+        reply = client.score(sample_transaction())
+        assert reply.status == 200
+    for _ in range(4):
+        assert client.score({}).status == 422
+    assert client.score(sample_transaction(), key="not-a-valid-key-at-all").status == 403
+
+    found = samples(client)
+    assert value(found, "fraud_http_requests_total", route="/v1/fraud-score", method="POST", status="200") == 60
+    assert value(found, "fraud_http_requests_total", route="/v1/fraud-score", method="POST", status="422") == 4
+    assert value(found, "fraud_http_requests_total", route="/v1/fraud-score", method="POST", status="403") == 1
+    assert value(found, "fraud_http_request_duration_seconds_count", route="/v1/fraud-score") == 65
+    assert value(found, "fraud_score_count") == 60
+    assert value(found, "fraud_scored_total", is_fraud="false") + value(found, "fraud_scored_total", is_fraud="true") == 60
+    assert value(found, "fraud_model_info", version="test-3") == 1
+    assert value(found, "fraud_worker_exits_total") == 0
+    # More than one process wrote those samples.
+    files = os.listdir(stack.run_dir / "metrics")
+    assert len({f.rsplit("_", 1)[-1] for f in files if f.startswith("counter_")}) >= 2, files
+
+    victim = sorted(workers)[0]
+    os.kill(victim, signal.SIGKILL)
+    wait_for(lambda: victim not in workers_of(master) and len(workers_of(master)) == 3)
+    found = samples(client)
+    assert value(found, "fraud_worker_exits_total") == 1
+    # The dead worker's requests still count: counters are never lost with a process.
+    assert value(found, "fraud_http_requests_total", route="/v1/fraud-score", method="POST", status="200") == 60
+    assert value(found, "fraud_model_info", version="test-3") == 1
+
+
+def test_the_metrics_directory_is_wiped_at_start(small_model, tmp_path):
+    from tests.conftest import start_stack
+
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    stale = metrics_dir / "counter_999999.db"
+    stale.write_bytes(b"left over from a previous run")
+    stack = start_stack(small_model[0], tmp_path / "logs", PROMETHEUS_MULTIPROC_DIR=str(metrics_dir))
+    try:
+        assert not stale.exists()
+        assert samples(Client("127.0.0.1", stack.settings.port))  # and the scrape works
+    finally:
+        stack.stop()
