@@ -16,6 +16,7 @@ from service.artifacts import ArtifactPaths
 from tests.conftest import start_stack
 from tests.helpers import Client, as_transaction, sample_transaction, train_small_model
 from tests.test_http import assert_error
+from tests.test_metrics import samples, value
 
 
 # Back-to-back requests from one key: nginx's default rate limit would answer 429s.
@@ -136,10 +137,16 @@ def test_rollout_under_steady_traffic_switches_cleanly(tmp_path, two_models):
         stack.reload()
         wait_for(lambda: all(t.seen[-30:] and all(v == "test-4" for _, v, _ in t.seen[-30:]) for t in traffic))
         seen = [s for t in traffic for s in t.stop()]
+        scraped = samples(Client("127.0.0.1", stack.settings.port))
     finally:
         for t in traffic:
             t.stopping.set()
         stack.stop()
+    # Metrics survive the rollout (the multiprocess files are not wiped) and name the new model.
+    assert value(scraped, "fraud_model_info", version="test-4") == 1
+    assert value(scraped, "fraud_model_info", version="test-3") == 0
+    scored = value(scraped, "fraud_scored_total", is_fraud="true") + value(scraped, "fraud_scored_total", is_fraud="false")
+    assert scored >= len(seen)
     failures = [s for s in seen if s[0] != 200]
     assert not failures, f"{len(failures)} of {len(seen)} requests failed during the rollout: {failures[:3]}"
     # Every response comes wholly from one model: its version and its score agree.
