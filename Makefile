@@ -7,14 +7,18 @@ MODEL_PATH ?= model/fraud-model.joblib
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := nginx
 INSTALLED := $(VENV)/.installed
+PERF_APT_PACKAGES := wrk
+PERF_INSTALLED := $(VENV)/.perf-installed
 
-.PHONY: help install system-packages run model model-full test clean
+.PHONY: help install system-packages run model model-full test clean perf perf-baseline perf-install
 
 help:
 	@echo "make run    install what is missing, train the default model if there is none, serve through nginx"
 	@echo "make test   run the test suite (unit + integration with real nginx and gunicorn)"
 	@echo "make model  (re)train the default model; CSV=path/to/creditcard.csv trains on real data"
 	@echo "make install  system packages (nginx) and the virtual environment in .venv/"
+	@echo "make perf   load and micro-benchmarks against the real stack, checked against perf/baseline.json (~3 min)"
+	@echo "make perf-baseline  the same, then record this run's ratios as the new baseline"
 
 install: system-packages $(INSTALLED)
 
@@ -53,6 +57,21 @@ run: install .env $(MODEL_PATH)
 
 test: install
 	$(PY) -m pytest -n auto -q
+
+# The load generator (wrk, from Debian's packages) and the perf extra (matplotlib draws the chart).
+perf-install: install
+	@$(MAKE) --no-print-directory system-packages APT_PACKAGES="$(PERF_APT_PACKAGES)"
+	@$(MAKE) --no-print-directory $(PERF_INSTALLED)
+
+$(PERF_INSTALLED): $(INSTALLED) pyproject.toml
+	$(PY) -m pip install -q -e '.[dev,perf]'
+	touch $@
+
+perf: perf-install $(MODEL_PATH)
+	$(PY) -m perf $(PERF_ARGS)
+
+perf-baseline: perf-install $(MODEL_PATH)
+	$(PY) -m perf --write-baseline $(PERF_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info service/*.so .pytest_cache .hypothesis
