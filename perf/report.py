@@ -74,8 +74,12 @@ def targets(results: dict[str, Any]) -> list[Target]:
 
 
 def hard_failures(results: dict[str, Any]) -> list[str]:
-    """Failed requests anywhere, and a p99 of 200 ms or more at 20 or 64 connections."""
+    """Failed requests anywhere, a p99 of 200 ms or more at 20 or 64 connections, and a walker
+    that no longer agrees with predict_proba to the last bit (correctness before speed)."""
     failures = []
+    engine = results.get("micro", {}).get("engine")
+    if engine and not engine["bit_identical"]:
+        failures.append("the walker's probabilities differ from predict_proba's")
     scenarios = [*results["closed_loop"].values(), *results.get("open_loop", {}).values()]
     for s in scenarios:
         if s["failed"]:

@@ -170,6 +170,12 @@ def test_p99_of_200_ms_at_20_or_64_connections_fails():
     assert report.hard_failures(results) == ["health c20 closed: p99 200 ms ≥ 200 ms"]
 
 
+def test_a_walker_that_disagrees_with_sklearn_fails():
+    results = make_results()
+    results["micro"]["engine"]["bit_identical"] = False
+    assert report.hard_failures(results) == ["the walker's probabilities differ from predict_proba's"]
+
+
 def test_targets_are_judged():
     met = {t.figure: t.met for t in report.targets(make_results())}
     assert all(met.values()), met
