@@ -22,8 +22,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from urllib.parse import urlsplit
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 import orjson
@@ -67,7 +67,9 @@ def start_stack(model_path: Path, api_key: str, stack_log: Path, workers: int | 
     """The real nginx + gunicorn, as `make run` starts them, on a free loopback port (retried if
     another process takes the port first)."""
     for attempt in range(3):
-        env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "WORKERS", "GUNICORN_CMD_ARGS")}
+        # WORKERS and GUNICORN_CMD_ARGS pass through, to compare settings: a developer's .env does not.
+        passed = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "WORKERS", "GUNICORN_CMD_ARGS")
+        env = {k: v for k, v in os.environ.items() if k in passed}
         env.update({"API_KEY": api_key, "MODEL_PATH": str(model_path), "HOST": "127.0.0.1",
                     "PORT": str(free_port()), "ENV_FILE": "/nonexistent/.env"})
         if workers:
