@@ -11,8 +11,9 @@ TEST_APT_PACKAGES := chromium wrk
 # The container's production stage installs without the dev extras: `make venv PIP_EXTRAS=`.
 PIP_EXTRAS ?= dev
 INSTALLED := $(VENV)/.installed
+PERF_INSTALLED := $(VENV)/.perf-installed
 
-.PHONY: help install system-packages test-system-packages apt-packages venv run reload model model-full test fuzz chaos clean
+.PHONY: help install system-packages test-system-packages apt-packages venv run reload model model-full test fuzz chaos clean perf perf-baseline perf-install
 
 help:
 	@echo "make run    install what is missing, train the default model if there is none, serve through nginx"
@@ -22,6 +23,8 @@ help:
 	@echo "make install  system packages (nginx) and the virtual environment in .venv/"
 	@echo "make fuzz   thousands of generated requests through nginx: no 5xx, still healthy (FUZZ_EXAMPLES=5000)"
 	@echo "make chaos  faults under load (kill -9, SIGTERM, recycling, slow body): a table of failures and recovery"
+	@echo "make perf   load and micro-benchmarks against the real stack, checked against perf/baseline.json (~3 min)"
+	@echo "make perf-baseline  the same, then record this run's ratios as the new baseline"
 
 install: system-packages $(INSTALLED)
 
@@ -85,6 +88,21 @@ fuzz: test-system-packages install
 
 chaos: test-system-packages install $(MODEL_PATH)
 	$(PY) -m chaos
+
+# The load generator (wrk, from Debian's packages) and the perf extra (matplotlib draws the chart).
+perf-install: install
+	@$(MAKE) --no-print-directory test-system-packages
+	@$(MAKE) --no-print-directory $(PERF_INSTALLED)
+
+$(PERF_INSTALLED): $(INSTALLED) pyproject.toml
+	$(PY) -m pip install -q -e '.[dev,perf]'
+	touch $@
+
+perf: perf-install $(MODEL_PATH)
+	$(PY) -m perf $(PERF_ARGS)
+
+perf-baseline: perf-install $(MODEL_PATH)
+	$(PY) -m perf --write-baseline $(PERF_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info service/*.so .pytest_cache .hypothesis

@@ -1,0 +1,1 @@
+"""`make perf`: the load harness and micro-benchmarks (see perf/README.md)."""

@@ -1,0 +1,268 @@
+"""`make perf`: measures the real stack and the engine, checks the targets, the limits and the baseline.
+
+    python -m perf                       # nginx + gunicorn started as `make run` does, on free ports
+    python -m perf --url http://H:P      # a service that is already running (API_KEY from env or .env)
+    python -m perf --write-baseline      # also records this run's ratios in perf/baseline.json
+
+Exit status 1 when a request failed, when p99 at 20 or 64 connections reaches 200 ms, when the
+walker disagrees with predict_proba, or when a ratio regressed beyond its tolerance against the
+baseline; with --strict-targets, also when one of the issue's targets is missed."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import secrets
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+import orjson
+
+from model import synthetic
+from perf import baseline, chart, memory, micro, report, stats, wrk
+from service.artifacts import ArtifactPaths, read_manifest
+from service.features import FEATURES
+from service.settings import from_mapping, read_environment
+from service.stack import Stack
+
+ROOT = Path(__file__).resolve().parent.parent
+CONNECTIONS = (1, 20, 64, 256)
+OPEN_LOOP_LOADS = (0.5, 0.9)
+OPEN_LOOP_CONNECTIONS = 128  # enough to keep the schedule when answers slow down near capacity
+MEMORY_WORKERS = (1, 2, 4)
+LOOPBACK = ("127.0.0.1", "localhost", "::1")  # load is never sent off this machine
+
+
+def log(message: str) -> None:
+    print(f"[perf {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def sample_rows(seed: int = 2026) -> np.ndarray:
+    """Transactions the model has not seen, genuine and fraudulent, in the data set's proportions."""
+    X, _ = synthetic.generate(20_000, seed=seed)
+    return X
+
+
+def as_bodies(X: np.ndarray) -> list[bytes]:
+    return [orjson.dumps(dict(zip(FEATURES, map(float, row)))) for row in X]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_stack(model_path: Path, api_key: str, stack_log: Path, workers: int | None = None) -> Stack:
+    """The real nginx + gunicorn, as `make run` starts them, on a free loopback port (retried if
+    another process takes the port first)."""
+    for attempt in range(3):
+        # WORKERS and GUNICORN_CMD_ARGS pass through, to compare settings: a developer's .env does not.
+        passed = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "WORKERS", "GUNICORN_CMD_ARGS")
+        env = {k: v for k, v in os.environ.items() if k in passed}
+        env.update({"API_KEY": api_key, "MODEL_PATH": str(model_path), "HOST": "127.0.0.1",
+                    "PORT": str(free_port()), "ENV_FILE": "/nonexistent/.env",
+                    # One key from one address at full speed: nginx's rate limits would answer 429s.
+                    "RATE_LIMIT_PER_KEY": "1000000", "RATE_LIMIT_PER_IP": "1000000", "RATE_LIMIT_BURST": "100000"})
+        if workers:
+            env["WORKERS"] = str(workers)
+        errors = open(stack_log, "a")
+        # Access-log lines are formatted and written as in production, to /dev/null rather than
+        # filling the disk; errors go to the stack log.
+        stack = Stack(from_mapping(env), env=env, stdout=subprocess.DEVNULL, stderr=errors, access_log="/dev/null")
+        try:
+            return stack.start(timeout=60)
+        except RuntimeError:
+            if attempt == 2:
+                raise
+        finally:
+            errors.close()
+    raise AssertionError("unreachable")
+
+
+def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Rounds of one scenario: medians, except max (the worst seen) and errors (all of them)."""
+    first = runs[0]
+    return {
+        **{k: first[k] for k in ("scenario", "endpoint", "connections", "rate")},
+        "rounds": len(runs),
+        "rps": stats.median(r["rps"] for r in runs),
+        "requests": sum(r["requests"] for r in runs),
+        "latency_ms": {**{k: stats.median(r["latency_ms"][k] for r in runs) for k in first["latency_ms"] if k != "max"},
+                       "max": max(r["latency_ms"]["max"] for r in runs)},
+        "curve_ms": {p: stats.median(r["curve_ms"][p] for r in runs) for p in first["curve_ms"]},
+        "errors": {k: sum(r["errors"][k] for r in runs) for k in first["errors"]},
+        "failed": sum(r["failed"] for r in runs),
+        "generator_cpu_cores": stats.median(r["generator_cpu_cores"] for r in runs),
+    }
+
+
+def closed_loop(url: str, files: dict[str, Path], key: str, rounds: int, seconds: float) -> tuple[dict, dict]:
+    """/health and scoring alternate round by round, so that both see the same background load;
+    their throughput ratio is the median of the rounds' ratios."""
+    scenarios, ratios = {}, {}
+    for connections in CONNECTIONS:
+        runs: dict[str, list[dict[str, Any]]] = {"health": [], "score": []}
+        for _ in range(rounds):
+            for endpoint in runs:
+                runs[endpoint].append(wrk.run(wrk.Scenario(endpoint, connections, seconds), url, files[endpoint], key))
+        for endpoint, endpoint_runs in runs.items():
+            scenarios[f"{endpoint} c{connections}"] = combine(endpoint_runs)
+        ratios[str(connections)] = stats.median(s["rps"] / h["rps"] for h, s in zip(runs["health"], runs["score"]))
+        log(f"closed loop, {connections} connections: scoring {scenarios[f'score c{connections}']['rps']:.0f}/s, "
+            f"/health {scenarios[f'health c{connections}']['rps']:.0f}/s, ratio {ratios[str(connections)]:.2f}")
+    return scenarios, {"score_vs_health_rps": ratios}
+
+
+def open_loop(url: str, files: dict[str, Path], key: str, capacity: float, seconds: float) -> dict[str, Any]:
+    results = {}
+    for load in OPEN_LOOP_LOADS:
+        rate = round(load * capacity)
+        result = wrk.run(wrk.Scenario("score", OPEN_LOOP_CONNECTIONS, seconds, rate=rate), url, files["score"], key)
+        result["load"] = load
+        results[f"{100 * load:.0f}"] = result
+        lat = result["latency_ms"]
+        log(f"open loop at {100 * load:.0f} % ({rate}/s): sent {result['sent_per_s']:.0f}/s, "
+            f"p50 {lat['p50']:.2f} ms, p99 {lat['p99']:.2f} ms")
+        if result["sent_per_s"] < 0.95 * rate:
+            log(f"  the schedule fell behind ({result['sent_per_s']:.0f} of {rate}/s sent): "
+                f"every connection was waiting for an answer")
+    return results
+
+
+def api_key_from_environment() -> str:
+    keys = read_environment().get("API_KEY", "")
+    key = next((k.strip() for k in keys.split(",") if k.strip()), "")
+    if not key:
+        sys.exit("--url needs the service's API_KEY in the environment or in .env")
+    return key
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--url", help="measure this running service instead of starting one (loopback only)")
+    parser.add_argument("--model", type=Path, default=Path(os.environ.get("MODEL_PATH", "model/fraud-model.joblib")))
+    parser.add_argument("--seconds", type=float, default=4.0, help="length of each closed-loop round (default 4)")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per connection count (default 3)")
+    parser.add_argument("--open-seconds", type=float, default=15.0, help="length of each fixed-rate run (default 15)")
+    parser.add_argument("--baseline", type=Path, default=ROOT / "perf" / "baseline.json")
+    parser.add_argument("--write-baseline", action="store_true", help="record this run's ratios as the baseline")
+    parser.add_argument("--results-dir", type=Path, default=ROOT / "perf" / "results")
+    parser.add_argument("--strict-targets", action="store_true", help="a missed target fails the run too")
+    args = parser.parse_args(argv)
+
+    if args.url and urlsplit(args.url).hostname not in LOOPBACK:
+        sys.exit(f"--url must point at this machine ({', '.join(LOOPBACK)}): load is never sent elsewhere")
+    model_path = args.model.resolve()
+    if not model_path.exists():
+        sys.exit(f"no model at {model_path}: run `make model`")
+    started = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    stack_log = args.results_dir / f"{started}-stack.log"
+    forest_path = ArtifactPaths.for_model(model_path).forest
+    manifest = read_manifest(ArtifactPaths.for_model(model_path).manifest) or {}
+    results: dict[str, Any] = {
+        "started": started,
+        "machine": {"cpus": os.cpu_count(), "load_average_before": os.getloadavg(), "python": platform.python_version()},
+        "model": {"path": str(model_path), "version": manifest.get("version", "?"), "forest_bytes": forest_path.stat().st_size},
+        "target": args.url or "local stack",
+    }
+    X = sample_rows()
+    bodies = as_bodies(X[:1000])
+
+    log("micro-benchmarks: the walker against predict_proba, validation, the hot path's steps")
+    estimator, forest = micro.load_estimator(model_path), micro.load_forest(model_path)
+    results["micro"] = {"engine": micro.engine(estimator, forest, X),
+                        "validation": micro.validation(bodies[:200]),
+                        "hot_path": micro.hot_path(model_path, bodies)}
+    del estimator
+
+    files = wrk.write_requests(Path(tempfile.mkdtemp(prefix="fraud-perf-")), bodies)
+    key = api_key_from_environment() if args.url else secrets.token_urlsafe(24)
+    stack = None
+    try:
+        if args.url:
+            url = args.url.rstrip("/")
+        else:
+            stack = start_stack(model_path, key, stack_log)
+            url = stack.base_url
+            results["workers"] = stack.settings.workers
+        log(f"load against {url}: warming up")
+        for endpoint, seconds in (("score", 3), ("health", 1)):
+            wrk.run(wrk.Scenario(endpoint, 64, seconds), url, files[endpoint], key)
+        results["closed_loop"], results["closed_loop_ratios"] = closed_loop(url, files, key, args.rounds, args.seconds)
+        capacity = results["closed_loop"]["score c64"]["rps"]
+        results["open_loop"] = open_loop(url, files, key, capacity, args.open_seconds)
+    finally:
+        if stack:
+            stack.stop()
+
+    if not args.url:
+        log(f"memory with {', '.join(map(str, MEMORY_WORKERS))} workers")
+        loads: dict[int, dict[str, Any]] = {}
+
+        def score_for_a_while(running: Stack) -> None:
+            loads[running.settings.workers] = wrk.run(wrk.Scenario("score", 64, 3), running.base_url, files["score"], key)
+
+        results["memory"] = memory.measure(MEMORY_WORKERS, lambda n: start_stack(model_path, key, stack_log, n),
+                                           score_for_a_while, forest_path)
+        results["memory_loads"] = {str(n): load for n, load in loads.items()}
+
+    results["machine"]["load_average_after"] = os.getloadavg()
+    results["ratios"] = baseline.ratios(results)
+    found = report.targets(results)
+    results["targets"] = [t.__dict__ for t in found]
+    failures = report.hard_failures(results)
+    for n, load in results.get("memory_loads", {}).items():
+        if load["failed"]:
+            failures.append(f"memory run with {n} workers: {load['failed']} failed requests")
+    missed = [f"target missed: {t.figure}: {t.measured} (target {t.target})" for t in found if not t.met]
+    if args.strict_targets:
+        failures += missed
+    if args.baseline.exists() and not args.write_baseline:
+        failures += [f"regression: {line}" for line in baseline.compare(results["ratios"], baseline.load(args.baseline))]
+    results["failures"] = failures
+
+    out = args.results_dir / f"{started}.json"
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    png = chart.draw(results, args.results_dir / f"{started}-latency.png")
+    hot = results["micro"]["hot_path"]
+    print()
+    print(report.table(results))
+    if "memory" in results:
+        print()
+        print(report.memory_table(results["memory"]))
+    print()
+    print(f"CPU per request in one worker: /health {hot['app_health_us']:.1f} µs, score {hot['app_score_us']:.1f} µs "
+          f"(decode {hot['decode_us']:.1f}, validate {hot['validate_us']:.1f}, walk {hot['predict_row_us']:.1f}, "
+          f"encode {hot['encode_us']:.1f}); gunicorn access-log line {hot['access_log_us']:.1f} µs")
+    print()
+    print(report.targets_table(found))
+    print(f"{sum(t.met for t in found)} of {len(found)} targets met"
+          + ("" if args.strict_targets or not missed else " (a missed target fails the run only with --strict-targets)"))
+    print()
+    print(f"results: {out}")
+    print(f"chart:   {png}")
+    if args.write_baseline:
+        baseline.write(args.baseline, results["ratios"], {"run": started, "model": results["model"]["version"],
+                                                           "machine": results["machine"]})
+        print(f"baseline: wrote {args.baseline}")
+    if failures:
+        print("\nFAILED:\n  " + "\n  ".join(failures))
+        return 1
+    print("\nall assertions passed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""In-process micro-benchmarks: the forest engine against sklearn on the same model, validation
+against the jsonschema reference, and where a request's CPU goes inside one worker."""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import timeit
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Callable
+
+import falcon.testing
+import joblib
+import numpy as np
+import orjson
+
+from perf import stats
+from service.app import create_app
+from service.artifacts import ArtifactPaths, read_manifest, recorded_digest, verify
+from service.features import FEATURES
+from service.forest import Forest
+from service.loader import load_model
+from service.schema import TransactionValidator, load_schema_document
+from service.settings import Settings
+
+BATCHES = (1_000, 10_000)
+
+
+def per_call(fn: Callable[[], Any], repeat: int = 5, min_seconds: float = 0.05) -> float:
+    """Median seconds per call over `repeat` timings, each long enough to dwarf the timer's cost."""
+    timer = timeit.Timer(fn)
+    number, _ = timer.autorange()  # calls that take at least 0.2 s
+    number = max(1, int(number * min_seconds / 0.2))
+    return stats.median(t / number for t in timer.repeat(repeat, number))
+
+
+def load_estimator(model_path: Path) -> Any:
+    """The sklearn estimator the service was built from, verified like the service verifies it."""
+    paths = ArtifactPaths.for_model(model_path)
+    manifest = read_manifest(paths.manifest)
+    verify(paths.estimator, recorded_digest(manifest, "estimator"), f"recorded in {paths.manifest.name}")
+    return joblib.load(paths.estimator)
+
+
+def load_forest(model_path: Path) -> Forest:
+    paths = ArtifactPaths.for_model(model_path)
+    verify(paths.forest, recorded_digest(read_manifest(paths.manifest), "forest"), f"recorded in {paths.manifest.name}")
+    return Forest.load(paths.forest)
+
+
+def engine(estimator: Any, forest: Forest, X: np.ndarray) -> dict[str, Any]:
+    """The walker against predict_proba (n_jobs=1): one row, and batches; and whether they agree
+    to the last bit."""
+    estimator = estimator.set_params(n_jobs=1)
+    column = list(estimator.classes_).index(1)
+    row = X[0].tolist()  # the service passes a tuple of Python floats
+    sklearn_row = per_call(lambda: estimator.predict_proba(X[:1]), repeat=7, min_seconds=0.2)
+    forest_row = per_call(lambda: forest.predict_row(row))
+    largest = X[:max(BATCHES)]
+    expected = estimator.predict_proba(largest)[:, column]
+    identical = bool(np.array_equal(forest.predict_rows(largest), expected)
+                     and all(forest.predict_row(r) == p for r, p in zip(largest[:500].tolist(), expected)))
+    result: dict[str, Any] = {
+        "n_trees": forest.n_trees, "n_nodes": forest.n_nodes,
+        "single_row_us": {"sklearn": sklearn_row * 1e6, "forest": forest_row * 1e6},
+        "single_row_speedup": sklearn_row / forest_row,
+        "bit_identical": identical, "rows_compared": len(largest),
+        "batch": {},
+    }
+    for n in BATCHES:
+        rows = X[:n]
+        sk = per_call(lambda: estimator.predict_proba(rows), repeat=3, min_seconds=0.3)
+        fast = per_call(lambda: forest.predict_rows(rows), repeat=3, min_seconds=0.3)
+        result["batch"][str(n)] = {"sklearn_rows_per_s": n / sk, "forest_rows_per_s": n / fast, "speedup": sk / fast}
+    return result
+
+
+def validation(bodies: list[bytes]) -> dict[str, Any]:
+    """Cost per request of the compiled validator on the hot path and of the jsonschema reference."""
+    import jsonschema
+
+    validator = TransactionValidator(load_schema_document())
+    reference = jsonschema.Draft202012Validator(validator.document)
+    transactions = [orjson.loads(b) for b in bodies]
+    if not all(validator.is_valid(t) and reference.is_valid(t) for t in transactions):
+        raise AssertionError("a benchmark transaction is not valid")
+
+    def each(check: Callable[[Any], bool]) -> Callable[[], None]:
+        return lambda: [check(t) for t in transactions]
+
+    compiled = per_call(each(validator.is_valid)) / len(transactions)
+    jsonschema_cost = per_call(each(reference.is_valid), repeat=3) / len(transactions)
+    return {"compiled_us": compiled * 1e6, "jsonschema_us": jsonschema_cost * 1e6,
+            "speedup": jsonschema_cost / compiled}
+
+
+def hot_path(model_path: Path, bodies: list[bytes]) -> dict[str, float]:
+    """CPU per request (µs) inside one process: the whole Falcon app for /health and for a score,
+    the steps of a score, and gunicorn's JSON access-log line."""
+    key = "perf-micro-key-0123456789"
+    settings = Settings(api_keys=(key.encode(),), model_path=model_path)
+    model = load_model(settings)
+    validator = TransactionValidator(load_schema_document())
+    app = create_app(settings, model, validator)
+    n = 2000
+
+    def app_call(method: str, path: str, body: bytes | None, headers: dict[str, str]) -> Callable[[], None]:
+        environs = [falcon.testing.create_environ(method=method, path=path, body=body, headers=headers)
+                    for _ in range(n)]
+        statuses: list[str] = []
+
+        def start_response(status: str, headers: list, exc_info: Any = None) -> None:
+            statuses.append(status)
+
+        def serve_all() -> None:
+            statuses.clear()
+            for environ in environs:
+                environ["wsgi.input"].seek(0)
+                for _ in app(environ, start_response):
+                    pass
+            if any(not s.startswith("200") for s in statuses):
+                raise AssertionError(f"{method} {path} answered {set(statuses)}")
+        return serve_all
+
+    rid = {"X-Request-ID": "perf-micro"}
+    health = per_call(app_call("GET", "/health", None, rid), repeat=5) / n
+    score = per_call(app_call("POST", "/v1/fraud-score", bodies[0],
+                              {**rid, "Content-Type": "application/json", "X-API-Key": key}), repeat=5) / n
+
+    transaction = orjson.loads(bodies[0])
+    row = tuple(transaction[f] for f in FEATURES)
+    steps = {
+        "decode_us": per_call(lambda: orjson.loads(bodies[0])),
+        "validate_us": per_call(lambda: validator.is_valid(transaction)),
+        "predict_row_us": per_call(lambda: model.predict_row(row)),
+        "encode_us": per_call(lambda: orjson.dumps({"fraud-score": 3, "is-fraud": False, "model-version": model.version})),
+    }
+    return {"app_health_us": health * 1e6, "app_score_us": score * 1e6,
+            "score_minus_health_us": (score - health) * 1e6,
+            **{k: v * 1e6 for k, v in steps.items()}, "access_log_us": access_log_line() * 1e6}
+
+
+def access_log_line() -> float:
+    """Seconds per access-log line written by gunicorn's logger class (to /dev/null)."""
+    from gunicorn.config import Config
+
+    from service.logs import JsonGunicornLogger
+
+    config = Config()
+    config.set("accesslog", "/dev/null")
+    config.set("errorlog", "/dev/null")
+    log = JsonGunicornLogger(config)
+    resp = SimpleNamespace(status_code=200, sent=70, status="200 OK", headers=[])
+    environ = {"HTTP_X_REQUEST_ID": "perf-micro", "REQUEST_METHOD": "POST", "PATH_INFO": "/v1/fraud-score"}
+    took = datetime.timedelta(microseconds=1234)
+    try:
+        return per_call(lambda: log.access(resp, None, environ, took))
+    finally:
+        for handler in (*log.access_log.handlers, *log.error_log.handlers):
+            handler.close()
+        logging.getLogger("gunicorn.access").handlers.clear()

@@ -1,0 +1,120 @@
+"""Drives wrk with perf/load.lua, closed loop or at a fixed rate, and reads what it reports.
+
+wrk is a compiled event-loop generator (Debian package `wrk`); the Lua script only picks a
+prepared request, and at a fixed rate stamps it and reads one header of the answer. The
+generator's own CPU time is recorded for every run, so a report shows that it was not the limit."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from perf import stats
+
+LUA_SCRIPT = Path(__file__).with_name("load.lua")
+MARKER = "PERF_RESULT "
+ENDPOINTS = {"score": ("POST", "/v1/fraud-score"), "health": ("GET", "/health")}
+# Percentiles drawn on the chart; wrk's histogram gives these for closed-loop runs.
+CHART_POINTS = (50.0, 75.0, 90.0, 99.0, 99.9, 99.99)
+SOCKET_ERRORS = ("connect", "read", "write", "timeout")
+TIMEOUT = "10s"  # above nginx's 10 s proxy timeouts: a slow answer is measured, not dropped
+
+
+@dataclass(frozen=True)
+class Scenario:
+    endpoint: str  # a key of ENDPOINTS
+    connections: int
+    duration_s: float
+    rate: float | None = None  # requests per second; None runs closed loop
+
+    @property
+    def threads(self) -> int:
+        return min(2, self.connections)  # one per core of the machine this is sized for
+
+    @property
+    def name(self) -> str:
+        loop = f"{self.rate:.0f}/s" if self.rate else "closed"
+        return f"{self.endpoint} c{self.connections} {loop}"
+
+
+def write_requests(directory: Path, transactions: Iterable[bytes]) -> dict[str, Path]:
+    """The request files load.lua reads: "METHOD PATH", then one body per line."""
+    directory.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for endpoint, (method, path) in ENDPOINTS.items():
+        files[endpoint] = directory / f"{endpoint}.requests"
+        bodies = b"".join(t + b"\n" for t in transactions) if method == "POST" else b""
+        files[endpoint].write_bytes(f"{method} {path}\n".encode() + bodies)
+    return files
+
+
+def command(scenario: Scenario, base_url: str, requests_file: Path) -> list[str]:
+    args = ["wrk", f"-t{scenario.threads}", f"-c{scenario.connections}", f"-d{scenario.duration_s:g}s",
+            "--timeout", TIMEOUT, "-s", str(LUA_SCRIPT), base_url, "--", str(requests_file)]
+    if scenario.rate:
+        args.append(f"{scenario.rate / scenario.threads:.3f}")  # the script's rate is per thread
+    return args
+
+
+def parse_output(text: str) -> dict[str, Any]:
+    """The JSON line load.lua's done() prints among wrk's own output."""
+    for line in text.splitlines():
+        if line.startswith(MARKER):
+            return json.loads(line[len(MARKER):])
+    raise ValueError("wrk printed no PERF_RESULT line: " + text[-500:])
+
+
+def summarize(raw: Mapping[str, Any], scenario: Scenario) -> dict[str, Any]:
+    """Requests per second, latency percentiles (ms) and errors of one wrk run."""
+    seconds = raw["duration_us"] / 1e6
+    errors = {k: raw["errors"][k] for k in SOCKET_ERRORS}
+    result: dict[str, Any] = {"scenario": scenario.name, "endpoint": scenario.endpoint,
+                              "connections": scenario.connections, "rate": scenario.rate}
+    open_loop = raw.get("open_loop")
+    if scenario.rate:
+        if not open_loop:
+            raise ValueError("a fixed-rate run must report its own latencies (open_loop)")
+        latencies = [v for thread in open_loop for v in thread["latencies_us"]]
+        if not latencies:
+            raise ValueError("a fixed-rate run got no answers")
+        errors["non_2xx"] = sum(t["non_2xx"] for t in open_loop)
+        errors["unmatched"] = sum(t["unmatched"] for t in open_loop)  # answers without our request id
+        result["sent_per_s"] = sum(t["sent"] for t in open_loop) / seconds
+        result["latency_ms"] = stats.latency_summary(latencies)
+        result["curve_ms"] = stats.curve(latencies, CHART_POINTS)
+        answered = len(latencies)
+    else:
+        wrk_us = raw["wrk_latency_us"]
+        errors["non_2xx"] = raw["errors"]["status"]  # wrk counts statuses above 399
+        result["latency_ms"] = {**{f"p{p:g}": wrk_us[f"{p:g}"] / 1000.0 for p in stats.REPORTED},
+                                "max": wrk_us["max"] / 1000.0}
+        result["curve_ms"] = {f"{p:g}": wrk_us[f"{p:g}"] / 1000.0 for p in CHART_POINTS}
+        answered = raw["requests"]
+    result["requests"] = answered
+    result["rps"] = answered / seconds
+    result["errors"] = errors
+    result["failed"] = sum(errors.values())
+    return result
+
+
+def run(scenario: Scenario, base_url: str, requests_file: Path, api_key: str) -> dict[str, Any]:
+    """Runs wrk once; adds the generator's CPU use (cores) to the summary."""
+    if not shutil.which("wrk"):
+        raise RuntimeError("wrk is not installed: `make perf` installs it (apt-get install wrk)")
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    completed = subprocess.run(command(scenario, base_url, requests_file), capture_output=True, text=True,
+                               env={**os.environ, "PERF_API_KEY": api_key}, timeout=scenario.duration_s + 60)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if completed.returncode != 0:
+        raise RuntimeError(f"wrk failed ({completed.returncode}): {completed.stderr.strip() or completed.stdout[-500:]}")
+    raw = parse_output(completed.stdout)
+    result = summarize(raw, scenario)
+    cpu_s = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    result["generator_cpu_cores"] = cpu_s / (raw["duration_us"] / 1e6)
+    return result

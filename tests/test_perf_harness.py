@@ -1,0 +1,217 @@
+"""The load harness's own logic (no load is run here): reading wrk's output, percentiles, the
+limits, /proc memory figures and the baseline comparison."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from perf import baseline, memory, report, stats, wrk
+
+DATA = Path(__file__).resolve().parent / "data"
+
+
+def test_nearest_rank_percentiles():
+    values = list(range(1, 101))
+    assert stats.percentile(values, 50) == 50
+    assert stats.percentile(values, 99) == 99
+    assert stats.percentile(values, 99.9) == 100
+    assert stats.percentile(values, 100) == 100
+    assert stats.percentile([7], 99.9) == 7
+    assert stats.latency_summary([1000, 2000, 3000, 4000]) == {"p50": 2.0, "p90": 4.0, "p99": 4.0, "p99.9": 4.0, "max": 4.0}
+    with pytest.raises(ValueError):
+        stats.percentile(values, 0)
+    with pytest.raises(ValueError):
+        stats.percentile([], 50)
+    assert stats.median([3, 1, 2]) == 2 and stats.median([4, 1, 2, 3]) == 2.5
+
+
+def test_reads_a_real_closed_loop_wrk_run():
+    raw = wrk.parse_output((DATA / "wrk-closed-loop.txt").read_text())
+    result = wrk.summarize(raw, wrk.Scenario("score", 20, 2))
+    assert result["requests"] == 12282
+    assert result["rps"] == pytest.approx(12282 / 2.001702)
+    assert result["latency_ms"] == {"p50": 2.827, "p90": 4.631, "p99": 6.525, "p99.9": 7.998, "max": 8.867}
+    assert result["failed"] == 0
+
+
+def test_reads_a_real_fixed_rate_wrk_run_from_its_own_latencies():
+    raw = wrk.parse_output((DATA / "wrk-open-loop.txt").read_text())
+    result = wrk.summarize(raw, wrk.Scenario("score", 8, 1, rate=200))
+    latencies = sorted(v for thread in raw["open_loop"] for v in thread["latencies_us"])
+    assert result["requests"] == len(latencies) == 210
+    assert result["sent_per_s"] == pytest.approx(210 / 1.098525)
+    assert result["latency_ms"]["p50"] == stats.percentile(latencies, 50) / 1000
+    assert result["latency_ms"]["p99"] == stats.percentile(latencies, 99) / 1000
+    assert result["latency_ms"]["max"] == latencies[-1] / 1000
+    # not wrk's own histogram, which counts from the actual send
+    assert result["latency_ms"]["p50"] != raw["wrk_latency_us"]["50"] / 1000
+
+
+def test_errors_of_every_kind_are_counted_and_fail_the_run():
+    raw = wrk.parse_output((DATA / "wrk-open-loop.txt").read_text())
+    raw["errors"]["timeout"] = 2
+    raw["open_loop"][0]["non_2xx"] = 3
+    raw["open_loop"][1]["unmatched"] = 1
+    result = wrk.summarize(raw, wrk.Scenario("score", 8, 1, rate=200))
+    assert result["failed"] == 6
+    failures = report.hard_failures({"closed_loop": {}, "open_loop": {"50": result}})
+    assert len(failures) == 1 and "6 failed requests" in failures[0]
+
+
+def test_output_without_the_scripts_line_is_an_error():
+    with pytest.raises(ValueError):
+        wrk.parse_output("Running 1s test @ http://127.0.0.1:8000\nRequests/sec: 10\n")
+
+
+def test_fixed_rate_is_split_between_wrk_threads():
+    args = wrk.command(wrk.Scenario("score", 128, 15, rate=3000), "http://127.0.0.1:8000", Path("/x/score.requests"))
+    assert args[:4] == ["wrk", "-t2", "-c128", "-d15s"]
+    assert args[-3:] == ["--", "/x/score.requests", "1500.000"]
+    closed = wrk.command(wrk.Scenario("health", 1, 4), "http://127.0.0.1:8000", Path("/x/health.requests"))
+    assert closed[1] == "-t1" and closed[-1] == "/x/health.requests"
+
+
+def test_request_files(tmp_path):
+    files = wrk.write_requests(tmp_path, [b'{"a":1}', b'{"a":2}'])
+    assert files["score"].read_text() == 'POST /v1/fraud-score\n{"a":1}\n{"a":2}\n'
+    assert files["health"].read_text() == "GET /health\n"
+
+
+def closed(endpoint: str, connections: int, rps: float, p50: float, p99: float) -> dict:
+    return {"scenario": f"{endpoint} c{connections} closed", "endpoint": endpoint, "connections": connections,
+            "rate": None, "rps": rps, "failed": 0, "errors": {},
+            "latency_ms": {"p50": p50, "p90": p50 * 1.5, "p99": p99, "p99.9": p99 * 1.5, "max": p99 * 2}}
+
+
+def make_results() -> dict:
+    """A run's figures as python -m perf records them, trimmed to what the checks read."""
+    loops = {f"{e} c{c}": closed(e, c, rps, p50, p99) for e, c, rps, p50, p99 in [
+        ("health", 20, 6000, 3.0, 9.0), ("score", 20, 5000, 3.6, 11.0),
+        ("health", 64, 6400, 9.0, 18.0), ("score", 64, 5200, 11.0, 22.0)]}
+    return {
+        "closed_loop": loops,
+        "closed_loop_ratios": {"score_vs_health_rps": {"20": 5000 / 6000, "64": 5200 / 6400}},
+        "open_loop": {"50": {"scenario": "score c128 2600/s", "rate": 2600, "connections": 128, "rps": 2600,
+                             "failed": 0, "errors": {}, "latency_ms": {"p50": 0.5, "p90": 0.9, "p99": 2.0, "p99.9": 4.0, "max": 9.0}}},
+        "micro": {"engine": {"single_row_speedup": 2000.0, "single_row_us": {"sklearn": 4000.0, "forest": 2.0},
+                             "bit_identical": True, "rows_compared": 10000,
+                             "batch": {"10000": {"speedup": 2.5, "sklearn_rows_per_s": 3e5, "forest_rows_per_s": 7.5e5}}},
+                  "validation": {"compiled_us": 8.0, "jsonschema_us": 200.0, "speedup": 25.0},
+                  "hot_path": {"app_health_us": 4.0, "app_score_us": 17.0}},
+        "memory": {"1": {"total_pss": 50 * 2**20, "artifact_bytes": 300_000, "workers": [worker(0)]},
+                   "4": {"total_pss": 68 * 2**20, "artifact_bytes": 300_000, "workers": [worker(0)] * 4}},
+    }
+
+
+def slower_machine(results: dict, factor: float) -> dict:
+    """Everything `factor` times slower: throughput divided, every time multiplied."""
+    slow = copy.deepcopy(results)
+    for scenario in [*slow["closed_loop"].values(), *slow["open_loop"].values()]:
+        scenario["rps"] /= factor
+        scenario["latency_ms"] = {k: v * factor for k, v in scenario["latency_ms"].items()}
+    engine = slow["micro"]["engine"]
+    engine["single_row_us"] = {k: v * factor for k, v in engine["single_row_us"].items()}
+    slow["micro"]["validation"]["compiled_us"] *= factor
+    slow["micro"]["validation"]["jsonschema_us"] *= factor
+    slow["micro"]["hot_path"] = {k: v * factor for k, v in slow["micro"]["hot_path"].items()}
+    return slow
+
+
+def test_every_ratio_is_computed():
+    assert set(baseline.ratios(make_results())) == {r.name for r in baseline.RATIOS}
+
+
+def test_a_slower_but_proportional_machine_passes():
+    reference = baseline.ratios(make_results())
+    assert baseline.compare(baseline.ratios(slower_machine(make_results(), 3.0)), reference) == []
+
+
+def test_a_slower_scoring_path_is_a_regression():
+    reference = baseline.ratios(make_results())
+    results = make_results()
+    results["closed_loop_ratios"]["score_vs_health_rps"]["64"] *= 0.8  # scoring lost 20 % against /health
+    regressions = baseline.compare(baseline.ratios(results), reference)
+    assert len(regressions) == 1 and regressions[0].startswith("score_vs_health_rps_c64")
+
+
+def test_a_heavier_tail_is_a_regression_and_a_lighter_one_is_not():
+    reference = baseline.ratios(make_results())
+    worse, better = make_results(), make_results()
+    worse["open_loop"]["50"]["latency_ms"]["p99"] *= 5  # recycled workers did far worse: ×90
+    better["open_loop"]["50"]["latency_ms"]["p99"] /= 3
+    assert [r.split(":")[0] for r in baseline.compare(baseline.ratios(worse), reference)] == ["open50_p99_vs_p50"]
+    assert baseline.compare(baseline.ratios(better), reference) == []
+
+
+def test_noise_within_tolerance_passes():
+    reference = baseline.ratios(make_results())
+    results = make_results()
+    results["closed_loop_ratios"]["score_vs_health_rps"]["64"] *= 0.95
+    assert baseline.compare(baseline.ratios(results), reference) == []
+
+
+def test_baseline_file_round_trip(tmp_path):
+    path = tmp_path / "baseline.json"
+    baseline.write(path, baseline.ratios(make_results()), {"run": "test"})
+    assert baseline.load(path) == baseline.ratios(make_results())
+    assert json.loads(path.read_text())["recorded_with"] == {"run": "test"}
+
+
+def test_p99_of_200_ms_at_20_or_64_connections_fails():
+    results = make_results()
+    assert report.hard_failures(results) == []
+    results["closed_loop"]["health c20"]["latency_ms"]["p99"] = 200.0
+    results["closed_loop"]["score c256"] = closed("score", 256, 5000, 50.0, 400.0)  # not limited
+    assert report.hard_failures(results) == ["health c20 closed: p99 200 ms ≥ 200 ms"]
+
+
+def test_a_walker_that_disagrees_with_sklearn_fails():
+    results = make_results()
+    results["micro"]["engine"]["bit_identical"] = False
+    assert report.hard_failures(results) == ["the walker's probabilities differ from predict_proba's"]
+
+
+def test_targets_are_judged():
+    met = {t.figure: t.met for t in report.targets(make_results())}
+    assert all(met.values()), met
+    results = make_results()
+    results["closed_loop_ratios"]["score_vs_health_rps"]["64"] = 0.70
+    results["open_loop"]["50"]["latency_ms"]["p99"] = 2.6  # 5.2 × p50
+    missed = [t.figure for t in report.targets(results) if not t.met]
+    assert missed == ["scoring ÷ /health throughput, 64 connections", "open loop at 50 % of capacity: p99 ÷ p50"]
+
+
+def worker(model_private_growth: int, copied: int = 0, mapped: bool = True) -> dict:
+    return {"model_private_growth": model_private_growth, "model_copied": copied,
+            "model_mappings": 6 if mapped else 0, "model_rss": 300_000 if mapped else 0}
+
+
+def test_model_pages_target_counts_sharing_from_two_workers_on():
+    def judged(runs: dict) -> bool:
+        results = {"closed_loop_ratios": {"score_vs_health_rps": {}},
+                   "memory": {n: {"artifact_bytes": 400_000, "total_pss": 1, "workers": w} for n, w in runs.items()}}
+        return next(t for t in report.targets(results) if t.figure.startswith("model pages")).met
+
+    assert judged({"1": [worker(300_000)], "2": [worker(0), worker(0)]})  # a lone worker's pages are its own
+    assert not judged({"1": [worker(0)], "2": [worker(0), worker(8192)]})
+    assert not judged({"1": [worker(0, copied=4096)], "2": [worker(0), worker(0)]})
+    assert not judged({"1": [worker(0, mapped=False)], "2": [worker(0), worker(0)]})
+
+
+def test_model_pages_of_a_real_read_only_mapping(tmp_path):
+    path = tmp_path / "arrays.npy"
+    np.save(path, np.arange(64 * 1024, dtype=np.float64))  # 512 KiB
+    mapped = np.load(path, mmap_mode="r")
+    assert float(mapped[::512].sum()) > 0  # touches every page
+    pages = memory.file_pages(memory.parse_smaps(Path("/proc/self/smaps").read_text()), path)
+    assert pages["mappings"] >= 1
+    assert pages["Rss"] >= 512 * 1024
+    assert pages["Anonymous"] == 0  # nothing copied out of the file
+    assert pages["Private_Clean"] + pages["Private_Dirty"] == pages["Rss"]  # no other process maps it
+    rollup = memory.rollup(__import__("os").getpid())
+    assert rollup["Pss"] > 0 and rollup["Rss"] >= rollup["Pss"]
