@@ -4,8 +4,11 @@
 from __future__ import annotations
 
 import json
+import math
+import numbers
 from dataclasses import dataclass
 from importlib import resources
+from operator import itemgetter
 from typing import Any, Callable
 
 import fastjsonschema
@@ -87,24 +90,73 @@ def _describe(error: jsonschema.ValidationError) -> list[Violation]:
     return [Violation(field, error.message, index)]
 
 
+_FLAT_DOCUMENT_KEYS = {"$schema", "$id", "title", "description", "type", "required", "properties", "additionalProperties"}
+_NUMBER_KEYS = {"type", "minimum", "maximum", "description"}
+
+
+def compile_flat_numbers(document: dict[str, Any]) -> Callable[[Any], bool] | None:
+    """A specialised check for a document of exactly this shape: an object whose properties are all
+    required bounded numbers, extra properties allowed (the transaction schema). About five times
+    faster than fastjsonschema's general code for it; None for any other document, which then
+    gets fastjsonschema. It follows jsonschema's semantics: a bool is not a number, and a bound
+    fails only on `<` / `>` (so NaN, which JSON cannot carry, passes, as it does in jsonschema)."""
+    properties = document.get("properties")
+    if (set(document) - _FLAT_DOCUMENT_KEYS or document.get("type") != "object"
+            or document.get("additionalProperties", True) is not True or not isinstance(properties, dict)
+            or list(document.get("required", ())) != list(properties) or not properties):
+        return None
+    for spec in properties.values():
+        if not isinstance(spec, dict) or set(spec) - _NUMBER_KEYS or spec.get("type") != "number":
+            return None
+    names = tuple(properties)
+    bounds = tuple((spec.get("minimum", -math.inf), spec.get("maximum", math.inf)) for spec in properties.values())
+    values_of = itemgetter(*names) if len(names) > 1 else (lambda d: (d[names[0]],))
+
+    def is_valid(instance: Any) -> bool:
+        if not isinstance(instance, dict):
+            return False
+        try:
+            values = values_of(instance)
+        except KeyError:
+            return False
+        for value, (low, high) in zip(values, bounds):
+            kind = type(value)
+            if kind is not float and kind is not int:  # the two types JSON numbers decode to
+                if kind is bool or not isinstance(value, numbers.Number):
+                    return False
+            if value < low or value > high:
+                return False
+        return True
+
+    return is_valid
+
+
 class TransactionValidator:
     """Validates decoded request bodies against a schema document.
 
-    `is_valid` is the compiled fast path; `violations` asks `jsonschema` (the reference) what is
+    `is_valid` is the compiled fast path (specialised for the transaction schema's shape, else
+    fastjsonschema); `violations` asks `jsonschema` (the reference) what is
     wrong, and is only called once a body has been rejected."""
 
     def __init__(self, document: dict[str, Any]) -> None:
         jsonschema.validators.validator_for(document).check_schema(document)
         self.document = document
         self._reference = jsonschema.Draft202012Validator(document)
-        self._compiled: Callable[[Any], Any] = fastjsonschema.compile(document)
+        specialised = compile_flat_numbers(document)
+        self.is_valid: Callable[[Any], bool] = specialised or self._fastjsonschema(document)
 
-    def is_valid(self, instance: Any) -> bool:
-        try:
-            self._compiled(instance)
-        except fastjsonschema.JsonSchemaException:
-            return False
-        return True
+    @staticmethod
+    def _fastjsonschema(document: dict[str, Any]) -> Callable[[Any], bool]:
+        compiled = fastjsonschema.compile(document)
+
+        def is_valid(instance: Any) -> bool:
+            try:
+                compiled(instance)
+            except fastjsonschema.JsonSchemaException:
+                return False
+            return True
+
+        return is_valid
 
     def violations(self, instance: Any) -> list[Violation]:
         found = [v for error in self._reference.iter_errors(instance) for v in _describe(error)]

@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from service.features import FEATURES
-from service.schema import TransactionValidator, load_schema_document
+from service.schema import TransactionValidator, batch_document, compile_flat_numbers, load_schema_document
 
 DOCUMENT = load_schema_document()
 VALIDATOR = TransactionValidator(DOCUMENT)
@@ -43,6 +43,39 @@ def test_compiled_agrees_with_reference_on_transactions(body):
 @given(json_values)
 def test_compiled_agrees_with_reference_on_any_json(value):
     assert VALIDATOR.is_valid(value) == REFERENCE.is_valid(value)
+
+
+BATCH_DOCUMENT = batch_document(DOCUMENT, 3)
+BATCH_VALIDATOR = TransactionValidator(BATCH_DOCUMENT)
+BATCH_REFERENCE = jsonschema.Draft202012Validator(BATCH_DOCUMENT)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(transactions(), max_size=4) | json_values)
+def test_batch_validator_agrees_with_reference(items):
+    body = {"transactions": items} if isinstance(items, list) else items
+    assert BATCH_VALIDATOR.is_valid(body) == BATCH_REFERENCE.is_valid(body)
+
+
+def test_the_transaction_schema_gets_the_specialised_check_and_others_do_not():
+    assert compile_flat_numbers(DOCUMENT) is not None
+    assert compile_flat_numbers(BATCH_DOCUMENT) is None
+    for changed in ({"additionalProperties": False}, {"required": ["V1"]}, {"minProperties": 2}):
+        assert compile_flat_numbers(DOCUMENT | changed) is None
+    one_string = {**DOCUMENT["properties"], "V1": {"type": "string"}}
+    assert compile_flat_numbers(DOCUMENT | {"properties": one_string}) is None
+
+
+def test_specialised_check_follows_jsonschema_on_python_number_types():
+    from decimal import Decimal
+    from fractions import Fraction
+    for value in (Decimal("1.5"), Fraction(1, 3), 10**400, -0.0, True, 1 + 0j, "1"):
+        body = {name: 0.5 for name in FEATURES} | {"V2": value}
+        try:
+            expected = REFERENCE.is_valid(body)
+        except TypeError:  # jsonschema cannot order a complex number either
+            continue
+        assert VALIDATOR.is_valid(body) == expected, value
 
 
 def test_sample_is_valid():
