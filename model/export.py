@@ -37,7 +37,7 @@ def write_serving_artifact(estimator: Any, paths: ArtifactPaths) -> dict[str, An
     """Converts the estimator to flat arrays and returns what the manifest records about them."""
     arrays = forest.flatten(estimator)
     forest.save(arrays, paths.forest)
-    n_nodes = int(arrays["left"].shape[0])
+    n_nodes = int(arrays["nodes"].shape[0])
     return {
         "path": paths.forest.name,
         "sha256": sha256_file(paths.forest),

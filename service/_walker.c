@@ -1,33 +1,48 @@
-/* Walks a random forest stored as flat node arrays (possibly memory-mapped, read-only).
+/* Walks a random forest stored as one array of packed nodes (possibly memory-mapped, read-only).
  *
- * Bit-identical to scikit-learn's predict_proba: each feature is rounded to float32 first and
- * compared as (double)x32 <= threshold64, exactly as sklearn's Tree.apply does; leaf class-1
- * fractions are summed in tree order in double precision and divided by the number of trees,
- * exactly as ForestClassifier.predict_proba accumulates them. */
+ * Bit-identical to scikit-learn's predict_proba. sklearn rounds each feature to float32 and
+ * compares (double)x32 <= threshold64; a node here holds the threshold rounded *down* to float32,
+ * the largest float32 <= threshold64, and for any float32 x, x <= that float32 exactly when
+ * x <= threshold64: the same branch, compared in float32. Leaf class-1 fractions are summed in
+ * tree order in double precision and divided by the number of trees, exactly as
+ * ForestClassifier.predict_proba accumulates them.
+ *
+ * A node is 16 bytes, everything one step of the walk reads: one cache line access a level. */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
 
 typedef struct {
+    float threshold;  /* rounded down to float32; unused on leaves */
+    int32_t feature;  /* < 0 on leaves */
+    int32_t left, right;
+} Node;
+
+typedef struct {
     PyObject_HEAD
-    Py_buffer left, right, feature, threshold, value, roots;
+    Py_buffer nodes, value, roots;
     int buffers_held;
+    int left_is_next; /* every left child is its parent's next node, as sklearn's depth-first builder lays them out */
     Py_ssize_t n_nodes, n_trees, n_features;
 } Walker;
 
-static inline Py_ssize_t leaf_of(const Walker *w, Py_ssize_t tree, const float *x) {
-    const int32_t *left = w->left.buf, *right = w->right.buf, *feature = w->feature.buf;
-    const double *threshold = w->threshold.buf;
-    Py_ssize_t node = ((const int32_t *)w->roots.buf)[tree];
-    while (left[node] >= 0)
-        node = ((double)x[feature[node]] <= threshold[node]) ? left[node] : right[node];
+#define NODES(w) ((const Node *)(w)->nodes.buf)
+#define ROOTS(w) ((const int32_t *)(w)->roots.buf)
+
+static inline int32_t step(const Node *n, const float *x) {
+    return (x[n->feature] <= n->threshold) ? n->left : n->right;
+}
+
+static inline int32_t leaf_of(const Node *nodes, int32_t node, const float *x) {
+    while (nodes[node].feature >= 0) node = step(&nodes[node], x);
     return node;
 }
 
 static double forest_proba(const Walker *w, const float *x) {
+    const Node *nodes = NODES(w);
     const double *value = w->value.buf;
     double total = 0.0;
-    for (Py_ssize_t t = 0; t < w->n_trees; t++) total += value[leaf_of(w, t, x)];
+    for (Py_ssize_t t = 0; t < w->n_trees; t++) total += value[leaf_of(nodes, ROOTS(w)[t], x)];
     return total / (double)w->n_trees;
 }
 
@@ -59,6 +74,34 @@ static PyObject *Walker_predict_row(Walker *w, PyObject *seq) {
     return PyFloat_FromDouble(forest_proba(w, x));
 }
 
+/* Four rows walk one tree together: each step of one row waits on a load, and the other three
+ * rows' loads fill that wait (measured: 4 rows beat 1 and 8 on this kind of machine). With
+ * left_is_next a constant, the compiler makes two copies; the depth-first one saves a load a step. */
+#define CHILD(n, x, f, left_is_next) \
+    (((x)[f] <= nodes[n].threshold) ? ((left_is_next) ? (n) + 1 : nodes[n].left) : nodes[n].right)
+
+static inline void add_tree(const Node *nodes, int32_t root, const double *value, const float *x, Py_ssize_t nf,
+                            Py_ssize_t n_rows, double *proba, const int left_is_next) {
+    Py_ssize_t r = 0;
+    for (; r + 4 <= n_rows; r += 4) {
+        const float *x0 = x + r * nf, *x1 = x0 + nf, *x2 = x1 + nf, *x3 = x2 + nf;
+        int32_t n0 = root, n1 = root, n2 = root, n3 = root;
+        for (;;) {
+            int32_t f0 = nodes[n0].feature, f1 = nodes[n1].feature, f2 = nodes[n2].feature, f3 = nodes[n3].feature;
+            if ((f0 & f1 & f2 & f3) < 0) break; /* all four at leaves: every sign bit set */
+            if (f0 >= 0) n0 = CHILD(n0, x0, f0, left_is_next);
+            if (f1 >= 0) n1 = CHILD(n1, x1, f1, left_is_next);
+            if (f2 >= 0) n2 = CHILD(n2, x2, f2, left_is_next);
+            if (f3 >= 0) n3 = CHILD(n3, x3, f3, left_is_next);
+        }
+        proba[r] += value[n0];
+        proba[r + 1] += value[n1];
+        proba[r + 2] += value[n2];
+        proba[r + 3] += value[n3];
+    }
+    for (; r < n_rows; r++) proba[r] += value[leaf_of(nodes, root, x + r * nf)];
+}
+
 /* predict_rows(X, out): X a C-contiguous float32 buffer of n_rows * n_features, out a writable
  * float64 buffer of n_rows. Trees are the outer loop so each tree's nodes stay in cache; every
  * row still sums its trees in tree order. */
@@ -73,12 +116,14 @@ static PyObject *Walker_predict_rows(Walker *w, PyObject *args) {
     }
     const float *x = X.buf;
     double *proba = out.buf;
-    const double *value = w->value.buf;
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t r = 0; r < n_rows; r++) proba[r] = 0.0;
-    for (Py_ssize_t t = 0; t < w->n_trees; t++)
-        for (Py_ssize_t r = 0; r < n_rows; r++)
-            proba[r] += value[leaf_of(w, t, x + r * w->n_features)];
+    for (Py_ssize_t t = 0; t < w->n_trees; t++) {
+        if (w->left_is_next)
+            add_tree(NODES(w), ROOTS(w)[t], w->value.buf, x, w->n_features, n_rows, proba, 1);
+        else
+            add_tree(NODES(w), ROOTS(w)[t], w->value.buf, x, w->n_features, n_rows, proba, 0);
+    }
     for (Py_ssize_t r = 0; r < n_rows; r++) proba[r] /= (double)w->n_trees;
     Py_END_ALLOW_THREADS
     result = Py_NewRef(Py_None);
@@ -103,16 +148,16 @@ static PyObject *Walker_explain_row(Walker *w, PyObject *args) {
         goto done;
     }
     if (read_row(w, seq, x) < 0) goto done;
-    const int32_t *left = w->left.buf, *right = w->right.buf, *feature = w->feature.buf;
-    const double *threshold = w->threshold.buf, *value = w->value.buf;
+    const Node *nodes = NODES(w);
+    const double *value = w->value.buf;
     double *contribution = out.buf, bias = 0.0, total = 0.0;
     for (Py_ssize_t f = 0; f < w->n_features; f++) contribution[f] = 0.0;
     for (Py_ssize_t t = 0; t < w->n_trees; t++) {
-        Py_ssize_t node = ((const int32_t *)w->roots.buf)[t];
+        int32_t node = ROOTS(w)[t];
         bias += value[node];
-        while (left[node] >= 0) {
-            Py_ssize_t next = ((double)x[feature[node]] <= threshold[node]) ? left[node] : right[node];
-            contribution[feature[node]] += value[next] - value[node];
+        while (nodes[node].feature >= 0) {
+            int32_t next = step(&nodes[node], x);
+            contribution[nodes[node].feature] += value[next] - value[node];
             node = next;
         }
         total += value[node];
@@ -126,8 +171,9 @@ done:
 
 static int hold(PyObject *obj, Py_buffer *view, Py_ssize_t itemsize, Py_ssize_t count, const char *name) {
     if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS) < 0) return -1;
-    if (count >= 0 && view->len != count * itemsize) {
-        PyErr_Format(PyExc_ValueError, "%s has %zd bytes, expected %zd", name, view->len, count * itemsize);
+    if (view->len % itemsize != 0 || (count >= 0 && view->len != count * itemsize)) {
+        PyErr_Format(PyExc_ValueError, "%s has %zd bytes, expected %zd", name, view->len,
+                     count >= 0 ? count * itemsize : itemsize);
         PyBuffer_Release(view);
         return -1;
     }
@@ -135,67 +181,67 @@ static int hold(PyObject *obj, Py_buffer *view, Py_ssize_t itemsize, Py_ssize_t 
 }
 
 static int Walker_init(Walker *w, PyObject *args, PyObject *kwargs) {
-    static char *kwlist[] = {"left", "right", "feature", "threshold", "value", "roots", "n_features", NULL};
-    PyObject *left, *right, *feature, *threshold, *value, *roots;
+    static char *kwlist[] = {"nodes", "value", "roots", "n_features", NULL};
+    PyObject *nodes, *value, *roots;
     Py_ssize_t n_features;
     if (w->buffers_held) {
         PyErr_SetString(PyExc_RuntimeError, "Walker is already initialised");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOOn", kwlist, &left, &right, &feature,
-                                     &threshold, &value, &roots, &n_features))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOn", kwlist, &nodes, &value, &roots, &n_features))
         return -1;
     if (n_features < 1 || n_features > MAX_FEATURES) {
         PyErr_SetString(PyExc_ValueError, "n_features out of range");
         return -1;
     }
-    if (hold(left, &w->left, 4, -1, "left") < 0) return -1;
-    Py_ssize_t n = w->left.len / 4;
-    if (hold(right, &w->right, 4, n, "right") < 0) goto fail_left;
-    if (hold(feature, &w->feature, 4, n, "feature") < 0) goto fail_right;
-    if (hold(threshold, &w->threshold, 8, n, "threshold") < 0) goto fail_feature;
-    if (hold(value, &w->value, 8, n, "value") < 0) goto fail_threshold;
-    if (hold(roots, &w->roots, 4, -1, "roots") < 0) goto fail_value;
+    if (hold(nodes, &w->nodes, sizeof(Node), -1, "nodes") < 0) return -1;
+    Py_ssize_t n = w->nodes.len / (Py_ssize_t)sizeof(Node);
+    if (hold(value, &w->value, sizeof(double), n, "value") < 0) goto fail_nodes;
+    if (hold(roots, &w->roots, sizeof(int32_t), -1, "roots") < 0) goto fail_value;
     w->n_nodes = n;
-    w->n_trees = w->roots.len / 4;
+    w->n_trees = w->roots.len / (Py_ssize_t)sizeof(int32_t);
     w->n_features = n_features;
     /* Validate once here so the walk itself needs no bounds checks. */
-    const int32_t *l = w->left.buf, *r = w->right.buf, *f = w->feature.buf, *root = w->roots.buf;
+    const Node *node = w->nodes.buf;
+    const int32_t *root = w->roots.buf;
     const char *bad = NULL;
+    w->left_is_next = 1;
     if (w->n_trees < 1) bad = "the forest has no trees";
     for (Py_ssize_t t = 0; !bad && t < w->n_trees; t++)
         if (root[t] < 0 || root[t] >= n) bad = "a tree root is out of range";
     for (Py_ssize_t i = 0; !bad && i < n; i++) {
-        if (l[i] < 0) continue;
+        if (node[i].feature < 0) continue;
         /* Children always come after their parent, which also rules out cycles. */
-        if (l[i] <= i || l[i] >= n || r[i] <= i || r[i] >= n) bad = "a child index is out of range";
-        else if (f[i] < 0 || f[i] >= n_features) bad = "a split feature is out of range";
+        if (node[i].left <= i || node[i].left >= n || node[i].right <= i || node[i].right >= n)
+            bad = "a child index is out of range";
+        else if (node[i].feature >= n_features) bad = "a split feature is out of range";
+        if (node[i].left != i + 1) w->left_is_next = 0;
     }
     if (!bad) { w->buffers_held = 1; return 0; }
     PyErr_Format(PyExc_ValueError, "invalid forest arrays: %s", bad);
     PyBuffer_Release(&w->roots);
 fail_value: PyBuffer_Release(&w->value);
-fail_threshold: PyBuffer_Release(&w->threshold);
-fail_feature: PyBuffer_Release(&w->feature);
-fail_right: PyBuffer_Release(&w->right);
-fail_left: PyBuffer_Release(&w->left);
+fail_nodes: PyBuffer_Release(&w->nodes);
     return -1;
 }
 
 static void Walker_dealloc(Walker *w) {
     if (w->buffers_held) {
-        PyBuffer_Release(&w->left); PyBuffer_Release(&w->right); PyBuffer_Release(&w->feature);
-        PyBuffer_Release(&w->threshold); PyBuffer_Release(&w->value); PyBuffer_Release(&w->roots);
+        PyBuffer_Release(&w->nodes);
+        PyBuffer_Release(&w->value);
+        PyBuffer_Release(&w->roots);
     }
     Py_TYPE(w)->tp_free((PyObject *)w);
 }
 
 static PyObject *Walker_get_n_trees(Walker *w, void *closure) { return PyLong_FromSsize_t(w->n_trees); }
 static PyObject *Walker_get_n_nodes(Walker *w, void *closure) { return PyLong_FromSsize_t(w->n_nodes); }
+static PyObject *Walker_get_left_is_next(Walker *w, void *closure) { return PyBool_FromLong(w->left_is_next); }
 
 static PyGetSetDef Walker_getset[] = {
     {"n_trees", (getter)Walker_get_n_trees, NULL, "number of trees", NULL},
     {"n_nodes", (getter)Walker_get_n_nodes, NULL, "number of nodes in all trees", NULL},
+    {"left_is_next", (getter)Walker_get_left_is_next, NULL, "whether every left child follows its parent", NULL},
     {NULL}
 };
 
@@ -211,7 +257,7 @@ static PyTypeObject WalkerType = {
     .tp_name = "service._walker.Walker",
     .tp_basicsize = sizeof(Walker),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "A random forest over flat node arrays.",
+    .tp_doc = "A random forest over packed, possibly memory-mapped, nodes.",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)Walker_init,
     .tp_dealloc = (destructor)Walker_dealloc,
@@ -225,6 +271,10 @@ PyMODINIT_FUNC PyInit__walker(void) {
     if (PyType_Ready(&WalkerType) < 0) return NULL;
     PyObject *m = PyModule_Create(&walker_module);
     if (!m) return NULL;
-    if (PyModule_AddObjectRef(m, "Walker", (PyObject *)&WalkerType) < 0) { Py_DECREF(m); return NULL; }
+    if (PyModule_AddIntConstant(m, "NODE_SIZE", (long)sizeof(Node)) < 0 ||
+        PyModule_AddObjectRef(m, "Walker", (PyObject *)&WalkerType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
     return m;
 }

@@ -1,7 +1,9 @@
-"""The fast scorer: a random forest as flat node arrays, walked by a small C extension.
+"""The fast scorer: a random forest as flat arrays, walked by a small C extension.
 
 The arrays are written once (uncompressed joblib) and loaded with ``mmap_mode="r"``, so every
-gunicorn worker reads the same read-only page-cache pages instead of a private copy."""
+gunicorn worker reads the same read-only page-cache pages instead of a private copy. Nodes are
+packed 16 bytes each (float32 threshold rounded down, feature, left, right: all one step of a
+walk reads); each node's class-1 fraction is a float64 array beside them."""
 
 from __future__ import annotations
 
@@ -11,15 +13,31 @@ from typing import Any, Sequence
 import joblib
 import numpy as np
 
-from service._walker import Walker
-from service.artifacts import write_atomically
+from service._walker import NODE_SIZE, Walker
+from service.artifacts import ArtifactError, write_atomically
 
 TREE_ESTIMATORS = ("RandomForestClassifier", "ExtraTreesClassifier", "DecisionTreeClassifier")
-ARRAY_NAMES = ("left", "right", "feature", "threshold", "value", "roots")
+FORMAT = 2  # 1: separate left/right/feature/float64-threshold arrays (before packed nodes)
+NODE = np.dtype([("threshold", "<f4"), ("feature", "<i4"), ("left", "<i4"), ("right", "<i4")])
+assert NODE.itemsize == NODE_SIZE
 
 
 class UnsupportedEstimator(ValueError):
     """The estimator is not a binary single-output tree ensemble the walker can serve."""
+
+
+class OutdatedArtifact(ArtifactError):
+    """A serving artifact written in an older format: convert the estimator again."""
+
+
+def threshold_down(threshold: np.ndarray) -> np.ndarray:
+    """The largest float32 <= each float64 threshold. For a float32 x, x <= t32 exactly when
+    x <= t64, so the walker compares in float32 and still takes sklearn's branch every time."""
+    with np.errstate(over="ignore"):  # beyond float32's range it becomes ±inf, as sklearn's cast of x does
+        t32 = threshold.astype(np.float32)
+    above = t32.astype(np.float64) > threshold
+    t32[above] = np.nextafter(t32[above], np.float32(-np.inf))
+    return t32
 
 
 def positive_class_index(classes: np.ndarray) -> int:
@@ -50,11 +68,16 @@ def flatten(estimator: Any) -> dict[str, Any]:
         ids = getattr(t, side).astype(np.int64)
         return np.where(ids >= 0, ids + offset, -1).astype(np.int32)
 
+    left = np.concatenate([children(t, "children_left", o) for t, o in zip(trees, offsets)])
+    nodes = np.zeros(len(left), dtype=NODE)
+    nodes["left"] = left
+    nodes["right"] = np.concatenate([children(t, "children_right", o) for t, o in zip(trees, offsets)])
+    leaf = left < 0
+    nodes["feature"] = np.where(leaf, -1, np.concatenate([t.feature for t in trees]))
+    nodes["threshold"] = np.where(leaf, np.float32(0), threshold_down(np.concatenate([t.threshold for t in trees])))
     return {
-        "left": np.concatenate([children(t, "children_left", o) for t, o in zip(trees, offsets)]),
-        "right": np.concatenate([children(t, "children_right", o) for t, o in zip(trees, offsets)]),
-        "feature": np.concatenate([t.feature for t in trees]).astype(np.int32),
-        "threshold": np.concatenate([t.threshold for t in trees]).astype(np.float64),
+        "format": FORMAT,
+        "nodes": nodes,
         "value": np.concatenate([t.value[:, 0, k] for t in trees]).astype(np.float64),
         "roots": offsets[:-1].astype(np.int32),
         "n_features": int(estimator.n_features_in_),
@@ -73,11 +96,15 @@ class Forest:
     """P(fraud) for one row or many, bit-identical to the estimator's ``predict_proba``."""
 
     def __init__(self, arrays: dict[str, Any]) -> None:
+        if arrays.get("format") != FORMAT or arrays.get("nodes") is None or arrays["nodes"].dtype != NODE:
+            raise OutdatedArtifact(f"the serving artifact is in format {arrays.get('format', 1)}, this service "
+                                   f"reads format {FORMAT}")
         self.arrays = arrays
         self.n_features: int = int(arrays["n_features"])
         self.max_depth: int = int(arrays["max_depth"])
         self.estimator: str = str(arrays["estimator"])
-        self._walker = Walker(**{name: arrays[name] for name in ARRAY_NAMES}, n_features=self.n_features)
+        self._walker = Walker(nodes=arrays["nodes"], value=arrays["value"], roots=arrays["roots"],
+                              n_features=self.n_features)
         self.n_trees: int = self._walker.n_trees
         self.n_nodes: int = self._walker.n_nodes
         # The hot path: a bound C method, no Python frame of ours in between.

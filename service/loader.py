@@ -124,8 +124,16 @@ def load_model(settings: Settings) -> LoadedModel:
     paths = ArtifactPaths.for_model(settings.model_path)
     manifest = _trusted_manifest(paths, read_manifest(paths.manifest) or {}, settings)
     forest_digest = recorded_digest(manifest, "forest")
+    scorer: forest.Forest | SklearnScorer | None = None
     if forest_digest and paths.forest.exists():
-        scorer: forest.Forest | SklearnScorer = _map_forest(paths, forest_digest, f"recorded in {paths.manifest.name}")
+        try:
+            scorer = _map_forest(paths, forest_digest, f"recorded in {paths.manifest.name}")
+        except forest.OutdatedArtifact as e:
+            if not paths.estimator.exists():
+                raise
+            log.warning("%s: %s; converting %s again", paths.forest, e, paths.estimator)
+    if scorer is not None:
+        pass
     elif paths.estimator.exists():
         estimator_digest = settings.model_sha256 or recorded_digest(manifest, "estimator")
         estimator = _unpickle_estimator(paths, estimator_digest)

@@ -20,6 +20,18 @@ def training_data():
     return np.vstack([X, Xf[yf == 1]]), np.concatenate([y, yf[yf == 1]])
 
 
+def sklearn_arrays(estimator) -> dict:
+    """The trees exactly as sklearn holds them (float64 thresholds), with global node indices."""
+    trees = [t.tree_ for t in getattr(estimator, "estimators_", [estimator])]
+    offsets = np.cumsum([0] + [t.node_count for t in trees])
+    glue = lambda side: np.concatenate([np.where(getattr(t, side) >= 0, getattr(t, side) + o, -1)
+                                        for t, o in zip(trees, offsets)])
+    return {"left": glue("children_left"), "right": glue("children_right"),
+            "feature": np.concatenate([t.feature for t in trees]),
+            "threshold": np.concatenate([t.threshold for t in trees]),
+            "value": np.concatenate([t.value[:, 0, 1] for t in trees]), "roots": offsets[:-1]}
+
+
 def rows_on_thresholds(arrays: dict, X: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Rows whose features sit exactly on split thresholds, and one float32 step either side:
     where a walker that skips sklearn's float32 cast would take the other branch."""
@@ -41,12 +53,17 @@ def rows_on_thresholds(arrays: dict, X: np.ndarray, rng: np.random.Generator) ->
     lambda: ExtraTreesClassifier(n_estimators=30, random_state=2),
     lambda: DecisionTreeClassifier(random_state=3),
     lambda: RandomForestClassifier(n_estimators=10, max_depth=4, random_state=4),
-], ids=["random-forest", "extra-trees", "decision-tree", "shallow-forest"])
+    lambda: RandomForestClassifier(n_estimators=20, max_leaf_nodes=40, random_state=5),
+], ids=["random-forest", "extra-trees", "decision-tree", "shallow-forest", "best-first-forest"])
 def test_bit_identical_to_predict_proba(make_estimator, training_data):
     X, y = training_data
     estimator = make_estimator().fit(X, y)
-    arrays = forest.flatten(estimator)
-    scorer = forest.Forest(arrays)
+    scorer = forest.Forest(forest.flatten(estimator))
+    arrays = sklearn_arrays(estimator)
+    # sklearn's depth-first builder puts each left child right after its parent, the best-first one
+    # (max_leaf_nodes) does not: the walker has a loop for each layout, and both are checked here.
+    depth_first = getattr(estimator, "max_leaf_nodes", None) is None
+    assert scorer._walker.left_is_next is depth_first
     rng = np.random.default_rng(0)
     X_test, _ = synthetic.generate(N_ROWS, seed=99)
     on_thresholds = rows_on_thresholds(arrays, X, rng)
@@ -75,8 +92,8 @@ def test_memory_mapped_round_trip(tmp_path, training_data):
     path = tmp_path / "forest.joblib"
     forest.save(forest.flatten(estimator), path)
     loaded = forest.Forest.load(path)
-    assert isinstance(loaded.arrays["threshold"], np.memmap)
-    assert not loaded.arrays["threshold"].flags.writeable
+    assert isinstance(loaded.arrays["nodes"], np.memmap)
+    assert not loaded.arrays["nodes"].flags.writeable
     assert np.array_equal(loaded.predict_rows(X[:500]), estimator.predict_proba(X[:500])[:, 1])
 
 
@@ -92,11 +109,33 @@ def test_rejects_what_it_cannot_serve(training_data):
 def test_corrupt_arrays_are_refused_not_walked(training_data):
     X, y = training_data
     arrays = forest.flatten(DecisionTreeClassifier(max_depth=3, random_state=0).fit(X, y))
-    for name, index, value in (("left", 0, 10**6), ("feature", 0, 31), ("left", 0, 0)):
+    for field, index, value in (("left", 0, 10**6), ("feature", 0, 31), ("left", 0, 0), ("right", 0, -5)):
         bad = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in arrays.items()}
-        bad[name][index] = value
+        bad["nodes"][field][index] = value
         with pytest.raises(ValueError):
             forest.Forest(bad)
+    with pytest.raises(ValueError):
+        forest.Forest(arrays | {"roots": np.array([len(arrays["value"])], dtype=np.int32)})
+
+
+def test_an_artifact_in_the_old_format_is_recognised(training_data):
+    X, y = training_data
+    arrays = forest.flatten(DecisionTreeClassifier(max_depth=3, random_state=0).fit(X, y))
+    old = {k: v for k, v in arrays.items() if k not in ("nodes", "format")}
+    with pytest.raises(forest.OutdatedArtifact):
+        forest.Forest(old)
+
+
+def test_thresholds_rounded_down_to_float32_take_the_same_branch():
+    rng = np.random.default_rng(1)
+    t64 = np.concatenate([rng.normal(0, 100, 5000), rng.normal(0, 1e-3, 5000),
+                          np.float32(rng.normal(0, 10, 2000)).astype(np.float64), [3.5e38, -3.5e38, 0.0]])
+    t32 = forest.threshold_down(t64)
+    assert np.all(t32.astype(np.float64) <= t64)
+    with np.errstate(over="ignore"):  # ±3.5e38 is beyond float32: it becomes ±inf, as in sklearn
+        nearest = np.float32(t64)
+        for x in (nearest, np.nextafter(nearest, np.float32(np.inf)), np.nextafter(nearest, np.float32(-np.inf))):
+            assert np.array_equal(x <= t32, x.astype(np.float64) <= t64)
 
 
 def test_wrong_row_length_is_an_error(training_data):
