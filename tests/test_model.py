@@ -143,3 +143,21 @@ def test_estimator_replaced_after_training_is_not_silently_ignored(small_model, 
     loaded = load_model(settings_for(path, MODEL_SHA256=sha256_file(path)))
     assert loaded.scorer.n_trees == 4  # the pinned new file, converted; not the old forest
     assert np.array_equal(loaded.scorer.predict_rows(X[:500]), replacement.predict_proba(X[:500])[:, 1])
+
+
+def test_serving_artifact_in_an_older_format_is_converted_again(small_model, tmp_path, caplog):
+    path = tmp_path / "fraud-model.joblib"
+    for p in ArtifactPaths.for_model(small_model[0]).__dict__.values():
+        shutil.copy(p, tmp_path / p.name)
+    paths = ArtifactPaths.for_model(path)
+    current = joblib.load(paths.forest)
+    joblib.dump({k: v for k, v in current.items() if k not in ("nodes", "format")}, paths.forest)
+    manifest = json.loads(paths.manifest.read_text())
+    manifest["files"]["forest"]["sha256"] = sha256_file(paths.forest)
+    paths.manifest.write_text(json.dumps(manifest))
+    with caplog.at_level(logging.WARNING):
+        loaded = load_model(settings_for(path))
+    assert "converting" in caplog.text
+    assert isinstance(loaded.scorer, Forest) and "nodes" in joblib.load(paths.forest)
+    X, _ = synthetic.generate(1000, seed=4)
+    assert np.array_equal(loaded.scorer.predict_rows(X), small_model[1].predict_proba(X)[:, 1])
