@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
+import shutil
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +16,9 @@ from sklearn.ensemble import RandomForestClassifier
 
 from model import synthetic
 from model.export import export, feature_stats
+from service.artifacts import ArtifactPaths
 from service.features import FEATURES
+from service.openapi import sample_transaction  # noqa: F401  (the data set's first row, for the tests)
 
 TEST_KEY = "test-key-0123456789abcdef"
 OTHER_KEY = "rotated-key-abcdef0123456789"
@@ -67,10 +71,6 @@ class Client:
         return self.request("POST", "/v1/fraud-score", transaction, **kwargs)
 
 
-def sample_transaction() -> dict[str, float]:
-    return json.loads((Path(__file__).resolve().parent.parent / "model" / "mock-request-body.json").read_text())
-
-
 def as_transaction(row: np.ndarray) -> dict[str, float]:
     return {name: float(v) for name, v in zip(FEATURES, row)}
 
@@ -85,3 +85,12 @@ def train_small_model(path: Path, n_rows: int = 6000, trees: int = 25, seed: int
     export(model, path, data_source=f"test synthetic rows={len(y)}", metrics={"roc_auc": 1.0},
            stats=feature_stats(X), version=f"test-{seed}")
     return model
+
+
+def install_model(source: Path, target: Path) -> None:
+    """As an operator (or `make model`) does: each file renamed into place, never overwritten."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for src, dst in zip(ArtifactPaths.for_model(source).__dict__.values(), ArtifactPaths.for_model(target).__dict__.values()):
+        tmp = dst.with_name(f".{dst.name}.new")
+        shutil.copy(src, tmp)
+        os.replace(tmp, dst)

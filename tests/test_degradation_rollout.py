@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import threading
 import time
 from pathlib import Path
@@ -14,21 +13,13 @@ import pytest
 from model import synthetic
 from service.artifacts import ArtifactPaths
 from tests.conftest import start_stack
-from tests.helpers import Client, as_transaction, sample_transaction, train_small_model
+from tests.helpers import Client, as_transaction, install_model, sample_transaction, train_small_model
 from tests.test_http import assert_error
 from tests.test_metrics import samples, value
 
 
 # Back-to-back requests from one key: nginx's default rate limit would answer 429s.
 UNTHROTTLED = {"RATE_LIMIT_PER_KEY": "1000000", "RATE_LIMIT_PER_IP": "1000000", "RATE_LIMIT_BURST": "100000"}
-
-
-def install_model(source: Path, target: Path) -> None:
-    """As an operator (or `make model`) does: each file renamed into place, never overwritten."""
-    for src, dst in zip(ArtifactPaths.for_model(source).__dict__.values(), ArtifactPaths.for_model(target).__dict__.values()):
-        tmp = dst.with_name(f".{dst.name}.new")
-        shutil.copy(src, tmp)
-        os.replace(tmp, dst)
 
 
 def wait_for(predicate, timeout: float = 30.0) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 
 import joblib
 import numpy as np
@@ -18,6 +17,7 @@ from service.features import FEATURES
 from service.forest import Forest
 from service.loader import SklearnScorer, load_model
 from service.settings import from_mapping
+from tests.helpers import install_model
 
 KEY = "k" * 16
 
@@ -76,8 +76,7 @@ def test_train_on_csv(tmp_path):
 
 def test_tampered_serving_artifact_is_refused_before_unpickling(small_model, tmp_path, caplog):
     path = tmp_path / "fraud-model.joblib"
-    for p in ArtifactPaths.for_model(small_model[0]).__dict__.values():
-        shutil.copy(p, tmp_path / p.name)
+    install_model(small_model[0], tmp_path / "fraud-model.joblib")
     forest_file = ArtifactPaths.for_model(path).forest
     # A pickle that would run code if it were ever unpickled.
     forest_file.write_bytes(b"cos\nsystem\n(S'touch " + str(tmp_path / "pwned").encode() + b"'\ntR.")
@@ -133,8 +132,7 @@ def test_model_version_setting_overrides_the_manifest(small_model):
 def test_estimator_replaced_after_training_is_not_silently_ignored(small_model, tmp_path):
     """A new estimator dropped over an old one must not leave the old forest serving unnoticed."""
     path = tmp_path / "fraud-model.joblib"
-    for p in ArtifactPaths.for_model(small_model[0]).__dict__.values():
-        shutil.copy(p, tmp_path / p.name)
+    install_model(small_model[0], tmp_path / "fraud-model.joblib")
     X, y = synthetic.generate(5000, seed=9)
     replacement = ExtraTreesClassifier(n_estimators=4, random_state=0).fit(X, y)
     joblib.dump(replacement, path)
@@ -147,8 +145,7 @@ def test_estimator_replaced_after_training_is_not_silently_ignored(small_model, 
 
 def test_serving_artifact_in_an_older_format_is_converted_again(small_model, tmp_path, caplog):
     path = tmp_path / "fraud-model.joblib"
-    for p in ArtifactPaths.for_model(small_model[0]).__dict__.values():
-        shutil.copy(p, tmp_path / p.name)
+    install_model(small_model[0], tmp_path / "fraud-model.joblib")
     paths = ArtifactPaths.for_model(path)
     current = joblib.load(paths.forest)
     joblib.dump({k: v for k, v in current.items() if k not in ("nodes", "format")}, paths.forest)

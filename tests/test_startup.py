@@ -11,9 +11,10 @@ import time
 import pytest
 
 from service import serve
+from service.artifacts import ArtifactPaths
 from service.stack import ROOT, http_get
 from tests.conftest import stack_env
-from tests.helpers import free_port
+from tests.helpers import free_port, install_model
 
 
 def run_gunicorn(env: dict[str, str], tmp_path) -> subprocess.CompletedProcess:
@@ -43,10 +44,7 @@ def test_config_error_stops_the_launcher_with_one_line(small_model):
 
 
 def test_tampered_model_stops_gunicorn_when_a_model_is_required(small_model, tmp_path):
-    import shutil
-    from service.artifacts import ArtifactPaths
-    for p in ArtifactPaths.for_model(small_model[0]).__dict__.values():
-        shutil.copy(p, tmp_path / p.name)
+    install_model(small_model[0], tmp_path / "fraud-model.joblib")
     forest = ArtifactPaths.for_model(tmp_path / "fraud-model.joblib").forest
     forest.write_bytes(forest.read_bytes()[:-1] + b"\x00")
     result = run_gunicorn(stack_env(tmp_path / "fraud-model.joblib", free_port(), MODEL_REQUIRED="true"), tmp_path)
