@@ -119,6 +119,24 @@ def _map_forest(paths: ArtifactPaths, expected: str, source: str) -> forest.Fore
     return scorer
 
 
+def _from_estimator(paths: ArtifactPaths, manifest: dict[str, Any], settings: Settings
+                    ) -> tuple[forest.Forest | SklearnScorer, dict[str, Any], str | None]:
+    """Unpickles the verified estimator and converts it once to the serving artifact; an estimator
+    the walker cannot serve is served through sklearn. Returns (scorer, manifest, forest digest)."""
+    estimator_digest = settings.model_sha256 or recorded_digest(manifest, "estimator")
+    estimator = _unpickle_estimator(paths, estimator_digest)
+    try:
+        manifest = _convert(estimator, paths, manifest, estimator_digest)
+    except forest.UnsupportedEstimator as e:
+        if not hasattr(estimator, "predict_proba"):
+            raise ArtifactError(f"{paths.estimator} holds a {type(estimator).__name__}, which has no predict_proba") from e
+        log.warning("serving %s through sklearn (%s): expect milliseconds per request", type(estimator).__name__, e)
+        manifest = {**manifest, "version": manifest.get("version") or f"imported-{estimator_digest[:8]}"}
+        return SklearnScorer(estimator), manifest, None
+    forest_digest = recorded_digest(manifest, "forest")
+    return _map_forest(paths, forest_digest, "just converted"), manifest, forest_digest
+
+
 def load_model(settings: Settings) -> LoadedModel:
     paths = ArtifactPaths.for_model(settings.model_path)
     manifest = _trusted_manifest(paths, read_manifest(paths.manifest) or {}, settings)
@@ -131,24 +149,10 @@ def load_model(settings: Settings) -> LoadedModel:
             if not paths.estimator.exists():
                 raise
             log.warning("%s: %s; converting %s again", paths.forest, e, paths.estimator)
-    if scorer is not None:
-        pass
-    elif paths.estimator.exists():
-        estimator_digest = settings.model_sha256 or recorded_digest(manifest, "estimator")
-        estimator = _unpickle_estimator(paths, estimator_digest)
-        try:
-            manifest = _convert(estimator, paths, manifest, estimator_digest)
-            forest_digest = recorded_digest(manifest, "forest")
-            scorer = _map_forest(paths, forest_digest, "just converted")
-        except forest.UnsupportedEstimator as e:
-            if not hasattr(estimator, "predict_proba"):
-                raise ArtifactError(f"{paths.estimator} holds a {type(estimator).__name__}, which has no predict_proba") from e
-            log.warning("serving %s through sklearn (%s): expect milliseconds per request", type(estimator).__name__, e)
-            manifest = {**manifest, "version": manifest.get("version") or f"imported-{estimator_digest[:8]}"}
-            scorer = SklearnScorer(estimator)
-            forest_digest = None
-    else:
-        raise ArtifactError(f"no model at {paths.estimator}: run `make model` to train the default one")
+    if scorer is None:
+        if not paths.estimator.exists():
+            raise ArtifactError(f"no model at {paths.estimator}: run `make model` to train the default one")
+        scorer, manifest, forest_digest = _from_estimator(paths, manifest, settings)
 
     n_features = getattr(scorer, "n_features", None) or getattr(scorer.estimator, "n_features_in_", N_FEATURES)
     if n_features != N_FEATURES:
