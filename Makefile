@@ -13,7 +13,7 @@ PIP_EXTRAS ?= dev
 INSTALLED := $(VENV)/.installed
 PERF_INSTALLED := $(VENV)/.perf-installed
 
-.PHONY: help install system-packages test-system-packages apt-packages venv run reload model model-full test fuzz chaos clean perf perf-baseline perf-install
+.PHONY: lint help install system-packages test-system-packages apt-packages venv run reload model model-full test fuzz chaos clean perf perf-baseline perf-install
 
 help:
 	@echo "make run    install what is missing, train the default model if there is none, serve through nginx"
@@ -78,8 +78,13 @@ reload:
 	kill -HUP $$(cat .run/gunicorn.pid)
 	@echo "rollout requested: the log says 'rolled out model …' or why it was refused"
 
-test: test-system-packages install
+test: test-system-packages install lint
 	$(PY) -m pytest -n auto -q
+
+# The rule set and its reasons are in pyproject.toml; `ruff format .` fixes what the check finds.
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 # The slow parts of issue #5. FUZZ_EXAMPLES sets how many generated requests the fuzz run sends.
 FUZZ_EXAMPLES ?= 5000

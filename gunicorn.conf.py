@@ -2,7 +2,8 @@
 
 import os
 
-from service import multiproc, settings as service_settings
+from service import multiproc
+from service import settings as service_settings
 
 _settings = service_settings.load_or_exit()
 # Before the preloaded app imports prometheus_client: multiprocess mode, no samples from a past run.
@@ -39,6 +40,7 @@ def on_reload(server):
     from service import wsgi
 
     wsgi.roll_out(server)
+
 
 def child_exit(server, worker):
     """In the master, for every worker that exits (killed, crashed or recycled by max_requests)."""

@@ -64,21 +64,30 @@ class Bench:
             'wrk.method = "POST"\n'
             f"wrk.body = [[{SAMPLE}]]\n"
             'wrk.headers["Content-Type"] = "application/json"\n'
-            f'wrk.headers["X-API-Key"] = "{self.key}"\n')
+            f'wrk.headers["X-API-Key"] = "{self.key}"\n'
+        )
 
     def env(self, port: int, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR")}
-        env.update(API_KEY=self.key, MODEL_PATH=str(self.model_path), PORT=str(port), WORKERS=str(self.workers),
-                   ENV_FILE="/nonexistent/.env", RATE_LIMIT_PER_KEY="1000000", RATE_LIMIT_PER_IP="1000000",
-                   RATE_LIMIT_BURST="100000")
+        env.update(
+            API_KEY=self.key,
+            MODEL_PATH=str(self.model_path),
+            PORT=str(port),
+            WORKERS=str(self.workers),
+            ENV_FILE="/nonexistent/.env",
+            RATE_LIMIT_PER_KEY="1000000",
+            RATE_LIMIT_PER_IP="1000000",
+            RATE_LIMIT_BURST="100000",
+        )
         env.update(extra)
         return env
 
     def stack(self, name: str, **extra: str) -> Stack:
         env = self.env(free_port(), **extra)
         log = open(self.work / f"{name}.log", "w")
-        return Stack(from_mapping(env), env=env, stdout=log, stderr=log,
-                     access_log=str(self.work / f"{name}-nginx-access.log")).start()
+        return Stack(
+            from_mapping(env), env=env, stdout=log, stderr=log, access_log=str(self.work / f"{name}-nginx-access.log")
+        ).start()
 
 
 @dataclass
@@ -97,8 +106,12 @@ def start_wrk(url: str, script: Path, seconds: int, connections: int) -> subproc
     wrk = shutil.which("wrk")
     if not wrk:
         sys.exit("wrk is not installed: run `make install` (apt-get install wrk)")
-    return subprocess.Popen([wrk, "-t2", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s", "-s", str(script), url],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [wrk, "-t2", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s", "-s", str(script), url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def finish_wrk(process: subprocess.Popen) -> WrkResult:
@@ -144,9 +157,15 @@ def kill_a_worker(bench: Bench, seconds: int, connections: int) -> Row:
     finally:
         stack.stop()
     rate = result.failures / max(result.requests, 1)
-    return Row("kill -9 one worker", f"wrk {connections} conn, {seconds} s", result.requests, result.failures,
-               f"{recovery * 1000:.0f} ms to a new worker", healthy and rate < MAX_FAILURE_RATE,
-               f"failure rate {rate:.4%} (limit {MAX_FAILURE_RATE:.1%})")
+    return Row(
+        "kill -9 one worker",
+        f"wrk {connections} conn, {seconds} s",
+        result.requests,
+        result.failures,
+        f"{recovery * 1000:.0f} ms to a new worker",
+        healthy and rate < MAX_FAILURE_RATE,
+        f"failure rate {rate:.4%} (limit {MAX_FAILURE_RATE:.1%})",
+    )
 
 
 def recycle_workers(bench: Bench, seconds: int, connections: int) -> Row:
@@ -156,17 +175,24 @@ def recycle_workers(bench: Bench, seconds: int, connections: int) -> Row:
         restarts = metric(stack, "fraud_worker_exits_total")
     finally:
         stack.stop()
-    return Row("max_requests recycling", f"wrk {connections} conn, {seconds} s", result.requests, result.failures,
-               f"{restarts:.0f} workers recycled", result.failures == 0 and restarts > 0,
-               "max_requests 500 (jitter 100)")
+    return Row(
+        "max_requests recycling",
+        f"wrk {connections} conn, {seconds} s",
+        result.requests,
+        result.failures,
+        f"{restarts:.0f} workers recycled",
+        result.failures == 0 and restarts > 0,
+        "max_requests 500 (jitter 100)",
+    )
 
 
 def sigterm_the_stack(bench: Bench, seconds: int, threads: int) -> Row:
     """The launcher (`python -m service.stack`, what `make run` starts) gets SIGTERM mid-load."""
     port = free_port()
     log = open(bench.work / "sigterm.log", "w")
-    launcher = subprocess.Popen([sys.executable, "-m", "service.stack"], cwd=ROOT, env=bench.env(port),
-                                stdout=log, stderr=log)
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "service.stack"], cwd=ROOT, env=bench.env(port), stdout=log, stderr=log
+    )
     wait_for(lambda: _healthy(port), 60)
     counts = {"ok": 0, "refused": 0, "cut": 0, "error_status": 0}
     lock = threading.Lock()
@@ -218,10 +244,16 @@ def sigterm_the_stack(bench: Bench, seconds: int, threads: int) -> Row:
         t.join(15)
     failures = counts["cut"] + counts["error_status"]
     requests = counts["ok"] + failures
-    return Row("SIGTERM to the stack", f"{threads} clients, {seconds / 2:.0f} s before", requests, failures,
-               f"stopped in {stopped_in:.2f} s", failures == 0 and launcher.returncode == 0,
-               f"{counts['ok'] - before['ok']} answered after the signal; {counts['refused']} refused once "
-               f"nginx had closed its port (never processed); 0 cut mid-response required")
+    return Row(
+        "SIGTERM to the stack",
+        f"{threads} clients, {seconds / 2:.0f} s before",
+        requests,
+        failures,
+        f"stopped in {stopped_in:.2f} s",
+        failures == 0 and launcher.returncode == 0,
+        f"{counts['ok'] - before['ok']} answered after the signal; {counts['refused']} refused once "
+        f"nginx had closed its port (never processed); 0 cut mid-response required",
+    )
 
 
 def _healthy(port: int) -> bool:
@@ -238,13 +270,15 @@ def slow_body(bench: Bench, seconds: int, connections: int) -> Row:
         port = stack.settings.port
         body = SAMPLE.encode()
         slow = socket.create_connection(("127.0.0.1", port))
-        slow.sendall(b"POST /v1/fraud-score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     + f"X-API-Key: {bench.key}\r\nContent-Length: {len(body)}\r\n\r\n".encode())
+        slow.sendall(
+            b"POST /v1/fraud-score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"X-API-Key: {bench.key}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        )
         load = start_wrk(stack.base_url + "/v1/fraud-score", bench.script, seconds, connections)
         for i in range(min(seconds, 5)):  # a byte a second while the load runs on the one worker
             if i:
                 time.sleep(1)
-            slow.sendall(body[i:i + 1])
+            slow.sendall(body[i : i + 1])
         silent_from = time.monotonic()
         slow.settimeout(60)
         try:
@@ -256,19 +290,25 @@ def slow_body(bench: Bench, seconds: int, connections: int) -> Row:
         result = finish_wrk(load)
     finally:
         stack.stop()
-    return Row("slow body (1 B/s, then silent)", f"wrk {connections} conn, {seconds} s, 1 worker",
-               result.requests, result.failures, f"cut {cut_after:.1f} s after its last byte",
-               result.failures == 0 and answer == b"" and cut_after < 15,
-               "nginx client_body_timeout 10s is between reads: a client that keeps sending is bounded "
-               "by the 8k body limit instead, and never reaches a worker")
+    return Row(
+        "slow body (1 B/s, then silent)",
+        f"wrk {connections} conn, {seconds} s, 1 worker",
+        result.requests,
+        result.failures,
+        f"cut {cut_after:.1f} s after its last byte",
+        result.failures == 0 and answer == b"" and cut_after < 15,
+        "nginx client_body_timeout 10s is between reads: a client that keeps sending is bounded "
+        "by the 8k body limit instead, and never reaches a worker",
+    )
 
 
 def table(rows: list[Row]) -> str:
     head = ("fault", "load", "requests", "failures", "recovery", "result")
-    cells = [head] + [(r.fault, r.load, str(r.requests), str(r.failures), r.recovery, "ok" if r.passed else "FAIL")
-                      for r in rows]
+    cells = [head] + [
+        (r.fault, r.load, str(r.requests), str(r.failures), r.recovery, "ok" if r.passed else "FAIL") for r in rows
+    ]
     widths = [max(len(c[i]) for c in cells) for i in range(len(head))]
-    lines = [" | ".join(c.ljust(w) for c, w in zip(row, widths)) for row in cells]
+    lines = [" | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
     lines.insert(1, "-+-".join("-" * w for w in widths))
     notes = [f"  {r.fault}: {r.note}" for r in rows if r.note]
     return "\n".join(lines + [""] + notes)

@@ -11,26 +11,23 @@ import joblib
 import numpy as np
 import sklearn
 
+from service import forest
 from service.artifacts import ArtifactPaths, sha256_file, write_atomically, write_json_atomically
 from service.features import FEATURES
-from service import forest
 
 log = logging.getLogger(__name__)
 
 
 def feature_stats(X: np.ndarray) -> dict[str, dict[str, float]]:
     """Training mean and standard deviation per feature, for out-of-distribution checks."""
-    return {
-        name: {"mean": float(X[:, i].mean()), "std": float(X[:, i].std())}
-        for i, name in enumerate(FEATURES)
-    }
+    return {name: {"mean": float(X[:, i].mean()), "std": float(X[:, i].std())} for i, name in enumerate(FEATURES)}
 
 
 def feature_importances(estimator: Any) -> dict[str, float] | None:
     importances = getattr(estimator, "feature_importances_", None)
     if importances is None or len(importances) != len(FEATURES):
         return None
-    return {name: round(float(v), 6) for name, v in zip(FEATURES, importances)}
+    return {name: round(float(v), 6) for name, v in zip(FEATURES, importances, strict=True)}
 
 
 def write_serving_artifact(estimator: Any, paths: ArtifactPaths) -> dict[str, Any]:
@@ -64,14 +61,16 @@ def export(
         estimator.n_jobs = None
     write_atomically(paths.estimator, lambda tmp: joblib.dump(estimator, tmp, compress=3))
     estimator_digest = sha256_file(paths.estimator)
-    trained_at = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    trained_at = dt.datetime.now(dt.UTC).replace(microsecond=0)
     manifest = {
         "format": 1,
         "version": version or f"rf-{trained_at:%Y%m%d}-{estimator_digest[:8]}",
         "trained_at": trained_at.isoformat(),
         "sklearn_version": sklearn.__version__,
         "estimator": type(estimator).__name__,
-        "params": {k: v for k, v in estimator.get_params().items() if isinstance(v, (int, float, str, bool, type(None)))},
+        "params": {
+            k: v for k, v in estimator.get_params().items() if isinstance(v, (int, float, str, bool, type(None)))
+        },
         "data_source": data_source,
         "features": list(FEATURES),
         "feature_importances": feature_importances(estimator),

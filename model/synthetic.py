@@ -15,10 +15,37 @@ from service.features import FEATURES
 FULL_SIZE = 284_807
 FRAUD_RATE = 492 / 284_807
 TWO_DAYS = 172_792.0
-V_STD = (1.96, 1.65, 1.52, 1.42, 1.38, 1.33, 1.24, 1.19, 1.10, 1.09, 1.02, 1.00, 1.00, 0.96,
-         0.92, 0.88, 0.85, 0.84, 0.81, 0.77, 0.73, 0.73, 0.62, 0.61, 0.52, 0.48, 0.40, 0.33)
-FRAUD_MEAN = {3: -7.0, 7: -5.5, 10: -5.7, 12: -6.3, 14: -7.0, 16: -4.1, 17: -6.7,
-              2: 3.6, 4: 4.5, 11: 3.8}
+V_STD = (
+    1.96,
+    1.65,
+    1.52,
+    1.42,
+    1.38,
+    1.33,
+    1.24,
+    1.19,
+    1.10,
+    1.09,
+    1.02,
+    1.00,
+    1.00,
+    0.96,
+    0.92,
+    0.88,
+    0.85,
+    0.84,
+    0.81,
+    0.77,
+    0.73,
+    0.73,
+    0.62,
+    0.61,
+    0.52,
+    0.48,
+    0.40,
+    0.33,
+)
+FRAUD_MEAN = {3: -7.0, 7: -5.5, 10: -5.7, 12: -6.3, 14: -7.0, 16: -4.1, 17: -6.7, 2: 3.6, 4: 4.5, 11: 3.8}
 DISGUISED_SHARE = 0.25  # frauds whose shifts are mostly hidden in the genuine cloud
 
 
@@ -43,8 +70,9 @@ def generate(n_rows: int = 100_000, seed: int = 42) -> tuple[np.ndarray, np.ndar
 
     # Heavy-tailed components: Student's t with 4 degrees of freedom has variance 2, hence / sqrt(2).
     v = rng.standard_t(4, size=(n_rows, 28)) / np.sqrt(2.0) * np.asarray(V_STD)
-    shift_scale = np.where(rng.uniform(size=n_fraud) < DISGUISED_SHARE, rng.uniform(0.0, 0.35, n_fraud),
-                           rng.uniform(0.5, 1.5, n_fraud))
+    shift_scale = np.where(
+        rng.uniform(size=n_fraud) < DISGUISED_SHARE, rng.uniform(0.0, 0.35, n_fraud), rng.uniform(0.5, 1.5, n_fraud)
+    )
     v[fraud] *= 2.0  # frauds are far more spread out than genuine rows
     for component, mean in FRAUD_MEAN.items():
         v[fraud, component - 1] += mean * shift_scale

@@ -1,8 +1,8 @@
 """`make model`: train the default fraud model and write its files.
 
-    python -m model.train                      # synthetic data (deterministic), ~100k rows
-    python -m model.train --rows 284807        # the full data set's size
-    python -m model.train --csv creditcard.csv # the real data set, or your own with its columns
+python -m model.train                      # synthetic data (deterministic), ~100k rows
+python -m model.train --rows 284807        # the full data set's size
+python -m model.train --csv creditcard.csv # the real data set, or your own with its columns
 """
 
 from __future__ import annotations
@@ -40,7 +40,9 @@ def read_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return X, y
 
 
-def fit_with_progress(X: np.ndarray, y: np.ndarray, n_estimators: int, seed: int, quiet: bool) -> RandomForestClassifier:
+def fit_with_progress(
+    X: np.ndarray, y: np.ndarray, n_estimators: int, seed: int, quiet: bool
+) -> RandomForestClassifier:
     """Fits in chunks with warm_start to show progress; sklearn draws each tree's seed from the
     same stream either way, so the forest equals the one fitted in one call."""
     model = RandomForestClassifier(n_estimators=0, random_state=seed, n_jobs=-1, warm_start=True)
@@ -51,8 +53,12 @@ def fit_with_progress(X: np.ndarray, y: np.ndarray, n_estimators: int, seed: int
         model.fit(X, y)
         if not quiet:
             bar = "#" * (20 * model.n_estimators // n_estimators)
-            print(f"\r  training [{bar:<20}] {model.n_estimators}/{n_estimators} trees, {time.monotonic() - start:5.1f} s",
-                  end="", file=sys.stderr, flush=True)
+            print(
+                f"\r  training [{bar:<20}] {model.n_estimators}/{n_estimators} trees, {time.monotonic() - start:5.1f} s",
+                end="",
+                file=sys.stderr,
+                flush=True,
+            )
     if not quiet:
         print(file=sys.stderr)
     model.warm_start = False
@@ -62,10 +68,14 @@ def fit_with_progress(X: np.ndarray, y: np.ndarray, n_estimators: int, seed: int
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--csv", type=Path, help="train on this CSV (creditcard.csv columns) instead of synthetic data")
-    parser.add_argument("--rows", type=int, default=100_000, help="synthetic rows (default 100000; the real set has 284807)")
+    parser.add_argument(
+        "--rows", type=int, default=100_000, help="synthetic rows (default 100000; the real set has 284807)"
+    )
     parser.add_argument("--trees", type=int, default=100, help="number of trees (default 100)")
     parser.add_argument("--seed", type=int, default=42, help="random seed for data, split and forest (default 42)")
-    parser.add_argument("--output", type=Path, default=DEFAULT_MODEL_PATH, help=f"model path (default {DEFAULT_MODEL_PATH})")
+    parser.add_argument(
+        "--output", type=Path, default=DEFAULT_MODEL_PATH, help=f"model path (default {DEFAULT_MODEL_PATH})"
+    )
     parser.add_argument("--version", help="model version (default: rf-<date>-<digest>)")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
@@ -89,13 +99,18 @@ def main(argv: list[str] | None = None) -> int:
         "n_test": int(len(y_test)),
         "n_test_fraud": int(y_test.sum()),
     }
-    manifest = export(model, args.output, data_source=source, metrics=metrics,
-                      stats=feature_stats(X_train), version=args.version)
-    print(f"held-out split ({metrics['n_test']} rows, {metrics['n_test_fraud']} frauds): "
-          f"ROC AUC {metrics['roc_auc']:.4f}, average precision (AUC-PR) {metrics['average_precision']:.4f}")
+    manifest = export(
+        model, args.output, data_source=source, metrics=metrics, stats=feature_stats(X_train), version=args.version
+    )
+    print(
+        f"held-out split ({metrics['n_test']} rows, {metrics['n_test_fraud']} frauds): "
+        f"ROC AUC {metrics['roc_auc']:.4f}, average precision (AUC-PR) {metrics['average_precision']:.4f}"
+    )
     forest_info = manifest["files"].get("forest", {})
-    print(f"wrote {args.output} (version {manifest['version']}, {forest_info.get('n_trees')} trees, "
-          f"{forest_info.get('n_nodes')} nodes, max depth {forest_info.get('max_depth')})")
+    print(
+        f"wrote {args.output} (version {manifest['version']}, {forest_info.get('n_trees')} trees, "
+        f"{forest_info.get('n_nodes')} nodes, max depth {forest_info.get('max_depth')})"
+    )
     return 0
 
 

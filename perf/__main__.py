@@ -54,7 +54,7 @@ def sample_rows(seed: int = 2026) -> np.ndarray:
 
 
 def as_bodies(X: np.ndarray) -> list[bytes]:
-    return [orjson.dumps(dict(zip(FEATURES, map(float, row)))) for row in X]
+    return [orjson.dumps(dict(zip(FEATURES, map(float, row), strict=True))) for row in X]
 
 
 def free_port() -> int:
@@ -70,10 +70,19 @@ def start_stack(model_path: Path, api_key: str, stack_log: Path, workers: int | 
         # WORKERS and GUNICORN_CMD_ARGS pass through, to compare settings: a developer's .env does not.
         passed = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "WORKERS", "GUNICORN_CMD_ARGS")
         env = {k: v for k, v in os.environ.items() if k in passed}
-        env.update({"API_KEY": api_key, "MODEL_PATH": str(model_path), "HOST": "127.0.0.1",
-                    "PORT": str(free_port()), "ENV_FILE": "/nonexistent/.env",
-                    # One key from one address at full speed: nginx's rate limits would answer 429s.
-                    "RATE_LIMIT_PER_KEY": "1000000", "RATE_LIMIT_PER_IP": "1000000", "RATE_LIMIT_BURST": "100000"})
+        env.update(
+            {
+                "API_KEY": api_key,
+                "MODEL_PATH": str(model_path),
+                "HOST": "127.0.0.1",
+                "PORT": str(free_port()),
+                "ENV_FILE": "/nonexistent/.env",
+                # One key from one address at full speed: nginx's rate limits would answer 429s.
+                "RATE_LIMIT_PER_KEY": "1000000",
+                "RATE_LIMIT_PER_IP": "1000000",
+                "RATE_LIMIT_BURST": "100000",
+            }
+        )
         if workers:
             env["WORKERS"] = str(workers)
         errors = open(stack_log, "a")
@@ -98,8 +107,10 @@ def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "rounds": len(runs),
         "rps": stats.median(r["rps"] for r in runs),
         "requests": sum(r["requests"] for r in runs),
-        "latency_ms": {**{k: stats.median(r["latency_ms"][k] for r in runs) for k in first["latency_ms"] if k != "max"},
-                       "max": max(r["latency_ms"]["max"] for r in runs)},
+        "latency_ms": {
+            **{k: stats.median(r["latency_ms"][k] for r in runs) for k in first["latency_ms"] if k != "max"},
+            "max": max(r["latency_ms"]["max"] for r in runs),
+        },
         "curve_ms": {p: stats.median(r["curve_ms"][p] for r in runs) for p in first["curve_ms"]},
         "errors": {k: sum(r["errors"][k] for r in runs) for k in first["errors"]},
         "failed": sum(r["failed"] for r in runs),
@@ -118,9 +129,13 @@ def closed_loop(url: str, files: dict[str, Path], key: str, rounds: int, seconds
                 runs[endpoint].append(wrk.run(wrk.Scenario(endpoint, connections, seconds), url, files[endpoint], key))
         for endpoint, endpoint_runs in runs.items():
             scenarios[f"{endpoint} c{connections}"] = combine(endpoint_runs)
-        ratios[str(connections)] = stats.median(s["rps"] / h["rps"] for h, s in zip(runs["health"], runs["score"]))
-        log(f"closed loop, {connections} connections: scoring {scenarios[f'score c{connections}']['rps']:.0f}/s, "
-            f"/health {scenarios[f'health c{connections}']['rps']:.0f}/s, ratio {ratios[str(connections)]:.2f}")
+        ratios[str(connections)] = stats.median(
+            s["rps"] / h["rps"] for h, s in zip(runs["health"], runs["score"], strict=True)
+        )
+        log(
+            f"closed loop, {connections} connections: scoring {scenarios[f'score c{connections}']['rps']:.0f}/s, "
+            f"/health {scenarios[f'health c{connections}']['rps']:.0f}/s, ratio {ratios[str(connections)]:.2f}"
+        )
     return scenarios, {"score_vs_health_rps": ratios}
 
 
@@ -132,11 +147,15 @@ def open_loop(url: str, files: dict[str, Path], key: str, capacity: float, secon
         result["load"] = load
         results[f"{100 * load:.0f}"] = result
         lat = result["latency_ms"]
-        log(f"open loop at {100 * load:.0f} % ({rate}/s): sent {result['sent_per_s']:.0f}/s, "
-            f"p50 {lat['p50']:.2f} ms, p99 {lat['p99']:.2f} ms")
+        log(
+            f"open loop at {100 * load:.0f} % ({rate}/s): sent {result['sent_per_s']:.0f}/s, "
+            f"p50 {lat['p50']:.2f} ms, p99 {lat['p99']:.2f} ms"
+        )
         if result["sent_per_s"] < 0.95 * rate:
-            log(f"  the schedule fell behind ({result['sent_per_s']:.0f} of {rate}/s sent): "
-                f"every connection was waiting for an answer")
+            log(
+                f"  the schedule fell behind ({result['sent_per_s']:.0f} of {rate}/s sent): "
+                f"every connection was waiting for an answer"
+            )
     return results
 
 
@@ -173,8 +192,16 @@ def main(argv: list[str] | None = None) -> int:
     manifest = read_manifest(ArtifactPaths.for_model(model_path).manifest) or {}
     results: dict[str, Any] = {
         "started": started,
-        "machine": {"cpus": os.cpu_count(), "load_average_before": os.getloadavg(), "python": platform.python_version()},
-        "model": {"path": str(model_path), "version": manifest.get("version", "?"), "forest_bytes": forest_path.stat().st_size},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "load_average_before": os.getloadavg(),
+            "python": platform.python_version(),
+        },
+        "model": {
+            "path": str(model_path),
+            "version": manifest.get("version", "?"),
+            "forest_bytes": forest_path.stat().st_size,
+        },
         "target": args.url or "local stack",
     }
     X = sample_rows()
@@ -182,9 +209,11 @@ def main(argv: list[str] | None = None) -> int:
 
     log("micro-benchmarks: the walker against predict_proba, validation, the hot path's steps")
     estimator, forest = micro.load_estimator(model_path), micro.load_forest(model_path)
-    results["micro"] = {"engine": micro.engine(estimator, forest, X),
-                        "validation": micro.validation(bodies[:200]),
-                        "hot_path": micro.hot_path(model_path, bodies)}
+    results["micro"] = {
+        "engine": micro.engine(estimator, forest, X),
+        "validation": micro.validation(bodies[:200]),
+        "hot_path": micro.hot_path(model_path, bodies),
+    }
     del estimator
 
     files = wrk.write_requests(Path(tempfile.mkdtemp(prefix="fraud-perf-")), bodies)
@@ -212,10 +241,13 @@ def main(argv: list[str] | None = None) -> int:
         loads: dict[int, dict[str, Any]] = {}
 
         def score_for_a_while(running: Stack) -> None:
-            loads[running.settings.workers] = wrk.run(wrk.Scenario("score", 64, 3), running.base_url, files["score"], key)
+            loads[running.settings.workers] = wrk.run(
+                wrk.Scenario("score", 64, 3), running.base_url, files["score"], key
+            )
 
-        results["memory"] = memory.measure(MEMORY_WORKERS, lambda n: start_stack(model_path, key, stack_log, n),
-                                           score_for_a_while, forest_path)
+        results["memory"] = memory.measure(
+            MEMORY_WORKERS, lambda n: start_stack(model_path, key, stack_log, n), score_for_a_while, forest_path
+        )
         results["memory_loads"] = {str(n): load for n, load in loads.items()}
 
     results["machine"]["load_average_after"] = os.getloadavg()
@@ -230,7 +262,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.strict_targets:
         failures += missed
     if args.baseline.exists() and not args.write_baseline:
-        failures += [f"regression: {line}" for line in baseline.compare(results["ratios"], baseline.load(args.baseline))]
+        failures += [
+            f"regression: {line}" for line in baseline.compare(results["ratios"], baseline.load(args.baseline))
+        ]
     results["failures"] = failures
 
     out = args.results_dir / f"{started}.json"
@@ -243,19 +277,26 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(report.memory_table(results["memory"]))
     print()
-    print(f"CPU per request in one worker: /health {hot['app_health_us']:.1f} µs, score {hot['app_score_us']:.1f} µs "
-          f"(decode {hot['decode_us']:.1f}, validate {hot['validate_us']:.1f}, walk {hot['predict_row_us']:.1f}, "
-          f"encode {hot['encode_us']:.1f}); gunicorn access-log line {hot['access_log_us']:.1f} µs")
+    print(
+        f"CPU per request in one worker: /health {hot['app_health_us']:.1f} µs, score {hot['app_score_us']:.1f} µs "
+        f"(decode {hot['decode_us']:.1f}, validate {hot['validate_us']:.1f}, walk {hot['predict_row_us']:.1f}, "
+        f"encode {hot['encode_us']:.1f}); gunicorn access-log line {hot['access_log_us']:.1f} µs"
+    )
     print()
     print(report.targets_table(found))
-    print(f"{sum(t.met for t in found)} of {len(found)} targets met"
-          + ("" if args.strict_targets or not missed else " (a missed target fails the run only with --strict-targets)"))
+    print(
+        f"{sum(t.met for t in found)} of {len(found)} targets met"
+        + ("" if args.strict_targets or not missed else " (a missed target fails the run only with --strict-targets)")
+    )
     print()
     print(f"results: {out}")
     print(f"chart:   {png}")
     if args.write_baseline:
-        baseline.write(args.baseline, results["ratios"], {"run": started, "model": results["model"]["version"],
-                                                           "machine": results["machine"]})
+        baseline.write(
+            args.baseline,
+            results["ratios"],
+            {"run": started, "model": results["model"]["version"], "machine": results["machine"]},
+        )
         print(f"baseline: wrote {args.baseline}")
     if failures:
         print("\nFAILED:\n  " + "\n  ".join(failures))

@@ -7,9 +7,10 @@ ratio has a direction and a tolerance sized to the noise seen on a shared 2-core
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -31,24 +32,63 @@ def _pss_ratio(results: dict[str, Any]) -> float:
 
 
 RATIOS = (
-    Ratio("score_vs_health_rps_c64", "POST /v1/fraud-score ÷ GET /health throughput, 64 connections",
-          True, 0.12, lambda r: r["closed_loop_ratios"]["score_vs_health_rps"]["64"]),
-    Ratio("score_vs_health_rps_c20", "POST /v1/fraud-score ÷ GET /health throughput, 20 connections",
-          True, 0.12, lambda r: r["closed_loop_ratios"]["score_vs_health_rps"]["20"]),
-    Ratio("score_p99_vs_p50_c64", "scoring p99 ÷ p50, 64 connections (closed loop)",
-          False, 0.75, lambda r: _closed(r, "score", 64)["latency_ms"]["p99"] / _closed(r, "score", 64)["latency_ms"]["p50"]),
-    Ratio("open50_p99_vs_p50", "scoring p99 ÷ p50 at 50 % of capacity (open loop)",
-          False, 3.0, lambda r: r["open_loop"]["50"]["latency_ms"]["p99"] / r["open_loop"]["50"]["latency_ms"]["p50"]),
-    Ratio("engine_single_row_speedup", "predict_proba ÷ walker time, one row",
-          True, 0.35, lambda r: r["micro"]["engine"]["single_row_speedup"]),
-    Ratio("engine_batch_10000_speedup", "walker ÷ predict_proba(n_jobs=1) throughput, 10,000 rows",
-          True, 0.35, lambda r: r["micro"]["engine"]["batch"]["10000"]["speedup"]),
-    Ratio("validation_speedup", "jsonschema ÷ compiled validator time per request",
-          True, 0.35, lambda r: r["micro"]["validation"]["speedup"]),
-    Ratio("app_score_vs_health_cpu", "in-process CPU of a score ÷ of a /health answer",
-          False, 0.35, lambda r: r["micro"]["hot_path"]["app_score_us"] / r["micro"]["hot_path"]["app_health_us"]),
-    Ratio("pss_4_vs_1_workers", "total PSS with 4 workers ÷ with 1",
-          False, 0.25, _pss_ratio),
+    Ratio(
+        "score_vs_health_rps_c64",
+        "POST /v1/fraud-score ÷ GET /health throughput, 64 connections",
+        True,
+        0.12,
+        lambda r: r["closed_loop_ratios"]["score_vs_health_rps"]["64"],
+    ),
+    Ratio(
+        "score_vs_health_rps_c20",
+        "POST /v1/fraud-score ÷ GET /health throughput, 20 connections",
+        True,
+        0.12,
+        lambda r: r["closed_loop_ratios"]["score_vs_health_rps"]["20"],
+    ),
+    Ratio(
+        "score_p99_vs_p50_c64",
+        "scoring p99 ÷ p50, 64 connections (closed loop)",
+        False,
+        0.75,
+        lambda r: _closed(r, "score", 64)["latency_ms"]["p99"] / _closed(r, "score", 64)["latency_ms"]["p50"],
+    ),
+    Ratio(
+        "open50_p99_vs_p50",
+        "scoring p99 ÷ p50 at 50 % of capacity (open loop)",
+        False,
+        3.0,
+        lambda r: r["open_loop"]["50"]["latency_ms"]["p99"] / r["open_loop"]["50"]["latency_ms"]["p50"],
+    ),
+    Ratio(
+        "engine_single_row_speedup",
+        "predict_proba ÷ walker time, one row",
+        True,
+        0.35,
+        lambda r: r["micro"]["engine"]["single_row_speedup"],
+    ),
+    Ratio(
+        "engine_batch_10000_speedup",
+        "walker ÷ predict_proba(n_jobs=1) throughput, 10,000 rows",
+        True,
+        0.35,
+        lambda r: r["micro"]["engine"]["batch"]["10000"]["speedup"],
+    ),
+    Ratio(
+        "validation_speedup",
+        "jsonschema ÷ compiled validator time per request",
+        True,
+        0.35,
+        lambda r: r["micro"]["validation"]["speedup"],
+    ),
+    Ratio(
+        "app_score_vs_health_cpu",
+        "in-process CPU of a score ÷ of a /health answer",
+        False,
+        0.35,
+        lambda r: r["micro"]["hot_path"]["app_score_us"] / r["micro"]["hot_path"]["app_health_us"],
+    ),
+    Ratio("pss_4_vs_1_workers", "total PSS with 4 workers ÷ with 1", False, 0.25, _pss_ratio),
 )
 
 
@@ -72,8 +112,10 @@ def compare(current: dict[str, float], baseline: dict[str, float]) -> list[str]:
         now, then = current[ratio.name], baseline[ratio.name]
         change = (then - now) / then if ratio.higher_is_better else (now - then) / then
         if change > ratio.tolerance:
-            regressions.append(f"{ratio.name}: {now:.3g} against a baseline of {then:.3g} "
-                               f"({100 * change:.0f} % worse; tolerance {100 * ratio.tolerance:.0f} %) - {ratio.meaning}")
+            regressions.append(
+                f"{ratio.name}: {now:.3g} against a baseline of {then:.3g} "
+                f"({100 * change:.0f} % worse; tolerance {100 * ratio.tolerance:.0f} %) - {ratio.meaning}"
+            )
     return regressions
 
 

@@ -48,8 +48,10 @@ def main() -> None:
     for name, us in figures.items():
         print(f"{name:<26} {us:8.2f} µs")
     extra = figures["result with reasons"] - figures["result (score, OOD)"]
-    print(f"explaining costs {extra:.2f} µs more per row "
-          f"({figures['result with reasons'] / figures['result (score, OOD)']:.1f}x the plain result)")
+    print(
+        f"explaining costs {extra:.2f} µs more per row "
+        f"({figures['result with reasons'] / figures['result (score, OOD)']:.1f}x the plain result)"
+    )
 
 
 if __name__ == "__main__":

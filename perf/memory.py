@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 FIELD = re.compile(r"^(\w+):\s+(\d+) kB$")
 MAPPING = re.compile(r"^[0-9a-f]+-[0-9a-f]+ ")
@@ -73,8 +74,10 @@ def snapshot(master: int, model_file: Path) -> dict[str, Any]:
     workers = {}
     for pid in children(master):
         try:
-            workers[pid] = {"rollup": rollup(pid),
-                            "model": file_pages(parse_smaps(Path(f"/proc/{pid}/smaps").read_text()), model_file)}
+            workers[pid] = {
+                "rollup": rollup(pid),
+                "model": file_pages(parse_smaps(Path(f"/proc/{pid}/smaps").read_text()), model_file),
+            }
         except OSError:  # a worker that was just recycled
             continue
     return {"master": rollup(master), "workers": workers}
@@ -97,27 +100,34 @@ def summarize(before: dict[str, Any], after: dict[str, Any], artifact_bytes: int
             continue  # started during the load (gunicorn's max_requests): no "before" to compare
         model_private = now["model"]["Private_Clean"] + now["model"]["Private_Dirty"]
         model_private_before = then["model"]["Private_Clean"] + then["model"]["Private_Dirty"]
-        workers.append({
-            "pid": pid,
-            "pss": now["rollup"]["Pss"],
-            "private": now["rollup"]["Private_Clean"] + now["rollup"]["Private_Dirty"],
-            "private_growth": (now["rollup"]["Private_Clean"] + now["rollup"]["Private_Dirty"])
-                              - (then["rollup"]["Private_Clean"] + then["rollup"]["Private_Dirty"]),
-            "model_mappings": now["model"]["mappings"],
-            "model_rss": now["model"]["Rss"],
-            "model_private": model_private,
-            "model_private_growth": model_private - model_private_before,
-            # Anonymous pages inside a file mapping are copies a process wrote. (Private_Dirty is
-            # no evidence of a copy: a file written moments ago still has dirty page-cache pages.)
-            "model_copied": now["model"]["Anonymous"],
-        })
+        workers.append(
+            {
+                "pid": pid,
+                "pss": now["rollup"]["Pss"],
+                "private": now["rollup"]["Private_Clean"] + now["rollup"]["Private_Dirty"],
+                "private_growth": (now["rollup"]["Private_Clean"] + now["rollup"]["Private_Dirty"])
+                - (then["rollup"]["Private_Clean"] + then["rollup"]["Private_Dirty"]),
+                "model_mappings": now["model"]["mappings"],
+                "model_rss": now["model"]["Rss"],
+                "model_private": model_private,
+                "model_private_growth": model_private - model_private_before,
+                # Anonymous pages inside a file mapping are copies a process wrote. (Private_Dirty is
+                # no evidence of a copy: a file written moments ago still has dirty page-cache pages.)
+                "model_copied": now["model"]["Anonymous"],
+            }
+        )
     total_pss = after["master"]["Pss"] + sum(w["rollup"]["Pss"] for w in after["workers"].values())
-    return {"workers": workers, "total_pss": total_pss, "master_pss": after["master"]["Pss"],
-            "artifact_bytes": artifact_bytes}
+    return {
+        "workers": workers,
+        "total_pss": total_pss,
+        "master_pss": after["master"]["Pss"],
+        "artifact_bytes": artifact_bytes,
+    }
 
 
-def measure(worker_counts: tuple[int, ...], start: Callable[[int], Any], load: Callable[[Any], None],
-            model_file: Path) -> dict[str, Any]:
+def measure(
+    worker_counts: tuple[int, ...], start: Callable[[int], Any], load: Callable[[Any], None], model_file: Path
+) -> dict[str, Any]:
     """For each worker count: start the stack, read /proc, score under load, read /proc again."""
     results = {}
     for count in worker_counts:

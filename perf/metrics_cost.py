@@ -35,7 +35,10 @@ def main() -> None:
         metrics.observe_score(12, False, False)
 
     n = 100_000
-    for name, function in (("request count + latency", request_metrics), ("score histogram + fraud count", score_metrics)):
+    for name, function in (
+        ("request count + latency", request_metrics),
+        ("score histogram + fraud count", score_metrics),
+    ):
         function()
         us = statistics.median(timeit.repeat(function, number=n, repeat=5)) / n * 1e6
         print(f"{name:<32} {us:6.2f} µs per request")

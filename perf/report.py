@@ -33,43 +33,88 @@ def targets(results: dict[str, Any]) -> list[Target]:
     found = []
     ratios = results["closed_loop_ratios"]["score_vs_health_rps"]
     if "64" in ratios:
-        found.append(Target("scoring ÷ /health throughput, 64 connections", f"{100 * ratios['64']:.0f} %",
-                            "≥ 75 %", ratios["64"] >= 0.75))
+        found.append(
+            Target(
+                "scoring ÷ /health throughput, 64 connections",
+                f"{100 * ratios['64']:.0f} %",
+                "≥ 75 %",
+                ratios["64"] >= 0.75,
+            )
+        )
     micro = results.get("micro", {})
     if "engine" in micro:
         engine = micro["engine"]
-        found.append(Target("one row: predict_proba ÷ walker", f"{engine['single_row_speedup']:.0f}× "
-                            f"({engine['single_row_us']['sklearn']:.0f} µs vs {engine['single_row_us']['forest']:.2f} µs)",
-                            "≥ 300×", engine["single_row_speedup"] >= 300))
-        found.append(Target("walker bit-identical to predict_proba", f"{engine['bit_identical']} "
-                            f"({engine['rows_compared']:,} rows)", "True", engine["bit_identical"]))
+        found.append(
+            Target(
+                "one row: predict_proba ÷ walker",
+                f"{engine['single_row_speedup']:.0f}× "
+                f"({engine['single_row_us']['sklearn']:.0f} µs vs {engine['single_row_us']['forest']:.2f} µs)",
+                "≥ 300×",
+                engine["single_row_speedup"] >= 300,
+            )
+        )
+        found.append(
+            Target(
+                "walker bit-identical to predict_proba",
+                f"{engine['bit_identical']} ({engine['rows_compared']:,} rows)",
+                "True",
+                engine["bit_identical"],
+            )
+        )
         batch = engine["batch"]["10000"]
-        found.append(Target("10,000 rows: walker ÷ predict_proba(n_jobs=1) throughput", f"{batch['speedup']:.2f}×",
-                            "≥ 2×", batch["speedup"] >= 2.0))
+        found.append(
+            Target(
+                "10,000 rows: walker ÷ predict_proba(n_jobs=1) throughput",
+                f"{batch['speedup']:.2f}×",
+                "≥ 2×",
+                batch["speedup"] >= 2.0,
+            )
+        )
     if "validation" in micro:
         validation = micro["validation"]
-        found.append(Target("validation per request (compiled; jsonschema is the reference)",
-                            f"{validation['compiled_us']:.1f} µs (jsonschema {validation['jsonschema_us']:.0f} µs)",
-                            "≤ 25 µs", validation["compiled_us"] <= 25.0))
+        found.append(
+            Target(
+                "validation per request (compiled; jsonschema is the reference)",
+                f"{validation['compiled_us']:.1f} µs (jsonschema {validation['jsonschema_us']:.0f} µs)",
+                "≤ 25 µs",
+                validation["compiled_us"] <= 25.0,
+            )
+        )
     memory = results.get("memory")
     if memory:
         artifact = next(iter(memory.values()))["artifact_bytes"]
         growth, copied, mapped = _model_private_growth(memory)
         worst = max(growth, copied)
-        found.append(Target("model pages private to a worker after scoring (growth, worst worker)",
-                            f"{worst / 1024:.0f} KiB of a {artifact / 1024:.0f} KiB artifact"
-                            + ("" if mapped else "; the model is NOT memory-mapped in every worker"),
-                            "≤ 1 %", mapped and worst <= 0.01 * artifact))
+        found.append(
+            Target(
+                "model pages private to a worker after scoring (growth, worst worker)",
+                f"{worst / 1024:.0f} KiB of a {artifact / 1024:.0f} KiB artifact"
+                + ("" if mapped else "; the model is NOT memory-mapped in every worker"),
+                "≤ 1 %",
+                mapped and worst <= 0.01 * artifact,
+            )
+        )
         if "1" in memory and "4" in memory:
             one, four = memory["1"]["total_pss"], memory["4"]["total_pss"]
-            found.append(Target("total PSS, 4 workers vs 1 (master included)",
-                                f"{four / 2**20:.1f} MiB vs {one / 2**20:.1f} MiB ({four / one:.2f}×)", "reported", True))
+            found.append(
+                Target(
+                    "total PSS, 4 workers vs 1 (master included)",
+                    f"{four / 2**20:.1f} MiB vs {one / 2**20:.1f} MiB ({four / one:.2f}×)",
+                    "reported",
+                    True,
+                )
+            )
     open50 = results.get("open_loop", {}).get("50")
     if open50:
         latency = open50["latency_ms"]
-        found.append(Target("open loop at 50 % of capacity: p99 ÷ p50",
-                            f"{latency['p99'] / latency['p50']:.1f} ({latency['p99']:.2f} / {latency['p50']:.2f} ms)",
-                            "≤ 5", latency["p99"] <= 5 * latency["p50"]))
+        found.append(
+            Target(
+                "open loop at 50 % of capacity: p99 ÷ p50",
+                f"{latency['p99'] / latency['p50']:.1f} ({latency['p99']:.2f} / {latency['p50']:.2f} ms)",
+                "≤ 5",
+                latency["p99"] <= 5 * latency["p50"],
+            )
+        )
     return found
 
 
@@ -91,32 +136,45 @@ def hard_failures(results: dict[str, Any]) -> list[str]:
 
 
 def table(results: dict[str, Any]) -> str:
-    header = f"{'scenario':<26}{'req/s':>9}{'p50':>9}{'p90':>9}{'p99':>9}{'p99.9':>9}{'max':>9}{'errors':>8}{'wrk CPU':>9}"
+    header = (
+        f"{'scenario':<26}{'req/s':>9}{'p50':>9}{'p90':>9}{'p99':>9}{'p99.9':>9}{'max':>9}{'errors':>8}{'wrk CPU':>9}"
+    )
     lines = [header, "-" * len(header)]
     for s in [*results["closed_loop"].values(), *results.get("open_loop", {}).values()]:
         lat = s["latency_ms"]
-        lines.append(f"{s['scenario']:<26}{s['rps']:>9.0f}" + "".join(f"{lat[k]:>9.2f}" for k in ("p50", "p90", "p99", "p99.9", "max"))
-                     + f"{s['failed']:>8}{s['generator_cpu_cores']:>8.2f}c")
-    lines.append("latencies in ms; open-loop latencies count from each request's scheduled send time;"
-                 " wrk CPU = cores the load generator used")
+        lines.append(
+            f"{s['scenario']:<26}{s['rps']:>9.0f}"
+            + "".join(f"{lat[k]:>9.2f}" for k in ("p50", "p90", "p99", "p99.9", "max"))
+            + f"{s['failed']:>8}{s['generator_cpu_cores']:>8.2f}c"
+        )
+    lines.append(
+        "latencies in ms; open-loop latencies count from each request's scheduled send time;"
+        " wrk CPU = cores the load generator used"
+    )
     return "\n".join(lines)
 
 
 def memory_table(memory: dict[str, Any]) -> str:
-    lines = [f"{'workers':>7}{'total PSS':>12}{'worker PSS':>12}{'private':>10}{'+scoring':>10}{'model RSS':>11}{'model private':>15}"]
+    lines = [
+        f"{'workers':>7}{'total PSS':>12}{'worker PSS':>12}{'private':>10}{'+scoring':>10}{'model RSS':>11}{'model private':>15}"
+    ]
     for count, run in memory.items():
         workers = run["workers"]
         if not workers:
             continue
         n = len(workers)
-        lines.append(f"{count:>7}{run['total_pss'] / 2**20:>10.1f}Mi"
-                     f"{sum(w['pss'] for w in workers) / n / 2**20:>10.1f}Mi"
-                     f"{sum(w['private'] for w in workers) / n / 2**20:>8.1f}Mi"
-                     f"{sum(w['private_growth'] for w in workers) / n / 2**10:>8.0f}Ki"
-                     f"{sum(w['model_rss'] for w in workers) / n / 2**10:>9.0f}Ki"
-                     f"{sum(w['model_private'] for w in workers) / n / 2**10:>13.0f}Ki")
-    lines.append("per-worker figures are means; private = pages only that process maps (a lone worker's"
-                 " model pages are its alone); +scoring = private growth under load (Python's heap)")
+        lines.append(
+            f"{count:>7}{run['total_pss'] / 2**20:>10.1f}Mi"
+            f"{sum(w['pss'] for w in workers) / n / 2**20:>10.1f}Mi"
+            f"{sum(w['private'] for w in workers) / n / 2**20:>8.1f}Mi"
+            f"{sum(w['private_growth'] for w in workers) / n / 2**10:>8.0f}Ki"
+            f"{sum(w['model_rss'] for w in workers) / n / 2**10:>9.0f}Ki"
+            f"{sum(w['model_private'] for w in workers) / n / 2**10:>13.0f}Ki"
+        )
+    lines.append(
+        "per-worker figures are means; private = pages only that process maps (a lone worker's"
+        " model pages are its alone); +scoring = private growth under load (Python's heap)"
+    )
     return "\n".join(lines)
 
 

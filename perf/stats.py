@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 # What the table and the JSON report for every scenario, in this order.
 REPORTED = (50.0, 90.0, 99.0, 99.9)

@@ -11,9 +11,10 @@ import os
 import resource
 import shutil
 import subprocess
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from perf import stats
 
@@ -55,8 +56,19 @@ def write_requests(directory: Path, transactions: Iterable[bytes]) -> dict[str, 
 
 
 def command(scenario: Scenario, base_url: str, requests_file: Path) -> list[str]:
-    args = ["wrk", f"-t{scenario.threads}", f"-c{scenario.connections}", f"-d{scenario.duration_s:g}s",
-            "--timeout", TIMEOUT, "-s", str(LUA_SCRIPT), base_url, "--", str(requests_file)]
+    args = [
+        "wrk",
+        f"-t{scenario.threads}",
+        f"-c{scenario.connections}",
+        f"-d{scenario.duration_s:g}s",
+        "--timeout",
+        TIMEOUT,
+        "-s",
+        str(LUA_SCRIPT),
+        base_url,
+        "--",
+        str(requests_file),
+    ]
     if scenario.rate:
         args.append(f"{scenario.rate / scenario.threads:.3f}")  # the script's rate is per thread
     return args
@@ -66,7 +78,7 @@ def parse_output(text: str) -> dict[str, Any]:
     """The JSON line load.lua's done() prints among wrk's own output."""
     for line in text.splitlines():
         if line.startswith(MARKER):
-            return json.loads(line[len(MARKER):])
+            return json.loads(line[len(MARKER) :])
     raise ValueError("wrk printed no PERF_RESULT line: " + text[-500:])
 
 
@@ -74,8 +86,12 @@ def summarize(raw: Mapping[str, Any], scenario: Scenario) -> dict[str, Any]:
     """Requests per second, latency percentiles (ms) and errors of one wrk run."""
     seconds = raw["duration_us"] / 1e6
     errors = {k: raw["errors"][k] for k in SOCKET_ERRORS}
-    result: dict[str, Any] = {"scenario": scenario.name, "endpoint": scenario.endpoint,
-                              "connections": scenario.connections, "rate": scenario.rate}
+    result: dict[str, Any] = {
+        "scenario": scenario.name,
+        "endpoint": scenario.endpoint,
+        "connections": scenario.connections,
+        "rate": scenario.rate,
+    }
     open_loop = raw.get("open_loop")
     if scenario.rate:
         if not open_loop:
@@ -92,8 +108,10 @@ def summarize(raw: Mapping[str, Any], scenario: Scenario) -> dict[str, Any]:
     else:
         wrk_us = raw["wrk_latency_us"]
         errors["non_2xx"] = raw["errors"]["status"]  # wrk counts statuses above 399
-        result["latency_ms"] = {**{f"p{p:g}": wrk_us[f"{p:g}"] / 1000.0 for p in stats.REPORTED},
-                                "max": wrk_us["max"] / 1000.0}
+        result["latency_ms"] = {
+            **{f"p{p:g}": wrk_us[f"{p:g}"] / 1000.0 for p in stats.REPORTED},
+            "max": wrk_us["max"] / 1000.0,
+        }
         result["curve_ms"] = {f"{p:g}": wrk_us[f"{p:g}"] / 1000.0 for p in CHART_POINTS}
         answered = raw["requests"]
     result["requests"] = answered
@@ -108,11 +126,18 @@ def run(scenario: Scenario, base_url: str, requests_file: Path, api_key: str) ->
     if not shutil.which("wrk"):
         raise RuntimeError("wrk is not installed: `make perf` installs it (apt-get install wrk)")
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    completed = subprocess.run(command(scenario, base_url, requests_file), capture_output=True, text=True,
-                               env={**os.environ, "PERF_API_KEY": api_key}, timeout=scenario.duration_s + 60)
+    completed = subprocess.run(
+        command(scenario, base_url, requests_file),
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PERF_API_KEY": api_key},
+        timeout=scenario.duration_s + 60,
+    )
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if completed.returncode != 0:
-        raise RuntimeError(f"wrk failed ({completed.returncode}): {completed.stderr.strip() or completed.stdout[-500:]}")
+        raise RuntimeError(
+            f"wrk failed ({completed.returncode}): {completed.stderr.strip() or completed.stdout[-500:]}"
+        )
     raw = parse_output(completed.stdout)
     result = summarize(raw, scenario)
     cpu_s = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)

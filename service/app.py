@@ -35,7 +35,9 @@ class RequestContext:
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         req.context.started = time.perf_counter()
 
-    def process_response(self, req: falcon.Request, resp: falcon.Response, resource: object, req_succeeded: bool) -> None:
+    def process_response(
+        self, req: falcon.Request, resp: falcon.Response, resource: object, req_succeeded: bool
+    ) -> None:
         resp.set_header("X-Request-ID", req.get_header("X-Request-ID") or uuid.uuid4().hex)
         resp.set_header("X-Response-Time-Ms", f"{(time.perf_counter() - req.context.started) * 1000.0:.3f}")
 
@@ -83,8 +85,12 @@ def create_app(settings: Settings, model: LoadedModel | None, unavailable_reason
     app.add_route("/metrics", metrics.MetricsResource())  # nginx serves it to internal networks only
 
     if model is None:
-        app.add_route("/health", StaticJson({"status": "unhealthy", "model_loaded": False, "reason": unavailable_reason},
-                                            status=falcon.HTTP_503))
+        app.add_route(
+            "/health",
+            StaticJson(
+                {"status": "unhealthy", "model_loaded": False, "reason": unavailable_reason}, status=falcon.HTTP_503
+            ),
+        )
         app.add_route("/v1/fraud-score", ModelUnavailableResource(unavailable_reason, "post"))
         app.add_route("/v1/fraud-score/batch", ModelUnavailableResource(unavailable_reason, "post"))
         app.add_route("/v1/model-info", ModelUnavailableResource(unavailable_reason, "get"))
@@ -95,7 +101,11 @@ def create_app(settings: Settings, model: LoadedModel | None, unavailable_reason
     metrics.set_model_version(model.version)
     app.add_route("/health", StaticJson({"status": "healthy", "model_loaded": True}))
     app.add_route("/v1/fraud-score", FraudScoreResource(scoring, TransactionValidator(document), keys))
-    app.add_route("/v1/fraud-score/batch", BatchScoreResource(
-        scoring, TransactionValidator(batch_document(document, settings.batch_max)), keys, settings.batch_max))
+    app.add_route(
+        "/v1/fraud-score/batch",
+        BatchScoreResource(
+            scoring, TransactionValidator(batch_document(document, settings.batch_max)), keys, settings.batch_max
+        ),
+    )
     app.add_route("/v1/model-info", StaticJson(model_info(model, settings, ood), keys=keys))
     return app

@@ -10,9 +10,10 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 
 class ArtifactError(Exception):
@@ -26,7 +27,7 @@ class ArtifactPaths:
     manifest: Path
 
     @classmethod
-    def for_model(cls, model_path: Path) -> "ArtifactPaths":
+    def for_model(cls, model_path: Path) -> ArtifactPaths:
         stem = model_path.name.removesuffix(".joblib")
         return cls(
             estimator=model_path,
@@ -52,9 +53,7 @@ def verify(path: Path, expected: str | None, source: str) -> str:
         raise ArtifactError(f"refusing to load {path}: no trusted SHA-256 for it ({source})")
     actual = sha256_file(path)
     if actual != expected.lower():
-        raise ArtifactError(
-            f"refusing to load {path}: SHA-256 {actual} does not match {expected} ({source})"
-        )
+        raise ArtifactError(f"refusing to load {path}: SHA-256 {actual} does not match {expected} ({source})")
     return actual
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from typing import Any
@@ -12,8 +13,10 @@ import orjson
 from service.errors import ApiError
 from service.schema import Violation
 
-NON_FINITE = ("must be a finite number: NaN, Infinity and numbers beyond a double's range "
-              "(such as 1e999) are not valid JSON numbers")
+NON_FINITE = (
+    "must be a finite number: NaN, Infinity and numbers beyond a double's range "
+    "(such as 1e999) are not valid JSON numbers"
+)
 
 
 class _NonFinite:
@@ -39,11 +42,14 @@ def _undecodable(raw: bytes, error: orjson.JSONDecodeError) -> ApiError:
         fields.extend(k for k, v in items if v is marker)
         return dict(items)
 
-    try:
-        json.loads(text, parse_constant=lambda token: marker, parse_float=number,
-                   parse_int=lambda token: marker if math.isinf(float(token)) else int(token), object_pairs_hook=pairs)
-    except (ValueError, RecursionError):
-        pass
+    with contextlib.suppress(ValueError, RecursionError):
+        json.loads(
+            text,
+            parse_constant=lambda token: marker,
+            parse_float=number,
+            parse_int=lambda token: marker if math.isinf(float(token)) else int(token),
+            object_pairs_hook=pairs,
+        )
     if fields:
         violations = [Violation(f, NON_FINITE) for f in dict.fromkeys(fields)]
         return ApiError(falcon.HTTP_422, "invalid_transaction", f"{fields[0]} {NON_FINITE}", violations)

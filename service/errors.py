@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import falcon
 import orjson
@@ -17,8 +18,14 @@ JSON = "application/json"
 class ApiError(falcon.HTTPError):
     """An HTTP error with a machine-readable code and the fields at fault."""
 
-    def __init__(self, status: str, code: str, message: str, violations: Iterable[Violation] = (),
-                 headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: str,
+        code: str,
+        message: str,
+        violations: Iterable[Violation] = (),
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(status, title=code, description=message, headers=headers)
         self.code = code
         self.violations = list(violations)
@@ -41,8 +48,11 @@ def _code(error: falcon.HTTPError) -> str:
 
 def serialize_error(req: falcon.Request, resp: falcon.Response, error: falcon.HTTPError) -> None:
     """Falcon's own errors (404, 405, …) get the same shape as ours, always JSON."""
-    body = error.to_dict() if isinstance(error, ApiError) else {
-        "error": _code(error), "message": error.description or error.title}
+    body = (
+        error.to_dict()
+        if isinstance(error, ApiError)
+        else {"error": _code(error), "message": error.description or error.title}
+    )
     resp.data = orjson.dumps(body)
     resp.content_type = JSON
 

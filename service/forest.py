@@ -7,8 +7,9 @@ walk reads); each node's class-1 fraction is a float64 array beside them."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import joblib
 import numpy as np
@@ -68,10 +69,12 @@ def flatten(estimator: Any) -> dict[str, Any]:
         ids = getattr(t, side).astype(np.int64)
         return np.where(ids >= 0, ids + offset, -1).astype(np.int32)
 
-    left = np.concatenate([children(t, "children_left", o) for t, o in zip(trees, offsets)])
+    left = np.concatenate([children(t, "children_left", o) for t, o in zip(trees, offsets[:-1], strict=True)])
     nodes = np.zeros(len(left), dtype=NODE)
     nodes["left"] = left
-    nodes["right"] = np.concatenate([children(t, "children_right", o) for t, o in zip(trees, offsets)])
+    nodes["right"] = np.concatenate(
+        [children(t, "children_right", o) for t, o in zip(trees, offsets[:-1], strict=True)]
+    )
     leaf = left < 0
     nodes["feature"] = np.where(leaf, -1, np.concatenate([t.feature for t in trees]))
     nodes["threshold"] = np.where(leaf, np.float32(0), threshold_down(np.concatenate([t.threshold for t in trees])))
@@ -97,21 +100,23 @@ class Forest:
 
     def __init__(self, arrays: dict[str, Any]) -> None:
         if arrays.get("format") != FORMAT or arrays.get("nodes") is None or arrays["nodes"].dtype != NODE:
-            raise OutdatedArtifact(f"the serving artifact is in format {arrays.get('format', 1)}, this service "
-                                   f"reads format {FORMAT}")
+            raise OutdatedArtifact(
+                f"the serving artifact is in format {arrays.get('format', 1)}, this service reads format {FORMAT}"
+            )
         self.arrays = arrays
         self.n_features: int = int(arrays["n_features"])
         self.max_depth: int = int(arrays["max_depth"])
         self.estimator: str = str(arrays["estimator"])
-        self._walker = Walker(nodes=arrays["nodes"], value=arrays["value"], roots=arrays["roots"],
-                              n_features=self.n_features)
+        self._walker = Walker(
+            nodes=arrays["nodes"], value=arrays["value"], roots=arrays["roots"], n_features=self.n_features
+        )
         self.n_trees: int = self._walker.n_trees
         self.n_nodes: int = self._walker.n_nodes
         # The hot path: a bound C method, no Python frame of ours in between.
         self.predict_row = self._walker.predict_row
 
     @classmethod
-    def load(cls, path: Path) -> "Forest":
+    def load(cls, path: Path) -> Forest:
         """Loads the arrays memory-mapped read-only. The caller verifies the file's digest first:
         a joblib file is a pickle."""
         return cls(joblib.load(path, mmap_mode="r"))

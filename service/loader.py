@@ -9,8 +9,9 @@ from __future__ import annotations
 import io
 import logging
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import joblib
 import numpy as np
@@ -62,15 +63,19 @@ def _convert(estimator: Any, paths: ArtifactPaths, manifest: dict[str, Any], est
     info = write_serving_artifact(estimator, paths)
     manifest = {
         **manifest,
-        "files": {**manifest.get("files", {}), "estimator": {"path": paths.estimator.name, "sha256": estimator_digest},
-                  "forest": info},
+        "files": {
+            **manifest.get("files", {}),
+            "estimator": {"path": paths.estimator.name, "sha256": estimator_digest},
+            "forest": info,
+        },
     }
     manifest.setdefault("version", f"imported-{estimator_digest[:8]}")
     manifest.setdefault("estimator", type(estimator).__name__)
     manifest.setdefault("feature_importances", feature_importances(estimator))
     write_json_atomically(paths.manifest, manifest)
-    log.info("converted %s to the serving artifact %s (once; later starts memory-map it)",
-             paths.estimator, paths.forest)
+    log.info(
+        "converted %s to the serving artifact %s (once; later starts memory-map it)", paths.estimator, paths.forest
+    )
     return manifest
 
 
@@ -87,15 +92,21 @@ def _trusted_manifest(paths: ArtifactPaths, manifest: dict[str, Any], settings: 
     recorded = recorded_digest(manifest, "estimator")
     if pinned:
         if actual != pinned:
-            raise ArtifactError(f"refusing to load {paths.estimator}: SHA-256 {actual} does not match {pinned} (MODEL_SHA256)")
+            raise ArtifactError(
+                f"refusing to load {paths.estimator}: SHA-256 {actual} does not match {pinned} (MODEL_SHA256)"
+            )
         return manifest if recorded == actual else {}
     if not recorded:
-        raise ArtifactError(f"refusing to load {paths.estimator}: no manifest records its SHA-256; "
-                            f"set MODEL_SHA256 to the file's sha256sum to trust it")
+        raise ArtifactError(
+            f"refusing to load {paths.estimator}: no manifest records its SHA-256; "
+            f"set MODEL_SHA256 to the file's sha256sum to trust it"
+        )
     if recorded != actual:
-        raise ArtifactError(f"refusing to load {paths.estimator}: SHA-256 {actual} does not match {recorded} "
-                            f"recorded in {paths.manifest.name} (replaced after training?); set MODEL_SHA256 "
-                            f"to trust the new file, or run `make model`")
+        raise ArtifactError(
+            f"refusing to load {paths.estimator}: SHA-256 {actual} does not match {recorded} "
+            f"recorded in {paths.manifest.name} (replaced after training?); set MODEL_SHA256 "
+            f"to trust the new file, or run `make model`"
+        )
     return manifest
 
 
@@ -119,8 +130,9 @@ def _map_forest(paths: ArtifactPaths, expected: str, source: str) -> forest.Fore
     return scorer
 
 
-def _from_estimator(paths: ArtifactPaths, manifest: dict[str, Any], settings: Settings
-                    ) -> tuple[forest.Forest | SklearnScorer, dict[str, Any], str | None]:
+def _from_estimator(
+    paths: ArtifactPaths, manifest: dict[str, Any], settings: Settings
+) -> tuple[forest.Forest | SklearnScorer, dict[str, Any], str | None]:
     """Unpickles the verified estimator and converts it once to the serving artifact; an estimator
     the walker cannot serve is served through sklearn. Returns (scorer, manifest, forest digest)."""
     estimator_digest = settings.model_sha256 or recorded_digest(manifest, "estimator")
@@ -129,7 +141,9 @@ def _from_estimator(paths: ArtifactPaths, manifest: dict[str, Any], settings: Se
         manifest = _convert(estimator, paths, manifest, estimator_digest)
     except forest.UnsupportedEstimator as e:
         if not hasattr(estimator, "predict_proba"):
-            raise ArtifactError(f"{paths.estimator} holds a {type(estimator).__name__}, which has no predict_proba") from e
+            raise ArtifactError(
+                f"{paths.estimator} holds a {type(estimator).__name__}, which has no predict_proba"
+            ) from e
         log.warning("serving %s through sklearn (%s): expect milliseconds per request", type(estimator).__name__, e)
         manifest = {**manifest, "version": manifest.get("version") or f"imported-{estimator_digest[:8]}"}
         return SklearnScorer(estimator), manifest, None
@@ -158,6 +172,6 @@ def load_model(settings: Settings) -> LoadedModel:
     if n_features != N_FEATURES:
         raise ArtifactError(f"{paths.estimator} takes {n_features} features; the service sends {N_FEATURES}")
     version = settings.model_version or manifest.get("version") or f"unversioned-{(forest_digest or '')[:8]}"
-    return LoadedModel(version=version, predict_row=scorer.predict_row, scorer=scorer, manifest=manifest,
-                       forest_sha256=forest_digest)
-
+    return LoadedModel(
+        version=version, predict_row=scorer.predict_row, scorer=scorer, manifest=manifest, forest_sha256=forest_digest
+    )

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -18,8 +18,13 @@ FIELDS = "{levelname}{name}{process}{message}"
 
 
 def json_formatter() -> logging.Formatter:
-    return OrjsonFormatter(FIELDS, style="{", timestamp="ts", rename_fields={"levelname": "level", "name": "logger"},
-                           static_fields={"source": "app"})
+    return OrjsonFormatter(
+        FIELDS,
+        style="{",
+        timestamp="ts",
+        rename_fields={"levelname": "level", "name": "logger"},
+        static_fields={"source": "app"},
+    )
 
 
 def configure(level: int = logging.INFO) -> None:
@@ -54,15 +59,20 @@ class JsonGunicornLogger(GunicornLogger):
         if not self.access_log_enabled or not self.access_log.isEnabledFor(logging.INFO):
             return
         record = logging.LogRecord(self.access_log.name, logging.INFO, __file__, 0, "", None, None)
-        record.msg = orjson.dumps({
-            "level": record.levelname, "logger": record.name, "process": record.process, "message": "request",
-            "source": "app",
-            "request_id": environ.get("HTTP_X_REQUEST_ID"),
-            "method": environ.get("REQUEST_METHOD"),
-            "path": environ.get("PATH_INFO"),
-            "status": resp.status_code,
-            "bytes": getattr(resp, "sent", None),
-            "duration_ms": round(request_time.total_seconds() * 1000.0, 3),
-            "ts": datetime.fromtimestamp(record.created, tz=timezone.utc),
-        }).decode()
+        record.msg = orjson.dumps(
+            {
+                "level": record.levelname,
+                "logger": record.name,
+                "process": record.process,
+                "message": "request",
+                "source": "app",
+                "request_id": environ.get("HTTP_X_REQUEST_ID"),
+                "method": environ.get("REQUEST_METHOD"),
+                "path": environ.get("PATH_INFO"),
+                "status": resp.status_code,
+                "bytes": getattr(resp, "sent", None),
+                "duration_ms": round(request_time.total_seconds() * 1000.0, 3),
+                "ts": datetime.fromtimestamp(record.created, tz=UTC),
+            }
+        ).decode()
         self.access_log.handle(record)

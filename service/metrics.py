@@ -13,11 +13,20 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import falcon
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client import multiprocess
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 
 from service.multiproc import ENV as MULTIPROC_ENV
 
@@ -27,19 +36,34 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 SCORE_BUCKETS = (1, 2, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 99, 100)
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
-REQUESTS = Counter("fraud_http_requests_total", "HTTP requests answered by the app, by route, method and status",
-                   ["route", "method", "status"])
-LATENCY = Histogram("fraud_http_request_duration_seconds", "Time the app spent on a request, by route",
-                    ["route"], buckets=LATENCY_BUCKETS)
-SCORES = Histogram("fraud_score", "Fraud scores returned (0-100): their distribution drifts with the data",
-                   buckets=SCORE_BUCKETS)
+REQUESTS = Counter(
+    "fraud_http_requests_total",
+    "HTTP requests answered by the app, by route, method and status",
+    ["route", "method", "status"],
+)
+LATENCY = Histogram(
+    "fraud_http_request_duration_seconds",
+    "Time the app spent on a request, by route",
+    ["route"],
+    buckets=LATENCY_BUCKETS,
+)
+SCORES = Histogram(
+    "fraud_score", "Fraud scores returned (0-100): their distribution drifts with the data", buckets=SCORE_BUCKETS
+)
 SCORED = Counter("fraud_scored_total", "Transactions scored, by whether they were flagged as fraud", ["is_fraud"])
-OUT_OF_DISTRIBUTION = Counter("fraud_out_of_distribution_total",
-                              "Transactions scored with an ood-warning (features outside the training range)")
-MODEL_INFO = Gauge("fraud_model_info", "The model being served (value 1, version in the label)", ["version"],
-                   multiprocess_mode="livemax")
-WORKER_EXITS = Counter("fraud_worker_exits_total",
-                       "gunicorn workers that exited and were replaced (crashes, kills, max_requests recycling)")
+OUT_OF_DISTRIBUTION = Counter(
+    "fraud_out_of_distribution_total", "Transactions scored with an ood-warning (features outside the training range)"
+)
+MODEL_INFO = Gauge(
+    "fraud_model_info",
+    "The model being served (value 1, version in the label)",
+    ["version"],
+    multiprocess_mode="livemax",
+)
+WORKER_EXITS = Counter(
+    "fraud_worker_exits_total",
+    "gunicorn workers that exited and were replaced (crashes, kills, max_requests recycling)",
+)
 
 _flagged = SCORED.labels(is_fraud="true").inc
 _cleared = SCORED.labels(is_fraud="false").inc
@@ -90,7 +114,8 @@ class RequestMetrics:
         if children is None:
             children = self._children[key] = (
                 REQUESTS.labels(route=key[0], method=key[1], status=str(key[2])).inc,
-                LATENCY.labels(route=key[0]).observe)
+                LATENCY.labels(route=key[0]).observe,
+            )
         children[0]()
         children[1](elapsed)
 

@@ -6,7 +6,8 @@ from the model's manifest. The bounds are computed once; a check is 30 compariso
 from __future__ import annotations
 
 import logging
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -23,8 +24,11 @@ class OutOfDistribution:
             feature_stats = {}
         # A feature constant in training (std 0) has no scale to measure distance by: never flagged.
         stats = [feature_stats.get(name) or {"mean": 0.0, "std": 0.0} for name in FEATURES]
-        self._bounds = [(name, i, s["mean"] - z * s["std"], s["mean"] + z * s["std"])
-                        for i, (name, s) in enumerate(zip(FEATURES, stats)) if s["std"] > 0]
+        self._bounds = [
+            (name, i, s["mean"] - z * s["std"], s["mean"] + z * s["std"])
+            for i, (name, s) in enumerate(zip(FEATURES, stats, strict=True))
+            if s["std"] > 0
+        ]
         self._low = np.array([s["mean"] - z * s["std"] if s["std"] > 0 else -np.inf for s in stats])
         self._high = np.array([s["mean"] + z * s["std"] if s["std"] > 0 else np.inf for s in stats])
 
@@ -33,7 +37,7 @@ class OutOfDistribution:
         return [name for name, i, low, high in self._bounds if not low <= row[i] <= high]
 
     def features_of_rows(self, X: np.ndarray) -> list[list[str]]:
-        outside = (X < self._low) | (X > self._high)
+        outside = (self._low > X) | (self._high < X)
         return [[FEATURES[i] for i in np.flatnonzero(row)] for row in outside]
 
 

@@ -29,8 +29,11 @@ def _json(schema: dict[str, Any], example: Any = None) -> dict[str, Any]:
 
 
 def _error(description: str, example_code: str, example_message: str) -> dict[str, Any]:
-    return {"description": description, "headers": _TRACE_HEADERS,
-            **_json(_ref("Error"), {"error": example_code, "message": example_message})}
+    return {
+        "description": description,
+        "headers": _TRACE_HEADERS,
+        **_json(_ref("Error"), {"error": example_code, "message": example_message}),
+    }
 
 
 _TRACE_HEADERS = {
@@ -47,8 +50,15 @@ _SCHEMAS: dict[str, Any] = {
             "fraud-score": {"type": "integer", "minimum": 0, "maximum": 100, "description": "round(100 × P(fraud))"},
             "is-fraud": {"type": "boolean", "description": "fraud-score >= FRAUD_THRESHOLD"},
             "model-version": {"type": "string"},
-            "ood-warning": {"type": "boolean", "description": "some feature is more than OOD_Z training standard deviations from its training mean"},
-            "ood-features": {"type": "array", "items": {"enum": list(FEATURES)}, "description": "present when ood-warning is true"},
+            "ood-warning": {
+                "type": "boolean",
+                "description": "some feature is more than OOD_Z training standard deviations from its training mean",
+            },
+            "ood-features": {
+                "type": "array",
+                "items": {"enum": list(FEATURES)},
+                "description": "present when ood-warning is true",
+            },
             "reasons": {"type": "array", "items": _ref("Reason"), "description": "with ?explain=true"},
         },
     },
@@ -58,7 +68,10 @@ _SCHEMAS: dict[str, Any] = {
         "properties": {
             "feature": {"enum": list(FEATURES)},
             "value": {"type": "number", "description": "the input value"},
-            "contribution": {"type": "number", "description": "change in P(fraud) credited to this feature along the trees' paths, averaged over trees"},
+            "contribution": {
+                "type": "number",
+                "description": "change in P(fraud) credited to this feature along the trees' paths, averaged over trees",
+            },
         },
     },
     "BatchResult": {
@@ -72,22 +85,40 @@ _SCHEMAS: dict[str, Any] = {
         "properties": {
             "error": {"type": "string", "description": "a stable machine-readable code"},
             "message": {"type": "string", "description": "what is wrong, naming the field"},
-            "errors": {"type": "array", "items": {
-                "type": "object", "required": ["field", "message"],
-                "properties": {"field": {"type": ["string", "null"]}, "message": {"type": "string"},
-                               "index": {"type": "integer", "description": "the batch item"}}}},
+            "errors": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["field", "message"],
+                    "properties": {
+                        "field": {"type": ["string", "null"]},
+                        "message": {"type": "string"},
+                        "index": {"type": "integer", "description": "the batch item"},
+                    },
+                },
+            },
         },
     },
     "Health": {
         "type": "object",
         "required": ["status", "model_loaded"],
-        "properties": {"status": {"enum": ["healthy", "unhealthy"]}, "model_loaded": {"type": "boolean"},
-                       "reason": {"type": "string", "description": "why no model is loaded"}},
+        "properties": {
+            "status": {"enum": ["healthy", "unhealthy"]},
+            "model_loaded": {"type": "boolean"},
+            "reason": {"type": "string", "description": "why no model is loaded"},
+        },
     },
-    "ModelInfo": {"type": "object", "description": "what the loaded model is, how it was trained and how it scores",
-                  "properties": {"model-version": {"type": "string"}, "estimator": {"type": "string"},
-                                 "n_trees": {"type": "integer"}, "threshold": {"type": "integer"},
-                                 "sha256": {"type": ["string", "null"]}}},
+    "ModelInfo": {
+        "type": "object",
+        "description": "what the loaded model is, how it was trained and how it scores",
+        "properties": {
+            "model-version": {"type": "string"},
+            "estimator": {"type": "string"},
+            "n_trees": {"type": "integer"},
+            "threshold": {"type": "integer"},
+            "sha256": {"type": ["string", "null"]},
+        },
+    },
 }
 
 
@@ -96,16 +127,41 @@ def build_openapi(transaction_schema: dict[str, Any], batch_max: int, app_versio
     batch = batch_document(transaction_schema, batch_max)
     batch["properties"][BATCH_FIELD]["items"] = _ref("Transaction")
     scored = {"fraud-score": 0, "is-fraud": False, "model-version": "rf-20261129-cd0ce935", "ood-warning": False}
-    explain = {"name": "explain", "in": "query", "required": False, "schema": {"type": "boolean", "default": False},
-               "description": "add `reasons`: the features that pushed P(fraud) up the most (exact path decomposition)"}
+    explain = {
+        "name": "explain",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "boolean", "default": False},
+        "description": "add `reasons`: the features that pushed P(fraud) up the most (exact path decomposition)",
+    }
     client_errors = {
-        "400": _error("malformed JSON, an empty body, bytes that are not UTF-8, a bad query parameter", "malformed_json", "the request body is not valid JSON: …"),
+        "400": _error(
+            "malformed JSON, an empty body, bytes that are not UTF-8, a bad query parameter",
+            "malformed_json",
+            "the request body is not valid JSON: …",
+        ),
         "403": _error("X-API-Key missing, empty or wrong", "forbidden", "a valid X-API-Key header is required"),
-        "413": _error("body over nginx's limit, or more than BATCH_MAX transactions", "payload_too_large", "the request body is larger than 8k"),
-        "415": _error("Content-Type is not JSON", "unsupported_media_type", "Content-Type must be application/json, got 'text/plain'"),
-        "422": _error("a field missing or not a finite number (NaN, Infinity, 1e999 included), or a body that is not an object", "invalid_transaction", "V7 must be a number, got string"),
+        "413": _error(
+            "body over nginx's limit, or more than BATCH_MAX transactions",
+            "payload_too_large",
+            "the request body is larger than 8k",
+        ),
+        "415": _error(
+            "Content-Type is not JSON",
+            "unsupported_media_type",
+            "Content-Type must be application/json, got 'text/plain'",
+        ),
+        "422": _error(
+            "a field missing or not a finite number (NaN, Infinity, 1e999 included), or a body that is not an object",
+            "invalid_transaction",
+            "V7 must be a number, got string",
+        ),
         "429": {"description": "rate limit exceeded (nginx)", "headers": _RETRY, **_json(_ref("Error"))},
-        "503": {"description": "no model is loaded, or no worker is available", "headers": _RETRY, **_json(_ref("Error"))},
+        "503": {
+            "description": "no model is loaded, or no worker is available",
+            "headers": _RETRY,
+            **_json(_ref("Error")),
+        },
     }
     return {
         "openapi": "3.1.0",
@@ -113,51 +169,98 @@ def build_openapi(transaction_schema: dict[str, Any], batch_max: int, app_versio
             "title": "Fraud scoring",
             "version": app_version,
             "description": "Scores card transactions (the 30 features of the ULB credit-card fraud data set) with a "
-                           "random forest. Scores are exactly sklearn's predict_proba, as an integer percentage.",
+            "random forest. Scores are exactly sklearn's predict_proba, as an integer percentage.",
         },
         "servers": [{"url": "/"}],
         "security": [{"ApiKey": []}],
         "paths": {
-            "/v1/fraud-score": {"post": {
-                "summary": "Score one transaction",
-                "operationId": "scoreTransaction",
-                "parameters": [explain],
-                "requestBody": {"required": True, **_json(_ref("Transaction"), sample)},
-                "responses": {"200": {"description": "scored", "headers": _TRACE_HEADERS, **_json(_ref("ScoreResult"), scored)},
-                              **client_errors},
-            }},
-            "/v1/fraud-score/batch": {"post": {
-                "summary": f"Score up to {batch_max} transactions in one call",
-                "operationId": "scoreBatch",
-                "parameters": [explain],
-                "requestBody": {"required": True, **_json(_ref("TransactionBatch"), {BATCH_FIELD: [sample, sample]})},
-                "responses": {"200": {"description": "results in input order", "headers": _TRACE_HEADERS,
-                                      **_json(_ref("BatchResult"), {"results": [scored, scored], "model-version": scored["model-version"]})},
-                              **client_errors},
-            }},
-            "/v1/model-info": {"get": {
-                "summary": "The loaded model: version, training, structure, importances, metrics, threshold, digest",
-                "operationId": "modelInfo",
-                "responses": {"200": {"description": "model information", "headers": _TRACE_HEADERS, **_json(_ref("ModelInfo"))},
-                              "403": client_errors["403"], "503": client_errors["503"]},
-            }},
-            "/health": {"get": {
-                "summary": "Health for load balancer target checks (no key)",
-                "operationId": "health",
-                "security": [],
-                "responses": {
-                    "200": {"description": "a model is loaded", **_json(_ref("Health"), {"status": "healthy", "model_loaded": True})},
-                    "503": {"description": "no model is loaded: take this target out of rotation",
-                            **_json(_ref("Health"), {"status": "unhealthy", "model_loaded": False, "reason": "…"})},
-                },
-            }},
+            "/v1/fraud-score": {
+                "post": {
+                    "summary": "Score one transaction",
+                    "operationId": "scoreTransaction",
+                    "parameters": [explain],
+                    "requestBody": {"required": True, **_json(_ref("Transaction"), sample)},
+                    "responses": {
+                        "200": {
+                            "description": "scored",
+                            "headers": _TRACE_HEADERS,
+                            **_json(_ref("ScoreResult"), scored),
+                        },
+                        **client_errors,
+                    },
+                }
+            },
+            "/v1/fraud-score/batch": {
+                "post": {
+                    "summary": f"Score up to {batch_max} transactions in one call",
+                    "operationId": "scoreBatch",
+                    "parameters": [explain],
+                    "requestBody": {
+                        "required": True,
+                        **_json(_ref("TransactionBatch"), {BATCH_FIELD: [sample, sample]}),
+                    },
+                    "responses": {
+                        "200": {
+                            "description": "results in input order",
+                            "headers": _TRACE_HEADERS,
+                            **_json(
+                                _ref("BatchResult"),
+                                {"results": [scored, scored], "model-version": scored["model-version"]},
+                            ),
+                        },
+                        **client_errors,
+                    },
+                }
+            },
+            "/v1/model-info": {
+                "get": {
+                    "summary": "The loaded model: version, training, structure, importances, metrics, threshold, digest",
+                    "operationId": "modelInfo",
+                    "responses": {
+                        "200": {
+                            "description": "model information",
+                            "headers": _TRACE_HEADERS,
+                            **_json(_ref("ModelInfo")),
+                        },
+                        "403": client_errors["403"],
+                        "503": client_errors["503"],
+                    },
+                }
+            },
+            "/health": {
+                "get": {
+                    "summary": "Health for load balancer target checks (no key)",
+                    "operationId": "health",
+                    "security": [],
+                    "responses": {
+                        "200": {
+                            "description": "a model is loaded",
+                            **_json(_ref("Health"), {"status": "healthy", "model_loaded": True}),
+                        },
+                        "503": {
+                            "description": "no model is loaded: take this target out of rotation",
+                            **_json(_ref("Health"), {"status": "unhealthy", "model_loaded": False, "reason": "…"}),
+                        },
+                    },
+                }
+            },
         },
         "components": {
-            "schemas": {"Transaction": embeddable(transaction_schema), "TransactionBatch": embeddable(batch), **_SCHEMAS},
+            "schemas": {
+                "Transaction": embeddable(transaction_schema),
+                "TransactionBatch": embeddable(batch),
+                **_SCHEMAS,
+            },
             "securitySchemes": {"ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}},
             "headers": {
-                "X-Request-ID": {"schema": {"type": "string"}, "description": "the client's id, or one nginx generated; also in the logs"},
-                "X-Response-Time-Ms": {"schema": {"type": "string"}, "description": "time spent in the service, milliseconds"},
+                "X-Request-ID": {
+                    "schema": {"type": "string"},
+                    "description": "the client's id, or one nginx generated; also in the logs",
+                },
+                "X-Response-Time-Ms": {
+                    "schema": {"type": "string"},
+                    "description": "time spent in the service, milliseconds",
+                },
             },
         },
     }

@@ -28,8 +28,9 @@ def require_json(req: falcon.Request) -> None:
         return
     media_type = content_type.split(";", 1)[0].strip().lower()
     if media_type != JSON and not (media_type.startswith("application/") and media_type.endswith("+json")):
-        raise ApiError(falcon.HTTP_415, "unsupported_media_type",
-                       f"Content-Type must be application/json, got {content_type!r}")
+        raise ApiError(
+            falcon.HTTP_415, "unsupported_media_type", f"Content-Type must be application/json, got {content_type!r}"
+        )
 
 
 def wants_explanation(req: falcon.Request, scoring: Scoring) -> bool:
@@ -38,8 +39,11 @@ def wants_explanation(req: falcon.Request, scoring: Scoring) -> bool:
     if not req.get_param_as_bool("explain", default=False):
         return False
     if not scoring.can_explain:
-        raise ApiError(falcon.HTTP_400, "explain_unavailable",
-                       "explanations need a tree model; this model is served through sklearn")
+        raise ApiError(
+            falcon.HTTP_400,
+            "explain_unavailable",
+            "explanations need a tree model; this model is served through sklearn",
+        )
     return True
 
 
@@ -100,8 +104,11 @@ class BatchScoreResource:
         body = decode(req.bounded_stream.read())
         items = body.get(BATCH_FIELD) if isinstance(body, dict) else None
         if isinstance(items, list) and len(items) > self._batch_max:
-            raise ApiError(falcon.HTTP_413, "batch_too_large",
-                           f"at most {self._batch_max} transactions per batch (BATCH_MAX), got {len(items)}")
+            raise ApiError(
+                falcon.HTTP_413,
+                "batch_too_large",
+                f"at most {self._batch_max} transactions per batch (BATCH_MAX), got {len(items)}",
+            )
         if not self._validator.is_valid(body):
             raise invalid_body(self._validator.violations(body))
         rows = [self._scoring.row_of(item) for item in items]
@@ -116,5 +123,6 @@ class ModelUnavailableResource:
         setattr(self, f"on_{method}", self._unavailable)
 
     def _unavailable(self, req: falcon.Request, resp: falcon.Response) -> None:
-        raise ApiError(falcon.HTTP_503, "model_unavailable", self._message,
-                       headers={"Retry-After": RETRY_AFTER_SECONDS})
+        raise ApiError(
+            falcon.HTTP_503, "model_unavailable", self._message, headers={"Retry-After": RETRY_AFTER_SECONDS}
+        )

@@ -6,10 +6,11 @@ from __future__ import annotations
 import json
 import math
 import numbers
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from operator import itemgetter
-from typing import Any, Callable
+from typing import Any
 
 import fastjsonschema
 import jsonschema
@@ -65,8 +66,15 @@ class Violation:
 
 
 def _kind(instance: Any) -> str:
-    return {bool: "boolean", str: "string", dict: "object", list: "array", type(None): "null",
-            int: "integer", float: "number"}.get(type(instance), type(instance).__name__)
+    return {
+        bool: "boolean",
+        str: "string",
+        dict: "object",
+        list: "array",
+        type(None): "null",
+        int: "integer",
+        float: "number",
+    }.get(type(instance), type(instance).__name__)
 
 
 def _located(path: list[Any]) -> tuple[str | None, int | None]:
@@ -86,11 +94,22 @@ def _describe(error: jsonschema.ValidationError) -> list[Violation]:
         article = "an" if str(expected)[0] in "aeiou" else "a"
         return [Violation(field, f"must be {article} {expected}, got {_kind(error.instance)}", index)]
     if error.validator in ("minimum", "maximum"):
-        return [Violation(field, "must be a finite number within the float32 range (|x| <= 3.4028234663852886e38)", index)]
+        return [
+            Violation(field, "must be a finite number within the float32 range (|x| <= 3.4028234663852886e38)", index)
+        ]
     return [Violation(field, error.message, index)]
 
 
-_FLAT_DOCUMENT_KEYS = {"$schema", "$id", "title", "description", "type", "required", "properties", "additionalProperties"}
+_FLAT_DOCUMENT_KEYS = {
+    "$schema",
+    "$id",
+    "title",
+    "description",
+    "type",
+    "required",
+    "properties",
+    "additionalProperties",
+}
 _NUMBER_KEYS = {"type", "minimum", "maximum", "description"}
 
 
@@ -101,9 +120,14 @@ def compile_flat_numbers(document: dict[str, Any]) -> Callable[[Any], bool] | No
     gets fastjsonschema. It follows jsonschema's semantics: a bool is not a number, and a bound
     fails only on `<` / `>` (so NaN, which JSON cannot carry, passes, as it does in jsonschema)."""
     properties = document.get("properties")
-    if (set(document) - _FLAT_DOCUMENT_KEYS or document.get("type") != "object"
-            or document.get("additionalProperties", True) is not True or not isinstance(properties, dict)
-            or list(document.get("required", ())) != list(properties) or not properties):
+    if (
+        set(document) - _FLAT_DOCUMENT_KEYS
+        or document.get("type") != "object"
+        or document.get("additionalProperties", True) is not True
+        or not isinstance(properties, dict)
+        or list(document.get("required", ())) != list(properties)
+        or not properties
+    ):
         return None
     for spec in properties.values():
         if not isinstance(spec, dict) or set(spec) - _NUMBER_KEYS or spec.get("type") != "number":
@@ -119,11 +143,11 @@ def compile_flat_numbers(document: dict[str, Any]) -> Callable[[Any], bool] | No
             values = values_of(instance)
         except KeyError:
             return False
-        for value, (low, high) in zip(values, bounds):
+        for value, (low, high) in zip(values, bounds, strict=True):
             kind = type(value)
-            if kind is not float and kind is not int:  # the two types JSON numbers decode to
-                if kind is bool or not isinstance(value, numbers.Number):
-                    return False
+            # float and int are the two types JSON numbers decode to
+            if kind is not float and kind is not int and (kind is bool or not isinstance(value, numbers.Number)):
+                return False
             if value < low or value > high:
                 return False
         return True

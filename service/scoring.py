@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from operator import itemgetter
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -15,8 +16,13 @@ EXPLAIN_TOP = 5
 
 
 class Scoring:
-    def __init__(self, model: LoadedModel, ood: OutOfDistribution, threshold: int,
-                 observe: Callable[[int, bool, bool], None] = lambda score, is_fraud, ood_warning: None) -> None:
+    def __init__(
+        self,
+        model: LoadedModel,
+        ood: OutOfDistribution,
+        threshold: int,
+        observe: Callable[[int, bool, bool], None] = lambda score, is_fraud, ood_warning: None,
+    ) -> None:
         self.version = model.version
         self.can_explain = hasattr(model.scorer, "explain_row")
         self._scorer = model.scorer
@@ -42,8 +48,9 @@ class Scoring:
         probability, _bias, contributions = self._scorer.explain_row(row)
         result = self._result(probability, self._ood(row))
         top = np.argsort(-contributions, kind="stable")[:EXPLAIN_TOP]
-        result["reasons"] = [{"feature": FEATURES[i], "value": row[i], "contribution": float(contributions[i])}
-                             for i in top]
+        result["reasons"] = [
+            {"feature": FEATURES[i], "value": row[i], "contribution": float(contributions[i])} for i in top
+        ]
         return result
 
     def many(self, rows: list[Sequence[float]], explain: bool) -> list[dict[str, Any]]:
@@ -51,4 +58,4 @@ class Scoring:
             return [self.one_explained(row) for row in rows]
         X = np.array(rows, dtype=np.float64)
         probabilities = self._scorer.predict_rows(X).tolist()
-        return [self._result(p, flagged) for p, flagged in zip(probabilities, self._ood_rows(X))]
+        return [self._result(p, flagged) for p, flagged in zip(probabilities, self._ood_rows(X), strict=True)]

@@ -8,10 +8,11 @@ from __future__ import annotations
 import ipaddress
 import os
 import sys
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Callable, Mapping, TypeVar
+from typing import TypeVar
 
 from dotenv import dotenv_values
 
@@ -97,6 +98,7 @@ def _boolean(text: str) -> bool:
     if lowered in ("0", "false", "no", "off"):
         return False
     raise ValueError("must be true or false")
+
 
 def _networks(text: str) -> tuple[str, ...]:
     try:

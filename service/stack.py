@@ -15,9 +15,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Mapping
+from typing import IO
 
 from service import settings as settings_module
 from service.settings import Settings
@@ -52,9 +53,10 @@ def nginx_values(settings: Settings, run_dir: Path, socket: Path, access_log: st
         "RATE_LIMIT_PER_IP": str(settings.rate_limit_per_ip),
         "RATE_LIMIT_BURST": str(settings.rate_limit_burst),
         "METRICS_ALLOW_LINES": " ".join(f"{net} 1;" for net in settings.metrics_allow),
-        "REAL_IP_LINES": " ".join([f"set_real_ip_from {net};" for net in settings.trusted_proxies]
-                                  + (["real_ip_header X-Forwarded-For; real_ip_recursive on;"]
-                                     if settings.trusted_proxies else [])),
+        "REAL_IP_LINES": " ".join(
+            [f"set_real_ip_from {net};" for net in settings.trusted_proxies]
+            + (["real_ip_header X-Forwarded-For; real_ip_recursive on;"] if settings.trusted_proxies else [])
+        ),
     }
 
 
@@ -63,7 +65,9 @@ def batch_body_limit(batch_max: int) -> str:
 
 
 def find_nginx() -> str:
-    found = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.path.exists(p)), None)
+    found = shutil.which("nginx") or next(
+        (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.path.exists(p)), None
+    )
     if not found:
         raise RuntimeError("nginx is not installed: run `make install` (apt-get install nginx)")
     return found
@@ -100,31 +104,47 @@ class Stack:
     def base_url(self) -> str:
         return f"http://{self.host}:{self.settings.port}"
 
-    def start(self, timeout: float = 60.0) -> "Stack":
+    def start(self, timeout: float = 60.0) -> Stack:
         """Both servers run in sessions of their own, so a terminal's Ctrl-C reaches only the
         launcher, which then stops them gracefully (their own SIGINT handling is a fast stop)."""
         # nginx's workers run unprivileged: they may traverse the directory (to reach the socket
         # and their temp files) but not list it.
         self.run_dir.chmod(0o711)
         conf = self.run_dir / "nginx.conf"
-        conf.write_text(render_nginx_config(TEMPLATE.read_text(), nginx_values(
-            self.settings, self.run_dir, self.socket, self.access_log)))
+        conf.write_text(
+            render_nginx_config(
+                TEMPLATE.read_text(), nginx_values(self.settings, self.run_dir, self.socket, self.access_log)
+            )
+        )
         nginx = find_nginx()
-        check = subprocess.run([nginx, "-t", "-q", "-p", str(self.run_dir), "-c", str(conf)],
-                               capture_output=True, text=True)
+        check = subprocess.run(
+            [nginx, "-t", "-q", "-p", str(self.run_dir), "-c", str(conf)], capture_output=True, text=True
+        )
         if check.returncode != 0:
             raise RuntimeError(f"nginx rejected its config: {check.stderr.strip()}")
         # Metrics samples live in the run directory: fresh per stack, removed with it.
-        env = {"PROMETHEUS_MULTIPROC_DIR": str(self.run_dir / "metrics"),
-               "GUNICORN_PIDFILE": str(self.run_dir / "gunicorn.pid"), **self.env,
-               "GUNICORN_BIND": f"unix:{self.socket}"}
+        env = {
+            "PROMETHEUS_MULTIPROC_DIR": str(self.run_dir / "metrics"),
+            "GUNICORN_PIDFILE": str(self.run_dir / "gunicorn.pid"),
+            **self.env,
+            "GUNICORN_BIND": f"unix:{self.socket}",
+        }
         self.gunicorn = subprocess.Popen(
-            [sys.executable, "-m", "service.serve"], cwd=ROOT, env=env, stdout=self.stdout, stderr=self.stderr,
-            start_new_session=True)
+            [sys.executable, "-m", "service.serve"],
+            cwd=ROOT,
+            env=env,
+            stdout=self.stdout,
+            stderr=self.stderr,
+            start_new_session=True,
+        )
         self._wait(lambda: self.socket.exists(), self.gunicorn, "gunicorn", timeout)
         self.nginx = subprocess.Popen(
             [nginx, "-p", str(self.run_dir), "-c", str(conf), "-g", "daemon off;"],
-            cwd=self.run_dir, stdout=self.stdout, stderr=self.stderr, start_new_session=True)
+            cwd=self.run_dir,
+            stdout=self.stdout,
+            stderr=self.stderr,
+            start_new_session=True,
+        )
         self._wait(self._healthy, self.nginx, "nginx", timeout)
         return self
 
@@ -172,7 +192,7 @@ class Stack:
                 process.wait()
         shutil.rmtree(self.run_dir, ignore_errors=True)
 
-    def __enter__(self) -> "Stack":
+    def __enter__(self) -> Stack:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -199,11 +219,15 @@ def main() -> int:
     status, body = http_get(stack.host, settings.port, "/health")
     if status != 200:
         print(f"warning: serving without a model (every scoring request gets 503): {body.decode()}", file=sys.stderr)
-    print(f"\nfraud scoring is up at {url}  (Ctrl-C stops nginx and gunicorn)\n\n"
-          f"  curl -s {url}/health\n"
-          f"  curl -s -X POST {url}/v1/fraud-score -H 'Content-Type: application/json' \\\n"
-          f"       -H \"X-API-Key: $(grep ^API_KEY= .env | cut -d= -f2 | cut -d, -f1)\" \\\n"
-          f"       --data @model/mock-request-body.json\n", file=sys.stderr, flush=True)
+    print(
+        f"\nfraud scoring is up at {url}  (Ctrl-C stops nginx and gunicorn)\n\n"
+        f"  curl -s {url}/health\n"
+        f"  curl -s -X POST {url}/v1/fraud-score -H 'Content-Type: application/json' \\\n"
+        f'       -H "X-API-Key: $(grep ^API_KEY= .env | cut -d= -f2 | cut -d, -f1)" \\\n'
+        f"       --data @model/mock-request-body.json\n",
+        file=sys.stderr,
+        flush=True,
+    )
     status = 0
     while not stopping:
         for name, process in (("gunicorn", stack.gunicorn), ("nginx", stack.nginx)):

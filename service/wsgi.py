@@ -12,7 +12,8 @@ from typing import Any
 
 import falcon
 
-from service import logs, settings as settings_module
+from service import logs
+from service import settings as settings_module
 from service.app import create_app
 from service.artifacts import ArtifactError
 from service.loader import LoadedModel, load_model
@@ -33,8 +34,13 @@ def build(current: LoadedModel | None = None) -> tuple[falcon.App, LoadedModel |
             sys.exit(f"model error: {e}")
         log.error("model not loaded, serving 503 until one is: %s", e)
         return create_app(settings, None, str(e)), None
-    log.info("model %s loaded (%s, %s trees); threshold %d", model.version, type(model.scorer).__name__,
-             getattr(model.scorer, "n_trees", "?"), settings.fraud_threshold)
+    log.info(
+        "model %s loaded (%s, %s trees); threshold %d",
+        model.version,
+        type(model.scorer).__name__,
+        getattr(model.scorer, "n_trees", "?"),
+        settings.fraud_threshold,
+    )
     return create_app(settings, model), model
 
 

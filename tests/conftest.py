@@ -1,8 +1,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -20,13 +20,15 @@ def small_model(tmp_path_factory: pytest.TempPathFactory):
 
 def stack_env(model_path: Path, port: int, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "PYTHONPATH")}
-    env.update({
-        "API_KEY": f"{TEST_KEY},{OTHER_KEY}",
-        "MODEL_PATH": str(model_path),
-        "PORT": str(port),
-        "WORKERS": "2",
-        "ENV_FILE": "/nonexistent/.env",  # a developer's .env must not leak into tests
-    })
+    env.update(
+        {
+            "API_KEY": f"{TEST_KEY},{OTHER_KEY}",
+            "MODEL_PATH": str(model_path),
+            "PORT": str(port),
+            "WORKERS": "2",
+            "ENV_FILE": "/nonexistent/.env",  # a developer's .env must not leak into tests
+        }
+    )
     env.update(extra)
     return env
 
@@ -43,7 +45,7 @@ def start_stack(model_path: Path, logs: Path, **extra: str) -> Stack:
             return stack.start(timeout=60)
         except RuntimeError:
             if attempt == 2:
-                raise RuntimeError((logs / "stack.log").read_text()[-3000:])
+                raise RuntimeError((logs / "stack.log").read_text()[-3000:]) from None
     raise AssertionError("unreachable")
 
 

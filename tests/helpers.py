@@ -47,8 +47,14 @@ class Client:
     def __init__(self, host: str, port: int, key: str | None = TEST_KEY) -> None:
         self.host, self.port, self.key = host, port, key
 
-    def request(self, method: str, path: str, body: bytes | str | dict | None = None,
-                headers: dict[str, str | bytes] | None = None, key: str | None = "default") -> Reply:
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | str | dict | None = None,
+        headers: dict[str, str | bytes] | None = None,
+        key: str | None = "default",
+    ) -> Reply:
         all_headers = {}
         if isinstance(body, dict):
             body = json.dumps(body)
@@ -72,7 +78,7 @@ class Client:
 
 
 def as_transaction(row: np.ndarray) -> dict[str, float]:
-    return {name: float(v) for name, v in zip(FEATURES, row)}
+    return {name: float(v) for name, v in zip(FEATURES, row, strict=True)}
 
 
 def train_small_model(path: Path, n_rows: int = 6000, trees: int = 25, seed: int = 3) -> RandomForestClassifier:
@@ -82,15 +88,25 @@ def train_small_model(path: Path, n_rows: int = 6000, trees: int = 25, seed: int
     X = np.vstack([X, Xf[yf == 1]])
     y = np.concatenate([y, yf[yf == 1]])
     model = RandomForestClassifier(n_estimators=trees, random_state=seed).fit(X, y)
-    export(model, path, data_source=f"test synthetic rows={len(y)}", metrics={"roc_auc": 1.0},
-           stats=feature_stats(X), version=f"test-{seed}")
+    export(
+        model,
+        path,
+        data_source=f"test synthetic rows={len(y)}",
+        metrics={"roc_auc": 1.0},
+        stats=feature_stats(X),
+        version=f"test-{seed}",
+    )
     return model
 
 
 def install_model(source: Path, target: Path) -> None:
     """As an operator (or `make model`) does: each file renamed into place, never overwritten."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    for src, dst in zip(ArtifactPaths.for_model(source).__dict__.values(), ArtifactPaths.for_model(target).__dict__.values()):
+    for src, dst in zip(
+        ArtifactPaths.for_model(source).__dict__.values(),
+        ArtifactPaths.for_model(target).__dict__.values(),
+        strict=True,
+    ):
         tmp = dst.with_name(f".{dst.name}.new")
         shutil.copy(src, tmp)
         os.replace(tmp, dst)

@@ -36,11 +36,23 @@ def formatter_line(extra: dict) -> dict:
 
 
 def test_access_line_matches_the_json_formatter():
-    environ = {"HTTP_X_REQUEST_ID": "abc-1", "REQUEST_METHOD": "POST", "PATH_INFO": "/v1/fraud-score",
-               "HTTP_X_API_KEY": "never-logged-0123456789"}
+    environ = {
+        "HTTP_X_REQUEST_ID": "abc-1",
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": "/v1/fraud-score",
+        "HTTP_X_API_KEY": "never-logged-0123456789",
+    }
     line = access_line(SimpleNamespace(status_code=200, sent=70), environ, datetime.timedelta(microseconds=1234))
-    expected = formatter_line({"request_id": "abc-1", "method": "POST", "path": "/v1/fraud-score", "status": 200,
-                               "bytes": 70, "duration_ms": 1.234})
+    expected = formatter_line(
+        {
+            "request_id": "abc-1",
+            "method": "POST",
+            "path": "/v1/fraud-score",
+            "status": 200,
+            "bytes": 70,
+            "duration_ms": 1.234,
+        }
+    )
     assert list(line) == list(expected)
     assert {k: v for k, v in line.items() if k != "ts"} == {k: v for k, v in expected.items() if k != "ts"}
     assert datetime.datetime.fromisoformat(line["ts"]).utcoffset() == datetime.timedelta(0)

@@ -74,12 +74,15 @@ def test_invalid_item_names_its_index_and_field(client, rows):
     assert body["message"].startswith("transactions[3].V7 must be a number")
 
 
-@pytest.mark.parametrize("body, fragment", [
-    ({}, "transactions is required"),
-    ({"transactions": []}, "should be non-empty"),
-    ({"transactions": {"a": 1}}, "must be an array"),
-    ({"transactions": [1]}, "transactions[0] must be an object"),
-])
+@pytest.mark.parametrize(
+    "body, fragment",
+    [
+        ({}, "transactions is required"),
+        ({"transactions": []}, "should be non-empty"),
+        ({"transactions": {"a": 1}}, "must be an array"),
+        ({"transactions": [1]}, "transactions[0] must be an object"),
+    ],
+)
 def test_malformed_batches_are_422(client, body, fragment):
     reply = client.request("POST", "/v1/fraud-score/batch", body)
     assert_error(reply, 422)
@@ -87,7 +90,9 @@ def test_malformed_batches_are_422(client, body, fragment):
 
 
 def test_batch_needs_a_key(client, rows):
-    assert_error(client.request("POST", "/v1/fraud-score/batch", {"transactions": [sample_transaction()]}, key=None), 403)
+    assert_error(
+        client.request("POST", "/v1/fraud-score/batch", {"transactions": [sample_transaction()]}, key=None), 403
+    )
 
 
 def test_explain_gives_reasons_that_add_up(client, small_model, rows):

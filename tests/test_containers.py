@@ -28,14 +28,21 @@ def compose() -> dict:
 
 def instructions() -> list[tuple[str, str]]:
     text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
-    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in text.splitlines()
-            if line.strip() and not line.lstrip().startswith("#")]
+    return [
+        (line.split(None, 1)[0].upper(), line.split(None, 1)[1])
+        for line in text.splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
 
 
 def test_hadolint_passes():
     hadolint = Path(sys.executable).parent / "hadolint"
-    result = subprocess.run([str(hadolint), "--config", str(ROOT / ".hadolint.yaml"), str(DOCKERFILE)],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [str(hadolint), "--config", str(ROOT / ".hadolint.yaml"), str(DOCKERFILE)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -91,8 +98,9 @@ def test_the_nginx_container_renders_a_config_that_nginx_accepts(tmp_path):
     # Only the run directory moves, so that nginx -t may create its temp paths here.
     conf = tmp_path / "nginx.conf"
     conf.write_text(rendered.replace("/tmp", str(tmp_path)))
-    result = subprocess.run([find_nginx(), "-t", "-q", "-p", str(tmp_path), "-c", str(conf)],
-                            capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        [find_nginx(), "-t", "-q", "-p", str(tmp_path), "-c", str(conf)], capture_output=True, text=True, timeout=30
+    )
     assert result.returncode == 0, result.stderr
 
 
@@ -111,7 +119,7 @@ def test_the_dockerfile_runs_only_what_the_suite_runs_natively():
                 assert words[0] in {"apt-get", "rm", "groupadd", "useradd", "install", "touch"}, command
     run = [json.loads(a) for k, a in steps if k == "CMD"]
     assert run[-1] == ["python", "-m", "service.serve"]  # what service/stack.py starts for every test
-    assert "[sys.executable, \"-m\", \"service.serve\"]" in (ROOT / "service" / "stack.py").read_text()
+    assert '[sys.executable, "-m", "service.serve"]' in (ROOT / "service" / "stack.py").read_text()
     health = [a for k, a in steps if k == "HEALTHCHECK"]
     assert health and health[-1].endswith('CMD ["python", "-m", "service.healthcheck"]')
     assert compose()["services"]["api"]["healthcheck"]["test"] == ["CMD", "python", "-m", "service.healthcheck"]
@@ -121,8 +129,9 @@ def test_the_dockerfile_runs_only_what_the_suite_runs_natively():
 
 def test_the_container_healthcheck_against_a_real_gunicorn(stack, tmp_path):
     env = {"GUNICORN_BIND": f"unix:{stack.socket}", "PATH": "/usr/bin:/bin"}
-    result = subprocess.run([sys.executable, "-m", "service.healthcheck"], env=env, cwd=ROOT,
-                            capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        [sys.executable, "-m", "service.healthcheck"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=30
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert '"status":"healthy"' in result.stdout
     healthy, line = healthcheck.check(f"unix:{tmp_path}/nothing.sock")

@@ -17,7 +17,6 @@ from tests.helpers import Client, as_transaction, install_model, sample_transact
 from tests.test_http import assert_error
 from tests.test_metrics import samples, value
 
-
 # Back-to-back requests from one key: nginx's default rate limit would answer 429s.
 UNTHROTTLED = {"RATE_LIMIT_PER_KEY": "1000000", "RATE_LIMIT_PER_IP": "1000000", "RATE_LIMIT_BURST": "100000"}
 
@@ -43,9 +42,11 @@ def test_without_a_model_the_service_starts_and_answers_503(tmp_path, small_mode
         assert health.status == 503
         assert health.json["status"] == "unhealthy" and health.json["model_loaded"] is False
         assert "make model" in health.json["reason"]
-        for reply in (client.score(sample_transaction()),
-                      client.request("POST", "/v1/fraud-score/batch", {"transactions": [sample_transaction()]}),
-                      client.request("GET", "/v1/model-info")):
+        for reply in (
+            client.score(sample_transaction()),
+            client.request("POST", "/v1/fraud-score/batch", {"transactions": [sample_transaction()]}),
+            client.request("GET", "/v1/model-info"),
+        ):
             body = assert_error(reply, 503)
             assert body["error"] == "model_unavailable"
             assert int(reply.headers["Retry-After"]) > 0
@@ -87,7 +88,12 @@ def two_models(tmp_path_factory):
     score_a = np.round(100 * model_a.predict_proba(candidates)[:, 1])
     score_b = np.round(100 * model_b.predict_proba(candidates)[:, 1])
     probe = candidates[np.flatnonzero(score_a != score_b)[0]]
-    return a, b, as_transaction(probe), {"test-3": int(score_a[score_a != score_b][0]), "test-4": int(score_b[score_a != score_b][0])}
+    return (
+        a,
+        b,
+        as_transaction(probe),
+        {"test-3": int(score_a[score_a != score_b][0]), "test-4": int(score_b[score_a != score_b][0])},
+    )
 
 
 class SteadyTraffic(threading.Thread):
@@ -136,7 +142,9 @@ def test_rollout_under_steady_traffic_switches_cleanly(tmp_path, two_models):
     # Metrics survive the rollout (the multiprocess files are not wiped) and name the new model.
     assert value(scraped, "fraud_model_info", version="test-4") == 1
     assert value(scraped, "fraud_model_info", version="test-3") == 0
-    scored = value(scraped, "fraud_scored_total", is_fraud="true") + value(scraped, "fraud_scored_total", is_fraud="false")
+    scored = value(scraped, "fraud_scored_total", is_fraud="true") + value(
+        scraped, "fraud_scored_total", is_fraud="false"
+    )
     assert scored >= len(seen)
     failures = [s for s in seen if s[0] != 200]
     assert not failures, f"{len(failures)} of {len(seen)} requests failed during the rollout: {failures[:3]}"
@@ -146,7 +154,7 @@ def test_rollout_under_steady_traffic_switches_cleanly(tmp_path, two_models):
         versions = [v for _, v, _ in t.seen]
         assert versions[0] == "test-3" and versions[-1] == "test-4"
         last_a = max(i for i, v in enumerate(versions) if v == "test-3")
-        assert all(v == "test-4" for v in versions[last_a + 1:])
+        assert all(v == "test-4" for v in versions[last_a + 1 :])
     assert "rolled out model test-4" in log_text(tmp_path / "logs")
 
 

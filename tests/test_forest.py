@@ -24,12 +24,23 @@ def sklearn_arrays(estimator) -> dict:
     """The trees exactly as sklearn holds them (float64 thresholds), with global node indices."""
     trees = [t.tree_ for t in getattr(estimator, "estimators_", [estimator])]
     offsets = np.cumsum([0] + [t.node_count for t in trees])
-    glue = lambda side: np.concatenate([np.where(getattr(t, side) >= 0, getattr(t, side) + o, -1)
-                                        for t, o in zip(trees, offsets)])
-    return {"left": glue("children_left"), "right": glue("children_right"),
-            "feature": np.concatenate([t.feature for t in trees]),
-            "threshold": np.concatenate([t.threshold for t in trees]),
-            "value": np.concatenate([t.value[:, 0, 1] for t in trees]), "roots": offsets[:-1]}
+
+    def glue(side):
+        return np.concatenate(
+            [
+                np.where(getattr(t, side) >= 0, getattr(t, side) + o, -1)
+                for t, o in zip(trees, offsets[:-1], strict=True)
+            ]
+        )
+
+    return {
+        "left": glue("children_left"),
+        "right": glue("children_right"),
+        "feature": np.concatenate([t.feature for t in trees]),
+        "threshold": np.concatenate([t.threshold for t in trees]),
+        "value": np.concatenate([t.value[:, 0, 1] for t in trees]),
+        "roots": offsets[:-1],
+    }
 
 
 def rows_on_thresholds(arrays: dict, X: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -48,13 +59,17 @@ def rows_on_thresholds(arrays: dict, X: np.ndarray, rng: np.random.Generator) ->
     return rows
 
 
-@pytest.mark.parametrize("make_estimator", [
-    lambda: RandomForestClassifier(n_estimators=40, random_state=1),
-    lambda: ExtraTreesClassifier(n_estimators=30, random_state=2),
-    lambda: DecisionTreeClassifier(random_state=3),
-    lambda: RandomForestClassifier(n_estimators=10, max_depth=4, random_state=4),
-    lambda: RandomForestClassifier(n_estimators=20, max_leaf_nodes=40, random_state=5),
-], ids=["random-forest", "extra-trees", "decision-tree", "shallow-forest", "best-first-forest"])
+@pytest.mark.parametrize(
+    "make_estimator",
+    [
+        lambda: RandomForestClassifier(n_estimators=40, random_state=1),
+        lambda: ExtraTreesClassifier(n_estimators=30, random_state=2),
+        lambda: DecisionTreeClassifier(random_state=3),
+        lambda: RandomForestClassifier(n_estimators=10, max_depth=4, random_state=4),
+        lambda: RandomForestClassifier(n_estimators=20, max_leaf_nodes=40, random_state=5),
+    ],
+    ids=["random-forest", "extra-trees", "decision-tree", "shallow-forest", "best-first-forest"],
+)
 def test_bit_identical_to_predict_proba(make_estimator, training_data):
     X, y = training_data
     estimator = make_estimator().fit(X, y)
@@ -73,8 +88,10 @@ def test_bit_identical_to_predict_proba(make_estimator, training_data):
         single = np.array([scorer.predict_row(list(map(float, r))) for r in rows])
         assert np.array_equal(single, expected)
     # The threshold rows must really exercise the cast: without it, some would land elsewhere.
-    naive = [sum(arrays["value"][naive_leaf(arrays, root, r)] for root in arrays["roots"]) / len(arrays["roots"])
-             for r in on_thresholds[:2000]]
+    naive = [
+        sum(arrays["value"][naive_leaf(arrays, root, r)] for root in arrays["roots"]) / len(arrays["roots"])
+        for r in on_thresholds[:2000]
+    ]
     assert not np.array_equal(naive, estimator.predict_proba(on_thresholds[:2000])[:, 1])
 
 
@@ -102,6 +119,7 @@ def test_rejects_what_it_cannot_serve(training_data):
     with pytest.raises(forest.UnsupportedEstimator):
         forest.flatten(RandomForestClassifier(n_estimators=2).fit(X, np.arange(len(y)) % 3))
     from sklearn.dummy import DummyClassifier
+
     with pytest.raises(forest.UnsupportedEstimator):
         forest.flatten(DummyClassifier().fit(X, y))
 
@@ -128,8 +146,14 @@ def test_an_artifact_in_the_old_format_is_recognised(training_data):
 
 def test_thresholds_rounded_down_to_float32_take_the_same_branch():
     rng = np.random.default_rng(1)
-    t64 = np.concatenate([rng.normal(0, 100, 5000), rng.normal(0, 1e-3, 5000),
-                          np.float32(rng.normal(0, 10, 2000)).astype(np.float64), [3.5e38, -3.5e38, 0.0]])
+    t64 = np.concatenate(
+        [
+            rng.normal(0, 100, 5000),
+            rng.normal(0, 1e-3, 5000),
+            np.float32(rng.normal(0, 10, 2000)).astype(np.float64),
+            [3.5e38, -3.5e38, 0.0],
+        ]
+    )
     t32 = forest.threshold_down(t64)
     assert np.all(t32.astype(np.float64) <= t64)
     with np.errstate(over="ignore"):  # ±3.5e38 is beyond float32: it becomes ±inf, as in sklearn
@@ -156,7 +180,7 @@ def test_path_decomposition_adds_up_to_the_probability(training_data):
     expected = estimator.predict_proba(rows)[:, 1]
     root_mean = np.mean([t.tree_.value[0, 0, 1] for t in estimator.estimators_])
     worst = 0.0
-    for row, p in zip(rows, expected):
+    for row, p in zip(rows, expected, strict=True):
         probability, bias, contributions = scorer.explain_row(list(map(float, row)))
         assert probability == p  # the same walk, the same bits as predict_proba
         assert bias == pytest.approx(root_mean, abs=1e-15)

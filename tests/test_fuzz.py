@@ -16,7 +16,8 @@ import os
 
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
 from service.schema import load_schema_document
@@ -24,8 +25,9 @@ from tests.conftest import start_stack
 from tests.helpers import TEST_KEY
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "150"))
-FUZZ_SETTINGS = settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=False,
-                         suppress_health_check=list(HealthCheck))
+FUZZ_SETTINGS = settings(
+    max_examples=EXAMPLES, deadline=None, database=None, derandomize=False, suppress_health_check=list(HealthCheck)
+)
 
 
 def openapi_document() -> dict:
@@ -36,10 +38,12 @@ def openapi_document() -> dict:
         "openapi": "3.1.0",
         "info": {"title": "fraud scoring", "version": "1"},
         "paths": {
-            "/v1/fraud-score": {"post": {
-                "requestBody": {"required": True, "content": {"application/json": {"schema": transaction}}},
-                "responses": {"200": {"description": "scored"}, "422": error, "400": error, "403": error},
-            }},
+            "/v1/fraud-score": {
+                "post": {
+                    "requestBody": {"required": True, "content": {"application/json": {"schema": transaction}}},
+                    "responses": {"200": {"description": "scored"}, "422": error, "400": error, "403": error},
+                }
+            },
             "/health": {"get": {"responses": {"200": {"description": "healthy"}}}},
         },
     }
@@ -59,8 +63,14 @@ def load_api_schema(base_url: str):
 @pytest.fixture(scope="module")
 def fuzz_stack(small_model, tmp_path_factory):
     # Limits out of the way: the fuzzer sends thousands of requests from one address and key.
-    running = start_stack(small_model[0], tmp_path_factory.mktemp("fuzz-logs"), WORKERS="2",
-                          RATE_LIMIT_PER_KEY="1000000", RATE_LIMIT_PER_IP="1000000", RATE_LIMIT_BURST="100000")
+    running = start_stack(
+        small_model[0],
+        tmp_path_factory.mktemp("fuzz-logs"),
+        WORKERS="2",
+        RATE_LIMIT_PER_KEY="1000000",
+        RATE_LIMIT_PER_IP="1000000",
+        RATE_LIMIT_BURST="100000",
+    )
     yield running
     running.stop()
 
@@ -72,14 +82,21 @@ def assert_clean_run(stack, statuses: collections.Counter, label: str) -> None:
     assert conn.getresponse().status == 200
     conn.close()
     assert not [s for s in statuses if s >= 500], statuses
-    print(f"\nfuzz {label}: {sum(statuses.values())} requests, statuses {dict(sorted(statuses.items()))}, "
-          f"5xx: 0, healthy afterwards")
+    print(
+        f"\nfuzz {label}: {sum(statuses.values())} requests, statuses {dict(sorted(statuses.items()))}, "
+        f"5xx: 0, healthy afterwards"
+    )
 
 
 def test_schemathesis_cases_never_get_a_5xx(fuzz_stack):
     schema = load_api_schema(fuzz_stack.base_url)
-    cases = st.one_of(*(op.ok().as_strategy(mode) for op in schema.get_all_operations()
-                        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)))
+    cases = st.one_of(
+        *(
+            op.ok().as_strategy(mode)
+            for op in schema.get_all_operations()
+            for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
+        )
+    )
     statuses: collections.Counter = collections.Counter()
 
     @FUZZ_SETTINGS
@@ -97,24 +114,50 @@ def test_schemathesis_cases_never_get_a_5xx(fuzz_stack):
     assert_clean_run(fuzz_stack, statuses, "schemathesis")
 
 
-JSONISH = st.recursive(st.none() | st.booleans() | st.floats(allow_nan=False) | st.integers() | st.text(max_size=20),
-                       lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=8), inner, max_size=5),
-                       max_leaves=40)
+JSONISH = st.recursive(
+    st.none() | st.booleans() | st.floats(allow_nan=False) | st.integers() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=8), inner, max_size=5),
+    max_leaves=40,
+)
 
 
 @st.composite
 def hostile_requests(draw):
     method = draw(st.sampled_from(["POST", "POST", "POST", "GET", "PUT", "DELETE", "OPTIONS", "PATCH"]))
-    path = draw(st.sampled_from(["/v1/fraud-score", "/v1/fraud-score/", "/health", "/v1/fraud-score?x=1",
-                                 "/metrics", "/v1//fraud-score", "/%2e%2e/etc/passwd"]))
-    body = draw(st.one_of(
-        st.binary(max_size=2000),
-        JSONISH.map(lambda v: json.dumps(v).encode()),
-        st.dictionaries(st.sampled_from(["Time", "V1", "V14", "Amount", "x"]), JSONISH, max_size=5)
-          .map(lambda v: json.dumps(v).encode()),
-    ))
-    content_type = draw(st.sampled_from([None, "application/json", "text/plain", "application/problem+json",
-                                         "application/json; charset=latin-1", "multipart/form-data"]))
+    path = draw(
+        st.sampled_from(
+            [
+                "/v1/fraud-score",
+                "/v1/fraud-score/",
+                "/health",
+                "/v1/fraud-score?x=1",
+                "/metrics",
+                "/v1//fraud-score",
+                "/%2e%2e/etc/passwd",
+            ]
+        )
+    )
+    body = draw(
+        st.one_of(
+            st.binary(max_size=2000),
+            JSONISH.map(lambda v: json.dumps(v).encode()),
+            st.dictionaries(st.sampled_from(["Time", "V1", "V14", "Amount", "x"]), JSONISH, max_size=5).map(
+                lambda v: json.dumps(v).encode()
+            ),
+        )
+    )
+    content_type = draw(
+        st.sampled_from(
+            [
+                None,
+                "application/json",
+                "text/plain",
+                "application/problem+json",
+                "application/json; charset=latin-1",
+                "multipart/form-data",
+            ]
+        )
+    )
     key = draw(st.sampled_from([TEST_KEY, None, "", "x" * 300, TEST_KEY + "\t"]))
     return method, path, body, content_type, key
 

@@ -23,11 +23,14 @@ def with_v3(token: str) -> str:
     return text
 
 
-@pytest.mark.parametrize("headers", [
-    {"X-Big": "a" * 9000},  # one header beyond large_client_header_buffers
-    {f"X-Many-{i}": "a" * 1000 for i in range(40)},  # many, 40 KB in all
-    {"X-API-Key": "k" * 9000},
-])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"X-Big": "a" * 9000},  # one header beyond large_client_header_buffers
+        {f"X-Many-{i}": "a" * 1000 for i in range(40)},  # many, 40 KB in all
+        {"X-API-Key": "k" * 9000},
+    ],
+)
 def test_headers_beyond_limits_are_400_json(client: Client, headers):
     assert_error(client.request("GET", "/health", headers=headers, key=None), 400)
 
@@ -36,11 +39,14 @@ def test_uri_beyond_limits_is_414_json(client: Client):
     assert_error(client.request("GET", "/" + "a" * 9000), 414)
 
 
-@pytest.mark.parametrize("body", [
-    "[" * 3000 + "]" * 3000,
-    TEXT[:-1] + ', "extra": ' + "[" * 2000 + "]" * 2000 + "}",
-    TEXT[:-1] + ', "extra": ' + '{"a":' * 1200 + "1" + "}" * 1200 + "}",
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        "[" * 3000 + "]" * 3000,
+        TEXT[:-1] + ', "extra": ' + "[" * 2000 + "]" * 2000 + "}",
+        TEXT[:-1] + ', "extra": ' + '{"a":' * 1200 + "1" + "}" * 1200 + "}",
+    ],
+)
 def test_deeply_nested_json_is_400(client: Client, body):
     reply = client.request("POST", "/v1/fraud-score", body)
     assert_error(reply, 400)
@@ -56,14 +62,20 @@ def test_duplicate_keys_last_one_wins_for_validation_and_scoring_alike(client: C
     assert reply.json == client.score(sample_transaction()).json
 
 
-@pytest.mark.parametrize("token, status", [
-    ("100000000000000000000", 200),  # beyond 64-bit integers, still a float32
-    ("-" + "9" * 30, 200),
-    ("1" + "0" * 40, 422),  # beyond float32
-    ("1e38", 200), ("1e39", 422), ("-1e39", 422),
-    ("0." + "0" * 500 + "1", 200), ("1e-400", 200),  # underflows to 0
-    ("1" + "0" * 5000, 422),
-])
+@pytest.mark.parametrize(
+    "token, status",
+    [
+        ("100000000000000000000", 200),  # beyond 64-bit integers, still a float32
+        ("-" + "9" * 30, 200),
+        ("1" + "0" * 40, 422),  # beyond float32
+        ("1e38", 200),
+        ("1e39", 422),
+        ("-1e39", 422),
+        ("0." + "0" * 500 + "1", 200),
+        ("1e-400", 200),  # underflows to 0
+        ("1" + "0" * 5000, 422),
+    ],
+)
 def test_huge_and_tiny_numbers(client: Client, token, status):
     reply = client.request("POST", "/v1/fraud-score", with_v3(token))
     if status == 200:
@@ -84,8 +96,10 @@ def test_unknown_method_is_400_json(client: Client):
     assert_error(client.request("BREW", "/v1/fraud-score", TEXT), 400)
 
 
-@pytest.mark.parametrize("content_type", ["multipart/form-data; boundary=x", "text/json", "application/octet-stream",
-                                          "application/jsonx", "*/*"])
+@pytest.mark.parametrize(
+    "content_type",
+    ["multipart/form-data; boundary=x", "text/json", "application/octet-stream", "application/jsonx", "*/*"],
+)
 def test_wrong_content_types_are_415(client: Client, content_type):
     assert_error(client.request("POST", "/v1/fraud-score", TEXT, headers={"Content-Type": content_type}), 415)
 
@@ -128,13 +142,14 @@ def test_a_body_sent_a_byte_at_a_time_does_not_hold_the_only_worker(stack_factor
     port = stack.settings.port
     body = TEXT.encode()
     slow = socket.create_connection(("127.0.0.1", port))
-    slow.sendall(b"POST /v1/fraud-score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                 b"X-API-Key: test-key-0123456789abcdef\r\n"
-                 + f"Content-Length: {len(body)}\r\n\r\n".encode())
+    slow.sendall(
+        b"POST /v1/fraud-score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"X-API-Key: test-key-0123456789abcdef\r\n" + f"Content-Length: {len(body)}\r\n\r\n".encode()
+    )
     client = Client("127.0.0.1", port)
     served = 0
     for i in range(20):  # 20 bytes over 2 s; meanwhile the single worker serves everyone else
-        slow.sendall(body[i:i + 1])
+        slow.sendall(body[i : i + 1])
         started = time.monotonic()
         assert client.score(sample_transaction()).status == 200
         assert time.monotonic() - started < 2.0  # milliseconds normally; generous on a busy machine

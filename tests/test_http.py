@@ -123,14 +123,19 @@ def test_bytes_that_are_not_utf8_are_400(client: Client):
 
 @pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", "application/xml"])
 def test_non_json_content_type_is_415(client: Client, content_type):
-    reply = client.request("POST", "/v1/fraud-score", json.dumps(sample_transaction()),
-                           headers={"Content-Type": content_type})
+    reply = client.request(
+        "POST", "/v1/fraud-score", json.dumps(sample_transaction()), headers={"Content-Type": content_type}
+    )
     assert_error(reply, 415)
 
 
 def test_json_with_charset_is_accepted(client: Client):
-    reply = client.request("POST", "/v1/fraud-score", json.dumps(sample_transaction()),
-                           headers={"Content-Type": "application/json; charset=utf-8"})
+    reply = client.request(
+        "POST",
+        "/v1/fraud-score",
+        json.dumps(sample_transaction()),
+        headers={"Content-Type": "application/json; charset=utf-8"},
+    )
     assert reply.status == 200
 
 
@@ -153,9 +158,14 @@ def test_large_body_is_413_from_nginx(client: Client):
 
 
 def test_every_response_has_request_id_and_time(client: Client):
-    for reply in (client.request("GET", "/health"), client.score(sample_transaction()), client.score({}),
-                  client.score(sample_transaction(), key="nope"), client.request("GET", "/nowhere"),
-                  client.score(sample_transaction() | {"padding": "x" * 20_000})):
+    for reply in (
+        client.request("GET", "/health"),
+        client.score(sample_transaction()),
+        client.score({}),
+        client.score(sample_transaction(), key="nope"),
+        client.request("GET", "/nowhere"),
+        client.score(sample_transaction() | {"padding": "x" * 20_000}),
+    ):
         assert len(reply.headers["X-Request-ID"]) >= 16
         assert float(reply.headers["X-Response-Time-Ms"]) >= 0
         assert len(reply.headers.get_all("X-Request-ID")) == 1
@@ -167,10 +177,12 @@ def test_client_request_id_is_kept_and_logged_by_both(client: Client, stack):
     assert reply.headers["X-Request-ID"] == request_id
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
-        nginx_lines = [json.loads(l) for l in (stack.logs / "nginx-access.log").read_text().splitlines()]
-        app_lines = [json.loads(l) for l in (stack.logs / "stack.log").read_text().splitlines() if l.startswith("{")]
-        nginx_hit = [l for l in nginx_lines if l["request_id"] == request_id]
-        app_hit = [l for l in app_lines if l.get("request_id") == request_id]
+        nginx_lines = [json.loads(line) for line in (stack.logs / "nginx-access.log").read_text().splitlines()]
+        app_lines = [
+            json.loads(line) for line in (stack.logs / "stack.log").read_text().splitlines() if line.startswith("{")
+        ]
+        nginx_hit = [entry for entry in nginx_lines if entry["request_id"] == request_id]
+        app_hit = [entry for entry in app_lines if entry.get("request_id") == request_id]
         if nginx_hit and app_hit:
             break
         time.sleep(0.05)

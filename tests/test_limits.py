@@ -68,8 +68,9 @@ def test_rotating_keys_does_not_dodge_the_address_limit(stack_factory):
 
 
 def test_behind_a_trusted_proxy_each_client_address_has_its_own_limit(stack_factory):
-    stack = stack_factory(RATE_LIMIT_PER_KEY="1000", RATE_LIMIT_PER_IP="1", RATE_LIMIT_BURST="3",
-                          TRUSTED_PROXIES="127.0.0.1/32")
+    stack = stack_factory(
+        RATE_LIMIT_PER_KEY="1000", RATE_LIMIT_PER_IP="1", RATE_LIMIT_BURST="3", TRUSTED_PROXIES="127.0.0.1/32"
+    )
     client = Client("127.0.0.1", stack.settings.port)
     one = statuses(client, 10, headers={"X-Forwarded-For": "198.51.100.7"})
     assert one.count(429) >= 4

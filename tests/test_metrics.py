@@ -16,8 +16,11 @@ def samples(client: Client) -> dict[tuple[str, frozenset], float]:
     reply = client.request("GET", "/metrics")
     assert reply.status == 200
     assert reply.headers["Content-Type"].startswith("text/plain")
-    return {(s.name, frozenset(s.labels.items())): s.value
-            for family in text_string_to_metric_families(reply.raw.decode()) for s in family.samples}
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(reply.raw.decode())
+        for s in family.samples
+    }
 
 
 def value(found: dict, name: str, **labels: str) -> float:
@@ -55,7 +58,9 @@ def test_counts_add_up_across_workers_and_survive_a_killed_worker(stack_factory)
     assert value(found, "fraud_http_requests_total", route="/v1/fraud-score", method="POST", status="403") == 1
     assert value(found, "fraud_http_request_duration_seconds_count", route="/v1/fraud-score") == 65
     assert value(found, "fraud_score_count") == 60
-    assert value(found, "fraud_scored_total", is_fraud="false") + value(found, "fraud_scored_total", is_fraud="true") == 60
+    assert (
+        value(found, "fraud_scored_total", is_fraud="false") + value(found, "fraud_scored_total", is_fraud="true") == 60
+    )
     assert value(found, "fraud_model_info", version="test-3") == 1
     assert value(found, "fraud_worker_exits_total") == 0
     # More than one process wrote those samples.

@@ -67,9 +67,21 @@ def test_docs_page_renders_in_headless_chromium(stack, tmp_path):
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     assert chromium, "chromium is not installed: run `make install`"
     url = f"{stack.base_url}/docs"
-    flags = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-quic",
-             f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=20000", "--window-size=1280,1400"]
+    flags = [
+        chromium,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-quic",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--virtual-time-budget=20000",
+        "--window-size=1280,1400",
+    ]
     paths = ("/v1/fraud-score", "/v1/fraud-score/batch", "/v1/model-info", "/health")
     for _attempt in range(3):  # on a loaded machine the 1.7 MB bundle may not have run in time
         dom = subprocess.run([*flags, "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout

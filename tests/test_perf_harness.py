@@ -22,7 +22,13 @@ def test_nearest_rank_percentiles():
     assert stats.percentile(values, 99.9) == 100
     assert stats.percentile(values, 100) == 100
     assert stats.percentile([7], 99.9) == 7
-    assert stats.latency_summary([1000, 2000, 3000, 4000]) == {"p50": 2.0, "p90": 4.0, "p99": 4.0, "p99.9": 4.0, "max": 4.0}
+    assert stats.latency_summary([1000, 2000, 3000, 4000]) == {
+        "p50": 2.0,
+        "p90": 4.0,
+        "p99": 4.0,
+        "p99.9": 4.0,
+        "max": 4.0,
+    }
     with pytest.raises(ValueError):
         stats.percentile(values, 0)
     with pytest.raises(ValueError):
@@ -83,28 +89,58 @@ def test_request_files(tmp_path):
 
 
 def closed(endpoint: str, connections: int, rps: float, p50: float, p99: float) -> dict:
-    return {"scenario": f"{endpoint} c{connections} closed", "endpoint": endpoint, "connections": connections,
-            "rate": None, "rps": rps, "failed": 0, "errors": {},
-            "latency_ms": {"p50": p50, "p90": p50 * 1.5, "p99": p99, "p99.9": p99 * 1.5, "max": p99 * 2}}
+    return {
+        "scenario": f"{endpoint} c{connections} closed",
+        "endpoint": endpoint,
+        "connections": connections,
+        "rate": None,
+        "rps": rps,
+        "failed": 0,
+        "errors": {},
+        "latency_ms": {"p50": p50, "p90": p50 * 1.5, "p99": p99, "p99.9": p99 * 1.5, "max": p99 * 2},
+    }
 
 
 def make_results() -> dict:
     """A run's figures as python -m perf records them, trimmed to what the checks read."""
-    loops = {f"{e} c{c}": closed(e, c, rps, p50, p99) for e, c, rps, p50, p99 in [
-        ("health", 20, 6000, 3.0, 9.0), ("score", 20, 5000, 3.6, 11.0),
-        ("health", 64, 6400, 9.0, 18.0), ("score", 64, 5200, 11.0, 22.0)]}
+    loops = {
+        f"{e} c{c}": closed(e, c, rps, p50, p99)
+        for e, c, rps, p50, p99 in [
+            ("health", 20, 6000, 3.0, 9.0),
+            ("score", 20, 5000, 3.6, 11.0),
+            ("health", 64, 6400, 9.0, 18.0),
+            ("score", 64, 5200, 11.0, 22.0),
+        ]
+    }
     return {
         "closed_loop": loops,
         "closed_loop_ratios": {"score_vs_health_rps": {"20": 5000 / 6000, "64": 5200 / 6400}},
-        "open_loop": {"50": {"scenario": "score c128 2600/s", "rate": 2600, "connections": 128, "rps": 2600,
-                             "failed": 0, "errors": {}, "latency_ms": {"p50": 0.5, "p90": 0.9, "p99": 2.0, "p99.9": 4.0, "max": 9.0}}},
-        "micro": {"engine": {"single_row_speedup": 2000.0, "single_row_us": {"sklearn": 4000.0, "forest": 2.0},
-                             "bit_identical": True, "rows_compared": 10000,
-                             "batch": {"10000": {"speedup": 2.5, "sklearn_rows_per_s": 3e5, "forest_rows_per_s": 7.5e5}}},
-                  "validation": {"compiled_us": 8.0, "jsonschema_us": 200.0, "speedup": 25.0},
-                  "hot_path": {"app_health_us": 4.0, "app_score_us": 17.0}},
-        "memory": {"1": {"total_pss": 50 * 2**20, "artifact_bytes": 300_000, "workers": [worker(0)]},
-                   "4": {"total_pss": 68 * 2**20, "artifact_bytes": 300_000, "workers": [worker(0)] * 4}},
+        "open_loop": {
+            "50": {
+                "scenario": "score c128 2600/s",
+                "rate": 2600,
+                "connections": 128,
+                "rps": 2600,
+                "failed": 0,
+                "errors": {},
+                "latency_ms": {"p50": 0.5, "p90": 0.9, "p99": 2.0, "p99.9": 4.0, "max": 9.0},
+            }
+        },
+        "micro": {
+            "engine": {
+                "single_row_speedup": 2000.0,
+                "single_row_us": {"sklearn": 4000.0, "forest": 2.0},
+                "bit_identical": True,
+                "rows_compared": 10000,
+                "batch": {"10000": {"speedup": 2.5, "sklearn_rows_per_s": 3e5, "forest_rows_per_s": 7.5e5}},
+            },
+            "validation": {"compiled_us": 8.0, "jsonschema_us": 200.0, "speedup": 25.0},
+            "hot_path": {"app_health_us": 4.0, "app_score_us": 17.0},
+        },
+        "memory": {
+            "1": {"total_pss": 50 * 2**20, "artifact_bytes": 300_000, "workers": [worker(0)]},
+            "4": {"total_pss": 68 * 2**20, "artifact_bytes": 300_000, "workers": [worker(0)] * 4},
+        },
     }
 
 
@@ -187,14 +223,20 @@ def test_targets_are_judged():
 
 
 def worker(model_private_growth: int, copied: int = 0, mapped: bool = True) -> dict:
-    return {"model_private_growth": model_private_growth, "model_copied": copied,
-            "model_mappings": 6 if mapped else 0, "model_rss": 300_000 if mapped else 0}
+    return {
+        "model_private_growth": model_private_growth,
+        "model_copied": copied,
+        "model_mappings": 6 if mapped else 0,
+        "model_rss": 300_000 if mapped else 0,
+    }
 
 
 def test_model_pages_target_counts_sharing_from_two_workers_on():
     def judged(runs: dict) -> bool:
-        results = {"closed_loop_ratios": {"score_vs_health_rps": {}},
-                   "memory": {n: {"artifact_bytes": 400_000, "total_pss": 1, "workers": w} for n, w in runs.items()}}
+        results = {
+            "closed_loop_ratios": {"score_vs_health_rps": {}},
+            "memory": {n: {"artifact_bytes": 400_000, "total_pss": 1, "workers": w} for n, w in runs.items()},
+        }
         return next(t for t in report.targets(results) if t.figure.startswith("model pages")).met
 
     assert judged({"1": [worker(300_000)], "2": [worker(0), worker(0)]})  # a lone worker's pages are its own

@@ -16,12 +16,23 @@ REFERENCE = jsonschema.Draft202012Validator(DOCUMENT)
 FLT_MAX = 3.4028234663852886e38
 
 # JSON values as orjson decodes them (no NaN/Infinity: JSON has none).
-json_scalars = (st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.text(max_size=5)
-                | st.floats(allow_nan=False, allow_infinity=False))
-json_values = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=3)
-                           | st.dictionaries(st.text(max_size=4), inner, max_size=3), max_leaves=6)
-feature_values = (st.floats(allow_nan=False, allow_infinity=False) | st.integers(-(2**64), 2**64)
-                  | st.sampled_from([FLT_MAX, -FLT_MAX, math.nextafter(FLT_MAX, math.inf), 0, -0.0, True, False, None, "1"]))
+json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.text(max_size=5)
+    | st.floats(allow_nan=False, allow_infinity=False)
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+    max_leaves=6,
+)
+feature_values = (
+    st.floats(allow_nan=False, allow_infinity=False)
+    | st.integers(-(2**64), 2**64)
+    | st.sampled_from([FLT_MAX, -FLT_MAX, math.nextafter(FLT_MAX, math.inf), 0, -0.0, True, False, None, "1"])
+)
 
 
 @st.composite
@@ -69,6 +80,7 @@ def test_the_transaction_schema_gets_the_specialised_check_and_others_do_not():
 def test_specialised_check_follows_jsonschema_on_python_number_types():
     from decimal import Decimal
     from fractions import Fraction
+
     for value in (Decimal("1.5"), Fraction(1, 3), 10**400, -0.0, True, 1 + 0j, "1"):
         body = {name: 0.5 for name in FEATURES} | {"V2": value}
         try:
@@ -83,13 +95,16 @@ def test_sample_is_valid():
     assert VALIDATOR.is_valid(body) and VALIDATOR.violations(body) == []
 
 
-@pytest.mark.parametrize("value, message", [
-    ("1", "must be a number, got string"),
-    (True, "must be a number, got boolean"),
-    (None, "must be a number, got null"),
-    ([], "must be a number, got array"),
-    (1e39, "must be a finite number within the float32 range"),
-])
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("1", "must be a number, got string"),
+        (True, "must be a number, got boolean"),
+        (None, "must be a number, got null"),
+        ([], "must be a number, got array"),
+        (1e39, "must be a finite number within the float32 range"),
+    ],
+)
 def test_violations_name_field_and_reason(value, message):
     body = {name: 0.5 for name in FEATURES} | {"V9": value}
     assert not VALIDATOR.is_valid(body)

@@ -31,19 +31,22 @@ def test_keys_never_in_repr():
     assert KEY not in repr(from_mapping({"API_KEY": KEY}))
 
 
-@pytest.mark.parametrize("env, variable", [
-    ({}, "API_KEY"),
-    ({"API_KEY": "   "}, "API_KEY"),
-    ({"API_KEY": "short"}, "API_KEY"),
-    ({"API_KEY": KEY, "FRAUD_THRESHOLD": "abc"}, "FRAUD_THRESHOLD"),
-    ({"API_KEY": KEY, "FRAUD_THRESHOLD": "101"}, "FRAUD_THRESHOLD"),
-    ({"API_KEY": KEY, "FRAUD_THRESHOLD": "-1"}, "FRAUD_THRESHOLD"),
-    ({"API_KEY": KEY, "PORT": "0"}, "PORT"),
-    ({"API_KEY": KEY, "PORT": "http"}, "PORT"),
-    ({"API_KEY": KEY, "WORKERS": "0"}, "WORKERS"),
-    ({"API_KEY": KEY, "MODEL_SHA256": "abc"}, "MODEL_SHA256"),
-    ({"API_KEY": KEY, "MODEL_PATH": "  "}, "MODEL_PATH"),
-])
+@pytest.mark.parametrize(
+    "env, variable",
+    [
+        ({}, "API_KEY"),
+        ({"API_KEY": "   "}, "API_KEY"),
+        ({"API_KEY": "short"}, "API_KEY"),
+        ({"API_KEY": KEY, "FRAUD_THRESHOLD": "abc"}, "FRAUD_THRESHOLD"),
+        ({"API_KEY": KEY, "FRAUD_THRESHOLD": "101"}, "FRAUD_THRESHOLD"),
+        ({"API_KEY": KEY, "FRAUD_THRESHOLD": "-1"}, "FRAUD_THRESHOLD"),
+        ({"API_KEY": KEY, "PORT": "0"}, "PORT"),
+        ({"API_KEY": KEY, "PORT": "http"}, "PORT"),
+        ({"API_KEY": KEY, "WORKERS": "0"}, "WORKERS"),
+        ({"API_KEY": KEY, "MODEL_SHA256": "abc"}, "MODEL_SHA256"),
+        ({"API_KEY": KEY, "MODEL_PATH": "  "}, "MODEL_PATH"),
+    ],
+)
 def test_invalid_values_name_the_variable(env, variable):
     with pytest.raises(ConfigError) as e:
         from_mapping(env)

@@ -22,23 +22,27 @@ def run_gunicorn(env: dict[str, str], tmp_path) -> subprocess.CompletedProcess:
     return subprocess.run(serve.argv(), cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
 
 
-@pytest.mark.parametrize("override, expected", [
-    ({"API_KEY": ""}, "config error: API_KEY is required"),
-    ({"FRAUD_THRESHOLD": "high"}, "config error: FRAUD_THRESHOLD must be an integer from 0 to 100"),
-    ({"WORKERS": "-2"}, "config error: WORKERS must be an integer"),
-])
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ({"API_KEY": ""}, "config error: API_KEY is required"),
+        ({"FRAUD_THRESHOLD": "high"}, "config error: FRAUD_THRESHOLD must be an integer from 0 to 100"),
+        ({"WORKERS": "-2"}, "config error: WORKERS must be an integer"),
+    ],
+)
 def test_config_error_stops_gunicorn_with_one_line(small_model, tmp_path, override, expected):
     result = run_gunicorn(stack_env(small_model[0], free_port(), **override), tmp_path)
     assert result.returncode != 0
-    lines = [l for l in result.stderr.splitlines() if l.strip()]
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert lines == [lines[0]] and lines[0].startswith(expected), result.stderr
     assert "Traceback" not in result.stderr
 
 
 def test_config_error_stops_the_launcher_with_one_line(small_model):
     env = stack_env(small_model[0], free_port(), PORT="99999")
-    result = subprocess.run([sys.executable, "-m", "service.stack"], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "service.stack"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode != 0
     assert result.stderr.strip() == "config error: PORT must be an integer from 1 to 65535 (got '99999')"
 
@@ -58,8 +62,14 @@ def test_launcher_serves_then_stops_cleanly(small_model, tmp_path, stop_signal):
     port = free_port()
     env = stack_env(small_model[0], port)
     with open(tmp_path / "out.log", "w") as log:
-        process = subprocess.Popen([sys.executable, "-m", "service.stack"], cwd=ROOT, env=env,
-                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "service.stack"],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
             deadline = time.monotonic() + 60
             while True:
