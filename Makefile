@@ -6,8 +6,9 @@ PY := $(VENV)/bin/python
 MODEL_PATH ?= model/fraud-model.joblib
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := nginx
-# chromium renders /docs in a test; wrk drives load in the hostile-input tests and make chaos.
-TEST_APT_PACKAGES := chromium wrk
+# chromium renders /docs in a test; wrk drives load in the hostile-input tests and make chaos; git for
+# the perf-compare tests (a container build has no git).
+TEST_APT_PACKAGES := chromium wrk git
 # make container-test: the container engine, and debootstrap for the stand-in base images.
 CONTAINER_APT_PACKAGES := podman buildah runc debootstrap
 # Host-specific podman settings (runtime, cgroups, ulimits): the project's file, never /etc.
