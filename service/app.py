@@ -14,7 +14,9 @@ import falcon
 
 from service import metrics
 from service.auth import ApiKeys
+from service.by_id import ByIdBatchResource, ByIdScoreResource, StoredRows, StoreStatusResource
 from service.errors import handle_unexpected, serialize_error
+from service.feature_store import FeatureStore, StoreConfig
 from service.loader import LoadedModel
 from service.ood import OutOfDistribution
 from service.openapi import DOCS_PAGE, build_openapi
@@ -94,6 +96,9 @@ def create_app(settings: Settings, model: LoadedModel | None, unavailable_reason
         app.add_route("/v1/fraud-score", ModelUnavailableResource(unavailable_reason, "post"))
         app.add_route("/v1/fraud-score/batch", ModelUnavailableResource(unavailable_reason, "post"))
         app.add_route("/v1/model-info", ModelUnavailableResource(unavailable_reason, "get"))
+        if settings.feature_store_url:
+            app.add_route("/v1/fraud-score/by-id", ModelUnavailableResource(unavailable_reason, "post"))
+            app.add_route("/v1/fraud-score/by-id/batch", ModelUnavailableResource(unavailable_reason, "post"))
         return app
 
     ood = OutOfDistribution(model.manifest.get("feature_stats"), settings.ood_z)
@@ -108,4 +113,21 @@ def create_app(settings: Settings, model: LoadedModel | None, unavailable_reason
         ),
     )
     app.add_route("/v1/model-info", StaticJson(model_info(model, settings, ood), keys=keys))
+    if settings.feature_store_url:
+        add_by_id_routes(app, settings, scoring, TransactionValidator(document), keys)
     return app
+
+
+def add_by_id_routes(
+    app: falcon.App, settings: Settings, scoring: Scoring, transaction: TransactionValidator, keys: ApiKeys
+) -> None:
+    store = FeatureStore(
+        StoreConfig(
+            settings.feature_store_url, settings.feature_store_prefix, settings.feature_store_timeout_ms / 1000
+        ),
+        observe_fetch=metrics.observe_fetch,
+    )
+    stored = StoredRows(store, transaction)
+    app.add_route("/v1/fraud-score/by-id", ByIdScoreResource(scoring, stored, keys))
+    app.add_route("/v1/fraud-score/by-id/batch", ByIdBatchResource(scoring, stored, keys, settings.batch_max))
+    app.add_route("/health/feature-store", StoreStatusResource(store))

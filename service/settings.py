@@ -49,6 +49,12 @@ class Settings:
     # client address in X-Forwarded-For. Both are CIDR lists; empty means none.
     metrics_allow: tuple[str, ...] = ()
     trusted_proxies: tuple[str, ...] = ()
+    # The online feature store for the by-id routes (unset: no such routes, nothing connects).
+    feature_store_url: str | None = None
+    feature_store_prefix: str = "fraud:tx:"
+    feature_store_timeout_ms: int = 5
+    # `make run` starts a local redis-server for FEATURE_STORE_URL (a loopback redis:// URL).
+    feature_store_start: bool = False
 
 
 def _integer(low: int, high: int) -> Callable[[str], int]:
@@ -107,6 +113,13 @@ def _networks(text: str) -> tuple[str, ...]:
         raise ValueError(f"must be comma-separated addresses or CIDR networks ({e})") from None
 
 
+def _store_url(text: str) -> str:
+    url = text.strip()
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError("must be a redis://, rediss:// or unix:// URL")
+    return url
+
+
 def _nonempty(text: str) -> str:
     if not text.strip():
         raise ValueError("must not be empty")
@@ -149,6 +162,10 @@ def from_mapping(env: Mapping[str, str]) -> Settings:
         rate_limit_burst=get("RATE_LIMIT_BURST", _integer(0, 1_000_000), 200),
         metrics_allow=get("METRICS_ALLOW", _networks, ()),
         trusted_proxies=get("TRUSTED_PROXIES", _networks, ()),
+        feature_store_url=get("FEATURE_STORE_URL", _store_url, None),
+        feature_store_prefix=get("FEATURE_STORE_PREFIX", _nonempty, "fraud:tx:"),
+        feature_store_timeout_ms=get("FEATURE_STORE_TIMEOUT_MS", _integer(1, 1000), 5),
+        feature_store_start=get("FEATURE_STORE_START", _boolean, False),
     )
 
 
