@@ -81,7 +81,12 @@ def create_app(settings: Settings, model: LoadedModel | None, unavailable_reason
     keys = ApiKeys(settings.api_keys)
     document = load_schema_document()
 
-    app.add_route("/openapi.json", StaticJson(build_openapi(document, settings.batch_max, settings.app_version)))
+    app.add_route(
+        "/openapi.json",
+        StaticJson(
+            build_openapi(document, settings.batch_max, settings.app_version, by_id=bool(settings.feature_store_url))
+        ),
+    )
     app.add_route("/docs", DocsPage())
     app.add_static_route("/docs/static", str(resources.files("service").joinpath("static/swagger-ui")))
     app.add_route("/metrics", metrics.MetricsResource())  # nginx serves it to internal networks only

@@ -6,8 +6,6 @@ the id. The routes exist only when FEATURE_STORE_URL is set."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import falcon
 
 from service.auth import ApiKeys
@@ -16,42 +14,11 @@ from service.errors import ApiError, invalid_body
 from service.feature_record import RecordError, as_transaction, decode_record
 from service.feature_store import FeatureStore, StoreUnavailable
 from service.resources import require_json, require_key, respond, wants_explanation
-from service.schema import TransactionValidator
+from service.schema import ID_FIELD, IDS_FIELD, TransactionValidator, by_id_batch_document, by_id_document
 from service.scoring import Scoring
 
-ID_FIELD = "transaction_id"
-IDS_FIELD = "transaction_ids"
 STORE_RETRY_AFTER_SECONDS = "1"
 MISSING_NAMED = 10  # ids named in a 404 for a batch; the rest are counted
-
-
-def id_document() -> dict[str, Any]:
-    return {
-        "type": "string",
-        "minLength": 1,
-        "maxLength": 256,
-        "description": "the id the feature pipeline stored the transaction's features under",
-    }
-
-
-def by_id_document() -> dict[str, Any]:
-    return {
-        "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "title": "TransactionId",
-        "type": "object",
-        "required": [ID_FIELD],
-        "properties": {ID_FIELD: id_document()},
-    }
-
-
-def by_id_batch_document(batch_max: int) -> dict[str, Any]:
-    return {
-        "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "title": "TransactionIdBatch",
-        "type": "object",
-        "required": [IDS_FIELD],
-        "properties": {IDS_FIELD: {"type": "array", "minItems": 1, "maxItems": batch_max, "items": id_document()}},
-    }
 
 
 class StoredRows:

@@ -19,6 +19,8 @@ from service.features import FEATURES
 
 SCHEMA_FILE = "transaction.schema.json"
 BATCH_FIELD = "transactions"
+ID_FIELD = "transaction_id"
+IDS_FIELD = "transaction_ids"
 
 
 def load_schema_document() -> dict[str, Any]:
@@ -40,6 +42,35 @@ def batch_document(transaction: dict[str, Any], batch_max: int) -> dict[str, Any
         "properties": {
             BATCH_FIELD: {"type": "array", "minItems": 1, "maxItems": batch_max, "items": embeddable(transaction)},
         },
+    }
+
+
+def id_document() -> dict[str, Any]:
+    return {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": 256,
+        "description": "the id the feature pipeline stored the transaction's features under",
+    }
+
+
+def by_id_document() -> dict[str, Any]:
+    return {
+        "$schema": load_schema_document()["$schema"],
+        "title": "TransactionId",
+        "type": "object",
+        "required": [ID_FIELD],
+        "properties": {ID_FIELD: id_document()},
+    }
+
+
+def by_id_batch_document(batch_max: int) -> dict[str, Any]:
+    return {
+        "$schema": load_schema_document()["$schema"],
+        "title": "TransactionIdBatch",
+        "type": "object",
+        "required": [IDS_FIELD],
+        "properties": {IDS_FIELD: {"type": "array", "minItems": 1, "maxItems": batch_max, "items": id_document()}},
     }
 
 

@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import redis
+from openapi_spec_validator import validate
 
 from model import synthetic
 from service.feature_record import FORMAT_V1, encode_record
@@ -299,3 +300,14 @@ def test_writer_ttl_expires_records(store, tmp_path):
     client = redis.Redis.from_url(store.url)
     load(path, client, "ttl:", tmp_path / "r.csv", ttl=100, progress=False)
     assert 0 < client.ttl("ttl:ttl-1") <= 100
+
+
+def test_openapi_describes_the_by_id_routes_when_a_store_is_configured(stack):
+
+    document = Client("127.0.0.1", stack.settings.port).request("GET", "/openapi.json").json
+    validate(document)
+    assert {"/v1/fraud-score/by-id", "/v1/fraud-score/by-id/batch", "/health/feature-store"} <= set(document["paths"])
+    assert (
+        document["components"]["schemas"]["TransactionIdBatch"]["properties"]["transaction_ids"]["maxItems"]
+        == BATCH_MAX
+    )
