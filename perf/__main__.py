@@ -29,7 +29,7 @@ import numpy as np
 import orjson
 
 from model import synthetic
-from perf import baseline, chart, memory, micro, report, stats, wrk
+from perf import baseline, by_id, chart, memory, micro, report, stats, wrk
 from service.artifacts import ArtifactPaths, read_manifest
 from service.features import FEATURES
 from service.settings import from_mapping, read_environment
@@ -63,7 +63,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_stack(model_path: Path, api_key: str, stack_log: Path, workers: int | None = None) -> Stack:
+def start_stack(model_path: Path, api_key: str, stack_log: Path, workers: int | None = None, **extra: str) -> Stack:
     """The real nginx + gunicorn, as `make run` starts them, on a free loopback port (retried if
     another process takes the port first)."""
     for attempt in range(3):
@@ -85,6 +85,7 @@ def start_stack(model_path: Path, api_key: str, stack_log: Path, workers: int | 
         )
         if workers:
             env["WORKERS"] = str(workers)
+        env.update(extra)
         errors = open(stack_log, "a")
         # Access-log lines are formatted and written as in production, to /dev/null rather than
         # filling the disk; errors go to the stack log.
@@ -237,6 +238,16 @@ def main(argv: list[str] | None = None) -> int:
             stack.stop()
 
     if not args.url:
+        log("by-id scoring from a local redis-server, next to the raw-feature routes")
+        results["by_id"] = by_id.measure(
+            X[:1000],
+            key,
+            lambda **extra: start_stack(model_path, key, stack_log, **extra),
+            free_port,
+            args.rounds,
+            args.seconds,
+            log,
+        )
         log(f"memory with {', '.join(map(str, MEMORY_WORKERS))} workers")
         loads: dict[int, dict[str, Any]] = {}
 
