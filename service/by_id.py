@@ -10,6 +10,7 @@ import falcon
 
 from service.auth import ApiKeys
 from service.body import decode
+from service.budget import RowBudget
 from service.errors import ApiError, invalid_body
 from service.feature_record import RecordError, as_transaction, decode_record
 from service.feature_store import FeatureStore, StoreUnavailable
@@ -61,14 +62,15 @@ class StoredRows:
 
 
 class ByIdScoreResource:
-    def __init__(self, scoring: Scoring, stored: StoredRows, keys: ApiKeys) -> None:
+    def __init__(self, scoring: Scoring, stored: StoredRows, keys: ApiKeys, budget: RowBudget) -> None:
         self._scoring = scoring
         self._stored = stored
         self._request = TransactionValidator(by_id_document())
         self._keys = keys
+        self._spend = budget.spend
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        require_key(self._keys, req)
+        self._spend(require_key(self._keys, req), 1)
         require_json(req)
         body = decode(req.bounded_stream.read())
         if not self._request.is_valid(body):
@@ -81,15 +83,16 @@ class ByIdScoreResource:
 
 
 class ByIdBatchResource:
-    def __init__(self, scoring: Scoring, stored: StoredRows, keys: ApiKeys, batch_max: int) -> None:
+    def __init__(self, scoring: Scoring, stored: StoredRows, keys: ApiKeys, budget: RowBudget, batch_max: int) -> None:
         self._scoring = scoring
         self._stored = stored
         self._request = TransactionValidator(by_id_batch_document(batch_max))
         self._keys = keys
+        self._budget = budget
         self._batch_max = batch_max
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        require_key(self._keys, req)
+        key = require_key(self._keys, req)
         require_json(req)
         explain = wants_explanation(req, self._scoring)
         body = decode(req.bounded_stream.read())
@@ -100,6 +103,8 @@ class ByIdBatchResource:
                 "batch_too_large",
                 f"at most {self._batch_max} transaction ids per batch (BATCH_MAX), got {len(ids)}",
             )
+        # Charged for the ids it sends, as the batch route charges for its items.
+        self._budget.spend(key, len(ids) if isinstance(ids, list) else 1)
         if not self._request.is_valid(body):
             raise invalid_body(self._request.violations(body))
         results = self._scoring.many(self._stored.rows(ids), explain)

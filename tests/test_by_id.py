@@ -21,7 +21,7 @@ from service.feature_writer import InputError, load
 from service.features import FEATURES
 from service.stack import RedisServer
 from tests.conftest import start_stack
-from tests.helpers import Client, as_transaction, free_port
+from tests.helpers import OTHER_KEY, Client, as_transaction, free_port
 
 PREFIX = "test:tx:"
 N_ROWS = 3000
@@ -63,6 +63,9 @@ def stack(small_model, store, tmp_path_factory):
         FEATURE_STORE_PREFIX=PREFIX,
         FEATURE_STORE_TIMEOUT_MS="50",
         BATCH_MAX=str(BATCH_MAX),
+        # thousands of rows from one key in a few seconds
+        RATE_LIMIT_PER_KEY="1000000",
+        RATE_LIMIT_BURST="100000",
     )
     yield running
     running.stop()
@@ -311,3 +314,25 @@ def test_openapi_describes_the_by_id_routes_when_a_store_is_configured(stack):
         document["components"]["schemas"]["TransactionIdBatch"]["properties"]["transaction_ids"]["maxItems"]
         == BATCH_MAX
     )
+
+
+def test_by_id_routes_spend_the_callers_row_budget(small_model, store, loaded, tmp_path):
+    """Five rows a second with a burst of five: a 10-id batch passes and leaves the key in debt,
+    so single by-id requests from that key are refused with the budget's 429 and another key is not."""
+    running = start_stack(
+        small_model[0],
+        tmp_path / "logs",
+        FEATURE_STORE_URL=store.url,
+        FEATURE_STORE_PREFIX=PREFIX,
+        RATE_LIMIT_PER_KEY="5",
+        RATE_LIMIT_BURST="5",
+    )
+    try:
+        client = Client("127.0.0.1", running.settings.port)
+        assert by_ids(client, loaded[:10]).status == 200
+        refused = by_id(client, "tx-1")
+        assert refused.status == 429 and refused.json["error"] == "rate_limited" and refused.headers["Retry-After"]
+        other = Client("127.0.0.1", running.settings.port, key=OTHER_KEY)
+        assert by_id(other, "tx-1").status == 200
+    finally:
+        running.stop()
