@@ -2,8 +2,7 @@
 
 A stack here is the real thing, `service.stack.Stack` (nginx + gunicorn, as `make run` starts them),
 on a free loopback port, in an environment of its own: the caller's `.env` is never read and only a
-few process variables (PATH, HOME, locale, TMPDIR, PYTHONPATH) pass through, plus whatever the caller
-names. Another process may take a free port between the probe and nginx's bind: `start` retries.
+few process variables (PATH, HOME, locale, TMPDIR) pass through, plus whatever the caller names. Another process may take a free port between the probe and nginx's bind: `start` retries.
 
 Why in `service/`: tests/, perf/ and chaos/ each need it, and each imports `service/` but not one
 another (perf and chaos must run without pytest or the test suite). `service/stack.py` stays the
@@ -37,7 +36,7 @@ from service.stack import Stack, http_get
 # One key from one address at full speed (a load test) would hit nginx's per-key and per-address
 # limits: these lift them as far as settings allow.
 UNLIMITED = {"RATE_LIMIT_PER_KEY": "1000000", "RATE_LIMIT_PER_IP": "1000000", "RATE_LIMIT_BURST": "100000"}
-PASSED_THROUGH = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "PYTHONPATH")
+PASSED_THROUGH = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR")
 NO_ENV_FILE = "/nonexistent/.env"  # a developer's .env must not leak into a harness's stack
 BASE_URL_ENV, API_KEY_ENV = "FRAUD_BASE_URL", "FRAUD_API_KEY"
 EXTERNAL_SKIP_REASON = f"starts its own stack, model or settings, or reads its logs: not with {BASE_URL_ENV}"

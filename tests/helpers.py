@@ -29,11 +29,13 @@ from service.stack import Stack
 # Set when the tests run against a service that is already running (see service/harness.py).
 EXTERNAL = harness.external()
 TEST_KEY, OTHER_KEY = EXTERNAL.keys[:2] if EXTERNAL else ("test-key-0123456789abcdef", "rotated-key-abcdef0123456789")
+TEST_KEYS = f"{TEST_KEY},{OTHER_KEY}"  # the stacks' API_KEY: one key and a rotated one
+PYTHONPATH = ("PYTHONPATH",)  # passed on to the tests' stacks, as CI may set it
 
 
 def stack_env(model_path: Path, port: int, **extra: str) -> dict[str, str]:
     """The environment of a test stack: both test keys, two workers, the given model and port."""
-    return harness.environment(f"{TEST_KEY},{OTHER_KEY}", model_path, **{"PORT": str(port), "WORKERS": "2", **extra})
+    return harness.environment(TEST_KEYS, model_path, PYTHONPATH, **{"PORT": str(port), "WORKERS": "2", **extra})
 
 
 def start_stack(model_path: Path, logs: Path, **extra: str) -> Stack:
@@ -42,7 +44,7 @@ def start_stack(model_path: Path, logs: Path, **extra: str) -> Stack:
     if EXTERNAL:
         pytest.skip(harness.EXTERNAL_SKIP_REASON)
     logs.mkdir(parents=True, exist_ok=True)
-    env = harness.environment(f"{TEST_KEY},{OTHER_KEY}", model_path, **{"WORKERS": "2", **extra})
+    env = harness.environment(TEST_KEYS, model_path, PYTHONPATH, **{"WORKERS": "2", **extra})
     stack = harness.start(env, log=logs / "stack.log", access_log=str(logs / "nginx-access.log"))
     stack.logs = logs  # type: ignore[attr-defined]
     return stack
