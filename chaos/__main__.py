@@ -30,9 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from service import harness
+from service.schema import sample_transaction
 from service.stack import ROOT, Stack, http_get
 
-SAMPLE = (ROOT / "model" / "mock-request-body.json").read_text()
+SAMPLE = json.dumps(sample_transaction())
 MAX_FAILURE_RATE = 0.005
 
 

@@ -23,7 +23,7 @@ from service import harness
 from service.artifacts import ArtifactPaths
 from service.features import FEATURES
 from service.harness import UNLIMITED, free_port  # noqa: F401  (for the tests)
-from service.openapi import sample_transaction  # noqa: F401  (the data set's first row, for the tests)
+from service.schema import sample_transaction  # noqa: F401  (the data set's first row, for the tests)
 from service.stack import Stack
 
 # Set when the tests run against a service that is already running (see service/harness.py).
