@@ -19,9 +19,12 @@ from model import synthetic
 from service.feature_record import FORMAT_V1, encode_record
 from service.feature_writer import InputError, load
 from service.features import FEATURES
+from service.harness import EXTERNAL_SKIP_REASON, free_port
 from service.stack import RedisServer
-from tests.conftest import start_stack
-from tests.helpers import OTHER_KEY, Client, as_transaction, free_port
+from tests.helpers import EXTERNAL, OTHER_KEY, Client, as_transaction, start_stack
+
+# Each test here starts its own redis-server and stack with a feature store.
+pytestmark = pytest.mark.skipif(bool(EXTERNAL), reason=EXTERNAL_SKIP_REASON)
 
 PREFIX = "test:tx:"
 N_ROWS = 3000
