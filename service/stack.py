@@ -131,8 +131,9 @@ class Stack:
             **self.env,
             "GUNICORN_BIND": f"unix:{self.socket}",
         }
+        serve = [sys.executable, "-m", "service.serve"]
         self.gunicorn = subprocess.Popen(
-            [*self.wrapper, sys.executable, "-m", "service.serve"],
+            [*self.wrapper, *serve],
             cwd=ROOT,
             env=env,
             stdout=self.stdout,
