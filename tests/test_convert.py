@@ -140,11 +140,23 @@ def test_a_serving_artifact_that_is_not_one_is_one_artifact_error(seed_style, tm
     assert str(paths.forest) in str(refused.value)
 
 
-def test_a_manifest_of_the_wrong_shape_is_one_artifact_error(seed_style, tmp_path):
-    path = tmp_path / "model.joblib"
-    path.write_bytes(seed_style[0].read_bytes())
-    ArtifactPaths.for_model(path).manifest.write_text(json.dumps({"files": ["not", "a", "mapping"]}))
-    with pytest.raises(ArtifactError):
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"files": ["not", "a", "mapping"]},
+        {"files": {"estimator": "abc"}},
+        {"features": "Time,V1"},
+        {"feature_stats": "garbage"},
+        {"feature_stats": {"V1": {"mean": 0.0}}},
+        {"version": 7},
+    ],
+)
+def test_a_manifest_of_the_wrong_shape_is_one_artifact_error(small_model, tmp_path, change):
+    path = tmp_path / "fraud-model.joblib"
+    install_model(small_model[0], path)
+    paths = ArtifactPaths.for_model(path)
+    paths.manifest.write_text(json.dumps({**json.loads(paths.manifest.read_text()), **change}))
+    with pytest.raises(ArtifactError, match="is not a manifest this service reads"):
         load_model(settings_for(path))
 
 
