@@ -166,6 +166,8 @@ class Stack:
     stdout: IO[str] | int | None = None
     stderr: IO[str] | int | None = None
     access_log: str = "/dev/stdout"
+    # A command that gunicorn runs inside (it must exec the rest), e.g. a test's mount namespace.
+    wrapper: tuple[str, ...] = ()
     gunicorn: subprocess.Popen | None = None
     nginx: subprocess.Popen | None = None
 
@@ -206,8 +208,9 @@ class Stack:
             **self.env,
             "GUNICORN_BIND": f"unix:{self.socket}",
         }
+        serve = [sys.executable, "-m", "service.serve"]
         self.gunicorn = subprocess.Popen(
-            [sys.executable, "-m", "service.serve"],
+            [*self.wrapper, *serve],
             cwd=ROOT,
             env=env,
             stdout=self.stdout,
