@@ -32,7 +32,6 @@ from service.feature_record import encode_record
 from service.feature_store import redacted
 from service.features import FEATURES
 from service.schema import TransactionValidator, load_schema_document
-from service.settings import Settings
 
 CHUNK_ROWS = 5000
 
@@ -158,7 +157,7 @@ def load(
 
 def main(argv: list[str] | None = None) -> int:
     environment = settings_module.read_environment()
-    defaults = Settings.__dataclass_fields__
+    prefix_default = settings_module.variables()["FEATURE_STORE_PREFIX"].default
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("input", type=Path, help="a CSV or Parquet file")
     parser.add_argument("--id-column", default="transaction_id")
@@ -166,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url", default=environment.get("FEATURE_STORE_URL"), help="default: FEATURE_STORE_URL")
     parser.add_argument(
         "--prefix",
-        default=environment.get("FEATURE_STORE_PREFIX") or defaults["feature_store_prefix"].default,
+        default=environment.get("FEATURE_STORE_PREFIX") or prefix_default,
         help="default: FEATURE_STORE_PREFIX",
     )
     parser.add_argument("--rejects", type=Path, help="default: INPUT's name with .rejects.csv")
