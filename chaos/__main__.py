@@ -13,6 +13,7 @@ response cut half-way, which wrk cannot. Prints one table: fault, load, requests
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import secrets
@@ -27,10 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from chaos.load import Clients, finish_wrk, start_wrk, wrk_script
-from service.settings import from_mapping
+from service import harness
+from service.schema import sample_transaction
 from service.stack import ROOT, Stack, http_get
 
-SAMPLE = (ROOT / "model" / "mock-request-body.json").read_text()
+SAMPLE = json.dumps(sample_transaction())
 MAX_FAILURE_RATE = 0.005
 
 
@@ -45,12 +47,6 @@ class Row:
     note: str = ""
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Bench:
     """Settings shared by the scenarios: a throwaway key, limits out of the way, logs kept."""
 
@@ -59,27 +55,15 @@ class Bench:
         self.model_path, self.workers, self.work = model_path, workers, work
         self.script = wrk_script(work / "score.lua", SAMPLE, self.key)
 
-    def env(self, port: int, **extra: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR")}
-        env.update(
-            API_KEY=self.key,
-            MODEL_PATH=str(self.model_path),
-            PORT=str(port),
-            WORKERS=str(self.workers),
-            ENV_FILE="/nonexistent/.env",
-            RATE_LIMIT_PER_KEY="1000000",
-            RATE_LIMIT_PER_IP="1000000",
-            RATE_LIMIT_BURST="100000",
+    def env(self, **extra: str) -> dict[str, str]:
+        return harness.environment(
+            self.key, self.model_path, **{"WORKERS": str(self.workers), **harness.UNLIMITED, **extra}
         )
-        env.update(extra)
-        return env
 
     def stack(self, name: str, **extra: str) -> Stack:
-        env = self.env(free_port(), **extra)
-        log = open(self.work / f"{name}.log", "w")
-        return Stack(
-            from_mapping(env), env=env, stdout=log, stderr=log, access_log=str(self.work / f"{name}-nginx-access.log")
-        ).start()
+        return harness.start(
+            self.env(**extra), log=self.work / f"{name}.log", access_log=str(self.work / f"{name}-nginx-access.log")
+        )
 
 
 def workers_of(master_pid: int) -> set[int]:
@@ -148,12 +132,12 @@ def recycle_workers(bench: Bench, seconds: int, connections: int) -> Row:
 
 def sigterm_the_stack(bench: Bench, seconds: int, threads: int) -> Row:
     """The launcher (`python -m service.stack`, what `make run` starts) gets SIGTERM mid-load."""
-    port = free_port()
+    port = harness.free_port()
     log = open(bench.work / "sigterm.log", "w")
     launcher = subprocess.Popen(
-        [sys.executable, "-m", "service.stack"], cwd=ROOT, env=bench.env(port), stdout=log, stderr=log
+        [sys.executable, "-m", "service.stack"], cwd=ROOT, env=bench.env(PORT=str(port)), stdout=log, stderr=log
     )
-    wait_for(lambda: _healthy(port), 60)
+    harness.wait_for_health("127.0.0.1", port, 60)
     with Clients("127.0.0.1", port, SAMPLE, bench.key, threads) as clients:
         time.sleep(seconds / 2)
         before = clients.snapshot()
@@ -175,13 +159,6 @@ def sigterm_the_stack(bench: Bench, seconds: int, threads: int) -> Row:
         f"{counts['ok'] - before['ok']} answered after the signal; {counts['refused']} refused once "
         f"nginx had closed its port (never processed); 0 cut mid-response required",
     )
-
-
-def _healthy(port: int) -> bool:
-    try:
-        return http_get("127.0.0.1", port, "/health")[0] == 200
-    except OSError:
-        return False
 
 
 def slow_body(bench: Bench, seconds: int, connections: int) -> Row:
