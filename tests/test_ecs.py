@@ -9,7 +9,7 @@ import json
 import re
 
 from service.stack import ROOT
-from tests.test_containers import compose, instructions, interpolate
+from tests.container_files import compose, instructions, interpolate
 
 TASK = json.loads((ROOT / "deploy" / "ecs" / "task-definition.json").read_text())
 CONTAINERS = {c["name"]: c for c in TASK["containerDefinitions"]}

@@ -11,8 +11,7 @@ import kubernetes_validate
 import pytest
 
 from service.stack import TEMPLATE
-from tests.kube import KUBERNETES_VERSION, by_kind, containers, documents
-from tests.test_containers import compose, instructions, interpolate
+from tests.container_files import KUBERNETES_VERSION, by_kind, compose, containers, documents, instructions, interpolate
 
 
 @pytest.fixture(scope="module")

