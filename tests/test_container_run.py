@@ -3,8 +3,9 @@
 port, the image's HEALTHCHECK, and faults inside the containers under load.
 
 Where this run differs from `docker compose up`, and why:
-- a compose override adds one read-only volume: the tests' model, mounted instead of the baked one
-  (the documented way to serve another model), so that scores can be compared with sklearn's;
+- a compose override adds one read-only volume: a seed-style model (the tests' RandomForestClassifier
+  saved with joblib.dump, nothing beside it) served instead of the baked one with its MODEL_SHA256,
+  the documented way to serve another model, so that scores can be compared with sklearn's;
 - podman-compose (on podman 4.3) starts nginx without waiting for the api's healthcheck
   (`depends_on: condition: service_healthy` needs podman >= 4.6): nginx answers 502 until gunicorn
   is up, and the fixture waits for /health through nginx before any test;
@@ -15,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -24,13 +24,17 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import joblib
+import numpy as np
 import pytest
 import yaml
 
 from chaos.load import Clients
+from model import synthetic
+from service.artifacts import sha256_file
 from service.stack import ROOT
 from tests import podman as pm
-from tests.helpers import OTHER_KEY, TEST_KEY, Client, free_port, sample_transaction
+from tests.helpers import OTHER_KEY, TEST_KEY, Client, as_transaction, free_port, sample_transaction
 
 pytestmark = pytest.mark.container
 SAMPLE = json.dumps(sample_transaction())
@@ -47,12 +51,14 @@ HTTP_TESTS = sorted(
 class Pair:
     """One `podman-compose up` of docker-compose.yml under a unique project name."""
 
-    def __init__(self, work: Path, model_dir: Path) -> None:
+    def __init__(self, work: Path, model_dir: Path, model_sha256: str) -> None:
         self.project = f"fraudct-{uuid.uuid4().hex[:8]}"
         self.port = free_port()
         self.work = work
         env_file = work / "api.env"
-        env_file.write_text(f"API_KEY={TEST_KEY},{OTHER_KEY}\nMODEL_PATH=/models/fraud-model.joblib\n")
+        env_file.write_text(
+            f"API_KEY={TEST_KEY},{OTHER_KEY}\nMODEL_PATH=/models/model.joblib\nMODEL_SHA256={model_sha256}\n"
+        )
         env_file.chmod(0o600)
         override = work / "model-volume.yml"
         override.write_text(json.dumps({"services": {"api": {"volumes": [f"{model_dir}:/models:ro"]}}}))
@@ -123,13 +129,13 @@ class Pair:
                 pm.podman(kind, "rm", "-f", *names, check=False)
 
 
-def model_dir(small_model, work: Path) -> Path:
-    """The tests' model, readable by the container's user, in a directory of its own."""
+def seed_model_dir(estimator, work: Path) -> Path:
+    """The tests' estimator as a seed-style model: joblib.dump, no manifest, in a directory of its own
+    that the container's user can read."""
     directory = work / "model"
     directory.mkdir()
-    for path in small_model[0].parent.iterdir():
-        shutil.copy(path, directory / path.name)
-        (directory / path.name).chmod(0o644)
+    joblib.dump(estimator, directory / "model.joblib")
+    (directory / "model.joblib").chmod(0o644)
     directory.chmod(0o755)
     return directory
 
@@ -139,7 +145,8 @@ def pair(small_model, tmp_path_factory) -> Iterator[Pair]:
     if not pm.exists(pm.API_IMAGE):
         pm.build_all(pm.base_images())
     work = tmp_path_factory.mktemp("pair")
-    running = Pair(work, model_dir(small_model, work))
+    directory = seed_model_dir(small_model[1], work)
+    running = Pair(work, directory, sha256_file(directory / "model.joblib"))
     try:
         up = running.compose("up", "-d")
         assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
@@ -172,10 +179,32 @@ def test_the_pair_runs_hardened_as_the_compose_file_says(pair):
     assert "gunicorn.sock" in socket_ls
 
 
-def test_the_mounted_model_is_served(pair, small_model):
-    info = Client("127.0.0.1", pair.port).request("GET", "/v1/model-info")
-    assert info.status == 200, info.raw
-    assert info.json["model-version"] == "test-3", info.json  # the mounted model, not the image's
+def test_the_mounted_seed_style_model_is_served_exactly(pair, small_model):
+    """Converted in memory in the read-only container (nothing can be written beside it), and every
+    score equals sklearn's predict_proba, in batches and one by one."""
+    client = Client("127.0.0.1", pair.port)
+    info = client.request("GET", "/v1/model-info").json
+    assert info["scorer"] == "forest-walker" and info["n_trees"] == len(small_model[1].estimators_)
+    assert info["sha256"] is None  # no serving file was written: the forest lives in memory
+    X, y = synthetic.generate(40_000, seed=5)
+    X = np.vstack([X[y == 1], X[:2000]])[:2000]  # frauds first, so that scores span the range
+    expected = [round(100 * p) for p in small_model[1].predict_proba(X)[:, 1]]
+    scores: list[int] = []
+    for start in range(0, len(X), 100):  # within the default per-key budget, waiting when it is spent
+        batch = {"transactions": [as_transaction(r) for r in X[start : start + 100]]}
+        while (reply := client.request("POST", "/v1/fraud-score/batch", batch)).status == 429:
+            time.sleep(0.2)
+        assert reply.status == 200, reply.raw
+        scores += [r["fraud-score"] for r in reply.json["results"]]
+    assert scores == expected and len(set(scores)) > 5
+    singles = []
+    for row in X[:200]:
+        while (reply := client.score(as_transaction(row))).status == 429:
+            time.sleep(0.2)
+        singles.append(reply.json["fraud-score"])
+    assert singles == expected[:200]
+    logs = pm.podman("logs", pair.container("api"))
+    assert "converted in memory" in logs.stdout + logs.stderr
 
 
 def test_the_http_suite_passes_through_the_pair(pair):
