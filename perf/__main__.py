@@ -63,9 +63,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_stack(model_path: Path, api_key: str, stack_log: Path, workers: int | None = None) -> Stack:
+BARE_APP = "perf.bare:application"
+
+
+def start_stack(
+    model_path: Path, api_key: str, stack_log: Path, workers: int | None = None, app: str | None = None
+) -> Stack:
     """The real nginx + gunicorn, as `make run` starts them, on a free loopback port (retried if
-    another process takes the port first)."""
+    another process takes the port first); `app` replaces the service's WSGI callable (the bare stack)."""
     for attempt in range(3):
         # WORKERS and GUNICORN_CMD_ARGS pass through, to compare settings: a developer's .env does not.
         passed = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "WORKERS", "GUNICORN_CMD_ARGS")
@@ -88,7 +93,9 @@ def start_stack(model_path: Path, api_key: str, stack_log: Path, workers: int | 
         errors = open(stack_log, "a")
         # Access-log lines are formatted and written as in production, to /dev/null rather than
         # filling the disk; errors go to the stack log.
-        stack = Stack(from_mapping(env), env=env, stdout=subprocess.DEVNULL, stderr=errors, access_log="/dev/null")
+        stack = Stack(
+            from_mapping(env), env=env, stdout=subprocess.DEVNULL, stderr=errors, access_log="/dev/null", app=app
+        )
         try:
             return stack.start(timeout=60)
         except RuntimeError:
@@ -137,6 +144,29 @@ def closed_loop(url: str, files: dict[str, Path], key: str, rounds: int, seconds
             f"/health {scenarios[f'health c{connections}']['rps']:.0f}/s, ratio {ratios[str(connections)]:.2f}"
         )
     return scenarios, {"score_vs_health_rps": ratios}
+
+
+def ceiling(url: str, bare_url: str, files: dict[str, Path], key: str, rounds: int, seconds: float) -> dict:
+    """Scoring against the bare stack (same nginx and gunicorn, an app that only reads the body),
+    at 64 connections, alternating round by round; the ratio is the median of the rounds' ratios."""
+    runs: dict[str, list[dict[str, Any]]] = {"score": [], "bare": []}
+    for _ in range(rounds):
+        for name, target in (("score", url), ("bare", bare_url)):
+            runs[name].append(wrk.run(wrk.Scenario("score", 64, seconds), target, files["score"], key))
+    ratios = [s["rps"] / b["rps"] for s, b in zip(runs["score"], runs["bare"], strict=True)]
+    result = {
+        "connections": 64,
+        "score_rps": stats.median(r["rps"] for r in runs["score"]),
+        "bare_rps": stats.median(r["rps"] for r in runs["bare"]),
+        "ratios": ratios,
+        "score_vs_bare_rps": stats.median(ratios),
+        "failed": sum(r["failed"] for r in runs["score"] + runs["bare"]),
+    }
+    log(
+        f"ceiling, 64 connections: scoring {result['score_rps']:.0f}/s, bare stack {result['bare_rps']:.0f}/s, "
+        f"ratio {result['score_vs_bare_rps']:.2f}"
+    )
+    return result
 
 
 def open_loop(url: str, files: dict[str, Path], key: str, capacity: float, seconds: float) -> dict[str, Any]:
@@ -230,6 +260,14 @@ def main(argv: list[str] | None = None) -> int:
         for endpoint, seconds in (("score", 3), ("health", 1)):
             wrk.run(wrk.Scenario(endpoint, 64, seconds), url, files[endpoint], key)
         results["closed_loop"], results["closed_loop_ratios"] = closed_loop(url, files, key, args.rounds, args.seconds)
+        if stack:
+            log("the bare stack (same nginx and gunicorn, an app that returns a constant)")
+            bare = start_stack(model_path, key, stack_log, app=BARE_APP)
+            try:
+                wrk.run(wrk.Scenario("score", 64, 2), bare.base_url, files["score"], key)
+                results["ceiling"] = ceiling(url, bare.base_url, files, key, args.rounds, args.seconds)
+            finally:
+                bare.stop()
         capacity = results["closed_loop"]["score c64"]["rps"]
         results["open_loop"] = open_loop(url, files, key, capacity, args.open_seconds)
     finally:

@@ -93,6 +93,7 @@ class Stack:
     stdout: IO[str] | int | None = None
     stderr: IO[str] | int | None = None
     access_log: str = "/dev/stdout"
+    app: str | None = None  # another WSGI callable than the service's (`make perf`'s bare stack)
     gunicorn: subprocess.Popen | None = None
     nginx: subprocess.Popen | None = None
 
@@ -130,7 +131,7 @@ class Stack:
             "GUNICORN_BIND": f"unix:{self.socket}",
         }
         self.gunicorn = subprocess.Popen(
-            [sys.executable, "-m", "service.serve"],
+            [sys.executable, "-m", "service.serve", *([self.app] if self.app else [])],
             cwd=ROOT,
             env=env,
             stdout=self.stdout,
