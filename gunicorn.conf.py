@@ -13,7 +13,8 @@ _metrics_dir, _metrics_dir_is_ours = multiproc.prepare()
 # sets its path.
 bind = [os.environ.get("GUNICORN_BIND", "unix:/run/fraud-scoring/gunicorn.sock")]
 workers = _settings.workers
-worker_class = "sync"  # scoring is CPU-bound and nginx absorbs slow clients
+# Sync (scoring is CPU-bound and nginx absorbs slow clients), freed as soon as its answer is written.
+worker_class = "service.worker.Worker"
 preload_app = True  # settings, model and schema load once in the master and are shared after fork
 worker_tmp_dir = "/dev/shm"  # the heartbeat file must not sit on a slow or read-only disk
 # A recycled worker leaves a gap and starts cold, which shows in the tail latency when workers
