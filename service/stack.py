@@ -131,7 +131,7 @@ class Stack:
             "GUNICORN_BIND": f"unix:{self.socket}",
         }
         self.gunicorn = subprocess.Popen(
-            [sys.executable, "-m", "service.serve", *([self.app] if self.app else [])],
+            [sys.executable, "-m", "service.serve"] + ([self.app] if self.app else []),
             cwd=ROOT,
             env=env,
             stdout=self.stdout,
