@@ -94,12 +94,18 @@ class Stack:
     stderr: IO[str] | int | None = None
     access_log: str = "/dev/stdout"
     app: str | None = None  # another WSGI callable than the service's (`make perf`'s bare stack)
+    # A command that gunicorn runs inside (it must exec the rest), e.g. a test's mount namespace.
+    wrapper: tuple[str, ...] = ()
     gunicorn: subprocess.Popen | None = None
     nginx: subprocess.Popen | None = None
 
     @property
     def socket(self) -> Path:
         return self.run_dir / "gunicorn.sock"
+
+    @property
+    def port(self) -> int:
+        return self.settings.port
 
     @property
     def base_url(self) -> str:
@@ -130,8 +136,9 @@ class Stack:
             **self.env,
             "GUNICORN_BIND": f"unix:{self.socket}",
         }
+        serve = [sys.executable, "-m", "service.serve"]
         self.gunicorn = subprocess.Popen(
-            [sys.executable, "-m", "service.serve"] + ([self.app] if self.app else []),
+            [*self.wrapper, *serve] + ([self.app] if self.app else []),
             cwd=ROOT,
             env=env,
             stdout=self.stdout,

@@ -27,12 +27,12 @@ def access_lines(logs: Path, request_id: str) -> list[dict]:
         time.sleep(0.05)
 
 
-def test_one_complete_access_line_per_request(client, stack):
+def test_one_complete_access_line_per_request(client, local_stack):
     request_id = f"log-{time.time_ns()}"
     reply = client.score(sample_transaction(), headers={"X-Request-ID": request_id})
     assert reply.status == 200
     assert "X-Worker-PID" not in reply.headers  # logged by nginx, hidden from clients
-    [line] = access_lines(stack.logs, request_id)
+    [line] = access_lines(local_stack.logs, request_id)
     assert line["source"] == "nginx"
     assert (line["method"], line["path"], line["status"]) == ("POST", "/v1/fraud-score", 200)
     assert line["bytes"] == len(reply.raw) and line["request_length"] > 0
@@ -40,23 +40,23 @@ def test_one_complete_access_line_per_request(client, stack):
     assert float(line["upstream_ms"]) * 1000 >= float(line["app_ms"]) - 1  # ms resolution
     worker = int(line["worker_pid"])
     status = Path(f"/proc/{worker}/status").read_text()
-    assert f"PPid:\t{stack.gunicorn.pid}\n" in status  # one of the master's workers
-    logged = (stack.logs / "nginx-access.log").read_text() + (stack.logs / "stack.log").read_text()
+    assert f"PPid:\t{local_stack.gunicorn.pid}\n" in status  # one of the master's workers
+    logged = (local_stack.logs / "nginx-access.log").read_text() + (local_stack.logs / "stack.log").read_text()
     assert TEST_KEY not in logged
 
 
-def test_gunicorn_writes_no_access_line(client, stack):
+def test_gunicorn_writes_no_access_line(client, local_stack):
     request_id = f"once-{time.time_ns()}"
     client.request("GET", "/health", headers={"X-Request-ID": request_id})
-    assert len(access_lines(stack.logs, request_id)) == 1
-    assert request_id not in (stack.logs / "stack.log").read_text()
+    assert len(access_lines(local_stack.logs, request_id)) == 1
+    assert request_id not in (local_stack.logs / "stack.log").read_text()
 
 
-def test_a_refusal_by_nginx_has_no_app_fields(client, stack):
+def test_a_refusal_by_nginx_has_no_app_fields(client, local_stack):
     request_id = f"refused-{time.time_ns()}"
     reply = client.score(sample_transaction() | {"padding": "x" * 20_000}, headers={"X-Request-ID": request_id})
     assert reply.status == 413
-    refused = [line for line in access_lines(stack.logs, request_id) if line["status"] == 413]
+    refused = [line for line in access_lines(local_stack.logs, request_id) if line["status"] == 413]
     assert refused and refused[0]["app_ms"] == "" and refused[0]["worker_pid"] == ""
 
 

@@ -9,8 +9,8 @@ from service.stack import batch_body_limit
 from tests.helpers import Client, sample_transaction
 
 
-def test_answers_refused_before_the_body_is_read_still_arrive(client: Client, stack):
-    limit_kb = int(batch_body_limit(stack.settings.batch_max).removesuffix("k"))
+def test_answers_refused_before_the_body_is_read_still_arrive(client: Client, local_stack):
+    limit_kb = int(batch_body_limit(local_stack.settings.batch_max).removesuffix("k"))
     item = json.dumps(sample_transaction())
     count = (limit_kb * 1024 - 64) // (len(item) + 1)
     body = '{"transactions":[' + ",".join([item] * count) + "]}"
@@ -19,4 +19,4 @@ def test_answers_refused_before_the_body_is_read_still_arrive(client: Client, st
         reply = client.request("POST", "/v1/fraud-score/batch", body, key="not-a-valid-key-at-all")
         assert reply.status == 403 and reply.json["error"] == "forbidden"
         assert client.score(sample_transaction()).status == 200
-    assert '"Using worker: service.worker.Worker"' in (stack.logs / "stack.log").read_text()
+    assert '"Using worker: service.worker.Worker"' in (local_stack.logs / "stack.log").read_text()
