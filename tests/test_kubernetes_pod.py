@@ -5,8 +5,9 @@ What the played copy changes, and why: only the Deployment and its generated Con
 (a Service, autoscaler and disruption budget need a cluster); one replica, with nginx's port
 published on a free loopback port (the kubelet would probe the pod's IP instead); the images are
 the ones `python -m tests.podman` built; names get a unique suffix, since pods, secrets and volumes
-are global on the machine (podman 4.3 makes each emptyDir a named volume, filled from the image's
-directory at first mount, as Docker does; Kubernetes makes it an empty directory open to all). The Secret the operator creates is made a podman secret: podman 4.3 reads a
+are global on the machine. podman 4.3 makes each emptyDir a named volume on disk owned by whichever
+container mounts it first; the test creates them beforehand as Kubernetes makes a `medium: Memory`
+emptyDir: a tmpfs, mode 0777. The Secret the operator creates is made a podman secret: podman 4.3 reads a
 secretKeyRef from a podman secret holding the Secret's `data` map."""
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ class PlayedPod:
         deployment["metadata"]["name"] = self.name
         deployment["spec"]["replicas"] = 1
         pod = deployment["spec"]["template"]["spec"]
-        self.volumes = []
+        self.volumes: list[str] = []
+        self.empty_dirs = [f"{v['name']}-{suffix}" for v in pod["volumes"] if "emptyDir" in v]
         for volume in pod["volumes"]:
             if "configMap" in volume:
                 volume["configMap"]["name"] = configmap["metadata"]["name"]
@@ -76,6 +78,8 @@ class PlayedPod:
 
     def up(self) -> None:
         pm.podman("secret", "create", self.secret, str(self.secret_file))
+        for name in self.empty_dirs:
+            pm.podman("volume", "create", "--opt", "type=tmpfs", "--opt", "device=tmpfs", "--opt", "o=mode=0777", name)
         pm.podman("kube", "play", str(self.file), timeout=300)
 
     def down(self) -> None:
