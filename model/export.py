@@ -52,8 +52,11 @@ def export(
     metrics: dict[str, Any] | None = None,
     stats: dict[str, dict[str, float]] | None = None,
     version: str | None = None,
+    threshold: dict[str, Any] | None = None,
+    drift: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Writes the estimator, its serving artifact and the manifest; returns the manifest."""
+    """Writes the estimator, its serving artifact and the manifest; returns the manifest.
+    `threshold` (model.threshold.choose) and `drift` (service.drift.reference) are recorded as given."""
     paths = ArtifactPaths.for_model(model_path)
     paths.estimator.parent.mkdir(parents=True, exist_ok=True)
     # A forest pickled with n_jobs>1 makes every predict_proba spin up threads (~3x slower per row).
@@ -78,6 +81,10 @@ def export(
         "feature_stats": stats,
         "files": {"estimator": {"path": paths.estimator.name, "sha256": estimator_digest}},
     }
+    if threshold is not None:
+        manifest["threshold"] = threshold
+    if drift is not None:
+        manifest["drift"] = drift
     try:
         manifest["files"]["forest"] = write_serving_artifact(estimator, paths)
     except forest.UnsupportedEstimator as e:

@@ -16,7 +16,7 @@ from typing import Any
 import joblib
 import numpy as np
 
-from service import forest
+from service import forest, threshold
 from service.artifacts import (
     ArtifactError,
     ArtifactPaths,
@@ -55,6 +55,7 @@ class LoadedModel:
     scorer: forest.Forest | SklearnScorer
     manifest: dict[str, Any] = field(default_factory=dict)
     forest_sha256: str | None = None
+    threshold: dict[str, Any] = field(default_factory=lambda: threshold.in_force({}, None))
 
 
 def _convert(estimator: Any, paths: ArtifactPaths, manifest: dict[str, Any], estimator_digest: str) -> dict[str, Any]:
@@ -173,5 +174,10 @@ def load_model(settings: Settings) -> LoadedModel:
         raise ArtifactError(f"{paths.estimator} takes {n_features} features; the service sends {N_FEATURES}")
     version = settings.model_version or manifest.get("version") or f"unversioned-{(forest_digest or '')[:8]}"
     return LoadedModel(
-        version=version, predict_row=scorer.predict_row, scorer=scorer, manifest=manifest, forest_sha256=forest_digest
+        version=version,
+        predict_row=scorer.predict_row,
+        scorer=scorer,
+        manifest=manifest,
+        forest_sha256=forest_digest,
+        threshold=threshold.in_force(manifest, settings.fraud_threshold),
     )

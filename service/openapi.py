@@ -115,7 +115,18 @@ _SCHEMAS: dict[str, Any] = {
             "model-version": {"type": "string"},
             "estimator": {"type": "string"},
             "n_trees": {"type": "integer"},
-            "threshold": {"type": "integer"},
+            "threshold": {
+                "type": "object",
+                "description": "the decision threshold in force and where it comes from",
+                "required": ["value", "source"],
+                "properties": {
+                    "value": {"type": "integer", "description": "is-fraud when fraud-score >= value"},
+                    "source": {
+                        "enum": ["environment", "manifest", "default"],
+                        "description": "FRAUD_THRESHOLD, the cost-chosen threshold recorded at training, or 50",
+                    },
+                },
+            },
             "sha256": {"type": ["string", "null"]},
         },
     },

@@ -29,7 +29,7 @@ class ConfigError(Exception):
 @dataclass(frozen=True)
 class Settings:
     api_keys: tuple[bytes, ...] = field(repr=False)  # never printed
-    fraud_threshold: int = 50
+    fraud_threshold: int | None = None  # None: the model's manifest decides (service.threshold)
     model_path: Path = Path("model/fraud-model.joblib")
     model_version: str | None = None
     model_sha256: str | None = None
@@ -133,7 +133,7 @@ def from_mapping(env: Mapping[str, str]) -> Settings:
         raise ConfigError(f"API_KEY {e}") from None  # never echo a key
     return Settings(
         api_keys=api_keys,
-        fraud_threshold=get("FRAUD_THRESHOLD", _integer(0, 100), 50),
+        fraud_threshold=get("FRAUD_THRESHOLD", _integer(0, 100), None),
         model_path=get("MODEL_PATH", lambda s: Path(_nonempty(s)), Path("model/fraud-model.joblib")),
         model_version=get("MODEL_VERSION", _nonempty, None),
         model_sha256=get("MODEL_SHA256", _sha256, None),

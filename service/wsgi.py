@@ -35,11 +35,12 @@ def build(current: LoadedModel | None = None) -> tuple[falcon.App, LoadedModel |
         log.error("model not loaded, serving 503 until one is: %s", e)
         return create_app(settings, None, str(e)), None
     log.info(
-        "model %s loaded (%s, %s trees); threshold %d",
+        "model %s loaded (%s, %s trees); threshold %d (%s)",
         model.version,
         type(model.scorer).__name__,
         getattr(model.scorer, "n_trees", "?"),
-        settings.fraud_threshold,
+        model.threshold["value"],
+        model.threshold["source"],
     )
     return create_app(settings, model), model
 

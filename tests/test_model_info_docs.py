@@ -35,7 +35,12 @@ def test_model_info(client: Client, small_model):
     assert set(info["feature_importances"]) == set(FEATURES)
     assert sum(info["feature_importances"].values()) == pytest.approx(1.0, abs=1e-4)
     assert info["metrics"] == {"roc_auc": 1.0}
-    assert info["threshold"] == 50 and info["ood"] == {"z": 3.0, "enabled": True}
+    assert info["threshold"] == {
+        "value": 50,
+        "source": "default",
+        "reason": "the model's manifest records no threshold",
+    }
+    assert info["ood"] == {"z": 3.0, "enabled": True}
     assert info["sha256"] == sha256_file(paths.forest)
     assert info["estimator_sha256"] == sha256_file(paths.estimator)
     assert info["trained_at"] and info["sklearn_version"] and info["data_source"].startswith("test synthetic")
