@@ -55,8 +55,11 @@ $(INSTALLED): pyproject.toml service/_walker.c service/_bins.c
 $(MODEL_PATH): | $(INSTALLED)
 	$(PY) -m model.train --output $(MODEL_PATH)
 
+# REVIEW_COST (per alert) and MAX_ALERT_RATE (0-1) set how the decision threshold is chosen.
+TRAIN_ARGS = $(if $(CSV),--csv $(CSV)) $(if $(REVIEW_COST),--review-cost $(REVIEW_COST)) $(if $(MAX_ALERT_RATE),--max-alert-rate $(MAX_ALERT_RATE))
+
 model: | $(INSTALLED)
-	$(PY) -m model.train --output $(MODEL_PATH) $(if $(CSV),--csv $(CSV))
+	$(PY) -m model.train --output $(MODEL_PATH) $(TRAIN_ARGS)
 
 model-full: | $(INSTALLED)
 	$(PY) -m model.train --output $(MODEL_PATH) --rows 284807
