@@ -24,6 +24,16 @@ def small_model(tmp_path_factory: pytest.TempPathFactory):
     return path, train_small_model(path)
 
 
+@pytest.fixture(scope="session")
+def trained_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small model trained by `make model`'s own code: cost-chosen threshold, drift bins."""
+    from model import train
+
+    path = tmp_path_factory.mktemp("trained") / "fraud-model.joblib"
+    assert train.main(["--rows", "30000", "--trees", "8", "--output", str(path), "--quiet"]) == 0
+    return path
+
+
 def stack_env(model_path: Path, port: int, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "PYTHONPATH")}
     env.update(

@@ -54,10 +54,8 @@ def test_alert_rate_cap_and_review_cost_move_the_threshold():
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    path = tmp_path_factory.mktemp("trained") / "fraud-model.joblib"
-    assert train.main(["--rows", "30000", "--trees", "8", "--output", str(path), "--quiet"]) == 0
-    return path, json.loads(ArtifactPaths.for_model(path).manifest.read_text())
+def trained(trained_model):
+    return trained_model, json.loads(ArtifactPaths.for_model(trained_model).manifest.read_text())
 
 
 def test_training_records_the_cost_chosen_threshold(trained, capsys):
