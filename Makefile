@@ -13,7 +13,7 @@ PIP_EXTRAS ?= dev
 INSTALLED := $(VENV)/.installed
 PERF_INSTALLED := $(VENV)/.perf-installed
 
-.PHONY: lint help install system-packages test-system-packages apt-packages venv run reload model model-full test fuzz chaos clean perf perf-baseline perf-install
+.PHONY: lint help install system-packages test-system-packages apt-packages venv run reload model model-full test fuzz chaos clean perf perf-baseline perf-compare perf-install
 
 help:
 	@echo "make run    install what is missing, train the default model if there is none, serve through nginx"
@@ -25,6 +25,7 @@ help:
 	@echo "make chaos  faults under load (kill -9, SIGTERM, recycling, slow body): a table of failures and recovery"
 	@echo "make perf   load and micro-benchmarks against the real stack, checked against perf/baseline.json (~3 min)"
 	@echo "make perf-baseline  the same, then record this run's ratios as the new baseline"
+	@echo "make perf-compare  A/B: this checkout against BASE=<git rev> (default: where it left main), ROUNDS=3"
 
 install: system-packages $(INSTALLED)
 
@@ -111,6 +112,11 @@ perf: perf-install $(MODEL_PATH)
 
 perf-baseline: perf-install $(MODEL_PATH)
 	$(PY) -m perf --write-baseline $(PERF_ARGS)
+
+# BASE: a git revision (default: `git merge-base HEAD main`, or HEAD~1 on main); ROUNDS >= 3.
+ROUNDS ?= 3
+perf-compare: perf-install $(MODEL_PATH)
+	$(PY) -m perf.compare $(if $(BASE),--base $(BASE)) --rounds $(ROUNDS) $(COMPARE_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info service/*.so .pytest_cache .hypothesis
