@@ -29,7 +29,7 @@ import numpy as np
 import orjson
 
 from model import synthetic
-from perf import baseline, chart, memory, micro, report, stats, wrk
+from perf import baseline, chart, lifecycle, memory, micro, report, stats, wrk
 from service.artifacts import ArtifactPaths, read_manifest
 from service.features import FEATURES
 from service.settings import from_mapping, read_environment
@@ -63,7 +63,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_stack(model_path: Path, api_key: str, stack_log: Path, workers: int | None = None) -> Stack:
+def start_stack(
+    model_path: Path, api_key: str, stack_log: Path, workers: int | None = None, extra: dict[str, str] | None = None
+) -> Stack:
     """The real nginx + gunicorn, as `make run` starts them, on a free loopback port (retried if
     another process takes the port first)."""
     for attempt in range(3):
@@ -85,6 +87,7 @@ def start_stack(model_path: Path, api_key: str, stack_log: Path, workers: int | 
         )
         if workers:
             env["WORKERS"] = str(workers)
+        env.update(extra or {})
         errors = open(stack_log, "a")
         # Access-log lines are formatted and written as in production, to /dev/null rather than
         # filling the disk; errors go to the stack log.
@@ -213,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         "engine": micro.engine(estimator, forest, X),
         "validation": micro.validation(bodies[:200]),
         "hot_path": micro.hot_path(model_path, bodies),
+        "lifecycle": lifecycle.counting(model_path, X),
     }
     del estimator
 
@@ -237,6 +241,19 @@ def main(argv: list[str] | None = None) -> int:
             stack.stop()
 
     if not args.url:
+        log("a challenger scored beside every request: a stack with one against one without, alternating rounds")
+        results["challenger"] = lifecycle.with_and_without(
+            model_path,
+            lambda extra: start_stack(model_path, key, stack_log, extra=extra),
+            files,
+            key,
+            args.rounds,
+            args.seconds,
+        )
+        log(
+            f"  with a challenger {results['challenger']['rps']['with']:.0f}/s, without "
+            f"{results['challenger']['rps']['without']:.0f}/s: {100 * results['challenger']['ratio']:.1f} %"
+        )
         log(f"memory with {', '.join(map(str, MEMORY_WORKERS))} workers")
         loads: dict[int, dict[str, Any]] = {}
 
@@ -255,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
     found = report.targets(results)
     results["targets"] = [t.__dict__ for t in found]
     failures = report.hard_failures(results)
+    if results.get("challenger", {}).get("failed"):
+        failures.append(f"challenger comparison: {results['challenger']['failed']} failed requests")
     for n, load in results.get("memory_loads", {}).items():
         if load["failed"]:
             failures.append(f"memory run with {n} workers: {load['failed']} failed requests")

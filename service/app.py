@@ -5,6 +5,8 @@ needs is prepared here, once."""
 
 from __future__ import annotations
 
+import hashlib
+import os
 import time
 import uuid
 from importlib import resources
@@ -12,14 +14,17 @@ from typing import Any
 
 import falcon
 
-from service import metrics
+from service import metrics, multiproc
 from service.auth import ApiKeys
+from service.challenger import Challenger, describe
+from service.drift import DriftCounter
 from service.errors import handle_unexpected, serialize_error
 from service.loader import LoadedModel
 from service.ood import OutOfDistribution
 from service.openapi import DOCS_PAGE, build_openapi
 from service.resources import (
     BatchScoreResource,
+    DriftResource,
     FraudScoreResource,
     ModelUnavailableResource,
     StaticJson,
@@ -48,7 +53,13 @@ class DocsPage:
         resp.content_type = falcon.MEDIA_HTML
 
 
-def model_info(model: LoadedModel, settings: Settings, ood: OutOfDistribution) -> dict[str, Any]:
+def model_info(
+    model: LoadedModel,
+    settings: Settings,
+    ood: OutOfDistribution,
+    challenger: LoadedModel | None = None,
+    challenger_refused: str | None = None,
+) -> dict[str, Any]:
     manifest = model.manifest
     scorer = model.scorer
     return {
@@ -68,10 +79,35 @@ def model_info(model: LoadedModel, settings: Settings, ood: OutOfDistribution) -
         "ood": {"z": settings.ood_z, "enabled": ood.enabled},
         "sha256": model.forest_sha256,
         "estimator_sha256": (manifest.get("files", {}).get("estimator") or {}).get("sha256"),
+        "champion": describe(model),
+        "challenger": (
+            {**describe(challenger), "log_sample": settings.challenger_log_sample}
+            if challenger
+            else {"refused": challenger_refused}
+            if challenger_refused
+            else None
+        ),
     }
 
 
-def create_app(settings: Settings, model: LoadedModel | None, unavailable_reason: str = "") -> falcon.App:
+def drift_counter(model: LoadedModel) -> DriftCounter | None:
+    """Counts this model's scored rows into its training bins, in the metrics directory when
+    there is one (gunicorn), else in this process."""
+    reference = model.manifest.get("drift")
+    if not reference:
+        return None
+    key = model.forest_sha256 or hashlib.sha256(model.version.encode()).hexdigest()
+    return DriftCounter(reference, key[:16], os.environ.get(multiproc.ENV))
+
+
+def create_app(
+    settings: Settings,
+    model: LoadedModel | None,
+    unavailable_reason: str = "",
+    *,
+    challenger: LoadedModel | None = None,
+    challenger_refused: str | None = None,
+) -> falcon.App:
     # RequestMetrics first: its process_response runs last, so it counts the final status.
     app = falcon.App(middleware=[metrics.RequestMetrics(), RequestContext()])
     app.set_error_serializer(serialize_error)
@@ -82,7 +118,9 @@ def create_app(settings: Settings, model: LoadedModel | None, unavailable_reason
     app.add_route("/openapi.json", StaticJson(build_openapi(document, settings.batch_max, settings.app_version)))
     app.add_route("/docs", DocsPage())
     app.add_static_route("/docs/static", str(resources.files("service").joinpath("static/swagger-ui")))
-    app.add_route("/metrics", metrics.MetricsResource())  # nginx serves it to internal networks only
+    drift = drift_counter(model) if model is not None else None
+    # nginx serves it to internal networks only
+    app.add_route("/metrics", metrics.MetricsResource([drift] if drift else []))
 
     if model is None:
         app.add_route(
@@ -94,10 +132,23 @@ def create_app(settings: Settings, model: LoadedModel | None, unavailable_reason
         app.add_route("/v1/fraud-score", ModelUnavailableResource(unavailable_reason, "post"))
         app.add_route("/v1/fraud-score/batch", ModelUnavailableResource(unavailable_reason, "post"))
         app.add_route("/v1/model-info", ModelUnavailableResource(unavailable_reason, "get"))
+        app.add_route("/v1/drift", ModelUnavailableResource(unavailable_reason, "get"))
+        app.add_route("/v1/drift/reset", ModelUnavailableResource(unavailable_reason, "post"))
         return app
 
     ood = OutOfDistribution(model.manifest.get("feature_stats"), settings.ood_z)
-    scoring = Scoring(model, ood, model.threshold["value"], observe=metrics.observe_score)
+    threshold = model.threshold["value"]
+    beside = None
+    if challenger is not None:
+        beside = Challenger(
+            challenger,
+            model.version,
+            threshold,
+            settings.challenger_log_sample,
+            observe_one=metrics.observe_challenger,
+            observe_many=metrics.observe_challenger_rows,
+        )
+    scoring = Scoring(model, ood, threshold, observe=metrics.observe_score, drift=drift, challenger=beside)
     metrics.set_model_version(model.version)
     app.add_route("/health", StaticJson({"status": "healthy", "model_loaded": True}))
     app.add_route("/v1/fraud-score", FraudScoreResource(scoring, TransactionValidator(document), keys))
@@ -107,5 +158,10 @@ def create_app(settings: Settings, model: LoadedModel | None, unavailable_reason
             scoring, TransactionValidator(batch_document(document, settings.batch_max)), keys, settings.batch_max
         ),
     )
-    app.add_route("/v1/model-info", StaticJson(model_info(model, settings, ood), keys=keys))
+    app.add_route(
+        "/v1/model-info", StaticJson(model_info(model, settings, ood, challenger, challenger_refused), keys=keys)
+    )
+    drift_resource = DriftResource(drift, keys)
+    app.add_route("/v1/drift", drift_resource)
+    app.add_route("/v1/drift/reset", drift_resource, suffix="reset")
     return app

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import falcon
+import numpy as np
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -60,6 +61,20 @@ MODEL_INFO = Gauge(
     ["version"],
     multiprocess_mode="livemax",
 )
+CHALLENGER_SCORES = Histogram(
+    "fraud_challenger_score", "The challenger's fraud scores of the same transactions (0-100)", buckets=SCORE_BUCKETS
+)
+AGREEMENT = Counter(
+    "fraud_challenger_agreement_total",
+    "Transactions scored by both models, by each one's is-fraud decision at its own threshold",
+    ["champion_is_fraud", "challenger_is_fraud"],
+)
+# Negative observations make _sum useless for reset detection; the buckets and _count stay exact.
+SCORE_DIFFERENCE = Histogram(
+    "fraud_challenger_score_difference",
+    "Challenger's score minus champion's, per transaction",
+    buckets=(-50, -20, -10, -5, -2, -1, 0, 1, 2, 5, 10, 20, 50, 100),
+)
 WORKER_EXITS = Counter(
     "fraud_worker_exits_total",
     "gunicorn workers that exited and were replaced (crashes, kills, max_requests recycling)",
@@ -77,6 +92,46 @@ def observe_score(score: int, is_fraud: bool, ood_warning: bool = False) -> None
     (_flagged if is_fraud else _cleared)()
     if ood_warning:
         _ood()
+
+
+_agreement = {
+    (champion, challenger): AGREEMENT.labels(
+        champion_is_fraud=str(champion).lower(), challenger_is_fraud=str(challenger).lower()
+    ).inc
+    for champion in (False, True)
+    for challenger in (False, True)
+}
+_challenger_score = CHALLENGER_SCORES.observe
+_difference = SCORE_DIFFERENCE.observe
+
+
+def observe_challenger(champion_score: int, champion_is_fraud: bool, score: int, is_fraud: bool) -> None:
+    """Called once per transaction the challenger scored beside the champion."""
+    _challenger_score(score)
+    _agreement[champion_is_fraud, is_fraud]()
+    _difference(score - champion_score)
+
+
+def observe_many(histogram: Histogram, values: np.ndarray) -> None:
+    """Many observations in one update per bucket (what Histogram.observe does one value at a time)."""
+    bounds = histogram._upper_bounds  # prometheus_client's own, +Inf last
+    counts = np.bincount(np.searchsorted(bounds, values, side="left"), minlength=len(bounds))
+    for bucket, n in zip(histogram._buckets, counts.tolist(), strict=True):
+        if n:
+            bucket.inc(n)
+    histogram._sum.inc(float(np.sum(values)))
+
+
+def observe_challenger_rows(
+    champion_scores: np.ndarray, champion_is_fraud: np.ndarray, scores: np.ndarray, is_fraud: np.ndarray
+) -> None:
+    """observe_challenger for a batch: one update per bucket and per agreement cell."""
+    observe_many(CHALLENGER_SCORES, scores)
+    observe_many(SCORE_DIFFERENCE, scores - champion_scores)
+    cells = np.bincount(2 * champion_is_fraud.astype(np.int64) + is_fraud.astype(np.int64), minlength=4)
+    for increment, n in zip(_agreement.values(), cells.tolist(), strict=True):
+        if n:
+            increment(n)
 
 
 _served_versions: list[str] = []
@@ -121,7 +176,11 @@ class RequestMetrics:
 
 
 class MetricsResource:
-    """GET /metrics: the Prometheus text format, summed over every worker (live and dead)."""
+    """GET /metrics: the Prometheus text format, summed over every worker (live and dead), and what
+    the collectors passed in (drift counts, which keep their own per-worker files) report."""
+
+    def __init__(self, collectors: Sequence[Any] = ()) -> None:
+        self._collectors = collectors
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         if os.environ.get(MULTIPROC_ENV):
@@ -129,5 +188,5 @@ class MetricsResource:
             multiprocess.MultiProcessCollector(registry)
         else:
             registry = REGISTRY
-        resp.data = generate_latest(registry)
+        resp.data = generate_latest(registry) + b"".join(generate_latest(c) for c in self._collectors)
         resp.content_type = CONTENT_TYPE_LATEST

@@ -49,6 +49,11 @@ class Settings:
     # client address in X-Forwarded-For. Both are CIDR lists; empty means none.
     metrics_allow: tuple[str, ...] = ()
     trusted_proxies: tuple[str, ...] = ()
+    # A second model scored beside the champion (service/challenger.py), and the share of
+    # requests whose both scores are logged.
+    challenger_model_path: Path | None = None
+    challenger_model_sha256: str | None = None
+    challenger_log_sample: float = 0.0
 
 
 def _integer(low: int, high: int) -> Callable[[str], int]:
@@ -88,6 +93,16 @@ def _positive_float(text: str) -> float:
         raise ValueError("must be a positive number") from None
     if not 0 < value < float("inf"):
         raise ValueError("must be a positive number")
+    return value
+
+
+def _share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError("must be a number from 0 to 1") from None
+    if not 0 <= value <= 1:
+        raise ValueError("must be a number from 0 to 1")
     return value
 
 
@@ -149,6 +164,9 @@ def from_mapping(env: Mapping[str, str]) -> Settings:
         rate_limit_burst=get("RATE_LIMIT_BURST", _integer(0, 1_000_000), 200),
         metrics_allow=get("METRICS_ALLOW", _networks, ()),
         trusted_proxies=get("TRUSTED_PROXIES", _networks, ()),
+        challenger_model_path=get("CHALLENGER_MODEL_PATH", lambda s: Path(_nonempty(s)), None),
+        challenger_model_sha256=get("CHALLENGER_MODEL_SHA256", _sha256, None),
+        challenger_log_sample=get("CHALLENGER_LOG_SAMPLE", _share, 0.0),
     )
 
 
