@@ -41,7 +41,7 @@ _SCHEMAS: dict[str, Any] = {
         "required": ["fraud-score", "is-fraud", "model-version", "ood-warning"],
         "properties": {
             "fraud-score": {"type": "integer", "minimum": 0, "maximum": 100, "description": "round(100 × P(fraud))"},
-            "is-fraud": {"type": "boolean", "description": "fraud-score >= FRAUD_THRESHOLD"},
+            "is-fraud": {"type": "boolean", "description": "fraud-score >= the threshold (GET /v1/model-info)"},
             "model-version": {"type": "string"},
             "ood-warning": {
                 "type": "boolean",
