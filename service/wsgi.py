@@ -17,11 +17,15 @@ from service import logs
 from service import settings as settings_module
 from service.app import create_app
 from service.artifacts import ArtifactError
+from service.budget import RowBudget
 from service.loader import LoadedModel, load_model
 
 logs.configure()
 log = logging.getLogger("service")
 settings = settings_module.load_or_exit()
+# Made once, before the first fork: every worker, and every application a rollout builds, spends
+# from the same per-key budget.
+budget = RowBudget.for_settings(settings)
 
 
 def load_challenger(starting: bool) -> tuple[LoadedModel | None, str | None]:
@@ -50,7 +54,7 @@ def build(current: LoadedModel | None = None) -> tuple[falcon.App, LoadedModel |
             log.error("model not loaded: %s", e)
             sys.exit(f"model error: {e}")
         log.error("model not loaded, serving 503 until one is: %s", e)
-        return create_app(settings, None, str(e)), None
+        return create_app(settings, None, str(e), budget), None
     log.info(
         "model %s loaded (%s, %s trees); threshold %d (%s)",
         model.version,
@@ -60,7 +64,7 @@ def build(current: LoadedModel | None = None) -> tuple[falcon.App, LoadedModel |
         model.threshold["source"],
     )
     challenger, refused = load_challenger(starting=True)
-    return create_app(settings, model, challenger=challenger, challenger_refused=refused), model
+    return create_app(settings, model, budget=budget, challenger=challenger, challenger_refused=refused), model
 
 
 def freeze() -> None:
@@ -86,7 +90,7 @@ def roll_out(server: Any) -> None:
         return
     challenger, refused = load_challenger(starting=False)
     gc.unfreeze()
-    application = create_app(settings, candidate, challenger=challenger, challenger_refused=refused)
+    application = create_app(settings, candidate, budget=budget, challenger=challenger, challenger_refused=refused)
     model = candidate
     server.app.callable = application
     freeze()
