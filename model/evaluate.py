@@ -29,11 +29,10 @@ from sklearn.metrics import average_precision_score, precision_recall_curve, roc
 from model import synthetic, threshold
 from model.train import read_csv
 from service.artifacts import ArtifactError
-from service.drift import psi
+from service.drift import SCORE_EDGES, psi
 from service.loader import LoadedModel, load_model
 from service.settings import Settings, read_environment
 
-SCORE_BINS = np.array([1, 2, 5, 10, 20, 35, 50, 65, 80, 95])  # fraud-score bins for the distribution shift
 TOP_DISAGREEMENTS = 15
 
 
@@ -115,8 +114,9 @@ def evaluate(
         figures["cost_difference_ci"] = interval(
             bootstrap(y, [champion.score, challenger.score, amount], cost_difference, n_boot, seed)
         )
-        expected = np.bincount(np.searchsorted(SCORE_BINS, champion.score, side="right"), minlength=11) / len(y)
-        observed = np.bincount(np.searchsorted(SCORE_BINS, challenger.score, side="right"), minlength=11)
+        n_bins = len(SCORE_EDGES) + 1
+        expected = np.bincount(np.searchsorted(SCORE_EDGES, champion.score, side="right"), minlength=n_bins) / len(y)
+        observed = np.bincount(np.searchsorted(SCORE_EDGES, challenger.score, side="right"), minlength=n_bins)
         figures["score_shift"] = {
             "psi_challenger_vs_champion": psi(expected, observed),
             "mean_difference": float((challenger.score - champion.score).mean()),
