@@ -17,9 +17,11 @@ import falcon
 from service import metrics, multiproc
 from service.auth import ApiKeys
 from service.budget import RowBudget
+from service.by_id import ByIdBatchResource, ByIdScoreResource, StoredRows, StoreStatusResource
 from service.challenger import Challenger, describe
 from service.drift import DriftCounter
 from service.errors import handle_unexpected, serialize_error
+from service.feature_store import FeatureStore, StoreConfig
 from service.loader import LoadedModel
 from service.ood import OutOfDistribution
 from service.openapi import DOCS_PAGE, build_openapi
@@ -120,7 +122,12 @@ def create_app(
     budget = budget or RowBudget.for_settings(settings)
     document = load_schema_document()
 
-    app.add_route("/openapi.json", StaticJson(build_openapi(document, settings.batch_max, settings.app_version)))
+    app.add_route(
+        "/openapi.json",
+        StaticJson(
+            build_openapi(document, settings.batch_max, settings.app_version, by_id=bool(settings.feature_store_url))
+        ),
+    )
     app.add_route("/docs", DocsPage())
     app.add_static_route("/docs/static", str(resources.files("service").joinpath("static/swagger-ui")))
     drift = drift_counter(model) if model is not None else None
@@ -139,6 +146,9 @@ def create_app(
         app.add_route("/v1/model-info", ModelUnavailableResource(unavailable_reason, "get"))
         app.add_route("/v1/drift", ModelUnavailableResource(unavailable_reason, "get"))
         app.add_route("/v1/drift/reset", ModelUnavailableResource(unavailable_reason, "post"))
+        if settings.feature_store_url:
+            app.add_route("/v1/fraud-score/by-id", ModelUnavailableResource(unavailable_reason, "post"))
+            app.add_route("/v1/fraud-score/by-id/batch", ModelUnavailableResource(unavailable_reason, "post"))
         return app
 
     ood = OutOfDistribution(model.manifest.get("feature_stats"), settings.ood_z)
@@ -173,4 +183,26 @@ def create_app(
     drift_resource = DriftResource(drift, keys)
     app.add_route("/v1/drift", drift_resource)
     app.add_route("/v1/drift/reset", drift_resource, suffix="reset")
+    if settings.feature_store_url:
+        add_by_id_routes(app, settings, scoring, TransactionValidator(document), keys, budget)
     return app
+
+
+def add_by_id_routes(
+    app: falcon.App,
+    settings: Settings,
+    scoring: Scoring,
+    transaction: TransactionValidator,
+    keys: ApiKeys,
+    budget: RowBudget,
+) -> None:
+    store = FeatureStore(
+        StoreConfig(
+            settings.feature_store_url, settings.feature_store_prefix, settings.feature_store_timeout_ms / 1000
+        ),
+        observe_fetch=metrics.observe_fetch,
+    )
+    stored = StoredRows(store, transaction)
+    app.add_route("/v1/fraud-score/by-id", ByIdScoreResource(scoring, stored, keys, budget))
+    app.add_route("/v1/fraud-score/by-id/batch", ByIdBatchResource(scoring, stored, keys, budget, settings.batch_max))
+    app.add_route("/health/feature-store", StoreStatusResource(store))

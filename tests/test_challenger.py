@@ -6,20 +6,29 @@ import json
 
 import joblib
 import numpy as np
+import pytest
 from sklearn.dummy import DummyClassifier
 
 from model import promote, synthetic
 from service.artifacts import sha256_file
-from tests.conftest import start_stack
-from tests.helpers import Client, as_transaction, install_model
-from tests.test_degradation_rollout import (  # noqa: F401  (two_models is a fixture)
-    UNTHROTTLED,
+from tests.helpers import (
+    UNLIMITED,
+    Client,
     SteadyTraffic,
+    as_transaction,
+    install_model,
     log_text,
-    two_models,
+    samples,
+    start_stack,
+    two_trained_models,
+    value,
     wait_for,
 )
-from tests.test_metrics import samples, value
+
+
+@pytest.fixture(scope="module")
+def two_models(tmp_path_factory):
+    return two_trained_models(tmp_path_factory.mktemp("two-models"))
 
 
 def challenger_lines(logs) -> list[dict]:
@@ -30,7 +39,7 @@ def challenger_lines(logs) -> list[dict]:
     return lines
 
 
-def test_every_row_is_scored_by_the_challenger_and_the_answer_is_the_champions(tmp_path, two_models):  # noqa: F811
+def test_every_row_is_scored_by_the_challenger_and_the_answer_is_the_champions(tmp_path, two_models):
     a, b, _probe, _expected = two_models
     champion_path, challenger_path = tmp_path / "champion" / "fraud-model.joblib", tmp_path / "ch" / "model.joblib"
     install_model(a, champion_path)
@@ -49,7 +58,7 @@ def test_every_row_is_scored_by_the_challenger_and_the_answer_is_the_champions(t
 
     logs = tmp_path / "logs"
     stack = start_stack(
-        champion_path, logs, CHALLENGER_MODEL_PATH=str(challenger_path), CHALLENGER_LOG_SAMPLE="1", **UNTHROTTLED
+        champion_path, logs, CHALLENGER_MODEL_PATH=str(challenger_path), CHALLENGER_LOG_SAMPLE="1", **UNLIMITED
     )
     try:
         client = Client("127.0.0.1", stack.settings.port)
@@ -120,13 +129,13 @@ def test_a_challenger_only_sklearn_can_serve_is_refused_in_one_line(tmp_path, sm
     assert len(lines) == 1 and "Traceback" not in log_text(logs)
 
 
-def test_promote_swaps_the_models_with_no_failed_request(tmp_path, two_models):  # noqa: F811
+def test_promote_swaps_the_models_with_no_failed_request(tmp_path, two_models):
     a, b, probe, expected = two_models
     champion_path, challenger_path = tmp_path / "champion" / "fraud-model.joblib", tmp_path / "ch" / "model.joblib"
     install_model(a, champion_path)
     install_model(b, challenger_path)
     logs = tmp_path / "logs"
-    stack = start_stack(champion_path, logs, CHALLENGER_MODEL_PATH=str(challenger_path), **UNTHROTTLED)
+    stack = start_stack(champion_path, logs, CHALLENGER_MODEL_PATH=str(challenger_path), **UNLIMITED)
     client = Client("127.0.0.1", stack.settings.port)
     traffic = [SteadyTraffic(Client("127.0.0.1", stack.settings.port), probe) for _ in range(3)]
     try:

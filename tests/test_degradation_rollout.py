@@ -3,33 +3,24 @@
 from __future__ import annotations
 
 import os
-import threading
-import time
-from pathlib import Path
 
-import numpy as np
 import pytest
 
-from model import synthetic
 from service.artifacts import ArtifactPaths
-from tests.conftest import start_stack
-from tests.helpers import Client, as_transaction, install_model, sample_transaction, train_small_model
-from tests.test_http import assert_error
-from tests.test_metrics import samples, value
-
-# Back-to-back requests from one key: nginx's default rate limit would answer 429s.
-UNTHROTTLED = {"RATE_LIMIT_PER_KEY": "1000000", "RATE_LIMIT_PER_IP": "1000000", "RATE_LIMIT_BURST": "100000"}
-
-
-def wait_for(predicate, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
-
-
-def log_text(logs: Path) -> str:
-    return (logs / "stack.log").read_text()
+from tests.helpers import (
+    UNLIMITED,
+    Client,
+    SteadyTraffic,
+    assert_error,
+    install_model,
+    log_text,
+    sample_transaction,
+    samples,
+    start_stack,
+    two_trained_models,
+    value,
+    wait_for,
+)
 
 
 def test_without_a_model_the_service_starts_and_answers_503(tmp_path, small_model):
@@ -77,54 +68,14 @@ def test_wrong_digest_starts_degraded_with_the_reason(tmp_path, small_model):
 
 @pytest.fixture(scope="module")
 def two_models(tmp_path_factory):
-    """Models A and B, and a transaction that they score differently."""
-    base = tmp_path_factory.mktemp("two-models")
-    a = base / "a" / "fraud-model.joblib"
-    b = base / "b" / "fraud-model.joblib"
-    model_a = train_small_model(a, trees=25, seed=3)
-    model_b = train_small_model(b, trees=15, seed=4)
-    X, y = synthetic.generate(3000, seed=30)
-    candidates = X[y == 1]
-    score_a = np.round(100 * model_a.predict_proba(candidates)[:, 1])
-    score_b = np.round(100 * model_b.predict_proba(candidates)[:, 1])
-    probe = candidates[np.flatnonzero(score_a != score_b)[0]]
-    return (
-        a,
-        b,
-        as_transaction(probe),
-        {"test-3": int(score_a[score_a != score_b][0]), "test-4": int(score_b[score_a != score_b][0])},
-    )
-
-
-class SteadyTraffic(threading.Thread):
-    """Scores the probe transaction back to back over keep-alive connections through nginx."""
-
-    def __init__(self, client: Client, transaction: dict) -> None:
-        super().__init__(daemon=True)
-        self.client, self.transaction = client, transaction
-        self.seen: list[tuple[int, str | None, int | None]] = []
-        self.stopping = threading.Event()
-
-    def run(self) -> None:
-        while not self.stopping.is_set():
-            try:
-                reply = self.client.score(self.transaction)
-                body = reply.json if reply.status == 200 else {}
-                self.seen.append((reply.status, body.get("model-version"), body.get("fraud-score")))
-            except Exception as e:  # a refused or cut connection is a failure to count, not to hide
-                self.seen.append((0, repr(e), None))
-
-    def stop(self) -> list[tuple[int, str | None, int | None]]:
-        self.stopping.set()
-        self.join(10)
-        return self.seen
+    return two_trained_models(tmp_path_factory.mktemp("two-models"))
 
 
 def test_rollout_under_steady_traffic_switches_cleanly(tmp_path, two_models):
     a, b, probe, expected = two_models
     model_path = tmp_path / "fraud-model.joblib"
     install_model(a, model_path)
-    stack = start_stack(model_path, tmp_path / "logs", **UNTHROTTLED)
+    stack = start_stack(model_path, tmp_path / "logs", **UNLIMITED)
     traffic = [SteadyTraffic(Client("127.0.0.1", stack.settings.port), probe) for _ in range(3)]
     try:
         for t in traffic:
@@ -162,7 +113,7 @@ def test_rollout_to_a_model_that_fails_verification_keeps_the_old_one(tmp_path, 
     a, b, probe, expected = two_models
     model_path = tmp_path / "fraud-model.joblib"
     install_model(a, model_path)
-    stack = start_stack(model_path, tmp_path / "logs", **UNTHROTTLED)
+    stack = start_stack(model_path, tmp_path / "logs", **UNLIMITED)
     client = Client("127.0.0.1", stack.settings.port)
     traffic = SteadyTraffic(client, probe)
     try:

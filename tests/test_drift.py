@@ -9,10 +9,7 @@ from model import synthetic
 from service import drift
 from service.artifacts import ArtifactPaths, read_manifest
 from service.features import FEATURES
-from tests.conftest import start_stack
-from tests.helpers import Client, as_transaction
-from tests.test_degradation_rollout import UNTHROTTLED
-from tests.test_metrics import samples
+from tests.helpers import UNLIMITED, Client, as_transaction, samples, start_stack
 
 
 def reference_and_rows(seed: int = 5):
@@ -78,7 +75,7 @@ def test_shifted_v14_crosses_the_act_threshold_and_the_others_stay_low(trained_m
     X, _ = synthetic.generate(6000, seed=1234)  # the training distribution, rows the model never saw
     v14 = FEATURES.index("V14")
     X[:, v14] += 3 * manifest["feature_stats"]["V14"]["std"]
-    stack = start_stack(trained, tmp_path / "logs", **UNTHROTTLED)
+    stack = start_stack(trained, tmp_path / "logs", **UNLIMITED)
     try:
         client = Client("127.0.0.1", stack.settings.port)
         assert client.request("GET", "/v1/drift", key=None).status == 403

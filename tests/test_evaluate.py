@@ -14,8 +14,12 @@ from sklearn.metrics import average_precision_score, precision_score, recall_sco
 
 from model import evaluate, synthetic
 from service.features import FEATURES
-from tests.test_degradation_rollout import two_models  # noqa: F401  (a fixture)
-from tests.test_model_info_docs import ARTIFACTS
+from tests.helpers import ARTIFACTS, two_trained_models
+
+
+@pytest.fixture(scope="module")
+def two_models(tmp_path_factory):
+    return two_trained_models(tmp_path_factory.mktemp("two-models"))
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +32,7 @@ def labelled_csv(tmp_path_factory):
     return path, X, y
 
 
-def test_report_figures_equal_sklearns(tmp_path, two_models, labelled_csv, capsys):  # noqa: F811
+def test_report_figures_equal_sklearns(tmp_path, two_models, labelled_csv, capsys):
     a, b, _, _ = two_models
     csv, X, y = labelled_csv
     output = tmp_path / "report.html"

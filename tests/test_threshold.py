@@ -9,9 +9,7 @@ import pytest
 
 from model import synthetic, threshold, train
 from service.artifacts import ArtifactPaths
-from tests.conftest import start_stack
-from tests.helpers import Client, as_transaction
-from tests.test_degradation_rollout import UNTHROTTLED
+from tests.helpers import UNLIMITED, Client, as_transaction, start_stack
 
 
 def brute_force_cost(y, scores, amount, t, review_cost):
@@ -96,7 +94,7 @@ def test_the_service_uses_the_manifest_threshold_unless_the_environment_sets_one
     path, manifest = trained
     chosen = manifest["threshold"]["value"]
     for extra, expected in (({}, (chosen, "manifest")), ({"FRAUD_THRESHOLD": "97"}, (97, "environment"))):
-        stack = start_stack(path, tmp_path / f"logs-{expected[1]}", **UNTHROTTLED, **extra)
+        stack = start_stack(path, tmp_path / f"logs-{expected[1]}", **UNLIMITED, **extra)
         try:
             client = Client("127.0.0.1", stack.settings.port)
             info = client.request("GET", "/v1/model-info").json["threshold"]
