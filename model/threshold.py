@@ -60,14 +60,20 @@ def choose(
     review_cost: float = REVIEW_COST,
     max_alert_rate: float | None = None,
 ) -> dict[str, Any]:
-    """The cheapest threshold (ties: the highest, fewest alerts) with its figures and the whole
-    curve, as the manifest records it."""
+    """The cheapest threshold with its figures and the whole curve, as the manifest records it.
+
+    Where several thresholds cost the same (no held-out row scores between them: common with few
+    frauds), the middle of the longest such run is chosen, as far as possible from the scores
+    where the cost jumps, rather than its edge."""
     curve = figures(y, scores, amount, review_cost)
     allowed = np.ones(len(THRESHOLDS), dtype=bool)
     if max_alert_rate is not None:
         allowed = curve["alert_rate"] <= max_alert_rate
     cost = np.where(allowed, curve["cost_per_1000"], np.inf)
-    best = int(np.flatnonzero(cost == cost.min())[-1])
+    cheapest = np.flatnonzero(cost == cost.min())
+    runs = np.split(cheapest, np.flatnonzero(np.diff(cheapest) > 1) + 1)
+    longest = max(reversed(runs), key=len)  # equal lengths: the higher run, fewer alerts
+    best = int(longest[len(longest) // 2])
     return {
         "value": best,
         "unit": "fraud-score 0-100: is-fraud when the score is at or above it",

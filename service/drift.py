@@ -27,6 +27,8 @@ from service.features import FEATURES
 
 SCORE = "fraud-score"
 DECILES = np.linspace(0.1, 0.9, 9)
+# Most fraud-scores are 0, so the score's deciles would collapse into one bin: fixed edges instead.
+SCORE_EDGES = (1.0, 2.0, 5.0, 10.0, 20.0, 35.0, 50.0, 65.0, 80.0, 95.0)
 EPSILON = 1e-4  # a share of 0 (an empty bin) counts as this much, so that PSI stays finite
 WATCH, ACT = 0.1, 0.25
 
@@ -36,8 +38,10 @@ def bins_of(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
     return np.searchsorted(edges, values, side="right")
 
 
-def column_reference(values: np.ndarray) -> dict[str, list[float]]:
-    edges = np.unique(np.quantile(np.asarray(values, dtype=np.float64), DECILES))
+def column_reference(values: np.ndarray, edges: Sequence[float] | None = None) -> dict[str, list[float]]:
+    """Edges (the deciles' unless given) and the share of `values` in each bin."""
+    values = np.asarray(values, dtype=np.float64)
+    edges = np.unique(np.quantile(values, DECILES)) if edges is None else np.asarray(edges, dtype=np.float64)
     shares = np.bincount(bins_of(values, edges), minlength=len(edges) + 1) / len(values)
     return {"edges": edges.tolist(), "shares": [round(float(s), 8) for s in shares]}
 
@@ -46,10 +50,10 @@ def reference(X: np.ndarray, scores: np.ndarray) -> dict[str, Any]:
     """What the manifest records: features from the training rows, the fraud-score from the
     held-out rows (a forest's scores of its own training rows are too confident)."""
     return {
-        "bins": "deciles; a value v is in bin k when exactly k edges are <= v",
+        "bins": "features: deciles; fraud-score: fixed edges; a value v is in bin k when exactly k edges are <= v",
         "features": {name: column_reference(X[:, i]) for i, name in enumerate(FEATURES)},
         "features_from_rows": int(len(X)),
-        SCORE: column_reference(scores),
+        SCORE: column_reference(scores, SCORE_EDGES),
         "score_from_rows": int(len(scores)),
     }
 

@@ -33,9 +33,19 @@ def test_figures_equal_a_direct_count_at_every_threshold():
         assert curve["cost_per_1000"][t] == pytest.approx(brute_force_cost(y, scores, amount, t, 5.0), rel=1e-12)
     chosen = threshold.choose(y, scores, amount, 5.0)
     costs = [brute_force_cost(y, scores, amount, t, 5.0) for t in range(102)]
-    assert chosen["value"] == max(t for t in range(102) if costs[t] == pytest.approx(min(costs), rel=1e-12))
+    assert costs[chosen["value"]] == pytest.approx(min(costs), rel=1e-12)
     assert chosen["at_threshold"]["cost_per_1000"] == pytest.approx(min(costs), rel=1e-6)
     assert chosen["frauds"] == int(y.sum()) and chosen["rows"] == 4000
+
+
+def test_among_equally_cheap_thresholds_the_middle_of_the_longest_run_is_chosen():
+    # Scores 10 and 40 only: every threshold from 11 to 40 alerts on the same rows.
+    y = np.array([1, 1, 0, 0, 0, 0])
+    scores = np.array([40, 40, 10, 10, 10, 10])
+    amount = np.array([100.0, 100.0, 1.0, 1.0, 1.0, 1.0])
+    chosen = threshold.choose(y, scores, amount, 5.0)
+    assert chosen["value"] == 11 + 30 // 2
+    assert chosen["at_threshold"] == threshold.at(threshold.figures(y, scores, amount, 5.0), 11)
 
 
 def test_alert_rate_cap_and_review_cost_move_the_threshold():
