@@ -7,14 +7,20 @@ MODEL_PATH ?= model/fraud-model.joblib
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := nginx redis-server
 # redis-server: the local feature store `make run` starts with FEATURE_STORE_START (and the tests).
-# chromium renders /docs in a test; wrk drives load in the hostile-input tests and make chaos.
-TEST_APT_PACKAGES := chromium wrk
+# chromium renders /docs in a test; wrk drives load in the hostile-input tests and make chaos; git for
+# the perf-compare tests (a container build has no git).
+TEST_APT_PACKAGES := chromium wrk git
+# make container-test: the container engine, and debootstrap for the stand-in base images.
+CONTAINER_APT_PACKAGES := podman buildah runc debootstrap
+# Host-specific podman settings (runtime, cgroups, ulimits): the project's file, never /etc.
+CONTAINER_ENV := CONTAINERS_CONF=$(CURDIR)/deploy/podman/containers.conf
+CONTAINERS_INSTALLED := $(VENV)/.containers-installed
 # The container's production stage installs without the dev extras: `make venv PIP_EXTRAS=`.
 PIP_EXTRAS ?= dev
 INSTALLED := $(VENV)/.installed
 PERF_INSTALLED := $(VENV)/.perf-installed
 
-.PHONY: features lint help install system-packages test-system-packages apt-packages venv run reload model model-full convert test fuzz chaos clean perf perf-baseline perf-compare perf-install
+.PHONY: evaluate promote container-test features lint help install system-packages test-system-packages apt-packages venv run reload model model-full convert test fuzz chaos clean perf perf-baseline perf-compare perf-install
 
 help:
 	@echo "make run    install what is missing, train the default model if there is none, serve through nginx"
@@ -26,9 +32,12 @@ help:
 	@echo "make install  system packages (nginx) and the virtual environment in .venv/"
 	@echo "make fuzz   thousands of generated requests through nginx: no 5xx, still healthy (FUZZ_EXAMPLES=5000)"
 	@echo "make chaos  faults under load (kill -9, SIGTERM, recycling, slow body): a table of failures and recovery"
+	@echo "make container-test  build the images (all stages), run the pair and the Kubernetes pod with podman, test through them"
 	@echo "make perf   load and micro-benchmarks against the real stack, checked against perf/baseline.json (~3 min)"
 	@echo "make perf-baseline  the same, then record this run's ratios as the new baseline"
 	@echo "make perf-compare  A/B: this checkout against BASE=<git rev> (default: where it left main), ROUNDS=3"
+	@echo "make evaluate  champion and challenger side by side, an HTML report (CHAMPION= CHALLENGER= CSV=)"
+	@echo "make promote   the challenger becomes the champion, zero downtime (RETIRE=1: no challenger after)"
 
 install: system-packages $(INSTALLED)
 
@@ -59,8 +68,11 @@ $(INSTALLED): pyproject.toml $(wildcard service/*.c) service/_budget.c
 $(MODEL_PATH): | $(INSTALLED)
 	$(PY) -m model.train --output $(MODEL_PATH)
 
+# REVIEW_COST (per alert) and MAX_ALERT_RATE (0-1) set how the decision threshold is chosen.
+TRAIN_ARGS = $(if $(CSV),--csv $(CSV)) $(if $(REVIEW_COST),--review-cost $(REVIEW_COST)) $(if $(MAX_ALERT_RATE),--max-alert-rate $(MAX_ALERT_RATE))
+
 model: | $(INSTALLED)
-	$(PY) -m model.train --output $(MODEL_PATH) $(if $(CSV),--csv $(CSV))
+	$(PY) -m model.train --output $(MODEL_PATH) $(TRAIN_ARGS)
 
 model-full: | $(INSTALLED)
 	$(PY) -m model.train --output $(MODEL_PATH) --rows 284807
@@ -96,6 +108,18 @@ reload:
 test: test-system-packages install lint
 	$(PY) -m pytest -n auto -q
 
+# Builds every stage of the Dockerfile (stand-in base images where no registry is reachable), prints
+# build times and sizes, then runs the compose pair and the Kubernetes pod and tests through them.
+container-test: install
+	@$(MAKE) --no-print-directory apt-packages PACKAGES="$(APT_PACKAGES) $(TEST_APT_PACKAGES) $(CONTAINER_APT_PACKAGES)"
+	@$(MAKE) --no-print-directory $(CONTAINERS_INSTALLED)
+	$(CONTAINER_ENV) $(PY) -m tests.podman
+	$(CONTAINER_ENV) $(PY) -m pytest -p no:xdist -q -m container tests/test_container_run.py tests/test_kubernetes_pod.py
+
+$(CONTAINERS_INSTALLED): $(INSTALLED) pyproject.toml
+	$(PY) -m pip install -q -e '.[dev,containers]'
+	touch $@
+
 # The rule set and its reasons are in pyproject.toml; `ruff format .` fixes what the check finds.
 lint: install
 	$(VENV)/bin/ruff check .
@@ -128,6 +152,22 @@ perf-baseline: perf-install $(MODEL_PATH)
 ROUNDS ?= 3
 perf-compare: perf-install $(MODEL_PATH)
 	$(PY) -m perf.compare $(if $(BASE),--base $(BASE)) --rounds $(ROUNDS) $(COMPARE_ARGS)
+
+EVALUATE_INSTALLED := $(VENV)/.evaluate-installed
+$(EVALUATE_INSTALLED): $(INSTALLED) pyproject.toml
+	$(PY) -m pip install -q -e '.[$(if $(PIP_EXTRAS),$(PIP_EXTRAS)$(comma))evaluate]'
+	touch $@
+
+comma := ,
+# Defaults: the served champion (MODEL_PATH), the configured challenger (CHALLENGER_MODEL_PATH), and
+# a fresh synthetic hold-out drawn with another seed than training's.
+evaluate: $(EVALUATE_INSTALLED) $(MODEL_PATH)
+	$(PY) -m model.evaluate $(if $(CHAMPION),--champion $(CHAMPION)) $(if $(CHALLENGER),--challenger $(CHALLENGER)) $(if $(CSV),--csv $(CSV))
+
+# The challenger's files replace the champion's (the old champion's go to the challenger's place,
+# or away with RETIRE=1), then the running `make run` rolls out both with zero downtime.
+promote: | $(INSTALLED)
+	$(PY) -m model.promote $(if $(RETIRE),--retire)
 
 clean:
 	rm -rf $(VENV) build *.egg-info service/*.so .pytest_cache .hypothesis
