@@ -12,8 +12,9 @@ TEST_APT_PACKAGES := chromium wrk
 PIP_EXTRAS ?= dev
 INSTALLED := $(VENV)/.installed
 PERF_INSTALLED := $(VENV)/.perf-installed
+BULK_INSTALLED := $(VENV)/.bulk-installed
 
-.PHONY: lint help install system-packages test-system-packages apt-packages venv run reload model model-full test fuzz chaos clean perf perf-baseline perf-install
+.PHONY: score lint help install system-packages test-system-packages apt-packages venv run reload model model-full test fuzz chaos clean perf perf-baseline perf-install
 
 help:
 	@echo "make run    install what is missing, train the default model if there is none, serve through nginx"
@@ -23,6 +24,7 @@ help:
 	@echo "make install  system packages (nginx) and the virtual environment in .venv/"
 	@echo "make fuzz   thousands of generated requests through nginx: no 5xx, still healthy (FUZZ_EXAMPLES=5000)"
 	@echo "make chaos  faults under load (kill -9, SIGTERM, recycling, slow body): a table of failures and recovery"
+	@echo "make score IN=transactions.csv OUT=scores.parquet  score a CSV or Parquet file on every core (SCORE_ARGS=--explain)"
 	@echo "make perf   load and micro-benchmarks against the real stack, checked against perf/baseline.json (~3 min)"
 	@echo "make perf-baseline  the same, then record this run's ratios as the new baseline"
 
@@ -93,6 +95,15 @@ fuzz: test-system-packages install
 
 chaos: test-system-packages install $(MODEL_PATH)
 	$(PY) -m chaos
+
+# Bulk scoring with the service's model (MODEL_PATH, FRAUD_THRESHOLD… from the environment or .env).
+$(BULK_INSTALLED): $(INSTALLED) pyproject.toml
+	$(PY) -m pip install -q -e '.[bulk]'
+	touch $@
+
+score: install $(BULK_INSTALLED) $(MODEL_PATH)
+	@[ -n "$(IN)" ] && [ -n "$(OUT)" ] || { echo "usage: make score IN=transactions.csv|.parquet OUT=scores.parquet|.csv [SCORE_ARGS='--explain --workers 4']"; exit 2; }
+	$(PY) -m service.bulk "$(IN)" "$(OUT)" $(SCORE_ARGS)
 
 # The load generator (wrk, from Debian's packages) and the perf extra (matplotlib draws the chart).
 perf-install: install

@@ -25,7 +25,7 @@ from service.resources import (
     StaticJson,
 )
 from service.schema import TransactionValidator, batch_document, load_schema_document
-from service.scoring import Scoring
+from service.scoring import Scoring, threshold_in_force
 from service.settings import Settings
 
 
@@ -64,7 +64,7 @@ def model_info(model: LoadedModel, settings: Settings, ood: OutOfDistribution) -
         "features": manifest.get("features"),
         "feature_importances": manifest.get("feature_importances"),
         "metrics": manifest.get("metrics") or {},
-        "threshold": settings.fraud_threshold,
+        "threshold": threshold_in_force(settings, model),
         "ood": {"z": settings.ood_z, "enabled": ood.enabled},
         "sha256": model.forest_sha256,
         "estimator_sha256": (manifest.get("files", {}).get("estimator") or {}).get("sha256"),
@@ -97,7 +97,7 @@ def create_app(settings: Settings, model: LoadedModel | None, unavailable_reason
         return app
 
     ood = OutOfDistribution(model.manifest.get("feature_stats"), settings.ood_z)
-    scoring = Scoring(model, ood, settings.fraud_threshold, observe=metrics.observe_score)
+    scoring = Scoring(model, ood, threshold_in_force(settings, model), observe=metrics.observe_score)
     metrics.set_model_version(model.version)
     app.add_route("/health", StaticJson({"status": "healthy", "model_loaded": True}))
     app.add_route("/v1/fraud-score", FraudScoreResource(scoring, TransactionValidator(document), keys))

@@ -11,8 +11,14 @@ import numpy as np
 from service.features import FEATURES
 from service.loader import LoadedModel
 from service.ood import OutOfDistribution, annotate
+from service.settings import Settings
 
 EXPLAIN_TOP = 5
+
+
+def threshold_in_force(settings: Settings, model: LoadedModel) -> int:
+    """The fraud threshold for this model: the one place the service and bulk scoring read it."""
+    return settings.fraud_threshold
 
 
 class Scoring:

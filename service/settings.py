@@ -113,8 +113,9 @@ def _nonempty(text: str) -> str:
     return text.strip()
 
 
-def from_mapping(env: Mapping[str, str]) -> Settings:
-    """Builds Settings from a mapping of variables; raises ConfigError naming the first bad one."""
+def from_mapping(env: Mapping[str, str], require_api_key: bool = True) -> Settings:
+    """Builds Settings from a mapping of variables; raises ConfigError naming the first bad one.
+    Offline tools that serve nothing (bulk scoring) pass require_api_key=False."""
 
     def get(name: str, parse: Callable[[str], T], default: T) -> T:
         raw = env.get(name)
@@ -125,12 +126,14 @@ def from_mapping(env: Mapping[str, str]) -> Settings:
         except ValueError as e:
             raise ConfigError(f"{name} {e} (got {raw!r})") from None
 
-    if not (env.get("API_KEY") or "").strip():
-        raise ConfigError("API_KEY is required: set it in the environment or in .env (see .env.example)")
-    try:
-        api_keys = _api_keys(env["API_KEY"])
-    except ValueError as e:
-        raise ConfigError(f"API_KEY {e}") from None  # never echo a key
+    api_keys: tuple[bytes, ...] = ()
+    if require_api_key:
+        if not (env.get("API_KEY") or "").strip():
+            raise ConfigError("API_KEY is required: set it in the environment or in .env (see .env.example)")
+        try:
+            api_keys = _api_keys(env["API_KEY"])
+        except ValueError as e:
+            raise ConfigError(f"API_KEY {e}") from None  # never echo a key
     return Settings(
         api_keys=api_keys,
         fraud_threshold=get("FRAUD_THRESHOLD", _integer(0, 100), 50),
