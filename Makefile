@@ -88,7 +88,7 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-# The slow parts of issue #5. FUZZ_EXAMPLES sets how many generated requests the fuzz run sends.
+# The slow runs, kept out of make test. FUZZ_EXAMPLES sets how many generated requests the fuzz run sends.
 FUZZ_EXAMPLES ?= 5000
 fuzz: test-system-packages install
 	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q -s -p no:xdist tests/test_fuzz.py
