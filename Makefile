@@ -14,7 +14,7 @@ INSTALLED := $(VENV)/.installed
 PERF_INSTALLED := $(VENV)/.perf-installed
 BULK_INSTALLED := $(VENV)/.bulk-installed
 
-.PHONY: score lint help install system-packages test-system-packages apt-packages venv run reload model model-full test fuzz chaos clean perf perf-baseline perf-install
+.PHONY: score lint help install system-packages test-system-packages apt-packages venv run reload model model-full test fuzz chaos clean perf perf-baseline perf-compare perf-install
 
 help:
 	@echo "make run    install what is missing, train the default model if there is none, serve through nginx"
@@ -27,6 +27,7 @@ help:
 	@echo "make score IN=transactions.csv OUT=scores.parquet  score a CSV or Parquet file on every core (SCORE_ARGS=--explain)"
 	@echo "make perf   load and micro-benchmarks against the real stack, checked against perf/baseline.json (~3 min)"
 	@echo "make perf-baseline  the same, then record this run's ratios as the new baseline"
+	@echo "make perf-compare  A/B: this checkout against BASE=<git rev> (default: where it left main), ROUNDS=3"
 
 install: system-packages $(INSTALLED)
 
@@ -119,6 +120,11 @@ perf: perf-install $(MODEL_PATH)
 
 perf-baseline: perf-install $(MODEL_PATH)
 	$(PY) -m perf --write-baseline $(PERF_ARGS)
+
+# BASE: a git revision (default: `git merge-base HEAD main`, or HEAD~1 on main); ROUNDS >= 3.
+ROUNDS ?= 3
+perf-compare: perf-install $(MODEL_PATH)
+	$(PY) -m perf.compare $(if $(BASE),--base $(BASE)) --rounds $(ROUNDS) $(COMPARE_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info service/*.so .pytest_cache .hypothesis
