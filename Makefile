@@ -6,13 +6,15 @@ PY := $(VENV)/bin/python
 MODEL_PATH ?= model/fraud-model.joblib
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := nginx
-# chromium renders /docs in a test; wrk drives load in the hostile-input tests and make chaos.
-TEST_APT_PACKAGES := chromium wrk
+# chromium renders /docs in a test; wrk drives load in the hostile-input tests and make chaos;
+# Java runs the local Spark of the bulk-scoring test.
+TEST_APT_PACKAGES := chromium wrk openjdk-17-jre-headless
 # The container's production stage installs without the dev extras: `make venv PIP_EXTRAS=`.
 PIP_EXTRAS ?= dev
 INSTALLED := $(VENV)/.installed
 PERF_INSTALLED := $(VENV)/.perf-installed
 BULK_INSTALLED := $(VENV)/.bulk-installed
+SPARK_INSTALLED := $(VENV)/.spark-installed
 
 .PHONY: score lint help install system-packages test-system-packages apt-packages venv run reload model model-full test fuzz chaos clean perf perf-baseline perf-compare perf-install
 
@@ -81,7 +83,7 @@ reload:
 	kill -HUP $$(cat .run/gunicorn.pid)
 	@echo "rollout requested: the log says 'rolled out model …' or why it was refused"
 
-test: test-system-packages install lint
+test: test-system-packages install lint $(SPARK_INSTALLED)
 	$(PY) -m pytest -n auto -q
 
 # The rule set and its reasons are in pyproject.toml; `ruff format .` fixes what the check finds.
@@ -100,6 +102,11 @@ chaos: test-system-packages install $(MODEL_PATH)
 # Bulk scoring with the service's model (MODEL_PATH, FRAUD_THRESHOLD… from the environment or .env).
 $(BULK_INSTALLED): $(INSTALLED) pyproject.toml
 	$(PY) -m pip install -q -e '.[bulk]'
+	touch $@
+
+# pyspark for the Spark job's test (a few hundred MB from PyPI, once).
+$(SPARK_INSTALLED): $(INSTALLED) pyproject.toml
+	$(PY) -m pip install -q -e '.[dev,spark]'
 	touch $@
 
 score: install $(BULK_INSTALLED) $(MODEL_PATH)
