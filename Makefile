@@ -16,13 +16,14 @@ PERF_INSTALLED := $(VENV)/.perf-installed
 BULK_INSTALLED := $(VENV)/.bulk-installed
 SPARK_INSTALLED := $(VENV)/.spark-installed
 
-.PHONY: score lint help install system-packages test-system-packages apt-packages venv run reload model model-full test fuzz chaos clean perf perf-baseline perf-compare perf-install
+.PHONY: score lint help install system-packages test-system-packages apt-packages venv run reload model model-full convert test fuzz chaos clean perf perf-baseline perf-compare perf-install
 
 help:
 	@echo "make run    install what is missing, train the default model if there is none, serve through nginx"
 	@echo "make test   run the test suite (unit + integration with real nginx and gunicorn)"
 	@echo "make reload roll out the model now at MODEL_PATH to the running service, with zero downtime"
 	@echo "make model  (re)train the default model; CSV=path/to/creditcard.csv trains on real data"
+	@echo "make convert  write MODEL_PATH's serving artifact ahead (OUTPUT_DIR=dir for a read-only mount; MODEL_SHA256=digest)"
 	@echo "make install  system packages (nginx) and the virtual environment in .venv/"
 	@echo "make fuzz   thousands of generated requests through nginx: no 5xx, still healthy (FUZZ_EXAMPLES=5000)"
 	@echo "make chaos  faults under load (kill -9, SIGTERM, recycling, slow body): a table of failures and recovery"
@@ -50,7 +51,7 @@ apt-packages:
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
 	fi
 
-$(INSTALLED): pyproject.toml service/_walker.c
+$(INSTALLED): pyproject.toml service/_walker.c service/_budget.c
 	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.$(if $(PIP_EXTRAS),[$(PIP_EXTRAS)])'
@@ -65,6 +66,11 @@ model: | $(INSTALLED)
 
 model-full: | $(INSTALLED)
 	$(PY) -m model.train --output $(MODEL_PATH) --rows 284807
+
+# An estimator from elsewhere (no manifest): write its serving artifact ahead, so that a model
+# directory mounted read-only is memory-mapped at start instead of converted at every start.
+convert: | $(INSTALLED)
+	$(PY) -m service.convert $(MODEL_PATH) $(if $(OUTPUT_DIR),--output-dir $(OUTPUT_DIR)) $(if $(MODEL_SHA256),--sha256 $(MODEL_SHA256))
 
 # A fresh random key, never a default one.
 .env:

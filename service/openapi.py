@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-import json
-from importlib import resources
 from typing import Any
 
 from service.features import FEATURES
-from service.schema import BATCH_FIELD, batch_document, embeddable
+from service.schema import BATCH_FIELD, batch_document, embeddable, sample_transaction
 
 JSON = "application/json"
-
-
-def sample_transaction() -> dict[str, float]:
-    """The data set's first row, as in model/mock-request-body.json."""
-    return json.loads(resources.files("model").joinpath("mock-request-body.json").read_text())
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -156,7 +149,12 @@ def build_openapi(transaction_schema: dict[str, Any], batch_max: int, app_versio
             "invalid_transaction",
             "V7 must be a number, got string",
         ),
-        "429": {"description": "rate limit exceeded (nginx)", "headers": _RETRY, **_json(_ref("Error"))},
+        "429": {
+            "description": "over the key's or the address's request rate (nginx), or over the key's budget of "
+            "transactions per second, a batch counting its size (the app)",
+            "headers": _RETRY,
+            **_json(_ref("Error")),
+        },
         "503": {
             "description": "no model is loaded, or no worker is available",
             "headers": _RETRY,

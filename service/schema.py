@@ -18,11 +18,17 @@ import jsonschema
 from service.features import FEATURES
 
 SCHEMA_FILE = "transaction.schema.json"
+EXAMPLE_FILE = "transaction.example.json"  # the README's curl sends it; /openapi.json embeds it
 BATCH_FIELD = "transactions"
 
 
 def load_schema_document() -> dict[str, Any]:
     return json.loads(resources.files("service.schemas").joinpath(SCHEMA_FILE).read_text())
+
+
+def sample_transaction() -> dict[str, float]:
+    """The data set's first row: a valid transaction, for examples and tests."""
+    return json.loads(resources.files("service.schemas").joinpath(EXAMPLE_FILE).read_text())
 
 
 def embeddable(document: dict[str, Any]) -> dict[str, Any]:
