@@ -179,6 +179,7 @@ class Rejects:
     """row (1-based, the header not counted), reason: one line a refused row."""
 
     def __init__(self, path: Path) -> None:
+        self.path = path
         try:
             self._file = open(path, "w", newline="")
         except OSError as e:
@@ -339,9 +340,10 @@ def run(
             bar.update(summary.rows, final=True)
         except BaseException:
             sink.abort()
-            raise
-        finally:
             rejects.close()
+            rejects.path.unlink(missing_ok=True)  # partial, like the output: neither is left behind
+            raise
+        rejects.close()
         sink.commit()
     except TableError as e:
         raise BulkError(f"{input_path}: {e}") from None

@@ -21,9 +21,19 @@ from service import bulk
 from service.features import FEATURES
 from service.settings import from_mapping
 from service.tables import Engine, fraud_scores
+from tests.conftest import start_stack
 from tests.test_forest import rows_on_thresholds, sklearn_arrays
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def stack(small_model, tmp_path_factory):
+    """The real service, its rate limits opened: the parity test sends thousands of rows at once."""
+    limits = {"RATE_LIMIT_PER_KEY": "1000000", "RATE_LIMIT_PER_IP": "1000000", "RATE_LIMIT_BURST": "100000"}
+    running = start_stack(small_model[0], tmp_path_factory.mktemp("bulk-stack"), **limits)
+    yield running
+    running.stop()
 
 
 @pytest.fixture(scope="module")
