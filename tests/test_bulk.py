@@ -21,8 +21,7 @@ from service import bulk
 from service.features import FEATURES
 from service.settings import from_mapping
 from service.tables import Engine, fraud_scores
-from tests.conftest import start_stack
-from tests.test_forest import rows_on_thresholds, sklearn_arrays
+from tests.helpers import UNLIMITED, rows_on_thresholds, sklearn_arrays, start_stack
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -30,8 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def stack(small_model, tmp_path_factory):
     """The real service, its rate limits opened: the parity test sends thousands of rows at once."""
-    limits = {"RATE_LIMIT_PER_KEY": "1000000", "RATE_LIMIT_PER_IP": "1000000", "RATE_LIMIT_BURST": "100000"}
-    running = start_stack(small_model[0], tmp_path_factory.mktemp("bulk-stack"), **limits)
+    running = start_stack(small_model[0], tmp_path_factory.mktemp("bulk-stack"), **UNLIMITED)
     yield running
     running.stop()
 
@@ -53,7 +51,7 @@ def rows(small_model) -> np.ndarray:
     """Unseen rows, frauds among them, and rows sitting exactly on (or a float32 step beside) split
     thresholds, where only sklearn's own float32 cast takes the same branch."""
     X, y = synthetic.generate(4000, seed=77)
-    on_thresholds = rows_on_thresholds(sklearn_arrays(small_model[1]), X, np.random.default_rng(5))[:1000]
+    on_thresholds = rows_on_thresholds(sklearn_arrays(small_model[1]), X, np.random.default_rng(5), 1000)
     return np.vstack([X[y == 1], X[:2000], on_thresholds])
 
 
