@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 from service.features import FEATURES, N_FEATURES
 from service.loader import LoadedModel, load_model
 from service.ood import OutOfDistribution
-from service.scoring import Scoring, threshold_in_force
+from service.scoring import Scoring
 from service.settings import Settings
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)  # the schema's bound: the model computes in float32
@@ -126,7 +126,7 @@ class Engine:
     def load(cls, settings: Settings) -> Engine:
         model = load_model(settings)
         ood = OutOfDistribution(model.manifest.get("feature_stats"), settings.ood_z)
-        return cls(model, ood, threshold_in_force(settings, model))
+        return cls(model, ood, model.threshold["value"])  # the service's: service/threshold.py
 
     @property
     def can_explain(self) -> bool:
