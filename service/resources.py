@@ -52,6 +52,11 @@ def wants_explanation(req: falcon.Request, scoring: Scoring) -> bool:
     return True
 
 
+def request_id(req: falcon.Request, scoring: Scoring) -> str | None:
+    """The request's id (nginx sets one), read only when a sampled challenger log line may need it."""
+    return req.get_header("X-Request-ID") if scoring.wants_request_id else None
+
+
 def respond(resp: falcon.Response, body: dict[str, Any]) -> None:
     resp.data = orjson.dumps(body)
     resp.content_type = JSON
@@ -90,11 +95,11 @@ class FraudScoreResource:
         if not self._is_valid(transaction):
             raise invalid_body(self._validator.violations(transaction))
         row = self._row_of(transaction)
-        request_id = req.get_header("X-Request-ID") if self._scoring.wants_request_id else None
+        rid = request_id(req, self._scoring)
         if wants_explanation(req, self._scoring):
-            respond(resp, self._scoring.one_explained(row, request_id))
+            respond(resp, self._scoring.one_explained(row, rid))
         else:
-            respond(resp, self._one(row, request_id))
+            respond(resp, self._one(row, rid))
 
 
 class BatchScoreResource:
@@ -124,10 +129,8 @@ class BatchScoreResource:
         if not self._validator.is_valid(body):
             raise invalid_body(self._validator.violations(body))
         rows = [self._scoring.row_of(item) for item in items]
-        request_id = req.get_header("X-Request-ID") if self._scoring.wants_request_id else None
-        respond(
-            resp, {"results": self._scoring.many(rows, explain, request_id), "model-version": self._scoring.version}
-        )
+        results = self._scoring.many(rows, explain, request_id(req, self._scoring))
+        respond(resp, {"results": results, "model-version": self._scoring.version})
 
 
 class DriftResource:
