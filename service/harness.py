@@ -64,6 +64,7 @@ def start(
     stdout_to_log: bool = True,
     attempts: int = 3,
     timeout: float = 60.0,
+    app: str | None = None,
     wrapper: tuple[str, ...] = (),
 ) -> Stack:
     """Starts a Stack with `env` on a free loopback port and waits until it answers /health.
@@ -77,7 +78,13 @@ def start(
         stdout = out if stdout_to_log else subprocess.DEVNULL
         try:
             stack = Stack(
-                from_mapping(full), env=full, stdout=stdout, stderr=out, access_log=access_log, wrapper=wrapper
+                from_mapping(full),
+                env=full,
+                stdout=stdout,
+                stderr=out,
+                access_log=access_log,
+                app=app,
+                wrapper=wrapper,
             )
             return stack.start(timeout)
         except RuntimeError as e:
