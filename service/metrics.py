@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 import falcon
+import numpy as np
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -78,6 +79,31 @@ def observe_score(score: int, is_fraud: bool, ood_warning: bool = False) -> None
     if ood_warning:
         _ood()
 
+
+def observe_scores(scores: np.ndarray, is_fraud: np.ndarray, ood_warning: np.ndarray) -> None:
+    """A batch's scores in one update per histogram bucket and counter, not one per row: the same
+    samples as observe_score row by row (tests/test_metrics.py compares them). prometheus-client
+    has no bulk observe, so this adds to the histogram's bucket and sum values directly, into the
+    bucket observe() would choose (the first upper bound >= the score)."""
+    if not len(scores):
+        return
+    buckets = np.bincount(np.searchsorted(_SCORE_BOUNDS, scores, side="left"), minlength=len(_SCORE_BOUNDS))
+    for value, count in zip(_SCORE_VALUES, buckets.tolist(), strict=True):
+        if count:
+            value.inc(count)
+    SCORES._sum.inc(float(scores.sum()))
+    flagged = int(np.count_nonzero(is_fraud))
+    if flagged:
+        _flagged(flagged)
+    if flagged < len(scores):
+        _cleared(len(scores) - flagged)
+    outside = int(np.count_nonzero(ood_warning))
+    if outside:
+        _ood(outside)
+
+
+_SCORE_BOUNDS = np.array(SCORES._upper_bounds, dtype=np.float64)
+_SCORE_VALUES = SCORES._buckets
 
 _served_versions: list[str] = []
 

@@ -36,9 +36,9 @@ class OutOfDistribution:
         """Names of the row's out-of-distribution features, in feature order."""
         return [name for name, i, low, high in self._bounds if not low <= row[i] <= high]
 
-    def features_of_rows(self, X: np.ndarray) -> list[list[str]]:
-        outside = (self._low > X) | (self._high < X)
-        return [[FEATURES[i] for i in np.flatnonzero(row)] for row in outside]
+    def outside(self, X: np.ndarray) -> np.ndarray:
+        """For a matrix of rows: which values are out of distribution (a boolean matrix)."""
+        return (self._low > X) | (self._high < X)
 
 
 def annotate(result: dict[str, Any], flagged: list[str]) -> dict[str, Any]:

@@ -94,6 +94,9 @@ class BatchScoreResource:
     def __init__(self, scoring: Scoring, validator: TransactionValidator, keys: ApiKeys, batch_max: int) -> None:
         self._scoring = scoring
         self._validator = validator
+        if validator.matrix is None:
+            raise ValueError("the batch route needs the batch document's one-pass reader")
+        self._matrix = validator.matrix
         self._keys = keys
         self._batch_max = batch_max
 
@@ -109,10 +112,14 @@ class BatchScoreResource:
                 "batch_too_large",
                 f"at most {self._batch_max} transactions per batch (BATCH_MAX), got {len(items)}",
             )
-        if not self._validator.is_valid(body):
+        X = self._matrix(body)
+        if X is None:
             raise invalid_body(self._validator.violations(body))
-        rows = [self._scoring.row_of(item) for item in items]
-        respond(resp, {"results": self._scoring.many(rows, explain), "model-version": self._scoring.version})
+        if explain:
+            results = self._scoring.many_explained([self._scoring.row_of(item) for item in items])
+        else:
+            results = self._scoring.many(X)
+        respond(resp, {"results": results, "model-version": self._scoring.version})
 
 
 class ModelUnavailableResource:
@@ -122,7 +129,7 @@ class ModelUnavailableResource:
         self._message = f"no model is loaded: {reason}"
         setattr(self, f"on_{method}", self._unavailable)
 
-    def _unavailable(self, req: falcon.Request, resp: falcon.Response) -> None:
+    def _unavailable(self, req: falcon.Request, resp: falcon.Response, **params: str) -> None:
         raise ApiError(
             falcon.HTTP_503, "model_unavailable", self._message, headers={"Retry-After": RETRY_AFTER_SECONDS}
         )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from operator import itemgetter
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -15,6 +15,16 @@ from service.ood import OutOfDistribution, annotate
 EXPLAIN_TOP = 5
 
 
+class Scored(NamedTuple):
+    """A matrix's results, one entry per row."""
+
+    probability: np.ndarray  # float64, exactly predict_proba's
+    score: np.ndarray  # int32, round(100 * probability)
+    is_fraud: np.ndarray  # bool
+    ood_warning: np.ndarray  # bool
+    outside: np.ndarray  # bool, rows x features: which values are out of distribution
+
+
 class Scoring:
     def __init__(
         self,
@@ -22,15 +32,19 @@ class Scoring:
         ood: OutOfDistribution,
         threshold: int,
         observe: Callable[[int, bool, bool], None] = lambda score, is_fraud, ood_warning: None,
+        observe_many: Callable[[np.ndarray, np.ndarray, np.ndarray], None] = lambda scores, is_fraud, ood: None,
     ) -> None:
         self.version = model.version
         self.can_explain = hasattr(model.scorer, "explain_row")
         self._scorer = model.scorer
         self._predict_row = model.predict_row
         self._ood = ood.features
-        self._ood_rows = ood.features_of_rows
+        self._outside = ood.outside
         self._threshold = threshold
-        self._observe = observe  # metrics: the score distribution, fraud and out-of-distribution rates
+        # metrics: the score distribution, fraud and out-of-distribution rates (row by row, or a
+        # batch's in one update)
+        self._observe = observe
+        self._observe_many = observe_many
         self.row_of = itemgetter(*FEATURES)
 
     def _result(self, probability: float, flagged: list[str]) -> dict[str, Any]:
@@ -53,9 +67,31 @@ class Scoring:
         ]
         return result
 
-    def many(self, rows: list[Sequence[float]], explain: bool) -> list[dict[str, Any]]:
-        if explain:
-            return [self.one_explained(row) for row in rows]
-        X = np.array(rows, dtype=np.float64)
-        probabilities = self._scorer.predict_rows(X).tolist()
-        return [self._result(p, flagged) for p, flagged in zip(probabilities, self._ood_rows(X), strict=True)]
+    def rows(self, X: np.ndarray) -> Scored:
+        """A matrix of rows (in feature order) scored at once: vectorised decisions and
+        out-of-distribution flags, counted in the metrics in one update."""
+        probability = self._scorer.predict_rows(X)
+        # np.rint rounds half to even, as Python's round() does, on the same double 100 * p.
+        score = np.rint(100.0 * probability).astype(np.int32)
+        is_fraud = score >= self._threshold
+        outside = self._outside(X)
+        ood_warning = outside.any(axis=1)
+        self._observe_many(score, is_fraud, ood_warning)
+        return Scored(probability, score, is_fraud, ood_warning, outside)
+
+    def many(self, X: np.ndarray) -> list[dict[str, Any]]:
+        """The batch answer: one result per row, in order, as `one` gives it."""
+        scored = self.rows(X)
+        version = self.version
+        results = [
+            {"fraud-score": score, "is-fraud": is_fraud, "model-version": version, "ood-warning": ood}
+            for score, is_fraud, ood in zip(
+                scored.score.tolist(), scored.is_fraud.tolist(), scored.ood_warning.tolist(), strict=True
+            )
+        ]
+        for i in np.flatnonzero(scored.ood_warning).tolist():
+            results[i]["ood-features"] = [FEATURES[j] for j in np.flatnonzero(scored.outside[i]).tolist()]
+        return results
+
+    def many_explained(self, rows: list[Sequence[float]]) -> list[dict[str, Any]]:
+        return [self.one_explained(row) for row in rows]

@@ -90,3 +90,39 @@ def test_the_metrics_directory_is_wiped_at_start(small_model, tmp_path):
         assert samples(Client("127.0.0.1", stack.settings.port))  # and the scrape works
     finally:
         stack.stop()
+
+
+def test_a_batch_counted_in_one_update_gives_the_samples_of_row_by_row_counting():
+    """observe_scores writes into prometheus-client's histogram values directly: it must leave
+    exactly the samples observe_score leaves for the same rows (bucket edges included)."""
+    import numpy as np
+    from prometheus_client import REGISTRY
+
+    from service import metrics
+
+    def snapshot() -> dict:
+        return {
+            (s.name, frozenset(s.labels.items())): s.value
+            for name in ("fraud_score", "fraud_scored", "fraud_out_of_distribution")
+            for s in REGISTRY._names_to_collectors[name].collect()[0].samples
+            if not s.name.endswith("_created")
+        }
+
+    rng = np.random.default_rng(5)
+    scores = np.concatenate([np.array([0, 1, 2, 5, 99, 100, 50, 51], dtype=np.int32), rng.integers(0, 101, 500)])
+    is_fraud = scores >= 50
+    ood = rng.random(len(scores)) < 0.2
+
+    def delta(count) -> dict:
+        before = snapshot()
+        count()
+        return {k: v - before.get(k, 0.0) for k, v in snapshot().items()}
+
+    row_by_row = delta(
+        lambda: [
+            metrics.observe_score(s, f, o) for s, f, o in zip(scores.tolist(), is_fraud, ood.tolist(), strict=True)
+        ]
+    )
+    at_once = delta(lambda: metrics.observe_scores(scores, is_fraud, ood))
+    assert at_once == row_by_row
+    assert row_by_row[("fraud_score_count", frozenset())] == len(scores)
