@@ -27,6 +27,12 @@ from service.resources import (
 from service.schema import TransactionValidator, batch_document, load_schema_document
 from service.scoring import Scoring
 from service.settings import Settings
+from service.v2 import add_routes as add_v2_routes
+
+
+def no_budget(key: int | None, rows: int) -> None:
+    """RATE BUDGET: the single call site for the per-key row budget (service/budget.py, being
+    built by another change); until it lands, nginx's per-request limits alone apply."""
 
 
 class RequestContext:
@@ -94,10 +100,13 @@ def create_app(settings: Settings, model: LoadedModel | None, unavailable_reason
         app.add_route("/v1/fraud-score", ModelUnavailableResource(unavailable_reason, "post"))
         app.add_route("/v1/fraud-score/batch", ModelUnavailableResource(unavailable_reason, "post"))
         app.add_route("/v1/model-info", ModelUnavailableResource(unavailable_reason, "get"))
+        add_v2_routes(app, settings.app_version, keys, settings.batch_max, None, no_budget, unavailable_reason)
         return app
 
     ood = OutOfDistribution(model.manifest.get("feature_stats"), settings.ood_z)
-    scoring = Scoring(model, ood, settings.fraud_threshold, observe=metrics.observe_score)
+    scoring = Scoring(
+        model, ood, settings.fraud_threshold, observe=metrics.observe_score, observe_many=metrics.observe_scores
+    )
     metrics.set_model_version(model.version)
     app.add_route("/health", StaticJson({"status": "healthy", "model_loaded": True}))
     app.add_route("/v1/fraud-score", FraudScoreResource(scoring, TransactionValidator(document), keys))
@@ -108,4 +117,5 @@ def create_app(settings: Settings, model: LoadedModel | None, unavailable_reason
         ),
     )
     app.add_route("/v1/model-info", StaticJson(model_info(model, settings, ood), keys=keys))
+    add_v2_routes(app, settings.app_version, keys, settings.batch_max, scoring, no_budget)
     return app
