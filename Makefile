@@ -13,18 +13,20 @@ PIP_EXTRAS ?= dev
 INSTALLED := $(VENV)/.installed
 PERF_INSTALLED := $(VENV)/.perf-installed
 
-.PHONY: lint help install system-packages test-system-packages apt-packages venv run reload model model-full test fuzz chaos clean perf perf-baseline perf-install
+.PHONY: lint help install system-packages test-system-packages apt-packages venv run reload model model-full convert test fuzz chaos clean perf perf-baseline perf-compare perf-install
 
 help:
 	@echo "make run    install what is missing, train the default model if there is none, serve through nginx"
 	@echo "make test   run the test suite (unit + integration with real nginx and gunicorn)"
 	@echo "make reload roll out the model now at MODEL_PATH to the running service, with zero downtime"
 	@echo "make model  (re)train the default model; CSV=path/to/creditcard.csv trains on real data"
+	@echo "make convert  write MODEL_PATH's serving artifact ahead (OUTPUT_DIR=dir for a read-only mount; MODEL_SHA256=digest)"
 	@echo "make install  system packages (nginx) and the virtual environment in .venv/"
 	@echo "make fuzz   thousands of generated requests through nginx: no 5xx, still healthy (FUZZ_EXAMPLES=5000)"
 	@echo "make chaos  faults under load (kill -9, SIGTERM, recycling, slow body): a table of failures and recovery"
 	@echo "make perf   load and micro-benchmarks against the real stack, checked against perf/baseline.json (~3 min)"
 	@echo "make perf-baseline  the same, then record this run's ratios as the new baseline"
+	@echo "make perf-compare  A/B: this checkout against BASE=<git rev> (default: where it left main), ROUNDS=3"
 
 install: system-packages $(INSTALLED)
 
@@ -61,6 +63,11 @@ model: | $(INSTALLED)
 model-full: | $(INSTALLED)
 	$(PY) -m model.train --output $(MODEL_PATH) --rows 284807
 
+# An estimator from elsewhere (no manifest): write its serving artifact ahead, so that a model
+# directory mounted read-only is memory-mapped at start instead of converted at every start.
+convert: | $(INSTALLED)
+	$(PY) -m service.convert $(MODEL_PATH) $(if $(OUTPUT_DIR),--output-dir $(OUTPUT_DIR)) $(if $(MODEL_SHA256),--sha256 $(MODEL_SHA256))
+
 # A fresh random key, never a default one.
 .env:
 	@umask 077; { echo "# Created by make run; see .env.example for every setting."; \
@@ -86,7 +93,7 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-# The slow parts of issue #5. FUZZ_EXAMPLES sets how many generated requests the fuzz run sends.
+# The slow runs, kept out of make test. FUZZ_EXAMPLES sets how many generated requests the fuzz run sends.
 FUZZ_EXAMPLES ?= 5000
 fuzz: test-system-packages install
 	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q -s -p no:xdist tests/test_fuzz.py
@@ -108,6 +115,11 @@ perf: perf-install $(MODEL_PATH)
 
 perf-baseline: perf-install $(MODEL_PATH)
 	$(PY) -m perf --write-baseline $(PERF_ARGS)
+
+# BASE: a git revision (default: `git merge-base HEAD main`, or HEAD~1 on main); ROUNDS >= 3.
+ROUNDS ?= 3
+perf-compare: perf-install $(MODEL_PATH)
+	$(PY) -m perf.compare $(if $(BASE),--base $(BASE)) --rounds $(ROUNDS) $(COMPARE_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info service/*.so .pytest_cache .hypothesis

@@ -29,10 +29,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from service.schema import sample_transaction
 from service.settings import from_mapping
 from service.stack import ROOT, Stack, http_get
 
-SAMPLE = (ROOT / "model" / "mock-request-body.json").read_text()
+SAMPLE = json.dumps(sample_transaction())
 MAX_FAILURE_RATE = 0.005
 
 

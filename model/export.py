@@ -1,4 +1,5 @@
-"""Writes a fitted estimator's files: the estimator itself, the serving artifact, the manifest."""
+"""Writes a fitted estimator's files: the estimator itself, then, through the service's own
+conversion (service/convert.py), the serving artifact and the manifest that records them."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ import joblib
 import numpy as np
 import sklearn
 
-from service import forest
-from service.artifacts import ArtifactPaths, sha256_file, write_atomically, write_json_atomically
+from service import convert, forest
+from service.artifacts import ArtifactPaths, sha256_file, write_atomically
 from service.features import FEATURES
 
 log = logging.getLogger(__name__)
@@ -21,27 +22,6 @@ log = logging.getLogger(__name__)
 def feature_stats(X: np.ndarray) -> dict[str, dict[str, float]]:
     """Training mean and standard deviation per feature, for out-of-distribution checks."""
     return {name: {"mean": float(X[:, i].mean()), "std": float(X[:, i].std())} for i, name in enumerate(FEATURES)}
-
-
-def feature_importances(estimator: Any) -> dict[str, float] | None:
-    importances = getattr(estimator, "feature_importances_", None)
-    if importances is None or len(importances) != len(FEATURES):
-        return None
-    return {name: round(float(v), 6) for name, v in zip(FEATURES, importances, strict=True)}
-
-
-def write_serving_artifact(estimator: Any, paths: ArtifactPaths) -> dict[str, Any]:
-    """Converts the estimator to flat arrays and returns what the manifest records about them."""
-    arrays = forest.flatten(estimator)
-    forest.save(arrays, paths.forest)
-    n_nodes = int(arrays["nodes"].shape[0])
-    return {
-        "path": paths.forest.name,
-        "sha256": sha256_file(paths.forest),
-        "n_trees": int(arrays["roots"].shape[0]),
-        "n_nodes": n_nodes,
-        "max_depth": arrays["max_depth"],
-    }
 
 
 def export(
@@ -67,21 +47,17 @@ def export(
         "version": version or f"rf-{trained_at:%Y%m%d}-{estimator_digest[:8]}",
         "trained_at": trained_at.isoformat(),
         "sklearn_version": sklearn.__version__,
-        "estimator": type(estimator).__name__,
         "params": {
             k: v for k, v in estimator.get_params().items() if isinstance(v, (int, float, str, bool, type(None)))
         },
         "data_source": data_source,
         "features": list(FEATURES),
-        "feature_importances": feature_importances(estimator),
         "metrics": metrics or {},
         "feature_stats": stats,
-        "files": {"estimator": {"path": paths.estimator.name, "sha256": estimator_digest}},
     }
     try:
-        manifest["files"]["forest"] = write_serving_artifact(estimator, paths)
+        arrays = forest.flatten(estimator)
     except forest.UnsupportedEstimator as e:
         log.warning("no serving artifact for %s (%s): it will be served through sklearn", type(estimator).__name__, e)
-        paths.forest.unlink(missing_ok=True)
-    write_json_atomically(paths.manifest, manifest)
-    return manifest
+        arrays = None
+    return convert.write(paths, manifest, estimator, estimator_digest, arrays)

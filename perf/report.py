@@ -184,3 +184,23 @@ def targets_table(found: list[Target]) -> str:
     for t in found:
         lines.append(f"{t.figure:<{width}}  {t.measured:<44}{t.target:<10}{'met' if t.met else 'MISSED'}")
     return "\n".join(lines)
+
+
+def comparison_table(compared: dict[str, dict[str, Any]]) -> str:
+    """`make perf-compare`'s table: per scenario and figure, the base's and the current median, the
+    median ratio current ÷ base, its spread over rounds (min–max) and whether it is beyond the spread."""
+    header = f"{'scenario':<22}{'figure':<8}{'base':>10}{'current':>10}{'ratio':>8}  {'spread':<14}verdict"
+    lines = [header, "-" * len(header)]
+    for name, per_figure in compared.items():
+        for figure, c in per_figure.items():
+            unit = "/s" if figure == "rps" else "ms"
+            lines.append(
+                f"{name:<22}{figure:<8}{c['base']:>8.{0 if unit == '/s' else 2}f}{unit}"
+                f"{c['current']:>8.{0 if unit == '/s' else 2}f}{unit}{c['ratio']:>8.3f}  "
+                f"{c['min']:.3f}–{c['max']:.3f}  {c['verdict'].upper() if c['verdict'] != 'within spread' else c['verdict']}"
+            )
+    lines.append(
+        "ratio = median over rounds of current ÷ base (throughput: higher is better; latency: lower is better);"
+        " BETTER/WORSE only when every round's ratio is on the same side of 1"
+    )
+    return "\n".join(lines)

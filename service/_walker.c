@@ -97,7 +97,7 @@ static PyObject *Walker_predict_row(Walker *w, PyObject *seq) {
 }
 
 /* Four rows walk one tree together: each step of one row waits on a load, and the other three
- * rows' loads fill that wait (measured: 4 rows beat 1 and 8 on this kind of machine). With
+ * rows' loads fill that wait (4 rows beat 1 and 8: perf/README.md). With
  * left_is_next a constant, the compiler makes two copies; the depth-first one saves a load a step. */
 
 static inline void add_tree(const Node *nodes, int32_t root, const double *value, const float *x, Py_ssize_t nf,

@@ -1,31 +1,30 @@
 """Loads the model once, in the gunicorn master before fork: verify, then memory-map.
 
 Order matters: every file's SHA-256 is checked against a trusted record before it is unpickled.
-A seed-style estimator dropped in without a serving artifact is converted once; an estimator the
-fast walker cannot serve is served through sklearn, with a warning."""
+A seed-style estimator dropped in without a serving artifact is converted (service/convert.py):
+once, to a file beside it, or at every start, in memory, when its directory is read-only. An
+estimator the fast walker cannot serve is served through sklearn, with a warning. Whatever goes
+wrong ends as an ArtifactError with a one-line reason, never another exception."""
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-import joblib
 import numpy as np
 
-from service import forest
+from service import convert, forest
 from service.artifacts import (
     ArtifactError,
     ArtifactPaths,
     read_manifest,
-    read_verified,
     recorded_digest,
     sha256_file,
     verify,
-    write_json_atomically,
 )
 from service.features import N_FEATURES
 from service.settings import Settings
@@ -57,26 +56,11 @@ class LoadedModel:
     forest_sha256: str | None = None
 
 
-def _convert(estimator: Any, paths: ArtifactPaths, manifest: dict[str, Any], estimator_digest: str) -> dict[str, Any]:
-    from model.export import feature_importances, write_serving_artifact
-
-    info = write_serving_artifact(estimator, paths)
-    manifest = {
-        **manifest,
-        "files": {
-            **manifest.get("files", {}),
-            "estimator": {"path": paths.estimator.name, "sha256": estimator_digest},
-            "forest": info,
-        },
-    }
-    manifest.setdefault("version", f"imported-{estimator_digest[:8]}")
-    manifest.setdefault("estimator", type(estimator).__name__)
-    manifest.setdefault("feature_importances", feature_importances(estimator))
-    write_json_atomically(paths.manifest, manifest)
-    log.info(
-        "converted %s to the serving artifact %s (once; later starts memory-map it)", paths.estimator, paths.forest
-    )
-    return manifest
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError as e:  # e.g. a directory on the way that the service may not search
+        raise ArtifactError(f"cannot read {path}: {e.strerror}") from e
 
 
 def _trusted_manifest(paths: ArtifactPaths, manifest: dict[str, Any], settings: Settings) -> dict[str, Any]:
@@ -84,7 +68,7 @@ def _trusted_manifest(paths: ArtifactPaths, manifest: dict[str, Any], settings: 
     a different (new) file with MODEL_SHA256. Refuses an estimator nothing vouches for: one without
     a manifest or a pin, or one replaced after the manifest was written."""
     pinned = settings.model_sha256
-    if not paths.estimator.exists():
+    if not _exists(paths.estimator):
         if pinned:
             raise ArtifactError(f"MODEL_SHA256 is set but there is no file at {paths.estimator}")
         return manifest
@@ -110,61 +94,107 @@ def _trusted_manifest(paths: ArtifactPaths, manifest: dict[str, Any], settings: 
     return manifest
 
 
-def _unpickle_estimator(paths: ArtifactPaths, expected: str) -> Any:
-    """Hashes and unpickles the same bytes, so the file cannot change in between."""
-    data = read_verified(paths.estimator, expected)
-    try:
-        return joblib.load(io.BytesIO(data))
-    except Exception as e:  # a verified file that still fails to load is corrupt or from another library version
-        raise ArtifactError(f"cannot load {paths.estimator}: {type(e).__name__}: {e}") from e
-
-
 def _map_forest(paths: ArtifactPaths, expected: str, source: str) -> forest.Forest:
     """Verifies, then memory-maps; a file replaced meanwhile (a rollout racing a write) is refused."""
-    before = os.stat(paths.forest)
-    verify(paths.forest, expected, source)
-    scorer = forest.Forest.load(paths.forest)
-    after = os.stat(paths.forest)
+    try:
+        before = os.stat(paths.forest)
+        verify(paths.forest, expected, source)
+        scorer = forest.Forest.load(paths.forest)
+        after = os.stat(paths.forest)
+    except ArtifactError:
+        raise
+    except OSError as e:
+        raise ArtifactError(f"cannot read {paths.forest}: {e.strerror or e}") from e
+    except Exception as e:  # verified bytes that are not the arrays the walker takes
+        raise ArtifactError(f"cannot load {paths.forest}: {type(e).__name__}: {e}") from e
     if (before.st_ino, before.st_size, before.st_mtime_ns) != (after.st_ino, after.st_size, after.st_mtime_ns):
         raise ArtifactError(f"{paths.forest} changed while it was being loaded; try again")
+    return scorer
+
+
+def _sklearn_scorer(estimator: Any, paths: ArtifactPaths) -> SklearnScorer:
+    """The fallback, if the estimator can score one transaction now rather than at the first request."""
+    kind = type(estimator).__name__
+    if not hasattr(estimator, "predict_proba"):
+        raise ArtifactError(f"{paths.estimator} holds a {kind}, which has no predict_proba")
+    try:
+        scorer = SklearnScorer(estimator)
+        probability = scorer.predict_row([0.0] * N_FEATURES)
+    except Exception as e:  # unfitted, another number of features, not really an estimator
+        raise ArtifactError(
+            f"{paths.estimator} holds a {kind} that cannot score {N_FEATURES} features: {type(e).__name__}: {e}"
+        ) from e
+    if not 0.0 <= probability <= 1.0:
+        raise ArtifactError(f"{paths.estimator} holds a {kind} whose predict_proba is not a probability")
     return scorer
 
 
 def _from_estimator(
     paths: ArtifactPaths, manifest: dict[str, Any], settings: Settings
 ) -> tuple[forest.Forest | SklearnScorer, dict[str, Any], str | None]:
-    """Unpickles the verified estimator and converts it once to the serving artifact; an estimator
-    the walker cannot serve is served through sklearn. Returns (scorer, manifest, forest digest)."""
+    """Unpickles the verified estimator and converts it to the serving artifact, written beside it
+    once so that later starts memory-map it. When that directory cannot be written (a read-only
+    mount) the arrays are built in memory here, in the master, and shared by the forked workers.
+    An estimator the walker cannot serve is served through sklearn.
+    Returns (scorer, manifest, the written artifact's digest or None)."""
     estimator_digest = settings.model_sha256 or recorded_digest(manifest, "estimator")
-    estimator = _unpickle_estimator(paths, estimator_digest)
+    estimator = convert.load_estimator(paths.estimator, estimator_digest)
     try:
-        manifest = _convert(estimator, paths, manifest, estimator_digest)
+        arrays = forest.flatten(estimator)
     except forest.UnsupportedEstimator as e:
-        if not hasattr(estimator, "predict_proba"):
-            raise ArtifactError(
-                f"{paths.estimator} holds a {type(estimator).__name__}, which has no predict_proba"
-            ) from e
+        scorer = _sklearn_scorer(estimator, paths)
         log.warning("serving %s through sklearn (%s): expect milliseconds per request", type(estimator).__name__, e)
         manifest = {**manifest, "version": manifest.get("version") or f"imported-{estimator_digest[:8]}"}
-        return SklearnScorer(estimator), manifest, None
+        return scorer, manifest, None
+    except Exception as e:  # a pickle of the wrong thing, or an unfitted estimator
+        raise ArtifactError(
+            f"{paths.estimator} holds a {type(estimator).__name__} that is not a fitted tree classifier: "
+            f"{type(e).__name__}: {e}"
+        ) from e
+    try:
+        manifest = convert.write(paths, manifest, estimator, estimator_digest, arrays)
+    except OSError as e:
+        log.warning(
+            "cannot write the serving artifact beside %s (%s): converted in memory, shared by the workers; "
+            "every start converts again. To convert once, ahead: `%s`, then MODEL_PATH=DIR/%s",
+            paths.estimator,
+            e.strerror or e,
+            convert.command(paths.estimator, "DIR"),
+            paths.estimator.name,
+        )
+        return forest.Forest(arrays), convert.recorded(manifest, estimator, paths, estimator_digest), None
+    log.info(
+        "converted %s to the serving artifact %s (once; later starts memory-map it)", paths.estimator, paths.forest
+    )
     forest_digest = recorded_digest(manifest, "forest")
     return _map_forest(paths, forest_digest, "just converted"), manifest, forest_digest
 
 
 def load_model(settings: Settings) -> LoadedModel:
+    """The verified model at MODEL_PATH. Every failure, whatever its cause, is an ArtifactError
+    with a one-line reason: the caller then starts degraded (503) or refuses to start."""
+    try:
+        return _load(settings)
+    except ArtifactError:
+        raise
+    except Exception as e:  # I/O, a malformed manifest, anything the checks above did not name
+        raise ArtifactError(f"cannot load the model at {settings.model_path}: {type(e).__name__}: {e}") from e
+
+
+def _load(settings: Settings) -> LoadedModel:
     paths = ArtifactPaths.for_model(settings.model_path)
     manifest = _trusted_manifest(paths, read_manifest(paths.manifest) or {}, settings)
     forest_digest = recorded_digest(manifest, "forest")
     scorer: forest.Forest | SklearnScorer | None = None
-    if forest_digest and paths.forest.exists():
+    if forest_digest and _exists(paths.forest):
         try:
             scorer = _map_forest(paths, forest_digest, f"recorded in {paths.manifest.name}")
         except forest.OutdatedArtifact as e:
-            if not paths.estimator.exists():
+            if not _exists(paths.estimator):
                 raise
             log.warning("%s: %s; converting %s again", paths.forest, e, paths.estimator)
     if scorer is None:
-        if not paths.estimator.exists():
+        if not _exists(paths.estimator):
             raise ArtifactError(f"no model at {paths.estimator}: run `make model` to train the default one")
         scorer, manifest, forest_digest = _from_estimator(paths, manifest, settings)
 

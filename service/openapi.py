@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import json
-from importlib import resources
 from typing import Any
 
 from service.features import FEATURES, N_FEATURES
-from service.schema import BATCH_FIELD, batch_document, embeddable
+from service.schema import BATCH_FIELD, batch_document, embeddable, sample_transaction
 from service.v2 import EXTENSIONS, HEADER_LENGTH, INPUT, MODEL_NAME, OUTPUTS
 
 JSON = "application/json"
-
-
-def sample_transaction() -> dict[str, float]:
-    """The data set's first row, as in model/mock-request-body.json."""
-    return json.loads(resources.files("model").joinpath("mock-request-body.json").read_text())
 
 
 def _ref(name: str) -> dict[str, str]:

@@ -40,7 +40,7 @@ class Settings:
     batch_max: int = 1000
     ood_z: float = 3.0
     model_required: bool = False
-    # nginx limits (issue #5): requests per second per API key and per client address, and the
+    # nginx limits: requests per second per API key and per client address, and the
     # burst above the rate that is let through at once before 429s start.
     rate_limit_per_key: int = 1000
     rate_limit_per_ip: int = 2000

@@ -224,7 +224,7 @@ def main() -> int:
         f"  curl -s {url}/health\n"
         f"  curl -s -X POST {url}/v1/fraud-score -H 'Content-Type: application/json' \\\n"
         f'       -H "X-API-Key: $(grep ^API_KEY= .env | cut -d= -f2 | cut -d, -f1)" \\\n'
-        f"       --data @model/mock-request-body.json\n",
+        f"       --data @service/schemas/transaction.example.json\n",
         file=sys.stderr,
         flush=True,
     )

@@ -5,10 +5,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from service.settings import from_mapping
 from service.stack import Stack
 from tests.helpers import OTHER_KEY, TEST_KEY, Client, free_port, train_small_model
+
+# No deadline on property tests: tests are not timed (speed lives in `make perf`), and a machine
+# shared with other test runs stretches any single example unpredictably.
+settings.register_profile("untimed", deadline=None)
+settings.load_profile("untimed")
 
 
 @pytest.fixture(scope="session")

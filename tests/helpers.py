@@ -18,7 +18,7 @@ from model import synthetic
 from model.export import export, feature_stats
 from service.artifacts import ArtifactPaths
 from service.features import FEATURES
-from service.openapi import sample_transaction  # noqa: F401  (the data set's first row, for the tests)
+from service.schema import sample_transaction  # noqa: F401  (the data set's first row, for the tests)
 
 TEST_KEY = "test-key-0123456789abcdef"
 OTHER_KEY = "rotated-key-abcdef0123456789"
