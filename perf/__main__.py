@@ -29,7 +29,7 @@ import numpy as np
 import orjson
 
 from model import synthetic
-from perf import baseline, chart, memory, micro, report, stats, wrk
+from perf import baseline, batch, chart, memory, micro, report, stats, wrk
 from service.artifacts import ArtifactPaths, read_manifest
 from service.features import FEATURES
 from service.settings import from_mapping, read_environment
@@ -232,6 +232,11 @@ def main(argv: list[str] | None = None) -> int:
         results["closed_loop"], results["closed_loop_ratios"] = closed_loop(url, files, key, args.rounds, args.seconds)
         capacity = results["closed_loop"]["score c64"]["rps"]
         results["open_loop"] = open_loop(url, files, key, capacity, args.open_seconds)
+        log(f"many rows: {batch.ROWS}-row requests at {batch.CONNECTIONS} connections (JSON batch, V2 JSON, V2 binary)")
+        batch_files = batch.write_files(files["score"].parent / "batch", X, bodies)
+        results["batch"] = batch.measure(
+            url, batch_files, key, args.rounds, args.seconds, stack.gunicorn.pid if stack and stack.gunicorn else None
+        )
     finally:
         if stack:
             stack.stop()
@@ -252,9 +257,14 @@ def main(argv: list[str] | None = None) -> int:
 
     results["machine"]["load_average_after"] = os.getloadavg()
     results["ratios"] = baseline.ratios(results)
-    found = report.targets(results)
+    found = report.targets(results) + batch.targets(results["batch"])
     results["targets"] = [t.__dict__ for t in found]
     failures = report.hard_failures(results)
+    failures += [
+        f"{name}: {results['batch'][name]['failed']} failed requests"
+        for name in batch.SCENARIOS
+        if results["batch"][name]["failed"]
+    ]
     for n, load in results.get("memory_loads", {}).items():
         if load["failed"]:
             failures.append(f"memory run with {n} workers: {load['failed']} failed requests")
@@ -282,6 +292,8 @@ def main(argv: list[str] | None = None) -> int:
         f"(decode {hot['decode_us']:.1f}, validate {hot['validate_us']:.1f}, walk {hot['predict_row_us']:.1f}, "
         f"encode {hot['encode_us']:.1f}); gunicorn access-log line {hot['access_log_us']:.1f} µs"
     )
+    print()
+    print("\n".join(batch.lines(results["batch"])))
     print()
     print(report.targets_table(found))
     print(

@@ -99,6 +99,7 @@ class BatchScoreResource:
         self._matrix = validator.matrix
         self._keys = keys
         self._batch_max = batch_max
+        self._version_tail = b',"model-version":' + orjson.dumps(scoring.version) + b"}"
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         require_key(self._keys, req)
@@ -117,9 +118,10 @@ class BatchScoreResource:
             raise invalid_body(self._validator.violations(body))
         if explain:
             results = self._scoring.many_explained([self._scoring.row_of(item) for item in items])
+            respond(resp, {"results": results, "model-version": self._scoring.version})
         else:
-            results = self._scoring.many(X)
-        respond(resp, {"results": results, "model-version": self._scoring.version})
+            resp.data = b"".join((b'{"results":', self._scoring.many_json(X), self._version_tail))
+            resp.content_type = JSON
 
 
 class ModelUnavailableResource:

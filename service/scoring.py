@@ -7,6 +7,7 @@ from operator import itemgetter
 from typing import Any, NamedTuple
 
 import numpy as np
+import orjson
 
 from service.features import FEATURES
 from service.loader import LoadedModel
@@ -46,6 +47,10 @@ class Scoring:
         self._observe = observe
         self._observe_many = observe_many
         self.row_of = itemgetter(*FEATURES)
+        self._plain_results = [
+            orjson.dumps(annotate({"fraud-score": s, "is-fraud": s >= threshold, "model-version": self.version}, []))
+            for s in range(101)
+        ]
 
     def _result(self, probability: float, flagged: list[str]) -> dict[str, Any]:
         score = round(100.0 * probability)
@@ -79,19 +84,21 @@ class Scoring:
         self._observe_many(score, is_fraud, ood_warning)
         return Scored(probability, score, is_fraud, ood_warning, outside)
 
-    def many(self, X: np.ndarray) -> list[dict[str, Any]]:
-        """The batch answer: one result per row, in order, as `one` gives it."""
+    def many_json(self, X: np.ndarray) -> bytes:
+        """The batch's results as a JSON array, one result per row in order, each as `one` gives
+        it. A row without out-of-distribution features has one of 101 possible results (its
+        score decides the rest), serialised once at start; only flagged rows are built here."""
         scored = self.rows(X)
-        version = self.version
-        results = [
-            {"fraud-score": score, "is-fraud": is_fraud, "model-version": version, "ood-warning": ood}
-            for score, is_fraud, ood in zip(
-                scored.score.tolist(), scored.is_fraud.tolist(), scored.ood_warning.tolist(), strict=True
-            )
-        ]
+        parts = list(map(self._plain_results.__getitem__, scored.score.tolist()))
         for i in np.flatnonzero(scored.ood_warning).tolist():
-            results[i]["ood-features"] = [FEATURES[j] for j in np.flatnonzero(scored.outside[i]).tolist()]
-        return results
+            score = int(scored.score[i])
+            flagged = [FEATURES[j] for j in np.flatnonzero(scored.outside[i]).tolist()]
+            parts[i] = orjson.dumps(
+                annotate(
+                    {"fraud-score": score, "is-fraud": score >= self._threshold, "model-version": self.version}, flagged
+                )
+            )
+        return b"[" + b",".join(parts) + b"]"
 
     def many_explained(self, rows: list[Sequence[float]]) -> list[dict[str, Any]]:
         return [self.one_explained(row) for row in rows]
