@@ -47,7 +47,7 @@ apt-packages:
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
 	fi
 
-$(INSTALLED): pyproject.toml service/_walker.c service/_rows.c
+$(INSTALLED): pyproject.toml service/_walker.c service/_rows.c service/_budget.c
 	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.$(if $(PIP_EXTRAS),[$(PIP_EXTRAS)])'

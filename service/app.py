@@ -14,6 +14,7 @@ import falcon
 
 from service import metrics
 from service.auth import ApiKeys
+from service.budget import RowBudget
 from service.errors import handle_unexpected, serialize_error
 from service.loader import LoadedModel
 from service.ood import OutOfDistribution
@@ -28,11 +29,6 @@ from service.schema import TransactionValidator, batch_document, load_schema_doc
 from service.scoring import Scoring
 from service.settings import Settings
 from service.v2 import add_routes as add_v2_routes
-
-
-def no_budget(key: int | None, rows: int) -> None:
-    """RATE BUDGET: the single call site for the per-key row budget (service/budget.py, being
-    built by another change); until it lands, nginx's per-request limits alone apply."""
 
 
 class RequestContext:
@@ -77,12 +73,17 @@ def model_info(model: LoadedModel, settings: Settings, ood: OutOfDistribution) -
     }
 
 
-def create_app(settings: Settings, model: LoadedModel | None, unavailable_reason: str = "") -> falcon.App:
+def create_app(
+    settings: Settings, model: LoadedModel | None, unavailable_reason: str = "", budget: RowBudget | None = None
+) -> falcon.App:
+    """`budget` is the per-key row budget shared by every worker; the gunicorn master makes it
+    once (service/wsgi.py) so that it outlives rollouts. Without one, the app gets its own."""
     # RequestMetrics first: its process_response runs last, so it counts the final status.
     app = falcon.App(middleware=[metrics.RequestMetrics(), RequestContext()])
     app.set_error_serializer(serialize_error)
     app.add_error_handler(Exception, handle_unexpected)
     keys = ApiKeys(settings.api_keys)
+    budget = budget or RowBudget.for_settings(settings)
     document = load_schema_document()
 
     app.add_route("/openapi.json", StaticJson(build_openapi(document, settings.batch_max, settings.app_version)))
@@ -100,7 +101,7 @@ def create_app(settings: Settings, model: LoadedModel | None, unavailable_reason
         app.add_route("/v1/fraud-score", ModelUnavailableResource(unavailable_reason, "post"))
         app.add_route("/v1/fraud-score/batch", ModelUnavailableResource(unavailable_reason, "post"))
         app.add_route("/v1/model-info", ModelUnavailableResource(unavailable_reason, "get"))
-        add_v2_routes(app, settings.app_version, keys, settings.batch_max, None, no_budget, unavailable_reason)
+        add_v2_routes(app, settings.app_version, keys, settings.batch_max, None, budget, unavailable_reason)
         return app
 
     ood = OutOfDistribution(model.manifest.get("feature_stats"), settings.ood_z)
@@ -109,13 +110,17 @@ def create_app(settings: Settings, model: LoadedModel | None, unavailable_reason
     )
     metrics.set_model_version(model.version)
     app.add_route("/health", StaticJson({"status": "healthy", "model_loaded": True}))
-    app.add_route("/v1/fraud-score", FraudScoreResource(scoring, TransactionValidator(document), keys))
+    app.add_route("/v1/fraud-score", FraudScoreResource(scoring, TransactionValidator(document), keys, budget))
     app.add_route(
         "/v1/fraud-score/batch",
         BatchScoreResource(
-            scoring, TransactionValidator(batch_document(document, settings.batch_max)), keys, settings.batch_max
+            scoring,
+            TransactionValidator(batch_document(document, settings.batch_max)),
+            keys,
+            budget,
+            settings.batch_max,
         ),
     )
     app.add_route("/v1/model-info", StaticJson(model_info(model, settings, ood), keys=keys))
-    add_v2_routes(app, settings.app_version, keys, settings.batch_max, scoring, no_budget)
+    add_v2_routes(app, settings.app_version, keys, settings.batch_max, scoring, budget)
     return app

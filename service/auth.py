@@ -11,13 +11,18 @@ class ApiKeys:
             raise ValueError("at least one API key is required")
         self._keys = keys
 
-    def accepts(self, presented: str | None) -> bool:
-        """Compares with every key, without stopping early, so timing tells nothing about which
-        key (or how much of one) matched."""
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def index(self, presented: str | None) -> int | None:
+        """The position of the presented key among the configured ones (what the row budget is
+        kept by), or None. Compares with every key, without stopping early, so timing tells
+        nothing about which key (or how much of one) matched."""
         if not presented:
-            return False
+            return None
         candidate = presented.encode("latin-1", "replace")  # WSGI headers are latin-1 strings
-        matched = False
-        for key in self._keys:
-            matched |= hmac.compare_digest(candidate, key)
+        matched = None
+        for i, key in enumerate(self._keys):
+            if hmac.compare_digest(candidate, key):
+                matched = i
         return matched

@@ -387,7 +387,12 @@ def build_openapi(transaction_schema: dict[str, Any], batch_max: int, app_versio
             "invalid_transaction",
             "V7 must be a number, got string",
         ),
-        "429": {"description": "rate limit exceeded (nginx)", "headers": _RETRY, **_json(_ref("Error"))},
+        "429": {
+            "description": "over the key's or the address's request rate (nginx), or over the key's budget of "
+            "transactions per second, a batch counting its size (the app)",
+            "headers": _RETRY,
+            **_json(_ref("Error")),
+        },
         "503": {
             "description": "no model is loaded, or no worker is available",
             "headers": _RETRY,

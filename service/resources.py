@@ -9,6 +9,7 @@ import orjson
 
 from service.auth import ApiKeys
 from service.body import decode
+from service.budget import RowBudget
 from service.errors import JSON, ApiError, invalid_body
 from service.schema import BATCH_FIELD, TransactionValidator
 from service.scoring import Scoring
@@ -16,9 +17,12 @@ from service.scoring import Scoring
 RETRY_AFTER_SECONDS = "30"
 
 
-def require_key(keys: ApiKeys, req: falcon.Request) -> None:
-    if not keys.accepts(req.get_header("X-API-Key")):
+def require_key(keys: ApiKeys, req: falcon.Request) -> int:
+    """The index of the request's API key (what RowBudget.spend takes), or 403."""
+    index = keys.index(req.get_header("X-API-Key"))
+    if index is None:
         raise ApiError(falcon.HTTP_403, "forbidden", "a valid X-API-Key header is required")
+    return index
 
 
 def require_json(req: falcon.Request) -> None:
@@ -69,16 +73,17 @@ class StaticJson:
 
 
 class FraudScoreResource:
-    def __init__(self, scoring: Scoring, validator: TransactionValidator, keys: ApiKeys) -> None:
+    def __init__(self, scoring: Scoring, validator: TransactionValidator, keys: ApiKeys, budget: RowBudget) -> None:
         self._scoring = scoring
         self._one = scoring.one
         self._row_of = scoring.row_of
         self._validator = validator
         self._is_valid = validator.is_valid
         self._keys = keys
+        self._spend = budget.spend
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        require_key(self._keys, req)
+        self._spend(require_key(self._keys, req), 1)
         require_json(req)
         transaction = decode(req.bounded_stream.read())
         if not self._is_valid(transaction):
@@ -91,18 +96,21 @@ class FraudScoreResource:
 
 
 class BatchScoreResource:
-    def __init__(self, scoring: Scoring, validator: TransactionValidator, keys: ApiKeys, batch_max: int) -> None:
+    def __init__(
+        self, scoring: Scoring, validator: TransactionValidator, keys: ApiKeys, budget: RowBudget, batch_max: int
+    ) -> None:
         self._scoring = scoring
         self._validator = validator
         if validator.matrix is None:
             raise ValueError("the batch route needs the batch document's one-pass reader")
         self._matrix = validator.matrix
         self._keys = keys
+        self._budget = budget
         self._batch_max = batch_max
         self._version_tail = b',"model-version":' + orjson.dumps(scoring.version) + b"}"
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        require_key(self._keys, req)
+        key = require_key(self._keys, req)
         require_json(req)
         explain = wants_explanation(req, self._scoring)
         body = decode(req.bounded_stream.read())
@@ -113,6 +121,8 @@ class BatchScoreResource:
                 "batch_too_large",
                 f"at most {self._batch_max} transactions per batch (BATCH_MAX), got {len(items)}",
             )
+        # Charged for the rows it sends, valid or not: validating them is work too.
+        self._budget.spend(key, len(items) if isinstance(items, list) else 1)
         X = self._matrix(body)
         if X is None:
             raise invalid_body(self._validator.violations(body))

@@ -13,7 +13,6 @@ float32): the probability is predict_proba of exactly those values. Errors are t
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from itertools import chain
 from typing import Any
 
@@ -22,6 +21,7 @@ import numpy as np
 import orjson
 
 from service.auth import ApiKeys
+from service.budget import RowBudget
 from service.errors import JSON, ApiError
 from service.features import FEATURES, N_FEATURES
 from service.resources import ModelUnavailableResource, StaticJson, require_key
@@ -125,14 +125,12 @@ def _numbers(data: Any, n: int) -> np.ndarray:
 class Inference(ModelRoute):
     """POST /v2/models/{name}[/versions/{version}]/infer."""
 
-    def __init__(
-        self, version: str, scoring: Scoring, keys: ApiKeys, batch_max: int, spend: Callable[[int, int], None]
-    ) -> None:
+    def __init__(self, version: str, scoring: Scoring, keys: ApiKeys, budget: RowBudget, batch_max: int) -> None:
         super().__init__(version)
         self._scoring = scoring
         self._keys = keys
+        self._budget = budget
         self._batch_max = batch_max
-        self._spend = spend
 
     def on_post(self, req: falcon.Request, resp: falcon.Response, name: str, version: str | None = None) -> None:
         key = require_key(self._keys, req)
@@ -140,9 +138,14 @@ class Inference(ModelRoute):
         if req.get_header("Content-Encoding") not in (None, "identity"):
             raise ApiError(falcon.HTTP_415, "unsupported_media_type", "compressed request bodies are not supported")
         raw = req.bounded_stream.read()
-        request, binary = self._split(raw, req.get_header(HEADER_LENGTH))
-        tensor, n, datatype = self._input(request)
-        self._spend(key, n)
+        try:
+            request, binary = self._split(raw, req.get_header(HEADER_LENGTH))
+            tensor, n, datatype = self._input(request)
+        except ApiError:
+            self._budget.spend(key, 1)  # a request whose rows cannot be counted costs one
+            raise
+        # Charged for the rows it declares, valid or not (as a batch is): checking them is work too.
+        self._budget.spend(key, n)
         X = self._matrix(tensor, n, datatype, binary)
         wanted = self._outputs(request)
         scored = self._scoring.rows(X)
@@ -298,7 +301,7 @@ def add_routes(
     keys: ApiKeys,
     batch_max: int,
     scoring: Scoring | None,
-    spend: Callable[[int, int], None],
+    budget: RowBudget,
     unavailable_reason: str = "",
 ) -> None:
     """The V2 routes; without a model, the model routes answer 503 (as every model-backed route)."""
@@ -315,7 +318,7 @@ def add_routes(
     app.add_route("/v2/health/ready", Ready())
     metadata = ModelMetadata(scoring.version, keys)
     ready = ModelReady(scoring.version)
-    infer = Inference(scoring.version, scoring, keys, batch_max, spend)
+    infer = Inference(scoring.version, scoring, keys, budget, batch_max)
     for path in models:
         app.add_route(path, metadata)
         app.add_route(f"{path}/ready", ready)

@@ -16,11 +16,15 @@ from service import logs
 from service import settings as settings_module
 from service.app import create_app
 from service.artifacts import ArtifactError
+from service.budget import RowBudget
 from service.loader import LoadedModel, load_model
 
 logs.configure()
 log = logging.getLogger("service")
 settings = settings_module.load_or_exit()
+# Made once, before the first fork: every worker, and every application a rollout builds, spends
+# from the same per-key budget.
+budget = RowBudget.for_settings(settings)
 
 
 def build(current: LoadedModel | None = None) -> tuple[falcon.App, LoadedModel | None]:
@@ -33,7 +37,7 @@ def build(current: LoadedModel | None = None) -> tuple[falcon.App, LoadedModel |
             log.error("model not loaded: %s", e)
             sys.exit(f"model error: {e}")
         log.error("model not loaded, serving 503 until one is: %s", e)
-        return create_app(settings, None, str(e)), None
+        return create_app(settings, None, str(e), budget), None
     log.info(
         "model %s loaded (%s, %s trees); threshold %d",
         model.version,
@@ -41,7 +45,7 @@ def build(current: LoadedModel | None = None) -> tuple[falcon.App, LoadedModel |
         getattr(model.scorer, "n_trees", "?"),
         settings.fraud_threshold,
     )
-    return create_app(settings, model), model
+    return create_app(settings, model, budget=budget), model
 
 
 def freeze() -> None:
@@ -66,7 +70,7 @@ def roll_out(server: Any) -> None:
         log.error("rollout refused, still serving %s: %s", model.version if model else "no model", e)
         return
     gc.unfreeze()
-    application = create_app(settings, candidate)
+    application = create_app(settings, candidate, budget=budget)
     model = candidate
     server.app.callable = application
     freeze()

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import http.client
+import json
 import secrets
+import time
+from concurrent.futures import ThreadPoolExecutor
 
-from tests.helpers import OTHER_KEY, TEST_KEY, Client, sample_transaction
+from tests.helpers import OTHER_KEY, TEST_KEY, Client, install_model, sample_transaction, train_small_model
 
 # Slow rates make the test independent of the machine's speed: in the time the test takes, the
 # bucket refills by at most a request or two, so the counts below are exact to within that.
@@ -93,3 +96,103 @@ def test_metrics_only_for_loopback_and_allowed_networks(stack_factory):
     # X-Forwarded-For is not trusted unless TRUSTED_PROXIES says so.
     assert get_from("127.0.0.2", port, "/metrics", {"X-Forwarded-For": "127.0.0.1"}).status == 403
     assert get_from("127.0.0.2", port, "/health").status == 200
+
+
+# --- Batches: the same zones in nginx, and the key's budget counted in transactions by the app ---
+
+
+def batch(client: Client, rows: int, key: str = TEST_KEY):
+    return client.request("POST", "/v1/fraud-score/batch", {"transactions": [sample_transaction()] * rows}, key=key)
+
+
+def assert_rate_limited(reply) -> int:
+    """The 429 that nginx and the app both give; returns its Retry-After."""
+    assert reply.status == 429, reply.raw
+    assert reply.headers["Content-Type"] == "application/json"
+    assert reply.json["error"] == "rate_limited" and reply.json["message"]
+    assert reply.headers["X-Request-ID"]
+    retry_after = int(reply.headers["Retry-After"])
+    assert retry_after >= 1
+    return retry_after
+
+
+def app_refusal(reply) -> bool:
+    return "transactions per second" in reply.json["message"]
+
+
+def test_forty_batches_of_a_thousand_from_one_key_only_the_budget_passes(stack_factory):
+    """The issue's reproduction: RATE_LIMIT_PER_KEY=5, RATE_LIMIT_BURST=5, 40 batches of 1,000 as
+    fast as possible. The first batch is within the burst and passes; it leaves the key owing
+    1,000 rows, 199 s of its rate, so every other batch is refused, by nginx's per-key zone or,
+    for those nginx lets through, by the app."""
+    stack = stack_factory(RATE_LIMIT_PER_KEY="5", RATE_LIMIT_BURST="5")
+    client = Client("127.0.0.1", stack.settings.port)
+    body = json.dumps({"transactions": [sample_transaction()] * 1000})
+    with ThreadPoolExecutor(8) as pool:
+        replies = list(pool.map(lambda _: client.request("POST", "/v1/fraud-score/batch", body), range(40)))
+    assert [r.status for r in replies].count(200) == 1, [r.status for r in replies]
+    refused = [r for r in replies if r.status != 200]
+    waits = [assert_rate_limited(r) for r in refused]
+    from_app = [w for r, w in zip(refused, waits, strict=True) if app_refusal(r)]
+    assert from_app and all(180 <= w <= 199 for w in from_app), waits
+    assert len(from_app) < len(refused)  # nginx refused the rest: the batch route is in its zones
+    time.sleep(1.5)  # nginx's zone for the key (5 requests/s, burst 5) has drained; the key's debt has not
+    single = client.score(sample_transaction())
+    assert app_refusal(single) and assert_rate_limited(single) >= 180  # singles share the debt
+    assert client.score(sample_transaction(), key=OTHER_KEY).status == 200
+
+
+def test_single_and_batch_requests_share_one_budget_per_key(stack_factory):
+    stack = stack_factory(RATE_LIMIT_PER_KEY="1", RATE_LIMIT_PER_IP="1000", RATE_LIMIT_BURST="10")
+    client = Client("127.0.0.1", stack.settings.port)
+    started = time.monotonic()
+    assert statuses(client, 5) == [200] * 5  # excess 5, within the burst of 10
+    assert batch(client, 30).status == 200  # within the burst when it arrives: it passes, and the key owes 35
+    # nginx has seen six requests from this key (its burst is ten): the app refuses by rows.
+    single, more = client.score(sample_transaction()), batch(client, 1)
+    for reply in (single, more):
+        assert app_refusal(reply) and 20 <= assert_rate_limited(reply) <= 25
+    served = 5 + 30
+    assert served <= 1 * (time.monotonic() - started) + 10 + 30  # rate x t + burst + one request
+    # Another key's budget is its own.
+    assert client.score(sample_transaction(), key=OTHER_KEY).status == 200
+    assert batch(client, 10, key=OTHER_KEY).status == 200
+    assert app_refusal(batch(client, 1, key=OTHER_KEY))
+    logged = (stack.logs / "stack.log").read_text() + (stack.logs / "nginx-access.log").read_text()
+    assert TEST_KEY not in logged and OTHER_KEY not in logged
+
+
+def test_the_address_limit_applies_to_batches(stack_factory):
+    stack = stack_factory(RATE_LIMIT_PER_KEY="1000", RATE_LIMIT_PER_IP="1", RATE_LIMIT_BURST="3")
+    client = Client("127.0.0.1", stack.settings.port)
+    replies = [batch(client, 1, key=(TEST_KEY, OTHER_KEY)[i % 2]) for i in range(12)]
+    assert [r.status for r in replies[:4]] == [200] * 4
+    refused = [r for r in replies if r.status != 200]
+    assert len(refused) >= 6, [r.status for r in replies]  # 12 requests, 4-6 let through by the address
+    assert not any(app_refusal(r) for r in refused)  # nginx's, not the keys' budgets
+    for reply in refused:
+        assert_rate_limited(reply)
+
+
+def test_the_budget_outlives_a_model_rollout(stack_factory, tmp_path):
+    """The budget lives in memory the gunicorn master made before the first fork: the workers a
+    rollout forks from the new application spend from the same one."""
+    model_path = tmp_path / "models" / "fraud-model.joblib"
+    train_small_model(model_path, seed=4)
+    stack = stack_factory(RATE_LIMIT_PER_KEY="10", RATE_LIMIT_BURST="20", MODEL_PATH=str(model_path))
+    client = Client("127.0.0.1", stack.settings.port)
+    assert batch(client, 1000).status == 200  # the key owes 98 s
+    assert assert_rate_limited(client.score(sample_transaction())) >= 90
+    train_small_model(tmp_path / "next" / "fraud-model.joblib", seed=5)
+    install_model(tmp_path / "next" / "fraud-model.joblib", model_path)
+    stack.reload()
+    log = stack.logs / "stack.log"
+    deadline = time.monotonic() + 60
+    # The old workers have exited once the log says so twice (WORKERS=2).
+    while "rolled out model test-5" not in log.read_text() or log.read_text().count("Worker exiting") < 2:
+        assert time.monotonic() < deadline, "the rollout did not finish"
+        time.sleep(0.2)
+    assert client.score(sample_transaction(), key=OTHER_KEY).json["model-version"] == "test-5"
+    for _ in range(4):
+        reply = client.score(sample_transaction())
+        assert app_refusal(reply) and assert_rate_limited(reply) >= 60
