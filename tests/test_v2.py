@@ -24,7 +24,11 @@ THRESHOLD = 50
 @pytest.fixture(scope="module")
 def stack(small_model, tmp_path_factory):
     logs = tmp_path_factory.mktemp("v2-logs")
-    running = start_stack(small_model[0], logs, BATCH_MAX=str(BATCH_MAX))
+    # Thousands of rows a second from one key: the row budget is lifted here (tests/test_rate_budget.py
+    # proves V2 spends it).
+    running = start_stack(
+        small_model[0], logs, BATCH_MAX=str(BATCH_MAX), RATE_LIMIT_PER_KEY="1000000", RATE_LIMIT_BURST="100000"
+    )
     running.logs = logs
     yield running
     running.stop()
