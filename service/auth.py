@@ -11,9 +11,6 @@ class ApiKeys:
             raise ValueError("at least one API key is required")
         self._keys = keys
 
-    def __len__(self) -> int:
-        return len(self._keys)
-
     def index(self, presented: str | None) -> int | None:
         """The position of the presented key among the configured ones (what the row budget is
         kept by), or None. Compares with every key, without stopping early, so timing tells

@@ -101,6 +101,10 @@ class Stack:
         return self.run_dir / "gunicorn.sock"
 
     @property
+    def port(self) -> int:
+        return self.settings.port
+
+    @property
     def base_url(self) -> str:
         return f"http://{self.host}:{self.settings.port}"
 

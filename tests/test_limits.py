@@ -151,12 +151,12 @@ def test_single_and_batch_requests_share_one_budget_per_key(stack_factory):
     # nginx has seen six requests from this key (its burst is ten): the app refuses by rows.
     single, more = client.score(sample_transaction()), batch(client, 1)
     for reply in (single, more):
-        assert app_refusal(reply) and 20 <= assert_rate_limited(reply) <= 25
+        assert app_refusal(reply) and 10 <= assert_rate_limited(reply) <= 25  # 25 s of debt, less the time since
     served = 5 + 30
     assert served <= 1 * (time.monotonic() - started) + 10 + 30  # rate x t + burst + one request
     # Another key's budget is its own.
     assert client.score(sample_transaction(), key=OTHER_KEY).status == 200
-    assert batch(client, 10, key=OTHER_KEY).status == 200
+    assert batch(client, 20, key=OTHER_KEY).status == 200
     assert app_refusal(batch(client, 1, key=OTHER_KEY))
     logged = (stack.logs / "stack.log").read_text() + (stack.logs / "nginx-access.log").read_text()
     assert TEST_KEY not in logged and OTHER_KEY not in logged
@@ -165,10 +165,10 @@ def test_single_and_batch_requests_share_one_budget_per_key(stack_factory):
 def test_the_address_limit_applies_to_batches(stack_factory):
     stack = stack_factory(RATE_LIMIT_PER_KEY="1000", RATE_LIMIT_PER_IP="1", RATE_LIMIT_BURST="3")
     client = Client("127.0.0.1", stack.settings.port)
-    replies = [batch(client, 1, key=(TEST_KEY, OTHER_KEY)[i % 2]) for i in range(12)]
+    replies = [batch(client, 1, key=(TEST_KEY, OTHER_KEY)[i % 2]) for i in range(20)]
     assert [r.status for r in replies[:4]] == [200] * 4
     refused = [r for r in replies if r.status != 200]
-    assert len(refused) >= 6, [r.status for r in replies]  # 12 requests, 4-6 let through by the address
+    assert len(refused) >= 10, [r.status for r in replies]  # 20 requests, 4 and the refills let through
     assert not any(app_refusal(r) for r in refused)  # nginx's, not the keys' budgets
     for reply in refused:
         assert_rate_limited(reply)
@@ -179,10 +179,10 @@ def test_the_budget_outlives_a_model_rollout(stack_factory, tmp_path):
     rollout forks from the new application spend from the same one."""
     model_path = tmp_path / "models" / "fraud-model.joblib"
     train_small_model(model_path, seed=4)
-    stack = stack_factory(RATE_LIMIT_PER_KEY="10", RATE_LIMIT_BURST="20", MODEL_PATH=str(model_path))
+    stack = stack_factory(RATE_LIMIT_PER_KEY="2", RATE_LIMIT_BURST="20", MODEL_PATH=str(model_path))
     client = Client("127.0.0.1", stack.settings.port)
-    assert batch(client, 1000).status == 200  # the key owes 98 s
-    assert assert_rate_limited(client.score(sample_transaction())) >= 90
+    assert batch(client, 1000).status == 200  # the key owes 490 s
+    assert assert_rate_limited(client.score(sample_transaction())) >= 400
     train_small_model(tmp_path / "next" / "fraud-model.joblib", seed=5)
     install_model(tmp_path / "next" / "fraud-model.joblib", model_path)
     stack.reload()
@@ -195,4 +195,4 @@ def test_the_budget_outlives_a_model_rollout(stack_factory, tmp_path):
     assert client.score(sample_transaction(), key=OTHER_KEY).json["model-version"] == "test-5"
     for _ in range(4):
         reply = client.score(sample_transaction())
-        assert app_refusal(reply) and assert_rate_limited(reply) >= 60
+        assert app_refusal(reply) and assert_rate_limited(reply) >= 300
