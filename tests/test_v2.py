@@ -12,9 +12,7 @@ import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
 from model import synthetic
-from tests.conftest import start_stack
-from tests.helpers import TEST_KEY, Client
-from tests.test_metrics import samples, value
+from tests.helpers import TEST_KEY, Client, samples, start_stack, value
 
 BATCH_MAX = 1000
 KEY = {"X-API-Key": TEST_KEY}  # tritonclient adds to the dict it is given: pass a copy each call
