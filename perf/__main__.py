@@ -27,7 +27,7 @@ import numpy as np
 import orjson
 
 from model import synthetic
-from perf import baseline, batch, chart, memory, micro, report, stats, wrk
+from perf import baseline, batch, by_id, chart, memory, micro, report, stats, wrk
 from service import harness
 from service.artifacts import ArtifactPaths, read_manifest
 from service.features import FEATURES
@@ -56,12 +56,12 @@ def as_bodies(X: np.ndarray) -> list[bytes]:
     return [orjson.dumps(dict(zip(FEATURES, map(float, row), strict=True))) for row in X]
 
 
-def start_stack(model_path: Path, api_key: str, stack_log: Path, workers: int | None = None) -> Stack:
+def start_stack(model_path: Path, api_key: str, stack_log: Path, workers: int | None = None, **extra: str) -> Stack:
     """The real nginx + gunicorn, as `make run` starts them, on a free loopback port, limits lifted.
     WORKERS and GUNICORN_CMD_ARGS pass through, to compare settings; a developer's .env does not.
     Access-log lines are formatted and written as in production, to /dev/null rather than filling
     the disk (gunicorn's go to stdout, discarded); errors go to the stack log."""
-    env = harness.environment(api_key, model_path, ("WORKERS", "GUNICORN_CMD_ARGS"), **harness.UNLIMITED)
+    env = harness.environment(api_key, model_path, ("WORKERS", "GUNICORN_CMD_ARGS"), **{**harness.UNLIMITED, **extra})
     if workers:
         env["WORKERS"] = str(workers)
     return harness.start(env, log=stack_log, access_log="/dev/null", stdout_to_log=False)
@@ -210,6 +210,16 @@ def main(argv: list[str] | None = None) -> int:
             stack.stop()
 
     if not args.url:
+        log("by-id scoring from a local redis-server, next to the raw-feature routes")
+        results["by_id"] = by_id.measure(
+            X[:1000],
+            key,
+            lambda **extra: start_stack(model_path, key, stack_log, **extra),
+            harness.free_port,
+            args.rounds,
+            args.seconds,
+            log,
+        )
         log(f"memory with {', '.join(map(str, MEMORY_WORKERS))} workers")
         loads: dict[int, dict[str, Any]] = {}
 

@@ -30,7 +30,7 @@ def _model_private_growth(memory: dict[str, Any]) -> tuple[int, int, bool]:
 
 
 def targets(results: dict[str, Any]) -> list[Target]:
-    found = []
+    found = by_id_targets(results.get("by_id"))
     ratios = results["closed_loop_ratios"]["score_vs_health_rps"]
     if "64" in ratios:
         found.append(
@@ -132,6 +132,9 @@ def hard_failures(results: dict[str, Any]) -> list[str]:
             failures.append(f"{s['scenario']}: {s['failed']} failed requests ({errors})")
         if s["rate"] is None and s["connections"] in LIMITED_CONNECTIONS and s["latency_ms"]["p99"] >= P99_LIMIT_MS:
             failures.append(f"{s['scenario']}: p99 {s['latency_ms']['p99']:.0f} ms ≥ {P99_LIMIT_MS:.0f} ms")
+    for name, route in (results.get("by_id") or {}).get("routes", {}).items():
+        if route["failed"]:
+            failures.append(f"{name} (by-id run): {route['failed']} failed requests")
     return failures
 
 
@@ -176,6 +179,33 @@ def memory_table(memory: dict[str, Any]) -> str:
         " model pages are its alone); +scoring = private growth under load (Python's heap)"
     )
     return "\n".join(lines)
+
+
+def by_id_targets(by_id: dict[str, Any] | None) -> list[Target]:
+    if not by_id:
+        return []
+    routes = by_id["routes"]
+    return [
+        Target(
+            f"by-id ÷ raw single throughput, {by_id['connections']} connections",
+            f"{100 * by_id['single_ratio']:.0f} % ({routes['by-id single']['rps']:,.0f} vs "
+            f"{routes['raw single']['rps']:,.0f} req/s)",
+            "≥ 70 %",
+            by_id["single_ratio"] >= 0.70,
+        ),
+        Target(
+            f"by-id single p99, {by_id['connections']} connections",
+            f"{routes['by-id single']['p99_ms']:.2f} ms (raw {routes['raw single']['p99_ms']:.2f} ms)",
+            "< 5 ms",
+            routes["by-id single"]["p99_ms"] < 5.0,
+        ),
+        Target(
+            f"by-id ÷ raw batch of {by_id['batch_rows']} rows throughput",
+            f"{100 * by_id['batch_ratio']:.0f} % ({routes['by-id batch']['rows_per_s']:,.0f} rows/s)",
+            "reported",
+            True,
+        ),
+    ]
 
 
 def targets_table(found: list[Target]) -> str:

@@ -15,7 +15,9 @@ import falcon
 from service import metrics
 from service.auth import ApiKeys
 from service.budget import RowBudget
+from service.by_id import ByIdBatchResource, ByIdScoreResource, StoredRows, StoreStatusResource
 from service.errors import handle_unexpected, serialize_error
+from service.feature_store import FeatureStore, StoreConfig
 from service.loader import LoadedModel
 from service.ood import OutOfDistribution
 from service.openapi import DOCS_PAGE, build_openapi
@@ -86,7 +88,12 @@ def create_app(
     budget = budget or RowBudget.for_settings(settings)
     document = load_schema_document()
 
-    app.add_route("/openapi.json", StaticJson(build_openapi(document, settings.batch_max, settings.app_version)))
+    app.add_route(
+        "/openapi.json",
+        StaticJson(
+            build_openapi(document, settings.batch_max, settings.app_version, by_id=bool(settings.feature_store_url))
+        ),
+    )
     app.add_route("/docs", DocsPage())
     app.add_static_route("/docs/static", str(resources.files("service").joinpath("static/swagger-ui")))
     app.add_route("/metrics", metrics.MetricsResource())  # nginx serves it to internal networks only
@@ -102,6 +109,9 @@ def create_app(
         app.add_route("/v1/fraud-score/batch", ModelUnavailableResource(unavailable_reason, "post"))
         app.add_route("/v1/model-info", ModelUnavailableResource(unavailable_reason, "get"))
         add_v2_routes(app, settings.app_version, keys, settings.batch_max, None, budget, unavailable_reason)
+        if settings.feature_store_url:
+            app.add_route("/v1/fraud-score/by-id", ModelUnavailableResource(unavailable_reason, "post"))
+            app.add_route("/v1/fraud-score/by-id/batch", ModelUnavailableResource(unavailable_reason, "post"))
         return app
 
     ood = OutOfDistribution(model.manifest.get("feature_stats"), settings.ood_z)
@@ -123,4 +133,26 @@ def create_app(
     )
     app.add_route("/v1/model-info", StaticJson(model_info(model, settings, ood), keys=keys))
     add_v2_routes(app, settings.app_version, keys, settings.batch_max, scoring, budget)
+    if settings.feature_store_url:
+        add_by_id_routes(app, settings, scoring, TransactionValidator(document), keys, budget)
     return app
+
+
+def add_by_id_routes(
+    app: falcon.App,
+    settings: Settings,
+    scoring: Scoring,
+    transaction: TransactionValidator,
+    keys: ApiKeys,
+    budget: RowBudget,
+) -> None:
+    store = FeatureStore(
+        StoreConfig(
+            settings.feature_store_url, settings.feature_store_prefix, settings.feature_store_timeout_ms / 1000
+        ),
+        observe_fetch=metrics.observe_fetch,
+    )
+    stored = StoredRows(store, transaction)
+    app.add_route("/v1/fraud-score/by-id", ByIdScoreResource(scoring, stored, keys, budget))
+    app.add_route("/v1/fraud-score/by-id/batch", ByIdBatchResource(scoring, stored, keys, budget, settings.batch_max))
+    app.add_route("/health/feature-store", StoreStatusResource(store))

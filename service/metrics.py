@@ -66,6 +66,16 @@ WORKER_EXITS = Counter(
     "gunicorn workers that exited and were replaced (crashes, kills, max_requests recycling)",
 )
 
+FEATURE_STORE_FETCH = Histogram(
+    "fraud_feature_store_fetch_seconds",
+    "Round trips to the online feature store (one GET or MGET per request), successful ones",
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1),
+)
+FEATURE_STORE_MISSES = Counter(
+    "fraud_feature_store_misses_total", "Transaction ids asked for that the feature store did not hold"
+)
+FEATURE_STORE_ROWS = Counter("fraud_feature_store_rows_total", "Transaction ids asked of the feature store")
+
 _flagged = SCORED.labels(is_fraud="true").inc
 _cleared = SCORED.labels(is_fraud="false").inc
 _score = SCORES.observe
@@ -104,6 +114,19 @@ def observe_scores(scores: np.ndarray, is_fraud: np.ndarray, ood_warning: np.nda
 
 _SCORE_BOUNDS = np.array(SCORES._upper_bounds, dtype=np.float64)
 _SCORE_VALUES = SCORES._buckets
+_fetched = FEATURE_STORE_FETCH.observe
+_asked = FEATURE_STORE_ROWS.inc
+_missed = FEATURE_STORE_MISSES.inc
+
+
+def observe_fetch(seconds: float, rows: int, misses: int) -> None:
+    """Called once per round trip to the feature store. Failed ones are in the request metrics as
+    503s with the route's label."""
+    _fetched(seconds)
+    _asked(rows)
+    if misses:
+        _missed(misses)
+
 
 _served_versions: list[str] = []
 

@@ -17,15 +17,27 @@ import jsonschema
 import numpy as np
 
 from service import _rows
-from service.features import FEATURES
+from service.features import FEATURE_DESCRIPTIONS, FEATURES
 
 SCHEMA_FILE = "transaction.schema.json"
 EXAMPLE_FILE = "transaction.example.json"  # the README's curl sends it; /openapi.json embeds it
 BATCH_FIELD = "transactions"
+ID_FIELD = "transaction_id"
+IDS_FIELD = "transaction_ids"
+
+
+FLOAT32_MAX = 3.4028234663852886e38  # the model compares in float32: a larger number has no place in it
 
 
 def load_schema_document() -> dict[str, Any]:
-    return json.loads(resources.files("service.schemas").joinpath(SCHEMA_FILE).read_text())
+    """The transaction schema: the document-level keywords of transaction.schema.json, and one
+    required, float32-bounded number per feature of service/features.py, in column order. Built
+    here, never written down twice, so that a feature is added in one place."""
+    template = json.loads(resources.files("service.schemas").joinpath(SCHEMA_FILE).read_text())
+    template.pop("$comment", None)
+    number = {"type": "number", "minimum": -FLOAT32_MAX, "maximum": FLOAT32_MAX}
+    properties = {name: {**number, "description": text} for name, text in FEATURE_DESCRIPTIONS.items()}
+    return {**template, "required": list(properties), "properties": properties}
 
 
 def sample_transaction() -> dict[str, float]:
@@ -48,6 +60,35 @@ def batch_document(transaction: dict[str, Any], batch_max: int) -> dict[str, Any
         "properties": {
             BATCH_FIELD: {"type": "array", "minItems": 1, "maxItems": batch_max, "items": embeddable(transaction)},
         },
+    }
+
+
+def id_document() -> dict[str, Any]:
+    return {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": 256,
+        "description": "the id the feature pipeline stored the transaction's features under",
+    }
+
+
+def by_id_document() -> dict[str, Any]:
+    return {
+        "$schema": load_schema_document()["$schema"],
+        "title": "TransactionId",
+        "type": "object",
+        "required": [ID_FIELD],
+        "properties": {ID_FIELD: id_document()},
+    }
+
+
+def by_id_batch_document(batch_max: int) -> dict[str, Any]:
+    return {
+        "$schema": load_schema_document()["$schema"],
+        "title": "TransactionIdBatch",
+        "type": "object",
+        "required": [IDS_FIELD],
+        "properties": {IDS_FIELD: {"type": "array", "minItems": 1, "maxItems": batch_max, "items": id_document()}},
     }
 
 
@@ -102,9 +143,7 @@ def _describe(error: jsonschema.ValidationError) -> list[Violation]:
         article = "an" if str(expected)[0] in "aeiou" else "a"
         return [Violation(field, f"must be {article} {expected}, got {_kind(error.instance)}", index)]
     if error.validator in ("minimum", "maximum"):
-        return [
-            Violation(field, "must be a finite number within the float32 range (|x| <= 3.4028234663852886e38)", index)
-        ]
+        return [Violation(field, f"must be a finite number within the float32 range (|x| <= {FLOAT32_MAX})", index)]
     return [Violation(field, error.message, index)]
 
 
@@ -269,3 +308,7 @@ class TransactionValidator:
         """Batch items in order, then fields in the order of the features."""
         position = FEATURES.index(v.field) if v.field in FEATURES else (-1 if v.field is None else len(FEATURES))
         return (-1 if v.index is None else v.index, position, v.field or "")
+
+
+if __name__ == "__main__":  # the whole transaction schema, as the service builds it
+    print(json.dumps(load_schema_document(), indent=2))

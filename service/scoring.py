@@ -100,5 +100,20 @@ class Scoring:
             )
         return b"[" + b",".join(parts) + b"]"
 
+    def many(self, rows: list[Sequence[float]], explain: bool) -> list[dict[str, Any]]:
+        """The results of many rows as dicts, one per row in order, as `one` (or `one_explained`) gives them."""
+        if explain:
+            return self.many_explained(rows)
+        scored = self.rows(np.array(rows, dtype=np.float64))
+        results = [
+            {"fraud-score": score, "is-fraud": is_fraud, "model-version": self.version, "ood-warning": ood}
+            for score, is_fraud, ood in zip(
+                scored.score.tolist(), scored.is_fraud.tolist(), scored.ood_warning.tolist(), strict=True
+            )
+        ]
+        for i in np.flatnonzero(scored.ood_warning).tolist():
+            results[i]["ood-features"] = [FEATURES[j] for j in np.flatnonzero(scored.outside[i]).tolist()]
+        return results
+
     def many_explained(self, rows: list[Sequence[float]]) -> list[dict[str, Any]]:
         return [self.one_explained(row) for row in rows]

@@ -166,5 +166,6 @@ def test_batch_results_equal_single_results_row_for_row(small_model):
     batch_results = json.loads(scoring.many_json(X))
     singles = [scoring.one(row) for row in X.tolist()]
     assert batch_results == singles
+    assert scoring.many(X.tolist(), explain=False) == singles
     assert any(r["ood-warning"] for r in singles) and not all(r["ood-warning"] for r in singles)
     assert {r["is-fraud"] for r in singles} == {True, False}

@@ -228,7 +228,14 @@ def concrete(template: str) -> str:
 
 @pytest.fixture(scope="module")
 def settings(small_model):
-    return from_mapping({"API_KEY": f"{TEST_KEY},{OTHER_KEY}", "MODEL_PATH": str(small_model[0])})
+    # A feature store URL adds the by-id routes to the walk (nothing connects to it here).
+    return from_mapping(
+        {
+            "API_KEY": f"{TEST_KEY},{OTHER_KEY}",
+            "MODEL_PATH": str(small_model[0]),
+            "FEATURE_STORE_URL": "redis://127.0.0.1:1/0",
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -250,6 +257,8 @@ def test_every_scoring_route_spends_the_row_budget(settings, model):
     assert sorted(scoring) == [  # the walk finds them
         "/v1/fraud-score",
         "/v1/fraud-score/batch",
+        "/v1/fraud-score/by-id",
+        "/v1/fraud-score/by-id/batch",
         "/v2/models/{name}/infer",
         "/v2/models/{name}/versions/{version}/infer",
     ]
