@@ -41,6 +41,16 @@ def targets(results: dict[str, Any]) -> list[Target]:
                 ratios["64"] >= 0.75,
             )
         )
+    ceiling = results.get("ceiling")
+    if ceiling:
+        found.append(
+            Target(
+                "scoring ÷ bare stack throughput, 64 connections",
+                f"{100 * ceiling['score_vs_bare_rps']:.0f} % ({ceiling['score_rps']:.0f} vs {ceiling['bare_rps']:.0f}/s)",
+                "≥ 90 %",
+                ceiling["score_vs_bare_rps"] >= 0.90,
+            )
+        )
     micro = results.get("micro", {})
     if "engine" in micro:
         engine = micro["engine"]
@@ -126,6 +136,9 @@ def hard_failures(results: dict[str, Any]) -> list[str]:
     if engine and not engine["bit_identical"]:
         failures.append("the walker's probabilities differ from predict_proba's")
     scenarios = [*results["closed_loop"].values(), *results.get("open_loop", {}).values()]
+    ceiling = results.get("ceiling")
+    if ceiling and ceiling["failed"]:
+        failures.append(f"ceiling (scoring and the bare stack, 64 connections): {ceiling['failed']} failed requests")
     for s in scenarios:
         if s["failed"]:
             errors = ", ".join(f"{k} {v}" for k, v in s["errors"].items() if v)

@@ -5,6 +5,7 @@ needs is prepared here, once."""
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from importlib import resources
@@ -34,7 +35,8 @@ from service.v2 import add_routes as add_v2_routes
 
 
 class RequestContext:
-    """Echoes the request id (nginx sets one on every request) and the app's own time."""
+    """Echoes the request id (nginx sets one on every request) and the app's own time; tells nginx
+    which worker answered (nginx logs it and hides it from clients), to correlate with its logs."""
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         req.context.started = time.perf_counter()
@@ -44,6 +46,7 @@ class RequestContext:
     ) -> None:
         resp.set_header("X-Request-ID", req.get_header("X-Request-ID") or uuid.uuid4().hex)
         resp.set_header("X-Response-Time-Ms", f"{(time.perf_counter() - req.context.started) * 1000.0:.3f}")
+        resp.set_header("X-Worker-PID", str(os.getpid()))
 
 
 class DocsPage:

@@ -166,6 +166,7 @@ class Stack:
     stdout: IO[str] | int | None = None
     stderr: IO[str] | int | None = None
     access_log: str = "/dev/stdout"
+    app: str | None = None  # another WSGI callable than the service's (`make perf`'s bare stack)
     # A command that gunicorn runs inside (it must exec the rest), e.g. a test's mount namespace.
     wrapper: tuple[str, ...] = ()
     gunicorn: subprocess.Popen | None = None
@@ -210,7 +211,7 @@ class Stack:
         }
         serve = [sys.executable, "-m", "service.serve"]
         self.gunicorn = subprocess.Popen(
-            [*self.wrapper, *serve],
+            [*self.wrapper, *serve] + ([self.app] if self.app else []),
             cwd=ROOT,
             env=env,
             stdout=self.stdout,
