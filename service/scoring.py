@@ -1,4 +1,7 @@
-"""From validated transactions to results: score, decision, out-of-distribution flags, reasons."""
+"""From validated transactions to results: score, decision, out-of-distribution flags, reasons.
+
+Every scored row, single or batch, also goes to the drift counter and the challenger (when there
+are): here, in one place, vectorised for a batch."""
 
 from __future__ import annotations
 
@@ -9,6 +12,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import orjson
 
+from service.challenger import Challenger
+from service.drift import DriftCounter
 from service.features import FEATURES
 from service.loader import LoadedModel
 from service.ood import OutOfDistribution, annotate
@@ -34,6 +39,8 @@ class Scoring:
         threshold: int,
         observe: Callable[[int, bool, bool], None] = lambda score, is_fraud, ood_warning: None,
         observe_many: Callable[[np.ndarray, np.ndarray, np.ndarray], None] = lambda scores, is_fraud, ood: None,
+        drift: DriftCounter | None = None,
+        challenger: Challenger | None = None,
     ) -> None:
         self.version = model.version
         self.can_explain = hasattr(model.scorer, "explain_row")
@@ -46,6 +53,10 @@ class Scoring:
         # batch's in one update)
         self._observe = observe
         self._observe_many = observe_many
+        self._drift = drift
+        self._challenger = challenger
+        # Only a sampled challenger log line needs the request's id: the resources read it then.
+        self.wants_request_id = bool(challenger and challenger.log_sample)
         self.row_of = itemgetter(*FEATURES)
         self._plain_results = [
             orjson.dumps(annotate({"fraud-score": s, "is-fraud": s >= threshold, "model-version": self.version}, []))
@@ -58,10 +69,18 @@ class Scoring:
         self._observe(score, is_fraud, bool(flagged))
         return annotate({"fraud-score": score, "is-fraud": is_fraud, "model-version": self.version}, flagged)
 
-    def one(self, row: Sequence[float]) -> dict[str, Any]:
-        return self._result(self._predict_row(row), self._ood(row))
+    def _beside_one(self, row: Sequence[float], score: int, request_id: str | None) -> None:
+        if self._drift is not None:
+            self._drift.add(row, score)
+        if self._challenger is not None:
+            self._challenger.one(row, score, request_id)
 
-    def one_explained(self, row: Sequence[float]) -> dict[str, Any]:
+    def one(self, row: Sequence[float], request_id: str | None = None) -> dict[str, Any]:
+        result = self._result(self._predict_row(row), self._ood(row))
+        self._beside_one(row, result["fraud-score"], request_id)
+        return result
+
+    def _explained(self, row: Sequence[float]) -> dict[str, Any]:
         """The exact path decomposition: bias + Σ contributions = P(fraud). Reasons are the
         features that pushed the probability up the most (the largest contributions first)."""
         probability, _bias, contributions = self._scorer.explain_row(row)
@@ -72,7 +91,12 @@ class Scoring:
         ]
         return result
 
-    def rows(self, X: np.ndarray) -> Scored:
+    def one_explained(self, row: Sequence[float], request_id: str | None = None) -> dict[str, Any]:
+        result = self._explained(row)
+        self._beside_one(row, result["fraud-score"], request_id)
+        return result
+
+    def rows(self, X: np.ndarray, request_id: str | None = None) -> Scored:
         """A matrix of rows (in feature order) scored at once: vectorised decisions and
         out-of-distribution flags, counted in the metrics in one update."""
         probability = self._scorer.predict_rows(X)
@@ -82,13 +106,14 @@ class Scoring:
         outside = self._outside(X)
         ood_warning = outside.any(axis=1)
         self._observe_many(score, is_fraud, ood_warning)
+        self._beside_many(X, score, request_id)
         return Scored(probability, score, is_fraud, ood_warning, outside)
 
-    def many_json(self, X: np.ndarray) -> bytes:
+    def many_json(self, X: np.ndarray, request_id: str | None = None) -> bytes:
         """The batch's results as a JSON array, one result per row in order, each as `one` gives
         it. A row without out-of-distribution features has one of 101 possible results (its
         score decides the rest), serialised once at start; only flagged rows are built here."""
-        scored = self.rows(X)
+        scored = self.rows(X, request_id)
         parts = list(map(self._plain_results.__getitem__, scored.score.tolist()))
         for i in np.flatnonzero(scored.ood_warning).tolist():
             score = int(scored.score[i])
@@ -100,11 +125,11 @@ class Scoring:
             )
         return b"[" + b",".join(parts) + b"]"
 
-    def many(self, rows: list[Sequence[float]], explain: bool) -> list[dict[str, Any]]:
+    def many(self, rows: list[Sequence[float]], explain: bool, request_id: str | None = None) -> list[dict[str, Any]]:
         """The results of many rows as dicts, one per row in order, as `one` (or `one_explained`) gives them."""
         if explain:
-            return self.many_explained(rows)
-        scored = self.rows(np.array(rows, dtype=np.float64))
+            return self.many_explained(rows, request_id)
+        scored = self.rows(np.array(rows, dtype=np.float64), request_id)
         results = [
             {"fraud-score": score, "is-fraud": is_fraud, "model-version": self.version, "ood-warning": ood}
             for score, is_fraud, ood in zip(
@@ -115,5 +140,16 @@ class Scoring:
             results[i]["ood-features"] = [FEATURES[j] for j in np.flatnonzero(scored.outside[i]).tolist()]
         return results
 
-    def many_explained(self, rows: list[Sequence[float]]) -> list[dict[str, Any]]:
-        return [self.one_explained(row) for row in rows]
+    def many_explained(self, rows: list[Sequence[float]], request_id: str | None = None) -> list[dict[str, Any]]:
+        results = [self._explained(row) for row in rows]
+        self._beside_many(np.array(rows, dtype=np.float64), np.array([r["fraud-score"] for r in results]), request_id)
+        return results
+
+    def _beside_many(self, X: np.ndarray, score: np.ndarray, request_id: str | None) -> None:
+        """Drift counts and the challenger, for a matrix of rows (as _beside_one for one)."""
+        if self._drift is not None or self._challenger is not None:
+            scores = score.astype(np.float64)
+            if self._drift is not None:
+                self._drift.add_rows(X, scores)
+            if self._challenger is not None:
+                self._challenger.many(X, scores, request_id)

@@ -148,7 +148,7 @@ class Inference(ModelRoute):
         self._budget.spend(key, n)
         X = self._matrix(tensor, n, datatype, binary)
         wanted = self._outputs(request)
-        scored = self._scoring.rows(X)
+        scored = self._scoring.rows(X, req.get_header("X-Request-ID") if self._scoring.wants_request_id else None)
         self._respond(resp, request, scored, wanted, n)
 
     @staticmethod

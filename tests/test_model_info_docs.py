@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-from pathlib import Path
 
 import jsonschema
 import pytest
@@ -15,9 +13,7 @@ from openapi_spec_validator import validate as validate_openapi
 from service.artifacts import ArtifactPaths, sha256_file
 from service.features import FEATURES
 from service.schema import load_schema_document
-from tests.helpers import Client, assert_error
-
-ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS", Path(__file__).resolve().parent.parent / "test-artifacts"))
+from tests.helpers import ARTIFACTS, Client, assert_error
 
 
 def test_model_info(client: Client, served_model):
@@ -35,7 +31,14 @@ def test_model_info(client: Client, served_model):
     assert set(info["feature_importances"]) == set(FEATURES)
     assert sum(info["feature_importances"].values()) == pytest.approx(1.0, abs=1e-4)
     assert info["metrics"] == {"roc_auc": 1.0}
-    assert info["threshold"] == 50 and info["ood"] == {"z": 3.0, "enabled": True}
+    assert info["threshold"] == {
+        "value": 50,
+        "source": "default",
+        "reason": "the model's manifest records no threshold",
+    }
+    assert info["champion"]["model-version"] == "test-3" and info["champion"]["threshold"] == info["threshold"]
+    assert info["challenger"] is None
+    assert info["ood"] == {"z": 3.0, "enabled": True}
     assert info["sha256"] == sha256_file(paths.forest)
     assert info["estimator_sha256"] == sha256_file(paths.estimator)
     assert info["trained_at"] and info["sklearn_version"] and info["data_source"].startswith("test synthetic")
@@ -59,7 +62,11 @@ def test_openapi_document_is_valid_and_embeds_the_validator_schema(client: Clien
         for version in ("", "/versions/{version}")
         for suffix in ("", "/ready", "/infer")
     }
-    assert set(document["paths"]) == {"/v1/fraud-score", "/v1/fraud-score/batch", "/v1/model-info", "/health"} | v2
+    assert (
+        set(document["paths"])
+        == {"/v1/fraud-score", "/v1/fraud-score/batch", "/v1/model-info", "/v1/drift", "/v1/drift/reset", "/health"}
+        | v2
+    )
     infer = document["paths"]["/v2/models/{name}/infer"]["post"]
     assert {"200", "400", "403", "404", "413", "429", "503"} <= set(infer["responses"])
     v2_example = infer["requestBody"]["content"]["application/json"]["example"]
