@@ -42,14 +42,15 @@ def stack_env(model_path: Path, port: int, **extra: str) -> dict[str, str]:
     return harness.environment(TEST_KEYS, model_path, PYTHONPATH, **{"PORT": str(port), "WORKERS": "2", **extra})
 
 
-def start_stack(model_path: Path, logs: Path, **extra: str) -> Stack:
+def start_stack(model_path: Path, logs: Path, wrapper: tuple[str, ...] = (), **extra: str) -> Stack:
     """Real gunicorn and real nginx on a free loopback port, with their logs in `logs`
-    (`stack.log`, `nginx-access.log`, also at `stack.logs`). Skips against an external service."""
+    (`stack.log`, `nginx-access.log`, also at `stack.logs`). Skips against an external service.
+    `wrapper`: a command gunicorn runs inside (a mount namespace)."""
     if EXTERNAL:
         pytest.skip(harness.EXTERNAL_SKIP_REASON)
     logs.mkdir(parents=True, exist_ok=True)
     env = harness.environment(TEST_KEYS, model_path, PYTHONPATH, **{"WORKERS": "2", **extra})
-    stack = harness.start(env, log=logs / "stack.log", access_log=str(logs / "nginx-access.log"))
+    stack = harness.start(env, log=logs / "stack.log", access_log=str(logs / "nginx-access.log"), wrapper=wrapper)
     stack.logs = logs  # type: ignore[attr-defined]
     return stack
 
