@@ -13,6 +13,11 @@ _metrics_dir, _metrics_dir_is_ours = multiproc.prepare()
 # sets its path.
 bind = [os.environ.get("GUNICORN_BIND", "unix:/run/fraud-scoring/gunicorn.sock")]
 workers = _settings.workers
+# The socket's queue of connections no worker has accepted yet (gunicorn's default is 2048). Kept
+# to a few light requests per worker, so that a full queue waits a few ms, well inside a deadline:
+# beyond it nginx's connect fails at once and the client gets nginx's 503 (docs/operations.md#deadlines),
+# instead of a queue of thousands that every request would wait out.
+backlog = 16 * workers
 worker_class = "sync"  # scoring is CPU-bound and nginx absorbs slow clients
 preload_app = True  # settings, model and schema load once in the master and are shared after fork
 worker_tmp_dir = "/dev/shm"  # the heartbeat file must not sit on a slow or read-only disk

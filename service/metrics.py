@@ -60,6 +60,20 @@ MODEL_INFO = Gauge(
     ["version"],
     multiprocess_mode="livemax",
 )
+# Queue waits from nginx's stamp to a worker: well under a millisecond idle, the deadline's
+# reserve to its clamp under overload.
+QUEUE_WAIT_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0)
+QUEUE_WAIT = Histogram(
+    "fraud_queue_wait_seconds",
+    "Time from nginx handing a request on to a worker starting it (socket backlog, busy workers), by route",
+    ["route"],
+    buckets=QUEUE_WAIT_BUCKETS,
+)
+SHED = Counter(
+    "fraud_deadline_exceeded_total",
+    "Requests refused with 503 deadline_exceeded, unread, because their budget was spent waiting",
+    ["route"],
+)
 WORKER_EXITS = Counter(
     "fraud_worker_exits_total",
     "gunicorn workers that exited and were replaced (crashes, kills, max_requests recycling)",
@@ -118,6 +132,21 @@ class RequestMetrics:
             )
         children[0]()
         children[1](elapsed)
+
+
+class ByRoute:
+    """One labelled child's method per route, looked up once: `ByRoute(QUEUE_WAIT, "observe")`."""
+
+    def __init__(self, metric: Any, method: str) -> None:
+        self._metric = metric
+        self._method = method
+        self._children: dict[str, Callable[..., None]] = {}
+
+    def __call__(self, route: str, *value: float) -> None:
+        child = self._children.get(route)
+        if child is None:
+            child = self._children[route] = getattr(self._metric.labels(route=route), self._method)
+        child(*value)
 
 
 class MetricsResource:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from service.deadline import SHED_PREFIXES
 from service.features import FEATURES
 from service.schema import BATCH_FIELD, batch_document, embeddable, sample_transaction
+from service.settings import DEADLINE_MAX_MS, DEADLINE_MIN_MS
 
 JSON = "application/json"
 
@@ -116,6 +118,52 @@ _SCHEMAS: dict[str, Any] = {
 
 
 def build_openapi(transaction_schema: dict[str, Any], batch_max: int, app_version: str) -> dict[str, Any]:
+    return with_deadlines(_document(transaction_schema, batch_max, app_version))
+
+
+_DEADLINE_PARAMETER = {
+    "name": "X-Deadline-Ms",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "integer", "minimum": DEADLINE_MIN_MS, "maximum": DEADLINE_MAX_MS},
+    "description": f"this request's budget in milliseconds, counted from when nginx hands it to a worker "
+    f"(after its body is read); clamped to {DEADLINE_MIN_MS}-{DEADLINE_MAX_MS}; default REQUEST_DEADLINE_MS "
+    "(150). A request that waited its budget out is refused, unread, with 503 deadline_exceeded",
+}
+_DEADLINE_EXCEEDED = (
+    "deadline_exceeded: the request waited its budget out in the queue and was refused unread; retry after "
+    "Retry-After, or fall back to your own rule. Otherwise: no model is loaded, or no worker is available "
+    "(the queue to the workers is full)"
+)
+
+
+def with_deadlines(document: dict[str, Any]) -> dict[str, Any]:
+    """Every operation of the API's versioned routes takes X-Deadline-Ms and may answer 503 deadline_exceeded."""
+    document["components"].setdefault("parameters", {})["X-Deadline-Ms"] = _DEADLINE_PARAMETER
+    for path, operations in document["paths"].items():
+        if not path.startswith(SHED_PREFIXES):
+            continue
+        for operation in operations.values():
+            operation["parameters"] = [
+                *operation.get("parameters", []),
+                {"$ref": "#/components/parameters/X-Deadline-Ms"},
+            ]
+            operation["responses"]["503"] = {
+                "description": _DEADLINE_EXCEEDED,
+                "headers": _RETRY,
+                **_json(
+                    _ref("Error"),
+                    {
+                        "error": "deadline_exceeded",
+                        "message": "the request waited 163 ms in the "
+                        "queue of its 150 ms budget; retry after Retry-After, or fall back to your own rule",
+                    },
+                ),
+            }
+    return document
+
+
+def _document(transaction_schema: dict[str, Any], batch_max: int, app_version: str) -> dict[str, Any]:
     sample = sample_transaction()
     batch = batch_document(transaction_schema, batch_max)
     batch["properties"][BATCH_FIELD]["items"] = _ref("Transaction")

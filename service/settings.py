@@ -20,6 +20,10 @@ from service import __version__
 
 T = TypeVar("T")
 MIN_KEY_LENGTH = 16
+# The range a request's budget is clamped to, the client's X-Deadline-Ms and REQUEST_DEADLINE_MS
+# alike: below 5 ms nothing but an idle worker could answer; above a second no payment path waits.
+DEADLINE_MIN_MS = 5
+DEADLINE_MAX_MS = 1000
 
 
 class ConfigError(Exception):
@@ -49,6 +53,8 @@ class Settings:
     # client address in X-Forwarded-For. Both are CIDR lists; empty means none.
     metrics_allow: tuple[str, ...] = ()
     trusted_proxies: tuple[str, ...] = ()
+    # A request's budget in ms from nginx's stamp, unless it sends X-Deadline-Ms (service/deadline.py).
+    request_deadline_ms: int = 150
 
 
 def _integer(low: int, high: int) -> Callable[[str], int]:
@@ -149,6 +155,7 @@ def from_mapping(env: Mapping[str, str]) -> Settings:
         rate_limit_burst=get("RATE_LIMIT_BURST", _integer(0, 1_000_000), 200),
         metrics_allow=get("METRICS_ALLOW", _networks, ()),
         trusted_proxies=get("TRUSTED_PROXIES", _networks, ()),
+        request_deadline_ms=get("REQUEST_DEADLINE_MS", _integer(DEADLINE_MIN_MS, DEADLINE_MAX_MS), 150),
     )
 
 

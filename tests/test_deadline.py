@@ -1,0 +1,180 @@
+"""Per-request deadlines over the real nginx + gunicorn: a spent budget is refused before the body is
+read, the client's X-Deadline-Ms is honoured within its clamp, and only nginx's stamp counts.
+
+The stamp is controlled by talking to gunicorn's unix socket directly, as nginx does; through nginx
+the stamp is always nginx's own "now"."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from service.settings import DEADLINE_MAX_MS
+from tests.helpers import TEST_KEY, sample_transaction
+
+SHED_ROUTES = [("POST", "/v1/fraud-score"), ("POST", "/v1/fraud-score/batch"), ("GET", "/v1/model-info")]
+
+
+class Upstream:
+    """An HTTP/1.1 exchange with gunicorn's unix socket, byte by byte as nginx would send it."""
+
+    def __init__(self, path: Path, timeout: float = 10.0) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        self.sock.connect(str(path))
+
+    def send_head(self, method: str, path: str, headers: dict[str, str]) -> None:
+        lines = [f"{method} {path} HTTP/1.1", "Host: localhost", "Connection: close"]
+        lines += [f"{k}: {v}" for k, v in headers.items()]
+        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+
+    def read_reply(self) -> tuple[int, dict[str, str], bytes]:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        status_line, *header_lines = head.decode().split("\r\n")
+        headers = {k.lower(): v.strip() for k, _, v in (h.partition(":") for h in header_lines)}
+        length = int(headers.get("content-length", "0"))
+        while len(body) < length:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                break
+            body += chunk
+        return int(status_line.split()[1]), headers, body
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def call(stack, method: str, path: str, stamp: float | None, body: bytes = b"", **headers: str):
+    upstream = Upstream(stack.socket)
+    try:
+        head = {"X-API-Key": TEST_KEY, **headers}
+        if stamp is not None:
+            head["X-Request-Start"] = f"{stamp:.3f}"
+        if method == "POST":
+            head |= {"Content-Type": "application/json", "Content-Length": str(len(body))}
+        upstream.send_head(method, path, head)
+        upstream.sock.sendall(body)
+        return upstream.read_reply()
+    finally:
+        upstream.close()
+
+
+def transaction_body() -> bytes:
+    return json.dumps(sample_transaction()).encode()
+
+
+@pytest.mark.parametrize(("method", "path"), SHED_ROUTES)
+def test_a_spent_budget_is_refused_without_reading_the_body(stack, method, path):
+    upstream = Upstream(stack.socket)
+    try:
+        # The body is announced but never sent: a worker that read it would wait for it, and this
+        # read would time out instead of returning the 503.
+        upstream.send_head(
+            method,
+            path,
+            {"X-API-Key": TEST_KEY, "X-Request-Start": f"{time.time() - 10:.3f}", "Content-Length": "4000"},
+        )
+        status, headers, body = upstream.read_reply()
+    finally:
+        upstream.close()
+    assert status == 503, body
+    assert json.loads(body)["error"] == "deadline_exceeded"
+    assert headers["retry-after"] == "1"
+    assert int(headers["x-queue-wait-ms"]) >= 10_000
+
+
+def test_a_fresh_request_does_wait_for_its_body(stack):
+    """The counterpart: with budget left, the worker reads the body, so the test above can fail."""
+    upstream = Upstream(stack.socket, timeout=0.5)
+    body = transaction_body()
+    try:
+        upstream.send_head(
+            "POST",
+            "/v1/fraud-score",
+            {
+                "X-API-Key": TEST_KEY,
+                "X-Request-Start": f"{time.time() + 5:.3f}",  # in the future: no wait at all
+                "Content-Type": "application/json",
+                "Content-Length": str(len(body)),
+            },
+        )
+        with pytest.raises(TimeoutError):
+            upstream.sock.recv(1)
+        upstream.sock.settimeout(10)
+        upstream.sock.sendall(body)
+        status, _, answer = upstream.read_reply()
+    finally:
+        upstream.close()
+    assert status == 200, answer
+
+
+def test_the_clients_deadline_is_honoured(stack):
+    body = transaction_body()
+    waited = time.time() - 0.030
+    # 30 ms of the default 150 ms spent: scored.
+    assert call(stack, "POST", "/v1/fraud-score", waited, body)[0] == 200
+    # The client's own 20 ms budget is spent: refused.
+    status, _, answer = call(stack, "POST", "/v1/fraud-score", waited, body, **{"X-Deadline-Ms": "20"})
+    assert status == 503 and json.loads(answer)["error"] == "deadline_exceeded"
+    assert b"of its 20 ms budget" in answer
+
+
+def test_the_clients_deadline_is_clamped(stack):
+    body = transaction_body()
+    # An hour is clamped to DEADLINE_MAX_MS: a request that waited longer than that is refused.
+    old = time.time() - DEADLINE_MAX_MS / 1000 - 1
+    status, _, answer = call(stack, "POST", "/v1/fraud-score", old, body, **{"X-Deadline-Ms": "3600000"})
+    assert status == 503 and f"of its {DEADLINE_MAX_MS} ms budget".encode() in answer
+    # 1 ms is raised to DEADLINE_MIN_MS, which leaves room for the reserve: with no wait at all
+    # (a stamp in the future counts as none), it is scored.
+    status, _, answer = call(stack, "POST", "/v1/fraud-score", time.time() + 5, body, **{"X-Deadline-Ms": "1"})
+    assert status == 200, answer
+
+
+def test_an_unreadable_deadline_is_a_400(client):
+    reply = client.score(sample_transaction(), headers={"X-Deadline-Ms": "soon"})
+    assert reply.status == 400
+    assert reply.json["error"] == "invalid_deadline"
+    assert "X-Deadline-Ms" in reply.json["message"]
+
+
+def test_without_nginxs_stamp_nothing_is_shed(stack):
+    assert call(stack, "POST", "/v1/fraud-score", None, transaction_body(), **{"X-Deadline-Ms": "5"})[0] == 200
+
+
+@pytest.mark.parametrize("path", ["/health", "/metrics"])
+def test_health_and_metrics_are_never_shed(stack, path):
+    assert call(stack, "GET", path, time.time() - 10)[0] == 200
+
+
+def test_a_forged_stamp_from_a_client_is_ignored(client, stack):
+    """nginx replaces the client's X-Request-Start with its own: an hour-old forgery is scored, and
+    the queue wait nginx logs is its own measurement, which it does not show the client."""
+    reply = client.score(
+        sample_transaction(), headers={"X-Request-Start": f"{time.time() - 3600:.3f}", "X-Request-ID": "forged-stamp"}
+    )
+    assert reply.status == 200, reply.raw
+    assert "X-Queue-Wait-Ms" not in reply.headers
+    lines = [json.loads(line) for line in (stack.logs / "nginx-access.log").read_text().splitlines()]
+    (line,) = [entry for entry in lines if entry["request_id"] == "forged-stamp"]
+    assert 0 <= int(line["queue_ms"]) < 3_600_000
+
+
+def test_metrics_count_sheds_and_queue_waits_by_route(client, stack):
+    call(stack, "GET", "/v1/model-info", time.time() - 10)
+    assert client.score(sample_transaction()).status == 200
+    text = client.request("GET", "/metrics").raw.decode()
+    shed = [line for line in text.splitlines() if line.startswith("fraud_deadline_exceeded_total{")]
+    assert any('route="/v1/model-info"' in line and float(line.split()[-1]) >= 1 for line in shed), shed
+    waits = [line for line in text.splitlines() if line.startswith("fraud_queue_wait_seconds_count{")]
+    assert any('route="/v1/fraud-score"' in line and float(line.split()[-1]) >= 1 for line in waits), waits
