@@ -29,8 +29,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from service import harness
 from service.schema import sample_transaction
-from service.settings import from_mapping
 from service.stack import ROOT, Stack, http_get
 
 SAMPLE = json.dumps(sample_transaction())
@@ -48,12 +48,6 @@ class Row:
     note: str = ""
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Bench:
     """Settings shared by the scenarios: a throwaway key, limits out of the way, logs kept."""
 
@@ -68,27 +62,15 @@ class Bench:
             f'wrk.headers["X-API-Key"] = "{self.key}"\n'
         )
 
-    def env(self, port: int, **extra: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR")}
-        env.update(
-            API_KEY=self.key,
-            MODEL_PATH=str(self.model_path),
-            PORT=str(port),
-            WORKERS=str(self.workers),
-            ENV_FILE="/nonexistent/.env",
-            RATE_LIMIT_PER_KEY="1000000",
-            RATE_LIMIT_PER_IP="1000000",
-            RATE_LIMIT_BURST="100000",
+    def env(self, **extra: str) -> dict[str, str]:
+        return harness.environment(
+            self.key, self.model_path, **{"WORKERS": str(self.workers), **harness.UNLIMITED, **extra}
         )
-        env.update(extra)
-        return env
 
     def stack(self, name: str, **extra: str) -> Stack:
-        env = self.env(free_port(), **extra)
-        log = open(self.work / f"{name}.log", "w")
-        return Stack(
-            from_mapping(env), env=env, stdout=log, stderr=log, access_log=str(self.work / f"{name}-nginx-access.log")
-        ).start()
+        return harness.start(
+            self.env(**extra), log=self.work / f"{name}.log", access_log=str(self.work / f"{name}-nginx-access.log")
+        )
 
 
 @dataclass
@@ -189,12 +171,12 @@ def recycle_workers(bench: Bench, seconds: int, connections: int) -> Row:
 
 def sigterm_the_stack(bench: Bench, seconds: int, threads: int) -> Row:
     """The launcher (`python -m service.stack`, what `make run` starts) gets SIGTERM mid-load."""
-    port = free_port()
+    port = harness.free_port()
     log = open(bench.work / "sigterm.log", "w")
     launcher = subprocess.Popen(
-        [sys.executable, "-m", "service.stack"], cwd=ROOT, env=bench.env(port), stdout=log, stderr=log
+        [sys.executable, "-m", "service.stack"], cwd=ROOT, env=bench.env(PORT=str(port)), stdout=log, stderr=log
     )
-    wait_for(lambda: _healthy(port), 60)
+    harness.wait_for_health("127.0.0.1", port, 60)
     counts = {"ok": 0, "refused": 0, "cut": 0, "error_status": 0}
     lock = threading.Lock()
     stop = threading.Event()
@@ -255,13 +237,6 @@ def sigterm_the_stack(bench: Bench, seconds: int, threads: int) -> Row:
         f"{counts['ok'] - before['ok']} answered after the signal; {counts['refused']} refused once "
         f"nginx had closed its port (never processed); 0 cut mid-response required",
     )
-
-
-def _healthy(port: int) -> bool:
-    try:
-        return http_get("127.0.0.1", port, "/health")[0] == 200
-    except OSError:
-        return False
 
 
 def slow_body(bench: Bench, seconds: int, connections: int) -> Row:

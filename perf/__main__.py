@@ -16,8 +16,6 @@ import json
 import os
 import platform
 import secrets
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,9 +28,10 @@ import orjson
 
 from model import synthetic
 from perf import baseline, chart, memory, micro, report, stats, wrk
+from service import harness
 from service.artifacts import ArtifactPaths, read_manifest
 from service.features import FEATURES
-from service.settings import from_mapping, read_environment
+from service.settings import read_environment
 from service.stack import Stack
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,46 +56,15 @@ def as_bodies(X: np.ndarray) -> list[bytes]:
     return [orjson.dumps(dict(zip(FEATURES, map(float, row), strict=True))) for row in X]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_stack(model_path: Path, api_key: str, stack_log: Path, workers: int | None = None) -> Stack:
-    """The real nginx + gunicorn, as `make run` starts them, on a free loopback port (retried if
-    another process takes the port first)."""
-    for attempt in range(3):
-        # WORKERS and GUNICORN_CMD_ARGS pass through, to compare settings: a developer's .env does not.
-        passed = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "WORKERS", "GUNICORN_CMD_ARGS")
-        env = {k: v for k, v in os.environ.items() if k in passed}
-        env.update(
-            {
-                "API_KEY": api_key,
-                "MODEL_PATH": str(model_path),
-                "HOST": "127.0.0.1",
-                "PORT": str(free_port()),
-                "ENV_FILE": "/nonexistent/.env",
-                # One key from one address at full speed: nginx's rate limits would answer 429s.
-                "RATE_LIMIT_PER_KEY": "1000000",
-                "RATE_LIMIT_PER_IP": "1000000",
-                "RATE_LIMIT_BURST": "100000",
-            }
-        )
-        if workers:
-            env["WORKERS"] = str(workers)
-        errors = open(stack_log, "a")
-        # Access-log lines are formatted and written as in production, to /dev/null rather than
-        # filling the disk; errors go to the stack log.
-        stack = Stack(from_mapping(env), env=env, stdout=subprocess.DEVNULL, stderr=errors, access_log="/dev/null")
-        try:
-            return stack.start(timeout=60)
-        except RuntimeError:
-            if attempt == 2:
-                raise
-        finally:
-            errors.close()
-    raise AssertionError("unreachable")
+    """The real nginx + gunicorn, as `make run` starts them, on a free loopback port, limits lifted.
+    WORKERS and GUNICORN_CMD_ARGS pass through, to compare settings; a developer's .env does not.
+    Access-log lines are formatted and written as in production, to /dev/null rather than filling
+    the disk (gunicorn's go to stdout, discarded); errors go to the stack log."""
+    env = harness.environment(api_key, model_path, ("WORKERS", "GUNICORN_CMD_ARGS"), **harness.UNLIMITED)
+    if workers:
+        env["WORKERS"] = str(workers)
+    return harness.start(env, log=stack_log, access_log="/dev/null", stdout_to_log=False)
 
 
 def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:

@@ -37,15 +37,14 @@ from pathlib import Path
 from typing import Any
 
 from perf import report, stats, wrk
-from perf.__main__ import CONNECTIONS, as_bodies, free_port, log, sample_rows
+from perf.__main__ import CONNECTIONS, as_bodies, log, sample_rows
+from service import harness
 from service.artifacts import ArtifactPaths
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = Path(tempfile.gettempdir()) / f"fraud-perf-compare-{os.getuid()}"
 # The figures compared for every scenario, and which way is better.
 FIGURES = {"rps": "higher", "p50": "lower", "p99": "lower"}
-UNTHROTTLED = {"RATE_LIMIT_PER_KEY": "1000000", "RATE_LIMIT_PER_IP": "1000000", "RATE_LIMIT_BURST": "100000"}
-PASSED = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "WORKERS", "GUNICORN_CMD_ARGS")
 
 
 def git(repo: Path, *args: str) -> str:
@@ -107,18 +106,10 @@ class Side:
 
     def start(self, model_path: Path, api_key: str, stack_log: Path, timeout: float = 90.0) -> None:
         for attempt in range(3):
-            port = free_port()
-            env = {k: v for k, v in os.environ.items() if k in PASSED}
-            env.update(UNTHROTTLED)
-            env.update(
-                {
-                    "API_KEY": api_key,
-                    "MODEL_PATH": str(model_path),
-                    "HOST": "127.0.0.1",
-                    "PORT": str(port),
-                    "ENV_FILE": "/nonexistent/.env",
-                }
-            )
+            # The harness's environment, but each side's own launcher (its checkout's code) starts it.
+            port = harness.free_port()
+            passed = ("WORKERS", "GUNICORN_CMD_ARGS")
+            env = harness.environment(api_key, model_path, passed, PORT=str(port), **harness.UNLIMITED)
             with open(stack_log, "a") as errors:
                 # Access lines go to stdout, formatted and written as in production, then dropped.
                 self.process = subprocess.Popen(

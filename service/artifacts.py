@@ -82,7 +82,32 @@ def read_manifest(path: Path) -> dict[str, Any] | None:
         raise ArtifactError(f"{path} is not valid JSON: {e}") from e
     if not isinstance(manifest, dict):
         raise ArtifactError(f"{path} is not a JSON object")
+    problem = _shape_problem(manifest)
+    if problem:
+        raise ArtifactError(f"{path} is not a manifest this service reads: {problem}")
     return manifest
+
+
+def _shape_problem(manifest: dict[str, Any]) -> str | None:
+    """What is wrong with the parts of a manifest the service reads, so that a hand-edited or
+    foreign one is refused at load rather than failing while the application is built."""
+    files = manifest.get("files", {})
+    if not isinstance(files, dict) or not all(isinstance(entry, dict) for entry in files.values()):
+        return "`files` must map each file's role to an object"
+    features = manifest.get("features")
+    if features is not None and not (isinstance(features, list) and all(isinstance(f, str) for f in features)):
+        return "`features` must be a list of names"
+    stats = manifest.get("feature_stats")
+    if stats is not None and not (
+        isinstance(stats, dict)
+        and all(
+            isinstance(s, dict) and all(type(s.get(k)) in (int, float) for k in ("mean", "std")) for s in stats.values()
+        )
+    ):
+        return "`feature_stats` must map each feature to numbers `mean` and `std`"
+    if not isinstance(manifest.get("version", ""), str):
+        return "`version` must be a string"
+    return None
 
 
 def recorded_digest(manifest: dict[str, Any] | None, role: str) -> str | None:

@@ -106,10 +106,10 @@ def write(
     return manifest
 
 
-def command(model_path: Path | str, output_dir: Path | str | None = None) -> str:
-    """The command line that writes the serving artifact ahead (quoted for a shell)."""
-    line = f"python -m service.convert {shlex.quote(str(model_path))}"
-    return f"{line} --output-dir {shlex.quote(str(output_dir))}" if output_dir else line
+def command(model_path: Path | str, output_dir: Path | str, sha256: str) -> str:
+    """The command line that writes the serving artifact ahead, quoted for a shell."""
+    quoted = " ".join(shlex.quote(str(part)) for part in (model_path, "--sha256", sha256, "--output-dir", output_dir))
+    return f"python -m service.convert {quoted}"
 
 
 def convert_file(model_path: Path, output_dir: Path | None, pinned: str | None) -> ArtifactPaths:

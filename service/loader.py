@@ -26,7 +26,7 @@ from service.artifacts import (
     sha256_file,
     verify,
 )
-from service.features import N_FEATURES
+from service.features import FEATURES, N_FEATURES
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -159,7 +159,7 @@ def _from_estimator(
             "every start converts again. To convert once, ahead: `%s`, then MODEL_PATH=DIR/%s",
             paths.estimator,
             e.strerror or e,
-            convert.command(paths.estimator, "DIR"),
+            convert.command(paths.estimator, "DIR", estimator_digest),
             paths.estimator.name,
         )
         return forest.Forest(arrays), convert.recorded(manifest, estimator, paths, estimator_digest), None
@@ -201,6 +201,17 @@ def _load(settings: Settings) -> LoadedModel:
     n_features = getattr(scorer, "n_features", None) or getattr(scorer.estimator, "n_features_in_", N_FEATURES)
     if n_features != N_FEATURES:
         raise ArtifactError(f"{paths.estimator} takes {n_features} features; the service sends {N_FEATURES}")
+    trained_on = manifest.get("features")
+    if trained_on is not None and list(trained_on) != list(FEATURES):
+        column = next(
+            (i for i, (a, b) in enumerate(zip(trained_on, FEATURES, strict=False)) if a != b),
+            min(len(trained_on), N_FEATURES),
+        )
+        got, sent = (names[column] if column < len(names) else None for names in (trained_on, FEATURES))
+        raise ArtifactError(
+            f"{paths.estimator} was trained on other columns than service/features.py names (column {column}: "
+            f"{got!r} in its manifest, {sent!r} sent): retrain it (`make model`)"
+        )
     version = settings.model_version or manifest.get("version") or f"unversioned-{(forest_digest or '')[:8]}"
     return LoadedModel(
         version=version, predict_row=scorer.predict_row, scorer=scorer, manifest=manifest, forest_sha256=forest_digest

@@ -15,15 +15,25 @@ from typing import Any
 import fastjsonschema
 import jsonschema
 
-from service.features import FEATURES
+from service.features import FEATURE_DESCRIPTIONS, FEATURES
 
 SCHEMA_FILE = "transaction.schema.json"
 EXAMPLE_FILE = "transaction.example.json"  # the README's curl sends it; /openapi.json embeds it
 BATCH_FIELD = "transactions"
 
 
+FLOAT32_MAX = 3.4028234663852886e38  # the model compares in float32: a larger number has no place in it
+
+
 def load_schema_document() -> dict[str, Any]:
-    return json.loads(resources.files("service.schemas").joinpath(SCHEMA_FILE).read_text())
+    """The transaction schema: the document-level keywords of transaction.schema.json, and one
+    required, float32-bounded number per feature of service/features.py, in column order. Built
+    here, never written down twice, so that a feature is added in one place."""
+    template = json.loads(resources.files("service.schemas").joinpath(SCHEMA_FILE).read_text())
+    template.pop("$comment", None)
+    number = {"type": "number", "minimum": -FLOAT32_MAX, "maximum": FLOAT32_MAX}
+    properties = {name: {**number, "description": text} for name, text in FEATURE_DESCRIPTIONS.items()}
+    return {**template, "required": list(properties), "properties": properties}
 
 
 def sample_transaction() -> dict[str, float]:
@@ -100,9 +110,7 @@ def _describe(error: jsonschema.ValidationError) -> list[Violation]:
         article = "an" if str(expected)[0] in "aeiou" else "a"
         return [Violation(field, f"must be {article} {expected}, got {_kind(error.instance)}", index)]
     if error.validator in ("minimum", "maximum"):
-        return [
-            Violation(field, "must be a finite number within the float32 range (|x| <= 3.4028234663852886e38)", index)
-        ]
+        return [Violation(field, f"must be a finite number within the float32 range (|x| <= {FLOAT32_MAX})", index)]
     return [Violation(field, error.message, index)]
 
 
@@ -197,3 +205,7 @@ class TransactionValidator:
         """Batch items in order, then fields in the order of the features."""
         position = FEATURES.index(v.field) if v.field in FEATURES else (-1 if v.field is None else len(FEATURES))
         return (-1 if v.index is None else v.index, position, v.field or "")
+
+
+if __name__ == "__main__":  # the whole transaction schema, as the service builds it
+    print(json.dumps(load_schema_document(), indent=2))

@@ -1,10 +1,18 @@
 """Configuration: read once, from the environment and an optional `.env` file, into a frozen object.
 
 A variable set in the environment wins over `.env` (as with Compose's `env_file`). Any invalid
-value raises ConfigError naming the variable; entry points turn it into one line and a non-zero exit."""
+value raises ConfigError naming the variable; entry points turn it into one line and a non-zero exit.
+
+Each setting is declared once, as a field of Settings: its environment variable, the parser that
+checks it and its default (none: required). Adding one is one line there, e.g.
+
+    request_deadline_ms: int = setting("REQUEST_DEADLINE_MS", _integer(1, 60_000), 250)
+
+plus its documented line in .env.example (a test checks that every variable has one)."""
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 import sys
@@ -12,13 +20,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import TypeVar
+from typing import Any
 
 from dotenv import dotenv_values
 
 from service import __version__
 
-T = TypeVar("T")
 MIN_KEY_LENGTH = 16
 # The range a request's budget is clamped to, the client's X-Deadline-Ms and REQUEST_DEADLINE_MS
 # alike: below 5 ms nothing but an idle worker could answer; above a second no payment path waits.
@@ -28,33 +35,6 @@ DEADLINE_MAX_MS = 1000
 
 class ConfigError(Exception):
     """A setting is missing or invalid; the message names the variable."""
-
-
-@dataclass(frozen=True)
-class Settings:
-    api_keys: tuple[bytes, ...] = field(repr=False)  # never printed
-    fraud_threshold: int = 50
-    model_path: Path = Path("model/fraud-model.joblib")
-    model_version: str | None = None
-    model_sha256: str | None = None
-    app_version: str = __version__
-    host: str = "127.0.0.1"
-    port: int = 8080
-    workers: int = 2
-    batch_max: int = 1000
-    ood_z: float = 3.0
-    model_required: bool = False
-    # nginx limits: requests per second per API key and per client address, and the
-    # burst above the rate that is let through at once before 429s start.
-    rate_limit_per_key: int = 1000
-    rate_limit_per_ip: int = 2000
-    rate_limit_burst: int = 200
-    # Who may read /metrics besides loopback, and which proxies (the ALB's subnets) may name the
-    # client address in X-Forwarded-For. Both are CIDR lists; empty means none.
-    metrics_allow: tuple[str, ...] = ()
-    trusted_proxies: tuple[str, ...] = ()
-    # A request's budget in ms from nginx's stamp, unless it sends X-Deadline-Ms (service/deadline.py).
-    request_deadline_ms: int = 150
 
 
 def _integer(low: int, high: int) -> Callable[[str], int]:
@@ -119,44 +99,82 @@ def _nonempty(text: str) -> str:
     return text.strip()
 
 
-def from_mapping(env: Mapping[str, str]) -> Settings:
-    """Builds Settings from a mapping of variables; raises ConfigError naming the first bad one."""
+def _path(text: str) -> Path:
+    return Path(_nonempty(text))
 
-    def get(name: str, parse: Callable[[str], T], default: T) -> T:
-        raw = env.get(name)
-        if raw is None or raw == "":
-            return default
-        try:
-            return parse(raw)
-        except ValueError as e:
-            raise ConfigError(f"{name} {e} (got {raw!r})") from None
 
-    if not (env.get("API_KEY") or "").strip():
-        raise ConfigError("API_KEY is required: set it in the environment or in .env (see .env.example)")
-    try:
-        api_keys = _api_keys(env["API_KEY"])
-    except ValueError as e:
-        raise ConfigError(f"API_KEY {e}") from None  # never echo a key
-    return Settings(
-        api_keys=api_keys,
-        fraud_threshold=get("FRAUD_THRESHOLD", _integer(0, 100), 50),
-        model_path=get("MODEL_PATH", lambda s: Path(_nonempty(s)), Path("model/fraud-model.joblib")),
-        model_version=get("MODEL_VERSION", _nonempty, None),
-        model_sha256=get("MODEL_SHA256", _sha256, None),
-        app_version=get("APP_VERSION", _nonempty, __version__),
-        host=get("HOST", _nonempty, "127.0.0.1"),
-        port=get("PORT", _integer(1, 65535), 8080),
-        workers=get("WORKERS", _integer(1, 64), os.cpu_count() or 1),
-        batch_max=get("BATCH_MAX", _integer(1, 10_000), 1000),
-        ood_z=get("OOD_Z", _positive_float, 3.0),
-        model_required=get("MODEL_REQUIRED", _boolean, False),
-        rate_limit_per_key=get("RATE_LIMIT_PER_KEY", _integer(1, 1_000_000), 1000),
-        rate_limit_per_ip=get("RATE_LIMIT_PER_IP", _integer(1, 1_000_000), 2000),
-        rate_limit_burst=get("RATE_LIMIT_BURST", _integer(0, 1_000_000), 200),
-        metrics_allow=get("METRICS_ALLOW", _networks, ()),
-        trusted_proxies=get("TRUSTED_PROXIES", _networks, ()),
-        request_deadline_ms=get("REQUEST_DEADLINE_MS", _integer(DEADLINE_MIN_MS, DEADLINE_MAX_MS), 150),
+def _cores() -> int:
+    return os.cpu_count() or 1
+
+
+def setting(
+    variable: str,
+    parse: Callable[[str], Any],
+    default: Any = dataclasses.MISSING,
+    *,
+    default_factory: Callable[[], Any] | Any = dataclasses.MISSING,
+    secret: bool = False,
+) -> Any:
+    """A field of Settings read from `variable` by `parse` (which raises ValueError saying what is
+    wrong). Without a default the variable is required. A secret is never printed: not in repr(),
+    not in an error message."""
+    return field(
+        default=default,
+        default_factory=default_factory,
+        repr=not secret,
+        metadata={"variable": variable, "parse": parse, "secret": secret},
     )
+
+
+@dataclass(frozen=True)
+class Settings:
+    api_keys: tuple[bytes, ...] = setting("API_KEY", _api_keys, secret=True)
+    fraud_threshold: int = setting("FRAUD_THRESHOLD", _integer(0, 100), 50)
+    model_path: Path = setting("MODEL_PATH", _path, Path("model/fraud-model.joblib"))
+    model_version: str | None = setting("MODEL_VERSION", _nonempty, None)
+    model_sha256: str | None = setting("MODEL_SHA256", _sha256, None)
+    app_version: str = setting("APP_VERSION", _nonempty, __version__)
+    host: str = setting("HOST", _nonempty, "127.0.0.1")
+    port: int = setting("PORT", _integer(1, 65535), 8080)
+    workers: int = setting("WORKERS", _integer(1, 64), default_factory=_cores)
+    batch_max: int = setting("BATCH_MAX", _integer(1, 10_000), 1000)
+    ood_z: float = setting("OOD_Z", _positive_float, 3.0)
+    model_required: bool = setting("MODEL_REQUIRED", _boolean, False)
+    # nginx limits: requests per second per API key and per client address, and the
+    # burst above the rate that is let through at once before 429s start.
+    rate_limit_per_key: int = setting("RATE_LIMIT_PER_KEY", _integer(1, 1_000_000), 1000)
+    rate_limit_per_ip: int = setting("RATE_LIMIT_PER_IP", _integer(1, 1_000_000), 2000)
+    rate_limit_burst: int = setting("RATE_LIMIT_BURST", _integer(0, 1_000_000), 200)
+    # Who may read /metrics besides loopback, and which proxies (the ALB's subnets) may name the
+    # client address in X-Forwarded-For. Both are CIDR lists; empty means none.
+    metrics_allow: tuple[str, ...] = setting("METRICS_ALLOW", _networks, ())
+    trusted_proxies: tuple[str, ...] = setting("TRUSTED_PROXIES", _networks, ())
+    # A request's budget from nginx's stamp unless it sends X-Deadline-Ms (service/deadline.py).
+    request_deadline_ms: int = setting("REQUEST_DEADLINE_MS", _integer(DEADLINE_MIN_MS, DEADLINE_MAX_MS), 150)
+
+
+def variables() -> dict[str, dataclasses.Field]:
+    """Every setting's field, by its environment variable."""
+    return {f.metadata["variable"]: f for f in dataclasses.fields(Settings)}
+
+
+def from_mapping(env: Mapping[str, str]) -> Settings:
+    """Builds Settings from a mapping of variables; raises ConfigError naming the first bad one.
+    A variable that is unset or empty takes the field's default."""
+    values: dict[str, Any] = {}
+    for variable, f in variables().items():
+        raw = env.get(variable)
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if required and not (raw or "").strip():
+            raise ConfigError(f"{variable} is required: set it in the environment or in .env (see .env.example)")
+        if raw is None or raw == "":
+            continue
+        try:
+            values[f.name] = f.metadata["parse"](raw)
+        except ValueError as e:
+            shown = "" if f.metadata["secret"] else f" (got {raw!r})"  # never echo a key
+            raise ConfigError(f"{variable} {e}{shown}") from None
+    return Settings(**values)
 
 
 def read_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -93,12 +93,18 @@ class Stack:
     stdout: IO[str] | int | None = None
     stderr: IO[str] | int | None = None
     access_log: str = "/dev/stdout"
+    # A command that gunicorn runs inside (it must exec the rest), e.g. a test's mount namespace.
+    wrapper: tuple[str, ...] = ()
     gunicorn: subprocess.Popen | None = None
     nginx: subprocess.Popen | None = None
 
     @property
     def socket(self) -> Path:
         return self.run_dir / "gunicorn.sock"
+
+    @property
+    def port(self) -> int:
+        return self.settings.port
 
     @property
     def base_url(self) -> str:
@@ -129,8 +135,9 @@ class Stack:
             **self.env,
             "GUNICORN_BIND": f"unix:{self.socket}",
         }
+        serve = [sys.executable, "-m", "service.serve"]
         self.gunicorn = subprocess.Popen(
-            [sys.executable, "-m", "service.serve"],
+            [*self.wrapper, *serve],
             cwd=ROOT,
             env=env,
             stdout=self.stdout,

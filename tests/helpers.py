@@ -1,4 +1,5 @@
-"""Small helpers shared by the tests: free ports, a raw HTTP client, tiny models."""
+"""Helpers shared by the tests: their stacks (through service/harness.py), a raw HTTP client, tiny
+models, and checks several test files make. Test files import this module, never one another."""
 
 from __future__ import annotations
 
@@ -6,28 +7,47 @@ import http.client
 import json
 import os
 import shutil
-import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from sklearn.ensemble import RandomForestClassifier
 
 from model import synthetic
 from model.export import export, feature_stats
+from service import harness
 from service.artifacts import ArtifactPaths
 from service.features import FEATURES
+from service.harness import UNLIMITED, free_port  # noqa: F401  (for the tests)
 from service.schema import sample_transaction  # noqa: F401  (the data set's first row, for the tests)
+from service.stack import Stack
 
-TEST_KEY = "test-key-0123456789abcdef"
-OTHER_KEY = "rotated-key-abcdef0123456789"
+# Set when the tests run against a service that is already running (see service/harness.py).
+EXTERNAL = harness.external()
+TEST_KEY, OTHER_KEY = EXTERNAL.keys[:2] if EXTERNAL else ("test-key-0123456789abcdef", "rotated-key-abcdef0123456789")
+TEST_KEYS = f"{TEST_KEY},{OTHER_KEY}"  # the stacks' API_KEY: one key and a rotated one
+PYTHONPATH = ("PYTHONPATH",)  # passed on to the tests' stacks, as CI may set it
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def stack_env(model_path: Path, port: int, **extra: str) -> dict[str, str]:
+    """The environment of a test stack: both test keys, two workers, the given model and port."""
+    return harness.environment(TEST_KEYS, model_path, PYTHONPATH, **{"PORT": str(port), "WORKERS": "2", **extra})
+
+
+def start_stack(model_path: Path, logs: Path, **extra: str) -> Stack:
+    """Real gunicorn and real nginx on a free loopback port, with their logs in `logs`
+    (`stack.log`, `nginx-access.log`, also at `stack.logs`). Skips against an external service."""
+    if EXTERNAL:
+        pytest.skip(harness.EXTERNAL_SKIP_REASON)
+    logs.mkdir(parents=True, exist_ok=True)
+    env = harness.environment(TEST_KEYS, model_path, PYTHONPATH, **{"WORKERS": "2", **extra})
+    stack = harness.start(env, log=logs / "stack.log", access_log=str(logs / "nginx-access.log"))
+    stack.logs = logs  # type: ignore[attr-defined]
+    return stack
 
 
 @dataclass
@@ -75,6 +95,44 @@ class Client:
 
     def score(self, transaction: dict, **kwargs: Any) -> Reply:
         return self.request("POST", "/v1/fraud-score", transaction, **kwargs)
+
+
+def assert_error(reply: Reply, status: int, field: str | None = None) -> dict:
+    """The error shape every refusal has: JSON with `error` and `message`, the field named if given."""
+    assert reply.status == status, reply.raw
+    assert reply.headers["Content-Type"].startswith("application/json")
+    body = reply.json
+    assert isinstance(body["error"], str) and isinstance(body["message"], str) and body["message"]
+    if field is not None:
+        assert field in {e["field"] for e in body["errors"]}, body
+        assert field in body["message"]
+    assert b"Traceback" not in reply.raw
+    return body
+
+
+def samples(client: Client) -> dict[tuple[str, frozenset], float]:
+    """Every sample /metrics gives, by (name, labels)."""
+    reply = client.request("GET", "/metrics")
+    assert reply.status == 200
+    assert reply.headers["Content-Type"].startswith("text/plain")
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(reply.raw.decode())
+        for s in family.samples
+    }
+
+
+def value(found: dict, name: str, **labels: str) -> float:
+    return found.get((name, frozenset(labels.items())), 0.0)
+
+
+def wait_for(predicate, timeout: float = 30.0):
+    """Polls until predicate() is truthy and returns its value; fails the test after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while not (result := predicate()):
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+    return result
 
 
 def as_transaction(row: np.ndarray) -> dict[str, float]:

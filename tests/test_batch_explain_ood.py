@@ -11,9 +11,7 @@ import pytest
 from model import synthetic
 from service.features import FEATURES
 from service.ood import OutOfDistribution
-from tests.conftest import start_stack
-from tests.helpers import Client, as_transaction, sample_transaction
-from tests.test_http import assert_error
+from tests.helpers import Client, as_transaction, assert_error, sample_transaction, start_stack
 
 BATCH_MAX = 20
 

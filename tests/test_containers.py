@@ -15,7 +15,8 @@ import jsonschema
 import yaml
 
 from service import healthcheck, serve
-from service.stack import ROOT, TEMPLATE, find_nginx, render_nginx_config
+from service.settings import from_mapping
+from service.stack import PLACEHOLDER, ROOT, TEMPLATE, find_nginx, nginx_values, render_nginx_config
 
 DOCKERFILE = ROOT / "Dockerfile"
 COMPOSE = ROOT / "docker-compose.yml"
@@ -104,6 +105,26 @@ def test_the_nginx_container_renders_a_config_that_nginx_accepts(tmp_path):
     assert result.returncode == 0, result.stderr
 
 
+def test_compose_gives_nginx_what_the_launcher_renders():
+    """The nginx container's values are what service/stack.py renders for the same settings (the
+    defaults, the container's listen address and paths), so the two cannot drift apart; and each
+    provides every placeholder of the template, no more."""
+    placeholders = set(PLACEHOLDER.findall(TEMPLATE.read_text()))
+    settings = from_mapping({"API_KEY": "k" * 16, "HOST": "0.0.0.0", "PORT": "8080"})
+    launcher = nginx_values(settings, Path("/tmp"), Path("/run/fraud-scoring/gunicorn.sock"), "/dev/stdout")
+    environment = compose()["services"]["nginx"]["environment"]
+    container = {k: interpolate(v) for k, v in environment.items() if k != "NGINX_ENVSUBST_OUTPUT_DIR"}
+    assert set(launcher) == placeholders
+    assert set(container) == placeholders
+    # The nginx image runs unprivileged: no `user` line, as the launcher renders when not root.
+    assert container.pop("NGINX_USER_LINE") == ""
+    launcher.pop("NGINX_USER_LINE")
+    assert container == launcher
+    # The socket nginx proxies to is the one gunicorn binds in the api container.
+    env = " ".join(argument for kind, argument in instructions() if kind == "ENV")
+    assert launcher["GUNICORN_UPSTREAM"] == re.search(r"GUNICORN_BIND=(\S+)", env).group(1)
+
+
 def test_the_dockerfile_runs_only_what_the_suite_runs_natively():
     steps = instructions()
     makefile = (ROOT / "Makefile").read_text()
@@ -127,8 +148,8 @@ def test_the_dockerfile_runs_only_what_the_suite_runs_natively():
     assert serve.argv()[-1] == "service.wsgi:application"
 
 
-def test_the_container_healthcheck_against_a_real_gunicorn(stack, tmp_path):
-    env = {"GUNICORN_BIND": f"unix:{stack.socket}", "PATH": "/usr/bin:/bin"}
+def test_the_container_healthcheck_against_a_real_gunicorn(local_stack, tmp_path):
+    env = {"GUNICORN_BIND": f"unix:{local_stack.socket}", "PATH": "/usr/bin:/bin"}
     result = subprocess.run(
         [sys.executable, "-m", "service.healthcheck"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=30
     )

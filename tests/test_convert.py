@@ -20,6 +20,7 @@ from service.forest import Forest
 from service.loader import load_model
 from service.settings import from_mapping
 from service.stack import ROOT
+from tests.helpers import install_model
 
 KEY = "k" * 16
 
@@ -139,9 +140,33 @@ def test_a_serving_artifact_that_is_not_one_is_one_artifact_error(seed_style, tm
     assert str(paths.forest) in str(refused.value)
 
 
-def test_a_manifest_of_the_wrong_shape_is_one_artifact_error(seed_style, tmp_path):
-    path = tmp_path / "model.joblib"
-    path.write_bytes(seed_style[0].read_bytes())
-    ArtifactPaths.for_model(path).manifest.write_text(json.dumps({"files": ["not", "a", "mapping"]}))
-    with pytest.raises(ArtifactError):
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"files": ["not", "a", "mapping"]},
+        {"files": {"estimator": "abc"}},
+        {"features": "Time,V1"},
+        {"feature_stats": "garbage"},
+        {"feature_stats": {"V1": {"mean": 0.0}}},
+        {"version": 7},
+    ],
+)
+def test_a_manifest_of_the_wrong_shape_is_one_artifact_error(small_model, tmp_path, change):
+    path = tmp_path / "fraud-model.joblib"
+    install_model(small_model[0], path)
+    paths = ArtifactPaths.for_model(path)
+    paths.manifest.write_text(json.dumps({**json.loads(paths.manifest.read_text()), **change}))
+    with pytest.raises(ArtifactError, match="is not a manifest this service reads"):
+        load_model(settings_for(path))
+
+
+def test_a_model_trained_on_other_columns_is_refused(small_model, tmp_path):
+    """Columns added to or reordered in service/features.py need a retrain; the manifest says which."""
+    path = tmp_path / "fraud-model.joblib"
+    install_model(small_model[0], path)
+    paths = ArtifactPaths.for_model(path)
+    manifest = json.loads(paths.manifest.read_text())
+    manifest["features"][1], manifest["features"][2] = manifest["features"][2], manifest["features"][1]
+    paths.manifest.write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match=r"column 1: 'V2' in its manifest, 'V1' sent\): retrain"):
         load_model(settings_for(path))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -12,20 +11,19 @@ import pytest
 
 from model import synthetic
 from service.artifacts import ArtifactPaths
-from tests.conftest import start_stack
-from tests.helpers import Client, as_transaction, install_model, sample_transaction, train_small_model
-from tests.test_http import assert_error
-from tests.test_metrics import samples, value
-
-# Back-to-back requests from one key: nginx's default rate limit would answer 429s.
-UNTHROTTLED = {"RATE_LIMIT_PER_KEY": "1000000", "RATE_LIMIT_PER_IP": "1000000", "RATE_LIMIT_BURST": "100000"}
-
-
-def wait_for(predicate, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
+from tests.helpers import (
+    UNLIMITED,
+    Client,
+    as_transaction,
+    assert_error,
+    install_model,
+    sample_transaction,
+    samples,
+    start_stack,
+    train_small_model,
+    value,
+    wait_for,
+)
 
 
 def log_text(logs: Path) -> str:
@@ -124,7 +122,7 @@ def test_rollout_under_steady_traffic_switches_cleanly(tmp_path, two_models):
     a, b, probe, expected = two_models
     model_path = tmp_path / "fraud-model.joblib"
     install_model(a, model_path)
-    stack = start_stack(model_path, tmp_path / "logs", **UNTHROTTLED)
+    stack = start_stack(model_path, tmp_path / "logs", **UNLIMITED)
     traffic = [SteadyTraffic(Client("127.0.0.1", stack.settings.port), probe) for _ in range(3)]
     try:
         for t in traffic:
@@ -162,7 +160,7 @@ def test_rollout_to_a_model_that_fails_verification_keeps_the_old_one(tmp_path, 
     a, b, probe, expected = two_models
     model_path = tmp_path / "fraud-model.joblib"
     install_model(a, model_path)
-    stack = start_stack(model_path, tmp_path / "logs", **UNTHROTTLED)
+    stack = start_stack(model_path, tmp_path / "logs", **UNLIMITED)
     client = Client("127.0.0.1", stack.settings.port)
     traffic = SteadyTraffic(client, probe)
     try:

@@ -21,8 +21,7 @@ from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
 from service.schema import load_schema_document
-from tests.conftest import start_stack
-from tests.helpers import TEST_KEY
+from tests.helpers import TEST_KEY, UNLIMITED, start_stack
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "150"))
 FUZZ_SETTINGS = settings(
@@ -63,14 +62,7 @@ def load_api_schema(base_url: str):
 @pytest.fixture(scope="module")
 def fuzz_stack(small_model, tmp_path_factory):
     # Limits out of the way: the fuzzer sends thousands of requests from one address and key.
-    running = start_stack(
-        small_model[0],
-        tmp_path_factory.mktemp("fuzz-logs"),
-        WORKERS="2",
-        RATE_LIMIT_PER_KEY="1000000",
-        RATE_LIMIT_PER_IP="1000000",
-        RATE_LIMIT_BURST="100000",
-    )
+    running = start_stack(small_model[0], tmp_path_factory.mktemp("fuzz-logs"), **UNLIMITED)
     yield running
     running.stop()
 

@@ -11,8 +11,7 @@ import time
 import pytest
 
 from service.auth import ApiKeys
-from tests.helpers import Client, sample_transaction
-from tests.test_http import assert_error
+from tests.helpers import Client, assert_error, sample_transaction
 
 TEXT = json.dumps(sample_transaction())
 

@@ -5,39 +5,13 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 
-from prometheus_client.parser import text_string_to_metric_families
-
-from tests.helpers import Client, sample_transaction
-
-
-def samples(client: Client) -> dict[tuple[str, frozenset], float]:
-    reply = client.request("GET", "/metrics")
-    assert reply.status == 200
-    assert reply.headers["Content-Type"].startswith("text/plain")
-    return {
-        (s.name, frozenset(s.labels.items())): s.value
-        for family in text_string_to_metric_families(reply.raw.decode())
-        for s in family.samples
-    }
-
-
-def value(found: dict, name: str, **labels: str) -> float:
-    return found.get((name, frozenset(labels.items())), 0.0)
+from tests.helpers import Client, sample_transaction, samples, start_stack, value, wait_for
 
 
 def workers_of(master_pid: int) -> set[int]:
     with open(f"/proc/{master_pid}/task/{master_pid}/children") as f:
         return {int(pid) for pid in f.read().split()}
-
-
-def wait_for(predicate, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    while not (result := predicate()):
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
-    return result
 
 
 def test_counts_add_up_across_workers_and_survive_a_killed_worker(stack_factory):
@@ -78,8 +52,6 @@ def test_counts_add_up_across_workers_and_survive_a_killed_worker(stack_factory)
 
 
 def test_the_metrics_directory_is_wiped_at_start(small_model, tmp_path):
-    from tests.conftest import start_stack
-
     metrics_dir = tmp_path / "metrics"
     metrics_dir.mkdir()
     stale = metrics_dir / "counter_999999.db"

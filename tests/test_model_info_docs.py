@@ -14,18 +14,17 @@ from openapi_spec_validator import validate as validate_openapi
 from service.artifacts import ArtifactPaths, sha256_file
 from service.features import FEATURES
 from service.schema import load_schema_document
-from tests.helpers import Client
-from tests.test_http import assert_error
+from tests.helpers import Client, assert_error
 
 ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS", Path(__file__).resolve().parent.parent / "test-artifacts"))
 
 
-def test_model_info(client: Client, small_model):
+def test_model_info(client: Client, served_model):
     reply = client.request("GET", "/v1/model-info")
     assert reply.status == 200, reply.raw
     info = reply.json
-    estimator = small_model[1]
-    paths = ArtifactPaths.for_model(small_model[0])
+    estimator = served_model[1]
+    paths = ArtifactPaths.for_model(served_model[0])
     assert info["model-version"] == "test-3"
     assert info["estimator"] == "RandomForestClassifier" and info["scorer"] == "forest-walker"
     assert info["n_trees"] == len(estimator.estimators_)

@@ -1,14 +1,25 @@
 """The compiled validator must accept and reject exactly what jsonschema (the reference) does."""
 
+import json
 import math
+from importlib import resources
 
 import jsonschema
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service.features import FEATURES
-from service.schema import TransactionValidator, batch_document, compile_flat_numbers, load_schema_document
+from service import schema as schema_module
+from service.features import FEATURE_DESCRIPTIONS, FEATURES
+from service.openapi import build_openapi
+from service.schema import (
+    SCHEMA_FILE,
+    TransactionValidator,
+    batch_document,
+    compile_flat_numbers,
+    load_schema_document,
+    sample_transaction,
+)
 
 DOCUMENT = load_schema_document()
 VALIDATOR = TransactionValidator(DOCUMENT)
@@ -128,3 +139,31 @@ def test_whole_body_violation_has_no_field():
 def test_schema_is_the_contract():
     assert DOCUMENT["required"] == list(FEATURES)
     jsonschema.Draft202012Validator.check_schema(DOCUMENT)
+
+
+def test_the_schema_file_does_not_list_the_features_again():
+    """properties and required come from service/features.py alone: a second list could drift."""
+    template = json.loads(resources.files("service.schemas").joinpath(SCHEMA_FILE).read_text())
+    assert not {"properties", "required"} & set(template)
+    assert list(DOCUMENT["properties"]) == DOCUMENT["required"] == list(FEATURES)
+    assert compile_flat_numbers(DOCUMENT) is not None  # the hot path keeps its specialised check
+
+
+def test_the_sample_transaction_has_exactly_the_features():
+    assert list(sample_transaction()) == list(FEATURES)
+
+
+def test_a_feature_added_to_the_table_reaches_every_validator_and_openapi(monkeypatch):
+    table = {**FEATURE_DESCRIPTIONS, "MerchantRisk": "Risk score of the merchant."}
+    monkeypatch.setattr(schema_module, "FEATURE_DESCRIPTIONS", table)
+    document = load_schema_document()
+    assert document["required"][-1] == "MerchantRisk" and len(document["properties"]) == len(FEATURES) + 1
+    assert document["properties"]["MerchantRisk"]["description"] == "Risk score of the merchant."
+    one, many = TransactionValidator(document), TransactionValidator(batch_document(document, 3))
+    assert compile_flat_numbers(document) is not None
+    old = sample_transaction()
+    new = {**old, "MerchantRisk": 0.5}
+    assert one.is_valid(new) and not one.is_valid(old)
+    assert [v.describe() for v in one.violations(old)] == ["MerchantRisk is required"]
+    assert many.is_valid({"transactions": [new, new]}) and not many.is_valid({"transactions": [new, old]})
+    assert build_openapi(document, 3, "test")["components"]["schemas"]["Transaction"]["required"][-1] == "MerchantRisk"

@@ -1,8 +1,14 @@
+import dataclasses
+import os
+import re
 from pathlib import Path
 
 import pytest
 
-from service.settings import ConfigError, from_mapping, read_environment
+from service.settings import ConfigError, Settings, from_mapping, read_environment, variables
+from service.stack import ROOT
+
+ENV_EXAMPLE = ROOT / ".env.example"
 
 KEY = "k" * 16
 
@@ -71,3 +77,27 @@ def test_environment_wins_over_env_file(tmp_path):
 
 def test_missing_env_file_is_fine(tmp_path):
     assert read_environment({"ENV_FILE": str(tmp_path / "absent")})["ENV_FILE"].endswith("absent")
+
+
+def test_defaults_are_declared_once_on_the_fields():
+    """from_mapping adds nothing of its own: unset variables are the dataclass's defaults."""
+    assert from_mapping({"API_KEY": KEY}) == Settings(api_keys=(KEY.encode(),))
+    assert from_mapping({"API_KEY": KEY}).workers == (os.cpu_count() or 1)
+    assert from_mapping({"API_KEY": KEY, "WORKERS": "", "PORT": ""}) == Settings(api_keys=(KEY.encode(),))
+
+
+def test_every_setting_has_a_variable_and_a_parser():
+    for f in dataclasses.fields(Settings):
+        assert f.metadata["variable"].isupper() and callable(f.metadata["parse"]), f.name
+    assert len(variables()) == len(dataclasses.fields(Settings))  # no variable read into two fields
+
+
+def test_every_variable_is_documented_in_env_example():
+    documented = set(re.findall(r"^#?([A-Z][A-Z0-9_]*)=", ENV_EXAMPLE.read_text(), re.M))
+    assert set(variables()) - documented == set()
+
+
+def test_each_variable_is_parsed_into_its_field():
+    env = {"API_KEY": KEY, "WORKERS": "3", "OOD_Z": "2.5", "MODEL_REQUIRED": "yes", "METRICS_ALLOW": "10.0.0.1/8"}
+    s = from_mapping(env)
+    assert (s.workers, s.ood_z, s.model_required, s.metrics_allow) == (3, 2.5, True, ("10.0.0.0/8",))

@@ -13,8 +13,7 @@ import pytest
 from service import serve
 from service.artifacts import ArtifactPaths
 from service.stack import ROOT, http_get
-from tests.conftest import stack_env
-from tests.helpers import free_port, install_model
+from tests.helpers import free_port, install_model, stack_env
 
 
 def run_gunicorn(env: dict[str, str], tmp_path) -> subprocess.CompletedProcess:
