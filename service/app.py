@@ -15,7 +15,6 @@ import falcon
 from service import metrics
 from service.auth import ApiKeys
 from service.budget import RowBudget
-from service.deadline import Deadlines
 from service.errors import handle_unexpected, serialize_error
 from service.loader import LoadedModel
 from service.ood import OutOfDistribution
@@ -79,13 +78,7 @@ def create_app(
     """`budget` is the per-key row budget shared by every worker; the gunicorn master makes it
     once (service/wsgi.py) so that it outlives rollouts. Without one, the app gets its own."""
     # RequestMetrics first: its process_response runs last, so it counts the final status.
-    # Deadlines has the only process_resource: it runs before any responder reads a body.
-    deadlines = Deadlines(
-        settings.request_deadline_ms,
-        observe_wait=metrics.ByRoute(metrics.QUEUE_WAIT, "observe"),
-        count_shed=metrics.ByRoute(metrics.SHED, "inc"),
-    )
-    app = falcon.App(middleware=[metrics.RequestMetrics(), RequestContext(), deadlines])
+    app = falcon.App(middleware=[metrics.RequestMetrics(), RequestContext()])
     app.set_error_serializer(serialize_error)
     app.add_error_handler(Exception, handle_unexpected)
     keys = ApiKeys(settings.api_keys)

@@ -12,11 +12,12 @@ from typing import Any
 
 import falcon
 
-from service import logs
+from service import logs, metrics
 from service import settings as settings_module
 from service.app import create_app
 from service.artifacts import ArtifactError
 from service.budget import RowBudget
+from service.deadline import Deadlines
 from service.loader import LoadedModel, load_model
 
 logs.configure()
@@ -27,7 +28,18 @@ settings = settings_module.load_or_exit()
 budget = RowBudget.for_settings(settings)
 
 
-def build(current: LoadedModel | None = None) -> tuple[falcon.App, LoadedModel | None]:
+def with_deadlines(app: falcon.App) -> Deadlines:
+    """The app behind the per-request deadline (service/deadline.py), which sheds late requests
+    before Falcon sees them."""
+    return Deadlines(
+        app,
+        settings.request_deadline_ms,
+        observe_wait=metrics.ByRoute(metrics.QUEUE_WAIT, "observe"),
+        count_shed=metrics.ByRoute(metrics.SHED, "inc"),
+    )
+
+
+def build(current: LoadedModel | None = None) -> tuple[Deadlines, LoadedModel | None]:
     """The application for the model now at MODEL_PATH. Without a loadable model it answers 503
     (health included, so a load balancer drains it) unless MODEL_REQUIRED."""
     try:
@@ -37,7 +49,7 @@ def build(current: LoadedModel | None = None) -> tuple[falcon.App, LoadedModel |
             log.error("model not loaded: %s", e)
             sys.exit(f"model error: {e}")
         log.error("model not loaded, serving 503 until one is: %s", e)
-        return create_app(settings, None, str(e), budget), None
+        return with_deadlines(create_app(settings, None, str(e), budget)), None
     log.info(
         "model %s loaded (%s, %s trees); threshold %d",
         model.version,
@@ -45,7 +57,7 @@ def build(current: LoadedModel | None = None) -> tuple[falcon.App, LoadedModel |
         getattr(model.scorer, "n_trees", "?"),
         settings.fraud_threshold,
     )
-    return create_app(settings, model, budget=budget), model
+    return with_deadlines(create_app(settings, model, budget=budget)), model
 
 
 def freeze() -> None:
@@ -70,7 +82,7 @@ def roll_out(server: Any) -> None:
         log.error("rollout refused, still serving %s: %s", model.version if model else "no model", e)
         return
     gc.unfreeze()
-    application = create_app(settings, candidate, budget=budget)
+    application = with_deadlines(create_app(settings, candidate, budget=budget))
     model = candidate
     server.app.callable = application
     freeze()

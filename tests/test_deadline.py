@@ -11,12 +11,14 @@ import socket
 import time
 from pathlib import Path
 
+import falcon.inspect
 import pytest
 
+from service.app import create_app
+from service.deadline import guarded_routes
+from service.loader import load_model
 from service.settings import DEADLINE_MAX_MS
 from tests.helpers import TEST_KEY, sample_transaction
-
-SHED_ROUTES = [("POST", "/v1/fraud-score"), ("POST", "/v1/fraud-score/batch"), ("GET", "/v1/model-info")]
 
 
 class Upstream:
@@ -73,8 +75,27 @@ def transaction_body() -> bytes:
     return json.dumps(sample_transaction()).encode()
 
 
-@pytest.mark.parametrize(("method", "path"), SHED_ROUTES)
-def test_a_spent_budget_is_refused_without_reading_the_body(stack, method, path):
+def api_routes(stack) -> list[tuple[str, str]]:
+    """(method, path) of every route the stack's app guards: the API's, whatever they are now."""
+    app = create_app(stack.settings, load_model(stack.settings))
+    guarded = guarded_routes(app)
+    return [
+        (method.method, route.path)
+        for route in falcon.inspect.inspect_routes(app)
+        if route.path in guarded
+        for method in route.methods
+        if method.method in ("GET", "POST") and not method.internal
+    ]
+
+
+def test_every_api_route_is_guarded(stack):
+    routes = api_routes(stack)
+    assert {path for _, path in routes} >= {"/v1/fraud-score", "/v1/fraud-score/batch", "/v1/model-info"}
+    for method, path in routes:
+        assert_refused_unread(stack, method, path)
+
+
+def assert_refused_unread(stack, method: str, path: str) -> None:
     upstream = Upstream(stack.socket)
     try:
         # The body is announced but never sent: a worker that read it would wait for it, and this
@@ -87,10 +108,11 @@ def test_a_spent_budget_is_refused_without_reading_the_body(stack, method, path)
         status, headers, body = upstream.read_reply()
     finally:
         upstream.close()
-    assert status == 503, body
+    assert status == 503, (method, path, body)
     assert json.loads(body)["error"] == "deadline_exceeded"
     assert headers["retry-after"] == "1"
     assert int(headers["x-queue-wait-ms"]) >= 10_000
+    assert headers["content-type"] == "application/json" and headers["x-request-id"]
 
 
 def test_a_fresh_request_does_wait_for_its_body(stack):
