@@ -5,7 +5,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 MODEL_PATH ?= model/fraud-model.joblib
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_PACKAGES := nginx
+APT_PACKAGES := nginx redis-server
+# redis-server: the local feature store `make run` starts with FEATURE_STORE_START (and the tests).
 # chromium renders /docs in a test; wrk drives load in the hostile-input tests and make chaos.
 TEST_APT_PACKAGES := chromium wrk
 # The container's production stage installs without the dev extras: `make venv PIP_EXTRAS=`.
@@ -13,12 +14,13 @@ PIP_EXTRAS ?= dev
 INSTALLED := $(VENV)/.installed
 PERF_INSTALLED := $(VENV)/.perf-installed
 
-.PHONY: lint help install system-packages test-system-packages apt-packages venv run reload model model-full convert test fuzz chaos clean perf perf-baseline perf-compare perf-install
+.PHONY: features lint help install system-packages test-system-packages apt-packages venv run reload model model-full convert test fuzz chaos clean perf perf-baseline perf-compare perf-install
 
 help:
 	@echo "make run    install what is missing, train the default model if there is none, serve through nginx"
 	@echo "make test   run the test suite (unit + integration with real nginx and gunicorn)"
 	@echo "make reload roll out the model now at MODEL_PATH to the running service, with zero downtime"
+	@echo "make features IN=file  load transactions' features into the feature store (by-id scoring)"
 	@echo "make model  (re)train the default model; CSV=path/to/creditcard.csv trains on real data"
 	@echo "make convert  write MODEL_PATH's serving artifact ahead (OUTPUT_DIR=dir for a read-only mount; MODEL_SHA256=digest)"
 	@echo "make install  system packages (nginx) and the virtual environment in .venv/"
@@ -47,7 +49,7 @@ apt-packages:
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
 	fi
 
-$(INSTALLED): pyproject.toml service/_walker.c service/_budget.c
+$(INSTALLED): pyproject.toml $(wildcard service/*.c) service/_budget.c
 	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.$(if $(PIP_EXTRAS),[$(PIP_EXTRAS)])'
@@ -77,6 +79,12 @@ convert: | $(INSTALLED)
 run: install .env $(MODEL_PATH)
 	@mkdir -p .run
 	GUNICORN_PIDFILE=$(CURDIR)/.run/gunicorn.pid $(PY) -m service.stack
+
+# Load transactions' features into the feature store (FEATURE_STORE_URL): IN=file.csv|.parquet
+# with a transaction_id column and the 30 features; TTL=seconds to keep each record.
+features: install
+	@test -n "$(IN)" || { echo "usage: make features IN=transactions.parquet [TTL=86400]"; exit 2; }
+	$(PY) -m service.feature_writer $(IN) $(if $(TTL),--ttl $(TTL))
 
 # Zero-downtime model rollout for a running `make run`: replace the model files (make model does,
 # atomically), then this. New workers load the new model before the old ones stop.

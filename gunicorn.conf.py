@@ -18,7 +18,8 @@ workers = _settings.workers
 # beyond it nginx's connect fails at once and the client gets nginx's 503 (docs/operations.md#deadlines),
 # instead of a queue of thousands that every request would wait out.
 backlog = 16 * workers
-worker_class = "sync"  # scoring is CPU-bound and nginx absorbs slow clients
+# Sync (scoring is CPU-bound and nginx absorbs slow clients), freed as soon as its answer is written.
+worker_class = "service.worker.Worker"
 preload_app = True  # settings, model and schema load once in the master and are shared after fork
 worker_tmp_dir = "/dev/shm"  # the heartbeat file must not sit on a slow or read-only disk
 # A recycled worker leaves a gap and starts cold, which shows in the tail latency when workers
@@ -33,7 +34,9 @@ pidfile = os.environ.get("GUNICORN_PIDFILE")  # `make reload` signals the master
 control_socket_disable = True  # signals are the control interface (make reload)
 
 logger_class = "service.logs.JsonGunicornLogger"
-accesslog = "-"
+# One access log, nginx's: it also records the app's time and the worker's pid (from response
+# headers it hides from clients), so a second line per request here would only cost CPU.
+accesslog = None
 errorlog = "-"
 loglevel = "info"
 proc_name = "fraud-scoring"

@@ -27,7 +27,7 @@ import numpy as np
 import orjson
 
 from model import synthetic
-from perf import baseline, chart, memory, micro, report, stats, wrk
+from perf import baseline, by_id, chart, memory, micro, report, stats, wrk
 from service import harness
 from service.artifacts import ArtifactPaths, read_manifest
 from service.features import FEATURES
@@ -56,15 +56,26 @@ def as_bodies(X: np.ndarray) -> list[bytes]:
     return [orjson.dumps(dict(zip(FEATURES, map(float, row), strict=True))) for row in X]
 
 
-def start_stack(model_path: Path, api_key: str, stack_log: Path, workers: int | None = None) -> Stack:
+BARE_APP = "perf.bare:application"
+
+
+def start_stack(
+    model_path: Path,
+    api_key: str,
+    stack_log: Path,
+    workers: int | None = None,
+    app: str | None = None,
+    **extra: str,
+) -> Stack:
     """The real nginx + gunicorn, as `make run` starts them, on a free loopback port, limits lifted.
     WORKERS and GUNICORN_CMD_ARGS pass through, to compare settings; a developer's .env does not.
-    Access-log lines are formatted and written as in production, to /dev/null rather than filling
-    the disk (gunicorn's go to stdout, discarded); errors go to the stack log."""
-    env = harness.environment(api_key, model_path, ("WORKERS", "GUNICORN_CMD_ARGS"), **harness.UNLIMITED)
+    nginx's access-log lines are formatted and written as in production, to /dev/null rather than
+    filling the disk; errors go to the stack log. `app` replaces the service's WSGI callable (the bare
+    stack)."""
+    env = harness.environment(api_key, model_path, ("WORKERS", "GUNICORN_CMD_ARGS"), **{**harness.UNLIMITED, **extra})
     if workers:
         env["WORKERS"] = str(workers)
-    return harness.start(env, log=stack_log, access_log="/dev/null", stdout_to_log=False)
+    return harness.start(env, log=stack_log, access_log="/dev/null", stdout_to_log=False, app=app)
 
 
 def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -105,6 +116,29 @@ def closed_loop(url: str, files: dict[str, Path], key: str, rounds: int, seconds
             f"/health {scenarios[f'health c{connections}']['rps']:.0f}/s, ratio {ratios[str(connections)]:.2f}"
         )
     return scenarios, {"score_vs_health_rps": ratios}
+
+
+def ceiling(url: str, bare_url: str, files: dict[str, Path], key: str, rounds: int, seconds: float) -> dict:
+    """Scoring against the bare stack (same nginx and gunicorn, an app that only reads the body),
+    at 64 connections, alternating round by round; the ratio is the median of the rounds' ratios."""
+    runs: dict[str, list[dict[str, Any]]] = {"score": [], "bare": []}
+    for _ in range(rounds):
+        for name, target in (("score", url), ("bare", bare_url)):
+            runs[name].append(wrk.run(wrk.Scenario("score", 64, seconds), target, files["score"], key))
+    ratios = [s["rps"] / b["rps"] for s, b in zip(runs["score"], runs["bare"], strict=True)]
+    result = {
+        "connections": 64,
+        "score_rps": stats.median(r["rps"] for r in runs["score"]),
+        "bare_rps": stats.median(r["rps"] for r in runs["bare"]),
+        "ratios": ratios,
+        "score_vs_bare_rps": stats.median(ratios),
+        "failed": sum(r["failed"] for r in runs["score"] + runs["bare"]),
+    }
+    log(
+        f"ceiling, 64 connections: scoring {result['score_rps']:.0f}/s, bare stack {result['bare_rps']:.0f}/s, "
+        f"ratio {result['score_vs_bare_rps']:.2f}"
+    )
+    return result
 
 
 def open_loop(url: str, files: dict[str, Path], key: str, capacity: float, seconds: float) -> dict[str, Any]:
@@ -198,6 +232,14 @@ def main(argv: list[str] | None = None) -> int:
         for endpoint, seconds in (("score", 3), ("health", 1)):
             wrk.run(wrk.Scenario(endpoint, 64, seconds), url, files[endpoint], key)
         results["closed_loop"], results["closed_loop_ratios"] = closed_loop(url, files, key, args.rounds, args.seconds)
+        if stack:
+            log("the bare stack (same nginx and gunicorn, an app that returns a constant)")
+            bare = start_stack(model_path, key, stack_log, app=BARE_APP)
+            try:
+                wrk.run(wrk.Scenario("score", 64, 2), bare.base_url, files["score"], key)
+                results["ceiling"] = ceiling(url, bare.base_url, files, key, args.rounds, args.seconds)
+            finally:
+                bare.stop()
         capacity = results["closed_loop"]["score c64"]["rps"]
         results["open_loop"] = open_loop(url, files, key, capacity, args.open_seconds)
     finally:
@@ -205,6 +247,16 @@ def main(argv: list[str] | None = None) -> int:
             stack.stop()
 
     if not args.url:
+        log("by-id scoring from a local redis-server, next to the raw-feature routes")
+        results["by_id"] = by_id.measure(
+            X[:1000],
+            key,
+            lambda **extra: start_stack(model_path, key, stack_log, **extra),
+            harness.free_port,
+            args.rounds,
+            args.seconds,
+            log,
+        )
         log(f"memory with {', '.join(map(str, MEMORY_WORKERS))} workers")
         loads: dict[int, dict[str, Any]] = {}
 
@@ -248,8 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"CPU per request in one worker: /health {hot['app_health_us']:.1f} µs, score {hot['app_score_us']:.1f} µs "
         f"(decode {hot['decode_us']:.1f}, validate {hot['validate_us']:.1f}, walk {hot['predict_row_us']:.1f}, "
-        f"encode {hot['encode_us']:.1f}, row budget {hot['budget_spend_us']:.2f}); "
-        f"gunicorn access-log line {hot['access_log_us']:.1f} µs"
+        f"encode {hot['encode_us']:.1f}, row budget {hot['budget_spend_us']:.2f})"
     )
     print()
     print(report.targets_table(found))

@@ -144,7 +144,7 @@ class Side:
 
 def status(url: str, method: str, path: str, body: bytes | None = None, api_key: str = "") -> int | None:
     host, port = url.removeprefix("http://").rsplit(":", 1)
-    conn = http.client.HTTPConnection(host, int(port), timeout=5)
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
     try:
         headers = {"X-API-Key": api_key, "Content-Type": "application/json"} if api_key else {}
         conn.request(method, path, body=body, headers=headers)
@@ -261,7 +261,12 @@ def main(argv: list[str] | None = None) -> int:
         for name, side in sides.items():
             side.start(copy_model(model_path, work / name), key, stack_log)
         skipped = {e: r for side in sides.values() for e, r in servable(side.url, files, key).items()}
+        for side in sides.values():
+            if side.process is None or side.process.poll() is not None:
+                raise RuntimeError(f"the {side.name} stack stopped: see {stack_log}")
         endpoints = [e for e in files if e not in skipped]
+        if not endpoints:
+            raise RuntimeError(f"no endpoint can be compared: {skipped}")
         for endpoint, reason in skipped.items():
             log(f"skipping {endpoint}: {reason}")
         connections = [int(c) for c in args.connections.split(",")]

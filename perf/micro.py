@@ -3,12 +3,9 @@ against the jsonschema reference, and where a request's CPU goes inside one work
 
 from __future__ import annotations
 
-import datetime
-import logging
 import timeit
 from collections.abc import Callable
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import falcon.testing
@@ -106,7 +103,7 @@ def validation(bodies: list[bytes]) -> dict[str, Any]:
 
 def hot_path(model_path: Path, bodies: list[bytes]) -> dict[str, float]:
     """CPU per request (µs) inside one process: the whole Falcon app for /health and for a score,
-    the steps of a score, and gunicorn's JSON access-log line."""
+    and the steps of a score."""
     key = "perf-micro-key-0123456789"
     # The budget is spent on every score, as in the service, at a rate no benchmark reaches.
     settings = Settings(
@@ -166,26 +163,4 @@ def hot_path(model_path: Path, bodies: list[bytes]) -> dict[str, float]:
         "app_score_us": score * 1e6,
         "score_minus_health_us": (score - health) * 1e6,
         **{k: v * 1e6 for k, v in steps.items()},
-        "access_log_us": access_log_line() * 1e6,
     }
-
-
-def access_log_line() -> float:
-    """Seconds per access-log line written by gunicorn's logger class (to /dev/null)."""
-    from gunicorn.config import Config
-
-    from service.logs import JsonGunicornLogger
-
-    config = Config()
-    config.set("accesslog", "/dev/null")
-    config.set("errorlog", "/dev/null")
-    log = JsonGunicornLogger(config)
-    resp = SimpleNamespace(status_code=200, sent=70, status="200 OK", headers=[])
-    environ = {"HTTP_X_REQUEST_ID": "perf-micro", "REQUEST_METHOD": "POST", "PATH_INFO": "/v1/fraud-score"}
-    took = datetime.timedelta(microseconds=1234)
-    try:
-        return per_call(lambda: log.access(resp, None, environ, took))
-    finally:
-        for handler in (*log.access_log.handlers, *log.error_log.handlers):
-            handler.close()
-        logging.getLogger("gunicorn.access").handlers.clear()

@@ -30,7 +30,7 @@ def _model_private_growth(memory: dict[str, Any]) -> tuple[int, int, bool]:
 
 
 def targets(results: dict[str, Any]) -> list[Target]:
-    found = []
+    found = by_id_targets(results.get("by_id"))
     ratios = results["closed_loop_ratios"]["score_vs_health_rps"]
     if "64" in ratios:
         found.append(
@@ -39,6 +39,16 @@ def targets(results: dict[str, Any]) -> list[Target]:
                 f"{100 * ratios['64']:.0f} %",
                 "≥ 75 %",
                 ratios["64"] >= 0.75,
+            )
+        )
+    ceiling = results.get("ceiling")
+    if ceiling:
+        found.append(
+            Target(
+                "scoring ÷ bare stack throughput, 64 connections",
+                f"{100 * ceiling['score_vs_bare_rps']:.0f} % ({ceiling['score_rps']:.0f} vs {ceiling['bare_rps']:.0f}/s)",
+                "≥ 90 %",
+                ceiling["score_vs_bare_rps"] >= 0.90,
             )
         )
     micro = results.get("micro", {})
@@ -126,12 +136,18 @@ def hard_failures(results: dict[str, Any]) -> list[str]:
     if engine and not engine["bit_identical"]:
         failures.append("the walker's probabilities differ from predict_proba's")
     scenarios = [*results["closed_loop"].values(), *results.get("open_loop", {}).values()]
+    ceiling = results.get("ceiling")
+    if ceiling and ceiling["failed"]:
+        failures.append(f"ceiling (scoring and the bare stack, 64 connections): {ceiling['failed']} failed requests")
     for s in scenarios:
         if s["failed"]:
             errors = ", ".join(f"{k} {v}" for k, v in s["errors"].items() if v)
             failures.append(f"{s['scenario']}: {s['failed']} failed requests ({errors})")
         if s["rate"] is None and s["connections"] in LIMITED_CONNECTIONS and s["latency_ms"]["p99"] >= P99_LIMIT_MS:
             failures.append(f"{s['scenario']}: p99 {s['latency_ms']['p99']:.0f} ms ≥ {P99_LIMIT_MS:.0f} ms")
+    for name, route in (results.get("by_id") or {}).get("routes", {}).items():
+        if route["failed"]:
+            failures.append(f"{name} (by-id run): {route['failed']} failed requests")
     return failures
 
 
@@ -176,6 +192,33 @@ def memory_table(memory: dict[str, Any]) -> str:
         " model pages are its alone); +scoring = private growth under load (Python's heap)"
     )
     return "\n".join(lines)
+
+
+def by_id_targets(by_id: dict[str, Any] | None) -> list[Target]:
+    if not by_id:
+        return []
+    routes = by_id["routes"]
+    return [
+        Target(
+            f"by-id ÷ raw single throughput, {by_id['connections']} connections",
+            f"{100 * by_id['single_ratio']:.0f} % ({routes['by-id single']['rps']:,.0f} vs "
+            f"{routes['raw single']['rps']:,.0f} req/s)",
+            "≥ 70 %",
+            by_id["single_ratio"] >= 0.70,
+        ),
+        Target(
+            f"by-id single p99, {by_id['connections']} connections",
+            f"{routes['by-id single']['p99_ms']:.2f} ms (raw {routes['raw single']['p99_ms']:.2f} ms)",
+            "< 5 ms",
+            routes["by-id single"]["p99_ms"] < 5.0,
+        ),
+        Target(
+            f"by-id ÷ raw batch of {by_id['batch_rows']} rows throughput",
+            f"{100 * by_id['batch_ratio']:.0f} % ({routes['by-id batch']['rows_per_s']:,.0f} rows/s)",
+            "reported",
+            True,
+        ),
+    ]
 
 
 def targets_table(found: list[Target]) -> str:

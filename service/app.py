@@ -5,6 +5,7 @@ needs is prepared here, once."""
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from importlib import resources
@@ -15,7 +16,9 @@ import falcon
 from service import metrics
 from service.auth import ApiKeys
 from service.budget import RowBudget
+from service.by_id import ByIdBatchResource, ByIdScoreResource, StoredRows, StoreStatusResource
 from service.errors import handle_unexpected, serialize_error
+from service.feature_store import FeatureStore, StoreConfig
 from service.loader import LoadedModel
 from service.ood import OutOfDistribution
 from service.openapi import DOCS_PAGE, build_openapi
@@ -31,7 +34,8 @@ from service.settings import Settings
 
 
 class RequestContext:
-    """Echoes the request id (nginx sets one on every request) and the app's own time."""
+    """Echoes the request id (nginx sets one on every request) and the app's own time; tells nginx
+    which worker answered (nginx logs it and hides it from clients), to correlate with its logs."""
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         req.context.started = time.perf_counter()
@@ -41,6 +45,7 @@ class RequestContext:
     ) -> None:
         resp.set_header("X-Request-ID", req.get_header("X-Request-ID") or uuid.uuid4().hex)
         resp.set_header("X-Response-Time-Ms", f"{(time.perf_counter() - req.context.started) * 1000.0:.3f}")
+        resp.set_header("X-Worker-PID", str(os.getpid()))
 
 
 class DocsPage:
@@ -85,7 +90,12 @@ def create_app(
     budget = budget or RowBudget.for_settings(settings)
     document = load_schema_document()
 
-    app.add_route("/openapi.json", StaticJson(build_openapi(document, settings.batch_max, settings.app_version)))
+    app.add_route(
+        "/openapi.json",
+        StaticJson(
+            build_openapi(document, settings.batch_max, settings.app_version, by_id=bool(settings.feature_store_url))
+        ),
+    )
     app.add_route("/docs", DocsPage())
     app.add_static_route("/docs/static", str(resources.files("service").joinpath("static/swagger-ui")))
     app.add_route("/metrics", metrics.MetricsResource())  # nginx serves it to internal networks only
@@ -100,6 +110,9 @@ def create_app(
         app.add_route("/v1/fraud-score", ModelUnavailableResource(unavailable_reason, "post"))
         app.add_route("/v1/fraud-score/batch", ModelUnavailableResource(unavailable_reason, "post"))
         app.add_route("/v1/model-info", ModelUnavailableResource(unavailable_reason, "get"))
+        if settings.feature_store_url:
+            app.add_route("/v1/fraud-score/by-id", ModelUnavailableResource(unavailable_reason, "post"))
+            app.add_route("/v1/fraud-score/by-id/batch", ModelUnavailableResource(unavailable_reason, "post"))
         return app
 
     ood = OutOfDistribution(model.manifest.get("feature_stats"), settings.ood_z)
@@ -118,4 +131,26 @@ def create_app(
         ),
     )
     app.add_route("/v1/model-info", StaticJson(model_info(model, settings, ood), keys=keys))
+    if settings.feature_store_url:
+        add_by_id_routes(app, settings, scoring, TransactionValidator(document), keys, budget)
     return app
+
+
+def add_by_id_routes(
+    app: falcon.App,
+    settings: Settings,
+    scoring: Scoring,
+    transaction: TransactionValidator,
+    keys: ApiKeys,
+    budget: RowBudget,
+) -> None:
+    store = FeatureStore(
+        StoreConfig(
+            settings.feature_store_url, settings.feature_store_prefix, settings.feature_store_timeout_ms / 1000
+        ),
+        observe_fetch=metrics.observe_fetch,
+    )
+    stored = StoredRows(store, transaction)
+    app.add_route("/v1/fraud-score/by-id", ByIdScoreResource(scoring, stored, keys, budget))
+    app.add_route("/v1/fraud-score/by-id/batch", ByIdBatchResource(scoring, stored, keys, budget, settings.batch_max))
+    app.add_route("/health/feature-store", StoreStatusResource(store))

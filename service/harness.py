@@ -64,6 +64,7 @@ def start(
     stdout_to_log: bool = True,
     attempts: int = 3,
     timeout: float = 60.0,
+    app: str | None = None,
 ) -> Stack:
     """Starts a Stack with `env` on a free loopback port and waits until it answers /health.
 
@@ -74,7 +75,8 @@ def start(
         out = open(log, "a") if log else subprocess.DEVNULL  # noqa: SIM115  (the children keep it open)
         stdout = out if stdout_to_log else subprocess.DEVNULL
         try:
-            return Stack(from_mapping(full), env=full, stdout=stdout, stderr=out, access_log=access_log).start(timeout)
+            stack = Stack(from_mapping(full), env=full, stdout=stdout, stderr=out, access_log=access_log, app=app)
+            return stack.start(timeout)
         except RuntimeError as e:
             if attempt == attempts - 1:
                 tail = log.read_text()[-3000:] if log and log.exists() else ""

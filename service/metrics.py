@@ -6,14 +6,20 @@ prometheus_client is first imported (it picks its value class at import time), s
 master calls `service.multiproc.prepare` from gunicorn.conf.py before anything imports this module.
 Without the variable (unit tests, a plain `python -c`), metrics live in the process.
 
-The hot path pays one dictionary lookup, one counter increment and one histogram observation per
-request (`python -m perf.metrics_cost` measures it): labelled children are resolved once and cached."""
+In multiprocess mode the hot path (every request's count and latency, every score) does not go
+through prometheus_client's values, which take a lock, check the pid and pack two doubles for each of
+the five or six samples a scored request updates. Each worker writes those samples into files of its
+own in the same format (`SampleFile`), which the same collector sums: an update is one float added in
+shared memory. `python -m perf.metrics_cost` measures what a request pays."""
 
 from __future__ import annotations
 
+import mmap
 import os
+import struct
 import time
-from collections.abc import Callable
+from bisect import bisect_left
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import falcon
@@ -27,6 +33,8 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+from prometheus_client.mmap_dict import MmapedDict, mmap_key
+from prometheus_client.utils import INF, floatToGoString
 
 from service.multiproc import ENV as MULTIPROC_ENV
 
@@ -79,18 +87,172 @@ WORKER_EXITS = Counter(
     "gunicorn workers that exited and were replaced (crashes, kills, max_requests recycling)",
 )
 
+FEATURE_STORE_FETCH = Histogram(
+    "fraud_feature_store_fetch_seconds",
+    "Round trips to the online feature store (one GET or MGET per request), successful ones",
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1),
+)
+FEATURE_STORE_MISSES = Counter(
+    "fraud_feature_store_misses_total", "Transaction ids asked for that the feature store did not hold"
+)
+FEATURE_STORE_ROWS = Counter("fraud_feature_store_rows_total", "Transaction ids asked of the feature store")
+
+
+class SampleFile:
+    """One process's samples of one metric type, in the file format of prometheus_client's
+    multiprocess mode (MultiProcessCollector sums every `{type}_*.db` file in the directory, dead
+    processes' too), with each sample a float64 slot of the mapped file, updated in place."""
+
+    HEADER = struct.Struct("i")
+
+    def __init__(self, path: str) -> None:
+        self._file = open(path, "a+b")  # noqa: SIM115  (open for the life of the process)
+        size = os.fstat(self._file.fileno()).st_size
+        # A pid reused within one run continues the dead process's file, as prometheus_client does.
+        self._slots = {key: pos // 8 for key, _, _, pos in MmapedDict.read_all_values_from_file(path)} if size else {}
+        if not size:
+            size = 1 << 16
+            self._file.truncate(size)
+        self._map = mmap.mmap(self._file.fileno(), size)
+        self._used = self.HEADER.unpack_from(self._map, 0)[0] or 8
+        self._map[0:4] = self.HEADER.pack(self._used)
+        self.values = memoryview(self._map).cast("d")  # read it again after slot(): growing remaps
+
+    def slot(self, key: str) -> int:
+        """The index in `values` of the sample named by `key` (prometheus_client's mmap_key)."""
+        found = self._slots.get(key)
+        if found is not None:
+            return found
+        encoded = key.encode()
+        padded = encoded + b" " * (8 - (len(encoded) + 4) % 8)
+        entry = struct.pack(f"i{len(padded)}sdd", len(encoded), padded, 0.0, 0.0)
+        if self._used + len(entry) > len(self._map):
+            self.values.release()
+            self._map.resize(2 * len(self._map) + len(entry))
+            self.values = memoryview(self._map).cast("d")
+        self._map[self._used : self._used + len(entry)] = entry
+        self._used += len(entry)
+        self._map[0:4] = self.HEADER.pack(self._used)  # last: a reader sees the entry whole or not at all
+        self._slots[key] = slot = (self._used - 16) // 8
+        return slot
+
+
+def _key(metric: Any, sample: str, labels: dict[str, str]) -> str:
+    return mmap_key(metric._name, sample, list(labels), list(labels.values()), metric._documentation)
+
+
+class _HistogramSlots:
+    def __init__(self, metric: Any, samples: SampleFile, bounds: Sequence[float], labels: dict[str, str]) -> None:
+        name = metric._name
+        self.sum = samples.slot(_key(metric, f"{name}_sum", labels))
+        self.buckets = tuple(
+            samples.slot(_key(metric, f"{name}_bucket", {**labels, "le": floatToGoString(b)})) for b in bounds
+        )
+
+
+class _Worker:
+    """This process's sample files and the slots it has used, opened on the first update in the
+    process: a forked worker starts with none (os.register_at_fork below) and opens its own."""
+
+    def __init__(self, directory: str) -> None:
+        pid = os.getpid()
+        self.counters = SampleFile(os.path.join(directory, f"counter_hot_{pid}.db"))
+        self.histograms = SampleFile(os.path.join(directory, f"histogram_hot_{pid}.db"))
+        self.requests: dict[tuple[str, str, int], tuple[int, _HistogramSlots]] = {}
+        self.score = _HistogramSlots(SCORES, self.histograms, SCORE_BOUNDS, {})
+        self.flagged = self.counters.slot(_key(SCORED, "fraud_scored_total", {"is_fraud": "true"}))
+        self.cleared = self.counters.slot(_key(SCORED, "fraud_scored_total", {"is_fraud": "false"}))
+        self.ood = self.counters.slot(_key(OUT_OF_DISTRIBUTION, "fraud_out_of_distribution_total", {}))
+
+    def request_slots(self, key: tuple[str, str, int]) -> tuple[int, _HistogramSlots]:
+        route, method, status = key
+        labels = {"route": route, "method": method, "status": str(status)}
+        count = self.counters.slot(_key(REQUESTS, "fraud_http_requests_total", labels))
+        latency = _HistogramSlots(LATENCY, self.histograms, LATENCY_BOUNDS, {"route": route})
+        self.requests[key] = slots = (count, latency)
+        return slots
+
+
+LATENCY_BOUNDS = (*LATENCY_BUCKETS, INF)
+SCORE_BOUNDS = (*SCORE_BUCKETS, INF)
+_worker: list[_Worker] = []  # this process's, once opened
+os.register_at_fork(after_in_child=_worker.clear)
+
+
+def _this_worker() -> _Worker:
+    if not _worker:
+        _worker.append(_Worker(os.environ[MULTIPROC_ENV]))
+    return _worker[0]
+
+
+def _record_request_shared(key: tuple[str, str, int], elapsed: float) -> None:
+    worker = _worker[0] if _worker else _this_worker()
+    count, latency = worker.requests.get(key) or worker.request_slots(key)
+    worker.counters.values[count] += 1.0
+    histograms = worker.histograms.values
+    histograms[latency.buckets[bisect_left(LATENCY_BOUNDS, elapsed)]] += 1.0
+    histograms[latency.sum] += elapsed
+
+
+def _observe_score_shared(score: int, is_fraud: bool, ood_warning: bool) -> None:
+    worker = _worker[0] if _worker else _this_worker()
+    histograms = worker.histograms.values
+    histograms[worker.score.buckets[bisect_left(SCORE_BOUNDS, score)]] += 1.0
+    histograms[worker.score.sum] += score
+    counters = worker.counters.values
+    counters[worker.flagged if is_fraud else worker.cleared] += 1.0
+    if ood_warning:
+        counters[worker.ood] += 1.0
+
+
+_children: dict[tuple[str, str, int], tuple[Callable[[], None], Callable[[float], None]]] = {}
+
+
+def _record_request_in_process(key: tuple[str, str, int], elapsed: float) -> None:
+    children = _children.get(key)
+    if children is None:
+        children = _children[key] = (
+            REQUESTS.labels(route=key[0], method=key[1], status=str(key[2])).inc,
+            LATENCY.labels(route=key[0]).observe,
+        )
+    children[0]()
+    children[1](elapsed)
+
+
 _flagged = SCORED.labels(is_fraud="true").inc
 _cleared = SCORED.labels(is_fraud="false").inc
-_score = SCORES.observe
-_ood = OUT_OF_DISTRIBUTION.inc
+
+
+def _observe_score_in_process(score: int, is_fraud: bool, ood_warning: bool) -> None:
+    SCORES.observe(score)
+    (_flagged if is_fraud else _cleared)()
+    if ood_warning:
+        OUT_OF_DISTRIBUTION.inc()
+
+
+# prometheus_client chose its mode when first imported, from the same variable.
+_SHARED = bool(os.environ.get(MULTIPROC_ENV))
+_record_request = _record_request_shared if _SHARED else _record_request_in_process
+_observe_score = _observe_score_shared if _SHARED else _observe_score_in_process
 
 
 def observe_score(score: int, is_fraud: bool, ood_warning: bool = False) -> None:
     """Called by the score path once per transaction scored."""
-    _score(score)
-    (_flagged if is_fraud else _cleared)()
-    if ood_warning:
-        _ood()
+    _observe_score(score, is_fraud, ood_warning)
+
+
+_fetched = FEATURE_STORE_FETCH.observe
+_asked = FEATURE_STORE_ROWS.inc
+_missed = FEATURE_STORE_MISSES.inc
+
+
+def observe_fetch(seconds: float, rows: int, misses: int) -> None:
+    """Called once per round trip to the feature store. Failed ones are in the request metrics as
+    503s with the route's label."""
+    _fetched(seconds)
+    _asked(rows)
+    if misses:
+        _missed(misses)
 
 
 _served_versions: list[str] = []
@@ -115,23 +277,15 @@ class RequestMetrics:
     """Falcon middleware: counts and times every request the app answers, errors included.
 
     Labels are bounded: the route template (or "unmatched"), a known method (or "other") and the
-    status code. Each label combination's counter and histogram child is looked up once."""
-
-    def __init__(self) -> None:
-        self._children: dict[tuple[str, str, int], tuple[Callable[[], None], Callable[[float], None]]] = {}
+    status code. Each label combination's samples are looked up once."""
 
     def process_response(self, req: falcon.Request, resp: falcon.Response, resource: Any, req_succeeded: bool) -> None:
         # The start time RequestContext took: it runs inside this middleware, before any responder.
         elapsed = time.perf_counter() - req.context.started
-        key = (req.uri_template or "unmatched", req.method if req.method in METHODS else "other", resp.status_code)
-        children = self._children.get(key)
-        if children is None:
-            children = self._children[key] = (
-                REQUESTS.labels(route=key[0], method=key[1], status=str(key[2])).inc,
-                LATENCY.labels(route=key[0]).observe,
-            )
-        children[0]()
-        children[1](elapsed)
+        _record_request(
+            (req.uri_template or "unmatched", req.method if req.method in METHODS else "other", resp.status_code),
+            elapsed,
+        )
 
 
 class ByRoute:

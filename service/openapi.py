@@ -6,7 +6,16 @@ from typing import Any
 
 from service.deadline import SHED_PREFIXES
 from service.features import FEATURES
-from service.schema import BATCH_FIELD, batch_document, embeddable, sample_transaction
+from service.schema import (
+    BATCH_FIELD,
+    ID_FIELD,
+    IDS_FIELD,
+    batch_document,
+    by_id_batch_document,
+    by_id_document,
+    embeddable,
+    sample_transaction,
+)
 from service.settings import DEADLINE_MAX_MS, DEADLINE_MIN_MS
 
 JSON = "application/json"
@@ -117,8 +126,79 @@ _SCHEMAS: dict[str, Any] = {
 }
 
 
-def build_openapi(transaction_schema: dict[str, Any], batch_max: int, app_version: str) -> dict[str, Any]:
-    return with_deadlines(_document(transaction_schema, batch_max, app_version))
+def by_id_paths(batch_max: int, explain: dict[str, Any], errors: dict[str, Any], scored: dict[str, Any]) -> dict:
+    """The by-id routes, described only when a feature store is configured (else they do not exist)."""
+    store_errors = {
+        **errors,
+        "404": _error(
+            "no features are stored for an id", "unknown_transaction", "no features stored for transaction 'tx-1'"
+        ),
+        "422": _error(
+            "the body is not as described, or a stored record is in an unknown format or holds a value the contract refuses",
+            "invalid_record",
+            "transaction 'tx-1': V3 is not a finite number (nan)",
+        ),
+        "503": {
+            "description": "the feature store did not answer within FEATURE_STORE_TIMEOUT_MS, or no model is loaded",
+            "headers": _RETRY,
+            **_json(
+                _ref("Error"),
+                {"error": "feature_store_unavailable", "message": "the feature store did not answer: TimeoutError"},
+            ),
+        },
+    }
+    one = {**scored, ID_FIELD: "tx-1"}
+    return {
+        "/v1/fraud-score/by-id": {
+            "post": {
+                "summary": "Score a transaction whose features the pipeline stored in the feature store",
+                "operationId": "scoreById",
+                "parameters": [explain],
+                "requestBody": {"required": True, **_json(_ref("TransactionId"), {ID_FIELD: "tx-1"})},
+                "responses": {
+                    "200": {
+                        "description": "scored, with the id",
+                        "headers": _TRACE_HEADERS,
+                        **_json(_ref("ScoreResult"), one),
+                    },
+                    **store_errors,
+                },
+            }
+        },
+        "/v1/fraud-score/by-id/batch": {
+            "post": {
+                "summary": f"Score up to {batch_max} stored transactions in one call (one round trip to the store)",
+                "operationId": "scoreByIdBatch",
+                "parameters": [explain],
+                "requestBody": {"required": True, **_json(_ref("TransactionIdBatch"), {IDS_FIELD: ["tx-1", "tx-2"]})},
+                "responses": {
+                    "200": {
+                        "description": "results in input order, each with its id",
+                        "headers": _TRACE_HEADERS,
+                        **_json(_ref("BatchResult"), {"results": [one], "model-version": scored["model-version"]}),
+                    },
+                    **store_errors,
+                },
+            }
+        },
+        "/health/feature-store": {
+            "get": {
+                "summary": "Whether the feature store answers (apart from /health, which does not depend on it)",
+                "operationId": "featureStoreHealth",
+                "security": [],
+                "responses": {
+                    "200": {"description": "the store answers a PING within the timeout", **_json({"type": "object"})},
+                    "503": {"description": "the store does not answer", **_json({"type": "object"})},
+                },
+            }
+        },
+    }
+
+
+def build_openapi(
+    transaction_schema: dict[str, Any], batch_max: int, app_version: str, by_id: bool = False
+) -> dict[str, Any]:
+    return with_deadlines(_document(transaction_schema, batch_max, app_version, by_id))
 
 
 _DEADLINE_PARAMETER = {
@@ -132,9 +212,16 @@ _DEADLINE_PARAMETER = {
 }
 _DEADLINE_EXCEEDED = (
     "deadline_exceeded: the request waited its budget out in the queue and was refused unread; retry after "
-    "Retry-After, or fall back to your own rule. Otherwise: no model is loaded, or no worker is available "
-    "(the queue to the workers is full)"
+    "Retry-After, or fall back to your own rule. nginx's unavailable: no worker could take it (the queue to "
+    "the workers is full, or gunicorn is down)"
 )
+
+
+_DEADLINE_EXAMPLE = {
+    "error": "deadline_exceeded",
+    "message": "the request waited 163 ms in the queue of its 150 ms budget; retry after Retry-After, "
+    "or fall back to your own rule",
+}
 
 
 def with_deadlines(document: dict[str, Any]) -> dict[str, Any]:
@@ -148,22 +235,20 @@ def with_deadlines(document: dict[str, Any]) -> dict[str, Any]:
                 *operation.get("parameters", []),
                 {"$ref": "#/components/parameters/X-Deadline-Ms"},
             ]
+            other = operation["responses"].get("503", {})
+            content = other.get("content") or _json(_ref("Error"), _DEADLINE_EXAMPLE)["content"]
+            if "example" not in content[JSON]:
+                content = _json(_ref("Error"), _DEADLINE_EXAMPLE)["content"]
+            description = other.get("description")
             operation["responses"]["503"] = {
-                "description": _DEADLINE_EXCEEDED,
+                "description": _DEADLINE_EXCEEDED + (f". Otherwise: {description}" if description else ""),
                 "headers": _RETRY,
-                **_json(
-                    _ref("Error"),
-                    {
-                        "error": "deadline_exceeded",
-                        "message": "the request waited 163 ms in the "
-                        "queue of its 150 ms budget; retry after Retry-After, or fall back to your own rule",
-                    },
-                ),
+                "content": content,
             }
     return document
 
 
-def _document(transaction_schema: dict[str, Any], batch_max: int, app_version: str) -> dict[str, Any]:
+def _document(transaction_schema: dict[str, Any], batch_max: int, app_version: str, by_id: bool) -> dict[str, Any]:
     sample = sample_transaction()
     batch = batch_document(transaction_schema, batch_max)
     batch["properties"][BATCH_FIELD]["items"] = _ref("Transaction")
@@ -273,6 +358,7 @@ def _document(transaction_schema: dict[str, Any], batch_max: int, app_version: s
                     },
                 }
             },
+            **(by_id_paths(batch_max, explain, client_errors, scored) if by_id else {}),
             "/health": {
                 "get": {
                     "summary": "Health for load balancer target checks (no key)",
@@ -295,6 +381,14 @@ def _document(transaction_schema: dict[str, Any], batch_max: int, app_version: s
             "schemas": {
                 "Transaction": embeddable(transaction_schema),
                 "TransactionBatch": embeddable(batch),
+                **(
+                    {
+                        "TransactionId": embeddable(by_id_document()),
+                        "TransactionIdBatch": embeddable(by_id_batch_document(batch_max)),
+                    }
+                    if by_id
+                    else {}
+                ),
                 **_SCHEMAS,
             },
             "securitySchemes": {"ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}},

@@ -20,6 +20,8 @@ from service.features import FEATURE_DESCRIPTIONS, FEATURES
 SCHEMA_FILE = "transaction.schema.json"
 EXAMPLE_FILE = "transaction.example.json"  # the README's curl sends it; /openapi.json embeds it
 BATCH_FIELD = "transactions"
+ID_FIELD = "transaction_id"
+IDS_FIELD = "transaction_ids"
 
 
 FLOAT32_MAX = 3.4028234663852886e38  # the model compares in float32: a larger number has no place in it
@@ -56,6 +58,35 @@ def batch_document(transaction: dict[str, Any], batch_max: int) -> dict[str, Any
         "properties": {
             BATCH_FIELD: {"type": "array", "minItems": 1, "maxItems": batch_max, "items": embeddable(transaction)},
         },
+    }
+
+
+def id_document() -> dict[str, Any]:
+    return {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": 256,
+        "description": "the id the feature pipeline stored the transaction's features under",
+    }
+
+
+def by_id_document() -> dict[str, Any]:
+    return {
+        "$schema": load_schema_document()["$schema"],
+        "title": "TransactionId",
+        "type": "object",
+        "required": [ID_FIELD],
+        "properties": {ID_FIELD: id_document()},
+    }
+
+
+def by_id_batch_document(batch_max: int) -> dict[str, Any]:
+    return {
+        "$schema": load_schema_document()["$schema"],
+        "title": "TransactionIdBatch",
+        "type": "object",
+        "required": [IDS_FIELD],
+        "properties": {IDS_FIELD: {"type": "array", "minItems": 1, "maxItems": batch_max, "items": id_document()}},
     }
 
 

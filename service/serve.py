@@ -12,14 +12,15 @@ GUNICORN_CONF = Path(__file__).resolve().parent.parent / "gunicorn.conf.py"
 APP = "service.wsgi:application"
 
 
-def argv() -> list[str]:
-    return [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF), APP]
+def argv(app: str = APP) -> list[str]:
+    return [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF), app]
 
 
 def main() -> None:
     # exec: gunicorn's master becomes this process, so signals from the container runtime or the
-    # launcher reach it directly.
-    command = argv()
+    # launcher reach it directly. A harness may name another WSGI callable (`make perf`'s bare
+    # stack): `python -m service.serve module:callable`.
+    command = argv(*sys.argv[1:2])
     os.execv(command[0], command)
 
 

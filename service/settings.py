@@ -99,6 +99,13 @@ def _nonempty(text: str) -> str:
     return text.strip()
 
 
+def _store_url(text: str) -> str:
+    url = text.strip()
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError("must be a redis://, rediss:// or unix:// URL")
+    return url
+
+
 def _path(text: str) -> Path:
     return Path(_nonempty(text))
 
@@ -151,6 +158,12 @@ class Settings:
     trusted_proxies: tuple[str, ...] = setting("TRUSTED_PROXIES", _networks, ())
     # A request's budget from nginx's stamp unless it sends X-Deadline-Ms (service/deadline.py).
     request_deadline_ms: int = setting("REQUEST_DEADLINE_MS", _integer(DEADLINE_MIN_MS, DEADLINE_MAX_MS), 150)
+    # The online feature store of the by-id routes (unset: no such routes, nothing connects), and
+    # whether `make run` starts a local redis-server for it (a loopback redis:// URL).
+    feature_store_url: str | None = setting("FEATURE_STORE_URL", _store_url, None)
+    feature_store_prefix: str = setting("FEATURE_STORE_PREFIX", _nonempty, "fraud:tx:")
+    feature_store_timeout_ms: int = setting("FEATURE_STORE_TIMEOUT_MS", _integer(1, 1000), 5)
+    feature_store_start: bool = setting("FEATURE_STORE_START", _boolean, False)
 
 
 def variables() -> dict[str, dataclasses.Field]:

@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -19,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
+from urllib.parse import urlsplit
 
 from service import settings as settings_module
 from service.settings import Settings
@@ -83,6 +85,77 @@ def http_get(host: str, port: int, path: str, timeout: float = 2.0) -> tuple[int
         conn.close()
 
 
+def find_redis_server() -> str:
+    found = shutil.which("redis-server") or (
+        "/usr/bin/redis-server" if os.path.exists("/usr/bin/redis-server") else None
+    )
+    if not found:
+        raise RuntimeError("redis-server is not installed: run `make install` (apt-get install redis-server)")
+    return found
+
+
+@dataclass
+class RedisServer:
+    """A local feature store: `make run` starts one when FEATURE_STORE_START is true, the tests
+    start one per test module on a free port. Listens on loopback only; no persistence unless a
+    data directory is given."""
+
+    port: int
+    data_dir: Path | None = None
+    stdout: IO[str] | int | None = subprocess.DEVNULL
+    process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 10.0) -> RedisServer:
+        persistence = (
+            ["--dir", str(self.data_dir), "--save", "60 1000"]
+            if self.data_dir
+            else ["--save", "", "--appendonly", "no"]
+        )
+        self.process = subprocess.Popen(
+            [
+                find_redis_server(),
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--protected-mode",
+                "yes",
+                *persistence,
+            ],
+            stdout=self.stdout,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while not self.answers():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"redis-server did not start on port {self.port}")
+            time.sleep(0.05)
+        return self
+
+    def answers(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
 @dataclass
 class Stack:
     """nginx + gunicorn, started together and stopped together."""
@@ -93,6 +166,7 @@ class Stack:
     stdout: IO[str] | int | None = None
     stderr: IO[str] | int | None = None
     access_log: str = "/dev/stdout"
+    app: str | None = None  # another WSGI callable than the service's (`make perf`'s bare stack)
     # A command that gunicorn runs inside (it must exec the rest), e.g. a test's mount namespace.
     wrapper: tuple[str, ...] = ()
     gunicorn: subprocess.Popen | None = None
@@ -137,7 +211,7 @@ class Stack:
         }
         serve = [sys.executable, "-m", "service.serve"]
         self.gunicorn = subprocess.Popen(
-            [*self.wrapper, *serve],
+            [*self.wrapper, *serve] + ([self.app] if self.app else []),
             cwd=ROOT,
             env=env,
             stdout=self.stdout,
@@ -206,8 +280,27 @@ class Stack:
         self.stop()
 
 
+def local_feature_store(settings: Settings) -> RedisServer | None:
+    """With FEATURE_STORE_START, a redis-server for FEATURE_STORE_URL, its data kept in .run/redis."""
+    if not settings.feature_store_start:
+        return None
+    url = urlsplit(settings.feature_store_url or "")
+    if url.scheme != "redis" or url.hostname not in ("127.0.0.1", "localhost"):
+        raise RuntimeError("FEATURE_STORE_START needs FEATURE_STORE_URL to be redis://127.0.0.1:PORT (a local store)")
+    data_dir = ROOT / ".run" / "redis"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    store = RedisServer(url.port or 6379, data_dir=data_dir).start()
+    print(f"feature store: redis-server on {store.url}, data in {data_dir}", file=sys.stderr)
+    return store
+
+
 def main() -> int:
     settings = settings_module.load_or_exit()
+    try:
+        store = local_feature_store(settings)
+    except RuntimeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     stack = Stack(settings, env=dict(os.environ))
     stopping = False
 
@@ -221,6 +314,8 @@ def main() -> int:
         stack.start()
     except RuntimeError as e:
         print(f"error: {e}", file=sys.stderr)
+        if store is not None:
+            store.stop()
         return 1
     url = stack.base_url
     status, body = http_get(stack.host, settings.port, "/health")
@@ -244,6 +339,8 @@ def main() -> int:
         time.sleep(0.2)
     print("stopping nginx and gunicorn…", file=sys.stderr)
     stack.stop()
+    if store is not None:
+        store.stop()
     return status
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import signal
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from tests.helpers import Client, sample_transaction, samples, start_stack, value, wait_for
 
 
@@ -62,3 +64,46 @@ def test_the_metrics_directory_is_wiped_at_start(small_model, tmp_path):
         assert samples(Client("127.0.0.1", stack.settings.port))  # and the scrape works
     finally:
         stack.stop()
+
+
+RECORD = """
+import os, sys, json
+from service import metrics
+from prometheus_client import CollectorRegistry, generate_latest, multiprocess
+use_prometheus = sys.argv[1] == "prometheus"
+record = metrics._record_request_in_process if use_prometheus else metrics._record_request
+observe = metrics._observe_score_in_process if use_prometheus else metrics.observe_score
+for i in range(300):  # bounds included: a value on a bucket's bound belongs to that bucket
+    record(("/v1/fraud-score", "POST", 200 if i % 7 else 422), [0.0005, 0.001, 0.0123, 20.0, i * 1e-4][i % 5])
+    observe(i % 101, i % 3 == 0, i % 11 == 0)
+if os.fork() == 0:  # a forked worker writes files of its own
+    record(("/health", "GET", 200), 0.002)
+    observe(100, True, True)
+    os._exit(0)
+os.wait()
+registry = CollectorRegistry()
+multiprocess.MultiProcessCollector(registry)
+sys.stdout.write(generate_latest(registry).decode())
+"""
+
+
+def test_the_workers_sample_files_expose_what_prometheus_clients_own_values_would(tmp_path):
+    """The same updates through prometheus_client's values and through SampleFile give the same
+    /metrics text, forked processes included."""
+    import subprocess
+    import sys
+
+    exposed = {}
+    for way in ("prometheus", "sample-files"):
+        directory = tmp_path / way
+        directory.mkdir()
+        env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(directory)}
+        run = subprocess.run([sys.executable, "-c", RECORD, way], env=env, capture_output=True, text=True, check=True)
+        exposed[way] = {
+            (s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(run.stdout)
+            for s in family.samples
+        }
+    assert exposed["sample-files"] == exposed["prometheus"]
+    assert exposed["sample-files"][("fraud_score_count", frozenset())] == 301
+    assert any(f.name.startswith("counter_hot_") for f in (tmp_path / "sample-files").iterdir())

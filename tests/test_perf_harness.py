@@ -257,3 +257,32 @@ def test_model_pages_of_a_real_read_only_mapping(tmp_path):
     assert pages["Private_Clean"] + pages["Private_Dirty"] == pages["Rss"]  # no other process maps it
     rollup = memory.rollup(__import__("os").getpid())
     assert rollup["Pss"] > 0 and rollup["Rss"] >= rollup["Pss"]
+
+
+def test_the_ceiling_is_judged_against_the_bare_stack():
+    results = make_results()
+    results["ceiling"] = {"score_rps": 4600, "bare_rps": 5000, "score_vs_bare_rps": 0.92, "ratios": [0.92], "failed": 0}
+    judged = {t.figure: t for t in report.targets(results)}
+    ceiling = judged["scoring ÷ bare stack throughput, 64 connections"]
+    assert ceiling.met and ceiling.measured.startswith("92 %")
+    results["ceiling"].update(score_vs_bare_rps=0.78, failed=2)
+    assert not {t.figure: t for t in report.targets(results)}["scoring ÷ bare stack throughput, 64 connections"].met
+    assert any("bare stack" in f and "2 failed" in f for f in report.hard_failures(results))
+
+
+def test_the_bare_stack_runs_the_same_servers_with_a_constant_app(small_model, tmp_path):
+    """One request, no load: the bare app is served by the same Stack (nginx, gunicorn.conf.py)."""
+    import http.client
+
+    from perf.__main__ import BARE_APP, start_stack
+    from perf.bare import BODY
+
+    stack = start_stack(small_model[0], "bare-key-0123456789abcdef", tmp_path / "stack.log", workers=1, app=BARE_APP)
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", stack.settings.port, timeout=10)
+        conn.request("POST", "/v1/fraud-score", body=b'{"Time": 1}', headers={"Content-Type": "application/json"})
+        reply = conn.getresponse()
+        assert (reply.status, reply.read()) == (200, BODY)  # no key, no validation: not the service
+        assert reply.getheader("X-Request-ID")  # through nginx
+    finally:
+        stack.stop()

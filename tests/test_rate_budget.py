@@ -227,7 +227,14 @@ def concrete(template: str) -> str:
 
 @pytest.fixture(scope="module")
 def settings(small_model):
-    return from_mapping({"API_KEY": f"{TEST_KEY},{OTHER_KEY}", "MODEL_PATH": str(small_model[0])})
+    # A feature store URL adds the by-id routes to the walk (nothing connects to it here).
+    return from_mapping(
+        {
+            "API_KEY": f"{TEST_KEY},{OTHER_KEY}",
+            "MODEL_PATH": str(small_model[0]),
+            "FEATURE_STORE_URL": "redis://127.0.0.1:1/0",
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -246,7 +253,12 @@ def test_every_scoring_route_spends_the_row_budget(settings, model):
     app = create_app(settings, model)
     assert unbudgeted_scoring(app) == []
     scoring = [path for path, resource in routes(app).items() if holds(resource, Scoring)]
-    assert sorted(scoring) == ["/v1/fraud-score", "/v1/fraud-score/batch"]  # the walk finds them
+    assert sorted(scoring) == [  # the walk finds them
+        "/v1/fraud-score",
+        "/v1/fraud-score/batch",
+        "/v1/fraud-score/by-id",
+        "/v1/fraud-score/by-id/batch",
+    ]
 
 
 def test_the_walk_fails_for_a_route_added_without_a_limit(settings, model):

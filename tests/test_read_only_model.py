@@ -20,8 +20,7 @@ from model import synthetic
 from service.artifacts import sha256_file
 from service.settings import from_mapping
 from service.stack import ROOT, Stack
-from tests.conftest import stack_env
-from tests.helpers import Client, as_transaction, free_port
+from tests.helpers import Client, as_transaction, free_port, stack_env
 
 # Inside a new mount namespace (private: nothing propagates back to the host), bind the directory
 # onto itself and remount that bind read-only, then exec the command: gunicorn keeps the pid.

@@ -1,0 +1,136 @@
+"""Scoring by transaction id: the features come from the online feature store, not the request.
+
+`POST /v1/fraud-score/by-id` and `…/by-id/batch` answer exactly what `POST /v1/fraud-score`
+answers for the same features (the same Scoring object, the same validation of the values), plus
+the id. The routes exist only when FEATURE_STORE_URL is set."""
+
+from __future__ import annotations
+
+import falcon
+
+from service.auth import ApiKeys
+from service.body import decode
+from service.budget import RowBudget
+from service.errors import ApiError, invalid_body
+from service.feature_record import RecordError, as_transaction, decode_record
+from service.feature_store import FeatureStore, StoreUnavailable
+from service.resources import require_json, require_key, respond, wants_explanation
+from service.schema import ID_FIELD, IDS_FIELD, TransactionValidator, by_id_batch_document, by_id_document
+from service.scoring import Scoring
+
+STORE_RETRY_AFTER_SECONDS = "1"
+MISSING_NAMED = 10  # ids named in a 404 for a batch; the rest are counted
+
+
+class StoredRows:
+    """From ids to validated rows: one round trip to the store, then each record checked as the
+    HTTP contract checks a posted transaction."""
+
+    def __init__(self, store: FeatureStore, transaction: TransactionValidator) -> None:
+        self._fetch = store.fetch
+        self._transaction = transaction
+
+    def rows(self, ids: list[str]) -> list[tuple[float, ...]]:
+        try:
+            records = self._fetch(ids)
+        except StoreUnavailable as e:
+            raise ApiError(
+                falcon.HTTP_503, "feature_store_unavailable", str(e), headers={"Retry-After": STORE_RETRY_AFTER_SECONDS}
+            ) from None
+        missing = [i for i, record in zip(ids, records, strict=True) if record is None]
+        if missing:
+            named = ", ".join(repr(i) for i in missing[:MISSING_NAMED])
+            more = f" and {len(missing) - MISSING_NAMED} more" if len(missing) > MISSING_NAMED else ""
+            noun = "transaction" if len(missing) == 1 else "transactions"
+            raise ApiError(falcon.HTTP_404, "unknown_transaction", f"no features stored for {noun} {named}{more}")
+        return [self._row(i, record) for i, record in zip(ids, records, strict=True)]
+
+    def _row(self, transaction_id: str, record: bytes) -> tuple[float, ...]:
+        try:
+            row = decode_record(record)
+        except RecordError as e:
+            raise ApiError(falcon.HTTP_422, "invalid_record", f"transaction {transaction_id!r}: {e}") from None
+        if not self._transaction.is_valid(as_transaction(row)):
+            violation = self._transaction.violations(as_transaction(row))[0]
+            raise ApiError(
+                falcon.HTTP_422,
+                "invalid_record",
+                f"transaction {transaction_id!r}: the stored {violation.describe()}",
+                [violation],
+            )
+        return row
+
+
+class ByIdScoreResource:
+    def __init__(self, scoring: Scoring, stored: StoredRows, keys: ApiKeys, budget: RowBudget) -> None:
+        self._scoring = scoring
+        self._stored = stored
+        self._request = TransactionValidator(by_id_document())
+        self._keys = keys
+        self._spend = budget.spend
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        self._spend(require_key(self._keys, req), 1)
+        require_json(req)
+        body = decode(req.bounded_stream.read())
+        if not self._request.is_valid(body):
+            raise invalid_body(self._request.violations(body))
+        transaction_id = body[ID_FIELD]
+        (row,) = self._stored.rows([transaction_id])
+        result = self._scoring.one_explained(row) if wants_explanation(req, self._scoring) else self._scoring.one(row)
+        result[ID_FIELD] = transaction_id
+        respond(resp, result)
+
+
+class ByIdBatchResource:
+    def __init__(self, scoring: Scoring, stored: StoredRows, keys: ApiKeys, budget: RowBudget, batch_max: int) -> None:
+        self._scoring = scoring
+        self._stored = stored
+        self._request = TransactionValidator(by_id_batch_document(batch_max))
+        self._keys = keys
+        self._budget = budget
+        self._batch_max = batch_max
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        key = require_key(self._keys, req)
+        require_json(req)
+        explain = wants_explanation(req, self._scoring)
+        body = decode(req.bounded_stream.read())
+        ids = body.get(IDS_FIELD) if isinstance(body, dict) else None
+        if isinstance(ids, list) and len(ids) > self._batch_max:
+            raise ApiError(
+                falcon.HTTP_413,
+                "batch_too_large",
+                f"at most {self._batch_max} transaction ids per batch (BATCH_MAX), got {len(ids)}",
+            )
+        # Charged for the ids it sends, as the batch route charges for its items.
+        self._budget.spend(key, len(ids) if isinstance(ids, list) else 1)
+        if not self._request.is_valid(body):
+            raise invalid_body(self._request.violations(body))
+        results = self._scoring.many(self._stored.rows(ids), explain)
+        for transaction_id, result in zip(ids, results, strict=True):
+            result[ID_FIELD] = transaction_id
+        respond(resp, {"results": results, "model-version": self._scoring.version})
+
+
+class StoreStatusResource:
+    """GET /health/feature-store: whether the store answers, apart from /health (which a load
+    balancer uses and which must not fail because the store does)."""
+
+    def __init__(self, store: FeatureStore) -> None:
+        self._store = store
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        reachable, latency_ms = self._store.reachable()
+        config = self._store.config
+        resp.status = falcon.HTTP_200 if reachable else falcon.HTTP_503
+        respond(
+            resp,
+            {
+                "reachable": reachable,
+                "latency_ms": latency_ms,
+                "url": config.display_url,
+                "prefix": config.prefix,
+                "timeout_ms": round(config.timeout_s * 1000.0, 3),
+            },
+        )

@@ -1,0 +1,341 @@
+"""Scoring by transaction id from a real redis-server, through real nginx and gunicorn: the same
+answers as the raw-feature routes, every error, and a store that dies or hangs under load."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import signal
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import redis
+from openapi_spec_validator import validate
+
+from model import synthetic
+from service.feature_record import FORMAT_V1, encode_record
+from service.feature_writer import InputError, load
+from service.features import FEATURES
+from service.harness import EXTERNAL_SKIP_REASON, free_port
+from service.stack import RedisServer
+from tests.helpers import EXTERNAL, OTHER_KEY, Client, as_transaction, start_stack
+
+# Each test here starts its own redis-server and stack with a feature store.
+pytestmark = pytest.mark.skipif(bool(EXTERNAL), reason=EXTERNAL_SKIP_REASON)
+
+PREFIX = "test:tx:"
+N_ROWS = 3000
+BATCH_MAX = 1000
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    server = RedisServer(free_port()).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def rows():
+    X, y = synthetic.generate(N_ROWS, seed=31)
+    Xf, yf = synthetic.generate(60_000, seed=32)
+    return np.vstack([X[: N_ROWS - 200], Xf[yf == 1][:200]])
+
+
+@pytest.fixture(scope="module")
+def loaded(store, rows, tmp_path_factory):
+    """The rows written to the store by the writer (`make features`), ids tx-0 … tx-2999."""
+    path = tmp_path_factory.mktemp("features") / "transactions.parquet"
+    table = {"transaction_id": [f"tx-{i}" for i in range(len(rows))]}
+    table.update({name: rows[:, j] for j, name in enumerate(FEATURES)})
+    pq.write_table(pa.table(table), path)
+    summary = load(path, redis.Redis.from_url(store.url), PREFIX, path.with_suffix(".rejects.csv"), progress=False)
+    assert (summary.rows, summary.written, summary.rejected) == (len(rows), len(rows), 0)
+    return [f"tx-{i}" for i in range(len(rows))]
+
+
+@pytest.fixture(scope="module")
+def stack(small_model, store, tmp_path_factory):
+    running = start_stack(
+        small_model[0],
+        tmp_path_factory.mktemp("by-id-logs"),
+        FEATURE_STORE_URL=store.url,
+        FEATURE_STORE_PREFIX=PREFIX,
+        FEATURE_STORE_TIMEOUT_MS="50",
+        BATCH_MAX=str(BATCH_MAX),
+        # thousands of rows from one key in a few seconds
+        RATE_LIMIT_PER_KEY="1000000",
+        RATE_LIMIT_BURST="100000",
+    )
+    yield running
+    running.stop()
+
+
+def by_id(client: Client, transaction_id, query: str = ""):
+    return client.request("POST", f"/v1/fraud-score/by-id{query}", {"transaction_id": transaction_id})
+
+
+def by_ids(client: Client, ids, query: str = ""):
+    return client.request("POST", f"/v1/fraud-score/by-id/batch{query}", {"transaction_ids": ids})
+
+
+def test_the_master_never_connects_each_worker_has_its_own_connection(stack, store, loaded):
+    admin = redis.Redis.from_url(store.url)
+    before = {c["id"] for c in admin.client_list()}
+    assert len(before) == 1  # this test's own connection: the master made none before fork
+    client = Client("127.0.0.1", stack.settings.port)
+    for _ in range(40):
+        assert by_id(client, "tx-1").status == 200
+    workers = [c for c in admin.client_list() if c["id"] not in before]
+    assert 1 <= len(workers) <= 2 and len({c["addr"] for c in workers}) == len(workers)
+
+
+def test_by_id_equals_the_raw_feature_routes_for_thousands_of_ids(stack, loaded, rows, small_model):
+    client = Client("127.0.0.1", stack.settings.port)
+    estimator = small_model[1]
+    expected_scores = [round(100 * p) for p in estimator.predict_proba(rows)[:, 1]]
+    for start in range(0, len(loaded), BATCH_MAX):
+        ids = loaded[start : start + BATCH_MAX]
+        stored = by_ids(client, ids)
+        raw = client.request(
+            "POST",
+            "/v1/fraud-score/batch",
+            {"transactions": [as_transaction(r) for r in rows[start : start + BATCH_MAX]]},
+        )
+        assert stored.status == raw.status == 200, stored.raw
+        results = stored.json["results"]
+        assert [r.pop("transaction_id") for r in results] == ids
+        assert results == raw.json["results"]
+        assert [r["fraud-score"] for r in results] == expected_scores[start : start + BATCH_MAX]
+    assert sum(expected_scores) > 0  # the frauds at the end score high: the comparison is not all zeros
+    for i in (0, 1, 2, len(rows) - 1, len(rows) - 2):
+        one = by_id(client, f"tx-{i}", "?explain=true")
+        raw = client.request("POST", "/v1/fraud-score?explain=true", as_transaction(rows[i]))
+        body = one.json
+        assert one.status == 200 and body.pop("transaction_id") == f"tx-{i}"
+        assert body == raw.json
+
+
+def test_unknown_ids_are_404_naming_them(stack, loaded):
+    client = Client("127.0.0.1", stack.settings.port)
+    reply = by_id(client, "no-such-tx")
+    assert reply.status == 404 and reply.json["error"] == "unknown_transaction"
+    assert "'no-such-tx'" in reply.json["message"]
+    reply = by_ids(client, ["tx-1", "missing-a", "tx-2", "missing-b"])
+    assert reply.status == 404
+    assert "'missing-a'" in reply.json["message"] and "'missing-b'" in reply.json["message"]
+
+
+def test_bad_records_are_422_naming_the_id(stack, store, loaded):
+    admin = redis.Redis.from_url(store.url)
+    good = list(np.zeros(len(FEATURES)))
+    admin.set(PREFIX + "future-format", bytes([FORMAT_V1 + 1]) + encode_record(good)[1:])
+    admin.set(PREFIX + "truncated", encode_record(good)[:-8])
+    admin.set(PREFIX + "not-finite", encode_record([*good[:3], float("nan"), *good[4:]]))
+    admin.set(PREFIX + "too-large", encode_record([*good[:-1], 1e300]))
+    client = Client("127.0.0.1", stack.settings.port)
+    for transaction_id, says in (
+        ("future-format", "format"),
+        ("truncated", "format"),
+        ("not-finite", "V3"),
+        ("too-large", "Amount"),
+    ):
+        reply = by_id(client, transaction_id)
+        assert reply.status == 422, (transaction_id, reply.raw)
+        assert reply.json["error"] == "invalid_record"
+        assert repr(transaction_id) in reply.json["message"] and says in reply.json["message"]
+    reply = by_ids(client, ["tx-1", "not-finite"])
+    assert reply.status == 422 and "'not-finite'" in reply.json["message"]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status"),
+    [
+        ("/v1/fraud-score/by-id", {}, 422),
+        ("/v1/fraud-score/by-id", {"transaction_id": 7}, 422),
+        ("/v1/fraud-score/by-id", {"transaction_id": ""}, 422),
+        ("/v1/fraud-score/by-id", "[]", 422),
+        ("/v1/fraud-score/by-id", "not json", 400),
+        ("/v1/fraud-score/by-id/batch", {"transaction_ids": []}, 422),
+        ("/v1/fraud-score/by-id/batch", {"transaction_ids": ["a", 3]}, 422),
+        ("/v1/fraud-score/by-id/batch", {"transaction_ids": ["a"] * (BATCH_MAX + 1)}, 413),
+    ],
+)
+def test_malformed_requests_are_4xx_with_json(stack, path, body, status):
+    client = Client("127.0.0.1", stack.settings.port)
+    reply = client.request("POST", path, body)
+    assert reply.status == status, reply.raw
+    assert reply.json["message"]
+
+
+def test_key_required(stack, loaded):
+    reply = Client("127.0.0.1", stack.settings.port, key=None).request(
+        "POST", "/v1/fraud-score/by-id", {"transaction_id": "tx-1"}
+    )
+    assert reply.status == 403
+
+
+def test_store_status_route(stack, loaded):
+    reply = Client("127.0.0.1", stack.settings.port).request("GET", "/health/feature-store")
+    assert reply.status == 200 and reply.json["reachable"] is True
+    assert reply.json["prefix"] == PREFIX and reply.json["timeout_ms"] == 50
+
+
+def test_without_a_store_the_routes_do_not_exist(stack_factory):
+    client = Client("127.0.0.1", stack_factory().settings.port)
+    assert client.request("POST", "/v1/fraud-score/by-id", {"transaction_id": "x"}).status == 404
+    assert client.request("GET", "/health/feature-store").status == 404
+
+
+def hammer(client: Client, stop_after: float) -> list[tuple[int, str | None, float]]:
+    """by-id requests in a loop for `stop_after` seconds: (status, error code, seconds) each."""
+    seen = []
+    deadline = time.monotonic() + stop_after
+    while time.monotonic() < deadline:
+        started = time.monotonic()
+        reply = by_id(client, "tx-7")
+        seen.append((reply.status, reply.json.get("error"), time.monotonic() - started))
+    return seen
+
+
+def test_store_killed_under_load_then_back_without_restarting_the_service(small_model, tmp_path, rows):
+    server = RedisServer(free_port()).start()
+    try:
+        redis.Redis.from_url(server.url).set(PREFIX + "tx-7", encode_record(list(rows[7])))
+        running = start_stack(
+            small_model[0], tmp_path / "logs", FEATURE_STORE_URL=server.url, FEATURE_STORE_PREFIX=PREFIX
+        )
+        try:
+            client = Client("127.0.0.1", running.settings.port)
+            with concurrent.futures.ThreadPoolExecutor(4) as pool:
+                loads = [pool.submit(hammer, client, 3.0) for _ in range(4)]
+                time.sleep(1.0)
+                server.stop()  # SIGTERM: the store goes away mid-load
+                seen = [s for f in loads for s in f.result()]
+            statuses = {status for status, _, _ in seen}
+            assert statuses <= {200, 503}, statuses
+            assert 200 in statuses and 503 in statuses
+            assert {error for status, error, _ in seen if status == 503} == {"feature_store_unavailable"}
+            down = by_id(client, "tx-7")
+            assert down.status == 503 and down.headers["Retry-After"]
+            assert client.score(as_transaction(rows[7])).status == 200  # the rest keeps serving
+            assert client.request("GET", "/health").status == 200
+            assert client.request("GET", "/health/feature-store").status == 503
+
+            server = RedisServer(server.port).start()  # back, empty: the pipeline writes again
+            redis.Redis.from_url(server.url).set(PREFIX + "tx-7", encode_record(list(rows[7])))
+            assert [by_id(client, "tx-7").status for _ in range(10)] == [200] * 10
+        finally:
+            running.stop()
+    finally:
+        server.stop()
+
+
+def test_a_store_slower_than_the_timeout_is_503_never_a_hung_worker(small_model, tmp_path, rows):
+    server = RedisServer(free_port()).start()
+    try:
+        redis.Redis.from_url(server.url).set(PREFIX + "tx-7", encode_record(list(rows[7])))
+        running = start_stack(
+            small_model[0],
+            tmp_path / "logs",
+            FEATURE_STORE_URL=server.url,
+            FEATURE_STORE_PREFIX=PREFIX,
+            FEATURE_STORE_TIMEOUT_MS="20",
+        )
+        try:
+            client = Client("127.0.0.1", running.settings.port)
+            assert by_id(client, "tx-7").status == 200
+            os.kill(server.process.pid, signal.SIGSTOP)  # accepts nothing, answers nothing
+            try:
+                with concurrent.futures.ThreadPoolExecutor(4) as pool:
+                    seen = [s for f in [pool.submit(hammer, client, 1.5) for _ in range(4)] for s in f.result()]
+                assert {(status, error) for status, error, _ in seen} == {(503, "feature_store_unavailable")}
+                # Bounded by the 20 ms timeout, not by the proxy's 10 s: a generous bound for a busy machine.
+                assert max(seconds for _, _, seconds in seen) < 1.0
+                assert client.score(as_transaction(rows[7])).status == 200
+            finally:
+                os.kill(server.process.pid, signal.SIGCONT)
+            deadline = time.monotonic() + 10
+            while by_id(client, "tx-7").status != 200:
+                assert time.monotonic() < deadline, "never recovered"
+        finally:
+            running.stop()
+    finally:
+        server.stop()
+
+
+def test_writer_rejects_bad_rows_and_stops_on_a_bad_header(store, tmp_path):
+    good = ",".join(["1.5"] * len(FEATURES))
+    lines = [
+        "transaction_id," + ",".join(FEATURES) + ",Class",
+        f"ok-1,{good},0",
+        "bad-text," + ",".join(["1.5"] * 3 + ["abc"] + ["1.5"] * (len(FEATURES) - 4)) + ",0",
+        "bad-empty," + ",".join(["1.5"] * (len(FEATURES) - 1) + [""]) + ",0",
+        "bad-inf," + ",".join(["inf"] + ["1.5"] * (len(FEATURES) - 1)) + ",0",
+        f",{good},0",
+        f"ok-2,{good},1",
+    ]
+    path = tmp_path / "in.csv"
+    path.write_text("\n".join(lines) + "\n")
+    rejects = tmp_path / "rejects.csv"
+    client = redis.Redis.from_url(store.url)
+    summary = load(path, client, "writer:", rejects, progress=False)
+    assert (summary.rows, summary.written, summary.rejected) == (6, 2, 4)
+    rejected = rejects.read_text().splitlines()
+    assert rejected[0] == "row,transaction_id,reason"
+    assert rejected[1].startswith("2,bad-text,") and "V3 must be a number, got string" in rejected[1]
+    assert rejected[2].startswith("3,bad-empty,") and "Amount is required" in rejected[2]
+    assert rejected[3].startswith("4,bad-inf,") and "Time" in rejected[3]
+    assert rejected[4].startswith("5,,")
+    assert client.get("writer:ok-1") == encode_record([1.5] * len(FEATURES))
+    assert client.get("writer:bad-text") is None
+
+    (tmp_path / "no-id.csv").write_text(",".join(FEATURES) + "\n" + good + "\n")
+    with pytest.raises(InputError, match="missing columns transaction_id"):
+        load(tmp_path / "no-id.csv", client, "writer:", rejects, progress=False)
+    with pytest.raises(InputError, match="cannot read"):
+        load(tmp_path / "absent.csv", client, "writer:", rejects, progress=False)
+
+
+def test_writer_ttl_expires_records(store, tmp_path):
+    path = tmp_path / "in.csv"
+    path.write_text("transaction_id," + ",".join(FEATURES) + "\nttl-1," + ",".join(["0"] * len(FEATURES)) + "\n")
+    client = redis.Redis.from_url(store.url)
+    load(path, client, "ttl:", tmp_path / "r.csv", ttl=100, progress=False)
+    assert 0 < client.ttl("ttl:ttl-1") <= 100
+
+
+def test_openapi_describes_the_by_id_routes_when_a_store_is_configured(stack):
+
+    document = Client("127.0.0.1", stack.settings.port).request("GET", "/openapi.json").json
+    validate(document)
+    assert {"/v1/fraud-score/by-id", "/v1/fraud-score/by-id/batch", "/health/feature-store"} <= set(document["paths"])
+    assert (
+        document["components"]["schemas"]["TransactionIdBatch"]["properties"]["transaction_ids"]["maxItems"]
+        == BATCH_MAX
+    )
+
+
+def test_by_id_routes_spend_the_callers_row_budget(small_model, store, loaded, tmp_path):
+    """Five rows a second with a burst of five: a 10-id batch passes and leaves the key in debt,
+    so single by-id requests from that key are refused with the budget's 429 and another key is not."""
+    running = start_stack(
+        small_model[0],
+        tmp_path / "logs",
+        FEATURE_STORE_URL=store.url,
+        FEATURE_STORE_PREFIX=PREFIX,
+        RATE_LIMIT_PER_KEY="5",
+        RATE_LIMIT_BURST="5",
+    )
+    try:
+        client = Client("127.0.0.1", running.settings.port)
+        assert by_ids(client, loaded[:10]).status == 200
+        refused = by_id(client, "tx-1")
+        assert refused.status == 429 and refused.json["error"] == "rate_limited" and refused.headers["Retry-After"]
+        other = Client("127.0.0.1", running.settings.port, key=OTHER_KEY)
+        assert by_id(other, "tx-1").status == 200
+    finally:
+        running.stop()
