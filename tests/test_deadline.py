@@ -7,9 +7,7 @@ the stamp is always nginx's own "now"."""
 from __future__ import annotations
 
 import json
-import socket
 import time
-from pathlib import Path
 
 import falcon.inspect
 import pytest
@@ -18,57 +16,7 @@ from service.app import create_app
 from service.deadline import guarded_routes
 from service.loader import load_model
 from service.settings import DEADLINE_MAX_MS
-from tests.helpers import TEST_KEY, sample_transaction
-
-
-class Upstream:
-    """An HTTP/1.1 exchange with gunicorn's unix socket, byte by byte as nginx would send it."""
-
-    def __init__(self, path: Path, timeout: float = 10.0) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(timeout)
-        self.sock.connect(str(path))
-
-    def send_head(self, method: str, path: str, headers: dict[str, str]) -> None:
-        lines = [f"{method} {path} HTTP/1.1", "Host: localhost", "Connection: close"]
-        lines += [f"{k}: {v}" for k, v in headers.items()]
-        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
-
-    def read_reply(self) -> tuple[int, dict[str, str], bytes]:
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-        head, _, body = data.partition(b"\r\n\r\n")
-        status_line, *header_lines = head.decode().split("\r\n")
-        headers = {k.lower(): v.strip() for k, _, v in (h.partition(":") for h in header_lines)}
-        length = int(headers.get("content-length", "0"))
-        while len(body) < length:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                break
-            body += chunk
-        return int(status_line.split()[1]), headers, body
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-def call(stack, method: str, path: str, stamp: float | None, body: bytes = b"", **headers: str):
-    upstream = Upstream(stack.socket)
-    try:
-        head = {"X-API-Key": TEST_KEY, **headers}
-        if stamp is not None:
-            head["X-Request-Start"] = f"{stamp:.3f}"
-        if method == "POST":
-            head |= {"Content-Type": "application/json", "Content-Length": str(len(body))}
-        upstream.send_head(method, path, head)
-        upstream.sock.sendall(body)
-        return upstream.read_reply()
-    finally:
-        upstream.close()
+from tests.helpers import TEST_KEY, Upstream, call_upstream, sample_transaction
 
 
 def transaction_body() -> bytes:
@@ -144,9 +92,9 @@ def test_the_clients_deadline_is_honoured(stack):
     body = transaction_body()
     waited = time.time() - 0.030
     # 30 ms of the default 150 ms spent: scored.
-    assert call(stack, "POST", "/v1/fraud-score", waited, body)[0] == 200
+    assert call_upstream(stack.socket, "POST", "/v1/fraud-score", waited, body)[0] == 200
     # The client's own 20 ms budget is spent: refused.
-    status, _, answer = call(stack, "POST", "/v1/fraud-score", waited, body, **{"X-Deadline-Ms": "20"})
+    status, _, answer = call_upstream(stack.socket, "POST", "/v1/fraud-score", waited, body, **{"X-Deadline-Ms": "20"})
     assert status == 503 and json.loads(answer)["error"] == "deadline_exceeded"
     assert b"of its 20 ms budget" in answer
 
@@ -155,11 +103,15 @@ def test_the_clients_deadline_is_clamped(stack):
     body = transaction_body()
     # An hour is clamped to DEADLINE_MAX_MS: a request that waited longer than that is refused.
     old = time.time() - DEADLINE_MAX_MS / 1000 - 1
-    status, _, answer = call(stack, "POST", "/v1/fraud-score", old, body, **{"X-Deadline-Ms": "3600000"})
+    status, _, answer = call_upstream(
+        stack.socket, "POST", "/v1/fraud-score", old, body, **{"X-Deadline-Ms": "3600000"}
+    )
     assert status == 503 and f"of its {DEADLINE_MAX_MS} ms budget".encode() in answer
     # 1 ms is raised to DEADLINE_MIN_MS, which leaves room for the reserve: with no wait at all
     # (a stamp in the future counts as none), it is scored.
-    status, _, answer = call(stack, "POST", "/v1/fraud-score", time.time() + 5, body, **{"X-Deadline-Ms": "1"})
+    status, _, answer = call_upstream(
+        stack.socket, "POST", "/v1/fraud-score", time.time() + 5, body, **{"X-Deadline-Ms": "1"}
+    )
     assert status == 200, answer
 
 
@@ -171,12 +123,15 @@ def test_an_unreadable_deadline_is_a_400(client):
 
 
 def test_without_nginxs_stamp_nothing_is_shed(stack):
-    assert call(stack, "POST", "/v1/fraud-score", None, transaction_body(), **{"X-Deadline-Ms": "5"})[0] == 200
+    assert (
+        call_upstream(stack.socket, "POST", "/v1/fraud-score", None, transaction_body(), **{"X-Deadline-Ms": "5"})[0]
+        == 200
+    )
 
 
 @pytest.mark.parametrize("path", ["/health", "/metrics"])
 def test_health_and_metrics_are_never_shed(stack, path):
-    assert call(stack, "GET", path, time.time() - 10)[0] == 200
+    assert call_upstream(stack.socket, "GET", path, time.time() - 10)[0] == 200
 
 
 def test_a_forged_stamp_from_a_client_is_ignored(client, stack):
@@ -193,7 +148,7 @@ def test_a_forged_stamp_from_a_client_is_ignored(client, stack):
 
 
 def test_metrics_count_sheds_and_queue_waits_by_route(client, stack):
-    call(stack, "GET", "/v1/model-info", time.time() - 10)
+    call_upstream(stack.socket, "GET", "/v1/model-info", time.time() - 10)
     assert client.score(sample_transaction()).status == 200
     text = client.request("GET", "/metrics").raw.decode()
     shed = [line for line in text.splitlines() if line.startswith("fraud_deadline_exceeded_total{")]
