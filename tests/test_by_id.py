@@ -220,7 +220,13 @@ def test_store_killed_under_load_then_back_without_restarting_the_service(small_
             statuses = {status for status, _, _ in seen}
             assert statuses <= {200, 503}, statuses
             assert 200 in statuses and 503 in statuses
-            assert {error for status, error, _ in seen if status == 503} == {"feature_store_unavailable"}
+            # While the store is gone, requests queued behind workers waiting on it may spend their
+            # deadline (service/deadline.py) before a worker picks them up: also a documented 503.
+            errors = {error for status, error, _ in seen if status == 503}
+            assert "feature_store_unavailable" in errors and errors <= {
+                "feature_store_unavailable",
+                "deadline_exceeded",
+            }
             down = by_id(client, "tx-7")
             assert down.status == 503 and down.headers["Retry-After"]
             assert client.score(as_transaction(rows[7])).status == 200  # the rest keeps serving
