@@ -2,11 +2,20 @@
 # The api container: gunicorn + the Falcon app. nginx runs in its own container (docker-compose.yml).
 # Every step runs the same command a developer runs natively: `make test`, `make venv`,
 # `make model`, `python -m service.serve`, `python -m service.healthcheck`.
-ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+#
+# The base image is pinned by digest, so a rebuild gets the same bytes until the pin is moved on
+# purpose. To update it (security fixes in Debian or Python), on a machine that can pull:
+#   docker buildx imagetools inspect python:3.11-slim-bookworm   # the "Digest:" line (the multi-arch index)
+# and replace the digest below (podman: `podman pull` then `podman image inspect --format
+# '{{.Digest}}'`). The digest here is the official image's published index digest for 3.11.16.
+# `make container-test` passes a local stand-in built from Debian's packages instead
+# (--build-arg PYTHON_IMAGE=...) where no registry can be reached: see docs/containers.md.
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm@sha256:a36c24f9cbdf4fd0f52d67f0823eeac19c2028c637cecc392d97f980d4fec56b
 
 FROM ${PYTHON_IMAGE} AS base
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONUNBUFFERED=1 DEBIAN_FRONTEND=noninteractive
-# A C compiler for service/_walker.c and service/_budget.c, make for the one install script.
+# A C compiler for service/_walker.c and service/_budget.c, make for the one install script. Only
+# the build and test stages have them: the production stage starts again from the bare Python image.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends gcc libc6-dev make \
  && rm -rf /var/lib/apt/lists/*
@@ -17,13 +26,17 @@ FROM base AS test
 COPY . .
 RUN make test && touch /app/.tests-passed
 
-# Runtime dependencies only, and the serving artifact (MODEL_CSV trains on real data instead).
+# Runtime dependencies only (no dev extras), the compiled walker, and the serving artifact
+# (MODEL_CSV trains on real data instead).
 FROM base AS build
 COPY pyproject.toml Makefile README.md gunicorn.conf.py ./
 COPY service service
 COPY model model
-RUN make venv PIP_EXTRAS= && make model && rm -rf build
+RUN make venv PIP_EXTRAS= && make model MODEL_PATH=/opt/model/fraud-model.joblib && rm -rf build
 
+# Only what serving reads: the virtual environment, the service package (with the compiled walker),
+# gunicorn.conf.py and the model files. No compiler, headers of the build stage, tests, training
+# code, build directories or pip caches.
 FROM ${PYTHON_IMAGE} AS production
 # The production image is built only from a tested tree: this copy makes it depend on the test stage.
 COPY --from=test /app/.tests-passed /opt/fraud-scoring/tests-passed
@@ -31,7 +44,10 @@ RUN groupadd --system --gid 10001 app \
  && useradd --system --uid 10001 --gid app --no-create-home --shell /usr/sbin/nologin app \
  && install -d -o app -g app -m 0755 /run/fraud-scoring
 # Owned by root, so the service user can read but never change the code or the model.
-COPY --from=build /app /app
+COPY --from=build /app/.venv /app/.venv
+COPY --from=build /app/service /app/service
+COPY --from=build /app/gunicorn.conf.py /app/gunicorn.conf.py
+COPY --from=build /opt/model /app/model
 WORKDIR /app
 ENV PATH=/app/.venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \

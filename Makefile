@@ -7,14 +7,20 @@ MODEL_PATH ?= model/fraud-model.joblib
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := nginx redis-server
 # redis-server: the local feature store `make run` starts with FEATURE_STORE_START (and the tests).
-# chromium renders /docs in a test; wrk drives load in the hostile-input tests and make chaos.
-TEST_APT_PACKAGES := chromium wrk
+# chromium renders /docs in a test; wrk drives load in the hostile-input tests and make chaos; git for
+# the perf-compare tests (a container build has no git).
+TEST_APT_PACKAGES := chromium wrk git
+# make container-test: the container engine, and debootstrap for the stand-in base images.
+CONTAINER_APT_PACKAGES := podman buildah runc debootstrap
+# Host-specific podman settings (runtime, cgroups, ulimits): the project's file, never /etc.
+CONTAINER_ENV := CONTAINERS_CONF=$(CURDIR)/deploy/podman/containers.conf
+CONTAINERS_INSTALLED := $(VENV)/.containers-installed
 # The container's production stage installs without the dev extras: `make venv PIP_EXTRAS=`.
 PIP_EXTRAS ?= dev
 INSTALLED := $(VENV)/.installed
 PERF_INSTALLED := $(VENV)/.perf-installed
 
-.PHONY: features lint help install system-packages test-system-packages apt-packages venv run reload model model-full convert test fuzz chaos clean perf perf-baseline perf-compare perf-install
+.PHONY: container-test features lint help install system-packages test-system-packages apt-packages venv run reload model model-full convert test fuzz chaos clean perf perf-baseline perf-compare perf-install
 
 help:
 	@echo "make run    install what is missing, train the default model if there is none, serve through nginx"
@@ -26,6 +32,7 @@ help:
 	@echo "make install  system packages (nginx) and the virtual environment in .venv/"
 	@echo "make fuzz   thousands of generated requests through nginx: no 5xx, still healthy (FUZZ_EXAMPLES=5000)"
 	@echo "make chaos  faults under load (kill -9, SIGTERM, recycling, slow body): a table of failures and recovery"
+	@echo "make container-test  build the images (all stages), run the pair and the Kubernetes pod with podman, test through them"
 	@echo "make perf   load and micro-benchmarks against the real stack, checked against perf/baseline.json (~3 min)"
 	@echo "make perf-baseline  the same, then record this run's ratios as the new baseline"
 	@echo "make perf-compare  A/B: this checkout against BASE=<git rev> (default: where it left main), ROUNDS=3"
@@ -95,6 +102,18 @@ reload:
 
 test: test-system-packages install lint
 	$(PY) -m pytest -n auto -q
+
+# Builds every stage of the Dockerfile (stand-in base images where no registry is reachable), prints
+# build times and sizes, then runs the compose pair and the Kubernetes pod and tests through them.
+container-test: install
+	@$(MAKE) --no-print-directory apt-packages PACKAGES="$(APT_PACKAGES) $(TEST_APT_PACKAGES) $(CONTAINER_APT_PACKAGES)"
+	@$(MAKE) --no-print-directory $(CONTAINERS_INSTALLED)
+	$(CONTAINER_ENV) $(PY) -m tests.podman
+	$(CONTAINER_ENV) $(PY) -m pytest -p no:xdist -q -m container tests/test_container_run.py tests/test_kubernetes_pod.py
+
+$(CONTAINERS_INSTALLED): $(INSTALLED) pyproject.toml
+	$(PY) -m pip install -q -e '.[dev,containers]'
+	touch $@
 
 # The rule set and its reasons are in pyproject.toml; `ruff format .` fixes what the check finds.
 lint: install

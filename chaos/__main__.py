@@ -15,7 +15,6 @@ response cut half-way, which wrk cannot. Prints one table: fault, load, requests
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
 import re
@@ -26,11 +25,11 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from chaos.load import Clients, finish_wrk, start_wrk, wrk_script
 from perf import wrk
 from service import harness
 from service.schema import sample_transaction
@@ -57,13 +56,7 @@ class Bench:
     def __init__(self, model_path: Path, workers: int, work: Path) -> None:
         self.key = secrets.token_urlsafe(32)
         self.model_path, self.workers, self.work = model_path, workers, work
-        self.script = work / "score.lua"
-        self.script.write_text(
-            'wrk.method = "POST"\n'
-            f"wrk.body = [[{SAMPLE}]]\n"
-            'wrk.headers["Content-Type"] = "application/json"\n'
-            f'wrk.headers["X-API-Key"] = "{self.key}"\n'
-        )
+        self.script = wrk_script(work / "score.lua", SAMPLE, self.key)
 
     def env(self, **extra: str) -> dict[str, str]:
         return harness.environment(
@@ -74,38 +67,6 @@ class Bench:
         return harness.start(
             self.env(**extra), log=self.work / f"{name}.log", access_log=str(self.work / f"{name}-nginx-access.log")
         )
-
-
-@dataclass
-class WrkResult:
-    requests: int
-    non_2xx: int
-    socket_errors: int
-    text: str
-
-    @property
-    def failures(self) -> int:
-        return self.non_2xx + self.socket_errors
-
-
-def start_wrk(url: str, script: Path, seconds: int, connections: int) -> subprocess.Popen:
-    wrk = shutil.which("wrk")
-    if not wrk:
-        sys.exit("wrk is not installed: run `make install` (apt-get install wrk)")
-    return subprocess.Popen(
-        [wrk, "-t2", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s", "-s", str(script), url],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-
-def finish_wrk(process: subprocess.Popen) -> WrkResult:
-    text = process.communicate(timeout=120)[0]
-    requests = int(re.search(r"(\d+) requests in", text).group(1))
-    non_2xx = int(m.group(1)) if (m := re.search(r"Non-2xx or 3xx responses: (\d+)", text)) else 0
-    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
-    return WrkResult(requests, non_2xx, sum(int(g) for g in errors.groups()) if errors else 0, text)
 
 
 def workers_of(master_pid: int) -> set[int]:
@@ -180,54 +141,15 @@ def sigterm_the_stack(bench: Bench, seconds: int, threads: int) -> Row:
         [sys.executable, "-m", "service.stack"], cwd=ROOT, env=bench.env(PORT=str(port)), stdout=log, stderr=log
     )
     harness.wait_for_health("127.0.0.1", port, 60)
-    counts = {"ok": 0, "refused": 0, "cut": 0, "error_status": 0}
-    lock = threading.Lock()
-    stop = threading.Event()
-    body = SAMPLE.encode()
-    headers = {"Content-Type": "application/json", "X-API-Key": bench.key}
-
-    def client() -> None:
-        while not stop.is_set():
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-            outcome = "ok"
-            try:
-                conn.request("POST", "/v1/fraud-score", body, headers)
-            except OSError:
-                outcome = "refused"  # nginx no longer accepts: never processed, safe to retry
-            else:
-                try:
-                    response = conn.getresponse()
-                except (ConnectionError, http.client.RemoteDisconnected):
-                    outcome = "refused"  # closed before a single response byte: not processed
-                else:
-                    try:
-                        data = response.read()
-                        if response.status != 200:
-                            outcome = "error_status"
-                        elif "fraud-score" not in json.loads(data):
-                            outcome = "cut"
-                    except (http.client.IncompleteRead, OSError, ValueError):
-                        outcome = "cut"
-            finally:
-                conn.close()
-            with lock:
-                counts[outcome] += 1
-            if outcome == "refused":
-                time.sleep(0.01)
-
-    workers = [threading.Thread(target=client, daemon=True) for _ in range(threads)]
-    for t in workers:
-        t.start()
-    time.sleep(seconds / 2)
-    before = dict(counts)
-    signalled = time.monotonic()
-    launcher.send_signal(signal.SIGTERM)
-    launcher.wait(60)
-    stopped_in = time.monotonic() - signalled
-    time.sleep(0.5)
-    stop.set()
-    for t in workers:
-        t.join(15)
+    with Clients("127.0.0.1", port, SAMPLE, bench.key, threads) as clients:
+        time.sleep(seconds / 2)
+        before = clients.snapshot()
+        signalled = time.monotonic()
+        launcher.send_signal(signal.SIGTERM)
+        launcher.wait(60)
+        stopped_in = time.monotonic() - signalled
+        time.sleep(0.5)
+    counts = clients.snapshot()
     failures = counts["cut"] + counts["error_status"]
     requests = counts["ok"] + failures
     return Row(

@@ -68,7 +68,14 @@ def measure(
             for i, row in enumerate(X):
                 pipe.set(f"{PREFIX}tx-{i}", encode_record(list(map(float, row))))
             pipe.execute()
-        stack = start_stack(FEATURE_STORE_URL=store.url, FEATURE_STORE_PREFIX=PREFIX, BATCH_MAX=str(BATCH_ROWS))
+        # A generous store timeout: the benchmark measures latency, and a machine shared with the load
+        # generator must not turn a slow moment into failed requests (timeouts are tested in tests/).
+        stack = start_stack(
+            FEATURE_STORE_URL=store.url,
+            FEATURE_STORE_PREFIX=PREFIX,
+            FEATURE_STORE_TIMEOUT_MS="100",
+            BATCH_MAX=str(BATCH_ROWS),
+        )
         url = stack.base_url
         for name in ROUTES:  # warm-up: connections, workers' store connections, caches
             wrk.run(wrk.Scenario(name, CONNECTIONS, 1), url, files[name], key)

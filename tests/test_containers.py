@@ -12,28 +12,13 @@ import sys
 from pathlib import Path
 
 import jsonschema
-import yaml
 
 from service import healthcheck, serve
 from service.settings import from_mapping
 from service.stack import PLACEHOLDER, ROOT, TEMPLATE, find_nginx, nginx_values, render_nginx_config
+from tests.container_files import DOCKERFILE, compose, instructions, interpolate
 
-DOCKERFILE = ROOT / "Dockerfile"
-COMPOSE = ROOT / "docker-compose.yml"
 COMPOSE_SCHEMA = ROOT / "deploy" / "compose-spec" / "compose-spec.json"
-
-
-def compose() -> dict:
-    return yaml.safe_load(COMPOSE.read_text())
-
-
-def instructions() -> list[tuple[str, str]]:
-    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
-    return [
-        (line.split(None, 1)[0].upper(), line.split(None, 1)[1])
-        for line in text.splitlines()
-        if line.strip() and not line.lstrip().startswith("#")
-    ]
 
 
 def test_hadolint_passes():
@@ -83,11 +68,6 @@ def test_compose_hardening():
     assert services["nginx"]["depends_on"]["api"]["condition"] == "service_healthy"
     assert "sockets:/run/fraud-scoring" in services["api"]["volumes"]
     assert "sockets:/run/fraud-scoring" in services["nginx"]["volumes"]
-
-
-def interpolate(value: str) -> str:
-    """Compose's ${NAME:-default} with nothing set: the defaults."""
-    return re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", str(value))
 
 
 def test_the_nginx_container_renders_a_config_that_nginx_accepts(tmp_path):

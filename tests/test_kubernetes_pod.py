@@ -1,0 +1,141 @@
+"""The Kubernetes base's pod, run on this machine with `podman kube play` from the documents kustomize
+renders: nginx answers /health and a scored request, and every probe's command passes.
+
+What the played copy changes, and why: only the Deployment and its generated ConfigMap are played
+(a Service, autoscaler and disruption budget need a cluster); one replica, with nginx's port
+published on a free loopback port (the kubelet would probe the pod's IP instead); the images are
+the ones `python -m tests.podman` built; names get a unique suffix, since pods and secrets are
+global on the machine. The Secret the operator creates is made a podman secret: podman 4.3 reads a
+secretKeyRef from a podman secret holding the Secret's `data` map."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests import podman as pm
+from tests.container_files import by_kind, documents
+from tests.helpers import TEST_KEY, Client, free_port, sample_transaction
+
+pytestmark = pytest.mark.container
+
+
+class PlayedPod:
+    def __init__(self, work: Path) -> None:
+        suffix = uuid.uuid4().hex[:8]
+        docs = documents()
+        configmap, deployment = by_kind(docs, "ConfigMap"), by_kind(docs, "Deployment")
+        self.name = f"{deployment['metadata']['name']}-{suffix}"
+        self.secret = f"fraud-scoring-api-key-{suffix}"
+        self.port = free_port()
+        configmap["metadata"]["name"] += f"-{suffix}"
+        deployment["metadata"]["name"] = self.name
+        deployment["spec"]["replicas"] = 1
+        pod = deployment["spec"]["template"]["spec"]
+        for volume in pod["volumes"]:
+            if "configMap" in volume:
+                volume["configMap"]["name"] = configmap["metadata"]["name"]
+        images = {"api": pm.API_IMAGE, "nginx": pm.base_images()["NGINX_IMAGE"]}
+        for container in pod["containers"]:
+            container["image"] = images[container["name"]]
+            for env in container.get("env", []):
+                if "secretKeyRef" in env.get("valueFrom", {}):
+                    env["valueFrom"]["secretKeyRef"]["name"] = self.secret
+            for port in container.get("ports", []):
+                port.update(hostPort=self.port, hostIP="127.0.0.1")
+        self.deployment = deployment
+        self.file = work / "pod.yaml"
+        self.file.write_text(yaml.safe_dump_all([configmap, deployment]))
+        secret = work / "secret.json"
+        secret.write_text(json.dumps({"API_KEY": base64.b64encode(TEST_KEY.encode()).decode()}))
+        secret.chmod(0o600)
+        self.secret_file = secret
+
+    def containers(self) -> dict[str, dict]:
+        return {c["name"]: c for c in self.deployment["spec"]["template"]["spec"]["containers"]}
+
+    def container_name(self, container: str) -> str:
+        names = pm.podman("ps", "--format", "{{.Names}}", "--filter", f"name=^{self.name}-pod-0-{container}$")
+        (name,) = names.stdout.split()
+        return name
+
+    def up(self) -> None:
+        pm.podman("secret", "create", self.secret, str(self.secret_file))
+        pm.podman("kube", "play", str(self.file), timeout=300)
+
+    def down(self) -> None:
+        pm.podman("kube", "down", str(self.file), check=False, timeout=120)
+        pods = pm.podman("pod", "ps", "-q", "--filter", f"name={self.name}", check=False).stdout.split()
+        if pods:
+            pm.podman("pod", "rm", "-f", *pods, check=False)
+        pm.podman("secret", "rm", self.secret, check=False)
+
+    def wait_healthy(self, timeout: float = 120) -> None:
+        start = time.monotonic()
+        while True:
+            try:
+                if Client("127.0.0.1", self.port).request("GET", "/health").status == 200:
+                    return
+            except OSError:
+                pass
+            if time.monotonic() - start > timeout:
+                logs = pm.podman("pod", "logs", f"{self.name}-pod-0", check=False)
+                raise AssertionError(logs.stdout[-4000:] + logs.stderr[-4000:])
+            time.sleep(0.3)
+
+
+@pytest.fixture(scope="module")
+def pod(tmp_path_factory) -> Iterator[PlayedPod]:
+    if not pm.exists(pm.API_IMAGE):
+        pm.build_all(pm.base_images())
+    played = PlayedPod(tmp_path_factory.mktemp("kube"))
+    try:
+        played.up()
+        played.wait_healthy()
+        yield played
+    finally:
+        played.down()
+
+
+def test_the_pods_nginx_answers_health_and_a_scored_request(pod):
+    client = Client("127.0.0.1", pod.port)
+    health = client.request("GET", "/health")
+    assert health.status == 200 and health.json["status"] == "healthy"
+    reply = client.score(sample_transaction())
+    assert reply.status == 200, reply.raw
+    assert 0.0 <= reply.json["fraud-score"] <= 1.0
+    assert client.score(sample_transaction(), key="not-the-key").status == 403  # the key is the Secret's
+
+
+def test_every_probe_command_passes(pod):
+    probes = 0
+    for name, container in pod.containers().items():
+        for kind in ("startupProbe", "livenessProbe", "readinessProbe"):
+            probe = container.get(kind)
+            if not probe:
+                continue
+            probes += 1
+            if "exec" in probe:
+                ran = pm.podman("exec", pod.container_name(name), *probe["exec"]["command"], check=False)
+                assert ran.returncode == 0, (name, kind, ran.stdout, ran.stderr)
+            else:  # httpGet on the named port: the kubelet's GET, through the published port
+                assert probe["httpGet"]["port"] == "http"
+                reply = Client("127.0.0.1", pod.port).request("GET", probe["httpGet"]["path"])
+                assert 200 <= reply.status < 400, (name, kind, reply.status)
+    assert probes == 4
+
+
+def test_the_pods_containers_run_as_the_manifest_says(pod):
+    for name, container in pod.containers().items():
+        inspected = json.loads(pm.podman("inspect", pod.container_name(name)).stdout)[0]
+        assert inspected["HostConfig"]["ReadonlyRootfs"] is True, name
+        assert inspected["EffectiveCaps"] in (None, []), name
+        uid = pm.podman("exec", pod.container_name(name), "id", "-u").stdout.strip()
+        assert uid == str(container["securityContext"]["runAsUser"]), name
