@@ -14,7 +14,7 @@ ARG PYTHON_IMAGE=python:3.11-slim-bookworm@sha256:a36c24f9cbdf4fd0f52d67f0823eea
 
 FROM ${PYTHON_IMAGE} AS base
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONUNBUFFERED=1 DEBIAN_FRONTEND=noninteractive
-# A C compiler for service/_walker.c and service/_budget.c, make for the one install script. Only
+# A C compiler for service/_walker.c, _bins.c and _budget.c, make for the one install script. Only
 # the build and test stages have them: the production stage starts again from the bare Python image.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends gcc libc6-dev make \

@@ -20,7 +20,7 @@ PIP_EXTRAS ?= dev
 INSTALLED := $(VENV)/.installed
 PERF_INSTALLED := $(VENV)/.perf-installed
 
-.PHONY: container-test features lint help install system-packages test-system-packages apt-packages venv run reload model model-full convert test fuzz chaos clean perf perf-baseline perf-compare perf-install
+.PHONY: evaluate promote container-test features lint help install system-packages test-system-packages apt-packages venv run reload model model-full convert test fuzz chaos clean perf perf-baseline perf-compare perf-install
 
 help:
 	@echo "make run    install what is missing, train the default model if there is none, serve through nginx"
@@ -36,6 +36,8 @@ help:
 	@echo "make perf   load and micro-benchmarks against the real stack, checked against perf/baseline.json (~3 min)"
 	@echo "make perf-baseline  the same, then record this run's ratios as the new baseline"
 	@echo "make perf-compare  A/B: this checkout against BASE=<git rev> (default: where it left main), ROUNDS=3"
+	@echo "make evaluate  champion and challenger side by side, an HTML report (CHAMPION= CHALLENGER= CSV=)"
+	@echo "make promote   the challenger becomes the champion, zero downtime (RETIRE=1: no challenger after)"
 
 install: system-packages $(INSTALLED)
 
@@ -66,8 +68,11 @@ $(INSTALLED): pyproject.toml $(wildcard service/*.c) service/_budget.c
 $(MODEL_PATH): | $(INSTALLED)
 	$(PY) -m model.train --output $(MODEL_PATH)
 
+# REVIEW_COST (per alert) and MAX_ALERT_RATE (0-1) set how the decision threshold is chosen.
+TRAIN_ARGS = $(if $(CSV),--csv $(CSV)) $(if $(REVIEW_COST),--review-cost $(REVIEW_COST)) $(if $(MAX_ALERT_RATE),--max-alert-rate $(MAX_ALERT_RATE))
+
 model: | $(INSTALLED)
-	$(PY) -m model.train --output $(MODEL_PATH) $(if $(CSV),--csv $(CSV))
+	$(PY) -m model.train --output $(MODEL_PATH) $(TRAIN_ARGS)
 
 model-full: | $(INSTALLED)
 	$(PY) -m model.train --output $(MODEL_PATH) --rows 284807
@@ -147,6 +152,22 @@ perf-baseline: perf-install $(MODEL_PATH)
 ROUNDS ?= 3
 perf-compare: perf-install $(MODEL_PATH)
 	$(PY) -m perf.compare $(if $(BASE),--base $(BASE)) --rounds $(ROUNDS) $(COMPARE_ARGS)
+
+EVALUATE_INSTALLED := $(VENV)/.evaluate-installed
+$(EVALUATE_INSTALLED): $(INSTALLED) pyproject.toml
+	$(PY) -m pip install -q -e '.[$(if $(PIP_EXTRAS),$(PIP_EXTRAS)$(comma))evaluate]'
+	touch $@
+
+comma := ,
+# Defaults: the served champion (MODEL_PATH), the configured challenger (CHALLENGER_MODEL_PATH), and
+# a fresh synthetic hold-out drawn with another seed than training's.
+evaluate: $(EVALUATE_INSTALLED) $(MODEL_PATH)
+	$(PY) -m model.evaluate $(if $(CHAMPION),--champion $(CHAMPION)) $(if $(CHALLENGER),--challenger $(CHALLENGER)) $(if $(CSV),--csv $(CSV))
+
+# The challenger's files replace the champion's (the old champion's go to the challenger's place,
+# or away with RETIRE=1), then the running `make run` rolls out both with zero downtime.
+promote: | $(INSTALLED)
+	$(PY) -m model.promote $(if $(RETIRE),--retire)
 
 clean:
 	rm -rf $(VENV) build *.egg-info service/*.so .pytest_cache .hypothesis

@@ -32,8 +32,11 @@ def export(
     metrics: dict[str, Any] | None = None,
     stats: dict[str, dict[str, float]] | None = None,
     version: str | None = None,
+    threshold: dict[str, Any] | None = None,
+    drift: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Writes the estimator, its serving artifact and the manifest; returns the manifest."""
+    """Writes the estimator, its serving artifact and the manifest; returns the manifest.
+    `threshold` (model.threshold.choose) and `drift` (service.drift.reference) are recorded as given."""
     paths = ArtifactPaths.for_model(model_path)
     paths.estimator.parent.mkdir(parents=True, exist_ok=True)
     # A forest pickled with n_jobs>1 makes every predict_proba spin up threads (~3x slower per row).
@@ -55,6 +58,10 @@ def export(
         "metrics": metrics or {},
         "feature_stats": stats,
     }
+    if threshold is not None:
+        manifest["threshold"] = threshold
+    if drift is not None:
+        manifest["drift"] = drift
     try:
         arrays = forest.flatten(estimator)
     except forest.UnsupportedEstimator as e:

@@ -17,8 +17,9 @@ from sklearn.ensemble import RandomForestClassifier
 from sklearn.metrics import average_precision_score, roc_auc_score
 from sklearn.model_selection import train_test_split
 
-from model import synthetic
+from model import synthetic, threshold
 from model.export import export, feature_stats
+from service import drift
 from service.artifacts import sha256_file
 from service.features import FEATURES
 
@@ -77,8 +78,21 @@ def main(argv: list[str] | None = None) -> int:
         "--output", type=Path, default=DEFAULT_MODEL_PATH, help=f"model path (default {DEFAULT_MODEL_PATH})"
     )
     parser.add_argument("--version", help="model version (default: rf-<date>-<digest>)")
+    parser.add_argument(
+        "--review-cost",
+        type=float,
+        default=threshold.REVIEW_COST,
+        help=f"cost of reviewing one alert, in Amount's money (default {threshold.REVIEW_COST:g})",
+    )
+    parser.add_argument(
+        "--max-alert-rate", type=float, help="choose the threshold among those alerting on at most this share (0-1)"
+    )
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
+    if args.review_cost < 0 or not np.isfinite(args.review_cost):
+        parser.error("--review-cost must be a finite number >= 0")
+    if args.max_alert_rate is not None and not 0 <= args.max_alert_rate <= 1:
+        parser.error("--max-alert-rate must be between 0 and 1")
 
     if args.csv:
         X, y = read_csv(args.csv)
@@ -99,13 +113,31 @@ def main(argv: list[str] | None = None) -> int:
         "n_test": int(len(y_test)),
         "n_test_fraud": int(y_test.sum()),
     }
+    scores = threshold.scores_of(p)
+    chosen = threshold.choose(
+        y_test, scores, X_test[:, threshold.AMOUNT], review_cost=args.review_cost, max_alert_rate=args.max_alert_rate
+    )
     manifest = export(
-        model, args.output, data_source=source, metrics=metrics, stats=feature_stats(X_train), version=args.version
+        model,
+        args.output,
+        data_source=source,
+        metrics=metrics,
+        stats=feature_stats(X_train),
+        version=args.version,
+        threshold=chosen,
+        drift=drift.reference(X_train, scores),
     )
     print(
         f"held-out split ({metrics['n_test']} rows, {metrics['n_test_fraud']} frauds): "
         f"ROC AUC {metrics['roc_auc']:.4f}, average precision (AUC-PR) {metrics['average_precision']:.4f}"
     )
+    cap = "" if args.max_alert_rate is None else f", alert rate at most {100 * args.max_alert_rate:g} %"
+    print(
+        f"threshold {chosen['value']} chosen for least expected cost (missed fraud: its Amount; "
+        f"review: {args.review_cost:g} per alert{cap}; from {chosen['frauds']} frauds in the held-out split)"
+    )
+    print("  " + threshold.describe(f"at {chosen['value']:>3}", chosen["at_threshold"]))
+    print("  " + threshold.describe("at  50", chosen["at_50"]))
     forest_info = manifest["files"].get("forest", {})
     print(
         f"wrote {args.output} (version {manifest['version']}, {forest_info.get('n_trees')} trees, "

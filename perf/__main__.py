@@ -27,7 +27,7 @@ import numpy as np
 import orjson
 
 from model import synthetic
-from perf import baseline, by_id, chart, memory, micro, overload, report, stats, wrk
+from perf import baseline, by_id, chart, lifecycle, memory, micro, overload, report, stats, wrk
 from service import harness
 from service.artifacts import ArtifactPaths, read_manifest
 from service.features import FEATURES
@@ -222,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         "engine": micro.engine(estimator, forest, X),
         "validation": micro.validation(bodies[:200]),
         "hot_path": micro.hot_path(model_path, bodies),
+        "lifecycle": lifecycle.counting(model_path, X),
     }
     del estimator
 
@@ -266,6 +267,19 @@ def main(argv: list[str] | None = None) -> int:
             stack.stop()
 
     if not args.url:
+        log("a challenger scored beside every request: a stack with one against one without, alternating rounds")
+        results["challenger"] = lifecycle.with_and_without(
+            model_path,
+            lambda extra: start_stack(model_path, key, stack_log, **extra),
+            files,
+            key,
+            args.rounds,
+            args.seconds,
+        )
+        log(
+            f"  with a challenger {results['challenger']['rps']['with']:.0f}/s, without "
+            f"{results['challenger']['rps']['without']:.0f}/s: {100 * results['challenger']['ratio']:.1f} %"
+        )
         log("by-id scoring from a local redis-server, next to the raw-feature routes")
         results["by_id"] = by_id.measure(
             X[:1000],
@@ -294,6 +308,8 @@ def main(argv: list[str] | None = None) -> int:
     found = report.targets(results) + overload.targets(results.get("overload"), deadline_ms)
     results["targets"] = [t.__dict__ for t in found]
     failures = report.hard_failures(results)
+    if results.get("challenger", {}).get("failed"):
+        failures.append(f"challenger comparison: {results['challenger']['failed']} failed requests")
     for n, load in results.get("memory_loads", {}).items():
         if load["failed"]:
             failures.append(f"memory run with {n} workers: {load['failed']} failed requests")

@@ -90,6 +90,26 @@ def targets(results: dict[str, Any]) -> list[Target]:
                 validation["compiled_us"] <= 25.0,
             )
         )
+    counting = micro.get("lifecycle")
+    if counting:
+        found.append(
+            Target(
+                "drift counting per row (one row / in a batch of 1,000)",
+                f"{counting['drift_row_us']:.2f} / {counting['drift_batch_row_us']:.2f} µs",
+                "≤ 2 µs",
+                max(counting["drift_row_us"], counting["drift_batch_row_us"]) <= 2.0,
+            )
+        )
+    challenger = results.get("challenger")
+    if challenger:
+        found.append(
+            Target(
+                f"scoring throughput with a challenger ÷ without, {challenger['connections']} connections",
+                f"{100 * challenger['ratio']:.1f} % ({challenger['rps']['with']:.0f} vs {challenger['rps']['without']:.0f}/s)",
+                "≥ 95 %",
+                challenger["ratio"] >= 0.95,
+            )
+        )
     memory = results.get("memory")
     if memory:
         artifact = next(iter(memory.values()))["artifact_bytes"]

@@ -5,6 +5,7 @@ needs is prepared here, once."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 import uuid
@@ -13,10 +14,12 @@ from typing import Any
 
 import falcon
 
-from service import metrics
+from service import metrics, multiproc
 from service.auth import ApiKeys
 from service.budget import RowBudget
 from service.by_id import ByIdBatchResource, ByIdScoreResource, StoredRows, StoreStatusResource
+from service.challenger import Challenger, describe
+from service.drift import DriftCounter
 from service.errors import handle_unexpected, serialize_error
 from service.feature_store import FeatureStore, StoreConfig
 from service.loader import LoadedModel
@@ -24,6 +27,7 @@ from service.ood import OutOfDistribution
 from service.openapi import DOCS_PAGE, build_openapi
 from service.resources import (
     BatchScoreResource,
+    DriftResource,
     FraudScoreResource,
     ModelUnavailableResource,
     StaticJson,
@@ -54,7 +58,13 @@ class DocsPage:
         resp.content_type = falcon.MEDIA_HTML
 
 
-def model_info(model: LoadedModel, settings: Settings, ood: OutOfDistribution) -> dict[str, Any]:
+def model_info(
+    model: LoadedModel,
+    settings: Settings,
+    ood: OutOfDistribution,
+    challenger: LoadedModel | None = None,
+    challenger_refused: str | None = None,
+) -> dict[str, Any]:
     manifest = model.manifest
     scorer = model.scorer
     return {
@@ -70,15 +80,39 @@ def model_info(model: LoadedModel, settings: Settings, ood: OutOfDistribution) -
         "features": manifest.get("features"),
         "feature_importances": manifest.get("feature_importances"),
         "metrics": manifest.get("metrics") or {},
-        "threshold": settings.fraud_threshold,
+        "threshold": model.threshold,
         "ood": {"z": settings.ood_z, "enabled": ood.enabled},
         "sha256": model.forest_sha256,
         "estimator_sha256": (manifest.get("files", {}).get("estimator") or {}).get("sha256"),
+        "champion": describe(model),
+        "challenger": (
+            {**describe(challenger), "log_sample": settings.challenger_log_sample}
+            if challenger
+            else {"refused": challenger_refused}
+            if challenger_refused
+            else None
+        ),
     }
 
 
+def drift_counter(model: LoadedModel) -> DriftCounter | None:
+    """Counts this model's scored rows into its training bins, in the metrics directory when
+    there is one (gunicorn), else in this process."""
+    reference = model.manifest.get("drift")
+    if not reference:
+        return None
+    key = model.forest_sha256 or hashlib.sha256(model.version.encode()).hexdigest()
+    return DriftCounter(reference, key[:16], os.environ.get(multiproc.ENV))
+
+
 def create_app(
-    settings: Settings, model: LoadedModel | None, unavailable_reason: str = "", budget: RowBudget | None = None
+    settings: Settings,
+    model: LoadedModel | None,
+    unavailable_reason: str = "",
+    budget: RowBudget | None = None,
+    *,
+    challenger: LoadedModel | None = None,
+    challenger_refused: str | None = None,
 ) -> falcon.App:
     """`budget` is the per-key row budget shared by every worker; the gunicorn master makes it
     once (service/wsgi.py) so that it outlives rollouts. Without one, the app gets its own."""
@@ -98,7 +132,9 @@ def create_app(
     )
     app.add_route("/docs", DocsPage())
     app.add_static_route("/docs/static", str(resources.files("service").joinpath("static/swagger-ui")))
-    app.add_route("/metrics", metrics.MetricsResource())  # nginx serves it to internal networks only
+    drift = drift_counter(model) if model is not None else None
+    # nginx serves it to internal networks only
+    app.add_route("/metrics", metrics.MetricsResource([drift] if drift else []))
 
     if model is None:
         app.add_route(
@@ -110,13 +146,26 @@ def create_app(
         app.add_route("/v1/fraud-score", ModelUnavailableResource(unavailable_reason, "post"))
         app.add_route("/v1/fraud-score/batch", ModelUnavailableResource(unavailable_reason, "post"))
         app.add_route("/v1/model-info", ModelUnavailableResource(unavailable_reason, "get"))
+        app.add_route("/v1/drift", ModelUnavailableResource(unavailable_reason, "get"))
+        app.add_route("/v1/drift/reset", ModelUnavailableResource(unavailable_reason, "post"))
         if settings.feature_store_url:
             app.add_route("/v1/fraud-score/by-id", ModelUnavailableResource(unavailable_reason, "post"))
             app.add_route("/v1/fraud-score/by-id/batch", ModelUnavailableResource(unavailable_reason, "post"))
         return app
 
     ood = OutOfDistribution(model.manifest.get("feature_stats"), settings.ood_z)
-    scoring = Scoring(model, ood, settings.fraud_threshold, observe=metrics.observe_score)
+    threshold = model.threshold["value"]
+    beside = None
+    if challenger is not None:
+        beside = Challenger(
+            challenger,
+            model.version,
+            threshold,
+            settings.challenger_log_sample,
+            observe_one=metrics.observe_challenger,
+            observe_many=metrics.observe_challenger_rows,
+        )
+    scoring = Scoring(model, ood, threshold, observe=metrics.observe_score, drift=drift, challenger=beside)
     metrics.set_model_version(model.version)
     app.add_route("/health", StaticJson({"status": "healthy", "model_loaded": True}))
     app.add_route("/v1/fraud-score", FraudScoreResource(scoring, TransactionValidator(document), keys, budget))
@@ -130,7 +179,12 @@ def create_app(
             settings.batch_max,
         ),
     )
-    app.add_route("/v1/model-info", StaticJson(model_info(model, settings, ood), keys=keys))
+    app.add_route(
+        "/v1/model-info", StaticJson(model_info(model, settings, ood, challenger, challenger_refused), keys=keys)
+    )
+    drift_resource = DriftResource(drift, keys)
+    app.add_route("/v1/drift", drift_resource)
+    app.add_route("/v1/drift/reset", drift_resource, suffix="reset")
     if settings.feature_store_url:
         add_by_id_routes(app, settings, scoring, TransactionValidator(document), keys, budget)
     return app

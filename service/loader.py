@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from service import convert, forest
+from service import convert, forest, threshold
 from service.artifacts import (
     ArtifactError,
     ArtifactPaths,
@@ -54,6 +54,7 @@ class LoadedModel:
     scorer: forest.Forest | SklearnScorer
     manifest: dict[str, Any] = field(default_factory=dict)
     forest_sha256: str | None = None
+    threshold: dict[str, Any] = field(default_factory=lambda: threshold.in_force({}, None))
 
 
 def _exists(path: Path) -> bool:
@@ -214,5 +215,10 @@ def _load(settings: Settings) -> LoadedModel:
         )
     version = settings.model_version or manifest.get("version") or f"unversioned-{(forest_digest or '')[:8]}"
     return LoadedModel(
-        version=version, predict_row=scorer.predict_row, scorer=scorer, manifest=manifest, forest_sha256=forest_digest
+        version=version,
+        predict_row=scorer.predict_row,
+        scorer=scorer,
+        manifest=manifest,
+        forest_sha256=forest_digest,
+        threshold=threshold.in_force(manifest, settings.fraud_threshold),
     )

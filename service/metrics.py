@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import falcon
+import numpy as np
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -81,6 +82,21 @@ SHED = Counter(
     "fraud_deadline_exceeded_total",
     "Requests refused with 503 deadline_exceeded, unread, because their budget was spent waiting",
     ["route"],
+)
+CHALLENGER_SCORES = Histogram(
+    "fraud_challenger_score", "The challenger's fraud scores of the same transactions (0-100)", buckets=SCORE_BUCKETS
+)
+AGREEMENT = Counter(
+    "fraud_challenger_agreement_total",
+    "Transactions scored by both models, by each one's is-fraud decision at its own threshold",
+    ["champion_is_fraud", "challenger_is_fraud"],
+)
+# Negative observations make _sum useless for reset detection; the buckets and _count stay exact.
+DIFFERENCE_BUCKETS = (-50, -20, -10, -5, -2, -1, 0, 1, 2, 5, 10, 20, 50, 100)
+SCORE_DIFFERENCE = Histogram(
+    "fraud_challenger_score_difference",
+    "Challenger's score minus champion's, per transaction",
+    buckets=DIFFERENCE_BUCKETS,
 )
 WORKER_EXITS = Counter(
     "fraud_worker_exits_total",
@@ -241,6 +257,107 @@ def observe_score(score: int, is_fraud: bool, ood_warning: bool = False) -> None
     _observe_score(score, is_fraud, ood_warning)
 
 
+DIFFERENCE_BOUNDS = (*DIFFERENCE_BUCKETS, INF)
+_CELLS = tuple((champion, challenger) for champion in (False, True) for challenger in (False, True))
+
+
+def _cell_labels(champion: bool, challenger: bool) -> dict[str, str]:
+    return {"champion_is_fraud": str(champion).lower(), "challenger_is_fraud": str(challenger).lower()}
+
+
+def _cells(champion_is_fraud: np.ndarray, is_fraud: np.ndarray) -> list[int]:
+    """Rows in each agreement cell, in _CELLS order."""
+    return np.bincount(2 * champion_is_fraud.astype(np.int64) + is_fraud.astype(np.int64), minlength=4).tolist()
+
+
+class _ChallengerSlots:
+    def __init__(self, worker: _Worker) -> None:
+        self.score = _HistogramSlots(CHALLENGER_SCORES, worker.histograms, SCORE_BOUNDS, {})
+        self.difference = _HistogramSlots(SCORE_DIFFERENCE, worker.histograms, DIFFERENCE_BOUNDS, {})
+        self.cells = tuple(
+            worker.counters.slot(_key(AGREEMENT, "fraud_challenger_agreement_total", _cell_labels(*cell)))
+            for cell in _CELLS
+        )
+
+
+_challenger: list[_ChallengerSlots] = []  # this process's, once opened
+os.register_at_fork(after_in_child=_challenger.clear)
+
+
+def _challenger_slots() -> _ChallengerSlots:
+    if not _challenger:
+        _challenger.append(_ChallengerSlots(_this_worker()))
+    return _challenger[0]
+
+
+def _observe_challenger_shared(champion_score: int, champion_is_fraud: bool, score: int, is_fraud: bool) -> None:
+    slots = _challenger[0] if _challenger else _challenger_slots()
+    worker = _worker[0]
+    histograms = worker.histograms.values
+    histograms[slots.score.buckets[bisect_left(SCORE_BOUNDS, score)]] += 1.0
+    histograms[slots.score.sum] += score
+    difference = score - champion_score
+    histograms[slots.difference.buckets[bisect_left(DIFFERENCE_BOUNDS, difference)]] += 1.0
+    histograms[slots.difference.sum] += difference
+    worker.counters.values[slots.cells[2 * champion_is_fraud + is_fraud]] += 1.0
+
+
+def _add_to_histogram(samples: SampleFile, slots: _HistogramSlots, bounds: Sequence[float], values: np.ndarray) -> None:
+    counts = np.bincount(np.searchsorted(bounds, values, side="left"), minlength=len(bounds)).tolist()
+    for slot, n in zip(slots.buckets, counts, strict=True):
+        if n:
+            samples.values[slot] += n
+    samples.values[slots.sum] += float(np.sum(values))
+
+
+def _observe_challenger_rows_shared(
+    champion_scores: np.ndarray, champion_is_fraud: np.ndarray, scores: np.ndarray, is_fraud: np.ndarray
+) -> None:
+    slots = _challenger[0] if _challenger else _challenger_slots()
+    worker = _worker[0]
+    _add_to_histogram(worker.histograms, slots.score, SCORE_BOUNDS, scores)
+    _add_to_histogram(worker.histograms, slots.difference, DIFFERENCE_BOUNDS, scores - champion_scores)
+    for slot, n in zip(slots.cells, _cells(champion_is_fraud, is_fraud), strict=True):
+        if n:
+            worker.counters.values[slot] += n
+
+
+_agreement = [AGREEMENT.labels(**_cell_labels(*cell)).inc for cell in _CELLS]
+
+
+def _observe_challenger_in_process(champion_score: int, champion_is_fraud: bool, score: int, is_fraud: bool) -> None:
+    CHALLENGER_SCORES.observe(score)
+    _agreement[2 * champion_is_fraud + is_fraud]()
+    SCORE_DIFFERENCE.observe(score - champion_score)
+
+
+def _observe_challenger_rows_in_process(
+    champion_scores: np.ndarray, champion_is_fraud: np.ndarray, scores: np.ndarray, is_fraud: np.ndarray
+) -> None:
+    for score, difference in zip(scores.tolist(), (scores - champion_scores).tolist(), strict=True):
+        CHALLENGER_SCORES.observe(score)
+        SCORE_DIFFERENCE.observe(difference)
+    for increment, n in zip(_agreement, _cells(champion_is_fraud, is_fraud), strict=True):
+        if n:
+            increment(n)
+
+
+_observe_challenger = _observe_challenger_shared if _SHARED else _observe_challenger_in_process
+_observe_challenger_rows = _observe_challenger_rows_shared if _SHARED else _observe_challenger_rows_in_process
+
+
+def observe_challenger(champion_score: int, champion_is_fraud: bool, score: int, is_fraud: bool) -> None:
+    """Called once per transaction the challenger scored beside the champion."""
+    _observe_challenger(champion_score, champion_is_fraud, score, is_fraud)
+
+
+def observe_challenger_rows(
+    champion_scores: np.ndarray, champion_is_fraud: np.ndarray, scores: np.ndarray, is_fraud: np.ndarray
+) -> None:
+    """observe_challenger for a batch's rows, in one update per bucket and per agreement cell."""
+    _observe_challenger_rows(champion_scores, champion_is_fraud, scores, is_fraud)
+
+
 _fetched = FEATURE_STORE_FETCH.observe
 _asked = FEATURE_STORE_ROWS.inc
 _missed = FEATURE_STORE_MISSES.inc
@@ -304,7 +421,11 @@ class ByRoute:
 
 
 class MetricsResource:
-    """GET /metrics: the Prometheus text format, summed over every worker (live and dead)."""
+    """GET /metrics: the Prometheus text format, summed over every worker (live and dead), and what
+    the collectors passed in (drift counts, which keep their own per-worker files) report."""
+
+    def __init__(self, collectors: Sequence[Any] = ()) -> None:
+        self._collectors = collectors
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         if os.environ.get(MULTIPROC_ENV):
@@ -312,5 +433,5 @@ class MetricsResource:
             multiprocess.MultiProcessCollector(registry)
         else:
             registry = REGISTRY
-        resp.data = generate_latest(registry)
+        resp.data = generate_latest(registry) + b"".join(generate_latest(c) for c in self._collectors)
         resp.content_type = CONTENT_TYPE_LATEST

@@ -27,7 +27,8 @@ def prepare() -> tuple[str, bool]:
         path = tempfile.mkdtemp(prefix="fraud-scoring-metrics-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
         os.environ[ENV] = path
     os.makedirs(path, exist_ok=True)
-    for stale in glob.glob(os.path.join(path, "*.db")):
+    # prometheus_client's *.db files, and service.drift's counts and baselines.
+    for stale in glob.glob(os.path.join(path, "*.db")) + glob.glob(os.path.join(path, "drift_*")):
         os.remove(stale)
     return path, created
 

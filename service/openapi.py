@@ -52,7 +52,7 @@ _SCHEMAS: dict[str, Any] = {
         "required": ["fraud-score", "is-fraud", "model-version", "ood-warning"],
         "properties": {
             "fraud-score": {"type": "integer", "minimum": 0, "maximum": 100, "description": "round(100 × P(fraud))"},
-            "is-fraud": {"type": "boolean", "description": "fraud-score >= FRAUD_THRESHOLD"},
+            "is-fraud": {"type": "boolean", "description": "fraud-score >= the threshold (GET /v1/model-info)"},
             "model-version": {"type": "string"},
             "ood-warning": {
                 "type": "boolean",
@@ -112,6 +112,16 @@ _SCHEMAS: dict[str, Any] = {
             "reason": {"type": "string", "description": "why no model is loaded"},
         },
     },
+    "Drift": {
+        "type": "object",
+        "required": ["rows", "score", "features"],
+        "properties": {
+            "rows": {"type": "integer", "description": "rows scored since start, the last reset or rollout"},
+            "score": {"type": ["number", "null"], "description": "PSI of the fraud-score (null without rows)"},
+            "features": {"type": "object", "additionalProperties": {"type": ["number", "null"]}},
+            "thresholds": {"type": "object", "description": "PSI above watch: look; above act: act"},
+        },
+    },
     "ModelInfo": {
         "type": "object",
         "description": "what the loaded model is, how it was trained and how it scores",
@@ -119,8 +129,24 @@ _SCHEMAS: dict[str, Any] = {
             "model-version": {"type": "string"},
             "estimator": {"type": "string"},
             "n_trees": {"type": "integer"},
-            "threshold": {"type": "integer"},
+            "threshold": {
+                "type": "object",
+                "description": "the decision threshold in force and where it comes from",
+                "required": ["value", "source"],
+                "properties": {
+                    "value": {"type": "integer", "description": "is-fraud when fraud-score >= value"},
+                    "source": {
+                        "enum": ["environment", "manifest", "default"],
+                        "description": "FRAUD_THRESHOLD, the cost-chosen threshold recorded at training, or 50",
+                    },
+                },
+            },
             "sha256": {"type": ["string", "null"]},
+            "champion": {"type": "object", "description": "the model answering: version, digests, threshold"},
+            "challenger": {
+                "type": ["object", "null"],
+                "description": "the model scored beside it (CHALLENGER_MODEL_PATH), or why it was refused",
+            },
         },
     },
 }
@@ -353,6 +379,37 @@ def _document(transaction_schema: dict[str, Any], batch_max: int, app_version: s
                             "headers": _TRACE_HEADERS,
                             **_json(_ref("ModelInfo")),
                         },
+                        "403": client_errors["403"],
+                        "503": client_errors["503"],
+                    },
+                }
+            },
+            "/v1/drift": {
+                "get": {
+                    "summary": "Population stability index of live traffic against training, per feature and score",
+                    "operationId": "drift",
+                    "responses": {
+                        "200": {
+                            "description": "rows counted since start, the last reset or rollout, and their PSI",
+                            "headers": _TRACE_HEADERS,
+                            **_json(_ref("Drift")),
+                        },
+                        "403": client_errors["403"],
+                        "409": _error(
+                            "the model's manifest records no training bins",
+                            "drift_unavailable",
+                            "the model's manifest records no training bins: retrain it with make model",
+                        ),
+                        "503": client_errors["503"],
+                    },
+                }
+            },
+            "/v1/drift/reset": {
+                "post": {
+                    "summary": "Count drift from now on (Prometheus counters keep counting)",
+                    "operationId": "resetDrift",
+                    "responses": {
+                        "200": {"description": "reset", "headers": _TRACE_HEADERS, **_json(_ref("Drift"))},
                         "403": client_errors["403"],
                         "503": client_errors["503"],
                     },

@@ -10,6 +10,7 @@ import orjson
 from service.auth import ApiKeys
 from service.body import decode
 from service.budget import RowBudget
+from service.drift import DriftCounter
 from service.errors import JSON, ApiError, invalid_body
 from service.schema import BATCH_FIELD, TransactionValidator
 from service.scoring import Scoring
@@ -89,10 +90,11 @@ class FraudScoreResource:
         if not self._is_valid(transaction):
             raise invalid_body(self._validator.violations(transaction))
         row = self._row_of(transaction)
+        request_id = req.get_header("X-Request-ID") if self._scoring.wants_request_id else None
         if wants_explanation(req, self._scoring):
-            respond(resp, self._scoring.one_explained(row))
+            respond(resp, self._scoring.one_explained(row, request_id))
         else:
-            respond(resp, self._one(row))
+            respond(resp, self._one(row, request_id))
 
 
 class BatchScoreResource:
@@ -122,7 +124,37 @@ class BatchScoreResource:
         if not self._validator.is_valid(body):
             raise invalid_body(self._validator.violations(body))
         rows = [self._scoring.row_of(item) for item in items]
-        respond(resp, {"results": self._scoring.many(rows, explain), "model-version": self._scoring.version})
+        request_id = req.get_header("X-Request-ID") if self._scoring.wants_request_id else None
+        respond(
+            resp, {"results": self._scoring.many(rows, explain, request_id), "model-version": self._scoring.version}
+        )
+
+
+class DriftResource:
+    """GET /v1/drift: PSI per feature and for the score, from the same counts /metrics exposes;
+    POST /v1/drift/reset: count from now on."""
+
+    def __init__(self, drift: DriftCounter | None, keys: ApiKeys) -> None:
+        self._drift = drift
+        self._keys = keys
+
+    def _counter(self, req: falcon.Request) -> DriftCounter:
+        require_key(self._keys, req)
+        if self._drift is None:
+            raise ApiError(
+                falcon.HTTP_409,
+                "drift_unavailable",
+                "the model's manifest records no training bins: retrain it with make model",
+            )
+        return self._drift
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        respond(resp, self._counter(req).report())
+
+    def on_post_reset(self, req: falcon.Request, resp: falcon.Response) -> None:
+        drift = self._counter(req)
+        drift.reset()
+        respond(resp, drift.report())
 
 
 class ModelUnavailableResource:

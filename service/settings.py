@@ -77,6 +77,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError("must be a number from 0 to 1") from None
+    if not 0 <= value <= 1:
+        raise ValueError("must be a number from 0 to 1")
+    return value
+
+
 def _boolean(text: str) -> bool:
     lowered = text.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -136,7 +146,8 @@ def setting(
 @dataclass(frozen=True)
 class Settings:
     api_keys: tuple[bytes, ...] = setting("API_KEY", _api_keys, secret=True)
-    fraud_threshold: int = setting("FRAUD_THRESHOLD", _integer(0, 100), 50)
+    # None: the model's manifest decides (service/threshold.py).
+    fraud_threshold: int | None = setting("FRAUD_THRESHOLD", _integer(0, 100), None)
     model_path: Path = setting("MODEL_PATH", _path, Path("model/fraud-model.joblib"))
     model_version: str | None = setting("MODEL_VERSION", _nonempty, None)
     model_sha256: str | None = setting("MODEL_SHA256", _sha256, None)
@@ -164,6 +175,11 @@ class Settings:
     feature_store_prefix: str = setting("FEATURE_STORE_PREFIX", _nonempty, "fraud:tx:")
     feature_store_timeout_ms: int = setting("FEATURE_STORE_TIMEOUT_MS", _integer(1, 1000), 5)
     feature_store_start: bool = setting("FEATURE_STORE_START", _boolean, False)
+    # A second model scored beside the champion (service/challenger.py), its pin, and the share
+    # of requests whose both scores are logged.
+    challenger_model_path: Path | None = setting("CHALLENGER_MODEL_PATH", _path, None)
+    challenger_model_sha256: str | None = setting("CHALLENGER_MODEL_SHA256", _sha256, None)
+    challenger_log_sample: float = setting("CHALLENGER_LOG_SAMPLE", _share, 0.0)
 
 
 def variables() -> dict[str, dataclasses.Field]:

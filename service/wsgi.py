@@ -12,6 +12,7 @@ from typing import Any
 
 import falcon
 
+from service import challenger as challenger_module
 from service import logs, metrics
 from service import settings as settings_module
 from service.app import create_app
@@ -39,6 +40,22 @@ def with_deadlines(app: falcon.App) -> Deadlines:
     )
 
 
+def load_challenger(starting: bool) -> tuple[LoadedModel | None, str | None]:
+    """(challenger, why it was refused). A challenger that cannot be loaded or served fast is
+    refused with one line; the champion answers alone (at start with MODEL_REQUIRED: the service
+    stops instead)."""
+    try:
+        challenger = challenger_module.load(settings)
+    except ArtifactError as e:
+        if starting and settings.model_required:
+            sys.exit(f"challenger error: {e}")
+        log.error("challenger refused, scoring with the champion alone: %s", e)
+        return None, str(e)
+    if challenger is not None:
+        log.info("challenger %s loaded; threshold %d", challenger.version, challenger.threshold["value"])
+    return challenger, None
+
+
 def build(current: LoadedModel | None = None) -> tuple[Deadlines, LoadedModel | None]:
     """The application for the model now at MODEL_PATH. Without a loadable model it answers 503
     (health included, so a load balancer drains it) unless MODEL_REQUIRED."""
@@ -51,13 +68,16 @@ def build(current: LoadedModel | None = None) -> tuple[Deadlines, LoadedModel | 
         log.error("model not loaded, serving 503 until one is: %s", e)
         return with_deadlines(create_app(settings, None, str(e), budget)), None
     log.info(
-        "model %s loaded (%s, %s trees); threshold %d",
+        "model %s loaded (%s, %s trees); threshold %d (%s)",
         model.version,
         type(model.scorer).__name__,
         getattr(model.scorer, "n_trees", "?"),
-        settings.fraud_threshold,
+        model.threshold["value"],
+        model.threshold["source"],
     )
-    return with_deadlines(create_app(settings, model, budget=budget)), model
+    challenger, refused = load_challenger(starting=True)
+    app = create_app(settings, model, budget=budget, challenger=challenger, challenger_refused=refused)
+    return with_deadlines(app), model
 
 
 def freeze() -> None:
@@ -81,9 +101,12 @@ def roll_out(server: Any) -> None:
     except ArtifactError as e:
         log.error("rollout refused, still serving %s: %s", model.version if model else "no model", e)
         return
+    challenger, refused = load_challenger(starting=False)
     gc.unfreeze()
-    application = with_deadlines(create_app(settings, candidate, budget=budget))
+    application = with_deadlines(
+        create_app(settings, candidate, budget=budget, challenger=challenger, challenger_refused=refused)
+    )
     model = candidate
     server.app.callable = application
     freeze()
-    log.info("rolled out model %s", candidate.version)
+    log.info("rolled out model %s%s", candidate.version, f" with challenger {challenger.version}" if challenger else "")

@@ -26,6 +26,16 @@ def small_model(tmp_path_factory: pytest.TempPathFactory):
     return path, train_small_model(path)
 
 
+@pytest.fixture(scope="session")
+def trained_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small model trained by `make model`'s own code: cost-chosen threshold, drift bins."""
+    from model import train
+
+    path = tmp_path_factory.mktemp("trained") / "fraud-model.joblib"
+    assert train.main(["--rows", "30000", "--trees", "8", "--output", str(path), "--quiet"]) == 0
+    return path
+
+
 @pytest.fixture(scope="module")
 def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """The service under test: a local stack serving `small_model`, or the external service."""

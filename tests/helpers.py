@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import socket
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,9 @@ from service.features import FEATURES
 from service.harness import UNLIMITED, free_port  # noqa: F401  (for the tests)
 from service.schema import sample_transaction  # noqa: F401  (the data set's first row, for the tests)
 from service.stack import Stack
+
+# Screenshots and other files a reviewer looks at after the run (CI keeps them).
+ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS", Path(__file__).resolve().parent.parent / "test-artifacts"))
 
 # Set when the tests run against a service that is already running (see service/harness.py).
 EXTERNAL = harness.external()
@@ -169,6 +173,54 @@ def install_model(source: Path, target: Path) -> None:
         tmp = dst.with_name(f".{dst.name}.new")
         shutil.copy(src, tmp)
         os.replace(tmp, dst)
+
+
+def log_text(logs: Path) -> str:
+    return (logs / "stack.log").read_text()
+
+
+def two_trained_models(base: Path) -> tuple[Path, Path, dict[str, float], dict[str, int]]:
+    """Models A (version test-3) and B (test-4) under `base`, a transaction that they score
+    differently, and each one's score of it."""
+    a = base / "a" / "fraud-model.joblib"
+    b = base / "b" / "fraud-model.joblib"
+    model_a = train_small_model(a, trees=25, seed=3)
+    model_b = train_small_model(b, trees=15, seed=4)
+    X, y = synthetic.generate(3000, seed=30)
+    candidates = X[y == 1]
+    score_a = np.round(100 * model_a.predict_proba(candidates)[:, 1])
+    score_b = np.round(100 * model_b.predict_proba(candidates)[:, 1])
+    probe = candidates[np.flatnonzero(score_a != score_b)[0]]
+    return (
+        a,
+        b,
+        as_transaction(probe),
+        {"test-3": int(score_a[score_a != score_b][0]), "test-4": int(score_b[score_a != score_b][0])},
+    )
+
+
+class SteadyTraffic(threading.Thread):
+    """Scores the probe transaction back to back over keep-alive connections through nginx."""
+
+    def __init__(self, client: Client, transaction: dict) -> None:
+        super().__init__(daemon=True)
+        self.client, self.transaction = client, transaction
+        self.seen: list[tuple[int, str | None, int | None]] = []
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                reply = self.client.score(self.transaction)
+                body = reply.json if reply.status == 200 else {}
+                self.seen.append((reply.status, body.get("model-version"), body.get("fraud-score")))
+            except Exception as e:  # a refused or cut connection is a failure to count, not to hide
+                self.seen.append((0, repr(e), None))
+
+    def stop(self) -> list[tuple[int, str | None, int | None]]:
+        self.stopping.set()
+        self.join(10)
+        return self.seen
 
 
 class Upstream:

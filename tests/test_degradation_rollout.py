@@ -3,31 +3,24 @@
 from __future__ import annotations
 
 import os
-import threading
-from pathlib import Path
 
-import numpy as np
 import pytest
 
-from model import synthetic
 from service.artifacts import ArtifactPaths
 from tests.helpers import (
     UNLIMITED,
     Client,
-    as_transaction,
+    SteadyTraffic,
     assert_error,
     install_model,
+    log_text,
     sample_transaction,
     samples,
     start_stack,
-    train_small_model,
+    two_trained_models,
     value,
     wait_for,
 )
-
-
-def log_text(logs: Path) -> str:
-    return (logs / "stack.log").read_text()
 
 
 def test_without_a_model_the_service_starts_and_answers_503(tmp_path, small_model):
@@ -75,47 +68,7 @@ def test_wrong_digest_starts_degraded_with_the_reason(tmp_path, small_model):
 
 @pytest.fixture(scope="module")
 def two_models(tmp_path_factory):
-    """Models A and B, and a transaction that they score differently."""
-    base = tmp_path_factory.mktemp("two-models")
-    a = base / "a" / "fraud-model.joblib"
-    b = base / "b" / "fraud-model.joblib"
-    model_a = train_small_model(a, trees=25, seed=3)
-    model_b = train_small_model(b, trees=15, seed=4)
-    X, y = synthetic.generate(3000, seed=30)
-    candidates = X[y == 1]
-    score_a = np.round(100 * model_a.predict_proba(candidates)[:, 1])
-    score_b = np.round(100 * model_b.predict_proba(candidates)[:, 1])
-    probe = candidates[np.flatnonzero(score_a != score_b)[0]]
-    return (
-        a,
-        b,
-        as_transaction(probe),
-        {"test-3": int(score_a[score_a != score_b][0]), "test-4": int(score_b[score_a != score_b][0])},
-    )
-
-
-class SteadyTraffic(threading.Thread):
-    """Scores the probe transaction back to back over keep-alive connections through nginx."""
-
-    def __init__(self, client: Client, transaction: dict) -> None:
-        super().__init__(daemon=True)
-        self.client, self.transaction = client, transaction
-        self.seen: list[tuple[int, str | None, int | None]] = []
-        self.stopping = threading.Event()
-
-    def run(self) -> None:
-        while not self.stopping.is_set():
-            try:
-                reply = self.client.score(self.transaction)
-                body = reply.json if reply.status == 200 else {}
-                self.seen.append((reply.status, body.get("model-version"), body.get("fraud-score")))
-            except Exception as e:  # a refused or cut connection is a failure to count, not to hide
-                self.seen.append((0, repr(e), None))
-
-    def stop(self) -> list[tuple[int, str | None, int | None]]:
-        self.stopping.set()
-        self.join(10)
-        return self.seen
+    return two_trained_models(tmp_path_factory.mktemp("two-models"))
 
 
 def test_rollout_under_steady_traffic_switches_cleanly(tmp_path, two_models):

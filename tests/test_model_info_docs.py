@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-from pathlib import Path
 
 import jsonschema
 import pytest
@@ -14,9 +12,7 @@ from openapi_spec_validator import validate as validate_openapi
 from service.artifacts import ArtifactPaths, sha256_file
 from service.features import FEATURES
 from service.schema import load_schema_document
-from tests.helpers import Client, assert_error
-
-ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS", Path(__file__).resolve().parent.parent / "test-artifacts"))
+from tests.helpers import ARTIFACTS, Client, assert_error
 
 
 def test_model_info(client: Client, served_model):
@@ -34,7 +30,14 @@ def test_model_info(client: Client, served_model):
     assert set(info["feature_importances"]) == set(FEATURES)
     assert sum(info["feature_importances"].values()) == pytest.approx(1.0, abs=1e-4)
     assert info["metrics"] == {"roc_auc": 1.0}
-    assert info["threshold"] == 50 and info["ood"] == {"z": 3.0, "enabled": True}
+    assert info["threshold"] == {
+        "value": 50,
+        "source": "default",
+        "reason": "the model's manifest records no threshold",
+    }
+    assert info["champion"]["model-version"] == "test-3" and info["champion"]["threshold"] == info["threshold"]
+    assert info["challenger"] is None
+    assert info["ood"] == {"z": 3.0, "enabled": True}
     assert info["sha256"] == sha256_file(paths.forest)
     assert info["estimator_sha256"] == sha256_file(paths.estimator)
     assert info["trained_at"] and info["sklearn_version"] and info["data_source"].startswith("test synthetic")
@@ -53,7 +56,14 @@ def test_openapi_document_is_valid_and_embeds_the_validator_schema(client: Clien
     transaction = document["components"]["schemas"]["Transaction"]
     source = load_schema_document()
     assert transaction == {k: v for k, v in source.items() if k not in ("$schema", "$id")}
-    assert set(document["paths"]) == {"/v1/fraud-score", "/v1/fraud-score/batch", "/v1/model-info", "/health"}
+    assert set(document["paths"]) == {
+        "/v1/fraud-score",
+        "/v1/fraud-score/batch",
+        "/v1/model-info",
+        "/v1/drift",
+        "/v1/drift/reset",
+        "/health",
+    }
     score = document["paths"]["/v1/fraud-score"]["post"]
     assert {"200", "400", "403", "413", "415", "422", "429", "503"} <= set(score["responses"])
     assert document["components"]["securitySchemes"]["ApiKey"]["name"] == "X-API-Key"

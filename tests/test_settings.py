@@ -16,7 +16,7 @@ KEY = "k" * 16
 def test_defaults():
     s = from_mapping({"API_KEY": KEY})
     assert s.api_keys == (KEY.encode(),)
-    assert s.fraud_threshold == 50
+    assert s.fraud_threshold is None  # the model's manifest decides
     assert s.model_path == Path("model/fraud-model.joblib")
     assert s.model_version is None and s.model_sha256 is None
     assert s.port == 8080 and s.workers >= 1

@@ -1,0 +1,81 @@
+"""What the model lifecycle costs a request: drift counting per row (micro-benchmark) and a
+challenger scored beside every request (two stacks, with and without, in alternating rounds)."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from perf import stats, wrk
+from perf.micro import per_call
+from service.artifacts import ArtifactPaths, read_manifest
+from service.drift import DriftCounter
+from service.stack import Stack
+
+BATCH = 1000
+
+
+def counting(model_path: Path, X: np.ndarray) -> dict[str, float]:
+    """µs per row of drift counting, one row and in a batch of 1,000 (the challenger's cost is
+    measured on the stack: `with_and_without`)."""
+    manifest = read_manifest(ArtifactPaths.for_model(model_path).manifest) or {}
+    if not manifest.get("drift"):
+        return {}
+    counter = DriftCounter(manifest["drift"], "perf", None)
+    row = tuple(X[0].tolist())
+    batch = np.ascontiguousarray(X[:BATCH], dtype=np.float64)
+    scores = np.zeros(BATCH)
+    return {
+        "drift_row_us": per_call(lambda: counter.add(row, 3)) * 1e6,
+        "drift_batch_row_us": per_call(lambda: counter.add_rows(batch, scores)) / BATCH * 1e6,
+    }
+
+
+def with_and_without(
+    model_path: Path,
+    start: Callable[[dict[str, str]], Stack],
+    files: dict[str, Path],
+    key: str,
+    rounds: int,
+    seconds: float,
+    connections: int = 64,
+) -> dict[str, Any]:
+    """Single-request scoring throughput of a stack with a challenger (a copy of the model: the same
+    walk) over one without, both running, measured in alternating rounds."""
+    directory = Path(tempfile.mkdtemp(prefix="fraud-perf-challenger-"))
+    challenger_path = directory / model_path.name
+    for source, target in zip(
+        ArtifactPaths.for_model(model_path).__dict__.values(),
+        ArtifactPaths.for_model(challenger_path).__dict__.values(),
+        strict=True,
+    ):
+        if source.exists():
+            shutil.copyfile(source, target)
+    stacks: dict[str, Stack] = {}
+    try:
+        stacks["without"] = start({})
+        stacks["with"] = start({"CHALLENGER_MODEL_PATH": str(challenger_path)})
+        runs: dict[str, list[dict[str, Any]]] = {"without": [], "with": []}
+        for stack in stacks.values():  # warm both
+            wrk.run(wrk.Scenario("score", connections, 2), stack.base_url, files["score"], key)
+        for _ in range(rounds):
+            for name, stack in stacks.items():
+                runs[name].append(
+                    wrk.run(wrk.Scenario("score", connections, seconds), stack.base_url, files["score"], key)
+                )
+    finally:
+        for stack in stacks.values():
+            stack.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+    return {
+        "connections": connections,
+        "rounds": rounds,
+        "rps": {name: stats.median(r["rps"] for r in rs) for name, rs in runs.items()},
+        "failed": sum(r["failed"] for rs in runs.values() for r in rs),
+        "ratio": stats.median(w["rps"] / wo["rps"] for wo, w in zip(runs["without"], runs["with"], strict=True)),
+    }
