@@ -8,8 +8,8 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := nginx redis-server
 # redis-server: the local feature store `make run` starts with FEATURE_STORE_START (and the tests).
 # chromium renders /docs in a test; wrk drives load in the hostile-input tests and make chaos; git for
-# the perf-compare tests (a container build has no git).
-TEST_APT_PACKAGES := chromium wrk git
+# the perf-compare tests (a container build has no git); Java runs the local Spark of the bulk-scoring test.
+TEST_APT_PACKAGES := chromium wrk git openjdk-17-jre-headless
 # make container-test: the container engine, and debootstrap for the stand-in base images.
 CONTAINER_APT_PACKAGES := podman buildah runc debootstrap
 # Host-specific podman settings (runtime, cgroups, ulimits): the project's file, never /etc.
@@ -19,8 +19,10 @@ CONTAINERS_INSTALLED := $(VENV)/.containers-installed
 PIP_EXTRAS ?= dev
 INSTALLED := $(VENV)/.installed
 PERF_INSTALLED := $(VENV)/.perf-installed
+BULK_INSTALLED := $(VENV)/.bulk-installed
+SPARK_INSTALLED := $(VENV)/.spark-installed
 
-.PHONY: evaluate promote container-test features lint help install system-packages test-system-packages apt-packages venv run reload model model-full convert test fuzz chaos clean perf perf-baseline perf-compare perf-install
+.PHONY: score evaluate promote container-test features lint help install system-packages test-system-packages apt-packages venv run reload model model-full convert test fuzz chaos clean perf perf-baseline perf-compare perf-install
 
 help:
 	@echo "make run    install what is missing, train the default model if there is none, serve through nginx"
@@ -32,6 +34,7 @@ help:
 	@echo "make install  system packages (nginx) and the virtual environment in .venv/"
 	@echo "make fuzz   thousands of generated requests through nginx: no 5xx, still healthy (FUZZ_EXAMPLES=5000)"
 	@echo "make chaos  faults under load (kill -9, SIGTERM, recycling, slow body): a table of failures and recovery"
+	@echo "make score IN=transactions.csv OUT=scores.parquet  score a CSV or Parquet file on every core (SCORE_ARGS=--explain)"
 	@echo "make container-test  build the images (all stages), run the pair and the Kubernetes pod with podman, test through them"
 	@echo "make perf   load and micro-benchmarks against the real stack, checked against perf/baseline.json (~3 min)"
 	@echo "make perf-baseline  the same, then record this run's ratios as the new baseline"
@@ -105,7 +108,7 @@ reload:
 	kill -HUP $$(cat .run/gunicorn.pid)
 	@echo "rollout requested: the log says 'rolled out model …' or why it was refused"
 
-test: test-system-packages install lint
+test: test-system-packages install lint $(SPARK_INSTALLED)
 	$(PY) -m pytest -n auto -q
 
 # Builds every stage of the Dockerfile (stand-in base images where no registry is reachable), prints
@@ -132,6 +135,20 @@ fuzz: test-system-packages install
 
 chaos: test-system-packages install $(MODEL_PATH)
 	$(PY) -m chaos
+
+# Bulk scoring with the service's model (MODEL_PATH, FRAUD_THRESHOLD… from the environment or .env).
+$(BULK_INSTALLED): $(INSTALLED) pyproject.toml
+	$(PY) -m pip install -q -e '.[data]'
+	touch $@
+
+# pyspark for the Spark job's test (a few hundred MB from PyPI, once).
+$(SPARK_INSTALLED): $(INSTALLED) pyproject.toml
+	$(PY) -m pip install -q -e '.[dev,spark]'
+	touch $@
+
+score: install $(BULK_INSTALLED) $(MODEL_PATH)
+	@[ -n "$(IN)" ] && [ -n "$(OUT)" ] || { echo "usage: make score IN=transactions.csv|.parquet OUT=scores.parquet|.csv [SCORE_ARGS='--explain --workers 4']"; exit 2; }
+	$(PY) -m service.bulk "$(IN)" "$(OUT)" $(SCORE_ARGS)
 
 # The load generator (wrk, from Debian's packages) and the perf extra (matplotlib draws the chart).
 perf-install: install

@@ -27,7 +27,7 @@ import numpy as np
 import orjson
 
 from model import synthetic
-from perf import baseline, by_id, chart, lifecycle, memory, micro, overload, report, stats, wrk
+from perf import baseline, bulk, by_id, chart, lifecycle, memory, micro, overload, report, stats, wrk
 from service import harness
 from service.artifacts import ArtifactPaths, read_manifest
 from service.features import FEATURES
@@ -187,6 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--write-baseline", action="store_true", help="record this run's ratios as the baseline")
     parser.add_argument("--results-dir", type=Path, default=ROOT / "perf" / "results")
     parser.add_argument("--strict-targets", action="store_true", help="a missed target fails the run too")
+    parser.add_argument(
+        "--bulk-rows", type=int, default=1_000_000, help="rows of the bulk-scoring file (default 1,000,000; 0 skips)"
+    )
     args = parser.parse_args(argv)
 
     if args.url and urlsplit(args.url).hostname not in LOOPBACK:
@@ -225,6 +228,9 @@ def main(argv: list[str] | None = None) -> int:
         "lifecycle": lifecycle.counting(model_path, X),
     }
     del estimator
+    if args.bulk_rows:
+        log(f"bulk scoring: {args.bulk_rows:,} rows from a file to a file, against predict_proba(n_jobs=-1)")
+        results["bulk"] = bulk.measure(model_path, args.bulk_rows, args.results_dir)
 
     files = wrk.write_requests(Path(tempfile.mkdtemp(prefix="fraud-perf-")), bodies)
     key = api_key_from_environment() if args.url else secrets.token_urlsafe(24)
@@ -337,6 +343,9 @@ def main(argv: list[str] | None = None) -> int:
         f"(decode {hot['decode_us']:.1f}, validate {hot['validate_us']:.1f}, walk {hot['predict_row_us']:.1f}, "
         f"encode {hot['encode_us']:.1f}, row budget {hot['budget_spend_us']:.2f})"
     )
+    if "bulk" in results:
+        print()
+        print(bulk.table(results["bulk"]))
     print()
     print(report.targets_table(found))
     print(

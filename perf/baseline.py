@@ -89,6 +89,13 @@ RATIOS = (
         lambda r: r["micro"]["hot_path"]["app_score_us"] / r["micro"]["hot_path"]["app_health_us"],
     ),
     Ratio("pss_4_vs_1_workers", "total PSS with 4 workers ÷ with 1", False, 0.25, _pss_ratio),
+    Ratio(
+        "bulk_parquet_vs_sklearn",
+        "bulk scoring Parquet → Parquet (every core, end to end) ÷ predict_proba(n_jobs=-1) throughput",
+        True,
+        0.35,
+        lambda r: r["bulk"]["parquet_to_parquet"]["vs_sklearn"],
+    ),
 )
 
 

@@ -36,10 +36,21 @@ from service.schema import TransactionValidator, batch_document, load_schema_doc
 from service.scoring import Scoring
 from service.settings import Settings
 
+_pid: list[str] = []  # this process's id as a header value, once per worker
+os.register_at_fork(after_in_child=_pid.clear)
+
+
+def _worker_pid() -> str:
+    if not _pid:
+        _pid.append(str(os.getpid()))
+    return _pid[0]
+
 
 class RequestContext:
-    """Echoes the request id (nginx sets one on every request) and the app's own time; tells nginx
-    which worker answered (nginx logs it and hides it from clients), to correlate with its logs."""
+    """The app's only middleware (each one is a call per request and per hook): echoes the request
+    id (nginx sets one on every request) and the app's own time; tells nginx which worker answered
+    (nginx logs it and hides it from clients), to correlate with its logs; then counts and times the
+    request in the metrics, with the final status."""
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         req.context.started = time.perf_counter()
@@ -47,9 +58,11 @@ class RequestContext:
     def process_response(
         self, req: falcon.Request, resp: falcon.Response, resource: object, req_succeeded: bool
     ) -> None:
-        resp.set_header("X-Request-ID", req.get_header("X-Request-ID") or uuid.uuid4().hex)
-        resp.set_header("X-Response-Time-Ms", f"{(time.perf_counter() - req.context.started) * 1000.0:.3f}")
-        resp.set_header("X-Worker-PID", str(os.getpid()))
+        elapsed = time.perf_counter() - req.context.started
+        resp.set_header("X-Request-ID", req.env.get("HTTP_X_REQUEST_ID") or uuid.uuid4().hex)
+        resp.set_header("X-Response-Time-Ms", f"{elapsed * 1000.0:.3f}")
+        resp.set_header("X-Worker-PID", _pid[0] if _pid else _worker_pid())
+        metrics.record_request(req.uri_template, req.method, resp.status_code, elapsed)
 
 
 class DocsPage:
@@ -116,8 +129,7 @@ def create_app(
 ) -> falcon.App:
     """`budget` is the per-key row budget shared by every worker; the gunicorn master makes it
     once (service/wsgi.py) so that it outlives rollouts. Without one, the app gets its own."""
-    # RequestMetrics first: its process_response runs last, so it counts the final status.
-    app = falcon.App(middleware=[metrics.RequestMetrics(), RequestContext()])
+    app = falcon.App(middleware=[RequestContext()])
     app.set_error_serializer(serialize_error)
     app.add_error_handler(Exception, handle_unexpected)
     keys = ApiKeys(settings.api_keys)

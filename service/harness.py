@@ -65,17 +65,27 @@ def start(
     attempts: int = 3,
     timeout: float = 60.0,
     app: str | None = None,
+    wrapper: tuple[str, ...] = (),
 ) -> Stack:
     """Starts a Stack with `env` on a free loopback port and waits until it answers /health.
 
     `log` receives nginx's and gunicorn's stderr (and stdout, where gunicorn's access lines go, unless
-    `stdout_to_log` is false); without it both are discarded. The last failure's log tail is raised."""
+    `stdout_to_log` is false); without it both are discarded. The last failure's log tail is raised.
+    `wrapper` is a command gunicorn runs inside (see Stack.wrapper)."""
     for attempt in range(attempts):
         full = {**env, "PORT": str(free_port())}
         out = open(log, "a") if log else subprocess.DEVNULL  # noqa: SIM115  (the children keep it open)
         stdout = out if stdout_to_log else subprocess.DEVNULL
         try:
-            stack = Stack(from_mapping(full), env=full, stdout=stdout, stderr=out, access_log=access_log, app=app)
+            stack = Stack(
+                from_mapping(full),
+                env=full,
+                stdout=stdout,
+                stderr=out,
+                access_log=access_log,
+                app=app,
+                wrapper=wrapper,
+            )
             return stack.start(timeout)
         except RuntimeError as e:
             if attempt == attempts - 1:

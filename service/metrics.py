@@ -17,7 +17,6 @@ from __future__ import annotations
 import mmap
 import os
 import struct
-import time
 from bisect import bisect_left
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -390,19 +389,13 @@ def worker_exited(pid: int) -> None:
     WORKER_EXITS.inc()
 
 
-class RequestMetrics:
-    """Falcon middleware: counts and times every request the app answers, errors included.
+def record_request(route: str | None, method: str, status: int, elapsed: float) -> None:
+    """Counts and times one request the app answered, errors included (service/app.py's middleware
+    calls it last, with the final status).
 
     Labels are bounded: the route template (or "unmatched"), a known method (or "other") and the
     status code. Each label combination's samples are looked up once."""
-
-    def process_response(self, req: falcon.Request, resp: falcon.Response, resource: Any, req_succeeded: bool) -> None:
-        # The start time RequestContext took: it runs inside this middleware, before any responder.
-        elapsed = time.perf_counter() - req.context.started
-        _record_request(
-            (req.uri_template or "unmatched", req.method if req.method in METHODS else "other", resp.status_code),
-            elapsed,
-        )
+    _record_request((route or "unmatched", method if method in METHODS else "other", status), elapsed)
 
 
 class ByRoute:

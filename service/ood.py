@@ -36,9 +36,12 @@ class OutOfDistribution:
         """Names of the row's out-of-distribution features, in feature order."""
         return [name for name, i, low, high in self._bounds if not low <= row[i] <= high]
 
+    def outside(self, X: np.ndarray) -> np.ndarray:
+        """Which features of each row (n, 30) are out of distribution: a boolean array of X's shape."""
+        return (self._low > X) | (self._high < X)
+
     def features_of_rows(self, X: np.ndarray) -> list[list[str]]:
-        outside = (self._low > X) | (self._high < X)
-        return [[FEATURES[i] for i in np.flatnonzero(row)] for row in outside]
+        return [[FEATURES[i] for i in np.flatnonzero(row)] for row in self.outside(X)]
 
 
 def annotate(result: dict[str, Any], flagged: list[str]) -> dict[str, Any]:

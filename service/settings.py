@@ -187,11 +187,14 @@ def variables() -> dict[str, dataclasses.Field]:
     return {f.metadata["variable"]: f for f in dataclasses.fields(Settings)}
 
 
-def from_mapping(env: Mapping[str, str]) -> Settings:
+def from_mapping(env: Mapping[str, str], require_api_key: bool = True) -> Settings:
     """Builds Settings from a mapping of variables; raises ConfigError naming the first bad one.
-    A variable that is unset or empty takes the field's default."""
-    values: dict[str, Any] = {}
+    A variable that is unset or empty takes the field's default. Offline tools that serve nothing
+    (bulk scoring) pass require_api_key=False: no key is read."""
+    values: dict[str, Any] = {} if require_api_key else {"api_keys": ()}
     for variable, f in variables().items():
+        if f.name in values:
+            continue
         raw = env.get(variable)
         required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         if required and not (raw or "").strip():

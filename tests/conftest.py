@@ -86,3 +86,15 @@ def stack_factory(small_model, tmp_path: Path) -> Iterator:
     yield start
     for running in started:
         running.stop()
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Start-up costs worth seeing in every run (recorded by tests with record_property, e.g. the
+    local Spark session's), one line each; they arrive from xdist workers with the reports."""
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            if getattr(report, "when", None) != "call":
+                continue
+            for name, value in getattr(report, "user_properties", ()):
+                if name.endswith("_startup_seconds"):
+                    terminalreporter.write_line(f"{name.removesuffix('_seconds')}: {value} s ({report.nodeid})")

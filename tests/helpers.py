@@ -43,14 +43,15 @@ def stack_env(model_path: Path, port: int, **extra: str) -> dict[str, str]:
     return harness.environment(TEST_KEYS, model_path, PYTHONPATH, **{"PORT": str(port), "WORKERS": "2", **extra})
 
 
-def start_stack(model_path: Path, logs: Path, **extra: str) -> Stack:
+def start_stack(model_path: Path, logs: Path, wrapper: tuple[str, ...] = (), **extra: str) -> Stack:
     """Real gunicorn and real nginx on a free loopback port, with their logs in `logs`
-    (`stack.log`, `nginx-access.log`, also at `stack.logs`). Skips against an external service."""
+    (`stack.log`, `nginx-access.log`, also at `stack.logs`). Skips against an external service.
+    `wrapper`: a command gunicorn runs inside (a mount namespace)."""
     if EXTERNAL:
         pytest.skip(harness.EXTERNAL_SKIP_REASON)
     logs.mkdir(parents=True, exist_ok=True)
     env = harness.environment(TEST_KEYS, model_path, PYTHONPATH, **{"WORKERS": "2", **extra})
-    stack = harness.start(env, log=logs / "stack.log", access_log=str(logs / "nginx-access.log"))
+    stack = harness.start(env, log=logs / "stack.log", access_log=str(logs / "nginx-access.log"), wrapper=wrapper)
     stack.logs = logs  # type: ignore[attr-defined]
     return stack
 
@@ -173,6 +174,45 @@ def install_model(source: Path, target: Path) -> None:
         tmp = dst.with_name(f".{dst.name}.new")
         shutil.copy(src, tmp)
         os.replace(tmp, dst)
+
+
+def sklearn_arrays(estimator) -> dict:
+    """The trees exactly as sklearn holds them (float64 thresholds), with global node indices."""
+    trees = [t.tree_ for t in getattr(estimator, "estimators_", [estimator])]
+    offsets = np.cumsum([0] + [t.node_count for t in trees])
+
+    def glue(side):
+        return np.concatenate(
+            [
+                np.where(getattr(t, side) >= 0, getattr(t, side) + o, -1)
+                for t, o in zip(trees, offsets[:-1], strict=True)
+            ]
+        )
+
+    return {
+        "left": glue("children_left"),
+        "right": glue("children_right"),
+        "feature": np.concatenate([t.feature for t in trees]),
+        "threshold": np.concatenate([t.threshold for t in trees]),
+        "value": np.concatenate([t.value[:, 0, 1] for t in trees]),
+        "roots": offsets[:-1],
+    }
+
+
+def rows_on_thresholds(arrays: dict, X: np.ndarray, rng: np.random.Generator, n_rows: int) -> np.ndarray:
+    """Rows whose features sit exactly on split thresholds, and one float32 step either side:
+    where a walker that skips sklearn's float32 cast would take the other branch."""
+    internal = np.flatnonzero(arrays["left"] >= 0)
+    rows = X[rng.integers(0, len(X), size=n_rows)].copy()
+    for row in rows:
+        for node in rng.choice(internal, size=8):
+            threshold = arrays["threshold"][node]
+            nudge = rng.integers(-1, 2)
+            value = np.float32(threshold)
+            if nudge:
+                value = np.nextafter(value, np.float32(np.inf * nudge))
+            row[arrays["feature"][node]] = threshold if nudge == 0 and rng.random() < 0.5 else float(value)
+    return rows
 
 
 def log_text(logs: Path) -> str:

@@ -23,12 +23,13 @@ from service.feature_writer import InputError, load
 from service.features import FEATURES
 from service.harness import EXTERNAL_SKIP_REASON, free_port
 from service.stack import RedisServer
-from tests.helpers import EXTERNAL, OTHER_KEY, Client, as_transaction, call_upstream, start_stack
+from tests.helpers import EXTERNAL, OTHER_KEY, UNLIMITED, Client, as_transaction, call_upstream, start_stack
 
 # Each test here starts its own redis-server and stack with a feature store.
 pytestmark = pytest.mark.skipif(bool(EXTERNAL), reason=EXTERNAL_SKIP_REASON)
 
 PREFIX = "test:tx:"
+STORE_TIMEOUT_MS = "1000"
 N_ROWS = 3000
 BATCH_MAX = 1000
 
@@ -66,11 +67,11 @@ def stack(small_model, store, tmp_path_factory):
         tmp_path_factory.mktemp("by-id-logs"),
         FEATURE_STORE_URL=store.url,
         FEATURE_STORE_PREFIX=PREFIX,
-        FEATURE_STORE_TIMEOUT_MS="50",
+        # Generous: a test machine busy with the rest of the suite must not turn a slow moment into a
+        # 503; the timeout itself is tested with a stopped store below.
+        FEATURE_STORE_TIMEOUT_MS=STORE_TIMEOUT_MS,
         BATCH_MAX=str(BATCH_MAX),
-        # thousands of rows from one key in a few seconds
-        RATE_LIMIT_PER_KEY="1000000",
-        RATE_LIMIT_BURST="100000",
+        **UNLIMITED,  # thousands of rows from one key in a few seconds
     )
     yield running
     running.stop()
@@ -183,7 +184,7 @@ def test_key_required(stack, loaded):
 def test_store_status_route(stack, loaded):
     reply = Client("127.0.0.1", stack.settings.port).request("GET", "/health/feature-store")
     assert reply.status == 200 and reply.json["reachable"] is True
-    assert reply.json["prefix"] == PREFIX and reply.json["timeout_ms"] == 50
+    assert reply.json["prefix"] == PREFIX and reply.json["timeout_ms"] == int(STORE_TIMEOUT_MS)
 
 
 def test_without_a_store_the_routes_do_not_exist(stack_factory):
@@ -208,7 +209,12 @@ def test_store_killed_under_load_then_back_without_restarting_the_service(small_
     try:
         redis.Redis.from_url(server.url).set(PREFIX + "tx-7", encode_record(list(rows[7])))
         running = start_stack(
-            small_model[0], tmp_path / "logs", FEATURE_STORE_URL=server.url, FEATURE_STORE_PREFIX=PREFIX
+            small_model[0],
+            tmp_path / "logs",
+            FEATURE_STORE_URL=server.url,
+            FEATURE_STORE_PREFIX=PREFIX,
+            FEATURE_STORE_TIMEOUT_MS=STORE_TIMEOUT_MS,  # a dead store refuses connections at once
+            **UNLIMITED,
         )
         try:
             client = Client("127.0.0.1", running.settings.port)
@@ -252,6 +258,7 @@ def test_a_store_slower_than_the_timeout_is_503_never_a_hung_worker(small_model,
             FEATURE_STORE_URL=server.url,
             FEATURE_STORE_PREFIX=PREFIX,
             FEATURE_STORE_TIMEOUT_MS="20",
+            **UNLIMITED,
         )
         try:
             client = Client("127.0.0.1", running.settings.port)
@@ -371,6 +378,7 @@ def test_by_id_routes_spend_the_callers_row_budget(small_model, store, loaded, t
         tmp_path / "logs",
         FEATURE_STORE_URL=store.url,
         FEATURE_STORE_PREFIX=PREFIX,
+        FEATURE_STORE_TIMEOUT_MS=STORE_TIMEOUT_MS,
         RATE_LIMIT_PER_KEY="5",
         RATE_LIMIT_BURST="5",
     )

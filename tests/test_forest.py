@@ -9,6 +9,7 @@ from sklearn.tree import DecisionTreeClassifier
 
 from model import synthetic
 from service import forest
+from tests.helpers import rows_on_thresholds, sklearn_arrays
 
 N_ROWS = 10_000
 
@@ -18,45 +19,6 @@ def training_data():
     X, y = synthetic.generate(8000, seed=5)
     Xf, yf = synthetic.generate(200_000, seed=6)
     return np.vstack([X, Xf[yf == 1]]), np.concatenate([y, yf[yf == 1]])
-
-
-def sklearn_arrays(estimator) -> dict:
-    """The trees exactly as sklearn holds them (float64 thresholds), with global node indices."""
-    trees = [t.tree_ for t in getattr(estimator, "estimators_", [estimator])]
-    offsets = np.cumsum([0] + [t.node_count for t in trees])
-
-    def glue(side):
-        return np.concatenate(
-            [
-                np.where(getattr(t, side) >= 0, getattr(t, side) + o, -1)
-                for t, o in zip(trees, offsets[:-1], strict=True)
-            ]
-        )
-
-    return {
-        "left": glue("children_left"),
-        "right": glue("children_right"),
-        "feature": np.concatenate([t.feature for t in trees]),
-        "threshold": np.concatenate([t.threshold for t in trees]),
-        "value": np.concatenate([t.value[:, 0, 1] for t in trees]),
-        "roots": offsets[:-1],
-    }
-
-
-def rows_on_thresholds(arrays: dict, X: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Rows whose features sit exactly on split thresholds, and one float32 step either side:
-    where a walker that skips sklearn's float32 cast would take the other branch."""
-    internal = np.flatnonzero(arrays["left"] >= 0)
-    rows = X[rng.integers(0, len(X), size=N_ROWS)].copy()
-    for row in rows:
-        for node in rng.choice(internal, size=8):
-            threshold = arrays["threshold"][node]
-            nudge = rng.integers(-1, 2)
-            value = np.float32(threshold)
-            if nudge:
-                value = np.nextafter(value, np.float32(np.inf * nudge))
-            row[arrays["feature"][node]] = threshold if nudge == 0 and rng.random() < 0.5 else float(value)
-    return rows
 
 
 @pytest.mark.parametrize(
@@ -81,7 +43,7 @@ def test_bit_identical_to_predict_proba(make_estimator, training_data):
     assert scorer._walker.left_is_next is depth_first
     rng = np.random.default_rng(0)
     X_test, _ = synthetic.generate(N_ROWS, seed=99)
-    on_thresholds = rows_on_thresholds(arrays, X, rng)
+    on_thresholds = rows_on_thresholds(arrays, X, rng, N_ROWS)
     for rows in (X_test, on_thresholds):
         expected = estimator.predict_proba(rows)[:, 1]
         assert np.array_equal(scorer.predict_rows(rows), expected)

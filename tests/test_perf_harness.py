@@ -132,10 +132,17 @@ def make_results() -> dict:
                 "single_row_us": {"sklearn": 4000.0, "forest": 2.0},
                 "bit_identical": True,
                 "rows_compared": 10000,
-                "batch": {"10000": {"speedup": 2.5, "sklearn_rows_per_s": 3e5, "forest_rows_per_s": 7.5e5}},
+                "batch": {"10000": {"speedup": 3.2, "sklearn_rows_per_s": 3e5, "forest_rows_per_s": 9.6e5}},
             },
             "validation": {"compiled_us": 8.0, "jsonschema_us": 200.0, "speedup": 25.0},
             "hot_path": {"app_health_us": 4.0, "app_score_us": 17.0},
+        },
+        "bulk": {
+            "rows": 1_000_000,
+            "workers": 2,
+            "sklearn_n_jobs_-1": {"seconds": 2.0, "rows_per_s": 5e5},
+            "parquet_to_parquet": {"seconds": 0.6, "rows_per_s": 1.67e6, "vs_sklearn": 3.33, "bit_identical": True},
+            "csv_to_parquet": {"seconds": 0.65, "rows_per_s": 1.54e6, "vs_sklearn": 3.08, "bit_identical": True},
         },
         "memory": {
             "1": {"total_pss": 50 * 2**20, "artifact_bytes": 300_000, "workers": [worker(0)]},
@@ -210,6 +217,12 @@ def test_a_walker_that_disagrees_with_sklearn_fails():
     results = make_results()
     results["micro"]["engine"]["bit_identical"] = False
     assert report.hard_failures(results) == ["the walker's probabilities differ from predict_proba's"]
+
+
+def test_bulk_scores_that_disagree_with_sklearn_fail():
+    results = make_results()
+    results["bulk"]["csv_to_parquet"]["bit_identical"] = False
+    assert report.hard_failures(results) == ["bulk scoring's probabilities differ from predict_proba's"]
 
 
 def test_targets_are_judged():

@@ -18,9 +18,8 @@ from sklearn.ensemble import RandomForestClassifier
 
 from model import synthetic
 from service.artifacts import sha256_file
-from service.settings import from_mapping
-from service.stack import ROOT, Stack
-from tests.helpers import Client, as_transaction, free_port, stack_env
+from service.stack import ROOT
+from tests.helpers import UNLIMITED, Client, as_transaction, start_stack
 
 # Inside a new mount namespace (private: nothing propagates back to the host), bind the directory
 # onto itself and remount that bind read-only, then exec the command: gunicorn keeps the pid.
@@ -44,20 +43,6 @@ def require_read_only_mounts(directory: Path) -> None:
         )
 
 
-def start_read_only(model_path: Path, logs: Path, **extra: str) -> Stack:
-    """The real stack, its gunicorn in a namespace where the model's directory is read-only."""
-    for attempt in range(3):  # another process may take the free port first
-        env = stack_env(model_path, free_port(), **extra)
-        out = open(logs / "stack.log", "a")
-        stack = Stack(from_mapping(env), env=env, stdout=out, stderr=out, wrapper=read_only(model_path.parent))
-        try:
-            return stack.start(timeout=60)
-        except RuntimeError:
-            if attempt == 2:
-                raise RuntimeError((logs / "stack.log").read_text()[-3000:]) from None
-    raise AssertionError("unreachable")
-
-
 @pytest.fixture(scope="module")
 def seed_model(tmp_path_factory):
     """(path, estimator) in a directory of its own that holds nothing else."""
@@ -79,8 +64,7 @@ def rows(n: int, seed: int) -> np.ndarray:
 def test_seed_style_model_in_a_read_only_directory_serves(seed_model, tmp_path):
     path, estimator = seed_model
     # Rate limits lifted: 3,300 transactions at once would spend more than a key's default budget.
-    unlimited = {"RATE_LIMIT_PER_KEY": "1000000", "RATE_LIMIT_PER_IP": "1000000", "RATE_LIMIT_BURST": "100000"}
-    stack = start_read_only(path, tmp_path, MODEL_SHA256=sha256_file(path), **unlimited)
+    stack = start_stack(path, tmp_path, read_only(path.parent), MODEL_SHA256=sha256_file(path), **UNLIMITED)
     try:
         client = Client("127.0.0.1", stack.settings.port)
         health = client.request("GET", "/health")

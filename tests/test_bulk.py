@@ -1,0 +1,200 @@
+"""Bulk scoring on one machine (`make score`): exact against predict_proba and the HTTP service,
+bad rows to the rejects file, bad files stopped with one line, workers sharing the mapped model."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pytest
+
+from model import synthetic
+from service import bulk
+from service.features import FEATURES
+from service.settings import from_mapping
+from service.tables import Engine, fraud_scores
+from tests.helpers import UNLIMITED, rows_on_thresholds, sklearn_arrays, start_stack
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def stack(small_model, tmp_path_factory):
+    """The real service, its rate limits opened: the parity test sends thousands of rows at once."""
+    running = start_stack(small_model[0], tmp_path_factory.mktemp("bulk-stack"), **UNLIMITED)
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def engine(small_model) -> Engine:
+    return Engine.load(from_mapping({"MODEL_PATH": str(small_model[0])}, require_api_key=False))
+
+
+@pytest.fixture(scope="module")
+def workers(engine):
+    running = bulk.Workers(engine, 2)
+    yield running
+    running.close()
+
+
+@pytest.fixture(scope="module")
+def rows(small_model) -> np.ndarray:
+    """Unseen rows, frauds among them, and rows sitting exactly on (or a float32 step beside) split
+    thresholds, where only sklearn's own float32 cast takes the same branch."""
+    X, y = synthetic.generate(4000, seed=77)
+    on_thresholds = rows_on_thresholds(sklearn_arrays(small_model[1]), X, np.random.default_rng(5), 1000)
+    return np.vstack([X[y == 1], X[:2000], on_thresholds])
+
+
+def table(X: np.ndarray, order: list[str] | None = None) -> pa.Table:
+    """Features in a shuffled column order between an id and a label, as exports tend to be."""
+    columns = {"txn_id": pa.array([f"t{i}" for i in range(len(X))])}
+    for name in order or list(np.random.default_rng(1).permutation(FEATURES)):
+        columns[name] = pa.array(X[:, FEATURES.index(name)])
+    columns["Class"] = pa.array(np.arange(len(X)) % 2)
+    return pa.table(columns)
+
+
+def test_every_score_equals_predict_proba_and_the_http_service(engine, workers, rows, small_model, client, tmp_path):
+    source = tmp_path / "in.csv"
+    pacsv.write_csv(table(rows), source)
+    out = tmp_path / "out.parquet"
+    summary = bulk.run(engine, workers, source, out, chunk_rows=700)
+    assert (summary.rows, summary.scored, summary.rejected) == (len(rows), len(rows), 0)
+    result = pq.read_table(out)
+    assert result.column_names[:2] == ["txn_id", "Class"]
+    assert result["txn_id"].to_pylist() == [f"t{i}" for i in range(len(rows))]  # input order kept
+
+    expected = small_model[1].predict_proba(rows)[:, 1]
+    assert np.array_equal(result["probability"].to_numpy(), expected)  # bit for bit
+    assert result["fraud_score"].to_pylist() == [round(100 * p) for p in expected.tolist()]
+
+    answers = []
+    for start in range(0, len(rows), 1000):
+        transactions = [dict(zip(FEATURES, row, strict=True)) for row in rows[start : start + 1000].tolist()]
+        reply = client.request("POST", "/v1/fraud-score/batch", {"transactions": transactions})
+        assert reply.status == 200, reply.raw
+        answers += reply.json["results"]
+    assert result["fraud_score"].to_pylist() == [a["fraud-score"] for a in answers]
+    assert result["is_fraud"].to_pylist() == [a["is-fraud"] for a in answers]
+    assert result["ood_warning"].to_pylist() == [a["ood-warning"] for a in answers]
+    assert result["ood_features"].to_pylist() == [",".join(a.get("ood-features", [])) for a in answers]
+    assert set(result["model_version"].to_pylist()) == {answers[0]["model-version"]}
+    assert sum(result["is_fraud"].to_pylist()) > 10 and sum(result["ood_warning"].to_pylist()) > 10
+
+
+def test_fraud_score_rounds_halves_as_python_round():
+    halves = np.arange(0, 20001) / 20000  # 100 p = k / 200: every .5 case, and its neighbours
+    rng = np.random.default_rng(3)
+    probabilities = np.concatenate([halves, np.nextafter(halves, 2), np.nextafter(halves, -1), rng.random(20000)])
+    probabilities = np.clip(probabilities, 0, 1)
+    assert fraud_scores(probabilities).tolist() == [round(100.0 * p) for p in probabilities.tolist()]
+
+
+def test_explained_rows_carry_the_services_reasons(engine, workers, rows, client, tmp_path):
+    source = tmp_path / "in.parquet"
+    pq.write_table(table(rows[:50]), source)
+    out = tmp_path / "out.csv"
+    bulk.run(engine, workers, source, out, explain=True, with_features=True)
+    result = pacsv.read_csv(out)
+    transactions = [dict(zip(FEATURES, row, strict=True)) for row in rows[:50].tolist()]
+    answers = client.request("POST", "/v1/fraud-score/batch?explain=true", {"transactions": transactions}).json
+    assert [json.loads(r) for r in result["reasons"].to_pylist()] == [a["reasons"] for a in answers["results"]]
+    assert np.array_equal(result["V14"].to_numpy(), rows[:50, FEATURES.index("V14")])
+
+
+def test_bad_rows_go_to_the_rejects_file_and_the_rest_is_scored(engine, workers, rows, small_model, tmp_path):
+    good = rows[:300]
+    source = tmp_path / "in.csv"
+    pacsv.write_csv(table(good, order=list(FEATURES)), source)
+    lines = source.read_text().splitlines()
+    broken = {  # row number (1-based) -> (feature, text written, reason expected)
+        5: ("V3", "", "V3 is missing"),
+        6: ("Amount", "12,5", "Amount is not a number: '12,5'"),
+        140: ("V7", "abc", "V7 is not a number: 'abc'"),
+        141: ("Time", "inf", "Time is not a finite number: inf"),
+        142: ("V1", "nan", "V1 is not a finite number: nan"),
+        299: ("V28", "1e39", "V28 is beyond the float32 range: 1e39"),
+    }
+    header = next(csv.reader([lines[0]]))
+    for row, (name, text, _) in broken.items():
+        cells = next(csv.reader([lines[row]]))
+        cells[header.index(name)] = text
+        lines[row] = ",".join(f'"{c}"' if "," in c else c for c in cells)
+    source.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out.parquet"
+    summary = bulk.run(engine, workers, source, out, chunk_rows=64)  # bad rows in several chunks
+    assert (summary.rows, summary.scored, summary.rejected) == (300, 294, 6)
+    with open(tmp_path / "out.parquet.rejects.csv", newline="") as f:
+        rejects = list(csv.DictReader(f))
+    assert [(int(r["row"]), r["reason"]) for r in rejects] == [(row, reason) for row, (_, _, reason) in broken.items()]
+    result = pq.read_table(out)
+    kept = np.array([i + 1 not in broken for i in range(300)])
+    assert result["txn_id"].to_pylist() == [f"t{i}" for i in np.flatnonzero(kept)]
+    assert np.array_equal(result["probability"].to_numpy(), small_model[1].predict_proba(good[kept])[:, 1])
+
+
+def run_cli(*args: str, env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR")}
+    env.update({"ENV_FILE": "/nonexistent/.env", **(env_extra or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "service.bulk", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_cli_scores_quietly_off_a_terminal_and_prints_one_summary(small_model, rows, tmp_path):
+    source = tmp_path / "in.parquet"
+    pq.write_table(table(rows[:500]), source)
+    done = run_cli(
+        str(source), str(tmp_path / "out.csv"), "--workers", "2", env_extra={"MODEL_PATH": str(small_model[0])}
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("\n") == 1 and "scored 500 of 500 rows" in done.stderr  # no progress bar
+    assert pacsv.read_csv(tmp_path / "out.csv").num_rows == 500
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, "No such file or directory"),
+        (b"", "the file is empty"),
+        (b"Time,V1,V2\n1,2,3\n", "lacks the feature columns V3, V4"),
+        (b"\x00\x01 not parquet", "cannot read"),
+    ],
+    ids=["missing-file", "empty", "wrong-header", "not-parquet"],
+)
+def test_a_bad_file_stops_at_once_with_one_line(small_model, tmp_path, content, message):
+    source = tmp_path / ("in.parquet" if content and content.startswith(b"\x00") else "in.csv")
+    if content is not None:
+        source.write_bytes(content)
+    done = run_cli(str(source), str(tmp_path / "out.parquet"), env_extra={"MODEL_PATH": str(small_model[0])})
+    assert done.returncode != 0
+    assert done.stderr.count("\n") == 1 and message in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "out.parquet").exists()
+
+
+def test_an_unverified_model_stops_with_one_line(small_model, tmp_path):
+    done = run_cli("in.csv", str(tmp_path / "out.parquet"), env_extra={"MODEL_PATH": str(tmp_path / "none.joblib")})
+    assert done.returncode != 0 and done.stderr.startswith("model error: ") and "Traceback" not in done.stderr
+
+
+def test_workers_read_the_one_mapped_artifact_without_copies(engine, workers, rows, tmp_path):
+    source = tmp_path / "in.parquet"
+    pq.write_table(table(rows), source)
+    bulk.run(engine, workers, source, tmp_path / "out.parquet", chunk_rows=500)
+    seen = {m["pid"]: m for m in workers.mappings()}
+    assert os.getpid() not in seen and len(seen) == 2
+    for mapping in seen.values():
+        # Inherited from the parent's mapping: file-backed pages, none privately copied.
+        assert mapping["mappings"] >= 1 and mapping["Rss"] > 0
+        assert mapping["Private_Dirty"] == 0 and mapping["Anonymous"] == 0
