@@ -27,7 +27,7 @@ import numpy as np
 import orjson
 
 from model import synthetic
-from perf import baseline, bulk, by_id, chart, lifecycle, memory, micro, overload, report, stats, wrk
+from perf import baseline, batch, bulk, by_id, chart, lifecycle, memory, micro, overload, report, stats, wrk
 from service import harness
 from service.artifacts import ArtifactPaths, read_manifest
 from service.features import FEATURES
@@ -268,6 +268,11 @@ def main(argv: list[str] | None = None) -> int:
             log,
         )
         deadline_ms = stack.settings.request_deadline_ms if stack else float(args.deadline_ms)
+        log(f"many rows: {batch.ROWS}-row requests at {batch.CONNECTIONS} connections (JSON batch, V2 JSON, V2 binary)")
+        batch_files = batch.write_files(files["score"].parent / "batch", X, bodies)
+        results["batch"] = batch.measure(
+            url, batch_files, key, args.rounds, args.seconds, stack.gunicorn.pid if stack and stack.gunicorn else None
+        )
     finally:
         if stack:
             stack.stop()
@@ -311,9 +316,15 @@ def main(argv: list[str] | None = None) -> int:
 
     results["machine"]["load_average_after"] = os.getloadavg()
     results["ratios"] = baseline.ratios(results)
-    found = report.targets(results) + overload.targets(results.get("overload"), deadline_ms)
+    found = report.targets(results) + batch.targets(results["batch"])
+    found += overload.targets(results.get("overload"), deadline_ms)
     results["targets"] = [t.__dict__ for t in found]
     failures = report.hard_failures(results)
+    failures += [
+        f"{name}: {results['batch'][name]['failed']} failed requests"
+        for name in batch.SCENARIOS
+        if results["batch"][name]["failed"]
+    ]
     if results.get("challenger", {}).get("failed"):
         failures.append(f"challenger comparison: {results['challenger']['failed']} failed requests")
     for n, load in results.get("memory_loads", {}).items():
@@ -346,6 +357,8 @@ def main(argv: list[str] | None = None) -> int:
     if "bulk" in results:
         print()
         print(bulk.table(results["bulk"]))
+    print()
+    print("\n".join(batch.lines(results["batch"])))
     print()
     print(report.targets_table(found))
     print(

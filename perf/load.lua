@@ -4,7 +4,9 @@
 --   wrk ... -s perf/load.lua URL -- REQUESTS_FILE [RATE_PER_THREAD] [classify]
 --
 -- REQUESTS_FILE: first line "METHOD PATH", then one request body per line (none for a GET).
--- Bodies are rotated, so the forest walks different paths as it would in production.
+-- Bodies are rotated, so the forest walks different paths as it would in production. The first
+-- line may add headers ("Name:value", no spaces) and end with "RAW": then the rest of the file is
+-- one body of raw bytes (binary tensor data may hold newlines).
 -- The API key comes from the environment (PERF_API_KEY), so it never shows in `ps`.
 --
 -- Without a rate (or with rate 0), wrk runs closed loop: each connection sends its next request as
@@ -69,14 +71,27 @@ end
 
 function init(args)
   local file = assert(io.open(args[1]), "cannot open " .. tostring(args[1]))
-  method, path = file:read("*l"):match("^(%u+) (%S+)$")
+  local first, rest = file:read("*l"), nil
+  method, path, rest = first:match("^(%u+) (%S+)%s*(.*)$")
   local key = os.getenv("PERF_API_KEY")
   if key and key ~= "" then headers["X-API-Key"] = key end
-  for body in file:lines() do
-    if body ~= "" then requests[#requests + 1] = body end
+  local raw, given = false, {}
+  for token in rest:gmatch("%S+") do
+    if token == "RAW" then raw = true else
+      local name, value = token:match("^([%w-]+):(.+)$")
+      given[name] = value
+    end
+  end
+  if raw then
+    requests[1] = file:read("*a")
+  else
+    for body in file:lines() do
+      if body ~= "" then requests[#requests + 1] = body end
+    end
   end
   file:close()
   if #requests > 0 then headers["Content-Type"] = "application/json" end
+  for name, value in pairs(given) do headers[name] = value end
   n_requests = #requests
   if args[2] and tonumber(args[2]) > 0 then
     interval_us = 1000000 / tonumber(args[2])

@@ -20,7 +20,11 @@ from perf import stats
 
 LUA_SCRIPT = Path(__file__).with_name("load.lua")
 MARKER = "PERF_RESULT "
-ENDPOINTS = {"score": ("POST", "/v1/fraud-score"), "health": ("GET", "/health")}
+ENDPOINTS = {
+    "score": ("POST", "/v1/fraud-score"),
+    "health": ("GET", "/health"),
+    "batch": ("POST", "/v1/fraud-score/batch"),  # one body: every transaction given, in one batch
+}
 # Percentiles drawn on the chart; wrk's histogram gives these for closed-loop runs.
 CHART_POINTS = (50.0, 75.0, 90.0, 99.0, 99.9, 99.99)
 SOCKET_ERRORS = ("connect", "read", "write", "timeout")
@@ -49,12 +53,31 @@ class Scenario:
 def write_requests(directory: Path, transactions: Iterable[bytes]) -> dict[str, Path]:
     """The request files load.lua reads: "METHOD PATH", then one body per line."""
     directory.mkdir(parents=True, exist_ok=True)
+    transactions = list(transactions)
     files = {}
     for endpoint, (method, path) in ENDPOINTS.items():
-        files[endpoint] = directory / f"{endpoint}.requests"
-        bodies = b"".join(t + b"\n" for t in transactions) if method == "POST" else b""
-        files[endpoint].write_bytes(f"{method} {path}\n".encode() + bodies)
+        if endpoint == "batch":
+            lines = [b'{"transactions":[' + b",".join(transactions) + b"]}"]
+        else:
+            lines = transactions if method == "POST" else []
+        files[endpoint] = write_request_file(directory / f"{endpoint}.requests", method, path, lines)
     return files
+
+
+def write_request_file(
+    file: Path, method: str, path: str, bodies: Iterable[bytes], headers: Mapping[str, str] | None = None
+) -> Path:
+    """A request file for load.lua: "METHOD PATH [Name:value …]", then one body per line."""
+    first = " ".join([method, path, *(f"{k}:{v}" for k, v in (headers or {}).items())])
+    file.write_bytes(first.encode() + b"\n" + b"".join(b + b"\n" for b in bodies))
+    return file
+
+
+def write_raw_request_file(file: Path, method: str, path: str, body: bytes, headers: Mapping[str, str]) -> Path:
+    """A request file whose one body is raw bytes (binary tensor data may hold newlines)."""
+    first = " ".join([method, path, *(f"{k}:{v}" for k, v in headers.items()), "RAW"])
+    file.write_bytes(first.encode() + b"\n" + body)
+    return file
 
 
 def command(scenario: Scenario, base_url: str, requests_file: Path) -> list[str]:

@@ -35,6 +35,7 @@ from service.resources import (
 from service.schema import TransactionValidator, batch_document, load_schema_document
 from service.scoring import Scoring
 from service.settings import Settings
+from service.v2 import add_routes as add_v2_routes
 
 _pid: list[str] = []  # this process's id as a header value, once per worker
 os.register_at_fork(after_in_child=_pid.clear)
@@ -158,6 +159,7 @@ def create_app(
         app.add_route("/v1/fraud-score", ModelUnavailableResource(unavailable_reason, "post"))
         app.add_route("/v1/fraud-score/batch", ModelUnavailableResource(unavailable_reason, "post"))
         app.add_route("/v1/model-info", ModelUnavailableResource(unavailable_reason, "get"))
+        add_v2_routes(app, settings.app_version, keys, settings.batch_max, None, budget, unavailable_reason)
         app.add_route("/v1/drift", ModelUnavailableResource(unavailable_reason, "get"))
         app.add_route("/v1/drift/reset", ModelUnavailableResource(unavailable_reason, "post"))
         if settings.feature_store_url:
@@ -177,7 +179,15 @@ def create_app(
             observe_one=metrics.observe_challenger,
             observe_many=metrics.observe_challenger_rows,
         )
-    scoring = Scoring(model, ood, threshold, observe=metrics.observe_score, drift=drift, challenger=beside)
+    scoring = Scoring(
+        model,
+        ood,
+        threshold,
+        observe=metrics.observe_score,
+        observe_many=metrics.observe_scores,
+        drift=drift,
+        challenger=beside,
+    )
     metrics.set_model_version(model.version)
     app.add_route("/health", StaticJson({"status": "healthy", "model_loaded": True}))
     app.add_route("/v1/fraud-score", FraudScoreResource(scoring, TransactionValidator(document), keys, budget))
@@ -197,6 +207,7 @@ def create_app(
     drift_resource = DriftResource(drift, keys)
     app.add_route("/v1/drift", drift_resource)
     app.add_route("/v1/drift/reset", drift_resource, suffix="reset")
+    add_v2_routes(app, settings.app_version, keys, settings.batch_max, scoring, budget)
     if settings.feature_store_url:
         add_by_id_routes(app, settings, scoring, TransactionValidator(document), keys, budget)
     return app

@@ -15,7 +15,7 @@ from service.deadline import time_left_s
 from service.errors import ApiError, invalid_body
 from service.feature_record import RecordError, as_transaction, decode_record
 from service.feature_store import FeatureStore, StoreUnavailable
-from service.resources import require_json, require_key, respond, wants_explanation
+from service.resources import request_id, require_json, require_key, respond, wants_explanation
 from service.schema import ID_FIELD, IDS_FIELD, TransactionValidator, by_id_batch_document, by_id_document
 from service.scoring import Scoring
 
@@ -80,7 +80,9 @@ class ByIdScoreResource:
             raise invalid_body(self._request.violations(body))
         transaction_id = body[ID_FIELD]
         (row,) = self._stored.rows([transaction_id], req.env)
-        result = self._scoring.one_explained(row) if wants_explanation(req, self._scoring) else self._scoring.one(row)
+        rid = request_id(req, self._scoring)
+        explain = wants_explanation(req, self._scoring)
+        result = self._scoring.one_explained(row, rid) if explain else self._scoring.one(row, rid)
         result[ID_FIELD] = transaction_id
         respond(resp, result)
 
@@ -110,7 +112,7 @@ class ByIdBatchResource:
         self._budget.spend(key, len(ids) if isinstance(ids, list) else 1)
         if not self._request.is_valid(body):
             raise invalid_body(self._request.violations(body))
-        results = self._scoring.many(self._stored.rows(ids, req.env), explain)
+        results = self._scoring.many(self._stored.rows(ids, req.env), explain, request_id(req, self._scoring))
         for transaction_id, result in zip(ids, results, strict=True):
             result[ID_FIELD] = transaction_id
         respond(resp, {"results": results, "model-version": self._scoring.version})

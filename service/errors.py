@@ -47,12 +47,14 @@ def _code(error: falcon.HTTPError) -> str:
 
 
 def serialize_error(req: falcon.Request, resp: falcon.Response, error: falcon.HTTPError) -> None:
-    """Falcon's own errors (404, 405, …) get the same shape as ours, always JSON."""
-    body = (
-        error.to_dict()
-        if isinstance(error, ApiError)
-        else {"error": _code(error), "message": error.description or error.title}
-    )
+    """Falcon's own errors (404, 405, …) get the same shape as ours, always JSON. Under /v2 every
+    error has the Open Inference Protocol's shape instead: {"error": message}."""
+    if req.path == "/v2" or req.path.startswith("/v2/"):
+        body: dict[str, Any] = {"error": error.description or error.title}
+    elif isinstance(error, ApiError):
+        body = error.to_dict()
+    else:
+        body = {"error": _code(error), "message": error.description or error.title}
     resp.data = orjson.dumps(body)
     resp.content_type = JSON
 

@@ -256,6 +256,54 @@ def observe_score(score: int, is_fraud: bool, ood_warning: bool = False) -> None
     _observe_score(score, is_fraud, ood_warning)
 
 
+def _batch_counts(scores: np.ndarray, is_fraud: np.ndarray, ood_warning: np.ndarray) -> tuple[list[int], int, int]:
+    """Per score bucket, how many of the scores observe() would put in it (the first upper bound
+    >= the score); how many rows were flagged; how many were out of distribution."""
+    buckets = np.bincount(np.searchsorted(_SCORE_BOUNDS, scores, side="left"), minlength=len(SCORE_BOUNDS))
+    return buckets.tolist(), int(np.count_nonzero(is_fraud)), int(np.count_nonzero(ood_warning))
+
+
+def _observe_scores_shared(scores: np.ndarray, is_fraud: np.ndarray, ood_warning: np.ndarray) -> None:
+    buckets, flagged, outside = _batch_counts(scores, is_fraud, ood_warning)
+    worker = _worker[0] if _worker else _this_worker()
+    histograms = worker.histograms.values
+    for slot, count in zip(worker.score.buckets, buckets, strict=True):
+        if count:
+            histograms[slot] += count
+    histograms[worker.score.sum] += float(scores.sum())
+    counters = worker.counters.values
+    counters[worker.flagged] += flagged
+    counters[worker.cleared] += len(scores) - flagged
+    if outside:
+        counters[worker.ood] += outside
+
+
+def _observe_scores_in_process(scores: np.ndarray, is_fraud: np.ndarray, ood_warning: np.ndarray) -> None:
+    # prometheus-client has no bulk observe: add to the histogram's bucket and sum values directly.
+    buckets, flagged, outside = _batch_counts(scores, is_fraud, ood_warning)
+    for value, count in zip(SCORES._buckets, buckets, strict=True):
+        if count:
+            value.inc(count)
+    SCORES._sum.inc(float(scores.sum()))
+    if flagged:
+        _flagged(flagged)
+    if flagged < len(scores):
+        _cleared(len(scores) - flagged)
+    if outside:
+        OUT_OF_DISTRIBUTION.inc(outside)
+
+
+_SCORE_BOUNDS = np.array(SCORE_BOUNDS, dtype=np.float64)
+_observe_scores = _observe_scores_shared if _SHARED else _observe_scores_in_process
+
+
+def observe_scores(scores: np.ndarray, is_fraud: np.ndarray, ood_warning: np.ndarray) -> None:
+    """A batch's scores in one update per bucket and counter, not one per row: the samples
+    observe_score leaves row by row (tests/test_metrics.py compares them, in both modes)."""
+    if len(scores):
+        _observe_scores(scores, is_fraud, ood_warning)
+
+
 DIFFERENCE_BOUNDS = (*DIFFERENCE_BUCKETS, INF)
 _CELLS = tuple((champion, challenger) for champion in (False, True) for challenger in (False, True))
 

@@ -40,9 +40,6 @@ class OutOfDistribution:
         """Which features of each row (n, 30) are out of distribution: a boolean array of X's shape."""
         return (self._low > X) | (self._high < X)
 
-    def features_of_rows(self, X: np.ndarray) -> list[list[str]]:
-        return [[FEATURES[i] for i in np.flatnonzero(row)] for row in self.outside(X)]
-
 
 def annotate(result: dict[str, Any], flagged: list[str]) -> dict[str, Any]:
     result["ood-warning"] = bool(flagged)

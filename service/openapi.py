@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from service.deadline import SHED_PREFIXES
-from service.features import FEATURES
+from service.features import FEATURES, N_FEATURES
 from service.schema import (
     BATCH_FIELD,
     ID_FIELD,
@@ -17,6 +17,7 @@ from service.schema import (
     sample_transaction,
 )
 from service.settings import DEADLINE_MAX_MS, DEADLINE_MIN_MS
+from service.v2 import EXTENSIONS, HEADER_LENGTH, INPUT, MODEL_NAME, OUTPUTS
 
 JSON = "application/json"
 
@@ -150,6 +151,243 @@ _SCHEMAS: dict[str, Any] = {
         },
     },
 }
+
+
+_V2_TENSOR = {
+    "type": "object",
+    "required": ["name", "datatype", "shape"],
+    "properties": {
+        "name": {"type": "string"},
+        "datatype": {"type": "string"},
+        "shape": {"type": "array", "items": {"type": "integer"}},
+    },
+}
+_V2_SCHEMAS: dict[str, Any] = {
+    "V2Error": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {"error": {"type": "string", "description": "what is wrong"}},
+        "description": "the Open Inference Protocol's error object",
+    },
+    "V2ServerMetadata": {
+        "type": "object",
+        "required": ["name", "version", "extensions"],
+        "properties": {
+            "name": {"type": "string"},
+            "version": {"type": "string"},
+            "extensions": {"type": "array", "items": {"type": "string"}},
+        },
+    },
+    "V2ModelMetadata": {
+        "type": "object",
+        "required": ["name", "platform", "inputs", "outputs"],
+        "properties": {
+            "name": {"type": "string"},
+            "versions": {"type": "array", "items": {"type": "string"}},
+            "platform": {"type": "string"},
+            "inputs": {"type": "array", "items": _V2_TENSOR},
+            "outputs": {"type": "array", "items": _V2_TENSOR},
+        },
+    },
+    "V2InferenceRequest": {
+        "type": "object",
+        "required": ["inputs"],
+        "properties": {
+            "id": {"type": "string", "description": "echoed in the response"},
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "binary_data_output": {
+                        "type": "boolean",
+                        "description": "every output as binary data after the JSON header (default false)",
+                    }
+                },
+            },
+            "inputs": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": 1,
+                "items": {
+                    "type": "object",
+                    "required": ["name", "datatype", "shape"],
+                    "properties": {
+                        "name": {"const": INPUT},
+                        "datatype": {"enum": ["FP64", "FP32"]},
+                        "shape": {
+                            "type": "array",
+                            "prefixItems": [{"type": "integer", "minimum": 1}, {"const": N_FEATURES}],
+                            "minItems": 2,
+                            "maxItems": 2,
+                            "description": f"[N, {N_FEATURES}]: N rows of the features in the model's order",
+                        },
+                        "data": {
+                            "type": "array",
+                            "description": "row-major numbers, flat (N x 30) or nested (N rows of 30); "
+                            "absent when the tensor is sent as binary data",
+                        },
+                        "parameters": {
+                            "type": "object",
+                            "properties": {
+                                "binary_data_size": {
+                                    "type": "integer",
+                                    "description": "bytes of little-endian binary data after the JSON header "
+                                    "(N x 30 x 8 for FP64, x 4 for FP32)",
+                                }
+                            },
+                        },
+                    },
+                },
+            },
+            "outputs": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["name"],
+                    "properties": {
+                        "name": {"enum": list(OUTPUTS)},
+                        "parameters": {"type": "object", "properties": {"binary_data": {"type": "boolean"}}},
+                    },
+                },
+                "description": "which outputs, in which order, each as JSON or binary (default: all three)",
+            },
+        },
+    },
+    "V2InferenceResponse": {
+        "type": "object",
+        "required": ["model_name", "outputs"],
+        "properties": {
+            "model_name": {"const": MODEL_NAME},
+            "model_version": {"type": "string"},
+            "id": {"type": "string"},
+            "outputs": {
+                "type": "array",
+                "items": {
+                    **_V2_TENSOR,
+                    "properties": {
+                        **_V2_TENSOR["properties"],
+                        "data": {"type": "array"},
+                        "parameters": {
+                            "type": "object",
+                            "properties": {"binary_data_size": {"type": "integer"}},
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
+
+
+def _v2_error(description: str, example: str, headers: dict[str, Any] = _TRACE_HEADERS) -> dict[str, Any]:
+    return {"description": description, "headers": headers, **_json(_ref("V2Error"), {"error": example})}
+
+
+def _v2_paths(batch_max: int) -> dict[str, Any]:
+    """The Open Inference Protocol (KServe V2) routes, documented in docs/api.md."""
+    name = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}, "example": MODEL_NAME}
+    version = {"name": "version", "in": "path", "required": True, "schema": {"type": "string"}}
+    unknown = _v2_error("unknown model or version", f"unknown model 'x': this server serves '{MODEL_NAME}'")
+    unavailable = _v2_error("no model is loaded", "no model is loaded: …", _RETRY)
+    forbidden = _v2_error("X-API-Key missing, empty or wrong", "a valid X-API-Key header is required")
+    empty = {"description": "yes (empty body)", "headers": _TRACE_HEADERS}
+    sample = [list(sample_transaction().values())]
+    infer = {
+        "summary": f"Score N <= {batch_max} rows (KServe V2 / Open Inference Protocol, Triton binary tensor data)",
+        "parameters": [
+            {
+                "name": HEADER_LENGTH,
+                "in": "header",
+                "required": False,
+                "schema": {"type": "integer", "minimum": 1},
+                "description": "with binary tensor data: the length of the JSON header; the raw little-endian "
+                "tensor bytes follow it",
+            }
+        ],
+        "requestBody": {
+            "required": True,
+            **_json(
+                _ref("V2InferenceRequest"),
+                {"inputs": [{"name": INPUT, "shape": [1, N_FEATURES], "datatype": "FP64", "data": sample}]},
+            ),
+        },
+        "responses": {
+            "200": {
+                "description": "outputs probability (FP64, exactly predict_proba), fraud_score (INT32), is_fraud "
+                f"(BOOL); application/octet-stream with {HEADER_LENGTH} when an output is binary",
+                "headers": _TRACE_HEADERS,
+                **_json(_ref("V2InferenceResponse")),
+            },
+            "400": _v2_error(
+                "not valid JSON; wrong input name, shape or datatype; a value not a finite number within float32's "
+                "range; binary data of the wrong size; an unknown output",
+                "input 'features': shape must be [N, 30] with N >= 1, got [1, 29]",
+            ),
+            "403": forbidden,
+            "404": unknown,
+            "413": _v2_error("more than BATCH_MAX rows, or a body over nginx's limit", "at most 1000 rows …"),
+            "415": _v2_error("a compressed body", "compressed request bodies are not supported"),
+            "429": _v2_error("rate limit exceeded", "too many requests …", _RETRY),
+            "503": unavailable,
+        },
+    }
+    metadata = {
+        "summary": "Model metadata: input and output names, datatypes, shapes",
+        "responses": {
+            "200": {"description": "the model", "headers": _TRACE_HEADERS, **_json(_ref("V2ModelMetadata"))},
+            "403": forbidden,
+            "404": unknown,
+            "503": unavailable,
+        },
+    }
+    ready = {
+        "summary": "Is the model (version) ready? (no key)",
+        "security": [],
+        "responses": {"200": empty, "404": unknown, "503": unavailable},
+    }
+    paths: dict[str, Any] = {
+        "/v2": {
+            "get": {
+                "summary": "Server metadata (no key)",
+                "operationId": "v2ServerMetadata",
+                "security": [],
+                "responses": {
+                    "200": {
+                        "description": "name, version, extensions",
+                        **_json(
+                            _ref("V2ServerMetadata"),
+                            {"name": "fraud-scoring", "version": "1.0.0", "extensions": EXTENSIONS},
+                        ),
+                    }
+                },
+            }
+        },
+        "/v2/health/live": {
+            "get": {
+                "summary": "Liveness (no key)",
+                "operationId": "v2Live",
+                "security": [],
+                "responses": {"200": empty},
+            }
+        },
+        "/v2/health/ready": {
+            "get": {
+                "summary": "Readiness: a model is loaded (no key)",
+                "operationId": "v2Ready",
+                "security": [],
+                "responses": {"200": empty, "503": unavailable},
+            }
+        },
+    }
+    for prefix, params, suffix in (
+        ("/v2/models/{name}", [name], ""),
+        ("/v2/models/{name}/versions/{version}", [name, version], "Version"),
+    ):
+        paths[prefix] = {"get": {**metadata, "operationId": f"v2ModelMetadata{suffix}", "parameters": params}}
+        paths[f"{prefix}/ready"] = {"get": {**ready, "operationId": f"v2ModelReady{suffix}", "parameters": params}}
+        paths[f"{prefix}/infer"] = {
+            "post": {**infer, "operationId": f"v2Infer{suffix}", "parameters": params + infer["parameters"]}
+        }
+    return paths
 
 
 def by_id_paths(batch_max: int, explain: dict[str, Any], errors: dict[str, Any], scored: dict[str, Any]) -> dict:
@@ -433,6 +671,7 @@ def _document(transaction_schema: dict[str, Any], batch_max: int, app_version: s
                     },
                 }
             },
+            **_v2_paths(batch_max),
         },
         "components": {
             "schemas": {
@@ -447,6 +686,7 @@ def _document(transaction_schema: dict[str, Any], batch_max: int, app_version: s
                     else {}
                 ),
                 **_SCHEMAS,
+                **_V2_SCHEMAS,
             },
             "securitySchemes": {"ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}},
             "headers": {

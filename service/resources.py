@@ -52,6 +52,11 @@ def wants_explanation(req: falcon.Request, scoring: Scoring) -> bool:
     return True
 
 
+def request_id(req: falcon.Request, scoring: Scoring) -> str | None:
+    """The request's id (nginx sets one), read only when a sampled challenger log line may need it."""
+    return req.get_header("X-Request-ID") if scoring.wants_request_id else None
+
+
 def respond(resp: falcon.Response, body: dict[str, Any]) -> None:
     resp.data = orjson.dumps(body)
     resp.content_type = JSON
@@ -90,11 +95,11 @@ class FraudScoreResource:
         if not self._is_valid(transaction):
             raise invalid_body(self._validator.violations(transaction))
         row = self._row_of(transaction)
-        request_id = req.get_header("X-Request-ID") if self._scoring.wants_request_id else None
+        rid = request_id(req, self._scoring)
         if wants_explanation(req, self._scoring):
-            respond(resp, self._scoring.one_explained(row, request_id))
+            respond(resp, self._scoring.one_explained(row, rid))
         else:
-            respond(resp, self._one(row, request_id))
+            respond(resp, self._one(row, rid))
 
 
 class BatchScoreResource:
@@ -103,9 +108,13 @@ class BatchScoreResource:
     ) -> None:
         self._scoring = scoring
         self._validator = validator
+        if validator.matrix is None:
+            raise ValueError("the batch route needs the batch document's one-pass reader")
+        self._matrix = validator.matrix
         self._keys = keys
         self._budget = budget
         self._batch_max = batch_max
+        self._version_tail = b',"model-version":' + orjson.dumps(scoring.version) + b"}"
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         key = require_key(self._keys, req)
@@ -121,13 +130,17 @@ class BatchScoreResource:
             )
         # Charged for the rows it sends, valid or not: validating them is work too.
         self._budget.spend(key, len(items) if isinstance(items, list) else 1)
-        if not self._validator.is_valid(body):
+        X = self._matrix(body)
+        if X is None:
             raise invalid_body(self._validator.violations(body))
-        rows = [self._scoring.row_of(item) for item in items]
-        request_id = req.get_header("X-Request-ID") if self._scoring.wants_request_id else None
-        respond(
-            resp, {"results": self._scoring.many(rows, explain, request_id), "model-version": self._scoring.version}
-        )
+        if explain:
+            rows = [self._scoring.row_of(item) for item in items]
+            results = self._scoring.many_explained(rows, request_id(req, self._scoring))
+            respond(resp, {"results": results, "model-version": self._scoring.version})
+        else:
+            scored = self._scoring.many_json(X, request_id(req, self._scoring))
+            resp.data = b"".join((b'{"results":', scored, self._version_tail))
+            resp.content_type = JSON
 
 
 class DriftResource:
@@ -164,7 +177,7 @@ class ModelUnavailableResource:
         self._message = f"no model is loaded: {reason}"
         setattr(self, f"on_{method}", self._unavailable)
 
-    def _unavailable(self, req: falcon.Request, resp: falcon.Response) -> None:
+    def _unavailable(self, req: falcon.Request, resp: falcon.Response, **params: str) -> None:
         raise ApiError(
             falcon.HTTP_503, "model_unavailable", self._message, headers={"Retry-After": RETRY_AFTER_SECONDS}
         )

@@ -14,7 +14,9 @@ from typing import Any
 
 import fastjsonschema
 import jsonschema
+import numpy as np
 
+from service import _rows
 from service.features import FEATURE_DESCRIPTIONS, FEATURES
 
 SCHEMA_FILE = "transaction.schema.json"
@@ -200,18 +202,88 @@ def compile_flat_numbers(document: dict[str, Any]) -> Callable[[Any], bool] | No
     return is_valid
 
 
+_ARRAY_KEYS = {"type", "minItems", "maxItems", "items", "description"}
+
+
+def compile_flat_numbers_rows(document: dict[str, Any]) -> Callable[[list[Any]], np.ndarray | None] | None:
+    """For a list of instances of a flat-numbers document (see compile_flat_numbers): the float64
+    matrix of their values, one row per instance in the document's property order, when every
+    instance is valid; None when one is not. None for any other document.
+
+    service/_rows.c reads and checks plain floats and small ints in one pass; whatever it cannot
+    decide exactly (a bool, a string, an integer beyond 2**53…) is decided by the per-item check."""
+    is_valid = compile_flat_numbers(document)
+    if is_valid is None:
+        return None
+    properties = document["properties"]
+    names = tuple(properties)
+    low = np.array([spec.get("minimum", -math.inf) for spec in properties.values()], dtype=np.float64)
+    high = np.array([spec.get("maximum", math.inf) for spec in properties.values()], dtype=np.float64)
+    values_of = itemgetter(*names) if len(names) > 1 else (lambda d: (d[names[0]],))
+
+    def rows(items: list[Any]) -> np.ndarray | None:
+        out = np.empty((len(items), len(names)), dtype=np.float64)
+        verdict = _rows.fill(items, names, low, high, out)
+        if verdict == _rows.VALID:
+            return out
+        if verdict == _rows.INVALID or not all(map(is_valid, items)):
+            return None
+        return np.array([[float(v) for v in values_of(item)] for item in items], dtype=np.float64).reshape(out.shape)
+
+    return rows
+
+
+def compile_batch_of_flat_numbers(document: dict[str, Any]) -> Callable[[Any], np.ndarray | None] | None:
+    """For a batch document (an object with one required array of flat-numbers items, as
+    batch_document builds): the items' matrix when the body is valid, else None. None for any
+    other document."""
+    properties = document.get("properties")
+    if (
+        set(document) - _FLAT_DOCUMENT_KEYS
+        or document.get("type") != "object"
+        or document.get("additionalProperties", True) is not True
+        or not isinstance(properties, dict)
+        or len(properties) != 1
+        or list(document.get("required", ())) != list(properties)
+    ):
+        return None
+    (field, spec), *_ = properties.items()
+    if not isinstance(spec, dict) or set(spec) - _ARRAY_KEYS or spec.get("type") != "array":
+        return None
+    items = spec.get("items")
+    rows = compile_flat_numbers_rows(items) if isinstance(items, dict) else None
+    min_items, max_items = spec.get("minItems", 0), spec.get("maxItems", math.inf)
+    if rows is None or not isinstance(min_items, int) or not isinstance(max_items, int | float):
+        return None
+
+    def matrix(instance: Any) -> np.ndarray | None:
+        if not isinstance(instance, dict) or field not in instance:
+            return None
+        found = instance[field]
+        if not isinstance(found, list) or not min_items <= len(found) <= max_items:
+            return None
+        return rows(found)
+
+    return matrix
+
+
 class TransactionValidator:
     """Validates decoded request bodies against a schema document.
 
     `is_valid` is the compiled fast path (specialised for the transaction schema's shape, else
-    fastjsonschema); `violations` asks `jsonschema` (the reference) what is
+    fastjsonschema); for a batch document, `matrix` validates and reads the items' values in one
+    pass (None for other documents); `violations` asks `jsonschema` (the reference) what is
     wrong, and is only called once a body has been rejected."""
 
     def __init__(self, document: dict[str, Any]) -> None:
         jsonschema.validators.validator_for(document).check_schema(document)
         self.document = document
         self._reference = jsonschema.Draft202012Validator(document)
-        specialised = compile_flat_numbers(document)
+        self.matrix = compile_batch_of_flat_numbers(document)
+        matrix = self.matrix
+        specialised = compile_flat_numbers(document) or (
+            (lambda instance: matrix(instance) is not None) if matrix is not None else None
+        )
         self.is_valid: Callable[[Any], bool] = specialised or self._fastjsonschema(document)
 
     @staticmethod

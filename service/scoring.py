@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from operator import itemgetter
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
+import orjson
 
 from service.challenger import Challenger
 from service.drift import DriftCounter
@@ -20,6 +21,16 @@ from service.ood import OutOfDistribution, annotate
 EXPLAIN_TOP = 5
 
 
+class Scored(NamedTuple):
+    """A matrix's results, one entry per row."""
+
+    probability: np.ndarray  # float64, exactly predict_proba's
+    score: np.ndarray  # int32, round(100 * probability)
+    is_fraud: np.ndarray  # bool
+    ood_warning: np.ndarray  # bool
+    outside: np.ndarray  # bool, rows x features: which values are out of distribution
+
+
 class Scoring:
     def __init__(
         self,
@@ -27,6 +38,7 @@ class Scoring:
         ood: OutOfDistribution,
         threshold: int,
         observe: Callable[[int, bool, bool], None] = lambda score, is_fraud, ood_warning: None,
+        observe_many: Callable[[np.ndarray, np.ndarray, np.ndarray], None] = lambda scores, is_fraud, ood: None,
         drift: DriftCounter | None = None,
         challenger: Challenger | None = None,
     ) -> None:
@@ -35,14 +47,21 @@ class Scoring:
         self._scorer = model.scorer
         self._predict_row = model.predict_row
         self._ood = ood.features
-        self._ood_rows = ood.features_of_rows
+        self._outside = ood.outside
         self._threshold = threshold
-        self._observe = observe  # metrics: the score distribution, fraud and out-of-distribution rates
+        # metrics: the score distribution, fraud and out-of-distribution rates (row by row, or a
+        # batch's in one update)
+        self._observe = observe
+        self._observe_many = observe_many
         self._drift = drift
         self._challenger = challenger
         # Only a sampled challenger log line needs the request's id: the resources read it then.
         self.wants_request_id = bool(challenger and challenger.log_sample)
         self.row_of = itemgetter(*FEATURES)
+        self._plain_results = [
+            orjson.dumps(annotate({"fraud-score": s, "is-fraud": s >= threshold, "model-version": self.version}, []))
+            for s in range(101)
+        ]
 
     def _result(self, probability: float, flagged: list[str]) -> dict[str, Any]:
         score = round(100.0 * probability)
@@ -77,17 +96,60 @@ class Scoring:
         self._beside_one(row, result["fraud-score"], request_id)
         return result
 
+    def rows(self, X: np.ndarray, request_id: str | None = None) -> Scored:
+        """A matrix of rows (in feature order) scored at once: vectorised decisions and
+        out-of-distribution flags, counted in the metrics in one update."""
+        probability = self._scorer.predict_rows(X)
+        # np.rint rounds half to even, as Python's round() does, on the same double 100 * p.
+        score = np.rint(100.0 * probability).astype(np.int32)
+        is_fraud = score >= self._threshold
+        outside = self._outside(X)
+        ood_warning = outside.any(axis=1)
+        self._observe_many(score, is_fraud, ood_warning)
+        self._beside_many(X, score, request_id)
+        return Scored(probability, score, is_fraud, ood_warning, outside)
+
+    def many_json(self, X: np.ndarray, request_id: str | None = None) -> bytes:
+        """The batch's results as a JSON array, one result per row in order, each as `one` gives
+        it. A row without out-of-distribution features has one of 101 possible results (its
+        score decides the rest), serialised once at start; only flagged rows are built here."""
+        scored = self.rows(X, request_id)
+        parts = list(map(self._plain_results.__getitem__, scored.score.tolist()))
+        for i in np.flatnonzero(scored.ood_warning).tolist():
+            score = int(scored.score[i])
+            flagged = [FEATURES[j] for j in np.flatnonzero(scored.outside[i]).tolist()]
+            parts[i] = orjson.dumps(
+                annotate(
+                    {"fraud-score": score, "is-fraud": score >= self._threshold, "model-version": self.version}, flagged
+                )
+            )
+        return b"[" + b",".join(parts) + b"]"
+
     def many(self, rows: list[Sequence[float]], explain: bool, request_id: str | None = None) -> list[dict[str, Any]]:
-        X = np.array(rows, dtype=np.float64)
+        """The results of many rows as dicts, one per row in order, as `one` (or `one_explained`) gives them."""
         if explain:
-            results = [self._explained(row) for row in rows]
-        else:
-            probabilities = self._scorer.predict_rows(X).tolist()
-            results = [self._result(p, flagged) for p, flagged in zip(probabilities, self._ood_rows(X), strict=True)]
+            return self.many_explained(rows, request_id)
+        scored = self.rows(np.array(rows, dtype=np.float64), request_id)
+        results = [
+            {"fraud-score": score, "is-fraud": is_fraud, "model-version": self.version, "ood-warning": ood}
+            for score, is_fraud, ood in zip(
+                scored.score.tolist(), scored.is_fraud.tolist(), scored.ood_warning.tolist(), strict=True
+            )
+        ]
+        for i in np.flatnonzero(scored.ood_warning).tolist():
+            results[i]["ood-features"] = [FEATURES[j] for j in np.flatnonzero(scored.outside[i]).tolist()]
+        return results
+
+    def many_explained(self, rows: list[Sequence[float]], request_id: str | None = None) -> list[dict[str, Any]]:
+        results = [self._explained(row) for row in rows]
+        self._beside_many(np.array(rows, dtype=np.float64), np.array([r["fraud-score"] for r in results]), request_id)
+        return results
+
+    def _beside_many(self, X: np.ndarray, score: np.ndarray, request_id: str | None) -> None:
+        """Drift counts and the challenger, for a matrix of rows (as _beside_one for one)."""
         if self._drift is not None or self._challenger is not None:
-            scores = np.array([r["fraud-score"] for r in results], dtype=np.float64)
+            scores = score.astype(np.float64)
             if self._drift is not None:
                 self._drift.add_rows(X, scores)
             if self._challenger is not None:
                 self._challenger.many(X, scores, request_id)
-        return results

@@ -142,7 +142,7 @@ def test_ood_uses_training_mean_and_std():
     row[1] = 7.0 + 1e-9  # V1: just beyond 3 std
     row[3] = 1e9  # V3 was constant in training: no scale, never flagged
     assert ood.features(row) == ["V1"]
-    assert ood.features_of_rows(np.array([row, [1.0] * 30])) == [["V1"], []]
+    assert [list(a) for a in ood.outside(np.array([row, [1.0] * 30])).nonzero()] == [[0], [1]]
 
 
 def test_model_without_statistics_never_warns_and_says_so(caplog):
@@ -150,3 +150,22 @@ def test_model_without_statistics_never_warns_and_says_so(caplog):
         ood = OutOfDistribution(None, 3.0)
     assert "no training statistics" in caplog.text
     assert ood.features([1e30] * 30) == [] and not ood.enabled
+
+
+def test_batch_results_equal_single_results_row_for_row(small_model):
+    """The vectorised batch answer (pre-serialised plain results, built OOD ones) against the
+    single-transaction answer, over 3,000 rows, some out of distribution."""
+    from service.loader import load_model
+    from service.scoring import Scoring
+    from service.settings import from_mapping
+
+    model = load_model(from_mapping({"API_KEY": "k" * 16, "MODEL_PATH": str(small_model[0])}))
+    scoring = Scoring(model, OutOfDistribution(model.manifest["feature_stats"], 3.0), 37)
+    X, _ = synthetic.generate(3000, seed=8)
+    X[::7, 3] *= 40  # far out of distribution
+    batch_results = json.loads(scoring.many_json(X))
+    singles = [scoring.one(row) for row in X.tolist()]
+    assert batch_results == singles
+    assert scoring.many(X.tolist(), explain=False) == singles
+    assert any(r["ood-warning"] for r in singles) and not all(r["ood-warning"] for r in singles)
+    assert {r["is-fraud"] for r in singles} == {True, False}

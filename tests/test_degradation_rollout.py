@@ -43,12 +43,25 @@ def test_without_a_model_the_service_starts_and_answers_503(tmp_path, small_mode
             assert body["error"] == "model_unavailable"
             assert int(reply.headers["Retry-After"]) > 0
         assert client.request("GET", "/openapi.json", key=None).status == 200
+        # V2: alive, not ready; the model's routes answer 503 in the protocol's error shape.
+        assert client.request("GET", "/v2/health/live", key=None).status == 200
+        assert client.request("GET", "/v2", key=None).status == 200
+        for method, path in (
+            ("GET", "/v2/health/ready"),
+            ("GET", "/v2/models/fraud"),
+            ("GET", "/v2/models/fraud/ready"),
+            ("POST", "/v2/models/fraud/infer"),
+        ):
+            reply = client.request(method, path, {} if method == "POST" else None)
+            assert reply.status == 503 and int(reply.headers["Retry-After"]) > 0
+            assert reply.json == {"error": health.json["reason"].join(["no model is loaded: ", ""])}
 
         # The operator provides a model and asks for a rollout: the service recovers without a restart.
         install_model(small_model[0], model_path)
         stack.reload()
         wait_for(lambda: client.request("GET", "/health", key=None).status == 200)
         assert client.score(sample_transaction()).json["model-version"] == "test-3"
+        assert client.request("GET", "/v2/models/fraud/versions/test-3/ready", key=None).status == 200
     finally:
         stack.stop()
 

@@ -56,7 +56,9 @@ def test_the_pod_runs_what_the_compose_file_runs(docs):
     services = compose()["services"]
     nginx_env = {e["name"]: e["value"] for e in pod["nginx"]["env"]}
     assert nginx_env == {k: interpolate(v) for k, v in services["nginx"]["environment"].items()}
-    assert pod["nginx"]["command"] == services["nginx"]["command"]
+    # compose's command replaces the image's CMD; in Kubernetes that is args (command would replace
+    # the entrypoint that renders the template).
+    assert pod["nginx"]["args"] == services["nginx"]["command"] and "command" not in pod["nginx"]
     assert pod["nginx"]["image"] == interpolate(services["nginx"]["image"])
     assert ["CMD", *pod["api"]["livenessProbe"]["exec"]["command"]] == services["api"]["healthcheck"]["test"]
     assert pod["api"]["startupProbe"]["exec"] == pod["api"]["livenessProbe"]["exec"]

@@ -4,8 +4,10 @@ renders: nginx answers /health and a scored request, and every probe's command p
 What the played copy changes, and why: only the Deployment and its generated ConfigMap are played
 (a Service, autoscaler and disruption budget need a cluster); one replica, with nginx's port
 published on a free loopback port (the kubelet would probe the pod's IP instead); the images are
-the ones `python -m tests.podman` built; names get a unique suffix, since pods and secrets are
-global on the machine. The Secret the operator creates is made a podman secret: podman 4.3 reads a
+the ones `python -m tests.podman` built; names get a unique suffix, since pods, secrets and volumes
+are global on the machine. podman 4.3 makes each emptyDir a named volume on disk owned by whichever
+container mounts it first; the test creates them beforehand as Kubernetes makes a `medium: Memory`
+emptyDir: a tmpfs, mode 0777. The Secret the operator creates is made a podman secret: podman 4.3 reads a
 secretKeyRef from a podman secret holding the Secret's `data` map."""
 
 from __future__ import annotations
@@ -39,9 +41,17 @@ class PlayedPod:
         deployment["metadata"]["name"] = self.name
         deployment["spec"]["replicas"] = 1
         pod = deployment["spec"]["template"]["spec"]
+        self.volumes: list[str] = []
+        self.empty_dirs = [f"{v['name']}-{suffix}" for v in pod["volumes"] if "emptyDir" in v]
         for volume in pod["volumes"]:
             if "configMap" in volume:
                 volume["configMap"]["name"] = configmap["metadata"]["name"]
+            self.volumes.append(volume.get("configMap", {}).get("name") or f"{volume['name']}-{suffix}")
+            for container in pod["containers"]:
+                for mount in container["volumeMounts"]:
+                    if mount["name"] == volume["name"]:
+                        mount["name"] = f"{volume['name']}-{suffix}"
+            volume["name"] = f"{volume['name']}-{suffix}"
         images = {"api": pm.API_IMAGE, "nginx": pm.base_images()["NGINX_IMAGE"]}
         for container in pod["containers"]:
             container["image"] = images[container["name"]]
@@ -68,6 +78,8 @@ class PlayedPod:
 
     def up(self) -> None:
         pm.podman("secret", "create", self.secret, str(self.secret_file))
+        for name in self.empty_dirs:
+            pm.podman("volume", "create", "--opt", "type=tmpfs", "--opt", "device=tmpfs", "--opt", "o=mode=0777", name)
         pm.podman("kube", "play", str(self.file), timeout=300)
 
     def down(self) -> None:
@@ -76,6 +88,8 @@ class PlayedPod:
         if pods:
             pm.podman("pod", "rm", "-f", *pods, check=False)
         pm.podman("secret", "rm", self.secret, check=False)
+        for volume in self.volumes:
+            pm.podman("volume", "rm", "-f", volume, check=False)
 
     def wait_healthy(self, timeout: float = 120) -> None:
         start = time.monotonic()

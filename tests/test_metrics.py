@@ -66,6 +66,42 @@ def test_the_metrics_directory_is_wiped_at_start(small_model, tmp_path):
         stack.stop()
 
 
+def test_a_batch_counted_in_one_update_gives_the_samples_of_row_by_row_counting():
+    """observe_scores writes into prometheus-client's histogram values directly: it must leave
+    exactly the samples observe_score leaves for the same rows (bucket edges included)."""
+    import numpy as np
+    from prometheus_client import REGISTRY
+
+    from service import metrics
+
+    def snapshot() -> dict:
+        return {
+            (s.name, frozenset(s.labels.items())): s.value
+            for name in ("fraud_score", "fraud_scored", "fraud_out_of_distribution")
+            for s in REGISTRY._names_to_collectors[name].collect()[0].samples
+            if not s.name.endswith("_created")
+        }
+
+    rng = np.random.default_rng(5)
+    scores = np.concatenate([np.array([0, 1, 2, 5, 99, 100, 50, 51], dtype=np.int32), rng.integers(0, 101, 500)])
+    is_fraud = scores >= 50
+    ood = rng.random(len(scores)) < 0.2
+
+    def delta(count) -> dict:
+        before = snapshot()
+        count()
+        return {k: v - before.get(k, 0.0) for k, v in snapshot().items()}
+
+    row_by_row = delta(
+        lambda: [
+            metrics.observe_score(s, f, o) for s, f, o in zip(scores.tolist(), is_fraud, ood.tolist(), strict=True)
+        ]
+    )
+    at_once = delta(lambda: metrics.observe_scores(scores, is_fraud, ood))
+    assert at_once == row_by_row
+    assert row_by_row[("fraud_score_count", frozenset())] == len(scores)
+
+
 RECORD = """
 import os, sys, json
 from service import metrics
@@ -76,6 +112,10 @@ observe = metrics._observe_score_in_process if use_prometheus else metrics.obser
 for i in range(300):  # bounds included: a value on a bucket's bound belongs to that bucket
     record(("/v1/fraud-score", "POST", 200 if i % 7 else 422), [0.0005, 0.001, 0.0123, 20.0, i * 1e-4][i % 5])
     observe(i % 101, i % 3 == 0, i % 11 == 0)
+import numpy as np  # a batch counted at once: the samples of 202 more rows
+batch = metrics._observe_scores_in_process if use_prometheus else metrics.observe_scores
+scores = np.arange(202, dtype=np.int32) % 101
+batch(scores, scores >= 50, scores % 4 == 0)
 if os.fork() == 0:  # a forked worker writes files of its own
     record(("/health", "GET", 200), 0.002)
     observe(100, True, True)
@@ -105,5 +145,5 @@ def test_the_workers_sample_files_expose_what_prometheus_clients_own_values_woul
             for s in family.samples
         }
     assert exposed["sample-files"] == exposed["prometheus"]
-    assert exposed["sample-files"][("fraud_score_count", frozenset())] == 301
+    assert exposed["sample-files"][("fraud_score_count", frozenset())] == 301 + 202  # rows, then a batch
     assert any(f.name.startswith("counter_hot_") for f in (tmp_path / "sample-files").iterdir())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 
@@ -56,14 +57,22 @@ def test_openapi_document_is_valid_and_embeds_the_validator_schema(client: Clien
     transaction = document["components"]["schemas"]["Transaction"]
     source = load_schema_document()
     assert transaction == {k: v for k, v in source.items() if k not in ("$schema", "$id")}
-    assert set(document["paths"]) == {
-        "/v1/fraud-score",
-        "/v1/fraud-score/batch",
-        "/v1/model-info",
-        "/v1/drift",
-        "/v1/drift/reset",
-        "/health",
+    v2 = {"/v2", "/v2/health/live", "/v2/health/ready"} | {
+        f"/v2/models/{{name}}{version}{suffix}"
+        for version in ("", "/versions/{version}")
+        for suffix in ("", "/ready", "/infer")
     }
+    assert (
+        set(document["paths"])
+        == {"/v1/fraud-score", "/v1/fraud-score/batch", "/v1/model-info", "/v1/drift", "/v1/drift/reset", "/health"}
+        | v2
+    )
+    infer = document["paths"]["/v2/models/{name}/infer"]["post"]
+    assert {"200", "400", "403", "404", "413", "429", "503"} <= set(infer["responses"])
+    v2_example = infer["requestBody"]["content"]["application/json"]["example"]
+    jsonschema.validate(v2_example, document["components"]["schemas"]["V2InferenceRequest"])
+    v2_reply = client.request("POST", "/v2/models/fraud/infer", json.dumps(v2_example))
+    assert v2_reply.status == 200, v2_reply.raw
     score = document["paths"]["/v1/fraud-score"]["post"]
     assert {"200", "400", "403", "413", "415", "422", "429", "503"} <= set(score["responses"])
     assert document["components"]["securitySchemes"]["ApiKey"]["name"] == "X-API-Key"

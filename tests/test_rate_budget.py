@@ -139,7 +139,8 @@ def test_forked_workers_spend_one_budget_atomically():
 
 # --- The routing table ---------------------------------------------------------------------------
 
-EXEMPT = {"/health", "/metrics"}  # ALB checks and internal scrapes: never limited
+# ALB checks, Kubernetes probes (V2's live and ready) and internal scrapes: never limited
+EXEMPT = {"/health", "/v2/health/live", "/v2/health/ready", "/metrics"}
 ZONES = ("limit_req zone=per_ip ", "limit_req zone=per_key ")
 
 
@@ -258,6 +259,8 @@ def test_every_scoring_route_spends_the_row_budget(settings, model):
         "/v1/fraud-score/batch",
         "/v1/fraud-score/by-id",
         "/v1/fraud-score/by-id/batch",
+        "/v2/models/{name}/infer",
+        "/v2/models/{name}/versions/{version}/infer",
     ]
 
 
@@ -283,7 +286,7 @@ def test_the_walk_fails_for_a_route_added_without_a_limit(settings, model):
     ]
     exempted = template.replace('        /metrics "";\n', '        /metrics "";\n        /v1/new-score "";\n', 1)
     assert unlimited_in_nginx(exempted, []) == [
-        "$limit_per_key does not count ['/health', '/metrics', '/v1/new-score']"
+        "$limit_per_key does not count ['/health', '/metrics', '/v1/new-score', '/v2/health/live', '/v2/health/ready']"
     ]
 
 
@@ -305,3 +308,21 @@ def test_single_and_batch_routes_spend_from_the_callers_key(settings, model):
     assert post("/v1/fraud-score/batch", {"transactions": [sample_transaction()]}, OTHER_KEY).status_code == 429
     # A wrong key is refused before it can spend anyone's budget.
     assert post("/v1/fraud-score", sample_transaction(), "x" * 20).status_code == 403
+
+
+def test_v2_inference_spends_its_rows_from_the_callers_key(settings, model):
+    """The V2 route spends the same budget as the batch route, by rows; its 429 has the protocol's shape."""
+    budget = RowBudget(2, per_second=1, burst=0, clock=lambda: T0)
+    client = falcon.testing.TestClient(create_app(settings, model, budget=budget))
+    row = list(sample_transaction().values())
+    request = {"inputs": [{"name": "features", "shape": [4, 30], "datatype": "FP64", "data": [row] * 4}]}
+
+    def infer(key: str) -> falcon.testing.Result:
+        return client.simulate_post("/v2/models/fraud/infer", json=request, headers={"X-API-Key": key})
+
+    assert infer(TEST_KEY).status_code == 200
+    refused = client.simulate_post("/v1/fraud-score", json=sample_transaction(), headers={"X-API-Key": TEST_KEY})
+    assert refused.status_code == 429 and refused.headers["Retry-After"] == "4"  # 4 rows at 1 row/s
+    v2_refused = infer(TEST_KEY)
+    assert v2_refused.status_code == 429 and list(v2_refused.json) == ["error"]
+    assert infer(OTHER_KEY).status_code == 200

@@ -16,6 +16,7 @@ from service.schema import (
     SCHEMA_FILE,
     TransactionValidator,
     batch_document,
+    compile_batch_of_flat_numbers,
     compile_flat_numbers,
     load_schema_document,
     sample_transaction,
@@ -80,9 +81,47 @@ def test_batch_validator_agrees_with_reference(items):
     assert BATCH_VALIDATOR.is_valid(body) == BATCH_REFERENCE.is_valid(body)
 
 
+# Mostly valid batches, so that the one-pass reader (service/_rows.c) decides most of them itself:
+# plain floats and ints, now and then one value that is not (a bool, a string, a huge integer, a
+# value just past the float32 bound, a missing field).
+plain_values = st.floats(-FLT_MAX, FLT_MAX) | st.integers(-(2**53), 2**53)
+odd_values = st.sampled_from(
+    [True, False, None, "1", [], {}, 2**53 + 1, -(2**60), 2**70, math.nextafter(FLT_MAX, math.inf), -1e300]
+)
+
+
+@st.composite
+def plain_batches(draw):
+    items = [{name: draw(plain_values) for name in FEATURES} for _ in range(draw(st.integers(0, 4)))]
+    if items and draw(st.booleans()):
+        item = draw(st.sampled_from(items))
+        name = draw(st.sampled_from(FEATURES))
+        if draw(st.booleans()):
+            item[name] = draw(odd_values)
+        else:
+            del item[name]
+    if items and draw(st.booleans()):
+        items[draw(st.integers(0, len(items) - 1))] = draw(json_values)
+    return {"transactions": items}
+
+
+@settings(max_examples=1500, suppress_health_check=[HealthCheck.too_slow])
+@given(plain_batches())
+def test_batch_reader_agrees_with_reference_and_reads_every_value(body):
+    matrix = BATCH_VALIDATOR.matrix(body)
+    assert (matrix is not None) == BATCH_REFERENCE.is_valid(body)
+    if matrix is not None:
+        expected = [[float(item[name]) for name in FEATURES] for item in body["transactions"]]
+        assert matrix.shape == (len(expected), len(FEATURES))
+        assert matrix.tolist() == expected
+
+
 def test_the_transaction_schema_gets_the_specialised_check_and_others_do_not():
     assert compile_flat_numbers(DOCUMENT) is not None
     assert compile_flat_numbers(BATCH_DOCUMENT) is None
+    assert BATCH_VALIDATOR.matrix is not None and VALIDATOR.matrix is None
+    for changed in ({"additionalProperties": False}, {"minProperties": 2}, {"required": []}):
+        assert compile_batch_of_flat_numbers(BATCH_DOCUMENT | changed) is None
     for changed in ({"additionalProperties": False}, {"required": ["V1"]}, {"minProperties": 2}):
         assert compile_flat_numbers(DOCUMENT | changed) is None
     one_string = {**DOCUMENT["properties"], "V1": {"type": "string"}}

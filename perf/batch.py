@@ -1,0 +1,136 @@
+"""`make perf`'s many-rows scenarios: 1,000-row requests at 4 connections, as a JSON batch
+(POST /v1/fraud-score/batch), as a V2 inference request with JSON data, and as one with Triton's
+binary tensor data (what tritonclient sends by default: FP64 in, every output binary out).
+
+The three alternate round by round, so that all see the same background load. Each reports rows
+per second through nginx and, when the stack is local, the application's CPU per row: the
+gunicorn workers' user + system time over the run (from /proc), divided by the rows scored."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from perf import memory, stats, wrk
+from perf.report import Target
+from service.v2 import HEADER_LENGTH, INPUT, MODEL_NAME
+
+ROWS = 1000
+CONNECTIONS = 4
+SCENARIOS = ("batch", "v2-json", "v2-binary")
+CPU_PER_ROW_TARGET_US = 5.0
+V2_BINARY_TARGET = 5.0  # × today's JSON batch rows/s
+TICKS = os.sysconf("SC_CLK_TCK")
+V2_PATH = f"/v2/models/{MODEL_NAME}/infer"
+
+
+def write_files(directory: Path, X: np.ndarray, transactions: list[bytes]) -> dict[str, Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    X = np.ascontiguousarray(X[:ROWS], dtype=np.float64)
+    n = len(X)
+    as_json = {"inputs": [{"name": INPUT, "shape": [n, X.shape[1]], "datatype": "FP64", "data": X.ravel().tolist()}]}
+    header = orjson.dumps(
+        {
+            "inputs": [
+                {
+                    "name": INPUT,
+                    "shape": [n, X.shape[1]],
+                    "datatype": "FP64",
+                    "parameters": {"binary_data_size": X.nbytes},
+                }
+            ],
+            "parameters": {"binary_data_output": True},
+        }
+    )
+    return {
+        "batch": wrk.write_request_file(
+            directory / "batch.requests",
+            "POST",
+            "/v1/fraud-score/batch",
+            [b'{"transactions":[' + b",".join(transactions[:ROWS]) + b"]}"],
+        ),
+        "v2-json": wrk.write_request_file(directory / "v2-json.requests", "POST", V2_PATH, [orjson.dumps(as_json)]),
+        "v2-binary": wrk.write_raw_request_file(
+            directory / "v2-binary.requests",
+            "POST",
+            V2_PATH,
+            header + X.astype("<f8").tobytes(),
+            {HEADER_LENGTH: str(len(header)), "Content-Type": "application/octet-stream"},
+        ),
+    }
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # a worker that exited: its time is lost, and the run says so below
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / TICKS
+
+
+def measure(
+    url: str, files: dict[str, Path], key: str, rounds: int, seconds: float, master_pid: int | None
+) -> dict[str, Any]:
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in SCENARIOS}
+    for _ in range(rounds):
+        for name in SCENARIOS:
+            workers = memory.children(master_pid) if master_pid else []
+            before = cpu_seconds(workers)
+            result = wrk.run(wrk.Scenario(name, CONNECTIONS, seconds), url, files[name], key)
+            if workers:
+                same = memory.children(master_pid) == workers
+                result["app_cpu_us_per_row"] = (
+                    (cpu_seconds(workers) - before) * 1e6 / (result["requests"] * ROWS) if same else None
+                )
+            runs[name].append(result)
+    summary = {}
+    for name, results in runs.items():
+        cpu = [r["app_cpu_us_per_row"] for r in results if r.get("app_cpu_us_per_row") is not None]
+        summary[name] = {
+            "rows_per_s": stats.median(r["rps"] * ROWS for r in results),
+            "requests": sum(r["requests"] for r in results),
+            "failed": sum(r["failed"] for r in results),
+            "p99_ms": stats.median(r["latency_ms"]["p99"] for r in results),
+            "app_cpu_us_per_row": stats.median(cpu) if cpu else None,
+            "rounds": results,
+        }
+    summary["v2_binary_vs_batch"] = stats.median(
+        b["rps"] / j["rps"] for j, b in zip(runs["batch"], runs["v2-binary"], strict=True)
+    )
+    return summary
+
+
+def targets(found: dict[str, Any]) -> list[Target]:
+    batch = found["batch"]
+    cpu = batch["app_cpu_us_per_row"]
+    ratio = found["v2_binary_vs_batch"]
+    return [
+        Target(
+            "JSON batch, 1,000 rows, 4 connections: app CPU per row",
+            f"{cpu:.2f} µs ({batch['rows_per_s']:,.0f} rows/s)" if cpu is not None else "not measured (--url)",
+            f"≤ {CPU_PER_ROW_TARGET_US:g} µs",
+            cpu is not None and cpu <= CPU_PER_ROW_TARGET_US,
+        ),
+        Target(
+            "V2 binary ÷ JSON batch rows/s, same run (goal: ≥ 5× the base's JSON batch: × perf-compare's batch ratio)",
+            f"{ratio:.2f}× ({found['v2-binary']['rows_per_s']:,.0f} vs {batch['rows_per_s']:,.0f} rows/s)",
+            f"≥ {V2_BINARY_TARGET:g}× the base's batch",
+            ratio >= V2_BINARY_TARGET,
+        ),
+    ]
+
+
+def lines(found: dict[str, Any]) -> list[str]:
+    out = []
+    for name in SCENARIOS:
+        s = found[name]
+        cpu = "" if s["app_cpu_us_per_row"] is None else f", app CPU {s['app_cpu_us_per_row']:.2f} µs/row"
+        out.append(f"{name}: {s['rows_per_s']:,.0f} rows/s, p99 {s['p99_ms']:.1f} ms{cpu}, {s['failed']} failed")
+    return out
