@@ -18,6 +18,7 @@ sets the header, and it replaces one a client sends. docs/operations.md#deadline
 
 from __future__ import annotations
 
+import functools
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -33,8 +34,10 @@ from service.settings import DEADLINE_MAX_MS, DEADLINE_MIN_MS
 # answer still has to go back through nginx. A request with less left would be answered late.
 RESERVE_MS = 2.0
 RETRY_AFTER_SECONDS = "1"
-# Only the API's routes are shed: health checks, metrics and the docs always answer.
+# Only the API's routes are shed: health checks (the V2 probes too), metrics and the docs always answer.
 SHED_PREFIXES = ("/v1/", "/v2/")
+NEVER_SHED_PREFIXES = ("/v2/health/",)
+ROUTES_REMEMBERED = 4096  # paths resolved to their route template; templated paths repeat
 # Where the wall-clock time a request's answer is due is left for code that waits inside it.
 DUE = "fraud.due"
 
@@ -59,9 +62,27 @@ def budget_ms(header: str | None, default_ms: int) -> int:
     return min(max(asked, DEADLINE_MIN_MS), DEADLINE_MAX_MS)
 
 
+def guarded(template: str) -> bool:
+    return template.startswith(SHED_PREFIXES) and not template.startswith(NEVER_SHED_PREFIXES)
+
+
 def guarded_routes(app: falcon.App) -> frozenset[str]:
-    """The app's API routes (read once, where the app is built)."""
-    return frozenset(r.path for r in falcon.inspect.inspect_routes(app) if r.path.startswith(SHED_PREFIXES))
+    """The route templates of the app that are guarded (what the tests walk)."""
+    return frozenset(r.path for r in falcon.inspect.inspect_routes(app) if guarded(r.path))
+
+
+def route_of(app: falcon.App) -> Callable[[str], str | None]:
+    """A request path's guarded route template, or None: resolved by the app's own router, so that
+    templated paths (`/v2/models/fraud/infer`) are guarded as their template is, and remembered."""
+    find = app._router.find
+
+    @functools.lru_cache(maxsize=ROUTES_REMEMBERED)
+    def route(path: str) -> str | None:
+        found = find(path)
+        template = found[3] if found else None
+        return template if template and guarded(template) else None
+
+    return route
 
 
 class Deadlines:
@@ -78,7 +99,7 @@ class Deadlines:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._app = app
-        self._routes = guarded_routes(app)
+        self._route = route_of(app)
         self._default_ms = default_ms
         self._observe_wait = observe_wait
         self._count_shed = count_shed
@@ -86,8 +107,10 @@ class Deadlines:
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         stamp = environ.get("HTTP_X_REQUEST_START")
-        route = environ.get("PATH_INFO")
-        if stamp is None or route not in self._routes:
+        if stamp is None:
+            return self._app(environ, start_response)
+        route = self._route(environ.get("PATH_INFO") or "/")
+        if route is None:
             return self._app(environ, start_response)
         now = self._clock()
         try:

@@ -36,11 +36,29 @@ def api_routes(stack) -> list[tuple[str, str]]:
     ]
 
 
+def concrete(template: str, stack) -> str:
+    """A real request path for a route template: the model's name and version filled in."""
+    model = load_model(stack.settings)
+    return template.replace("{name}", "fraud").replace("{version}", model.version)
+
+
 def test_every_api_route_is_guarded(stack):
     routes = api_routes(stack)
     assert {path for _, path in routes} >= {"/v1/fraud-score", "/v1/fraud-score/batch", "/v1/model-info"}
+    assert "/v2/models/{name}/infer" in {path for _, path in routes}
     for method, path in routes:
-        assert_refused_unread(stack, method, path)
+        assert_refused_unread(stack, method, concrete(path, stack))
+
+
+def test_probes_are_never_shed(stack):
+    for path in ("/health", "/v2/health/live", "/v2/health/ready"):
+        upstream = Upstream(stack.socket)
+        try:
+            upstream.send_head("GET", path, {"X-Request-Start": f"{time.time() - 10:.3f}"})
+            status, _, body = upstream.read_reply()
+        finally:
+            upstream.close()
+        assert status == 200, (path, body)
 
 
 def assert_refused_unread(stack, method: str, path: str) -> None:
