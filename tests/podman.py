@@ -133,12 +133,20 @@ def pip_config_paths() -> list[Path]:
     return sorted(paths)
 
 
+HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+MOUNTED_CA_BUNDLE = "/run/host-ca-certificates.crt"  # outside /etc/ssl: the image's packages write there
+
+
 def build_volumes() -> list[str]:
-    """Read-only: the CA bundle and pip configuration. Read-write: pip's and apt's download caches, so
-    that a rebuild after a change does not download the test stage's packages again."""
-    paths = sorted({Path("/etc/ssl/certs"), *pip_config_paths()})
+    """Read-only: the host's CA bundle (for pip, as PIP_CERT: see build_stage) and pip configuration.
+    Read-write: pip's and apt's download caches, so that a rebuild after a change does not download
+    the test stage's packages again. /etc/ssl itself stays the image's: installing Java writes its
+    keystore under /etc/ssl/certs."""
+    paths = sorted(p for p in pip_config_paths() if not p.is_relative_to("/etc/ssl"))
     outermost = [p for p in paths if p.exists() and not any(p != q and p.is_relative_to(q) for q in paths)]
     volumes = [f"-v={p}:{p}:ro" for p in outermost]
+    if HOST_CA_BUNDLE.exists():
+        volumes.append(f"-v={HOST_CA_BUNDLE}:{MOUNTED_CA_BUNDLE}:ro")
     for name, target in (("pip", "/root/.cache/pip"), ("apt", "/var/cache/apt/archives")):
         (CACHE / name).mkdir(parents=True, exist_ok=True)
         volumes.append(f"-v={CACHE / name}:{target}")
@@ -149,6 +157,8 @@ def build_stage(stage: str, images: dict[str, str], tag: str | None = None) -> f
     start = time.monotonic()
     args = ["build", "--format", "docker", "--network", "host", "--target", stage, *build_volumes()]
     args += ["--build-arg", f"PYTHON_IMAGE={images['PYTHON_IMAGE']}", "-f", str(ROOT / "Dockerfile")]
+    if HOST_CA_BUNDLE.exists():
+        args += ["--build-arg", f"PIP_CERT={MOUNTED_CA_BUNDLE}"]
     args += ["-t", tag or f"localhost/fraud-scoring-{stage}:container-test", str(ROOT)]
     result = podman(*args, check=False, timeout=3600)
     if result.returncode != 0:
