@@ -308,7 +308,8 @@ def call_upstream(socket_path: Path, method: str, path: str, stamp: float | None
         if method == "POST":
             head |= {"Content-Type": "application/json", "Content-Length": str(len(body))}
         upstream.send_head(method, path, head)
-        upstream.sock.sendall(body)
+        if body:  # a worker may answer a bodiless request and close before an empty send
+            upstream.sock.sendall(body)
         return upstream.read_reply()
     finally:
         upstream.close()
