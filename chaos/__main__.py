@@ -5,6 +5,8 @@ service/stack.py, the default model), on loopback, each scenario bounded in time
   SIGTERM to the launcher  in-flight requests finish: nothing is cut mid-response
   max_requests recycling   workers restart under load: no failed request
   slow body                a client dribbling its body holds no worker, and is cut when it stalls
+  overload                 1,024 callers resending at once for 2 workers: every answer a 200 or a
+                           documented 503 within the deadline + 10 ms, none timed out; then back to normal
 
 Load comes from wrk (Debian package), as in the perf harness; the SIGTERM scenario uses a small
 client of its own because it must tell a refused connection (never processed, safe to retry) from a
@@ -28,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from chaos.load import Clients, finish_wrk, start_wrk, wrk_script
+from perf import wrk
 from service import harness
 from service.schema import sample_transaction
 from service.stack import ROOT, Stack, http_get
@@ -200,6 +203,43 @@ def slow_body(bench: Bench, seconds: int, connections: int) -> Row:
     )
 
 
+def overload(bench: Bench, seconds: int, connections: int) -> Row:
+    """Far more callers than workers (closed loop, each resending the moment it is answered)."""
+    stack = bench.stack("overload")
+    callers = 1024
+    try:
+        files = wrk.write_requests(bench.work / "overload", [SAMPLE.encode()])
+        url = stack.base_url
+
+        def run(connections: int, seconds: float) -> dict:
+            return wrk.run(wrk.Scenario("score", connections, seconds, classify=True), url, files["score"], bench.key)
+
+        before = run(connections, 3)
+        during = run(callers, seconds)
+        after = run(connections, 3)
+    finally:
+        stack.stop()
+    deadline_ms = stack.settings.request_deadline_ms
+    kinds = during["kinds"]
+    failures = sum(during["errors"][k] for k in wrk.SOCKET_ERRORS) + kinds.get("other_5xx", 0) + kinds.get("other", 0)
+    scored = kinds.get("ok", 0) / seconds / before["rps"]
+    back = after["kinds"].get("ok", 0) == after["requests"] and after["latency_ms"]["p99"] <= max(
+        2 * before["latency_ms"]["p99"], 10.0
+    )
+    on_time = during["latency_ms"]["p99"] <= deadline_ms + 10
+    return Row(
+        "overload (closed loop)",
+        f"wrk {callers} conn, {seconds} s",
+        during["requests"],
+        failures,
+        f"p99 {after['latency_ms']['p99']:.1f} ms after (before {before['latency_ms']['p99']:.1f})",
+        failures == 0 and on_time and back,
+        f"p99 {during['latency_ms']['p99']:.1f} ms (deadline {deadline_ms} + 10); scored {100 * scored:.0f} % of "
+        f"the {before['rps']:.0f}/s measured at {connections} conn; {kinds.get('deadline', 0)} deadline_exceeded, "
+        f"{kinds.get('unavailable', 0)} unavailable (backlog full), both 503 with Retry-After",
+    )
+
+
 def table(rows: list[Row]) -> str:
     head = ("fault", "load", "requests", "failures", "recovery", "result")
     cells = [head] + [
@@ -226,7 +266,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="fraud-chaos-"))
     bench = Bench(model, args.workers, work)
     rows = []
-    for scenario in (kill_a_worker, sigterm_the_stack, recycle_workers, slow_body):
+    for scenario in (kill_a_worker, sigterm_the_stack, recycle_workers, slow_body, overload):
         print(f"running: {scenario.__name__} …", file=sys.stderr, flush=True)
         n = args.connections // 2 if scenario is sigterm_the_stack else args.connections
         rows.append(scenario(bench, args.seconds, n))

@@ -27,7 +27,7 @@ import numpy as np
 import orjson
 
 from model import synthetic
-from perf import baseline, batch, bulk, by_id, chart, lifecycle, memory, micro, report, stats, wrk
+from perf import baseline, batch, bulk, by_id, chart, lifecycle, memory, micro, overload, report, stats, wrk
 from service import harness
 from service.artifacts import ArtifactPaths, read_manifest
 from service.features import FEATURES
@@ -176,6 +176,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=4.0, help="length of each closed-loop round (default 4)")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per connection count (default 3)")
     parser.add_argument("--open-seconds", type=float, default=15.0, help="length of each fixed-rate run (default 15)")
+    parser.add_argument("--overload-seconds", type=float, default=20.0, help="length of each overload run (default 20)")
+    parser.add_argument(
+        "--after-seconds", type=float, default=10.0, help="the 50 %% run right after the overload (default 10)"
+    )
+    parser.add_argument(
+        "--deadline-ms", type=int, default=150, help="with --url: the service's REQUEST_DEADLINE_MS (default 150)"
+    )
     parser.add_argument("--baseline", type=Path, default=ROOT / "perf" / "baseline.json")
     parser.add_argument("--write-baseline", action="store_true", help="record this run's ratios as the baseline")
     parser.add_argument("--results-dir", type=Path, default=ROOT / "perf" / "results")
@@ -249,6 +256,18 @@ def main(argv: list[str] | None = None) -> int:
                 bare.stop()
         capacity = results["closed_loop"]["score c64"]["rps"]
         results["open_loop"] = open_loop(url, files, key, capacity, args.open_seconds)
+        log(f"overload: open loop at {100 * overload.OVERLOAD:.0f} %, then {100 * overload.AFTER:.0f} %; closed loop")
+        results["overload"] = overload.measure(
+            url,
+            files["score"],
+            key,
+            capacity,
+            results["open_loop"]["50"]["latency_ms"]["p99"],
+            args.overload_seconds,
+            args.after_seconds,
+            log,
+        )
+        deadline_ms = stack.settings.request_deadline_ms if stack else float(args.deadline_ms)
         log(f"many rows: {batch.ROWS}-row requests at {batch.CONNECTIONS} connections (JSON batch, V2 JSON, V2 binary)")
         batch_files = batch.write_files(files["score"].parent / "batch", X, bodies)
         results["batch"] = batch.measure(
@@ -298,6 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     results["machine"]["load_average_after"] = os.getloadavg()
     results["ratios"] = baseline.ratios(results)
     found = report.targets(results) + batch.targets(results["batch"])
+    found += overload.targets(results.get("overload"), deadline_ms)
     results["targets"] = [t.__dict__ for t in found]
     failures = report.hard_failures(results)
     failures += [

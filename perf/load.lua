@@ -1,7 +1,7 @@
 -- wrk script for `make perf`: replays prepared requests over keep-alive connections and prints
 -- its figures as one JSON line prefixed "PERF_RESULT ", which perf/loadgen.py reads.
 --
---   wrk ... -s perf/load.lua URL -- REQUESTS_FILE [RATE_PER_THREAD]
+--   wrk ... -s perf/load.lua URL -- REQUESTS_FILE [RATE_PER_THREAD] [classify]
 --
 -- REQUESTS_FILE: first line "METHOD PATH", then one request body per line (none for a GET).
 -- Bodies are rotated, so the forest walks different paths as it would in production. The first
@@ -9,8 +9,13 @@
 -- one body of raw bytes (binary tensor data may hold newlines).
 -- The API key comes from the environment (PERF_API_KEY), so it never shows in `ps`.
 --
--- Without a rate, wrk runs closed loop: each connection sends its next request as soon as the
--- previous answer arrives, and wrk's own histogram gives the latencies.
+-- Without a rate (or with rate 0), wrk runs closed loop: each connection sends its next request as
+-- soon as the previous answer arrives, and wrk's own histogram gives the latencies. wrk counts every
+-- status from 400 up as an error; with "classify" the script also sorts the answers (below).
+--
+-- Answers are sorted into kinds: ok (2xx), deadline (503 deadline_exceeded, the app's refusal of a
+-- request that waited its budget out), unavailable (nginx's 503: no worker could take it), other_5xx
+-- and other (any other status). At a fixed rate every answer's kind and time are recorded too.
 --
 -- With a rate, sends follow a fixed schedule (one slot every 1/RATE s per thread), whatever the
 -- server does. A connection that comes free takes the next slot and waits for it; if it comes
@@ -41,8 +46,28 @@ local next_slot = nil           -- µs of the next slot not yet given to a conne
 local waiting = {}              -- slots given to connections that have not sent yet (FIFO)
 local wait_head, wait_tail = 1, 0
 latencies = {}                  -- open loop: µs per answer, read by done() via thread:get
+kinds = {}                      -- open loop: each answer's kind (an index into KINDS)
+answered = {}                   -- open loop: each answer's arrival (µs, monotonic)
+kind_counts = {0, 0, 0, 0, 0}   -- answers by kind
 non_2xx, unmatched, sent = 0, 0, 0
 first_send, last_answer, final_slot = 0, 0, 0
+
+local KINDS = { "ok", "deadline", "unavailable", "other_5xx", "other" }
+
+local function kind_of(status, body)
+  if status >= 200 and status <= 299 then return 1 end
+  if status == 503 and body then
+    if body:find("deadline_exceeded", 1, true) then return 2 end
+    if body:find('"unavailable"', 1, true) then return 3 end
+  end
+  if status >= 500 then return 4 end
+  return 5
+end
+
+local function classify(status, _, body)
+  local kind = kind_of(status, body)
+  kind_counts[kind] = kind_counts[kind] + 1
+end
 
 function init(args)
   local file = assert(io.open(args[1]), "cannot open " .. tostring(args[1]))
@@ -68,13 +93,14 @@ function init(args)
   if #requests > 0 then headers["Content-Type"] = "application/json" end
   for name, value in pairs(given) do headers[name] = value end
   n_requests = #requests
-  if args[2] then
+  if args[2] and tonumber(args[2]) > 0 then
     interval_us = 1000000 / tonumber(args[2])
   else
     -- Closed loop: format every request once; request() only picks the next one.
     if n_requests == 0 then requests[1] = wrk.format(method, path, headers) n_requests = 1
     else for i = 1, n_requests do requests[i] = wrk.format(method, path, headers, requests[i]) end end
-    response = nil -- wrk then skips parsing answers' headers and bodies
+    -- Without classify, wrk then skips parsing answers' headers and bodies.
+    response = args[3] == "classify" and classify or nil
     delay = nil
   end
 end
@@ -113,9 +139,16 @@ end
 function response(status, answer_headers, body)
   local now = now_us()
   if status < 200 or status > 299 then non_2xx = non_2xx + 1 end
+  local kind = kind_of(status, body)
+  kind_counts[kind] = kind_counts[kind] + 1
   local id = answer_headers["X-Request-ID"] or answer_headers["x-request-id"] or ""
   local start = tonumber(id:match("^perf%-(%d+)$"))
-  if start then latencies[#latencies + 1] = now - start else unmatched = unmatched + 1 end
+  if start then
+    local n = #latencies + 1
+    latencies[n], kinds[n], answered[n] = now - start, kind, now
+  else
+    unmatched = unmatched + 1
+  end
   last_answer = now
 end
 
@@ -144,13 +177,23 @@ function done(summary, latency, _)
   end
   fields[#fields + 1] = '"wrk_latency_us":{' .. table.concat(percentiles, ",") ..
       string.format(',"min":%d,"max":%d,"mean":%.1f}', latency.min, latency.max, latency.mean)
+  local counts = { 0, 0, 0, 0, 0 }
+  for _, thread in ipairs(threads) do
+    local c = thread:get("kind_counts")
+    for k = 1, #KINDS do counts[k] = counts[k] + c[k] end
+  end
+  local by_kind = {}
+  for k, name in ipairs(KINDS) do by_kind[k] = string.format('"%s":%d', name, counts[k]) end
+  fields[#fields + 1] = '"kinds":{' .. table.concat(by_kind, ",") .. "}"
   if threads[1] and threads[1]:get("latencies") and threads[1]:get("sent") > 0 then
     local per_thread = {}
     for i, thread in ipairs(threads) do
       per_thread[i] = string.format(
-        '{"sent":%d,"non_2xx":%d,"unmatched":%d,"first_send_us":%d,"last_answer_us":%d,"final_slot_us":%d,"latencies_us":%s}',
+        '{"sent":%d,"non_2xx":%d,"unmatched":%d,"first_send_us":%d,"last_answer_us":%d,"final_slot_us":%d,' ..
+        '"latencies_us":%s,"kinds":%s,"answered_us":%s}',
         thread:get("sent"), thread:get("non_2xx"), thread:get("unmatched"), thread:get("first_send"),
-        thread:get("last_answer"), thread:get("final_slot"), json_array(thread:get("latencies")))
+        thread:get("last_answer"), thread:get("final_slot"), json_array(thread:get("latencies")),
+        json_array(thread:get("kinds")), json_array(thread:get("answered")))
     end
     fields[#fields + 1] = '"open_loop":[' .. table.concat(per_thread, ",") .. "]"
   end

@@ -28,6 +28,7 @@ ENDPOINTS = {
 # Percentiles drawn on the chart; wrk's histogram gives these for closed-loop runs.
 CHART_POINTS = (50.0, 75.0, 90.0, 99.0, 99.9, 99.99)
 SOCKET_ERRORS = ("connect", "read", "write", "timeout")
+KINDS = ("ok", "deadline", "unavailable", "other_5xx", "other")  # load.lua's kinds of answer, in its order
 TIMEOUT = "10s"  # above nginx's 10 s proxy timeouts: a slow answer is measured, not dropped
 
 
@@ -37,6 +38,7 @@ class Scenario:
     connections: int
     duration_s: float
     rate: float | None = None  # requests per second; None runs closed loop
+    classify: bool = False  # closed loop: also sort the answers by kind (load.lua), at a small cost
 
     @property
     def threads(self) -> int:
@@ -94,6 +96,8 @@ def command(scenario: Scenario, base_url: str, requests_file: Path) -> list[str]
     ]
     if scenario.rate:
         args.append(f"{scenario.rate / scenario.threads:.3f}")  # the script's rate is per thread
+    elif scenario.classify:
+        args += ["0", "classify"]
     return args
 
 
@@ -139,13 +143,27 @@ def summarize(raw: Mapping[str, Any], scenario: Scenario) -> dict[str, Any]:
         answered = raw["requests"]
     result["requests"] = answered
     result["rps"] = answered / seconds
+    result["kinds"] = raw.get("kinds", {})
     result["errors"] = errors
     result["failed"] = sum(errors.values())
     return result
 
 
-def run(scenario: Scenario, base_url: str, requests_file: Path, api_key: str) -> dict[str, Any]:
-    """Runs wrk once; adds the generator's CPU use (cores) to the summary."""
+def answers(raw: Mapping[str, Any]) -> list[tuple[int, int, str]]:
+    """A fixed-rate run's answers in arrival order: (arrival µs, latency µs, kind)."""
+    found = [
+        (at, latency, KINDS[kind - 1])
+        for thread in raw["open_loop"]
+        for at, latency, kind in zip(thread["answered_us"], thread["latencies_us"], thread["kinds"], strict=True)
+    ]
+    return sorted(found)
+
+
+def run(
+    scenario: Scenario, base_url: str, requests_file: Path, api_key: str, keep_answers: bool = False
+) -> dict[str, Any]:
+    """Runs wrk once; adds the generator's CPU use (cores) to the summary, and with `keep_answers`
+    every answer of a fixed-rate run (see answers())."""
     if not shutil.which("wrk"):
         raise RuntimeError("wrk is not installed: `make perf` installs it (apt-get install wrk)")
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -165,4 +183,6 @@ def run(scenario: Scenario, base_url: str, requests_file: Path, api_key: str) ->
     result = summarize(raw, scenario)
     cpu_s = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     result["generator_cpu_cores"] = cpu_s / (raw["duration_us"] / 1e6)
+    if keep_answers:
+        result["answers"] = answers(raw)
     return result

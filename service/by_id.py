@@ -11,6 +11,7 @@ import falcon
 from service.auth import ApiKeys
 from service.body import decode
 from service.budget import RowBudget
+from service.deadline import time_left_s
 from service.errors import ApiError, invalid_body
 from service.feature_record import RecordError, as_transaction, decode_record
 from service.feature_store import FeatureStore, StoreUnavailable
@@ -28,11 +29,13 @@ class StoredRows:
 
     def __init__(self, store: FeatureStore, transaction: TransactionValidator) -> None:
         self._fetch = store.fetch
+        self._timeout_s = store.config.timeout_s
         self._transaction = transaction
 
-    def rows(self, ids: list[str]) -> list[tuple[float, ...]]:
+    def rows(self, ids: list[str], env: dict) -> list[tuple[float, ...]]:
+        """`env` is the request's WSGI environ: the lookup waits no longer than its deadline allows."""
         try:
-            records = self._fetch(ids)
+            records = self._fetch(ids, time_left_s(env, self._timeout_s))
         except StoreUnavailable as e:
             raise ApiError(
                 falcon.HTTP_503, "feature_store_unavailable", str(e), headers={"Retry-After": STORE_RETRY_AFTER_SECONDS}
@@ -76,7 +79,7 @@ class ByIdScoreResource:
         if not self._request.is_valid(body):
             raise invalid_body(self._request.violations(body))
         transaction_id = body[ID_FIELD]
-        (row,) = self._stored.rows([transaction_id])
+        (row,) = self._stored.rows([transaction_id], req.env)
         rid = request_id(req, self._scoring)
         explain = wants_explanation(req, self._scoring)
         result = self._scoring.one_explained(row, rid) if explain else self._scoring.one(row, rid)
@@ -109,7 +112,7 @@ class ByIdBatchResource:
         self._budget.spend(key, len(ids) if isinstance(ids, list) else 1)
         if not self._request.is_valid(body):
             raise invalid_body(self._request.violations(body))
-        results = self._scoring.many(self._stored.rows(ids), explain, request_id(req, self._scoring))
+        results = self._scoring.many(self._stored.rows(ids, req.env), explain, request_id(req, self._scoring))
         for transaction_id, result in zip(ids, results, strict=True):
             result[ID_FIELD] = transaction_id
         respond(resp, {"results": results, "model-version": self._scoring.version})

@@ -64,6 +64,7 @@ class FeatureStore:
         self._observe = observe_fetch  # metrics: fetch latency and misses
         self._client: redis.Redis | None = None
         self._pid = 0
+        self._timeout_s = config.timeout_s  # what the connection's socket is set to now
 
     def _connection(self) -> redis.Redis:
         pid = os.getpid()
@@ -71,17 +72,31 @@ class FeatureStore:
             # A client made in another process (the master, before fork) is dropped unused.
             self._client = connect(self.config)
             self._pid = pid
+            self._timeout_s = self.config.timeout_s
         return self._client
+
+    def _bound(self, client: redis.Redis, timeout_s: float) -> None:
+        """This call's timeout (the smaller of the store's and the request's time left) on the one
+        connection: its socket now, and a reconnect's. Touched only when it changes."""
+        if timeout_s == self._timeout_s:
+            return
+        connection = client.connection  # single_connection_client: the one connection
+        connection.socket_timeout = connection.socket_connect_timeout = timeout_s
+        if connection._sock is not None:  # redis-py keeps the socket there; no public setter
+            connection._sock.settimeout(timeout_s)
+        self._timeout_s = timeout_s
 
     def key(self, transaction_id: str) -> bytes:
         return self._prefix + transaction_id.encode()
 
-    def fetch(self, transaction_ids: Sequence[str]) -> list[bytes | None]:
-        """The stored records of these ids, in order (None where there is none): one round trip."""
+    def fetch(self, transaction_ids: Sequence[str], timeout_s: float | None = None) -> list[bytes | None]:
+        """The stored records of these ids, in order (None where there is none): one round trip,
+        waiting at most `timeout_s` (default: the store's timeout)."""
         keys = [self.key(i) for i in transaction_ids]
         started = time.perf_counter()
         try:
             client = self._connection()
+            self._bound(client, self.config.timeout_s if timeout_s is None else timeout_s)
             records = [client.get(keys[0])] if len(keys) == 1 else client.mget(keys)
         except (redis.ConnectionError, redis.TimeoutError) as e:
             raise StoreUnavailable(f"the feature store did not answer: {type(e).__name__}") from e

@@ -68,6 +68,20 @@ MODEL_INFO = Gauge(
     ["version"],
     multiprocess_mode="livemax",
 )
+# Queue waits from nginx's stamp to a worker: well under a millisecond idle, the deadline's
+# reserve to its clamp under overload.
+QUEUE_WAIT_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0)
+QUEUE_WAIT = Histogram(
+    "fraud_queue_wait_seconds",
+    "Time from nginx handing a request on to a worker starting it (socket backlog, busy workers), by route",
+    ["route"],
+    buckets=QUEUE_WAIT_BUCKETS,
+)
+SHED = Counter(
+    "fraud_deadline_exceeded_total",
+    "Requests refused with 503 deadline_exceeded, unread, because their budget was spent waiting",
+    ["route"],
+)
 CHALLENGER_SCORES = Histogram(
     "fraud_challenger_score", "The challenger's fraud scores of the same transactions (0-100)", buckets=SCORE_BUCKETS
 )
@@ -430,6 +444,21 @@ def record_request(route: str | None, method: str, status: int, elapsed: float) 
     Labels are bounded: the route template (or "unmatched"), a known method (or "other") and the
     status code. Each label combination's samples are looked up once."""
     _record_request((route or "unmatched", method if method in METHODS else "other", status), elapsed)
+
+
+class ByRoute:
+    """One labelled child's method per route, looked up once: `ByRoute(QUEUE_WAIT, "observe")`."""
+
+    def __init__(self, metric: Any, method: str) -> None:
+        self._metric = metric
+        self._method = method
+        self._children: dict[str, Callable[..., None]] = {}
+
+    def __call__(self, route: str, *value: float) -> None:
+        child = self._children.get(route)
+        if child is None:
+            child = self._children[route] = getattr(self._metric.labels(route=route), self._method)
+        child(*value)
 
 
 class MetricsResource:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from service.deadline import SHED_PREFIXES
 from service.features import FEATURES, N_FEATURES
 from service.schema import (
     BATCH_FIELD,
@@ -15,6 +16,7 @@ from service.schema import (
     embeddable,
     sample_transaction,
 )
+from service.settings import DEADLINE_MAX_MS, DEADLINE_MIN_MS
 from service.v2 import EXTENSIONS, HEADER_LENGTH, INPUT, MODEL_NAME, OUTPUTS
 
 JSON = "application/json"
@@ -460,6 +462,57 @@ def by_id_paths(batch_max: int, explain: dict[str, Any], errors: dict[str, Any],
 def build_openapi(
     transaction_schema: dict[str, Any], batch_max: int, app_version: str, by_id: bool = False
 ) -> dict[str, Any]:
+    return with_deadlines(_document(transaction_schema, batch_max, app_version, by_id))
+
+
+_DEADLINE_PARAMETER = {
+    "name": "X-Deadline-Ms",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "integer", "minimum": DEADLINE_MIN_MS, "maximum": DEADLINE_MAX_MS},
+    "description": f"this request's budget in milliseconds, counted from when nginx hands it to a worker "
+    f"(after its body is read); clamped to {DEADLINE_MIN_MS}-{DEADLINE_MAX_MS}; default REQUEST_DEADLINE_MS "
+    "(150). A request that waited its budget out is refused, unread, with 503 deadline_exceeded",
+}
+_DEADLINE_EXCEEDED = (
+    "deadline_exceeded: the request waited its budget out in the queue and was refused unread; retry after "
+    "Retry-After, or fall back to your own rule. nginx's unavailable: no worker could take it (the queue to "
+    "the workers is full, or gunicorn is down)"
+)
+
+
+_DEADLINE_EXAMPLE = {
+    "error": "deadline_exceeded",
+    "message": "the request waited 163 ms in the queue of its 150 ms budget; retry after Retry-After, "
+    "or fall back to your own rule",
+}
+
+
+def with_deadlines(document: dict[str, Any]) -> dict[str, Any]:
+    """Every operation of the API's versioned routes takes X-Deadline-Ms and may answer 503 deadline_exceeded."""
+    document["components"].setdefault("parameters", {})["X-Deadline-Ms"] = _DEADLINE_PARAMETER
+    for path, operations in document["paths"].items():
+        if not path.startswith(SHED_PREFIXES):
+            continue
+        for operation in operations.values():
+            operation["parameters"] = [
+                *operation.get("parameters", []),
+                {"$ref": "#/components/parameters/X-Deadline-Ms"},
+            ]
+            other = operation["responses"].get("503", {})
+            content = other.get("content") or _json(_ref("Error"), _DEADLINE_EXAMPLE)["content"]
+            if "example" not in content[JSON]:
+                content = _json(_ref("Error"), _DEADLINE_EXAMPLE)["content"]
+            description = other.get("description")
+            operation["responses"]["503"] = {
+                "description": _DEADLINE_EXCEEDED + (f". Otherwise: {description}" if description else ""),
+                "headers": _RETRY,
+                "content": content,
+            }
+    return document
+
+
+def _document(transaction_schema: dict[str, Any], batch_max: int, app_version: str, by_id: bool) -> dict[str, Any]:
     sample = sample_transaction()
     batch = batch_document(transaction_schema, batch_max)
     batch["properties"][BATCH_FIELD]["items"] = _ref("Transaction")

@@ -27,6 +27,10 @@ from dotenv import dotenv_values
 from service import __version__
 
 MIN_KEY_LENGTH = 16
+# The range a request's budget is clamped to, the client's X-Deadline-Ms and REQUEST_DEADLINE_MS
+# alike: below 5 ms nothing but an idle worker could answer; above a second no payment path waits.
+DEADLINE_MIN_MS = 5
+DEADLINE_MAX_MS = 1000
 
 
 class ConfigError(Exception):
@@ -163,6 +167,8 @@ class Settings:
     # client address in X-Forwarded-For. Both are CIDR lists; empty means none.
     metrics_allow: tuple[str, ...] = setting("METRICS_ALLOW", _networks, ())
     trusted_proxies: tuple[str, ...] = setting("TRUSTED_PROXIES", _networks, ())
+    # A request's budget from nginx's stamp unless it sends X-Deadline-Ms (service/deadline.py).
+    request_deadline_ms: int = setting("REQUEST_DEADLINE_MS", _integer(DEADLINE_MIN_MS, DEADLINE_MAX_MS), 150)
     # The online feature store of the by-id routes (unset: no such routes, nothing connects), and
     # whether `make run` starts a local redis-server for it (a loopback redis:// URL).
     feature_store_url: str | None = setting("FEATURE_STORE_URL", _store_url, None)

@@ -13,11 +13,12 @@ from typing import Any
 import falcon
 
 from service import challenger as challenger_module
-from service import logs
+from service import logs, metrics
 from service import settings as settings_module
 from service.app import create_app
 from service.artifacts import ArtifactError
 from service.budget import RowBudget
+from service.deadline import Deadlines
 from service.loader import LoadedModel, load_model
 
 logs.configure()
@@ -26,6 +27,17 @@ settings = settings_module.load_or_exit()
 # Made once, before the first fork: every worker, and every application a rollout builds, spends
 # from the same per-key budget.
 budget = RowBudget.for_settings(settings)
+
+
+def with_deadlines(app: falcon.App) -> Deadlines:
+    """The app behind the per-request deadline (service/deadline.py), which sheds late requests
+    before Falcon sees them."""
+    return Deadlines(
+        app,
+        settings.request_deadline_ms,
+        observe_wait=metrics.ByRoute(metrics.QUEUE_WAIT, "observe"),
+        count_shed=metrics.ByRoute(metrics.SHED, "inc"),
+    )
 
 
 def load_challenger(starting: bool) -> tuple[LoadedModel | None, str | None]:
@@ -44,7 +56,7 @@ def load_challenger(starting: bool) -> tuple[LoadedModel | None, str | None]:
     return challenger, None
 
 
-def build(current: LoadedModel | None = None) -> tuple[falcon.App, LoadedModel | None]:
+def build(current: LoadedModel | None = None) -> tuple[Deadlines, LoadedModel | None]:
     """The application for the model now at MODEL_PATH. Without a loadable model it answers 503
     (health included, so a load balancer drains it) unless MODEL_REQUIRED."""
     try:
@@ -54,7 +66,7 @@ def build(current: LoadedModel | None = None) -> tuple[falcon.App, LoadedModel |
             log.error("model not loaded: %s", e)
             sys.exit(f"model error: {e}")
         log.error("model not loaded, serving 503 until one is: %s", e)
-        return create_app(settings, None, str(e), budget), None
+        return with_deadlines(create_app(settings, None, str(e), budget)), None
     log.info(
         "model %s loaded (%s, %s trees); threshold %d (%s)",
         model.version,
@@ -64,7 +76,8 @@ def build(current: LoadedModel | None = None) -> tuple[falcon.App, LoadedModel |
         model.threshold["source"],
     )
     challenger, refused = load_challenger(starting=True)
-    return create_app(settings, model, budget=budget, challenger=challenger, challenger_refused=refused), model
+    app = create_app(settings, model, budget=budget, challenger=challenger, challenger_refused=refused)
+    return with_deadlines(app), model
 
 
 def freeze() -> None:
@@ -90,7 +103,9 @@ def roll_out(server: Any) -> None:
         return
     challenger, refused = load_challenger(starting=False)
     gc.unfreeze()
-    application = create_app(settings, candidate, budget=budget, challenger=challenger, challenger_refused=refused)
+    application = with_deadlines(
+        create_app(settings, candidate, budget=budget, challenger=challenger, challenger_refused=refused)
+    )
     model = candidate
     server.app.callable = application
     freeze()

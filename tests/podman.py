@@ -118,44 +118,35 @@ def base_images() -> dict[str, str]:
     return images
 
 
-HOST_CA = "/run/host-ca/ca-certificates.crt"  # where the build sees the host's CA bundle
-
-
-def pip_config() -> dict[str, str]:
-    """The host's effective pip settings (files and PIP_* variables), as `pip config list` prints them."""
+def pip_config_paths() -> list[Path]:
+    """The host's pip configuration files and every local path they name (constraints, CA bundle,
+    find-links, file:// indexes): mounted read-only so that pip in the build resolves as the host does."""
     listed = subprocess.run(
-        [sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "pip", "config", "debug"], capture_output=True, text=True, timeout=60
     ).stdout
-    settings = {}
-    for line in listed.splitlines():
-        if found := re.match(r"^(?:global|:env:)\.([a-z-]+)='(.*)'$", line):
-            settings[found.group(1)] = found.group(2)
-    return settings
+    paths = {Path(p) for p in re.findall(r"^\s*(/\S+), exists: True", listed, re.M)}
+    for value in re.findall(r"=\s*'?([^'\n]+)'?$", listed, re.M) + re.findall(r":\s*(\S+)$", listed, re.M):
+        for word in value.split():
+            path = Path(word.removeprefix("file://"))
+            if path.is_absolute() and path.exists():
+                paths.add(path)
+    return sorted(paths)
+
+
+HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+MOUNTED_CA_BUNDLE = "/run/host-ca-certificates.crt"  # outside /etc/ssl: the image's packages write there
 
 
 def build_volumes() -> list[str]:
-    """pip in the build resolves as the host's does: a pip.conf made from the host's settings (its CA
-    bundle mounted read-only beside /etc/ssl, which packages in the build must be free to update), and
-    the local paths those settings name (constraints, find-links, file:// indexes) read-only. pip's and
-    apt's download caches read-write, so that a rebuild does not download again."""
-    settings = pip_config()
-    volumes = []
-    if "cert" in settings and Path(settings["cert"]).is_file():
-        volumes.append(f"-v={Path(settings['cert']).resolve()}:{HOST_CA}:ro")
-        settings["cert"] = HOST_CA
-    paths = set()
-    for key in ("constraint", "find-links", "extra-index-url", "index-url", "requirement"):
-        for word in settings.get(key, "").split():
-            path = Path(word.removeprefix("file://"))
-            if path.name == "simple":  # a local index links to files beside it
-                path = path.parent
-            if path.is_absolute() and path.exists():
-                paths.add(path)
-    volumes += [f"-v={p}:{p}:ro" for p in sorted(paths)]
-    CACHE.mkdir(parents=True, exist_ok=True)
-    conf = CACHE / "pip.conf"
-    conf.write_text("[global]\n" + "".join(f"{k} = {v}\n" for k, v in sorted(settings.items())))
-    volumes.append(f"-v={conf}:/etc/pip.conf:ro")
+    """Read-only: the host's CA bundle (for pip, as PIP_CERT: see build_stage) and pip configuration.
+    Read-write: pip's and apt's download caches, so that a rebuild after a change does not download
+    the test stage's packages again. /etc/ssl itself stays the image's: installing Java writes its
+    keystore under /etc/ssl/certs."""
+    paths = sorted(p for p in pip_config_paths() if not p.is_relative_to("/etc/ssl"))
+    outermost = [p for p in paths if p.exists() and not any(p != q and p.is_relative_to(q) for q in paths)]
+    volumes = [f"-v={p}:{p}:ro" for p in outermost]
+    if HOST_CA_BUNDLE.exists():
+        volumes.append(f"-v={HOST_CA_BUNDLE}:{MOUNTED_CA_BUNDLE}:ro")
     for name, target in (("pip", "/root/.cache/pip"), ("apt", "/var/cache/apt/archives")):
         (CACHE / name).mkdir(parents=True, exist_ok=True)
         volumes.append(f"-v={CACHE / name}:{target}")
@@ -166,6 +157,8 @@ def build_stage(stage: str, images: dict[str, str], tag: str | None = None) -> f
     start = time.monotonic()
     args = ["build", "--format", "docker", "--network", "host", "--target", stage, *build_volumes()]
     args += ["--build-arg", f"PYTHON_IMAGE={images['PYTHON_IMAGE']}", "-f", str(ROOT / "Dockerfile")]
+    if HOST_CA_BUNDLE.exists():
+        args += ["--build-arg", f"PIP_CERT={MOUNTED_CA_BUNDLE}"]
     args += ["-t", tag or f"localhost/fraud-scoring-{stage}:container-test", str(ROOT)]
     result = podman(*args, check=False, timeout=3600)
     if result.returncode != 0:

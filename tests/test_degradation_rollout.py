@@ -7,6 +7,7 @@ import os
 import pytest
 
 from service.artifacts import ArtifactPaths
+from service.settings import DEADLINE_MAX_MS
 from tests.helpers import (
     UNLIMITED,
     Client,
@@ -88,7 +89,9 @@ def test_rollout_under_steady_traffic_switches_cleanly(tmp_path, two_models):
     a, b, probe, expected = two_models
     model_path = tmp_path / "fraud-model.joblib"
     install_model(a, model_path)
-    stack = start_stack(model_path, tmp_path / "logs", **UNLIMITED)
+    # The longest deadline: on a busy machine a request queued while the new workers start could
+    # otherwise wait out the default 150 ms and be refused (503 deadline_exceeded, by design).
+    stack = start_stack(model_path, tmp_path / "logs", **UNLIMITED, REQUEST_DEADLINE_MS=str(DEADLINE_MAX_MS))
     traffic = [SteadyTraffic(Client("127.0.0.1", stack.settings.port), probe) for _ in range(3)]
     try:
         for t in traffic:

@@ -96,8 +96,12 @@ def test_schemathesis_cases_never_get_a_5xx(fuzz_stack):
     def run(case, with_key):
         headers = {"X-API-Key": TEST_KEY} if with_key else {}
         response = case.call(base_url=fuzz_stack.base_url, headers=headers, timeout=10)
-        statuses[response.status_code] += 1
-        assert response.status_code < 500, (case.method, case.path, case.body, response.text[:300])
+        # A budget the client set tight (X-Deadline-Ms, from 5 ms) can be spent on a busy machine:
+        # the documented 503 deadline_exceeded is its answer, not a fault (and not counted as a 5xx).
+        late = response.status_code == 503 and "deadline_exceeded" in response.text
+        if not late:
+            statuses[response.status_code] += 1
+        assert response.status_code < 500 or late, (case.method, case.path, case.body, response.text[:300])
         if response.status_code >= 400 and case.method != "HEAD":
             assert "error" in response.json(), response.text[:300]
 

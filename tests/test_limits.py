@@ -125,13 +125,16 @@ def test_forty_batches_of_a_thousand_from_one_key_only_the_budget_passes(stack_f
     fast as possible. The first batch is within the burst and passes; it leaves the key owing
     1,000 rows, 199 s of its rate, so every other batch is refused, by nginx's per-key zone or,
     for those nginx lets through, by the app."""
-    stack = stack_factory(RATE_LIMIT_PER_KEY="5", RATE_LIMIT_BURST="5")
+    stack = stack_factory(RATE_LIMIT_PER_KEY="5", RATE_LIMIT_BURST="5", REQUEST_DEADLINE_MS="1000")
     client = Client("127.0.0.1", stack.settings.port)
     body = json.dumps({"transactions": [sample_transaction()] * 1000})
     with ThreadPoolExecutor(8) as pool:
         replies = list(pool.map(lambda _: client.request("POST", "/v1/fraud-score/batch", body), range(40)))
     assert [r.status for r in replies].count(200) == 1, [r.status for r in replies]
-    refused = [r for r in replies if r.status != 200]
+    # On a busy machine a batch queued behind others can wait out even a second: it is refused for
+    # its deadline before the budget is consulted (tests/test_deadline.py). The rest are the budget's.
+    late = [r for r in replies if r.status == 503 and r.json["error"] == "deadline_exceeded"]
+    refused = [r for r in replies if r.status != 200 and r not in late]
     waits = [assert_rate_limited(r) for r in refused]
     from_app = [w for r, w in zip(refused, waits, strict=True) if app_refusal(r)]
     assert from_app and all(180 <= w <= 199 for w in from_app), waits

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from perf import baseline, memory, report, stats, wrk
+from perf import baseline, memory, overload, report, stats, wrk
 
 DATA = Path(__file__).resolve().parent / "data"
 
@@ -299,3 +299,48 @@ def test_the_bare_stack_runs_the_same_servers_with_a_constant_app(small_model, t
         assert reply.getheader("X-Request-ID")  # through nginx
     finally:
         stack.stop()
+
+
+def test_closed_loop_can_sort_its_answers_by_kind():
+    args = wrk.command(wrk.Scenario("score", 1024, 20, classify=True), "http://127.0.0.1:8000", Path("/x/s"))
+    assert args[-4:] == ["--", "/x/s", "0", "classify"]  # rate 0: closed loop
+
+
+def test_recovery_is_when_every_later_window_is_back_to_normal():
+    # (arrival µs, latency µs, kind): sent every 10 ms for 3 s; slow (80 ms) for the first 0.6 s.
+    answers = [
+        (t + (80_000 if t < 600_000 else 2_000), 80_000 if t < 600_000 else 2_000, "ok")
+        for t in range(0, 3_000_000, 10_000)
+    ]
+    timeline = overload.windows(answers, 0.25)
+    assert [w["n"] for w in timeline] == [25] * 12
+    assert overload.recovery_s(timeline, normal_p99_ms=2.0, width_s=0.25) == 0.75
+    assert overload.recovery_s(timeline[3:], normal_p99_ms=2.0, width_s=0.25) == 0.0
+    assert [round(w["p99_ms"]) for w in overload.windows_per_second(timeline)] == [80, 2, 2]
+
+
+def test_overload_targets_are_judged():
+    run = {
+        "p99_ms": 120.0,
+        "scored_per_s": 950.0,
+        "answers": {"ok": 19000, "deadline": 500, "unavailable": 9000, "other_5xx": 0, "other": 0},
+        "timeouts": 0,
+        "socket_errors": 0,
+    }
+    results = {
+        "capacity_per_s": 1000.0,
+        "open_150": run,
+        "closed_1024": {**run, "p99_ms": 170.0, "answers": {**run["answers"], "other_5xx": 1}},
+        "after_50": {"recovery_s": 0.5},
+    }
+    met = {t.figure: t.met for t in overload.targets(results, deadline_ms=150)}
+    assert met == {
+        "overload, open loop at 150 %: p99 of every answer": True,
+        "overload, open loop at 150 %: scored throughput ÷ capacity": True,
+        "overload, open loop at 150 %: timeouts, socket errors, 5xx but the 503s, other statuses": True,
+        "overload, closed loop, 1,024 connections: p99 of every answer": False,
+        "overload, closed loop, 1,024 connections: scored throughput ÷ capacity": True,
+        "overload, closed loop, 1,024 connections: timeouts, socket errors, 5xx but the 503s, other statuses": False,
+        "overload: p99 back to normal after it stops": True,
+    }
+    assert overload.targets(None, deadline_ms=150) == []

@@ -1,0 +1,164 @@
+"""Overload, for `make perf`: what callers see beyond capacity, judged against issue 14's goals.
+
+Three runs against the same stack, right after the capacity it was measured at (closed loop, 64
+connections) and its undisturbed p99 at 50 % (the open-loop run at that rate):
+
+  open loop at 150 % of capacity   latency counted from each request's scheduled send (load.lua)
+  open loop at 50 %, right after   the recovery: p99 per quarter second until it is back to normal
+  closed loop, 1,024 connections   far more callers than workers, each resending at once
+
+Goals: the p99 of every answer (200 and 503 alike) within the deadline + 10 ms; scored (200)
+throughput during overload at least 90 % of capacity; no timeouts; no 5xx but the documented 503s
+(deadline_exceeded from the app, unavailable from nginx when the socket's backlog is full); p99 back
+to normal within 1 s of the overload stopping."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from perf import stats, wrk
+from perf.report import Target
+
+OVERLOAD = 1.5
+AFTER = 0.5
+# Enough connections to keep a schedule of 150 % while each answer may take up to the deadline.
+OPEN_CONNECTIONS = 512
+CLOSED_CONNECTIONS = 1024
+MARGIN_MS = 10.0
+SCORED_SHARE = 0.9
+RECOVERY_S = 1.0
+WINDOW_S = 0.25  # recovery is judged on p99 per quarter second
+# A window is back to normal when its p99 is within this of the undisturbed run's.
+NORMAL_FACTOR, NORMAL_SLACK_MS = 1.5, 2.0
+
+
+def windows(answers: list[tuple[int, int, str]], width_s: float) -> list[dict[str, float]]:
+    """p99 (ms) and count per window of `width_s`, by when each request was sent."""
+    if not answers:
+        return []
+    sent = sorted((at - latency, latency) for at, latency, _ in answers)
+    start, width_us = sent[0][0], width_s * 1e6
+    buckets: dict[int, list[int]] = {}
+    for at, latency in sent:
+        buckets.setdefault(int((at - start) // width_us), []).append(latency)
+    return [
+        {"from_s": i * width_s, "n": len(v), "p99_ms": stats.percentile(sorted(v), 99.0) / 1000.0}
+        for i, v in sorted(buckets.items())
+    ]
+
+
+def recovery_s(timeline: list[dict[str, float]], normal_p99_ms: float, width_s: float) -> float:
+    """Seconds from the end of the overload until every later window's p99 is normal again."""
+    limit = NORMAL_FACTOR * normal_p99_ms + NORMAL_SLACK_MS
+    late = [w["from_s"] for w in timeline if w["p99_ms"] > limit]
+    return max(late) + width_s if late else 0.0
+
+
+def figures(result: dict[str, Any], seconds: float) -> dict[str, Any]:
+    kinds = result["kinds"]
+    return {
+        "scenario": result["scenario"],
+        "p99_ms": result["latency_ms"]["p99"],
+        "max_ms": result["latency_ms"]["max"],
+        "scored_per_s": kinds.get("ok", 0) / seconds,
+        "answers": kinds,
+        "timeouts": result["errors"]["timeout"],
+        "socket_errors": sum(result["errors"][k] for k in ("connect", "read", "write")),
+        "sent_per_s": result.get("sent_per_s"),
+        "generator_cpu_cores": result["generator_cpu_cores"],
+    }
+
+
+def measure(
+    url: str,
+    requests_file: Path,
+    key: str,
+    capacity: float,
+    normal_p99_ms: float,
+    seconds: float,
+    after_seconds: float,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    over = wrk.run(
+        wrk.Scenario("score", OPEN_CONNECTIONS, seconds, rate=round(OVERLOAD * capacity)), url, requests_file, key
+    )
+    after = wrk.run(
+        wrk.Scenario("score", OPEN_CONNECTIONS, after_seconds, rate=round(AFTER * capacity)),
+        url,
+        requests_file,
+        key,
+        keep_answers=True,
+    )
+    timeline = windows(after.pop("answers"), WINDOW_S)
+    closed = wrk.run(wrk.Scenario("score", CLOSED_CONNECTIONS, seconds, classify=True), url, requests_file, key)
+    results = {
+        "capacity_per_s": capacity,
+        "normal_p99_ms": normal_p99_ms,
+        "open_150": figures(over, seconds),
+        "after_50": {
+            **figures(after, after_seconds),
+            "p99_per_s": [w["p99_ms"] for w in windows_per_second(timeline)],
+            "recovery_s": recovery_s(timeline, normal_p99_ms, WINDOW_S),
+        },
+        "closed_1024": figures(closed, seconds),
+    }
+    for name in ("open_150", "after_50", "closed_1024"):
+        run = results[name]
+        log(
+            f"overload {run['scenario']}: p99 {run['p99_ms']:.1f} ms, scored {run['scored_per_s']:.0f}/s "
+            f"(capacity {capacity:.0f}/s), answers {run['answers']}, timeouts {run['timeouts']}"
+        )
+    log(f"recovery: p99 normal again {results['after_50']['recovery_s']:.2f} s after the overload")
+    return results
+
+
+def windows_per_second(timeline: list[dict[str, float]]) -> list[dict[str, float]]:
+    """Quarter-second windows merged by second (the worst quarter stands for its second)."""
+    seconds: dict[int, float] = {}
+    for w in timeline:
+        second = int(w["from_s"])
+        seconds[second] = max(seconds.get(second, 0.0), w["p99_ms"])
+    return [{"from_s": s, "p99_ms": p} for s, p in sorted(seconds.items())]
+
+
+def targets(overload: dict[str, Any] | None, deadline_ms: float) -> list[Target]:
+    if not overload:
+        return []
+    found = []
+    limit = deadline_ms + MARGIN_MS
+    capacity = overload["capacity_per_s"]
+    for name, label in (("open_150", "open loop at 150 %"), ("closed_1024", "closed loop, 1,024 connections")):
+        run = overload[name]
+        answers = run["answers"]
+        found += [
+            Target(
+                f"overload, {label}: p99 of every answer",
+                f"{run['p99_ms']:.1f} ms",
+                f"≤ {limit:.0f} ms",
+                run["p99_ms"] <= limit,
+            ),
+            Target(
+                f"overload, {label}: scored throughput ÷ capacity",
+                f"{100 * run['scored_per_s'] / capacity:.0f} %",
+                f"≥ {100 * SCORED_SHARE:.0f} %",
+                run["scored_per_s"] >= SCORED_SHARE * capacity,
+            ),
+            Target(
+                f"overload, {label}: timeouts, socket errors, 5xx but the 503s, other statuses",
+                f"{run['timeouts']}, {run['socket_errors']}, {answers.get('other_5xx', 0)}, {answers.get('other', 0)}",
+                "0, 0, 0, 0",
+                run["timeouts"] + run["socket_errors"] + answers.get("other_5xx", 0) + answers.get("other", 0) == 0,
+            ),
+        ]
+    recovery = overload["after_50"]["recovery_s"]
+    found.append(
+        Target(
+            "overload: p99 back to normal after it stops",
+            f"{recovery:.2f} s",
+            f"≤ {RECOVERY_S:.0f} s",
+            recovery <= RECOVERY_S,
+        )
+    )
+    return found
