@@ -128,6 +128,8 @@ def pip_config_paths() -> list[Path]:
     for value in re.findall(r"=\s*'?([^'\n]+)'?$", listed, re.M) + re.findall(r":\s*(\S+)$", listed, re.M):
         for word in value.split():
             path = Path(word.removeprefix("file://"))
+            if path.name == "simple":  # a local index: its pages link to files beside simple/
+                path = path.parent
             if path.is_absolute() and path.exists():
                 paths.add(path)
     return sorted(paths)
