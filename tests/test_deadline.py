@@ -14,9 +14,13 @@ import pytest
 
 from service.app import create_app
 from service.deadline import guarded_routes
+from service.harness import EXTERNAL_SKIP_REASON
 from service.loader import load_model
 from service.settings import DEADLINE_MAX_MS
-from tests.helpers import TEST_KEY, Upstream, call_upstream, sample_transaction
+from tests.helpers import EXTERNAL, TEST_KEY, Upstream, call_upstream, sample_transaction
+
+# These talk to gunicorn's socket (as nginx does) or read the stack's settings: a local stack only.
+pytestmark = pytest.mark.skipif(bool(EXTERNAL), reason=EXTERNAL_SKIP_REASON)
 
 
 def transaction_body() -> bytes:
