@@ -15,7 +15,7 @@ from service.deadline import time_left_s
 from service.errors import ApiError, invalid_body
 from service.feature_record import RecordError, as_transaction, decode_record
 from service.feature_store import FeatureStore, StoreUnavailable
-from service.resources import request_id, require_json, require_key, respond, wants_explanation
+from service.resources import charge_batch, request_id, require_json, require_key, respond, wants_explanation
 from service.schema import ID_FIELD, IDS_FIELD, TransactionValidator, by_id_batch_document, by_id_document
 from service.scoring import Scoring
 
@@ -102,14 +102,7 @@ class ByIdBatchResource:
         explain = wants_explanation(req, self._scoring)
         body = decode(req.bounded_stream.read())
         ids = body.get(IDS_FIELD) if isinstance(body, dict) else None
-        if isinstance(ids, list) and len(ids) > self._batch_max:
-            raise ApiError(
-                falcon.HTTP_413,
-                "batch_too_large",
-                f"at most {self._batch_max} transaction ids per batch (BATCH_MAX), got {len(ids)}",
-            )
-        # Charged for the ids it sends, as the batch route charges for its items.
-        self._budget.spend(key, len(ids) if isinstance(ids, list) else 1)
+        charge_batch(self._budget, key, ids, self._batch_max, "transaction ids")
         if not self._request.is_valid(body):
             raise invalid_body(self._request.violations(body))
         results = self._scoring.many(self._stored.rows(ids, req.env), explain, request_id(req, self._scoring))

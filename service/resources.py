@@ -57,6 +57,16 @@ def request_id(req: falcon.Request, scoring: Scoring) -> str | None:
     return req.get_header("X-Request-ID") if scoring.wants_request_id else None
 
 
+def charge_batch(budget: RowBudget, key: int, items: Any, batch_max: int, noun: str) -> None:
+    """A batch's items beyond BATCH_MAX are refused (413); otherwise the key is charged for the items
+    it sends, valid or not: validating them is work too."""
+    if isinstance(items, list) and len(items) > batch_max:
+        raise ApiError(
+            falcon.HTTP_413, "batch_too_large", f"at most {batch_max} {noun} per batch (BATCH_MAX), got {len(items)}"
+        )
+    budget.spend(key, len(items) if isinstance(items, list) else 1)
+
+
 def respond(resp: falcon.Response, body: dict[str, Any]) -> None:
     resp.data = orjson.dumps(body)
     resp.content_type = JSON
@@ -122,14 +132,7 @@ class BatchScoreResource:
         explain = wants_explanation(req, self._scoring)
         body = decode(req.bounded_stream.read())
         items = body.get(BATCH_FIELD) if isinstance(body, dict) else None
-        if isinstance(items, list) and len(items) > self._batch_max:
-            raise ApiError(
-                falcon.HTTP_413,
-                "batch_too_large",
-                f"at most {self._batch_max} transactions per batch (BATCH_MAX), got {len(items)}",
-            )
-        # Charged for the rows it sends, valid or not: validating them is work too.
-        self._budget.spend(key, len(items) if isinstance(items, list) else 1)
+        charge_batch(self._budget, key, items, self._batch_max, "transactions")
         X = self._matrix(body)
         if X is None:
             raise invalid_body(self._validator.violations(body))
