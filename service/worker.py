@@ -8,10 +8,20 @@ worker sits idle, one such wait per request, and under load that wait is most of
 
 This worker reads whatever the app left unread of the request body (nginx sends the whole body with
 its length before the worker answers, so the read does not wait on the network), then closes the
-connection at once: nothing unread remains to cause a reset, and the worker takes the next request."""
+connection at once: nothing unread remains to cause a reset, and the worker takes the next request.
+
+On a graceful stop (SIGTERM to the master: `docker stop`), gunicorn's master closes and unlinks the
+unix socket, then sends SIGTERM to its workers, which leave their loop. Connections already in the
+socket's backlog were accepted by the kernel, and nginx has sent their requests: when the last worker
+closes the listener they are reset (nginx: "reset by peer", a 502). So before it exits, a worker
+answers what is already queued. Only once the socket's path is gone: nothing new can arrive, so the
+queue empties; a worker retired while the socket stays (SIGHUP's rollout, max_requests) leaves the
+queue to the workers that keep serving."""
 
 from __future__ import annotations
 
+import os
+import socket
 from typing import Any
 
 from gunicorn.http.errors import NoMoreData
@@ -33,3 +43,23 @@ class Worker(SyncWorker):
             # gunicorn's graceful close, which follows in SyncWorker.handle, finds the socket
             # closed and returns at once.
             client.close()
+
+    def run(self) -> None:
+        super().run()
+        if not self.alive:  # asked to stop, not orphaned (that returns with alive still set)
+            for listener in self.sockets:
+                self.answer_backlog(listener)
+
+    def answer_backlog(self, listener: Any) -> None:
+        if listener.family != socket.AF_UNIX:
+            return
+        path = listener.getsockname()
+        if not isinstance(path, str) or not path or os.path.exists(path):
+            return  # still reachable: the queue belongs to the workers that stay
+        # At most one backlog's worth: nothing can join the queue after the unlink.
+        for _ in range(self.cfg.backlog):
+            self.notify()
+            try:
+                self.accept(listener)  # non-blocking listener: raises once the queue is empty
+            except OSError:
+                return
