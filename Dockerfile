@@ -40,9 +40,7 @@ ARG PIP_CERT
 COPY pyproject.toml Makefile README.md gunicorn.conf.py ./
 COPY service service
 COPY model model
-RUN make venv PIP_EXTRAS= && make model MODEL_PATH=/opt/model/fraud-model.joblib && rm -rf build \
- && .venv/bin/python -m pip uninstall -y -q pip setuptools \
- && find .venv/lib/python3.11/site-packages -depth -type d \( -name tests -o -path '*/joblib/test' \) -exec rm -rf {} +
+RUN make venv PIP_EXTRAS= && make model MODEL_PATH=/opt/model/fraud-model.joblib && rm -rf build && make slim-venv
 
 # Only what serving reads: the virtual environment, the service package (with the compiled walker),
 # gunicorn.conf.py and the model files. No compiler, headers of the build stage, tests, training
