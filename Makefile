@@ -123,7 +123,7 @@ container-test: install
 	@$(MAKE) --no-print-directory apt-packages PACKAGES="$(APT_PACKAGES) $(TEST_APT_PACKAGES) $(CONTAINER_APT_PACKAGES)"
 	@$(MAKE) --no-print-directory $(CONTAINERS_INSTALLED)
 	$(CONTAINER_ENV) $(PY) -m tests.podman
-	$(CONTAINER_ENV) $(PY) -m pytest -p no:xdist -q -m container tests/test_container_run.py tests/test_kubernetes_pod.py
+	$(CONTAINER_ENV) $(PY) -m pytest -p no:xdist -q -s -m container tests/test_container_run.py tests/test_kubernetes_pod.py
 
 $(CONTAINERS_INSTALLED): $(INSTALLED) pyproject.toml
 	$(PY) -m pip install -q -e '.[dev,containers]'
