@@ -236,7 +236,7 @@ def overload(bench: Bench, seconds: int, connections: int) -> Row:
         failures == 0 and on_time and back,
         f"p99 {during['latency_ms']['p99']:.1f} ms (deadline {deadline_ms} + 10); scored {100 * scored:.0f} % of "
         f"the {before['rps']:.0f}/s measured at {connections} conn; {kinds.get('deadline', 0)} deadline_exceeded, "
-        f"{kinds.get('unavailable', 0)} unavailable (backlog full), both 503 with Retry-After",
+        f"{kinds.get('unavailable', 0)} unavailable (queue full), both 503 with Retry-After",
     )
 
 

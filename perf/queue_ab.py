@@ -115,8 +115,10 @@ def per_answer_us(run: dict[str, Any], kind: str) -> dict[str, float]:
     return {part: 1e6 * cpu / answers for part, cpu in run["cpu_s"].items()}
 
 
-def one_round(stack: Stack, requests: Path, key: str, seconds: float, limit_conn: bool) -> dict[str, Any]:
-    capacity_run = measured(stack, wrk.Scenario("score", 64, 3, classify=True), requests, key)
+def one_round(
+    stack: Stack, requests: Path, key: str, seconds: float, limit_conn: bool, connections: int
+) -> dict[str, Any]:
+    capacity_run = measured(stack, wrk.Scenario("score", connections, 3, classify=True), requests, key)
     capacity = capacity_run["scored_rps"]  # a busy machine may shed a few even here
     held = bound_reached(stack, limit_conn)
     try:
@@ -125,9 +127,9 @@ def one_round(stack: Stack, requests: Path, key: str, seconds: float, limit_conn
         released(stack, held)
     assert refusals["kinds"].get("ok", 0) == 0, refusals["kinds"]
     wrk.run(wrk.Scenario("score", 64, 1), stack.base_url, requests, key)  # workers back at work
-    over = wrk.run(
+    over = measured(
+        stack,
         wrk.Scenario("score", overload.OPEN_CONNECTIONS, seconds, rate=round(overload.OVERLOAD * capacity)),
-        stack.base_url,
         requests,
         key,
     )
@@ -137,18 +139,21 @@ def one_round(stack: Stack, requests: Path, key: str, seconds: float, limit_conn
         requests,
         key,
     )
-    closed = wrk.run(
-        wrk.Scenario("score", overload.CLOSED_CONNECTIONS, seconds, classify=True), stack.base_url, requests, key
-    )
+    closed = measured(stack, wrk.Scenario("score", overload.CLOSED_CONNECTIONS, seconds, classify=True), requests, key)
     found: dict[str, Any] = {
         "capacity_per_s": capacity,
+        "capacity_cpu_cores": {part: cpu / 3 for part, cpu in capacity_run["cpu_s"].items()},
         "cpu_us_per_scored": per_answer_us(capacity_run, "ok"),
         "cpu_us_per_refusal": per_answer_us(refusals, "unavailable"),
         "refusals_per_s": refusals["rps"],
         "after_50": overload.figures(after, seconds / 2),
     }
     for name, run in (("open_150", over), ("closed_1024", closed)):
-        found[name] = {**overload.figures(run, seconds), "scored_share": run["kinds"].get("ok", 0) / seconds / capacity}
+        found[name] = {
+            **overload.figures(run, seconds),
+            "scored_share": run["kinds"].get("ok", 0) / seconds / capacity,
+            "cpu_cores": {part: cpu / seconds for part, cpu in run["cpu_s"].items()},
+        }
     return found
 
 
@@ -159,13 +164,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each overload run (default 10)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--queues", default="16,32,64", help="QUEUE_PER_WORKER values to compare (default 16,32,64)")
+    parser.add_argument(
+        "--capacity-connections", type=int, default=64, help="closed-loop connections of the capacity run (64)"
+    )
     parser.add_argument("--output", type=Path, help="write every round's figures here (JSON)")
     args = parser.parse_args(argv)
     key = secrets.token_urlsafe(24)
     requests = wrk.write_requests(Path(tempfile.mkdtemp(prefix="fraud-queue-ab-")), as_bodies(sample_rows()[:1000]))
     queues = [int(q) for q in args.queues.split(",")]
-    if min(queues) * args.workers < 64:
-        sys.exit("capacity is measured with 64 connections: every queue must hold them (K x workers ≥ 64)")
+    if min(queues) * args.workers < args.capacity_connections:
+        sys.exit("every queue must hold the capacity run's connections (K x workers ≥ --capacity-connections)")
     configs = configurations(args.workers, queues)
     rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in configs}
     stack_log = Path(tempfile.mkdtemp(prefix="fraud-queue-ab-logs-")) / "stack.log"
@@ -175,7 +183,11 @@ def main(argv: list[str] | None = None) -> int:
             stack = start_stack(args.model.resolve(), key, stack_log, args.workers, **configs[name])
             try:
                 wrk.run(wrk.Scenario("score", 64, 2), stack.base_url, requests["score"], key)  # warm up
-                rounds[name].append(found := one_round(stack, requests["score"], key, args.seconds, name != "backlog"))
+                rounds[name].append(
+                    found := one_round(
+                        stack, requests["score"], key, args.seconds, name != "backlog", args.capacity_connections
+                    )
+                )
             finally:
                 stack.stop()
             log(
@@ -218,6 +230,14 @@ def table(rounds: dict[str, list[dict[str, Any]]]) -> str:
             f"{100 * med(runs, 'closed_1024', 'scored_share'):>12.0f}%{med(runs, 'closed_1024', 'p99_ms'):>8.1f}"
             f"{med(runs, 'refusals_per_s'):>11.0f}{cost}"
         )
+    lines.append("")
+    lines.append(f"{'cores used (nginx gunicorn wrk)':<34}{'capacity':>20}{'open 150 %':>20}{'closed 1,024':>20}")
+    for name, runs in rounds.items():
+        cells = "".join(
+            f"{' '.join(f'{med(runs, *path, part):.2f}' for part in ('nginx', 'gunicorn', 'wrk')):>20}"
+            for path in (("capacity_cpu_cores",), ("open_150", "cpu_cores"), ("closed_1024", "cpu_cores"))
+        )
+        lines.append(f"{name:<34}{cells}")
     lines.append("scored = 200s per second ÷ the round's capacity (closed loop, 64 connections); medians over rounds")
     return "\n".join(lines)
 
