@@ -4,8 +4,8 @@ Each configuration runs on a stack of its own (same model, same lifted rate limi
 configurations are interleaved round by round, so a shared machine's drift falls on all of them.
 Per configuration and round:
   capacity     closed loop, 64 connections: every answer scored; CPU per scored request
-  refusals     closed loop, 64 connections, with the bound already reached by requests that never
-               finish: every answer a 503; CPU per refusal
+  refusals     open loop at capacity's rate with the overload runs' 512 connections, the bound
+               already reached by requests that never finish: every answer a 503; CPU per refusal
   overload     make perf's runs (perf/overload.py): open loop at 150 % of that capacity, 50 % right
                after, closed loop with 1,024 connections
 CPU is read from /proc for nginx and gunicorn (each with its children) and from getrusage for wrk.
@@ -122,7 +122,9 @@ def one_round(
     capacity = capacity_run["scored_rps"]  # a busy machine may shed a few even here
     held = bound_reached(stack, limit_conn)
     try:
-        refusals = measured(stack, wrk.Scenario("score", 64, 3, classify=True), requests, key)
+        refusals = measured(
+            stack, wrk.Scenario("score", overload.OPEN_CONNECTIONS, 3, rate=round(capacity)), requests, key
+        )
     finally:
         released(stack, held)
     assert refusals["kinds"].get("ok", 0) == 0, refusals["kinds"]
@@ -145,7 +147,7 @@ def one_round(
         "capacity_cpu_cores": {part: cpu / 3 for part, cpu in capacity_run["cpu_s"].items()},
         "cpu_us_per_scored": per_answer_us(capacity_run, "ok"),
         "cpu_us_per_refusal": per_answer_us(refusals, "unavailable"),
-        "refusals_per_s": refusals["rps"],
+        "refusals_per_s": refusals["kinds"].get("unavailable", 0) / 3,
         "after_50": overload.figures(after, seconds / 2),
     }
     for name, run in (("open_150", over), ("closed_1024", closed)):
