@@ -118,25 +118,42 @@ def closed_loop(url: str, files: dict[str, Path], key: str, rounds: int, seconds
     return scenarios, {"score_vs_health_rps": ratios}
 
 
-def ceiling(url: str, bare_url: str, files: dict[str, Path], key: str, rounds: int, seconds: float) -> dict:
+def ceiling(stacks: dict[str, Stack], files: dict[str, Path], key: str, rounds: int, seconds: float) -> dict:
     """Scoring against the bare stack (same nginx and gunicorn, an app that only reads the body),
-    at 64 connections, alternating round by round; the ratio is the median of the rounds' ratios."""
+    at 64 connections, alternating round by round; the ratio is the median of the rounds' ratios.
+    Each run also reads its workers' CPU time per request (user + system, from /proc): when the
+    workers are the bottleneck, bare ÷ scoring of that figure is the ratio's ceiling, and scoring
+    minus bare is what the service's own work costs a request."""
     runs: dict[str, list[dict[str, Any]]] = {"score": [], "bare": []}
     for _ in range(rounds):
-        for name, target in (("score", url), ("bare", bare_url)):
-            runs[name].append(wrk.run(wrk.Scenario("score", 64, seconds), target, files["score"], key))
+        for name in runs:
+            master = stacks[name].gunicorn.pid
+            workers = memory.children(master)
+            before = batch.cpu_seconds(workers)
+            run = wrk.run(wrk.Scenario("score", 64, seconds), stacks[name].base_url, files["score"], key)
+            if memory.children(master) == workers and run["requests"]:
+                run["worker_cpu_us_per_request"] = (batch.cpu_seconds(workers) - before) * 1e6 / run["requests"]
+            runs[name].append(run)
     ratios = [s["rps"] / b["rps"] for s, b in zip(runs["score"], runs["bare"], strict=True)]
+    cpu = {
+        name: stats.median(r["worker_cpu_us_per_request"] for r in found if "worker_cpu_us_per_request" in r)
+        if any("worker_cpu_us_per_request" in r for r in found)
+        else None
+        for name, found in runs.items()
+    }
     result = {
         "connections": 64,
         "score_rps": stats.median(r["rps"] for r in runs["score"]),
         "bare_rps": stats.median(r["rps"] for r in runs["bare"]),
         "ratios": ratios,
         "score_vs_bare_rps": stats.median(ratios),
+        "worker_cpu_us_per_request": cpu,
         "failed": sum(r["failed"] for r in runs["score"] + runs["bare"]),
     }
     log(
         f"ceiling, 64 connections: scoring {result['score_rps']:.0f}/s, bare stack {result['bare_rps']:.0f}/s, "
-        f"ratio {result['score_vs_bare_rps']:.2f}"
+        f"ratio {result['score_vs_bare_rps']:.2f}; worker CPU per request: scoring {cpu['score'] or 0:.1f} µs, "
+        f"bare {cpu['bare'] or 0:.1f} µs"
     )
     return result
 
@@ -251,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
             bare = start_stack(model_path, key, stack_log, app=BARE_APP)
             try:
                 wrk.run(wrk.Scenario("score", 64, 2), bare.base_url, files["score"], key)
-                results["ceiling"] = ceiling(url, bare.base_url, files, key, args.rounds, args.seconds)
+                results["ceiling"] = ceiling({"score": stack, "bare": bare}, files, key, args.rounds, args.seconds)
             finally:
                 bare.stop()
         capacity = results["closed_loop"]["score c64"]["rps"]

@@ -45,8 +45,8 @@ class MiddlewareDeadline:
     """The alternative: the same check as a Falcon middleware."""
 
     def __init__(self) -> None:
-        self._observe_wait = metrics.ByRoute(metrics.QUEUE_WAIT, "observe")
-        self._count_shed = metrics.ByRoute(metrics.SHED, "inc")
+        self._observe_wait = metrics.observe_queue_wait
+        self._count_shed = metrics.count_shed
 
     def process_resource(self, req: falcon.Request, resp: falcon.Response, resource: Any, params: Any) -> None:
         stamp = req.get_header("X-Request-Start")
@@ -107,8 +107,8 @@ def main(argv: list[str] | None = None) -> None:
     wrapped = Deadlines(
         app(),
         DEFAULT_MS,
-        observe_wait=metrics.ByRoute(metrics.QUEUE_WAIT, "observe"),
-        count_shed=metrics.ByRoute(metrics.SHED, "inc"),
+        observe_wait=metrics.observe_queue_wait,
+        count_shed=metrics.count_shed,
     )
     with_middleware = app()
     with_middleware.add_middleware(MiddlewareDeadline())

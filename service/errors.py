@@ -43,7 +43,11 @@ def invalid_body(violations: list[Violation]) -> ApiError:
 
 
 def _code(error: falcon.HTTPError) -> str:
-    return getattr(error, "code", None) or (error.title or "error").lower().replace(" ", "_")
+    """Falcon's title without its status number ("404 Not Found" -> "not_found"): the code nginx
+    gives the same refusal when it answers itself."""
+    title = (error.title or "error").split(" ", 1)
+    words = title[1] if len(title) == 2 and title[0].isdigit() else title[0]
+    return getattr(error, "code", None) or words.lower().replace(" ", "_")
 
 
 def serialize_error(req: falcon.Request, resp: falcon.Response, error: falcon.HTTPError) -> None:

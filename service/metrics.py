@@ -178,6 +178,8 @@ class _Worker:
         self.flagged = self.counters.slot(_key(SCORED, "fraud_scored_total", {"is_fraud": "true"}))
         self.cleared = self.counters.slot(_key(SCORED, "fraud_scored_total", {"is_fraud": "false"}))
         self.ood = self.counters.slot(_key(OUT_OF_DISTRIBUTION, "fraud_out_of_distribution_total", {}))
+        self.waits: dict[str, _HistogramSlots] = {}
+        self.sheds: dict[str, int] = {}
 
     def request_slots(self, key: tuple[str, str, int]) -> tuple[int, _HistogramSlots]:
         route, method, status = key
@@ -187,9 +189,18 @@ class _Worker:
         self.requests[key] = slots = (count, latency)
         return slots
 
+    def wait_slots(self, route: str) -> _HistogramSlots:
+        self.waits[route] = slots = _HistogramSlots(QUEUE_WAIT, self.histograms, QUEUE_WAIT_BOUNDS, {"route": route})
+        return slots
+
+    def shed_slot(self, route: str) -> int:
+        self.sheds[route] = slot = self.counters.slot(_key(SHED, "fraud_deadline_exceeded_total", {"route": route}))
+        return slot
+
 
 LATENCY_BOUNDS = (*LATENCY_BUCKETS, INF)
 SCORE_BOUNDS = (*SCORE_BUCKETS, INF)
+QUEUE_WAIT_BOUNDS = (*QUEUE_WAIT_BUCKETS, INF)
 _worker: list[_Worker] = []  # this process's, once opened
 os.register_at_fork(after_in_child=_worker.clear)
 
@@ -446,19 +457,50 @@ def record_request(route: str | None, method: str, status: int, elapsed: float) 
     _record_request((route or "unmatched", method if method in METHODS else "other", status), elapsed)
 
 
-class ByRoute:
-    """One labelled child's method per route, looked up once: `ByRoute(QUEUE_WAIT, "observe")`."""
+def _observe_queue_wait_shared(route: str, seconds: float) -> None:
+    worker = _worker[0] if _worker else _this_worker()
+    slots = worker.waits.get(route) or worker.wait_slots(route)
+    histograms = worker.histograms.values
+    histograms[slots.buckets[bisect_left(QUEUE_WAIT_BOUNDS, seconds)]] += 1.0
+    histograms[slots.sum] += seconds
 
-    def __init__(self, metric: Any, method: str) -> None:
-        self._metric = metric
-        self._method = method
-        self._children: dict[str, Callable[..., None]] = {}
 
-    def __call__(self, route: str, *value: float) -> None:
-        child = self._children.get(route)
-        if child is None:
-            child = self._children[route] = getattr(self._metric.labels(route=route), self._method)
-        child(*value)
+def _count_shed_shared(route: str) -> None:
+    worker = _worker[0] if _worker else _this_worker()
+    slot = worker.sheds.get(route)
+    worker.counters.values[worker.shed_slot(route) if slot is None else slot] += 1.0
+
+
+_wait_children: dict[str, Callable[[float], None]] = {}
+_shed_children: dict[str, Callable[[], None]] = {}
+
+
+def _observe_queue_wait_in_process(route: str, seconds: float) -> None:
+    child = _wait_children.get(route)
+    if child is None:
+        child = _wait_children[route] = QUEUE_WAIT.labels(route=route).observe
+    child(seconds)
+
+
+def _count_shed_in_process(route: str) -> None:
+    child = _shed_children.get(route)
+    if child is None:
+        child = _shed_children[route] = SHED.labels(route=route).inc
+    child()
+
+
+_observe_queue_wait = _observe_queue_wait_shared if _SHARED else _observe_queue_wait_in_process
+_count_shed = _count_shed_shared if _SHARED else _count_shed_in_process
+
+
+def observe_queue_wait(route: str, seconds: float) -> None:
+    """Called for every request the deadline guard sees: its wait from nginx's stamp, by route."""
+    _observe_queue_wait(route, seconds)
+
+
+def count_shed(route: str) -> None:
+    """Called for every request refused with 503 deadline_exceeded, by route."""
+    _count_shed(route)
 
 
 class MetricsResource:

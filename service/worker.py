@@ -8,16 +8,58 @@ worker sits idle, one such wait per request, and under load that wait is most of
 
 This worker reads whatever the app left unread of the request body (nginx sends the whole body with
 its length before the worker answers, so the read does not wait on the network), then closes the
-connection at once: nothing unread remains to cause a reset, and the worker takes the next request."""
+connection at once: nothing unread remains to cause a reset, and the worker takes the next request.
+
+It also sends an answer whose body comes in one piece (what the app gives: one bytes object of the
+declared Content-Length) in one write with its headers, where gunicorn makes two: a syscall less
+per request, and nginx wakes once for the answer instead of twice."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from gunicorn.http import wsgi
 from gunicorn.http.errors import NoMoreData
 from gunicorn.workers.sync import SyncWorker
 
 DRAIN_CHUNK = 64 * 1024
+
+
+class _Collected:
+    """Stands in for the socket while gunicorn writes headers and body, to send them as one."""
+
+    __slots__ = ("parts",)
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+
+    def sendall(self, data: bytes) -> None:
+        self.parts.append(data)
+
+
+class Response(wsgi.Response):
+    def write(self, arg: bytes) -> None:
+        whole_body = (
+            not self.headers_sent
+            and not self.chunked
+            and isinstance(arg, bytes)
+            and self.response_length == len(arg)
+            and not self._omits_body
+        )
+        if not whole_body:
+            super().write(arg)
+            return
+        sock, self.sock = self.sock, _Collected()
+        try:
+            super().write(arg)  # gunicorn's own framing and bookkeeping, into the collector
+        finally:
+            collected, self.sock = self.sock, sock
+        sock.sendall(b"".join(collected.parts))
+
+
+# gunicorn builds each request's Response by this name (gunicorn.http.wsgi.create); this worker
+# class is gunicorn's only user of it in a process that loads it.
+wsgi.Response = Response
 
 
 class Worker(SyncWorker):

@@ -35,8 +35,8 @@ def with_deadlines(app: falcon.App) -> Deadlines:
     return Deadlines(
         app,
         settings.request_deadline_ms,
-        observe_wait=metrics.ByRoute(metrics.QUEUE_WAIT, "observe"),
-        count_shed=metrics.ByRoute(metrics.SHED, "inc"),
+        observe_wait=metrics.observe_queue_wait,
+        count_shed=metrics.count_shed,
     )
 
 

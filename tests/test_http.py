@@ -132,12 +132,15 @@ def test_json_with_charset_is_accepted(client: Client):
 
 
 def test_unknown_path_is_404_json(client: Client):
-    assert_error(client.request("GET", "/v9/nothing"), 404)  # under /v2 the protocol has its own shape
+    reply = client.request("GET", "/v9/nothing")
+    assert_error(reply, 404)  # under /v2 the protocol has its own shape
+    assert reply.json["error"] == "not_found"  # the code nginx uses when it answers a 404 itself
 
 
 def test_wrong_method_is_405_json(client: Client):
     reply = client.request("GET", "/v1/fraud-score")
     assert_error(reply, 405)
+    assert reply.json["error"] == "method_not_allowed"  # as nginx's own 405 (TRACE) says
     assert "POST" in reply.headers["Allow"]
     assert_error(client.request("DELETE", "/health"), 405)
 

@@ -109,9 +109,14 @@ from prometheus_client import CollectorRegistry, generate_latest, multiprocess
 use_prometheus = sys.argv[1] == "prometheus"
 record = metrics._record_request_in_process if use_prometheus else metrics._record_request
 observe = metrics._observe_score_in_process if use_prometheus else metrics.observe_score
+wait = metrics._observe_queue_wait_in_process if use_prometheus else metrics.observe_queue_wait
+shed = metrics._count_shed_in_process if use_prometheus else metrics.count_shed
 for i in range(300):  # bounds included: a value on a bucket's bound belongs to that bucket
     record(("/v1/fraud-score", "POST", 200 if i % 7 else 422), [0.0005, 0.001, 0.0123, 20.0, i * 1e-4][i % 5])
     observe(i % 101, i % 3 == 0, i % 11 == 0)
+    wait(["/v1/fraud-score", "/v2/models/{name}/infer"][i % 2], [0.0, 0.001, 0.0042, 0.15, 3.0, i * 1e-3][i % 6])
+    if i % 13 == 0:
+        shed("/v1/fraud-score/batch")
 import numpy as np  # a batch counted at once: the samples of 202 more rows
 batch = metrics._observe_scores_in_process if use_prometheus else metrics.observe_scores
 scores = np.arange(202, dtype=np.int32) % 101
@@ -119,6 +124,8 @@ batch(scores, scores >= 50, scores % 4 == 0)
 if os.fork() == 0:  # a forked worker writes files of its own
     record(("/health", "GET", 200), 0.002)
     observe(100, True, True)
+    wait("/v1/fraud-score", 0.2)
+    shed("/v1/fraud-score")
     os._exit(0)
 os.wait()
 registry = CollectorRegistry()
@@ -146,4 +153,6 @@ def test_the_workers_sample_files_expose_what_prometheus_clients_own_values_woul
         }
     assert exposed["sample-files"] == exposed["prometheus"]
     assert exposed["sample-files"][("fraud_score_count", frozenset())] == 301 + 202  # rows, then a batch
+    assert exposed["sample-files"][("fraud_queue_wait_seconds_count", frozenset({("route", "/v1/fraud-score")}))] == 151
+    assert exposed["sample-files"][("fraud_deadline_exceeded_total", frozenset({("route", "/v1/fraud-score")}))] == 1
     assert any(f.name.startswith("counter_hot_") for f in (tmp_path / "sample-files").iterdir())

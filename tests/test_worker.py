@@ -20,3 +20,59 @@ def test_answers_refused_before_the_body_is_read_still_arrive(client: Client, lo
         assert reply.status == 403 and reply.json["error"] == "forbidden"
         assert client.score(sample_transaction()).status == 200
     assert '"Using worker: service.worker.Worker"' in (local_stack.logs / "stack.log").read_text()
+
+
+class RecordedWrites:
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def sendall(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+
+
+def gunicorn_answer(response_class, method: str, headers: list[tuple[str, str]], body: list[bytes]) -> list[bytes]:
+    """What a gunicorn Response of this class writes for an answer, write by write."""
+    import socket
+
+    from gunicorn.config import Config
+    from gunicorn.http.parser import RequestParser
+
+    cfg = Config()
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        theirs.sendall(f"{method} /v1/fraud-score HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n".encode())
+        request = next(RequestParser(cfg, ours, ("127.0.0.1", 1)))
+        sock = RecordedWrites()
+        response = response_class(request, sock, cfg)
+        response.force_close()
+        response.start_response("200 OK", list(headers))
+        for chunk in body:
+            response.write(chunk)
+        response.close()
+    return sock.writes
+
+
+def without_date(answer: bytes) -> bytes:
+    import re
+
+    return re.sub(rb"\r\nDate: [^\r]*", b"", answer)
+
+
+def test_an_answer_in_one_piece_leaves_in_one_write_with_the_bytes_gunicorn_would_send():
+    from service.worker import Response
+
+    gunicorn_response = Response.__mro__[1]
+    json_answer = [("Content-Type", "application/json"), ("Content-Length", "17")]
+    cases = [
+        ("POST", json_answer, [b'{"fraud-score":3}'], 1),  # the common case: one write
+        ("POST", [("Content-Type", "text/plain")], [b"ab", b"cd"], None),  # chunked: as gunicorn writes it
+        ("POST", [("Content-Length", "4")], [b"ab", b"cd"], None),  # a body in pieces
+        ("HEAD", json_answer, [b'{"fraud-score":3}'], None),  # no body on the wire
+        ("POST", [("Content-Length", "0")], [], None),  # no body at all
+    ]
+    for method, headers, body, writes in cases:
+        ours = gunicorn_answer(Response, method, headers, body)
+        theirs = gunicorn_answer(gunicorn_response, method, headers, body)
+        assert without_date(b"".join(ours)) == without_date(b"".join(theirs)), method
+        assert len(ours) == (writes or len(theirs)), (method, headers, ours)
+    assert len(gunicorn_answer(gunicorn_response, *cases[0][:3])) == 2  # what the one write saves
