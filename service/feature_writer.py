@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import redis
 from tqdm import tqdm
@@ -59,7 +60,6 @@ def open_source(path: Path, id_column: str) -> Source:
         raise InputError(str(e)) from None
     missing = [c for c in (id_column, *FEATURES) if c not in source.schema.names]
     if missing:
-        source.close()
         raise InputError(f"{path}: missing columns {', '.join(missing)}")
     return source
 
@@ -85,8 +85,8 @@ def load(
             out = csv.writer(rejected)
             out.writerow(["row", id_column, "reason"])
             for batch in source.batches():
-                X, _, reasons = read_features(batch)
-                rows = X.tolist()
+                columns, _, reasons = read_features(batch)
+                rows = np.column_stack(columns).tolist()
                 ids = batch.column(id_column).cast(pa.string()).to_pylist()
                 pipe = client.pipeline(transaction=False)
                 for i, transaction_id in enumerate(ids):
@@ -107,8 +107,6 @@ def load(
         raise InputError(str(e)) from None
     except TableError as e:
         raise InputError(f"{path}: {e}") from None
-    finally:
-        source.close()
     summary.seconds = time.monotonic() - started
     return summary
 
