@@ -13,17 +13,21 @@ with one line."""
 from __future__ import annotations
 
 import argparse
-import collections
 import csv
+import itertools
 import logging
 import multiprocessing
+import multiprocessing.queues
 import os
+import queue
+import signal
 import sys
 import time
+import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -70,40 +74,45 @@ class Summary:
 
 
 class Source:
-    """A file's columns and its record batches; progress as a fraction when it can be known."""
+    """A file's columns, read in pieces: worker k of n reads pieces k, k + n, k + 2n, ... itself,
+    so no process reads the whole file and no rows cross between processes. A CSV piece is a
+    range of whole lines (about chunk_rows of them); a Parquet piece is a row group, or, when the
+    file has fewer row groups than workers, one chunk of its rows."""
+
+    SAMPLE_BYTES = 1 << 20  # read once to size the CSV pieces by the file's own line length
 
     def __init__(self, path: Path, chunk_rows: int) -> None:
-        self.path = path
+        self.path, self.chunk_rows = path, chunk_rows
         self.total_rows: int | None = None
-        self._file: IO[bytes] | None = None
-        self._size = 0
+        self.parquet = path.suffix.lower() in PARQUET
         try:
-            if path.suffix.lower() in PARQUET:
-                self._parquet = pq.ParquetFile(path)
-                self.schema = self._parquet.schema_arrow
-                self.total_rows = self._parquet.metadata.num_rows
-                self._batches = self._parquet.iter_batches(batch_size=chunk_rows)
+            self.size = os.stat(path).st_size
+            if self.parquet:
+                metadata = pq.ParquetFile(path)
+                self.schema = metadata.schema_arrow
+                self.total_rows = metadata.metadata.num_rows
+                self.row_groups = metadata.metadata.num_row_groups
             else:
                 names = self._csv_header(path)
                 self.schema = pa.schema([pa.field(name, pa.string()) for name in names])
-                self._file = open(path, "rb")
-                self._size = os.fstat(self._file.fileno()).st_size
                 # Every column is read as text: features are converted (and refused) row by row,
                 # and the other columns pass through exactly as written.
-                self._reader = pacsv.open_csv(
-                    self._file,
-                    read_options=pacsv.ReadOptions(block_size=max(1 << 20, chunk_rows * 256)),
-                    convert_options=pacsv.ConvertOptions(
-                        column_types={name: pa.string() for name in names},
-                        strings_can_be_null=True,
-                        null_values=[""],
-                        quoted_strings_can_be_null=False,
-                    ),
+                self._convert = pacsv.ConvertOptions(
+                    column_types={name: pa.string() for name in names},
+                    strings_can_be_null=True,
+                    null_values=[""],
+                    quoted_strings_can_be_null=False,
                 )
-                self._batches = iter(self._reader)
+                with open(path, "rb") as f:
+                    head = f.read(self.SAMPLE_BYTES)
+                    self._data_start = _after_first_line(head)
+                    f.seek(self._data_start)
+                    sample = f.read(self.SAMPLE_BYTES)
+                line_bytes = len(sample) / max(1, sample.count(b"\n"))
+                self._piece_bytes = max(1, int(line_bytes * chunk_rows))
         except (OSError, pa.ArrowException, csv.Error, UnicodeDecodeError) as e:
-            self.close()
             raise BulkError(f"cannot read {path}: {_reason(e)}") from None
+        self._empty = pa.RecordBatch.from_pylist([], schema=self.schema)
 
     @staticmethod
     def _csv_header(path: Path) -> list[str]:
@@ -115,27 +124,97 @@ class Source:
             raise BulkError(f"cannot read {path}: the header names a column twice")
         return header
 
+    def pieces(self, k: int = 0, n: int = 1) -> Iterator[tuple[pa.RecordBatch, bool, int | None]]:
+        """(batch, whether it ends its piece, bytes of the file read up to it when known) for
+        pieces k, k + n, ...; every piece gives at least one batch, maybe empty, so that pieces
+        can be taken from the workers in turn."""
+        try:
+            yield from (self._parquet_pieces if self.parquet else self._csv_pieces)(k, n)
+        except (OSError, pa.ArrowException) as e:
+            raise BulkError(f"cannot read {self.path}: {_reason(e)}") from None
+
     def batches(self) -> Iterator[pa.RecordBatch]:
-        while True:
-            try:
-                batch = next(self._batches)
-            except StopIteration:
-                return
-            except (OSError, pa.ArrowException) as e:
-                raise BulkError(f"cannot read {self.path}: {_reason(e)}") from None
+        """Every non-empty batch in file order, in this process."""
+        for batch, _, _ in self.pieces():
             if batch.num_rows:
                 yield batch
 
-    def fraction_read(self, rows_done: int) -> float | None:
+    def _parquet_pieces(self, k: int, n: int) -> Iterator[tuple[pa.RecordBatch, bool, int | None]]:
+        parquet = pq.ParquetFile(self.path)  # this process's own file handle
+        if self.row_groups >= n:
+            for group in range(k, self.row_groups, n):
+                batches = parquet.iter_batches(batch_size=self.chunk_rows, row_groups=[group], use_threads=False)
+                yield from self._last_flagged(batches, None)
+        else:
+            # A row group is decoded from its start only: each worker decodes the file and scores
+            # every n-th chunk (decoding costs a small part of scoring).
+            for i, batch in enumerate(parquet.iter_batches(batch_size=self.chunk_rows, use_threads=False)):
+                if i % n == k:
+                    yield batch, True, None
+
+    def _csv_pieces(self, k: int, n: int) -> Iterator[tuple[pa.RecordBatch, bool, int | None]]:
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            for i in itertools.count(k, n):
+                start = self._line_start(fd, self._data_start + i * self._piece_bytes)
+                if start >= self.size:
+                    return
+                end = self._line_start(fd, self._data_start + (i + 1) * self._piece_bytes)
+                data = os.pread(fd, end - start, start)
+                if not data:
+                    yield self._empty, True, end
+                    continue
+                table = pacsv.read_csv(
+                    pa.py_buffer(data),
+                    read_options=pacsv.ReadOptions(
+                        column_names=self.schema.names, block_size=len(data) + 1, use_threads=False
+                    ),
+                    convert_options=self._convert,
+                )
+                yield from self._last_flagged(iter(table.to_batches()), end)
+        finally:
+            os.close(fd)
+
+    def _line_start(self, fd: int, offset: int) -> int:
+        """Where the first line starting at or after offset starts (the file's size if none)."""
+        if offset <= self._data_start:
+            return self._data_start
+        position = offset - 1
+        while position < self.size:
+            block = os.pread(fd, 1 << 16, position)
+            newline = block.find(b"\n")
+            if newline >= 0:
+                return position + newline + 1
+            position += len(block) or self.size
+        return self.size
+
+    def _last_flagged(
+        self, batches: Iterator[pa.RecordBatch], position: int | None
+    ) -> Iterator[tuple[pa.RecordBatch, bool, int | None]]:
+        previous = next(batches, None)
+        if previous is None:
+            yield self._empty, True, position
+            return
+        for batch in batches:
+            yield previous, False, position
+            previous = batch
+        yield previous, True, position
+
+    def fraction_read(self, rows_done: int, position: int | None) -> float | None:
         if self.total_rows:
             return rows_done / self.total_rows
-        if self._file and self._size:
-            return min(1.0, self._file.tell() / self._size)
+        if position is not None and self.size:
+            return min(1.0, position / self.size)
         return None
 
-    def close(self) -> None:
-        if self._file:
-            self._file.close()
+
+def _after_first_line(head: bytes) -> int:
+    """Where the CSV's second line starts: after the header line's end (LF, CRLF or CR)."""
+    ends = [i for i in (head.find(b"\n"), head.find(b"\r")) if i >= 0]
+    if not ends:
+        return len(head)
+    end = min(ends)
+    return end + (2 if head[end : end + 2] == b"\r\n" else 1)
 
 
 def _reason(e: BaseException) -> str:
@@ -203,14 +282,14 @@ class Progress:
         self.started = time.monotonic()
         self._shown = 0.0
 
-    def update(self, rows: int, final: bool = False) -> None:
+    def update(self, rows: int, position: int | None = None, final: bool = False) -> None:
         now = time.monotonic()
         if not self.enabled or (not final and now - self._shown < 0.25):
             return
         self._shown = now
         elapsed = max(now - self.started, 1e-9)
         text = f"\r{rows:>14,} rows  {rows / elapsed:>10,.0f} rows/s"
-        fraction = self.source.fraction_read(rows)
+        fraction = 1.0 if final else self.source.fraction_read(rows, position)
         if fraction:
             eta = elapsed * (1 - fraction) / fraction
             text += f"  {100 * fraction:5.1f} %  ETA {int(eta) // 60:d}:{int(eta) % 60:02d}"
@@ -220,22 +299,45 @@ class Progress:
 
 # --- scoring in worker processes -------------------------------------------------------------
 
-_engine: Engine | None = None  # set in the parent before the workers fork: they inherit the mapping
+
+@dataclass
+class Scored:
+    """One batch scored, ready to write: the output rows (refused rows left out), the refused
+    rows' index in the batch -> reason, and the counts the summary adds up."""
+
+    rows: int
+    output: pa.RecordBatch
+    reasons: dict[int, str]
+    fraud: int
+    ood: int
 
 
-def _score_chunk(
-    batch: pa.RecordBatch, explain: bool, with_features: bool
-) -> tuple[Any, list[pa.Array], dict[int, str]]:
-    assert _engine is not None
-    features = batch.select(list(FEATURES))  # only what scoring reads crosses to the worker
-    return _engine.score_batch(features, explain, with_features)
+@dataclass(frozen=True)
+class Job:
+    """What every worker needs for one run; forked workers inherit it, nothing is pickled."""
+
+    engine: Engine
+    source: Source
+    schema: pa.Schema  # the output's: extras, features (with_features), score columns
+    extras: list[str]
+    explain: bool
+    with_features: bool
+
+    def score(self, batch: pa.RecordBatch) -> Scored:
+        ok, scores, reasons = self.engine.score_batch(batch, self.explain, self.with_features)
+        kept = [batch.column(name) for name in self.extras]
+        if reasons:
+            mask = pa.array(ok)
+            kept = [column.filter(mask) for column in kept]
+        output = pa.RecordBatch.from_arrays(kept + scores, schema=self.schema)
+        fraud, ood = (pc.sum(output.column(name)).as_py() or 0 for name in ("is_fraud", "ood_warning"))
+        return Scored(batch.num_rows, output, reasons, fraud, ood)
 
 
-def mapped_artifact() -> dict[str, int]:
+def mapped_artifact(engine: Engine) -> dict[str, int]:
     """This process's view of the memory-mapped serving artifact, from /proc/self/smaps (kB):
     file-backed and shared, with no private copy of its pages."""
-    assert _engine is not None
-    path = str(getattr(_engine.model.scorer, "arrays", {}).get("nodes").filename)
+    path = str(getattr(engine.model.scorer, "arrays", {}).get("nodes").filename)
     totals = {"Rss": 0, "Pss": 0, "Private_Dirty": 0, "Anonymous": 0, "mappings": 0}
     inside = False
     with open("/proc/self/smaps") as f:
@@ -249,44 +351,107 @@ def mapped_artifact() -> dict[str, int]:
     return {"pid": os.getpid(), **totals}
 
 
+def _work(job: Job, k: int, n: int, results: multiprocessing.queues.Queue) -> None:
+    """Worker k of n: reads, converts and scores its own pieces, and hands back only what is
+    written; last, its view of the mapped artifact."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    try:
+        for batch, last, position in job.source.pieces(k, n):
+            results.put(("scored", job.score(batch), last, position))
+        results.put(("done", mapped_artifact(job.engine)))
+    except (BulkError, TableError) as e:
+        results.put(("error", type(e).__name__, str(e)))
+    except BaseException:
+        results.put(("error", "crash", traceback.format_exc()))
+
+
 class Workers:
-    """Processes forked after the model is loaded, each scoring whole chunks; results come back in
-    input order, with at most a few chunks in flight, so memory stays bounded. One worker scores
-    in this process."""
+    """Scoring processes, forked for each run after the model is loaded (they inherit its
+    mapping: the page cache's pages, no copy). Each reads its share of the file itself; the
+    parent takes their results piece by piece in file order, and writes. Each holds at most two
+    results waiting, so memory stays bounded. One worker scores in this process."""
 
     def __init__(self, engine: Engine, count: int) -> None:
-        global _engine
-        _engine = engine
-        self.count = count
-        self._pool = multiprocessing.get_context("fork").Pool(count) if count > 1 else None
+        self.engine, self.count = engine, count
+        self._running: list[multiprocessing.Process] = []
+        self._mappings: list[dict[str, int]] = []
 
-    def map(
-        self, chunks: Iterator[tuple[int, pa.RecordBatch]], explain: bool, with_features: bool
-    ) -> Iterator[tuple[tuple[int, pa.RecordBatch], Any]]:
-        """((first row, batch), its result) in input order."""
-        if self._pool is None:
-            for chunk in chunks:
-                yield chunk, _score_chunk(chunk[1], explain, with_features)
+    def results(self, job: Job) -> Iterator[tuple[Scored, int | None]]:
+        """(each batch scored, bytes read up to it when known), in file order."""
+        if self.count == 1:
+            for batch, _, position in job.source.pieces():
+                yield job.score(batch), position
+            self._mappings = [mapped_artifact(self.engine)]
             return
-        pending: collections.deque = collections.deque()
-        for chunk in chunks:
-            pending.append((chunk, self._pool.apply_async(_score_chunk, (chunk[1], explain, with_features))))
-            if len(pending) >= 2 * self.count:
-                chunk0, result = pending.popleft()
-                yield chunk0, result.get()
-        while pending:
-            chunk0, result = pending.popleft()
-            yield chunk0, result.get()
+        context = multiprocessing.get_context("fork")
+        queues = [context.Queue(maxsize=2) for _ in range(self.count)]
+        self._running = [
+            context.Process(target=_work, args=(job, k, self.count, queues[k]), daemon=True) for k in range(self.count)
+        ]
+        for process in self._running:
+            process.start()
+        try:
+            mappings = []
+            for piece in itertools.count():
+                k = piece % self.count
+                message = self._next(queues[k], self._running[k])
+                if message[0] == "done":  # no piece here, so none after: every other worker is done too
+                    mappings.append(message[1])
+                    for j in range(self.count):
+                        if j != k:
+                            mappings.append(self._expect_done(self._next(queues[j], self._running[j])))
+                    break
+                while True:
+                    _, scored, last, position = self._expect_scored(message)
+                    yield scored, position
+                    if last:
+                        break
+                    message = self._next(queues[k], self._running[k])
+            self._mappings = mappings
+        finally:
+            self.close()
+
+    @staticmethod
+    def _next(results: multiprocessing.queues.Queue, process: multiprocessing.Process) -> tuple:
+        while True:
+            try:
+                message = results.get(timeout=1.0)
+            except queue.Empty:
+                if not process.is_alive():
+                    raise BulkError(f"a scoring process stopped (exit code {process.exitcode})") from None
+                continue
+            if message[0] == "error":
+                _, kind, text = message
+                if kind == "BulkError":
+                    raise BulkError(text)
+                if kind == "TableError":
+                    raise TableError(text)
+                raise RuntimeError(f"a scoring process failed:\n{text}")
+            return message
+
+    @staticmethod
+    def _expect_scored(message: tuple) -> tuple:
+        if message[0] != "scored":
+            raise RuntimeError(f"a scoring process answered {message[0]!r} out of turn")
+        return message
+
+    @staticmethod
+    def _expect_done(message: tuple) -> dict[str, int]:
+        if message[0] != "done":
+            raise RuntimeError(f"a scoring process answered {message[0]!r} after the last piece")
+        return message[1]
 
     def mappings(self) -> list[dict[str, int]]:
-        if self._pool is None:
-            return [mapped_artifact()]
-        return [self._pool.apply_async(mapped_artifact).get() for _ in range(self.count * 4)]
+        """Each worker's view of the mapped artifact at the end of the last run."""
+        return self._mappings
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.terminate()
-            self._pool.join()
+        for process in self._running:
+            if process.is_alive():
+                process.terminate()
+        for process in self._running:
+            process.join()
+        self._running = []
 
 
 def run(
@@ -311,54 +476,50 @@ def run(
     started = time.monotonic()
     summary = Summary(output=str(output_path), rejects=str(rejects_path))
     source = Source(input_path, chunk_rows)
+    missing = missing_features(source.schema.names)
+    if missing:
+        raise BulkError(
+            f"{input_path} lacks the feature column{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
+            f"(needed: {', '.join(FEATURES)}, in any order)"
+        )
+    extras = [field for field in source.schema if field.name not in FEATURES]
+    features = [pa.field(name, pa.float64()) for name in FEATURES] if with_features else []
+    schema = pa.schema(extras + features + output_fields(explain))
+    job = Job(engine, source, schema, [field.name for field in extras], explain, with_features)
+    rejects = Rejects(rejects_path)
     try:
-        missing = missing_features(source.schema.names)
-        if missing:
-            raise BulkError(
-                f"{input_path} lacks the feature column{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
-                f"(needed: {', '.join(FEATURES)}, in any order)"
-            )
-        extras = [field for field in source.schema if field.name not in FEATURES]
-        features = [pa.field(name, pa.float64()) for name in FEATURES] if with_features else []
-        rejects = Rejects(rejects_path)
-        sink = Sink(output_path, pa.schema(extras + features + output_fields(explain)))
-        bar = Progress(source, progress)
-        try:
-            for (first_row, batch), (ok, scores, reasons) in workers.map(_numbered(source), explain, with_features):
-                kept = [batch.column(field.name) for field in extras]
-                if reasons:
-                    mask = pa.array(ok)
-                    kept = [column.filter(mask) for column in kept]
-                    rejects.write(first_row, reasons)
-                sink.write(pa.RecordBatch.from_arrays(kept + scores, schema=sink.schema))
-                summary.rows += batch.num_rows
-                summary.scored += batch.num_rows - len(reasons)
-                summary.rejected += len(reasons)
-                summary.fraud += pc.sum(scores[len(features) + 2]).as_py() or 0
-                summary.ood += pc.sum(scores[len(features) + 3]).as_py() or 0
-                bar.update(summary.rows)
-            bar.update(summary.rows, final=True)
-        except BaseException:
-            sink.abort()
-            rejects.close()
-            rejects.path.unlink(missing_ok=True)  # partial, like the output: neither is left behind
-            raise
+        sink = Sink(output_path, schema)
+    except BaseException:
         rejects.close()
-        sink.commit()
-    except TableError as e:
-        raise BulkError(f"{input_path}: {e}") from None
-    finally:
-        source.close()
+        rejects.path.unlink(missing_ok=True)
+        raise
+    bar = Progress(source, progress)
+    try:
+        first_row = 1  # of the next batch: 1-based, the header not counted
+        for scored, position in workers.results(job):
+            if scored.reasons:
+                rejects.write(first_row, scored.reasons)
+            if scored.output.num_rows:
+                sink.write(scored.output)
+            first_row += scored.rows
+            summary.rows += scored.rows
+            summary.scored += scored.rows - len(scored.reasons)
+            summary.rejected += len(scored.reasons)
+            summary.fraud += scored.fraud
+            summary.ood += scored.ood
+            bar.update(summary.rows, position)
+        bar.update(summary.rows, final=True)
+    except BaseException as e:
+        sink.abort()
+        rejects.close()
+        rejects.path.unlink(missing_ok=True)  # partial, like the output: neither is left behind
+        if isinstance(e, TableError):
+            raise BulkError(f"{input_path}: {e}") from None
+        raise
+    rejects.close()
+    sink.commit()
     summary.seconds = time.monotonic() - started
     return summary
-
-
-def _numbered(source: Source) -> Iterator[tuple[int, pa.RecordBatch]]:
-    """Each chunk with the number of its first row (1-based, the header not counted)."""
-    first = 1
-    for batch in source.batches():
-        yield first, batch
-        first += batch.num_rows
 
 
 def main(argv: list[str] | None = None) -> int:

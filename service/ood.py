@@ -40,6 +40,10 @@ class OutOfDistribution:
         """Which features of each row (n, 30) are out of distribution: a boolean array of X's shape."""
         return (self._low > X) | (self._high < X)
 
+    def outside_column(self, j: int, values: np.ndarray) -> np.ndarray:
+        """Which values of feature j are out of distribution: outside(X)[:, j] for X[:, j] = values."""
+        return (self._low[j] > values) | (self._high[j] < values)
+
 
 def annotate(result: dict[str, Any], flagged: list[str]) -> dict[str, Any]:
     result["ood-warning"] = bool(flagged)

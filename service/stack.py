@@ -54,6 +54,7 @@ def nginx_values(settings: Settings, run_dir: Path, socket: Path, access_log: st
         "RATE_LIMIT_PER_KEY": str(settings.rate_limit_per_key),
         "RATE_LIMIT_PER_IP": str(settings.rate_limit_per_ip),
         "RATE_LIMIT_BURST": str(settings.rate_limit_burst),
+        "SCORING_QUEUE": str(settings.scoring_queue),
         "METRICS_ALLOW_LINES": " ".join(f"{net} 1;" for net in settings.metrics_allow),
         "REAL_IP_LINES": " ".join(
             [f"set_real_ip_from {net};" for net in settings.trusted_proxies]
@@ -97,17 +98,25 @@ def find_redis_server() -> str:
 @dataclass
 class RedisServer:
     """A local feature store: `make run` starts one when FEATURE_STORE_START is true, the tests
-    start one per test module on a free port. Listens on loopback only; no persistence unless a
-    data directory is given."""
+    start one per test module on a free port. Listens on loopback only, and on `unix_socket` too
+    when given (a store beside the service, reached without TCP); no persistence unless a data
+    directory is given."""
 
     port: int
     data_dir: Path | None = None
     stdout: IO[str] | int | None = subprocess.DEVNULL
     process: subprocess.Popen | None = None
+    unix_socket: Path | None = None
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def unix_url(self) -> str:
+        if self.unix_socket is None:
+            raise ValueError("this redis-server listens on no unix socket")
+        return f"unix://{self.unix_socket}?db=0"
 
     def start(self, timeout: float = 10.0) -> RedisServer:
         persistence = (
@@ -115,6 +124,8 @@ class RedisServer:
             if self.data_dir
             else ["--save", "", "--appendonly", "no"]
         )
+        # Owner-only: the socket is the store's only access control besides loopback.
+        unix = ["--unixsocket", str(self.unix_socket), "--unixsocketperm", "700"] if self.unix_socket else []
         self.process = subprocess.Popen(
             [
                 find_redis_server(),
@@ -125,6 +136,7 @@ class RedisServer:
                 "--protected-mode",
                 "yes",
                 *persistence,
+                *unix,
             ],
             stdout=self.stdout,
             stderr=subprocess.STDOUT,

@@ -7,6 +7,7 @@ scored: it is returned with the reason instead."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -76,42 +77,64 @@ def _problem(name: str, raw: object, value: float) -> str:
     return f"{name} is beyond the float32 range: {raw}"
 
 
-def read_features(batch: pa.RecordBatch) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
-    """(X, ok, reasons): X the features as float64 in the model's order, ok the rows that can be
-    scored, reasons the refused rows' index in the batch -> why."""
-    X = np.empty((batch.num_rows, N_FEATURES), dtype=np.float64)
+def read_features(batch: pa.RecordBatch) -> tuple[list[np.ndarray], np.ndarray, dict[int, str]]:
+    """(columns, ok, reasons): the features as float64 columns in the model's order, ok the rows
+    that can be scored, reasons the refused rows' index in the batch -> why."""
+    columns: list[np.ndarray] = []
+    bad: list[tuple[int, np.ndarray]] = []
     for j, name in enumerate(FEATURES):
-        column = batch.column(name)
-        X[:, j] = _as_float64(column, name).to_numpy(zero_copy_only=False)  # nulls become NaN
-    with np.errstate(invalid="ignore"):
-        bad = ~(np.abs(X) <= FLOAT32_MAX)  # NaN (missing, not a number), ±inf and beyond float32
-    ok = ~bad.any(axis=1)
+        values = _as_float64(batch.column(name), name).to_numpy(zero_copy_only=False)  # nulls become NaN
+        with np.errstate(invalid="ignore"):
+            wrong = ~(np.abs(values) <= FLOAT32_MAX)  # NaN (missing, not a number), ±inf and beyond float32
+        if wrong.any():
+            bad.append((j, wrong))
+        columns.append(values)
+    ok = np.ones(batch.num_rows, dtype=bool)
+    for _, wrong in bad:
+        ok &= ~wrong
     reasons: dict[int, str] = {}
     for i in np.flatnonzero(~ok).tolist():
-        problems = []
-        for j in np.flatnonzero(bad[i]).tolist():
-            problems.append(_problem(FEATURES[j], batch.column(FEATURES[j])[i].as_py(), X[i, j]))
+        problems = [
+            _problem(FEATURES[j], batch.column(FEATURES[j])[i].as_py(), columns[j][i]) for j, wrong in bad if wrong[i]
+        ]
         reasons[i] = "; ".join(problems)
-    return X, ok, reasons
+    return columns, ok, reasons
 
 
-def _ood_names(outside: np.ndarray) -> pa.Array:
-    """Each row's flagged feature names, comma-separated ("" when none). Rows share few patterns:
-    each distinct pattern is named once."""
-    codes = np.packbits(outside, axis=1, bitorder="little")
-    codes = codes.view(np.dtype((np.void, codes.shape[1]))).ravel()
-    patterns, index = np.unique(codes, return_inverse=True)
-    names = []
-    for pattern in patterns:
-        flags = np.unpackbits(np.frombuffer(pattern.tobytes(), dtype=np.uint8), bitorder="little")[:N_FEATURES]
-        names.append(",".join(FEATURES[k] for k in np.flatnonzero(flags)))
-    return pa.DictionaryArray.from_arrays(pa.array(index.astype(np.int32)), pa.array(names)).dictionary_decode()
+@functools.lru_cache(maxsize=1 << 16)
+def _flagged_names(code: int) -> str:
+    return ",".join(FEATURES[j] for j in range(N_FEATURES) if code >> j & 1)
+
+
+def _ood_names(outside: list[np.ndarray], flagged: np.ndarray) -> pa.Array:
+    """Each row's flagged feature names, comma-separated ("" when none). Few rows are flagged and
+    they share few patterns: each distinct pattern is named once."""
+    index = np.zeros(len(flagged), dtype=np.int32)
+    names = [""]
+    rows = np.flatnonzero(flagged)
+    if len(rows):
+        codes = np.zeros(len(rows), dtype=np.int64)
+        for j, column in enumerate(outside):
+            codes |= column[rows].astype(np.int64) << j
+        patterns, inverse = np.unique(codes, return_inverse=True)
+        names += [_flagged_names(code) for code in patterns.tolist()]
+        index[rows] = inverse.astype(np.int32) + 1
+    return pa.DictionaryArray.from_arrays(pa.array(index), pa.array(names)).dictionary_decode()
 
 
 def fraud_scores(probability: np.ndarray) -> np.ndarray:
     """round(100 * p) as the service computes it: np.rint rounds the same float64 product half
     to even, as Python's round() does."""
     return np.rint(100.0 * probability).astype(np.int32)
+
+
+def rows_float32(columns: list[np.ndarray]) -> np.ndarray:
+    """The rows as one C-contiguous float32 matrix, the walker's input: each float64 value rounded
+    to float32 as sklearn rounds it."""
+    X = np.empty((len(columns[0]) if columns else 0, len(columns)), dtype=np.float32)
+    for j, column in enumerate(columns):
+        X[:, j] = column
+    return X
 
 
 @dataclass(frozen=True)
@@ -132,35 +155,35 @@ class Engine:
     def can_explain(self) -> bool:
         return hasattr(self.model.scorer, "explain_row")
 
-    def score(self, X: np.ndarray, explain: bool = False) -> list[pa.Array]:
+    def score(self, columns: list[np.ndarray], explain: bool = False) -> list[pa.Array]:
         """The output columns (output_fields order) for rows that passed read_features."""
-        probability = self.model.scorer.predict_rows(X)
+        probability = self.model.scorer.predict_rows(rows_float32(columns))
         fraud_score = fraud_scores(probability)
-        outside = self.ood.outside(X)
-        columns = [
+        outside = [self.ood.outside_column(j, column) for j, column in enumerate(columns)]
+        flagged = np.logical_or.reduce(outside) if outside else np.zeros(len(probability), dtype=bool)
+        result = [
             pa.array(probability),
             pa.array(fraud_score),
             pa.array(fraud_score >= self.threshold),
-            pa.array(outside.any(axis=1)),
-            _ood_names(outside),
+            pa.array(flagged),
+            _ood_names(outside, flagged),
             pa.DictionaryArray.from_arrays(
-                pa.array(np.zeros(len(X), dtype=np.int32)), pa.array([self.model.version])
+                pa.array(np.zeros(len(probability), dtype=np.int32)), pa.array([self.model.version])
             ).dictionary_decode(),
         ]
         if explain:
             scoring = Scoring(self.model, self.ood, self.threshold)
-            columns.append(
-                pa.array([orjson.dumps(scoring.one_explained(row)["reasons"]).decode() for row in X.tolist()])
-            )
-        return columns
+            rows = np.column_stack(columns).tolist() if columns else []
+            result.append(pa.array([orjson.dumps(scoring.one_explained(row)["reasons"]).decode() for row in rows]))
+        return result
 
     def score_batch(
         self, batch: pa.RecordBatch, explain: bool = False, with_features: bool = False
     ) -> tuple[np.ndarray, list[pa.Array], dict[int, str]]:
         """(ok, columns of the ok rows, reasons of the refused rows by index in the batch); the
         columns are the features as float64 when with_features, then the output columns."""
-        X, ok, reasons = read_features(batch)
+        columns, ok, reasons = read_features(batch)
         if reasons:
-            X = X[ok]
-        features = [pa.array(X[:, j]) for j in range(N_FEATURES)] if with_features else []
-        return ok, features + self.score(X, explain), reasons
+            columns = [column[ok] for column in columns]
+        features = [pa.array(column) for column in columns] if with_features else []
+        return ok, features + self.score(columns, explain), reasons

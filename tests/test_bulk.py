@@ -4,6 +4,7 @@ bad rows to the rejects file, bad files stopped with one line, workers sharing t
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import subprocess
@@ -198,3 +199,64 @@ def test_workers_read_the_one_mapped_artifact_without_copies(engine, workers, ro
         # Inherited from the parent's mapping: file-backed pages, none privately copied.
         assert mapping["mappings"] >= 1 and mapping["Rss"] > 0
         assert mapping["Private_Dirty"] == 0 and mapping["Anonymous"] == 0
+
+
+@pytest.mark.parametrize("count", [1, 2, 3])
+def test_workers_reading_their_own_pieces_give_the_file_in_order(engine, rows, small_model, tmp_path, count):
+    """Each worker reads its own share (CSV line ranges; Parquet row groups, or every n-th chunk
+    of a file with fewer row groups than workers): one output, in input order, bit-exact."""
+    expected = small_model[1].predict_proba(rows)[:, 1]
+    ids = [f"t{i}" for i in range(len(rows))]
+    sources = {
+        "row-groups.parquet": lambda path: pq.write_table(table(rows), path, row_group_size=333),
+        "one-group.parquet": lambda path: pq.write_table(table(rows), path),
+        "lines.csv": lambda path: pacsv.write_csv(table(rows), path),
+    }
+    running = bulk.Workers(engine, count)
+    try:
+        for name, write in sources.items():
+            write(tmp_path / name)
+            out = tmp_path / f"{name}.out.parquet"
+            summary = bulk.run(engine, running, tmp_path / name, out, chunk_rows=97)
+            assert (summary.rows, summary.rejected) == (len(rows), 0), name
+            result = pq.read_table(out)
+            assert result["txn_id"].to_pylist() == ids, name
+            assert np.array_equal(result["probability"].to_numpy(), expected), name
+    finally:
+        running.close()
+
+
+def test_csv_line_endings_blank_lines_and_a_last_line_without_newline(engine, workers, rows, small_model, tmp_path):
+    good = rows[:400]
+    text = io.BytesIO()
+    pacsv.write_csv(table(good, order=list(FEATURES)), text)
+    lines = text.getvalue().decode().splitlines()
+    lines[50:50] = ["", ""]  # blank lines are not rows
+    source = tmp_path / "in.csv"
+    source.write_bytes("\r\n".join(lines).encode())  # CRLF, and no line end after the last row
+    summary = bulk.run(engine, workers, source, tmp_path / "out.parquet", chunk_rows=13)
+    assert (summary.rows, summary.rejected) == (400, 0)
+    result = pq.read_table(tmp_path / "out.parquet")
+    assert result["txn_id"].to_pylist() == [f"t{i}" for i in range(400)]
+    assert np.array_equal(result["probability"].to_numpy(), small_model[1].predict_proba(good)[:, 1])
+
+
+def test_a_malformed_csv_line_in_a_workers_piece_stops_with_one_line(small_model, rows, tmp_path):
+    source = tmp_path / "in.csv"
+    pacsv.write_csv(table(rows[:3000]), source)
+    lines = source.read_text().splitlines()
+    lines[2500] = "t2499,1,2"  # far into the file: in the second worker's share
+    source.write_text("\n".join(lines) + "\n")
+    done = run_cli(
+        str(source),
+        str(tmp_path / "out.parquet"),
+        "--workers",
+        "2",
+        "--chunk-rows",
+        "200",
+        env_extra={"MODEL_PATH": str(small_model[0])},
+    )
+    assert done.returncode != 0
+    assert done.stderr.count("\n") == 1 and "cannot read" in done.stderr and "columns" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "out.parquet").exists() and not (tmp_path / "out.parquet.rejects.csv").exists()

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from perf import baseline, memory, overload, report, stats, wrk
+from perf import baseline, by_id, memory, overload, report, stats, wrk
 
 DATA = Path(__file__).resolve().parent / "data"
 
@@ -306,17 +306,26 @@ def test_closed_loop_can_sort_its_answers_by_kind():
     assert args[-4:] == ["--", "/x/s", "0", "classify"]  # rate 0: closed loop
 
 
-def test_recovery_is_when_every_later_window_is_back_to_normal():
-    # (arrival µs, latency µs, kind): sent every 10 ms for 3 s; slow (80 ms) for the first 0.6 s.
-    answers = [
-        (t + (80_000 if t < 600_000 else 2_000), 80_000 if t < 600_000 else 2_000, "ok")
-        for t in range(0, 3_000_000, 10_000)
-    ]
-    timeline = overload.windows(answers, 0.25)
-    assert [w["n"] for w in timeline] == [25] * 12
-    assert overload.recovery_s(timeline, normal_p99_ms=2.0, width_s=0.25) == 0.75
-    assert overload.recovery_s(timeline[3:], normal_p99_ms=2.0, width_s=0.25) == 0.0
-    assert [round(w["p99_ms"]) for w in overload.windows_per_second(timeline)] == [80, 2, 2]
+def answers_every_10ms(latency_ms) -> list[tuple[int, int, str]]:
+    """(arrival µs, latency µs, kind) of requests sent every 10 ms for 3 s, latency by send time."""
+    return [(t + 1000 * latency_ms(t / 1e6), 1000 * latency_ms(t / 1e6), "ok") for t in range(0, 3_000_000, 10_000)]
+
+
+def test_normal_is_the_worst_window_of_the_undisturbed_run():
+    before = answers_every_10ms(lambda s: 5 if 1.0 <= s < 1.25 else 2)  # one noisy quarter second
+    assert [w["n"] for w in overload.windows(before, 0.25)] == [25] * 12
+    assert overload.normal_limit_ms(before, 0.25) == 5
+
+
+def test_recovery_is_the_first_normal_window_after_which_the_run_stays_normal():
+    # Slow for the first 0.6 s, then as the undisturbed run, noise included.
+    after = answers_every_10ms(lambda s: 80 if s < 0.6 else 5 if 2.0 <= s < 2.25 else 2)
+    assert overload.recovery_s(after, limit_ms=5, width_s=0.25) == 0.75
+    assert [round(w["p99_ms"]) for w in overload.windows_per_second(overload.windows(after, 0.25))] == [80, 2, 5]
+    # A lone quiet quarter second while the queue still drains is not a recovery.
+    relapse = answers_every_10ms(lambda s: 2 if 0.5 <= s < 0.75 else 80 if s < 1.5 else 2)
+    assert overload.recovery_s(relapse, limit_ms=5, width_s=0.25) == 1.5
+    assert overload.recovery_s(answers_every_10ms(lambda s: 80), limit_ms=5, width_s=0.25) is None
 
 
 def test_overload_targets_are_judged():
@@ -341,6 +350,72 @@ def test_overload_targets_are_judged():
         "overload, closed loop, 1,024 connections: p99 of every answer": False,
         "overload, closed loop, 1,024 connections: scored throughput ÷ capacity": True,
         "overload, closed loop, 1,024 connections: timeouts, socket errors, 5xx but the 503s, other statuses": False,
-        "overload: p99 back to normal after it stops": True,
+        "overload: p99 back to normal after it stops (perf/overload.py says what normal is)": True,
     }
+    results["after_50"]["recovery_s"] = None  # never back to normal within the run
+    assert not overload.targets(results, deadline_ms=150)[-1].met
     assert overload.targets(None, deadline_ms=150) == []
+
+
+def by_id_results(single_ratio_unix: float, open_p99_unix: float) -> dict:
+    def route(rps: float, p99: float) -> dict:
+        return {"rps": rps, "rows_per_s": rps, "p99_ms": p99, "mean_ms_by_littles_law": 64_000 / rps, "failed": 0}
+
+    def open_run(p99: float, fetch: float | None) -> dict:
+        return {
+            "rate": 3000,
+            "sent_per_s": 3000.0,
+            "rps": 3000.0,
+            "p50_ms": 1.0,
+            "p99_ms": p99,
+            "failed": 0,
+            "fetch_p99_ms": fetch,
+        }
+
+    return {
+        "connections": 64,
+        "batch_rows": 100,
+        "routes": {
+            "raw single": route(6000, 19.0),
+            "by-id single": route(3600, 26.0),
+            "by-id single unix": route(6000 * single_ratio_unix, 21.0),
+            "raw batch": route(1700, 45.0),
+            "by-id batch": route(1100, 68.0),
+            "by-id batch unix": route(1300, 60.0),
+        },
+        "open_loop": {
+            "raw single": open_run(2.0, None),
+            "by-id single": open_run(8.0, 0.5),
+            "by-id single unix": open_run(open_p99_unix, 0.25),
+        },
+        "single_ratio": 0.6,
+        "single_ratio_unix": single_ratio_unix,
+        "batch_ratio": 0.65,
+        "batch_ratio_unix": 0.76,
+    }
+
+
+def test_by_id_targets_judge_throughput_closed_loop_and_p99_open_loop_per_transport():
+    found = {t.figure: t for t in report.by_id_targets(by_id_results(0.72, 3.1))}
+    judged = {figure: t.met for figure, t in found.items() if t.target != "reported"}
+    assert judged == {
+        "by-id ÷ raw single throughput, 64 connections closed loop, store over TCP loopback": False,
+        "by-id ÷ raw single throughput, 64 connections closed loop, store over unix socket": True,
+        "by-id single p99, 64 connections open loop at 3,000/s (½ raw capacity), store over TCP loopback": False,
+        "by-id single p99, 64 connections open loop at 3,000/s (½ raw capacity), store over unix socket": True,
+    }
+    closed = found["by-id single unix p99, 64 connections closed loop"]
+    assert "Little's law: mean 14.8 ms" in closed.measured  # 64 ÷ 4,320 req/s
+    assert (
+        found["store fetch p99 in that run (fetch histogram), over unix socket"].measured == "≤ 0.25 ms (bucket bound)"
+    )
+    missed = [t.figure for t in report.by_id_targets(by_id_results(0.69, 5.0)) if not t.met]
+    assert len(missed) == 4
+
+
+def test_the_fetch_p99_is_the_bucket_holding_it_between_two_snapshots():
+    before = {0.0001: 10.0, 0.0005: 20.0, 0.001: 20.0, float("inf"): 20.0}
+    after = {0.0001: 900.0, 0.0005: 1010.0, 0.001: 1020.0, float("inf"): 1020.0}
+    assert by_id.bucket_quantile(before, after, 0.99) == 0.5  # 990 of the 1,000 new ones ≤ 0.5 ms
+    assert by_id.bucket_quantile(before, after, 0.5) == 0.1
+    assert by_id.bucket_quantile(after, after, 0.99) is None
