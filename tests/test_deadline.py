@@ -16,7 +16,7 @@ from service.app import create_app
 from service.deadline import guarded_routes
 from service.loader import load_model
 from service.settings import DEADLINE_MAX_MS
-from tests.helpers import TEST_KEY, Upstream, call_upstream, sample_transaction
+from tests.helpers import TEST_KEY, Upstream, call_upstream, sample_transaction, wait_for
 
 
 def transaction_body() -> bytes:
@@ -164,8 +164,12 @@ def test_a_forged_stamp_from_a_client_is_ignored(client, local_stack):
     )
     assert reply.status == 200, reply.raw
     assert "X-Queue-Wait-Ms" not in reply.headers
-    lines = [json.loads(line) for line in (local_stack.logs / "nginx-access.log").read_text().splitlines()]
-    (line,) = [entry for entry in lines if entry["request_id"] == "forged-stamp"]
+
+    def logged() -> list[dict]:  # nginx writes the line once the answer is sent: it may trail the reply
+        lines = [json.loads(line) for line in (local_stack.logs / "nginx-access.log").read_text().splitlines()]
+        return [entry for entry in lines if entry["request_id"] == "forged-stamp"]
+
+    (line,) = wait_for(logged, timeout=10)
     assert 0 <= int(line["queue_ms"]) < 3_600_000
 
 
