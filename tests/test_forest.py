@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+from service._walker import Walker
 from sklearn.ensemble import ExtraTreesClassifier, RandomForestClassifier
 from sklearn.tree import DecisionTreeClassifier
 
@@ -41,12 +44,17 @@ def test_bit_identical_to_predict_proba(make_estimator, training_data):
     # (max_leaf_nodes) does not: the walker has a loop for each layout, and both are checked here.
     depth_first = getattr(estimator, "max_leaf_nodes", None) is None
     assert scorer._walker.left_is_next is depth_first
+    # Batches take the AVX-512 QuickScorer route where the CPU has it, else the walk: both are
+    # checked, on a row count that leaves a remainder of a 16-row block.
+    assert scorer._walker.vectorised is cpu_has_avx512()
+    walked = walker_only(scorer)
     rng = np.random.default_rng(0)
-    X_test, _ = synthetic.generate(N_ROWS, seed=99)
+    X_test, _ = synthetic.generate(N_ROWS + 7, seed=99)
     on_thresholds = rows_on_thresholds(arrays, X, rng, N_ROWS)
     for rows in (X_test, on_thresholds):
         expected = estimator.predict_proba(rows)[:, 1]
         assert np.array_equal(scorer.predict_rows(rows), expected)
+        assert np.array_equal(predict_rows(walked, rows), expected)
         single = np.array([scorer.predict_row(list(map(float, r))) for r in rows])
         assert np.array_equal(single, expected)
     # The threshold rows must really exercise the cast: without it, some would land elsewhere.
@@ -55,6 +63,46 @@ def test_bit_identical_to_predict_proba(make_estimator, training_data):
         for r in on_thresholds[:2000]
     ]
     assert not np.array_equal(naive, estimator.predict_proba(on_thresholds[:2000])[:, 1])
+
+
+def cpu_has_avx512() -> bool:
+    flags = [line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")]
+    return bool(flags) and "avx512f" in flags[0].split()
+
+
+def walker_only(scorer: forest.Forest) -> Walker:
+    """The same arrays, batches always walked tree by tree."""
+    arrays = scorer.arrays
+    return Walker(
+        nodes=arrays["nodes"],
+        value=arrays["value"],
+        roots=arrays["roots"],
+        n_features=scorer.n_features,
+        vectorised=False,
+    )
+
+
+def predict_rows(walker: Walker, rows: np.ndarray) -> np.ndarray:
+    out = np.empty(len(rows))
+    walker.predict_rows(np.ascontiguousarray(rows, dtype=np.float32), out)
+    return out
+
+
+def test_both_batch_routes_agree_on_every_row_count_and_on_nan(training_data):
+    """NaN goes right in both (!(x <= t)), as in the walk of one row; blocks of 16 and their
+    remainders, and batches too small for a block, give the same bits."""
+    X, y = training_data
+    scorer = forest.Forest(forest.flatten(RandomForestClassifier(n_estimators=25, random_state=7).fit(X, y)))
+    walked = walker_only(scorer)
+    rows, _ = synthetic.generate(3000, seed=12)
+    rng = np.random.default_rng(1)
+    with_nan = rows.copy()
+    with_nan[rng.integers(0, len(rows), 600), rng.integers(0, rows.shape[1], 600)] = np.nan
+    for batch in (rows, with_nan):
+        for n in (0, 1, 15, 16, 17, 31, 33, 1000, 3000):
+            expected = predict_rows(walked, batch[:n])
+            assert np.array_equal(scorer.predict_rows(batch[:n]), expected)
+            assert np.array_equal(expected, [scorer.predict_row(r) for r in batch[:n].tolist()])
 
 
 def naive_leaf(arrays: dict, node: int, row: np.ndarray) -> int:
