@@ -317,6 +317,7 @@ def main(argv: list[str] | None = None) -> int:
             args.rounds,
             args.seconds,
             log,
+            args.open_seconds,
         )
         log(f"memory with {', '.join(map(str, MEMORY_WORKERS))} workers")
         loads: dict[int, dict[str, Any]] = {}

@@ -3,9 +3,15 @@
 Built once in the gunicorn master (nothing connects there); each worker opens its own connection
 on first use and notices a fork by its pid, so a connection is never shared between processes.
 Every command is bounded by the fetch timeout: a store that is down or slow costs a request at most
-that long, and it answers 503 (`StoreUnavailable`) instead of holding the worker. redis-py
-reconnects by itself on the next command after a failure; its own retries are turned off, so that
-the timeout is the whole wait."""
+that long, and it answers 503 (`StoreUnavailable`) instead of holding the worker. The connection
+reconnects by itself on the next command after a failure; redis-py's retries are turned off, so that
+the timeout is the whole wait.
+
+The hot call is one GET (one MGET for a batch) on that connection through redis-py's documented
+connection interface (`send_packed_command`, `read_response` with its hiredis parser), not through
+`Redis.execute_command`: a sync worker serves one request at a time on one connection, so the
+client's pool, lock, retry wrapper and response callbacks (none for GET and MGET) are per-call
+cost with nothing to do here."""
 
 from __future__ import annotations
 
@@ -17,6 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis
 from redis.backoff import NoBackoff
+from redis.connection import AbstractConnection
 from redis.retry import Retry
 
 
@@ -44,17 +51,18 @@ def redacted(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-def connect(config: StoreConfig) -> redis.Redis:
-    """One connection, no retries, every wait bounded by the timeout (connect included)."""
-    return redis.Redis.from_url(
+def connect(config: StoreConfig) -> AbstractConnection:
+    """One connection (TCP, TLS or a unix socket, as the URL says), no retries, every wait bounded
+    by the timeout (connect included). Nothing connects here: the first command does."""
+    pool = redis.ConnectionPool.from_url(
         config.url,
         socket_timeout=config.timeout_s,
         socket_connect_timeout=config.timeout_s,
         retry=Retry(NoBackoff(), 0),
         retry_on_timeout=False,
-        single_connection_client=True,
         health_check_interval=0,
     )
+    return pool.make_connection()
 
 
 class FeatureStore:
@@ -62,25 +70,24 @@ class FeatureStore:
         self.config = config
         self._prefix = config.prefix.encode()
         self._observe = observe_fetch  # metrics: fetch latency and misses
-        self._client: redis.Redis | None = None
+        self._connection_made: AbstractConnection | None = None
         self._pid = 0
         self._timeout_s = config.timeout_s  # what the connection's socket is set to now
 
-    def _connection(self) -> redis.Redis:
+    def _connection(self) -> AbstractConnection:
         pid = os.getpid()
-        if self._client is None or self._pid != pid:
-            # A client made in another process (the master, before fork) is dropped unused.
-            self._client = connect(self.config)
+        if self._connection_made is None or self._pid != pid:
+            # A connection made in another process (the master, before fork) is dropped unused.
+            self._connection_made = connect(self.config)
             self._pid = pid
             self._timeout_s = self.config.timeout_s
-        return self._client
+        return self._connection_made
 
-    def _bound(self, client: redis.Redis, timeout_s: float) -> None:
+    def _bound(self, connection: AbstractConnection, timeout_s: float) -> None:
         """This call's timeout (the smaller of the store's and the request's time left) on the one
         connection: its socket now, and a reconnect's. Touched only when it changes."""
         if timeout_s == self._timeout_s:
             return
-        connection = client.connection  # single_connection_client: the one connection
         connection.socket_timeout = connection.socket_connect_timeout = timeout_s
         if connection._sock is not None:  # redis-py keeps the socket there; no public setter
             connection._sock.settimeout(timeout_s)
@@ -92,12 +99,18 @@ class FeatureStore:
     def fetch(self, transaction_ids: Sequence[str], timeout_s: float | None = None) -> list[bytes | None]:
         """The stored records of these ids, in order (None where there is none): one round trip,
         waiting at most `timeout_s` (default: the store's timeout)."""
-        keys = [self.key(i) for i in transaction_ids]
+        prefix = self._prefix
+        keys = [prefix + i.encode() for i in transaction_ids]
         started = time.perf_counter()
         try:
-            client = self._connection()
-            self._bound(client, self.config.timeout_s if timeout_s is None else timeout_s)
-            records = [client.get(keys[0])] if len(keys) == 1 else client.mget(keys)
+            connection = self._connection()
+            self._bound(connection, self.config.timeout_s if timeout_s is None else timeout_s)
+            if len(keys) == 1:
+                connection.send_packed_command(connection.pack_command(b"GET", keys[0]), check_health=False)
+                records = [connection.read_response()]
+            else:
+                connection.send_packed_command(connection.pack_command(b"MGET", *keys), check_health=False)
+                records = connection.read_response()
         except (redis.ConnectionError, redis.TimeoutError) as e:
             raise StoreUnavailable(f"the feature store did not answer: {type(e).__name__}") from e
         except redis.RedisError as e:  # e.g. a wrong-type key, a store that refuses commands
@@ -109,7 +122,9 @@ class FeatureStore:
         """Whether the store answers a PING within the timeout, and how long it took (ms)."""
         started = time.perf_counter()
         try:
-            self._connection().ping()
+            connection = self._connection()
+            connection.send_command("PING", check_health=False)
+            connection.read_response()
         except redis.RedisError:
             return False, None
         return True, round((time.perf_counter() - started) * 1000.0, 3)

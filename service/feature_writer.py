@@ -3,11 +3,12 @@
     python -m service.feature_writer transactions.parquet [--id-column transaction_id] [--ttl 86400]
 
 Reads CSV or Parquet (an id column and the 30 feature columns, in any order; other columns are
-ignored) in chunks, validates every row exactly as `POST /v1/fraud-score` validates a posted
-transaction, and writes each valid row's record (service/feature_record.py) under
-FEATURE_STORE_PREFIX + id with pipelined SETs, one round trip per chunk. Rows that fail go to a
-rejects file (CSV: row number, id, reason) and are counted; a missing column or an unreadable file
-stops at once with one line."""
+ignored) in chunks through bulk scoring's reader (service/bulk.py's Source), refuses each row the
+service would refuse exactly as bulk scoring does (service/tables.py: a feature missing, not a
+number, not finite or beyond the float32 range, as the HTTP contract checks a posted transaction),
+and writes each accepted row's record (service/feature_record.py) under FEATURE_STORE_PREFIX + id
+with pipelined SETs, one round trip per chunk. Refused rows go to a rejects file (CSV: row number,
+id, reason) and are counted; a missing column or an unreadable file stops at once with one line."""
 
 from __future__ import annotations
 
@@ -15,23 +16,20 @@ import argparse
 import csv
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.csv as pa_csv
-import pyarrow.parquet as pq
 import redis
 from tqdm import tqdm
 
 from service import settings as settings_module
+from service.bulk import BulkError, Source
 from service.feature_record import encode_record
 from service.feature_store import redacted
 from service.features import FEATURES
-from service.schema import TransactionValidator, load_schema_document
+from service.tables import TableError, read_features
 
 CHUNK_ROWS = 5000
 
@@ -55,64 +53,15 @@ class Summary:
         )
 
 
-def read_batches(path: Path, id_column: str) -> tuple[Iterator[pa.RecordBatch], int | None]:
-    """Batches with the id and the features as read (any type), and the row count if known."""
-    columns = [id_column, *FEATURES]
+def open_source(path: Path, id_column: str) -> Source:
     try:
-        if path.suffix.lower() == ".parquet":
-            parquet = pq.ParquetFile(path)
-            names = parquet.schema_arrow.names
-            _check_columns(path, names, columns)
-            return parquet.iter_batches(batch_size=CHUNK_ROWS, columns=columns), parquet.metadata.num_rows
-        _check_columns(path, pa_csv.open_csv(path).schema.names, columns)
-        # Every CSV column is read as text, so that one bad value rejects its row, not the file.
-        reader = pa_csv.open_csv(
-            path,
-            read_options=pa_csv.ReadOptions(block_size=1 << 20),
-            convert_options=pa_csv.ConvertOptions(
-                include_columns=columns, column_types=dict.fromkeys(columns, pa.string()), strings_can_be_null=True
-            ),
-        )
-    except (OSError, pa.ArrowException) as e:
-        raise InputError(f"cannot read {path}: {e}") from None
-    return iter(reader), None
-
-
-def _check_columns(path: Path, names: list[str], wanted: list[str]) -> None:
-    missing = [c for c in wanted if c not in names]
+        source = Source(path, CHUNK_ROWS)
+    except BulkError as e:
+        raise InputError(str(e)) from None
+    missing = [c for c in (id_column, *FEATURES) if c not in source.schema.names]
     if missing:
         raise InputError(f"{path}: missing columns {', '.join(missing)}")
-
-
-def _values(column: pa.Array) -> list[Any]:
-    """A feature column as Python values: floats where the text is a number, else the text (the
-    validator then says what is wrong with it), None where the cell is empty."""
-    if pa.types.is_floating(column.type) or pa.types.is_integer(column.type):
-        return column.to_pylist()
-    try:
-        return pc.cast(column, pa.float64()).to_pylist()
-    except pa.ArrowInvalid:
-        return [_number_or_text(v) for v in column.to_pylist()]
-
-
-def _number_or_text(text: str | None) -> float | str | None:
-    if text is None:
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        return text
-
-
-def transactions(batch: pa.RecordBatch, id_column: str) -> Iterator[tuple[Any, dict[str, Any]]]:
-    """(id, transaction) per row, the transaction as the JSON object the contract validates."""
-    ids = batch.column(id_column).cast(pa.string()).to_pylist()
-    columns = [_values(batch.column(name)) for name in FEATURES]
-    for i, transaction_id in enumerate(ids):
-        yield (
-            transaction_id,
-            {name: values[i] for name, values in zip(FEATURES, columns, strict=True) if values[i] is not None},
-        )
+    return source
 
 
 def load(
@@ -124,33 +73,40 @@ def load(
     ttl: int | None = None,
     progress: bool | None = None,
 ) -> Summary:
-    validator = TransactionValidator(load_schema_document())
-    batches, total = read_batches(path, id_column)
+    source = open_source(path, id_column)
     summary = Summary()
     started = time.monotonic()
     show = sys.stderr.isatty() if progress is None else progress
-    with (
-        open(rejects, "w", newline="") as rejected,
-        tqdm(total=total, unit=" rows", unit_scale=True, disable=not show, desc="features") as bar,
-    ):
-        out = csv.writer(rejected)
-        out.writerow(["row", id_column, "reason"])
-        for batch in batches:
-            pipe = client.pipeline(transaction=False)
-            for transaction_id, transaction in transactions(batch, id_column):
-                summary.rows += 1
-                if not transaction_id:
-                    reason = f"{id_column} is empty"
-                elif validator.is_valid(transaction):
-                    pipe.set(prefix + transaction_id, encode_record([transaction[f] for f in FEATURES]), ex=ttl)
-                    continue
-                else:
-                    reason = "; ".join(v.describe() for v in validator.violations(transaction))
-                summary.rejected += 1
-                out.writerow([summary.rows, transaction_id, reason])
-            summary.written += len(pipe)
-            pipe.execute()
-            bar.update(batch.num_rows)
+    try:
+        with (
+            open(rejects, "w", newline="") as rejected,
+            tqdm(total=source.total_rows, unit=" rows", unit_scale=True, disable=not show, desc="features") as bar,
+        ):
+            out = csv.writer(rejected)
+            out.writerow(["row", id_column, "reason"])
+            for batch in source.batches():
+                columns, _, reasons = read_features(batch)
+                rows = np.column_stack(columns).tolist()
+                ids = batch.column(id_column).cast(pa.string()).to_pylist()
+                pipe = client.pipeline(transaction=False)
+                for i, transaction_id in enumerate(ids):
+                    if not transaction_id:
+                        reason = f"{id_column} is empty"
+                    elif i in reasons:
+                        reason = reasons[i]
+                    else:
+                        pipe.set(prefix + transaction_id, encode_record(rows[i]), ex=ttl)
+                        continue
+                    summary.rejected += 1
+                    out.writerow([summary.rows + i + 1, transaction_id, reason])
+                summary.rows += batch.num_rows
+                summary.written += len(pipe)
+                pipe.execute()
+                bar.update(batch.num_rows)
+    except BulkError as e:
+        raise InputError(str(e)) from None
+    except TableError as e:
+        raise InputError(f"{path}: {e}") from None
     summary.seconds = time.monotonic() - started
     return summary
 

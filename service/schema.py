@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 import math
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from operator import itemgetter
+from operator import gt, itemgetter, lt
 from typing import Any
 
 import fastjsonschema
@@ -198,6 +198,31 @@ def compile_flat_numbers(document: dict[str, Any]) -> Callable[[Any], bool] | No
             if value < low or value > high:
                 return False
         return True
+
+    return is_valid
+
+
+def compile_flat_numbers_row(
+    document: dict[str, Any], names: Sequence[str]
+) -> Callable[[Sequence[float]], bool] | None:
+    """For a row of floats in `names` order (a stored record's values): whether the object of those
+    names and values is valid, decided as compile_flat_numbers decides it (the same bounds, the
+    same `<` / `>` comparisons) without building the object. A float is always a number, so the
+    bounds are the whole check. None unless compile_flat_numbers handles the document and every
+    property it requires is among `names`."""
+    if compile_flat_numbers(document) is None or not set(document["properties"]) <= set(names):
+        return None
+    properties = document["properties"]
+    positions = [names.index(name) for name in properties]
+    low = tuple(spec.get("minimum", -math.inf) for spec in properties.values())
+    high = tuple(spec.get("maximum", math.inf) for spec in properties.values())
+    values_of = itemgetter(*positions) if len(positions) > 1 else (lambda row: (row[positions[0]],))
+    if positions == list(range(len(names))):
+        values_of = tuple  # the row itself, in the document's order
+
+    def is_valid(row: Sequence[float]) -> bool:
+        values = values_of(row)
+        return not any(map(lt, values, low)) and not any(map(gt, values, high))
 
     return is_valid
 

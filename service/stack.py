@@ -97,17 +97,25 @@ def find_redis_server() -> str:
 @dataclass
 class RedisServer:
     """A local feature store: `make run` starts one when FEATURE_STORE_START is true, the tests
-    start one per test module on a free port. Listens on loopback only; no persistence unless a
-    data directory is given."""
+    start one per test module on a free port. Listens on loopback only, and on `unix_socket` too
+    when given (a store beside the service, reached without TCP); no persistence unless a data
+    directory is given."""
 
     port: int
     data_dir: Path | None = None
     stdout: IO[str] | int | None = subprocess.DEVNULL
     process: subprocess.Popen | None = None
+    unix_socket: Path | None = None
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def unix_url(self) -> str:
+        if self.unix_socket is None:
+            raise ValueError("this redis-server listens on no unix socket")
+        return f"unix://{self.unix_socket}?db=0"
 
     def start(self, timeout: float = 10.0) -> RedisServer:
         persistence = (
@@ -115,6 +123,8 @@ class RedisServer:
             if self.data_dir
             else ["--save", "", "--appendonly", "no"]
         )
+        # Owner-only: the socket is the store's only access control besides loopback.
+        unix = ["--unixsocket", str(self.unix_socket), "--unixsocketperm", "700"] if self.unix_socket else []
         self.process = subprocess.Popen(
             [
                 find_redis_server(),
@@ -125,6 +135,7 @@ class RedisServer:
                 "--protected-mode",
                 "yes",
                 *persistence,
+                *unix,
             ],
             stdout=self.stdout,
             stderr=subprocess.STDOUT,

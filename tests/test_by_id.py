@@ -19,7 +19,7 @@ from openapi_spec_validator import validate
 
 from model import synthetic
 from service.feature_record import FORMAT_V1, encode_record
-from service.feature_writer import InputError, load
+from service.feature_writer import CHUNK_ROWS, InputError, load
 from service.features import FEATURES
 from service.harness import EXTERNAL_SKIP_REASON, free_port
 from service.stack import RedisServer
@@ -282,6 +282,64 @@ def test_a_store_slower_than_the_timeout_is_503_never_a_hung_worker(small_model,
         server.stop()
 
 
+def test_a_store_on_a_unix_socket_scores_the_same_and_times_out_the_same(small_model, tmp_path, rows):
+    """FEATURE_STORE_URL=unix://…: a store beside the service, reached without TCP. The same answers
+    as the raw routes, one connection per worker made after fork, and a stalled store is a 503
+    within the timeout, then recovery without restarting the service."""
+    server = RedisServer(free_port(), unix_socket=tmp_path / "redis.sock").start()
+    try:
+        admin = redis.Redis.from_url(server.unix_url)
+        with admin.pipeline(transaction=False) as pipe:
+            for i in range(300):
+                pipe.set(f"{PREFIX}u-{i}", encode_record(list(rows[i])))
+            pipe.execute()
+        running = start_stack(
+            small_model[0],
+            tmp_path / "logs",
+            FEATURE_STORE_URL=server.unix_url,
+            FEATURE_STORE_PREFIX=PREFIX,
+            FEATURE_STORE_TIMEOUT_MS="20",
+            **UNLIMITED,
+        )
+        try:
+            client = Client("127.0.0.1", running.settings.port)
+            before = {c["id"] for c in admin.client_list()}
+            assert len(before) == 1  # this test's own: the master made none
+            ids = [f"u-{i}" for i in range(300)]
+            stored = by_ids(client, ids)
+            raw = client.request(
+                "POST", "/v1/fraud-score/batch", {"transactions": [as_transaction(r) for r in rows[:300]]}
+            )
+            assert stored.status == raw.status == 200, stored.raw
+            results = stored.json["results"]
+            assert [r.pop("transaction_id") for r in results] == ids
+            assert results == raw.json["results"]
+            for i in range(0, 300, 37):
+                one = by_id(client, f"u-{i}")
+                body = one.json
+                assert one.status == 200 and body.pop("transaction_id") == f"u-{i}"
+                assert body == client.score(as_transaction(rows[i])).json
+            workers = [c for c in admin.client_list() if c["id"] not in before]
+            assert 1 <= len(workers) <= running.settings.workers
+
+            os.kill(server.process.pid, signal.SIGSTOP)
+            try:
+                started = time.monotonic()
+                down = by_id(client, "u-1")
+                assert down.status == 503 and down.json["error"] == "feature_store_unavailable"
+                assert time.monotonic() - started < 1.0  # the 20 ms timeout, not the proxy's 10 s
+                assert client.score(as_transaction(rows[1])).status == 200
+            finally:
+                os.kill(server.process.pid, signal.SIGCONT)
+            deadline = time.monotonic() + 10
+            while by_id(client, "u-1").status != 200:
+                assert time.monotonic() < deadline, "never recovered"
+        finally:
+            running.stop()
+    finally:
+        server.stop()
+
+
 def test_the_store_lookup_waits_no_longer_than_the_requests_deadline(small_model, tmp_path, rows):
     """FEATURE_STORE_TIMEOUT_MS is 1 s here: a request with 30 ms of budget gives up on a stalled
     store within its budget (503 feature_store_unavailable), while one without a deadline (no
@@ -327,6 +385,8 @@ def test_writer_rejects_bad_rows_and_stops_on_a_bad_header(store, tmp_path):
         "bad-empty," + ",".join(["1.5"] * (len(FEATURES) - 1) + [""]) + ",0",
         "bad-inf," + ",".join(["inf"] + ["1.5"] * (len(FEATURES) - 1)) + ",0",
         f",{good},0",
+        "bad-nan," + ",".join(["1.5"] * 5 + ["nan"] + ["1.5"] * (len(FEATURES) - 6)) + ",0",
+        "bad-big," + ",".join(["1.5"] * 7 + ["3.5e38"] + ["1.5"] * (len(FEATURES) - 8)) + ",0",
         f"ok-2,{good},1",
     ]
     path = tmp_path / "in.csv"
@@ -334,21 +394,42 @@ def test_writer_rejects_bad_rows_and_stops_on_a_bad_header(store, tmp_path):
     rejects = tmp_path / "rejects.csv"
     client = redis.Redis.from_url(store.url)
     summary = load(path, client, "writer:", rejects, progress=False)
-    assert (summary.rows, summary.written, summary.rejected) == (6, 2, 4)
+    assert (summary.rows, summary.written, summary.rejected) == (8, 2, 6)
     rejected = rejects.read_text().splitlines()
     assert rejected[0] == "row,transaction_id,reason"
-    assert rejected[1].startswith("2,bad-text,") and "V3 must be a number, got string" in rejected[1]
-    assert rejected[2].startswith("3,bad-empty,") and "Amount is required" in rejected[2]
-    assert rejected[3].startswith("4,bad-inf,") and "Time" in rejected[3]
+    assert rejected[1].startswith("2,bad-text,") and "V3 is not a number: 'abc'" in rejected[1]
+    assert rejected[2].startswith("3,bad-empty,") and "Amount is missing" in rejected[2]
+    assert rejected[3].startswith("4,bad-inf,") and "Time is not a finite number" in rejected[3]
     assert rejected[4].startswith("5,,")
+    assert rejected[5].startswith("6,bad-nan,") and "V5 is not a finite number" in rejected[5]
+    assert rejected[6].startswith("7,bad-big,") and "V7 is beyond the float32 range" in rejected[6]
     assert client.get("writer:ok-1") == encode_record([1.5] * len(FEATURES))
-    assert client.get("writer:bad-text") is None
+    assert client.get("writer:bad-text") is None and client.get("writer:bad-nan") is None
 
     (tmp_path / "no-id.csv").write_text(",".join(FEATURES) + "\n" + good + "\n")
     with pytest.raises(InputError, match="missing columns transaction_id"):
         load(tmp_path / "no-id.csv", client, "writer:", rejects, progress=False)
     with pytest.raises(InputError, match="cannot read"):
         load(tmp_path / "absent.csv", client, "writer:", rejects, progress=False)
+
+
+def test_writer_refuses_parquet_rows_the_service_would_refuse_numbering_rows_across_chunks(store, tmp_path):
+    """A double column can hold NaN and infinities, which no JSON request can: refused, never
+    stored; row numbers count from the file's first row whatever chunk a row is read in."""
+    n = CHUNK_ROWS + 10
+    table = {"transaction_id": [f"pq-{i}" for i in range(n)]}
+    table.update({name: np.full(n, 0.25) for name in FEATURES})
+    table["V2"][3] = np.nan
+    table["Amount"][CHUNK_ROWS + 4] = np.inf
+    path = tmp_path / "in.parquet"
+    pq.write_table(pa.table(table), path)
+    client = redis.Redis.from_url(store.url)
+    summary = load(path, client, "pq:", tmp_path / "rejects.csv", progress=False)
+    assert (summary.rows, summary.written, summary.rejected) == (n, n - 2, 2)
+    rejected = (tmp_path / "rejects.csv").read_text().splitlines()[1:]
+    assert rejected[0].startswith("4,pq-3,") and "V2" in rejected[0]
+    assert rejected[1].startswith(f"{CHUNK_ROWS + 5},pq-{CHUNK_ROWS + 4},") and "Amount" in rejected[1]
+    assert client.get("pq:pq-3") is None and client.get(f"pq:pq-{n - 1}") == encode_record([0.25] * len(FEATURES))
 
 
 def test_writer_ttl_expires_records(store, tmp_path):

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from perf import baseline, memory, overload, report, stats, wrk
+from perf import baseline, by_id, memory, overload, report, stats, wrk
 
 DATA = Path(__file__).resolve().parent / "data"
 
@@ -344,3 +344,67 @@ def test_overload_targets_are_judged():
         "overload: p99 back to normal after it stops": True,
     }
     assert overload.targets(None, deadline_ms=150) == []
+
+
+def by_id_results(single_ratio_unix: float, open_p99_unix: float) -> dict:
+    def route(rps: float, p99: float) -> dict:
+        return {"rps": rps, "rows_per_s": rps, "p99_ms": p99, "mean_ms_by_littles_law": 64_000 / rps, "failed": 0}
+
+    def open_run(p99: float, fetch: float | None) -> dict:
+        return {
+            "rate": 3000,
+            "sent_per_s": 3000.0,
+            "rps": 3000.0,
+            "p50_ms": 1.0,
+            "p99_ms": p99,
+            "failed": 0,
+            "fetch_p99_ms": fetch,
+        }
+
+    return {
+        "connections": 64,
+        "batch_rows": 100,
+        "routes": {
+            "raw single": route(6000, 19.0),
+            "by-id single": route(3600, 26.0),
+            "by-id single unix": route(6000 * single_ratio_unix, 21.0),
+            "raw batch": route(1700, 45.0),
+            "by-id batch": route(1100, 68.0),
+            "by-id batch unix": route(1300, 60.0),
+        },
+        "open_loop": {
+            "raw single": open_run(2.0, None),
+            "by-id single": open_run(8.0, 0.5),
+            "by-id single unix": open_run(open_p99_unix, 0.25),
+        },
+        "single_ratio": 0.6,
+        "single_ratio_unix": single_ratio_unix,
+        "batch_ratio": 0.65,
+        "batch_ratio_unix": 0.76,
+    }
+
+
+def test_by_id_targets_judge_throughput_closed_loop_and_p99_open_loop_per_transport():
+    found = {t.figure: t for t in report.by_id_targets(by_id_results(0.72, 3.1))}
+    judged = {figure: t.met for figure, t in found.items() if t.target != "reported"}
+    assert judged == {
+        "by-id ÷ raw single throughput, 64 connections closed loop, store over TCP loopback": False,
+        "by-id ÷ raw single throughput, 64 connections closed loop, store over unix socket": True,
+        "by-id single p99, 64 connections open loop at 3,000/s (½ raw capacity), store over TCP loopback": False,
+        "by-id single p99, 64 connections open loop at 3,000/s (½ raw capacity), store over unix socket": True,
+    }
+    closed = found["by-id single unix p99, 64 connections closed loop"]
+    assert "Little's law: mean 14.8 ms" in closed.measured  # 64 ÷ 4,320 req/s
+    assert (
+        found["store fetch p99 in that run (fetch histogram), over unix socket"].measured == "≤ 0.25 ms (bucket bound)"
+    )
+    missed = [t.figure for t in report.by_id_targets(by_id_results(0.69, 5.0)) if not t.met]
+    assert len(missed) == 4
+
+
+def test_the_fetch_p99_is_the_bucket_holding_it_between_two_snapshots():
+    before = {0.0001: 10.0, 0.0005: 20.0, 0.001: 20.0, float("inf"): 20.0}
+    after = {0.0001: 900.0, 0.0005: 1010.0, 0.001: 1020.0, float("inf"): 1020.0}
+    assert by_id.bucket_quantile(before, after, 0.99) == 0.5  # 990 of the 1,000 new ones ≤ 0.5 ms
+    assert by_id.bucket_quantile(before, after, 0.5) == 0.1
+    assert by_id.bucket_quantile(after, after, 0.99) is None

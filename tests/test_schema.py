@@ -18,6 +18,7 @@ from service.schema import (
     batch_document,
     compile_batch_of_flat_numbers,
     compile_flat_numbers,
+    compile_flat_numbers_row,
     load_schema_document,
     sample_transaction,
 )
@@ -114,6 +115,60 @@ def test_batch_reader_agrees_with_reference_and_reads_every_value(body):
         expected = [[float(item[name]) for name in FEATURES] for item in body["transactions"]]
         assert matrix.shape == (len(expected), len(FEATURES))
         assert matrix.tolist() == expected
+
+
+# Every double a stored record can hold (the by-id routes' rows), the edges most often.
+record_values = st.floats(width=64) | st.sampled_from(
+    [
+        FLT_MAX,
+        -FLT_MAX,
+        math.nextafter(FLT_MAX, math.inf),
+        math.nextafter(-FLT_MAX, -math.inf),
+        math.nextafter(FLT_MAX, 0.0),
+        0.0,
+        -0.0,
+        5e-324,
+        -5e-324,
+        2.2250738585072014e-308,
+        1.7976931348623157e308,
+        -1.7976931348623157e308,
+        math.inf,
+        -math.inf,
+        math.nan,
+    ]
+)
+ROW_CHECK = compile_flat_numbers_row(DOCUMENT, FEATURES)
+
+
+@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(record_values, min_size=len(FEATURES), max_size=len(FEATURES)))
+def test_the_row_check_decides_as_the_contracts_validator(values):
+    row = tuple(values)
+    body = dict(zip(FEATURES, row, strict=True))
+    assert ROW_CHECK(row) == VALIDATOR.is_valid(body)
+    if all(map(math.isfinite, row)):  # the reference, for what JSON can carry
+        assert ROW_CHECK(row) == REFERENCE.is_valid(body)
+
+
+def test_the_row_check_on_each_feature_at_and_past_its_bounds():
+    for i in range(len(FEATURES)):
+        for value, valid in ((FLT_MAX, True), (-FLT_MAX, True), (math.nextafter(FLT_MAX, math.inf), False)):
+            for sign in (1, -1):
+                row = tuple(sign * value if j == i else 0.5 for j in range(len(FEATURES)))
+                assert ROW_CHECK(row) is valid
+                assert VALIDATOR.is_valid(dict(zip(FEATURES, row, strict=True))) is valid
+
+
+def test_the_row_check_reads_a_schema_with_other_bounds_and_order():
+    properties = dict(reversed(DOCUMENT["properties"].items()))
+    properties["Amount"] = {**properties["Amount"], "minimum": 0, "maximum": 10}
+    document = {**DOCUMENT, "required": list(properties), "properties": properties}
+    check, reference = compile_flat_numbers_row(document, FEATURES), jsonschema.Draft202012Validator(document)
+    for amount in (-1.0, 0.0, 10.0, 10.5):
+        row = tuple(amount if name == "Amount" else 1.0 for name in FEATURES)
+        assert check(row) == reference.is_valid(dict(zip(FEATURES, row, strict=True))) == (0.0 <= amount <= 10.0)
+    assert compile_flat_numbers_row(document, FEATURES[:-1]) is None  # a required feature the row lacks
+    assert compile_flat_numbers_row(BATCH_DOCUMENT, FEATURES) is None  # not the flat shape
 
 
 def test_the_transaction_schema_gets_the_specialised_check_and_others_do_not():
