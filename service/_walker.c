@@ -9,15 +9,15 @@
  *
  * A node is 16 bytes, everything one step of the walk reads: one cache line access a level.
  *
- * Batches of 16 rows or more take another route when the CPU has AVX-512 (checked at run time; the
- * walk above stays the fallback): QuickScorer (Lucchese et al., SIGIR 2015), which visits no tree.
+ * Batches of 16 rows or more (8 with AVX2) take another route when the CPU has AVX-512 or AVX2
+ * (checked at run time; the walk above stays the fallback): QuickScorer (Lucchese et al., SIGIR 2015), which visits no tree.
  * A row goes right at a node exactly when !(x <= threshold) (the walk's float32 comparison, NaN
  * going right). Number each tree's leaves left to right; going right at a node rules out the
  * leaves of its left subtree, and the leaf the walk reaches is the leftmost leaf no node on any
  * path rules out. So each tree keeps a bit a leaf (one 64-bit word per 64 leaves), every node whose
  * comparison fails clears its left subtree's bits, and the lowest bit left is the exit leaf. The
- * nodes are sorted by feature and threshold, and 16 rows are compared with one instruction; once
- * all 16 values of a feature are <= a threshold they are <= every larger one, and that feature's
+ * nodes are sorted by feature and threshold, and 16 (8) rows are compared with one instruction; once
+ * their values of a feature are all <= a threshold they are <= every larger one, and that feature's
  * scan stops. The leaves' values are then added in tree order and divided as above: the same
  * double operations as the walk, so the same bits. */
 #define PY_SSIZE_T_CLEAN
@@ -26,7 +26,7 @@
 #include <string.h>
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
-#define HAVE_AVX512_KERNEL 1
+#define HAVE_AVX512_KERNEL 1 /* and the AVX2 one */
 #endif
 
 typedef struct {
@@ -46,6 +46,7 @@ typedef struct {
      * threshold: the threshold, the tree word it clears bits of, the mask; per tree, its first
      * word and word count; per leaf word slot, the leaf's value. */
     Py_ssize_t qs_words;
+    int qs_lanes; /* rows a block: 16 (AVX-512), 8 (AVX2); 0 when batches are walked */
     float *qs_threshold;
     uint32_t *qs_word;
     uint64_t *qs_mask;
@@ -263,10 +264,30 @@ done:
     return result;
 }
 
+/* The exit leaves of one block's rows (bits: word-major, `lanes` rows a word), their values
+ * added in tree order. */
+static void qs_block_sums(const Walker *w, const uint64_t *bits, int lanes, double *proba) {
+    double total[16] = {0.0};
+    for (Py_ssize_t t = 0; t < w->n_trees; t++) {
+        const uint64_t *word = bits + (Py_ssize_t)w->qs_tree_word[t] * lanes;
+        const double *leaf_value = w->qs_leaf_value + (Py_ssize_t)w->qs_tree_word[t] * 64;
+        if (w->qs_tree_words[t] == 1) {
+            for (int i = 0; i < lanes; i++) total[i] += leaf_value[__builtin_ctzll(word[i])];
+        } else {
+            for (int i = 0; i < lanes; i++) {
+                int wd = 0;
+                while (word[wd * lanes + i] == 0) wd++; /* the exit leaf's bit is never cleared */
+                total[i] += leaf_value[wd * 64 + __builtin_ctzll(word[wd * lanes + i])];
+            }
+        }
+    }
+    for (int i = 0; i < lanes; i++) proba[i] = total[i] / (double)w->n_trees;
+}
+
 /* Rows in blocks of 16 (the rest walked); bits: qs_words * 16 words, 64-byte aligned. */
 __attribute__((target("avx512f")))
-static void qs_rows(const Walker *w, const float *x, Py_ssize_t n_rows, double *proba, uint64_t *bits) {
-    const Py_ssize_t nf = w->n_features, T = w->n_trees;
+static void qs_rows_avx512(const Walker *w, const float *x, Py_ssize_t n_rows, double *proba, uint64_t *bits) {
+    const Py_ssize_t nf = w->n_features;
     const __m512i row_start = _mm512_mullo_epi32(
         _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_epi32((int)nf));
     const __m512i ones = _mm512_set1_epi64(-1);
@@ -289,28 +310,47 @@ static void qs_rows(const Walker *w, const float *x, Py_ssize_t n_rows, double *
                 _mm512_store_si512(word + 8, _mm512_mask_and_epi64(hi, (__mmask8)(right >> 8), hi, mask));
             }
         }
-        double total[16] = {0.0};
-        for (Py_ssize_t t = 0; t < T; t++) {
-            const uint64_t *word = bits + (Py_ssize_t)w->qs_tree_word[t] * 16;
-            const double *leaf_value = w->qs_leaf_value + (Py_ssize_t)w->qs_tree_word[t] * 64;
-            if (w->qs_tree_words[t] == 1) {
-                for (int i = 0; i < 16; i++) total[i] += leaf_value[__builtin_ctzll(word[i])];
-            } else {
-                for (int i = 0; i < 16; i++) {
-                    int wd = 0;
-                    while (word[wd * 16 + i] == 0) wd++; /* the exit leaf's bit is never cleared */
-                    total[i] += leaf_value[wd * 64 + __builtin_ctzll(word[wd * 16 + i])];
-                }
-            }
-        }
-        for (int i = 0; i < 16; i++) proba[r + i] = total[i] / (double)T;
+        qs_block_sums(w, bits, 16, proba + r);
     }
     for (; r < n_rows; r++) proba[r] = forest_proba(w, x + r * nf);
 }
 
-static int cpu_has_avx512(void) {
+/* The same in blocks of 8 rows with AVX2: a comparison's lanes widened to 64-bit masks. */
+__attribute__((target("avx2")))
+static void qs_rows_avx2(const Walker *w, const float *x, Py_ssize_t n_rows, double *proba, uint64_t *bits) {
+    const Py_ssize_t nf = w->n_features;
+    const __m256i row_start = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32((int)nf));
+    const __m256i ones = _mm256_set1_epi64x(-1);
+    Py_ssize_t r = 0;
+    for (; r + 8 <= n_rows; r += 8) {
+        const float *block = x + r * nf;
+        for (Py_ssize_t i = 0; i < w->qs_words; i++) {
+            _mm256_store_si256((__m256i *)(bits + i * 8), ones);
+            _mm256_store_si256((__m256i *)(bits + i * 8 + 4), ones);
+        }
+        for (Py_ssize_t f = 0; f < nf; f++) {
+            __m256 xf = _mm256_i32gather_ps(block, _mm256_add_epi32(row_start, _mm256_set1_epi32((int)f)), 4);
+            for (Py_ssize_t k = w->qs_feature_start[f]; k < w->qs_feature_start[f + 1]; k++) {
+                __m256 right = _mm256_cmp_ps(xf, _mm256_set1_ps(w->qs_threshold[k]), _CMP_NLE_UQ);
+                if (_mm256_testz_ps(right, right)) break;
+                __m256i right32 = _mm256_castps_si256(right);
+                __m256i clear = _mm256_set1_epi64x(~(long long)w->qs_mask[k]); /* the left subtree's bits */
+                __m256i clear_lo = _mm256_and_si256(clear, _mm256_cvtepi32_epi64(_mm256_castsi256_si128(right32)));
+                __m256i clear_hi = _mm256_and_si256(clear, _mm256_cvtepi32_epi64(_mm256_extracti128_si256(right32, 1)));
+                __m256i *word = (__m256i *)(bits + (Py_ssize_t)w->qs_word[k] * 8);
+                _mm256_store_si256(word, _mm256_andnot_si256(clear_lo, _mm256_load_si256(word)));
+                _mm256_store_si256(word + 1, _mm256_andnot_si256(clear_hi, _mm256_load_si256(word + 1)));
+            }
+        }
+        qs_block_sums(w, bits, 8, proba + r);
+    }
+    for (; r < n_rows; r++) proba[r] = forest_proba(w, x + r * nf);
+}
+
+/* The fastest route this CPU runs: 16, 8, or 0 (walk). */
+static int cpu_lanes(void) {
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f");
+    return __builtin_cpu_supports("avx512f") ? 16 : __builtin_cpu_supports("avx2") ? 8 : 0;
 }
 #endif
 
@@ -329,15 +369,18 @@ static PyObject *Walker_predict_rows(Walker *w, PyObject *args) {
     const float *x = X.buf;
     double *proba = out.buf;
 #ifdef HAVE_AVX512_KERNEL
-    if (w->qs_leaf_value && n_rows >= 16) {
-        void *memory = PyMem_RawMalloc(w->qs_words * 16 * sizeof(uint64_t) + 64);
+    if (w->qs_lanes && n_rows >= w->qs_lanes) {
+        void *memory = PyMem_RawMalloc(w->qs_words * w->qs_lanes * sizeof(uint64_t) + 64);
         if (!memory) {
             PyErr_NoMemory();
             goto done;
         }
         uint64_t *bits = (uint64_t *)(((uintptr_t)memory + 63) & ~(uintptr_t)63);
         Py_BEGIN_ALLOW_THREADS
-        qs_rows(w, x, n_rows, proba, bits);
+        if (w->qs_lanes == 16)
+            qs_rows_avx512(w, x, n_rows, proba, bits);
+        else
+            qs_rows_avx2(w, x, n_rows, proba, bits);
         Py_END_ALLOW_THREADS
         PyMem_RawFree(memory);
         result = Py_NewRef(Py_None);
@@ -409,15 +452,15 @@ static int hold(PyObject *obj, Py_buffer *view, Py_ssize_t itemsize, Py_ssize_t 
 }
 
 static int Walker_init(Walker *w, PyObject *args, PyObject *kwargs) {
-    static char *kwlist[] = {"nodes", "value", "roots", "n_features", "vectorised", NULL};
+    static char *kwlist[] = {"nodes", "value", "roots", "n_features", "lanes", NULL};
     PyObject *nodes, *value, *roots;
     Py_ssize_t n_features;
-    int vectorised = 1;
+    int lanes = -1; /* -1: the fastest this CPU runs; 16, 8: that route if the CPU runs it; 0: walk */
     if (w->buffers_held) {
         PyErr_SetString(PyExc_RuntimeError, "Walker is already initialised");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOn|p", kwlist, &nodes, &value, &roots, &n_features, &vectorised))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOn|i", kwlist, &nodes, &value, &roots, &n_features, &lanes))
         return -1;
     if (n_features < 1 || n_features > MAX_FEATURES) {
         PyErr_SetString(PyExc_ValueError, "n_features out of range");
@@ -448,9 +491,20 @@ static int Walker_init(Walker *w, PyObject *args, PyObject *kwargs) {
     }
     if (!bad) {
         w->buffers_held = 1;
+        int supported = 0;
 #ifdef HAVE_AVX512_KERNEL
-        if (vectorised && cpu_has_avx512() && qs_build(w) < 0) return -1;
+        supported = cpu_lanes();
 #endif
+        if (lanes == -1) lanes = supported;
+        if (lanes != 0 && ((lanes != 16 && lanes != 8) || lanes > supported)) {
+            PyErr_Format(PyExc_ValueError, "lanes=%d: this CPU runs 0%s", lanes,
+                         supported == 16 ? ", 8 or 16" : supported == 8 ? " or 8" : "");
+            return -1;
+        }
+#ifdef HAVE_AVX512_KERNEL
+        if (lanes && qs_build(w) < 0) return -1;
+#endif
+        w->qs_lanes = lanes;
         return 0;
     }
     PyErr_Format(PyExc_ValueError, "invalid forest arrays: %s", bad);
@@ -473,13 +527,13 @@ static void Walker_dealloc(Walker *w) {
 static PyObject *Walker_get_n_trees(Walker *w, void *closure) { return PyLong_FromSsize_t(w->n_trees); }
 static PyObject *Walker_get_n_nodes(Walker *w, void *closure) { return PyLong_FromSsize_t(w->n_nodes); }
 static PyObject *Walker_get_left_is_next(Walker *w, void *closure) { return PyBool_FromLong(w->left_is_next); }
-static PyObject *Walker_get_vectorised(Walker *w, void *closure) { return PyBool_FromLong(w->qs_leaf_value != NULL); }
+static PyObject *Walker_get_lanes(Walker *w, void *closure) { return PyLong_FromLong(w->qs_lanes); }
 
 static PyGetSetDef Walker_getset[] = {
     {"n_trees", (getter)Walker_get_n_trees, NULL, "number of trees", NULL},
     {"n_nodes", (getter)Walker_get_n_nodes, NULL, "number of nodes in all trees", NULL},
     {"left_is_next", (getter)Walker_get_left_is_next, NULL, "whether every left child follows its parent", NULL},
-    {"vectorised", (getter)Walker_get_vectorised, NULL, "whether batches of 16 rows or more take the AVX-512 QuickScorer route", NULL},
+    {"lanes", (getter)Walker_get_lanes, NULL, "rows a QuickScorer block (16: AVX-512, 8: AVX2), 0 when batches are walked", NULL},
     {NULL}
 };
 
