@@ -13,12 +13,11 @@ _metrics_dir, _metrics_dir_is_ours = multiproc.prepare()
 # sets its path.
 bind = [os.environ.get("GUNICORN_BIND", "unix:/run/fraud-scoring/gunicorn.sock")]
 workers = _settings.workers
-# The socket's queue of connections no worker has accepted yet (gunicorn's default is 2048). Sized
-# in time: well under a deadline's worth of single scores (REQUEST_DEADLINE_MS), so that what waits
-# here is still on time when a worker takes it, yet enough to ride out a worker descheduled for some
-# milliseconds. A queue always fuller than a deadline would be shed whole and score nothing; beyond
-# this one nginx's connect fails at once and the client gets nginx's 503 (docs/operations.md).
-backlog = 64 * workers
+# The socket's queue of connections no worker has accepted yet. nginx admits at most
+# `scoring_queue` API requests at once (limit_conn; beyond it, an immediate 503), so they always fit
+# here; the rest is room for the routes nginx does not count (/health, /metrics), so that a probe
+# waits behind a full scoring queue instead of being refused while scoring sheds (docs/operations.md).
+backlog = _settings.scoring_queue + 1024
 # Sync (scoring is CPU-bound and nginx absorbs slow clients), freed as soon as its answer is written.
 worker_class = "service.worker.Worker"
 preload_app = True  # settings, model and schema load once in the master and are shared after fork

@@ -209,7 +209,8 @@ def hard_failures(results: dict[str, Any]) -> list[str]:
 
 def table(results: dict[str, Any]) -> str:
     header = (
-        f"{'scenario':<26}{'req/s':>9}{'p50':>9}{'p90':>9}{'p99':>9}{'p99.9':>9}{'max':>9}{'errors':>8}{'wrk CPU':>9}"
+        f"{'scenario':<26}{'req/s':>9}{'p50':>9}{'p90':>9}{'p99':>9}{'p99.9':>9}{'max':>9}{'errors':>8}"
+        f"{'refused':>9}{'wrk CPU':>9}"
     )
     lines = [header, "-" * len(header)]
     for s in [*results["closed_loop"].values(), *results.get("open_loop", {}).values()]:
@@ -217,11 +218,13 @@ def table(results: dict[str, Any]) -> str:
         lines.append(
             f"{s['scenario']:<26}{s['rps']:>9.0f}"
             + "".join(f"{lat[k]:>9.2f}" for k in ("p50", "p90", "p99", "p99.9", "max"))
-            + f"{s['failed']:>8}{s['generator_cpu_cores']:>8.2f}c"
+            + f"{s['failed']:>8}{sum(s.get('refused', {}).values()) if 'refused' in s else '':>9}"
+            + f"{s['generator_cpu_cores']:>8.2f}c"
         )
     lines.append(
         "latencies in ms; open-loop latencies count from each request's scheduled send time;"
-        " wrk CPU = cores the load generator used"
+        " wrk CPU = cores the load generator used; refused = the documented 503s (deadline_exceeded,"
+        " unavailable) of a closed loop beyond the scoring queue, counted apart from errors"
     )
     return "\n".join(lines)
 

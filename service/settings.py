@@ -169,6 +169,9 @@ class Settings:
     trusted_proxies: tuple[str, ...] = setting("TRUSTED_PROXIES", _networks, ())
     # A request's budget from nginx's stamp unless it sends X-Deadline-Ms (service/deadline.py).
     request_deadline_ms: int = setting("REQUEST_DEADLINE_MS", _integer(DEADLINE_MIN_MS, DEADLINE_MAX_MS), 150)
+    # Requests nginx lets wait for (or be served by) one worker at a time; beyond WORKERS times this,
+    # nginx refuses at once with 503 unavailable (`scoring_queue`).
+    queue_per_worker: int = setting("QUEUE_PER_WORKER", _integer(1, 1024), 32)
     # The online feature store of the by-id routes (unset: no such routes, nothing connects), and
     # whether `make run` starts a local redis-server for it (a loopback redis:// URL).
     feature_store_url: str | None = setting("FEATURE_STORE_URL", _store_url, None)
@@ -180,6 +183,14 @@ class Settings:
     challenger_model_path: Path | None = setting("CHALLENGER_MODEL_PATH", _path, None)
     challenger_model_sha256: str | None = setting("CHALLENGER_MODEL_SHA256", _sha256, None)
     challenger_log_sample: float = setting("CHALLENGER_LOG_SAMPLE", _share, 0.0)
+
+    @property
+    def scoring_queue(self) -> int:
+        """The most API requests in nginx at once (nginx's limit_conn, docs/operations.md): those
+        being served and those waiting for a worker. In time it is QUEUE_PER_WORKER requests'
+        worth of each worker, which must stay well inside REQUEST_DEADLINE_MS or the queue's tail
+        would wait its budget out and be shed rather than scored."""
+        return self.workers * self.queue_per_worker
 
 
 def variables() -> dict[str, dataclasses.Field]:

@@ -54,6 +54,7 @@ def nginx_values(settings: Settings, run_dir: Path, socket: Path, access_log: st
         "RATE_LIMIT_PER_KEY": str(settings.rate_limit_per_key),
         "RATE_LIMIT_PER_IP": str(settings.rate_limit_per_ip),
         "RATE_LIMIT_BURST": str(settings.rate_limit_burst),
+        "SCORING_QUEUE": str(settings.scoring_queue),
         "METRICS_ALLOW_LINES": " ".join(f"{net} 1;" for net in settings.metrics_allow),
         "REAL_IP_LINES": " ".join(
             [f"set_real_ip_from {net};" for net in settings.trusted_proxies]

@@ -22,6 +22,7 @@ from service.feature_record import FORMAT_V1, encode_record
 from service.feature_writer import CHUNK_ROWS, InputError, load
 from service.features import FEATURES
 from service.harness import EXTERNAL_SKIP_REASON, free_port
+from service.settings import DEADLINE_MAX_MS
 from service.stack import RedisServer
 from tests.helpers import EXTERNAL, OTHER_KEY, UNLIMITED, Client, as_transaction, call_upstream, start_stack
 
@@ -258,6 +259,9 @@ def test_a_store_slower_than_the_timeout_is_503_never_a_hung_worker(small_model,
             FEATURE_STORE_URL=server.url,
             FEATURE_STORE_PREFIX=PREFIX,
             FEATURE_STORE_TIMEOUT_MS="20",
+            # The longest deadline: on a busy machine a request queued behind the stalled lookups
+            # could otherwise wait out 150 ms and get the (documented) deadline 503 instead.
+            REQUEST_DEADLINE_MS=str(DEADLINE_MAX_MS),
             **UNLIMITED,
         )
         try:
