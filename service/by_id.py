@@ -7,13 +7,14 @@ the id. The routes exist only when FEATURE_STORE_URL is set."""
 from __future__ import annotations
 
 import falcon
+import numpy as np
 
 from service.auth import ApiKeys
 from service.body import decode
 from service.budget import RowBudget
 from service.deadline import time_left_s
 from service.errors import ApiError, invalid_body
-from service.feature_record import RecordError, as_transaction, decode_record
+from service.feature_record import RecordError, as_transaction, decode_record, decode_records
 from service.feature_store import FeatureStore, StoreUnavailable
 from service.features import FEATURES
 from service.resources import charge_batch, request_id, require_json, require_key, respond, wants_explanation
@@ -23,6 +24,7 @@ from service.schema import (
     TransactionValidator,
     by_id_batch_document,
     by_id_document,
+    compile_flat_numbers_matrix,
     compile_flat_numbers_row,
 )
 from service.scoring import Scoring
@@ -44,9 +46,23 @@ class StoredRows:
         self._valid_row = compile_flat_numbers_row(transaction.document, FEATURES) or (
             lambda row: transaction.is_valid(as_transaction(row))
         )
+        self._all_valid = compile_flat_numbers_matrix(transaction.document, FEATURES) or (
+            lambda X: all(map(self._valid_row, X.tolist()))
+        )
 
     def rows(self, ids: list[str], env: dict) -> list[tuple[float, ...]]:
         """`env` is the request's WSGI environ: the lookup waits no longer than its deadline allows."""
+        return [self._row(i, record) for i, record in zip(ids, self._records(ids, env), strict=True)]
+
+    def matrix(self, ids: list[str], env: dict) -> np.ndarray:
+        """rows() as a float64 matrix, checked at once; a bad record is named as rows() names it."""
+        records = self._records(ids, env)
+        X = decode_records(records)
+        if X is not None and self._all_valid(X):
+            return X
+        return np.array([self._row(i, record) for i, record in zip(ids, records, strict=True)], dtype=np.float64)
+
+    def _records(self, ids: list[str], env: dict) -> list[bytes]:
         try:
             records = self._fetch(ids, time_left_s(env, self._timeout_s))
         except StoreUnavailable as e:
@@ -59,7 +75,7 @@ class StoredRows:
             more = f" and {len(missing) - MISSING_NAMED} more" if len(missing) > MISSING_NAMED else ""
             noun = "transaction" if len(missing) == 1 else "transactions"
             raise ApiError(falcon.HTTP_404, "unknown_transaction", f"no features stored for {noun} {named}{more}")
-        return [self._row(i, record) for i, record in zip(ids, records, strict=True)]
+        return records
 
     def _row(self, transaction_id: str, record: bytes) -> tuple[float, ...]:
         try:
@@ -118,7 +134,9 @@ class ByIdBatchResource:
         charge_batch(self._budget, key, ids, self._batch_max, "transaction ids")
         if not self._request.is_valid(body):
             raise invalid_body(self._request.violations(body))
-        results = self._scoring.many(self._stored.rows(ids, req.env), explain, request_id(req, self._scoring))
+        X = self._stored.matrix(ids, req.env)
+        # Explanations name each feature's value: Python floats, as a posted batch gives them.
+        results = self._scoring.many(X.tolist() if explain else X, explain, request_id(req, self._scoring))
         for transaction_id, result in zip(ids, results, strict=True):
             result[ID_FIELD] = transaction_id
         respond(resp, {"results": results, "model-version": self._scoring.version})

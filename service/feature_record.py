@@ -15,11 +15,15 @@ import math
 import struct
 from collections.abc import Sequence
 
+import numpy as np
+
 from service.features import FEATURES, N_FEATURES
 
 FORMAT_V1 = 1
 _LAYOUT = struct.Struct(f"<B{N_FEATURES}d")
 RECORD_SIZE = _LAYOUT.size
+_RECORDS = np.dtype([("format", "u1"), ("features", "<f8", (N_FEATURES,))])  # the same layout, packed
+assert _RECORDS.itemsize == RECORD_SIZE
 
 
 class RecordError(ValueError):
@@ -48,6 +52,18 @@ def decode_record(data: bytes) -> tuple[float, ...]:
         name, value = next((n, v) for n, v in zip(FEATURES, row, strict=True) if not math.isfinite(v))
         raise RecordError(f"{name} is not a finite number ({value})")
     return row
+
+
+def decode_records(records: Sequence[bytes]) -> np.ndarray | None:
+    """The features of many records as a float64 matrix (one row per record, FEATURES order), when
+    every one is a record decode_record accepts; None otherwise (decode each to learn which and why)."""
+    if not all(len(r) == RECORD_SIZE for r in records):
+        return None
+    fields = np.frombuffer(b"".join(records), dtype=_RECORDS)
+    X = np.ascontiguousarray(fields["features"])
+    if not (fields["format"] == FORMAT_V1).all() or not np.isfinite(X).all():
+        return None
+    return X
 
 
 def as_transaction(row: Sequence[float]) -> dict[str, float]:

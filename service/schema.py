@@ -202,20 +202,31 @@ def compile_flat_numbers(document: dict[str, Any]) -> Callable[[Any], bool] | No
     return is_valid
 
 
-def compile_flat_numbers_row(
+def _bounds_by_position(
     document: dict[str, Any], names: Sequence[str]
-) -> Callable[[Sequence[float]], bool] | None:
-    """For a row of floats in `names` order (a stored record's values): whether the object of those
-    names and values is valid, decided as compile_flat_numbers decides it (the same bounds, the
-    same `<` / `>` comparisons) without building the object. A float is always a number, so the
-    bounds are the whole check. None unless compile_flat_numbers handles the document and every
-    property it requires is among `names`."""
+) -> tuple[list[int], tuple[float, ...], tuple[float, ...]] | None:
+    """For values in `names` order: each required property's position and its bounds. None unless
+    compile_flat_numbers handles the document and every property it requires is among `names`."""
     if compile_flat_numbers(document) is None or not set(document["properties"]) <= set(names):
         return None
     properties = document["properties"]
     positions = [names.index(name) for name in properties]
     low = tuple(spec.get("minimum", -math.inf) for spec in properties.values())
     high = tuple(spec.get("maximum", math.inf) for spec in properties.values())
+    return positions, low, high
+
+
+def compile_flat_numbers_row(
+    document: dict[str, Any], names: Sequence[str]
+) -> Callable[[Sequence[float]], bool] | None:
+    """For a row of floats in `names` order (a stored record's values): whether the object of those
+    names and values is valid, decided as compile_flat_numbers decides it (the same bounds, the
+    same `<` / `>` comparisons) without building the object. A float is always a number, so the
+    bounds are the whole check. None where _bounds_by_position is."""
+    found = _bounds_by_position(document, names)
+    if found is None:
+        return None
+    positions, low, high = found
     values_of = itemgetter(*positions) if len(positions) > 1 else (lambda row: (row[positions[0]],))
     if positions == list(range(len(names))):
         values_of = tuple  # the row itself, in the document's order
@@ -225,6 +236,23 @@ def compile_flat_numbers_row(
         return not any(map(lt, values, low)) and not any(map(gt, values, high))
 
     return is_valid
+
+
+def compile_flat_numbers_matrix(document: dict[str, Any], names: Sequence[str]) -> Callable[[np.ndarray], bool] | None:
+    """compile_flat_numbers_row for a float64 matrix of such rows at once: whether every row is
+    valid (the same comparisons, vectorised). None where _bounds_by_position is."""
+    found = _bounds_by_position(document, names)
+    if found is None:
+        return None
+    positions, low_values, high_values = found
+    columns = np.array(positions)
+    low, high = np.array(low_values, dtype=np.float64), np.array(high_values, dtype=np.float64)
+
+    def all_valid(X: np.ndarray) -> bool:
+        values = X[:, columns]
+        return not bool((values < low).any() or (values > high).any())
+
+    return all_valid
 
 
 _ARRAY_KEYS = {"type", "minItems", "maxItems", "items", "description"}

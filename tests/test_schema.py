@@ -5,6 +5,7 @@ import math
 from importlib import resources
 
 import jsonschema
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -18,6 +19,7 @@ from service.schema import (
     batch_document,
     compile_batch_of_flat_numbers,
     compile_flat_numbers,
+    compile_flat_numbers_matrix,
     compile_flat_numbers_row,
     load_schema_document,
     sample_transaction,
@@ -138,6 +140,7 @@ record_values = st.floats(width=64) | st.sampled_from(
     ]
 )
 ROW_CHECK = compile_flat_numbers_row(DOCUMENT, FEATURES)
+MATRIX_CHECK = compile_flat_numbers_matrix(DOCUMENT, FEATURES)
 
 
 @settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -148,6 +151,13 @@ def test_the_row_check_decides_as_the_contracts_validator(values):
     assert ROW_CHECK(row) == VALIDATOR.is_valid(body)
     if all(map(math.isfinite, row)):  # the reference, for what JSON can carry
         assert ROW_CHECK(row) == REFERENCE.is_valid(body)
+    assert MATRIX_CHECK(np.array([row])) == ROW_CHECK(row)
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.lists(record_values, min_size=len(FEATURES), max_size=len(FEATURES)), min_size=1, max_size=6))
+def test_the_matrix_check_is_every_rows_check(rows):
+    assert MATRIX_CHECK(np.array(rows, dtype=np.float64)) == all(ROW_CHECK(tuple(r)) for r in rows)
 
 
 def test_the_row_check_on_each_feature_at_and_past_its_bounds():
@@ -164,11 +174,14 @@ def test_the_row_check_reads_a_schema_with_other_bounds_and_order():
     properties["Amount"] = {**properties["Amount"], "minimum": 0, "maximum": 10}
     document = {**DOCUMENT, "required": list(properties), "properties": properties}
     check, reference = compile_flat_numbers_row(document, FEATURES), jsonschema.Draft202012Validator(document)
+    matrix = compile_flat_numbers_matrix(document, FEATURES)
     for amount in (-1.0, 0.0, 10.0, 10.5):
         row = tuple(amount if name == "Amount" else 1.0 for name in FEATURES)
         assert check(row) == reference.is_valid(dict(zip(FEATURES, row, strict=True))) == (0.0 <= amount <= 10.0)
-    assert compile_flat_numbers_row(document, FEATURES[:-1]) is None  # a required feature the row lacks
-    assert compile_flat_numbers_row(BATCH_DOCUMENT, FEATURES) is None  # not the flat shape
+        assert matrix(np.array([row, [1.0] * len(FEATURES)])) == check(row)
+    for compile_check in (compile_flat_numbers_row, compile_flat_numbers_matrix):
+        assert compile_check(document, FEATURES[:-1]) is None  # a required feature the row lacks
+        assert compile_check(BATCH_DOCUMENT, FEATURES) is None  # not the flat shape
 
 
 def test_the_transaction_schema_gets_the_specialised_check_and_others_do_not():
