@@ -188,7 +188,8 @@ def image_id(image: str) -> str | None:
 
 def build_all(images: dict[str, str], no_cache: bool = False) -> dict[str, float]:
     """Every stage, then nginx/Dockerfile. With no_cache, the test and build stages run every step
-    again; the production stage, which only copies from them, then copies their new output."""
+    again; podman does not reuse the layers of a --no-cache build, so the production stage's time
+    then includes both of them once more."""
     tags = [f"localhost/fraud-scoring-{stage}:container-test" for stage in STAGES] + [API_IMAGE, NGINX_IMAGE]
     before = {image_id(tag) for tag in tags} - {None}
     times = {stage: build_stage(stage, images, no_cache=no_cache and stage != "production") for stage in STAGES}
