@@ -140,7 +140,9 @@ class Source:
                 yield batch
 
     def _parquet_pieces(self, k: int, n: int) -> Iterator[tuple[pa.RecordBatch, bool, int | None]]:
-        parquet = pq.ParquetFile(self.path)  # this process's own file handle
+        # This process's own file handle; pages are streamed through a small buffer rather than
+        # whole column chunks read ahead, so memory stays bounded however large a row group is.
+        parquet = pq.ParquetFile(self.path, pre_buffer=False, buffer_size=1 << 20)
         if self.row_groups >= n:
             for group in range(k, self.row_groups, n):
                 batches = parquet.iter_batches(batch_size=self.chunk_rows, row_groups=[group], use_threads=False)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+from service._walker import Walker
 from sklearn.ensemble import ExtraTreesClassifier, RandomForestClassifier
 from sklearn.tree import DecisionTreeClassifier
 
@@ -41,12 +44,18 @@ def test_bit_identical_to_predict_proba(make_estimator, training_data):
     # (max_leaf_nodes) does not: the walker has a loop for each layout, and both are checked here.
     depth_first = getattr(estimator, "max_leaf_nodes", None) is None
     assert scorer._walker.left_is_next is depth_first
+    # Batches take QuickScorer's route with AVX-512 or AVX2 where the CPU has them, else the walk:
+    # every route this CPU runs is checked, on a row count that leaves a remainder of a block.
+    assert scorer._walker.lanes == cpu_lanes()
+    routes = [with_lanes(scorer, lanes) for lanes in (16, 8, 0) if lanes <= cpu_lanes()]
     rng = np.random.default_rng(0)
-    X_test, _ = synthetic.generate(N_ROWS, seed=99)
+    X_test, _ = synthetic.generate(N_ROWS + 7, seed=99)
     on_thresholds = rows_on_thresholds(arrays, X, rng, N_ROWS)
     for rows in (X_test, on_thresholds):
         expected = estimator.predict_proba(rows)[:, 1]
         assert np.array_equal(scorer.predict_rows(rows), expected)
+        for route in routes:
+            assert np.array_equal(predict_rows(route, rows), expected), route.lanes
         single = np.array([scorer.predict_row(list(map(float, r))) for r in rows])
         assert np.array_equal(single, expected)
     # The threshold rows must really exercise the cast: without it, some would land elsewhere.
@@ -55,6 +64,56 @@ def test_bit_identical_to_predict_proba(make_estimator, training_data):
         for r in on_thresholds[:2000]
     ]
     assert not np.array_equal(naive, estimator.predict_proba(on_thresholds[:2000])[:, 1])
+
+
+def cpu_lanes() -> int:
+    """Rows a QuickScorer block on this CPU: 16 with AVX-512, 8 with AVX2, 0 (walk) without."""
+    flags = [line.split() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")]
+    return 16 if flags and "avx512f" in flags[0] else 8 if flags and "avx2" in flags[0] else 0
+
+
+def with_lanes(scorer: forest.Forest, lanes: int) -> Walker:
+    """The same arrays, batches scored by the given route (0: the walk)."""
+    arrays = scorer.arrays
+    return Walker(
+        nodes=arrays["nodes"],
+        value=arrays["value"],
+        roots=arrays["roots"],
+        n_features=scorer.n_features,
+        lanes=lanes,
+    )
+
+
+def predict_rows(walker: Walker, rows: np.ndarray) -> np.ndarray:
+    out = np.empty(len(rows))
+    walker.predict_rows(np.ascontiguousarray(rows, dtype=np.float32), out)
+    return out
+
+
+def test_every_batch_route_agrees_on_every_row_count_and_on_nan(training_data):
+    """NaN goes right on every route (!(x <= t)), as in the walk of one row; blocks and their
+    remainders, and batches too small for a block, give the same bits."""
+    X, y = training_data
+    scorer = forest.Forest(forest.flatten(RandomForestClassifier(n_estimators=25, random_state=7).fit(X, y)))
+    walked = with_lanes(scorer, 0)
+    routes = [with_lanes(scorer, lanes) for lanes in (16, 8) if lanes <= cpu_lanes()]
+    rows, _ = synthetic.generate(3000, seed=12)
+    rng = np.random.default_rng(1)
+    with_nan = rows.copy()
+    with_nan[rng.integers(0, len(rows), 600), rng.integers(0, rows.shape[1], 600)] = np.nan
+    for batch in (rows, with_nan):
+        for n in (0, 1, 7, 8, 9, 15, 16, 17, 31, 33, 1000, 3000):
+            expected = predict_rows(walked, batch[:n])
+            assert np.array_equal(expected, [scorer.predict_row(r) for r in batch[:n].tolist()])
+            for route in routes:
+                assert np.array_equal(predict_rows(route, batch[:n]), expected), (route.lanes, n)
+
+
+def test_a_route_the_cpu_cannot_run_is_refused(training_data):
+    X, y = training_data
+    scorer = forest.Forest(forest.flatten(DecisionTreeClassifier(max_depth=3, random_state=1).fit(X, y)))
+    with pytest.raises(ValueError, match="lanes=4"):
+        with_lanes(scorer, 4)
 
 
 def naive_leaf(arrays: dict, node: int, row: np.ndarray) -> int:
