@@ -33,13 +33,14 @@ COPY . .
 RUN make test && touch /app/.tests-passed
 
 # Runtime dependencies only (no dev extras), the compiled walker, and the serving artifact
-# (MODEL_CSV trains on real data instead).
+# (MODEL_CSV trains on real data instead). Then what serving never imports leaves the environment:
+# pip and setuptools (nothing is installed at run time) and the packages' own test suites.
 FROM base AS build
 ARG PIP_CERT
 COPY pyproject.toml Makefile README.md gunicorn.conf.py ./
 COPY service service
 COPY model model
-RUN make venv PIP_EXTRAS= && make model MODEL_PATH=/opt/model/fraud-model.joblib && rm -rf build
+RUN make venv PIP_EXTRAS= && make model MODEL_PATH=/opt/model/fraud-model.joblib && rm -rf build && make slim-venv
 
 # Only what serving reads: the virtual environment, the service package (with the compiled walker),
 # gunicorn.conf.py and the model files. No compiler, headers of the build stage, tests, training

@@ -22,7 +22,7 @@ PERF_INSTALLED := $(VENV)/.perf-installed
 BULK_INSTALLED := $(VENV)/.bulk-installed
 SPARK_INSTALLED := $(VENV)/.spark-installed
 
-.PHONY: score evaluate promote container-test features lint help install system-packages test-system-packages apt-packages venv run reload model model-full convert test fuzz chaos clean perf perf-baseline perf-compare perf-install
+.PHONY: score evaluate promote container-test features lint help install system-packages test-system-packages apt-packages venv slim-venv run reload model model-full convert test fuzz chaos clean perf perf-baseline perf-compare perf-install
 
 help:
 	@echo "make run    install what is missing, train the default model if there is none, serve through nginx"
@@ -46,6 +46,12 @@ install: system-packages $(INSTALLED)
 
 # The virtual environment alone (no Debian packages): what the container's build stage needs.
 venv: $(INSTALLED)
+
+# The production image's environment, after `make venv PIP_EXTRAS=`: what serving never imports goes,
+# pip and setuptools (nothing is installed into it after) and the packages' own test suites.
+slim-venv: $(INSTALLED)
+	$(PY) -m pip uninstall -y -q pip setuptools
+	find $(VENV)/lib -depth -type d -path '*/site-packages/*' \( -name tests -o -path '*/joblib/test' \) -exec rm -rf {} +
 
 # Debian's packages, installed only when missing: nginx to serve; more for the tests.
 system-packages:
@@ -117,7 +123,7 @@ container-test: install
 	@$(MAKE) --no-print-directory apt-packages PACKAGES="$(APT_PACKAGES) $(TEST_APT_PACKAGES) $(CONTAINER_APT_PACKAGES)"
 	@$(MAKE) --no-print-directory $(CONTAINERS_INSTALLED)
 	$(CONTAINER_ENV) $(PY) -m tests.podman
-	$(CONTAINER_ENV) $(PY) -m pytest -p no:xdist -q -m container tests/test_container_run.py tests/test_kubernetes_pod.py
+	$(CONTAINER_ENV) $(PY) -m pytest -p no:xdist -q -s -m container tests/test_container_run.py tests/test_kubernetes_pod.py
 
 $(CONTAINERS_INSTALLED): $(INSTALLED) pyproject.toml
 	$(PY) -m pip install -q -e '.[dev,containers]'

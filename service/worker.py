@@ -12,10 +12,20 @@ connection at once: nothing unread remains to cause a reset, and the worker take
 
 It also sends an answer whose body comes in one piece (what the app gives: one bytes object of the
 declared Content-Length) in one write with its headers, where gunicorn makes two: a syscall less
-per request, and nginx wakes once for the answer instead of twice."""
+per request, and nginx wakes once for the answer instead of twice.
+
+On a graceful stop (SIGTERM to the master: `docker stop`), gunicorn's master closes and unlinks the
+unix socket, then sends SIGTERM to its workers, which leave their loop. Connections already in the
+socket's backlog were accepted by the kernel, and nginx has sent their requests: when the last worker
+closes the listener they are reset (nginx: "reset by peer", a 502). So before it exits, a worker
+answers what is already queued. Only once the socket's path is gone: nothing new can arrive, so the
+queue empties; a worker retired while the socket stays (SIGHUP's rollout, max_requests) leaves the
+queue to the workers that keep serving."""
 
 from __future__ import annotations
 
+import os
+import socket
 from typing import Any
 
 from gunicorn.http import wsgi
@@ -75,3 +85,23 @@ class Worker(SyncWorker):
             # gunicorn's graceful close, which follows in SyncWorker.handle, finds the socket
             # closed and returns at once.
             client.close()
+
+    def run(self) -> None:
+        super().run()
+        if not self.alive:  # asked to stop, not orphaned (that returns with alive still set)
+            for listener in self.sockets:
+                self.answer_backlog(listener)
+
+    def answer_backlog(self, listener: Any) -> None:
+        if listener.family != socket.AF_UNIX:
+            return
+        path = listener.getsockname()
+        if not isinstance(path, str) or not path or os.path.exists(path):
+            return  # still reachable: the queue belongs to the workers that stay
+        # At most one backlog's worth: nothing can join the queue after the unlink.
+        for _ in range(self.cfg.backlog):
+            self.notify()
+            try:
+                self.accept(listener)  # non-blocking listener: raises once the queue is empty
+            except OSError:
+                return

@@ -41,11 +41,11 @@ SAMPLE = json.dumps(sample_transaction())
 COMPOSE_NGINX_ENV = set(yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["nginx"]["environment"])
 # The HTTP test files that run against an external service (FRAUD_BASE_URL: their tests that need a
 # stack of their own skip, saying why), run here against the pair. Named, not discovered: a new file
-# joins once it handles FRAUD_BASE_URL (tests/test_deadline.py reads its stack's logs and socket).
+# joins once it handles FRAUD_BASE_URL.
 HTTP_TESTS = [
     f"tests/{name}.py"
     for name in (
-        "test_access_log", "test_batch_explain_ood", "test_bulk", "test_hostile", "test_http",
+        "test_access_log", "test_batch_explain_ood", "test_bulk", "test_deadline", "test_hostile", "test_http",
         "test_model_info_docs", "test_v2", "test_worker",
     )
 ]  # fmt: skip

@@ -145,11 +145,12 @@ def test_a_body_sent_a_byte_at_a_time_does_not_hold_the_only_worker(stack_factor
     )
     client = Client("127.0.0.1", port)
     served = 0
-    for i in range(20):  # 20 bytes over 2 s; meanwhile the single worker serves everyone else
+    # 20 bytes over 2 s; meanwhile the single worker serves everyone else. Not timed: a worker held
+    # by the slow body would answer nothing until the body is complete, which comes only after this
+    # loop, so each request would fail on the client's timeout instead.
+    for i in range(20):
         slow.sendall(body[i : i + 1])
-        started = time.monotonic()
         assert client.score(sample_transaction()).status == 200
-        assert time.monotonic() - started < 2.0  # milliseconds normally; generous on a busy machine
         served += 1
         time.sleep(0.1)
     slow.sendall(body[20:])  # the rest arrives: nginx hands the whole body over at once

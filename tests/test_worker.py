@@ -1,12 +1,16 @@
 """The sync worker that closes at once (service/worker.py), over real nginx: a body the app refused
-without reading is drained first, so nginx gets the answer, never a reset (a 502)."""
+without reading is drained first, so nginx gets the answer, never a reset (a 502); and on a graceful
+stop it answers the connections already queued on its socket before it exits."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
 
 from service.stack import batch_body_limit
-from tests.helpers import Client, sample_transaction
+from tests.helpers import Client, sample_transaction, wait_for
 
 
 def test_answers_refused_before_the_body_is_read_still_arrive(client: Client, local_stack):
@@ -20,6 +24,38 @@ def test_answers_refused_before_the_body_is_read_still_arrive(client: Client, lo
         assert reply.status == 403 and reply.json["error"] == "forbidden"
         assert client.score(sample_transaction()).status == 200
     assert '"Using worker: service.worker.Worker"' in (local_stack.logs / "stack.log").read_text()
+
+
+def test_a_graceful_stop_answers_the_connections_already_queued(stack_factory):
+    """SIGTERM to the master (`docker stop`): it unlinks the socket, then stops its worker. The
+    worker is held (SIGSTOP) while requests queue on the socket, so they are all still in the
+    socket's backlog when it learns to stop: each must get its answer, none a reset."""
+    stack = stack_factory(WORKERS="1")
+    master = stack.gunicorn.pid
+    with open(f"/proc/{master}/task/{master}/children") as f:
+        (worker,) = (int(pid) for pid in f.read().split())
+    queued = []
+    os.kill(worker, signal.SIGSTOP)
+    try:
+        for _ in range(20):
+            connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            connection.settimeout(20)
+            connection.connect(str(stack.socket))
+            connection.sendall(b"GET /health HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+            queued.append(connection)
+        os.kill(master, signal.SIGTERM)
+        wait_for(lambda: not stack.socket.exists())  # closed and unlinked: nothing new can arrive
+    finally:
+        os.kill(worker, signal.SIGCONT)
+    answers = []
+    for connection in queued:
+        with connection:
+            raw = b""
+            while chunk := connection.recv(65536):
+                raw += chunk
+        answers.append(raw.split(b"\r\n", 1)[0])
+    assert answers == [b"HTTP/1.1 200 OK"] * len(queued)
+    assert stack.gunicorn.wait(20) == 0
 
 
 class RecordedWrites:
