@@ -298,9 +298,9 @@ def by_id_targets(by_id: dict[str, Any] | None) -> list[Target]:
         route = routes[name]
         found.append(
             Target(
-                f"{name} p99, {connections} connections closed loop",
-                f"{route['p99_ms']:.2f} ms (raw {raw['p99_ms']:.2f}); Little's law: mean "
-                f"{route['mean_ms_by_littles_law']:.1f} ms",
+                f"{name} p99, {connections} connections closed loop (Little's law: mean latency = "
+                f"{connections} ÷ throughput = {route['mean_ms_by_littles_law']:.1f} ms)",
+                f"{route['p99_ms']:.2f} ms (raw {raw['p99_ms']:.2f} ms)",
                 "reported",
                 True,
             )

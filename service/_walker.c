@@ -267,7 +267,7 @@ done:
 /* The exit leaves of one block's rows (bits: word-major, `lanes` rows a word), their values
  * added in tree order. */
 static void qs_block_sums(const Walker *w, const uint64_t *bits, int lanes, double *proba) {
-    double total[16] = {0.0};
+    double total[32] = {0.0};
     for (Py_ssize_t t = 0; t < w->n_trees; t++) {
         const uint64_t *word = bits + (Py_ssize_t)w->qs_tree_word[t] * lanes;
         const double *leaf_value = w->qs_leaf_value + (Py_ssize_t)w->qs_tree_word[t] * 64;
@@ -284,7 +284,8 @@ static void qs_block_sums(const Walker *w, const uint64_t *bits, int lanes, doub
     for (int i = 0; i < lanes; i++) proba[i] = total[i] / (double)w->n_trees;
 }
 
-/* Rows in blocks of 16 (the rest walked); bits: qs_words * 16 words, 64-byte aligned. */
+/* Rows in blocks of 16, two blocks a pass while 32 rows remain (the loop's loads and the break
+ * shared by both), the rest walked; bits: qs_words * 32 words, 64-byte aligned. */
 __attribute__((target("avx512f")))
 static void qs_rows_avx512(const Walker *w, const float *x, Py_ssize_t n_rows, double *proba, uint64_t *bits) {
     const Py_ssize_t nf = w->n_features;
@@ -292,17 +293,37 @@ static void qs_rows_avx512(const Walker *w, const float *x, Py_ssize_t n_rows, d
         _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_epi32((int)nf));
     const __m512i ones = _mm512_set1_epi64(-1);
     Py_ssize_t r = 0;
+    for (; r + 32 <= n_rows; r += 32) {
+        const float *block = x + r * nf;
+        for (Py_ssize_t i = 0; i < w->qs_words * 4; i++) _mm512_store_si512(bits + i * 8, ones);
+        for (Py_ssize_t f = 0; f < nf; f++) {
+            __m512i at = _mm512_add_epi32(row_start, _mm512_set1_epi32((int)f));
+            __m512 xa = _mm512_i32gather_ps(at, block, 4), xb = _mm512_i32gather_ps(at, block + 16 * nf, 4);
+            for (Py_ssize_t k = w->qs_feature_start[f]; k < w->qs_feature_start[f + 1]; k++) {
+                __m512 threshold = _mm512_set1_ps(w->qs_threshold[k]);
+                __mmask16 ra = _mm512_cmp_ps_mask(xa, threshold, _CMP_NLE_UQ);
+                __mmask16 rb = _mm512_cmp_ps_mask(xb, threshold, _CMP_NLE_UQ);
+                if (!(ra | rb)) break; /* all 32 values <= this threshold, so <= every later one */
+                uint64_t *word = bits + (Py_ssize_t)w->qs_word[k] * 32;
+                __m512i mask = _mm512_set1_epi64((long long)w->qs_mask[k]);
+                __m512i v0 = _mm512_load_si512(word), v1 = _mm512_load_si512(word + 8);
+                __m512i v2 = _mm512_load_si512(word + 16), v3 = _mm512_load_si512(word + 24);
+                _mm512_store_si512(word, _mm512_mask_and_epi64(v0, (__mmask8)ra, v0, mask));
+                _mm512_store_si512(word + 8, _mm512_mask_and_epi64(v1, (__mmask8)(ra >> 8), v1, mask));
+                _mm512_store_si512(word + 16, _mm512_mask_and_epi64(v2, (__mmask8)rb, v2, mask));
+                _mm512_store_si512(word + 24, _mm512_mask_and_epi64(v3, (__mmask8)(rb >> 8), v3, mask));
+            }
+        }
+        qs_block_sums(w, bits, 32, proba + r);
+    }
     for (; r + 16 <= n_rows; r += 16) {
         const float *block = x + r * nf;
-        for (Py_ssize_t i = 0; i < w->qs_words; i++) {
-            _mm512_store_si512(bits + i * 16, ones);
-            _mm512_store_si512(bits + i * 16 + 8, ones);
-        }
+        for (Py_ssize_t i = 0; i < w->qs_words * 2; i++) _mm512_store_si512(bits + i * 8, ones);
         for (Py_ssize_t f = 0; f < nf; f++) {
             __m512 xf = _mm512_i32gather_ps(_mm512_add_epi32(row_start, _mm512_set1_epi32((int)f)), block, 4);
             for (Py_ssize_t k = w->qs_feature_start[f]; k < w->qs_feature_start[f + 1]; k++) {
                 __mmask16 right = _mm512_cmp_ps_mask(xf, _mm512_set1_ps(w->qs_threshold[k]), _CMP_NLE_UQ);
-                if (!right) break; /* all 16 values <= this threshold, so <= every later one */
+                if (!right) break;
                 uint64_t *word = bits + (Py_ssize_t)w->qs_word[k] * 16;
                 __m512i mask = _mm512_set1_epi64((long long)w->qs_mask[k]);
                 __m512i lo = _mm512_load_si512(word), hi = _mm512_load_si512(word + 8);
@@ -370,7 +391,7 @@ static PyObject *Walker_predict_rows(Walker *w, PyObject *args) {
     double *proba = out.buf;
 #ifdef HAVE_AVX512_KERNEL
     if (w->qs_lanes && n_rows >= w->qs_lanes) {
-        void *memory = PyMem_RawMalloc(w->qs_words * w->qs_lanes * sizeof(uint64_t) + 64);
+        void *memory = PyMem_RawMalloc(w->qs_words * 2 * w->qs_lanes * sizeof(uint64_t) + 64);
         if (!memory) {
             PyErr_NoMemory();
             goto done;

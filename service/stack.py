@@ -99,8 +99,8 @@ def find_redis_server() -> str:
 class RedisServer:
     """A local feature store: `make run` starts one when FEATURE_STORE_START is true, the tests
     start one per test module on a free port. Listens on loopback only, and on `unix_socket` too
-    when given (a store beside the service, reached without TCP); no persistence unless a data
-    directory is given."""
+    when given (a store beside the service, reached without TCP; port 0: on the socket only); no
+    persistence unless a data directory is given."""
 
     port: int
     data_dir: Path | None = None
@@ -146,13 +146,19 @@ class RedisServer:
         while not self.answers():
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.stop()
-                raise RuntimeError(f"redis-server did not start on port {self.port}")
+                raise RuntimeError(f"redis-server did not start on {self.port or self.unix_socket}")
             time.sleep(0.05)
         return self
 
     def answers(self) -> bool:
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+            if self.port:
+                s = socket.create_connection(("127.0.0.1", self.port), timeout=0.5)
+            else:  # port 0: the unix socket only
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                s.settimeout(0.5)
+                s.connect(str(self.unix_socket))
+            with s:
                 s.sendall(b"PING\r\n")
                 return s.recv(16).startswith(b"+PONG")
         except OSError:
@@ -292,17 +298,25 @@ class Stack:
         self.stop()
 
 
-def local_feature_store(settings: Settings) -> RedisServer | None:
-    """With FEATURE_STORE_START, a redis-server for FEATURE_STORE_URL, its data kept in .run/redis."""
+def local_feature_store(settings: Settings, data_dir: Path = ROOT / ".run" / "redis") -> RedisServer | None:
+    """With FEATURE_STORE_START, a redis-server for FEATURE_STORE_URL (a loopback port or a unix
+    socket), its data kept in data_dir."""
     if not settings.feature_store_start:
         return None
     url = urlsplit(settings.feature_store_url or "")
-    if url.scheme != "redis" or url.hostname not in ("127.0.0.1", "localhost"):
-        raise RuntimeError("FEATURE_STORE_START needs FEATURE_STORE_URL to be redis://127.0.0.1:PORT (a local store)")
-    data_dir = ROOT / ".run" / "redis"
-    data_dir.mkdir(parents=True, exist_ok=True)
-    store = RedisServer(url.port or 6379, data_dir=data_dir).start()
-    print(f"feature store: redis-server on {store.url}, data in {data_dir}", file=sys.stderr)
+    if url.scheme == "unix" and url.path:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        store = RedisServer(0, data_dir=data_dir, unix_socket=Path(url.path)).start()
+        where = store.unix_url
+    elif url.scheme == "redis" and url.hostname in ("127.0.0.1", "localhost"):
+        data_dir.mkdir(parents=True, exist_ok=True)
+        store = RedisServer(url.port or 6379, data_dir=data_dir).start()
+        where = store.url
+    else:
+        raise RuntimeError(
+            "FEATURE_STORE_START needs FEATURE_STORE_URL to be redis://127.0.0.1:PORT or unix:///PATH (a local store)"
+        )
+    print(f"feature store: redis-server on {where}, data in {data_dir}", file=sys.stderr)
     return store
 
 

@@ -22,8 +22,8 @@ from service.feature_record import FORMAT_V1, encode_record
 from service.feature_writer import CHUNK_ROWS, InputError, load
 from service.features import FEATURES
 from service.harness import EXTERNAL_SKIP_REASON, free_port
-from service.settings import DEADLINE_MAX_MS
-from service.stack import RedisServer
+from service.settings import DEADLINE_MAX_MS, Settings
+from service.stack import RedisServer, local_feature_store
 from tests.helpers import EXTERNAL, OTHER_KEY, UNLIMITED, Client, as_transaction, call_upstream, start_stack
 
 # Each test here starts its own redis-server and stack with a feature store.
@@ -474,3 +474,20 @@ def test_by_id_routes_spend_the_callers_row_budget(small_model, store, loaded, t
         assert by_id(other, "tx-1").status == 200
     finally:
         running.stop()
+
+
+def store_settings(url: str, start: bool = True) -> Settings:
+    return Settings(api_keys=(b"k" * 24,), feature_store_url=url, feature_store_start=start)
+
+
+def test_make_run_starts_a_local_store_on_a_loopback_port_or_a_unix_socket(tmp_path):
+    port = free_port()
+    for url in (f"redis://127.0.0.1:{port}/0", f"unix://{tmp_path}/run.sock?db=0"):
+        server = local_feature_store(store_settings(url), tmp_path / "data")
+        try:
+            assert redis.Redis.from_url(url).ping()
+        finally:
+            server.stop()
+    assert local_feature_store(store_settings(f"redis://127.0.0.1:{port}/0", start=False), tmp_path) is None
+    with pytest.raises(RuntimeError, match="FEATURE_STORE_START needs"):
+        local_feature_store(store_settings("redis://10.0.0.1:6379/0"), tmp_path)

@@ -102,7 +102,7 @@ def test_every_batch_route_agrees_on_every_row_count_and_on_nan(training_data):
     with_nan = rows.copy()
     with_nan[rng.integers(0, len(rows), 600), rng.integers(0, rows.shape[1], 600)] = np.nan
     for batch in (rows, with_nan):
-        for n in (0, 1, 7, 8, 9, 15, 16, 17, 31, 33, 1000, 3000):
+        for n in (0, 1, 7, 8, 9, 15, 16, 17, 31, 32, 33, 51, 63, 64, 65, 1000, 3000):
             expected = predict_rows(walked, batch[:n])
             assert np.array_equal(expected, [scorer.predict_row(r) for r in batch[:n].tolist()])
             for route in routes:
