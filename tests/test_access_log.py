@@ -20,8 +20,7 @@ def access_lines(logs: Path, request_id: str) -> list[dict]:
     """nginx's lines for one request id, once nginx has written them."""
     deadline = time.monotonic() + 5
     while True:
-        lines = [json.loads(line) for line in (logs / "nginx-access.log").read_text().splitlines()]
-        found = [entry for entry in lines if entry["request_id"] == request_id]
+        found = [entry for entry in complete_lines(logs / "nginx-access.log") if entry["request_id"] == request_id]
         if found or time.monotonic() > deadline:
             return found
         time.sleep(0.05)
@@ -85,8 +84,14 @@ def test_the_apps_error_line_carries_the_request_id(small_model, capsys):
 # --- nginx's access line: the request the client sent, also when nginx refuses it itself ---------
 
 
+def complete_lines(path: Path) -> list[dict]:
+    """The log's finished lines: a long line nginx is writing can be read half-written (no newline yet)."""
+    text = path.read_text()
+    return [json.loads(line) for line in text[: text.rfind("\n") + 1].splitlines()]
+
+
 def nginx_lines(stack) -> list[dict]:
-    return [json.loads(line) for line in (stack.logs / "nginx-access.log").read_text().splitlines()]
+    return complete_lines(stack.logs / "nginx-access.log")
 
 
 def logged(stack, predicate) -> dict:
