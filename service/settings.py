@@ -171,7 +171,7 @@ class Settings:
     request_deadline_ms: int = setting("REQUEST_DEADLINE_MS", _integer(DEADLINE_MIN_MS, DEADLINE_MAX_MS), 150)
     # Requests nginx lets wait for (or be served by) one worker at a time; beyond WORKERS times this,
     # nginx refuses at once with 503 unavailable (`scoring_queue`).
-    queue_per_worker: int = setting("QUEUE_PER_WORKER", _integer(1, 1024), 32)
+    queue_per_worker: int = setting("QUEUE_PER_WORKER", _integer(1, 1024), 128)
     # The online feature store of the by-id routes (unset: no such routes, nothing connects), and
     # whether `make run` starts a local redis-server for it (a loopback redis:// URL).
     feature_store_url: str | None = setting("FEATURE_STORE_URL", _store_url, None)
