@@ -31,9 +31,11 @@ SOCKET_ERRORS = ("connect", "read", "write", "timeout")
 KINDS = ("ok", "deadline", "unavailable", "other_5xx", "other")  # load.lua's kinds of answer, in its order
 # The documented refusals of an overloaded service (docs/operations.md): counted, not failures.
 REFUSALS = ("deadline", "unavailable")
-# Closed loops with more connections than this also sort their answers: beyond the default
-# scoring queue (2 workers x 32, nginx's limit_conn) some answers are refusals by design.
+# Closed loops with more connections than this also sort their answers: towards and beyond the
+# scoring queue (nginx's limit_conn) and the deadline, some answers are refusals by design. So do
+# closed loops of batches at any count: 64 requests of a thousand rows already wait out the deadline.
 SORTED_ABOVE = 64
+SORTED_ENDPOINTS = frozenset({"batch"})
 TIMEOUT = "10s"  # above nginx's 10 s proxy timeouts: a slow answer is measured, not dropped
 
 
@@ -48,7 +50,9 @@ class Scenario:
 
     @property
     def sorted(self) -> bool:
-        return self.classify if self.classify is not None else self.connections > SORTED_ABOVE
+        if self.classify is not None:
+            return self.classify
+        return self.connections > SORTED_ABOVE or (self.endpoint in SORTED_ENDPOINTS and not self.rate)
 
     @property
     def threads(self) -> int:
