@@ -27,6 +27,7 @@ os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="deadline-cost-
 import falcon  # noqa: E402
 import falcon.testing  # noqa: E402
 
+from perf.micro import serving  # noqa: E402
 from service import metrics  # noqa: E402
 from service.app import create_app  # noqa: E402
 from service.budget import RowBudget  # noqa: E402
@@ -69,24 +70,7 @@ def per_request_us(app: Callable[..., Any], stamp: float | None, expect: str) ->
     headers = {"Content-Type": "application/json", "X-API-Key": KEY, "X-Request-ID": "perf-deadline"}
     if stamp is not None:
         headers["X-Request-Start"] = f"{stamp:.3f}"
-    environs = [
-        falcon.testing.create_environ(method="POST", path="/v1/fraud-score", body=BODY, headers=headers)
-        for _ in range(N)
-    ]
-    statuses: list[str] = []
-
-    def start_response(status: str, headers: list, exc_info: Any = None) -> None:
-        statuses.append(status)
-
-    def serve_all() -> None:
-        statuses.clear()
-        for environ in environs:
-            environ["wsgi.input"].seek(0)
-            for _ in app(environ, start_response):
-                pass
-        if any(not s.startswith(expect) for s in statuses):
-            raise AssertionError(f"expected {expect}, got {set(statuses)}")
-
+    serve_all = serving(app, "POST", "/v1/fraud-score", BODY, headers, N, expect)
     serve_all()
     return statistics.median(timeit.repeat(serve_all, number=1, repeat=7)) / N * 1e6
 

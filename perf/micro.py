@@ -101,6 +101,35 @@ def validation(bodies: list[bytes]) -> dict[str, Any]:
     }
 
 
+def serving(
+    app: Callable[..., Any],
+    method: str,
+    path: str,
+    body: bytes | None,
+    headers: dict[str, str],
+    n: int,
+    expect: str = "200",
+) -> Callable[[], None]:
+    """A callable that passes n copies of one request through a WSGI app in this process, and fails
+    unless every answer's status starts with `expect`."""
+    environs = [falcon.testing.create_environ(method=method, path=path, body=body, headers=headers) for _ in range(n)]
+    statuses: list[str] = []
+
+    def start_response(status: str, headers: list, exc_info: Any = None) -> None:
+        statuses.append(status)
+
+    def serve_all() -> None:
+        statuses.clear()
+        for environ in environs:
+            environ["wsgi.input"].seek(0)
+            for _ in app(environ, start_response):
+                pass
+        if any(not s.startswith(expect) for s in statuses):
+            raise AssertionError(f"{method} {path}: expected {expect}, got {set(statuses)}")
+
+    return serve_all
+
+
 def hot_path(model_path: Path, bodies: list[bytes]) -> dict[str, float]:
     """CPU per request (µs) inside one process: the whole Falcon app for /health and for a score,
     and the steps of a score."""
@@ -116,24 +145,7 @@ def hot_path(model_path: Path, bodies: list[bytes]) -> dict[str, float]:
     n = 2000
 
     def app_call(method: str, path: str, body: bytes | None, headers: dict[str, str]) -> Callable[[], None]:
-        environs = [
-            falcon.testing.create_environ(method=method, path=path, body=body, headers=headers) for _ in range(n)
-        ]
-        statuses: list[str] = []
-
-        def start_response(status: str, headers: list, exc_info: Any = None) -> None:
-            statuses.append(status)
-
-        def serve_all() -> None:
-            statuses.clear()
-            for environ in environs:
-                environ["wsgi.input"].seek(0)
-                for _ in app(environ, start_response):
-                    pass
-            if any(not s.startswith("200") for s in statuses):
-                raise AssertionError(f"{method} {path} answered {set(statuses)}")
-
-        return serve_all
+        return serving(app, method, path, body, headers, n)
 
     rid = {"X-Request-ID": "perf-micro"}
     health = per_call(app_call("GET", "/health", None, rid), repeat=5) / n
