@@ -160,12 +160,9 @@ _FLAT_DOCUMENT_KEYS = {
 _NUMBER_KEYS = {"type", "minimum", "maximum", "description"}
 
 
-def compile_flat_numbers(document: dict[str, Any]) -> Callable[[Any], bool] | None:
-    """A specialised check for a document of exactly this shape: an object whose properties are all
-    required bounded numbers, extra properties allowed (the transaction schema). Several times
-    faster than fastjsonschema's general code for it (perf/README.md); None for any other document, which then
-    gets fastjsonschema. It follows jsonschema's semantics: a bool is not a number, and a bound
-    fails only on `<` / `>` (so NaN, which JSON cannot carry, passes, as it does in jsonschema)."""
+def _required_properties(document: dict[str, Any]) -> dict[str, Any] | None:
+    """The properties of an object document whose properties are all required and whose other
+    keywords change nothing the specialised checks below decide; None for any other document."""
     properties = document.get("properties")
     if (
         set(document) - _FLAT_DOCUMENT_KEYS
@@ -173,8 +170,19 @@ def compile_flat_numbers(document: dict[str, Any]) -> Callable[[Any], bool] | No
         or document.get("additionalProperties", True) is not True
         or not isinstance(properties, dict)
         or list(document.get("required", ())) != list(properties)
-        or not properties
     ):
+        return None
+    return properties
+
+
+def compile_flat_numbers(document: dict[str, Any]) -> Callable[[Any], bool] | None:
+    """A specialised check for a document of exactly this shape: an object whose properties are all
+    required bounded numbers, extra properties allowed (the transaction schema). Several times
+    faster than fastjsonschema's general code for it (perf/README.md); None for any other document, which then
+    gets fastjsonschema. It follows jsonschema's semantics: a bool is not a number, and a bound
+    fails only on `<` / `>` (so NaN, which JSON cannot carry, passes, as it does in jsonschema)."""
+    properties = _required_properties(document)
+    if not properties:
         return None
     for spec in properties.values():
         if not isinstance(spec, dict) or set(spec) - _NUMBER_KEYS or spec.get("type") != "number":
@@ -290,15 +298,8 @@ def compile_batch_of_flat_numbers(document: dict[str, Any]) -> Callable[[Any], n
     """For a batch document (an object with one required array of flat-numbers items, as
     batch_document builds): the items' matrix when the body is valid, else None. None for any
     other document."""
-    properties = document.get("properties")
-    if (
-        set(document) - _FLAT_DOCUMENT_KEYS
-        or document.get("type") != "object"
-        or document.get("additionalProperties", True) is not True
-        or not isinstance(properties, dict)
-        or len(properties) != 1
-        or list(document.get("required", ())) != list(properties)
-    ):
+    properties = _required_properties(document)
+    if properties is None or len(properties) != 1:
         return None
     (field, spec), *_ = properties.items()
     if not isinstance(spec, dict) or set(spec) - _ARRAY_KEYS or spec.get("type") != "array":
