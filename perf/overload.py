@@ -107,23 +107,12 @@ def measure(
     after_seconds: float,
     log: Callable[[str], None],
 ) -> dict[str, Any]:
-    before = wrk.run(
-        wrk.Scenario("score", OPEN_CONNECTIONS, after_seconds, rate=round(AFTER * capacity)),
-        url,
-        requests_file,
-        key,
-        keep_answers=True,
-    )
+    undisturbed = wrk.Scenario("score", OPEN_CONNECTIONS, after_seconds, rate=round(AFTER * capacity))
+    before = wrk.run(undisturbed, url, requests_file, key, keep_answers=True)
     over = wrk.run(
         wrk.Scenario("score", OPEN_CONNECTIONS, seconds, rate=round(OVERLOAD * capacity)), url, requests_file, key
     )
-    after = wrk.run(
-        wrk.Scenario("score", OPEN_CONNECTIONS, after_seconds, rate=round(AFTER * capacity)),
-        url,
-        requests_file,
-        key,
-        keep_answers=True,
-    )
+    after = wrk.run(undisturbed, url, requests_file, key, keep_answers=True)
     before_answers, after_answers = before.pop("answers"), after.pop("answers")
     limit = normal_limit_ms(before_answers, WINDOW_S)
     recovered = recovery_s(after_answers, limit, WINDOW_S)
