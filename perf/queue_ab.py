@@ -6,6 +6,7 @@ Per configuration and round:
   capacity     closed loop, 64 connections: every answer scored; CPU per scored request
   refusals     open loop at capacity's rate with the overload runs' 512 connections, the bound
                already reached by requests that never finish: every answer a 503; CPU per refusal
+  near         make perf's open loop at 90 % of that capacity (128 connections): requests refused
   overload     make perf's runs (perf/overload.py): open loop at 150 % of that capacity, 50 % right
                after, closed loop with 1,024 connections
 CPU is read from /proc for nginx and gunicorn (each with its children) and from getrusage for wrk.
@@ -27,10 +28,11 @@ from pathlib import Path
 from typing import Any
 
 from perf import overload, stats, wrk
-from perf.__main__ import as_bodies, log, sample_rows, start_stack
+from perf.__main__ import OPEN_LOOP_CONNECTIONS, OPEN_LOOP_LOADS, as_bodies, log, sample_rows, start_stack
 from service.stack import Stack
 
 TICK = os.sysconf("SC_CLK_TCK")
+NEAR_CAPACITY = max(OPEN_LOOP_LOADS)  # make perf's busiest open loop below capacity
 
 
 def configurations(workers: int, queues: list[int]) -> dict[str, dict[str, str]]:
@@ -129,6 +131,13 @@ def one_round(
         released(stack, held)
     assert refusals["kinds"].get("ok", 0) == 0, refusals["kinds"]
     wrk.run(wrk.Scenario("score", 64, 1), stack.base_url, requests, key)  # workers back at work
+    # Below capacity, as make perf's open loop at 90 %: a queue too short refuses ordinary bursts.
+    near = wrk.run(
+        wrk.Scenario("score", OPEN_LOOP_CONNECTIONS, seconds, rate=round(NEAR_CAPACITY * capacity)),
+        stack.base_url,
+        requests,
+        key,
+    )
     over = measured(
         stack,
         wrk.Scenario("score", overload.OPEN_CONNECTIONS, seconds, rate=round(overload.OVERLOAD * capacity)),
@@ -149,6 +158,12 @@ def one_round(
         "cpu_us_per_refusal": per_answer_us(refusals, "unavailable"),
         "refusals_per_s": refusals["kinds"].get("unavailable", 0) / 3,
         "after_50": overload.figures(after, seconds / 2),
+        "near_capacity": {
+            "load": NEAR_CAPACITY,
+            "answered": near["requests"],
+            "refused": near["errors"]["non_2xx"],
+            "p99_ms": near["latency_ms"]["p99"],
+        },
     }
     for name, run in (("open_150", over), ("closed_1024", closed)):
         found[name] = {
@@ -165,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each overload run (default 10)")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--queues", default="16,32,64", help="QUEUE_PER_WORKER values to compare (default 16,32,64)")
+    parser.add_argument("--queues", default="32,128", help="QUEUE_PER_WORKER values to compare (default 32,128)")
     parser.add_argument(
         "--capacity-connections", type=int, default=64, help="closed-loop connections of the capacity run (64)"
     )
@@ -194,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
                 stack.stop()
             log(
                 f"round {i + 1} {name}: capacity {found['capacity_per_s']:.0f}/s, refusals "
-                f"{found['refusals_per_s']:.0f}/s; scored "
+                f"{found['refusals_per_s']:.0f}/s; at 90 % {found['near_capacity']['refused']} refused of "
+                f"{found['near_capacity']['answered']}; scored "
                 f"{100 * found['open_150']['scored_share']:.0f} % at 150 %, "
                 f"{100 * found['closed_1024']['scored_share']:.0f} % closed 1,024; p99 "
                 f"{found['open_150']['p99_ms']:.1f} / {found['closed_1024']['p99_ms']:.1f} ms"
