@@ -66,7 +66,7 @@ def test_bytes_a_client_sends_that_are_not_utf8_leave_the_log_line_valid_json(cl
     request_id = f"utf8-{time.time_ns()}"
     request = (
         b"GET /v1/caf\xe9/x\xff HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
-        b"X-Request-ID: " + request_id.encode() + b"\r\nUser-Agent: agent\xff\xfe\"}\r\n\r\n"
+        b"X-Request-ID: " + request_id.encode() + b'\r\nUser-Agent: agent\xff\xfe"}\r\n\r\n'
     )
     assert raw_request(local_stack.settings.port, request).startswith(b"HTTP/1.1 400")  # not ASCII
     [line] = access_lines(local_stack.logs, request_id)  # read_text() decodes the whole log as UTF-8
