@@ -286,7 +286,7 @@ def bodies(draw):
 
 
 @settings(
-    max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.large_base_example]
+    max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.large_base_example]
 )
 @given(bodies())
 def test_every_body_is_read_as_orjson_and_the_reader_read_it(raw):
