@@ -58,9 +58,11 @@ def request_id(req: falcon.Request, scoring: Scoring) -> str | None:
 
 
 def charge_batch(budget: RowBudget, key: int, items: Any, batch_max: int, noun: str) -> None:
-    """A batch's items beyond BATCH_MAX are refused (413); otherwise the key is charged for the items
-    it sends, valid or not: validating them is work too."""
+    """A batch's items beyond BATCH_MAX are refused (413) for one row; otherwise the key is charged
+    for the items it sends, valid or not: validating them is work too. (A body that is not JSON
+    costs one row as well: the batch routes pass decode a charge.)"""
     if isinstance(items, list) and len(items) > batch_max:
+        budget.spend(key, 1)
         raise ApiError(
             falcon.HTTP_413, "batch_too_large", f"at most {batch_max} {noun} per batch (BATCH_MAX), got {len(items)}"
         )
@@ -138,7 +140,7 @@ class BatchScoreResource:
         if X is not None:
             self._budget.spend(key, len(X))
         else:
-            body = decode(raw)
+            body = decode(raw, lambda: self._budget.spend(key, 1))
             items = body.get(BATCH_FIELD) if isinstance(body, dict) else None
             charge_batch(self._budget, key, items, self._batch_max, "transactions")
             X = self._matrix(body)
