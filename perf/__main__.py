@@ -321,12 +321,15 @@ def main(argv: list[str] | None = None) -> int:
             lambda extra: start_stack(model_path, key, stack_log, **extra),
             files,
             key,
-            args.rounds,
+            2 * args.rounds,  # a small difference: twice the rounds of the other comparisons
             args.seconds,
         )
+        challenger = results["challenger"]
         log(
-            f"  with a challenger {results['challenger']['rps']['with']:.0f}/s, without "
-            f"{results['challenger']['rps']['without']:.0f}/s: {100 * results['challenger']['ratio']:.1f} %"
+            f"  with a challenger {challenger['rps']['with']:.0f}/s, without {challenger['rps']['without']:.0f}/s: "
+            f"{100 * challenger['ratio']:.1f} % (rounds {100 * challenger['ratio_spread'][0]:.1f}–"
+            f"{100 * challenger['ratio_spread'][1]:.1f} %); workers' CPU a request "
+            + ", ".join(f"{k} {v:.0f} µs" for k, v in challenger["worker_cpu_us_per_request"].items())
         )
         log("by-id scoring from a local redis-server, next to the raw-feature routes")
         results["by_id"] = by_id.measure(

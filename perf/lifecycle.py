@@ -11,7 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from perf import stats, wrk
+from perf import memory, stats, wrk
+from perf.batch import cpu_seconds
 from perf.micro import per_call
 from service.artifacts import ArtifactPaths, read_manifest
 from service.drift import DriftCounter
@@ -46,7 +47,10 @@ def with_and_without(
     connections: int = 64,
 ) -> dict[str, Any]:
     """Single-request scoring throughput of a stack with a challenger (a copy of the model: the same
-    walk) over one without, both running, measured in alternating rounds."""
+    walk) over one without, both running, in alternating rounds whose order alternates too (without
+    first, then with first, ...), so that neither side always runs second. Beside the throughput, the
+    workers' CPU per request on each side: the challenger's cost itself, which background load on
+    a shared machine disturbs far less than throughput."""
     directory = Path(tempfile.mkdtemp(prefix="fraud-perf-challenger-"))
     challenger_path = directory / model_path.name
     for source, target in zip(
@@ -63,19 +67,39 @@ def with_and_without(
         runs: dict[str, list[dict[str, Any]]] = {"without": [], "with": []}
         for stack in stacks.values():  # warm both
             wrk.run(wrk.Scenario("score", connections, 2), stack.base_url, files["score"], key)
-        for _ in range(rounds):
-            for name, stack in stacks.items():
-                runs[name].append(
-                    wrk.run(wrk.Scenario("score", connections, seconds), stack.base_url, files["score"], key)
-                )
+        for round_ in range(rounds):
+            for name in ("without", "with") if round_ % 2 == 0 else ("with", "without"):
+                runs[name].append(_run_counting_cpu(stacks[name], files, key, connections, seconds))
     finally:
         for stack in stacks.values():
             stack.stop()
         shutil.rmtree(directory, ignore_errors=True)
+    ratios = [w["rps"] / wo["rps"] for wo, w in zip(runs["without"], runs["with"], strict=True)]
+    cpu = {name: [r["worker_cpu_us"] for r in rs if r["worker_cpu_us"] is not None] for name, rs in runs.items()}
+    worker_cpu_us = {name: stats.median(values) for name, values in cpu.items() if values}
     return {
         "connections": connections,
         "rounds": rounds,
         "rps": {name: stats.median(r["rps"] for r in rs) for name, rs in runs.items()},
         "failed": sum(r["failed"] for rs in runs.values() for r in rs),
-        "ratio": stats.median(w["rps"] / wo["rps"] for wo, w in zip(runs["without"], runs["with"], strict=True)),
+        "ratio": stats.median(ratios),
+        "ratio_spread": [min(ratios), max(ratios)],
+        "worker_cpu_us_per_request": worker_cpu_us,
+        "challenger_cpu_us_per_request": (
+            worker_cpu_us["with"] - worker_cpu_us["without"] if len(worker_cpu_us) == 2 else None
+        ),
     }
+
+
+def _run_counting_cpu(
+    stack: Stack, files: dict[str, Path], key: str, connections: int, seconds: float
+) -> dict[str, Any]:
+    """One closed-loop run, with the stack's workers' CPU per answered request (None when a worker
+    was replaced during the run: its time would be lost)."""
+    workers = memory.children(stack.gunicorn.pid) if stack.gunicorn else []
+    before = cpu_seconds(workers)
+    result = wrk.run(wrk.Scenario("score", connections, seconds), stack.base_url, files["score"], key)
+    same = bool(workers) and memory.children(stack.gunicorn.pid) == workers
+    answered = result["requests"]
+    result["worker_cpu_us"] = (cpu_seconds(workers) - before) * 1e6 / answered if same and answered else None
+    return result

@@ -134,11 +134,26 @@ def targets(results: dict[str, Any]) -> list[Target]:
         found.append(
             Target(
                 f"scoring throughput with a challenger ÷ without, {challenger['connections']} connections",
-                f"{100 * challenger['ratio']:.1f} % ({challenger['rps']['with']:.0f} vs {challenger['rps']['without']:.0f}/s)",
+                f"{100 * challenger['ratio']:.1f} % ({challenger['rps']['with']:.0f} vs {challenger['rps']['without']:.0f}/s"
+                + (
+                    f"; rounds {100 * challenger['ratio_spread'][0]:.1f}–{100 * challenger['ratio_spread'][1]:.1f} %)"
+                    if challenger.get("ratio_spread")
+                    else ")"
+                ),
                 "≥ 95 %",
                 challenger["ratio"] >= 0.95,
             )
         )
+        if challenger.get("challenger_cpu_us_per_request") is not None:
+            cpu = challenger["worker_cpu_us_per_request"]
+            found.append(
+                Target(
+                    "the challenger's worker CPU a request (with − without)",
+                    f"{challenger['challenger_cpu_us_per_request']:.1f} µs ({cpu['with']:.0f} vs {cpu['without']:.0f} µs)",
+                    "reported",
+                    True,
+                )
+            )
     memory = results.get("memory")
     if memory:
         artifact = next(iter(memory.values()))["artifact_bytes"]

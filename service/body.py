@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+from collections.abc import Callable
 from typing import Any
 
 import falcon
@@ -56,8 +57,13 @@ def _undecodable(raw: bytes, error: orjson.JSONDecodeError) -> ApiError:
     return ApiError(falcon.HTTP_400, "malformed_json", f"the request body is not valid JSON: {error}")
 
 
-def decode(raw: bytes) -> Any:
+def decode(raw: bytes, charge: Callable[[], object] | None = None) -> Any:
+    """The body's JSON value, or the 4xx saying why there is none. `charge` is called first when
+    there is none: a batch route charges the key for the body there, so that a key over its budget
+    is refused (429) before the slow look at why."""
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as e:
+        if charge is not None:
+            charge()
         raise _undecodable(raw, e) from None

@@ -129,7 +129,7 @@ class ByIdBatchResource:
         key = require_key(self._keys, req)
         require_json(req)
         explain = wants_explanation(req, self._scoring)
-        body = decode(req.bounded_stream.read())
+        body = decode(req.bounded_stream.read(), lambda: self._budget.spend(key, 1))
         ids = body.get(IDS_FIELD) if isinstance(body, dict) else None
         charge_batch(self._budget, key, ids, self._batch_max, "transaction ids")
         if not self._request.is_valid(body):

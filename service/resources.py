@@ -58,9 +58,11 @@ def request_id(req: falcon.Request, scoring: Scoring) -> str | None:
 
 
 def charge_batch(budget: RowBudget, key: int, items: Any, batch_max: int, noun: str) -> None:
-    """A batch's items beyond BATCH_MAX are refused (413); otherwise the key is charged for the items
-    it sends, valid or not: validating them is work too."""
+    """A batch's items beyond BATCH_MAX are refused (413) for one row; otherwise the key is charged
+    for the items it sends, valid or not: validating them is work too. (A body that is not JSON
+    costs one row as well: the batch routes pass decode a charge.)"""
     if isinstance(items, list) and len(items) > batch_max:
+        budget.spend(key, 1)
         raise ApiError(
             falcon.HTTP_413, "batch_too_large", f"at most {batch_max} {noun} per batch (BATCH_MAX), got {len(items)}"
         )
@@ -118,9 +120,10 @@ class BatchScoreResource:
     ) -> None:
         self._scoring = scoring
         self._validator = validator
-        if validator.matrix is None:
-            raise ValueError("the batch route needs the batch document's one-pass reader")
+        if validator.matrix is None or validator.read_body is None:
+            raise ValueError("the batch route needs the batch document's one-pass readers")
         self._matrix = validator.matrix
+        self._read_body = validator.read_body
         self._keys = keys
         self._budget = budget
         self._batch_max = batch_max
@@ -130,12 +133,19 @@ class BatchScoreResource:
         key = require_key(self._keys, req)
         require_json(req)
         explain = wants_explanation(req, self._scoring)
-        body = decode(req.bounded_stream.read())
-        items = body.get(BATCH_FIELD) if isinstance(body, dict) else None
-        charge_batch(self._budget, key, items, self._batch_max, "transactions")
-        X = self._matrix(body)
-        if X is None:
-            raise invalid_body(self._validator.violations(body))
+        raw = req.bounded_stream.read()
+        # A plain valid body is read straight into the matrix; any other (and an explained batch,
+        # which needs the items) is decoded and checked item by item, as the 4xx answers need.
+        X = None if explain else self._read_body(raw)
+        if X is not None:
+            self._budget.spend(key, len(X))
+        else:
+            body = decode(raw, lambda: self._budget.spend(key, 1))
+            items = body.get(BATCH_FIELD) if isinstance(body, dict) else None
+            charge_batch(self._budget, key, items, self._batch_max, "transactions")
+            X = self._matrix(body)
+            if X is None:
+                raise invalid_body(self._validator.violations(body))
         if explain:
             rows = [self._scoring.row_of(item) for item in items]
             results = self._scoring.many_explained(rows, request_id(req, self._scoring))

@@ -294,10 +294,10 @@ def compile_flat_numbers_rows(document: dict[str, Any]) -> Callable[[list[Any]],
     return rows
 
 
-def compile_batch_of_flat_numbers(document: dict[str, Any]) -> Callable[[Any], np.ndarray | None] | None:
+def _batch_of_flat_numbers(document: dict[str, Any]) -> tuple[str, dict[str, Any], int, int | float] | None:
     """For a batch document (an object with one required array of flat-numbers items, as
-    batch_document builds): the items' matrix when the body is valid, else None. None for any
-    other document."""
+    batch_document builds): the array's field, its items' document and its bounds on length. None
+    for any other document."""
     properties = _required_properties(document)
     if properties is None or len(properties) != 1:
         return None
@@ -305,10 +305,25 @@ def compile_batch_of_flat_numbers(document: dict[str, Any]) -> Callable[[Any], n
     if not isinstance(spec, dict) or set(spec) - _ARRAY_KEYS or spec.get("type") != "array":
         return None
     items = spec.get("items")
-    rows = compile_flat_numbers_rows(items) if isinstance(items, dict) else None
     min_items, max_items = spec.get("minItems", 0), spec.get("maxItems", math.inf)
-    if rows is None or not isinstance(min_items, int) or not isinstance(max_items, int | float):
+    if (
+        not isinstance(items, dict)
+        or compile_flat_numbers(items) is None
+        or not isinstance(min_items, int)
+        or not isinstance(max_items, int | float)
+    ):
         return None
+    return field, items, min_items, max_items
+
+
+def compile_batch_of_flat_numbers(document: dict[str, Any]) -> Callable[[Any], np.ndarray | None] | None:
+    """For a batch document (see _batch_of_flat_numbers): the items' matrix when the decoded body
+    is valid, else None. None for any other document."""
+    found = _batch_of_flat_numbers(document)
+    rows = compile_flat_numbers_rows(found[1]) if found is not None else None
+    if found is None or rows is None:
+        return None
+    field, _, min_items, max_items = found
 
     def matrix(instance: Any) -> np.ndarray | None:
         if not isinstance(instance, dict) or field not in instance:
@@ -321,12 +336,36 @@ def compile_batch_of_flat_numbers(document: dict[str, Any]) -> Callable[[Any], n
     return matrix
 
 
+def compile_batch_body_reader(document: dict[str, Any]) -> Callable[[bytes], np.ndarray | None] | None:
+    """For a batch document with a bounded array (see _batch_of_flat_numbers): reads a request
+    body's bytes straight into the items' matrix when the body is valid and plain (service/_rows.c
+    `parse` says which bodies it reads: the matrix is then exactly the one compile_batch_of_flat_numbers
+    gives for the decoded body); None when undecided, and the body is then decoded and checked as
+    before. None for any other document."""
+    found = _batch_of_flat_numbers(document)
+    if found is None or not isinstance(found[3], int):
+        return None
+    field, items, min_items, max_items = found
+    properties = items["properties"]
+    keys = tuple(name.encode() for name in properties)
+    low = np.array([spec.get("minimum", -math.inf) for spec in properties.values()], dtype=np.float64)
+    high = np.array([spec.get("maximum", math.inf) for spec in properties.values()], dtype=np.float64)
+
+    def read(body: bytes) -> np.ndarray | None:
+        out = np.empty((max_items, len(keys)), dtype=np.float64)
+        n = _rows.parse(body, field, keys, low, high, out)
+        return out[:n] if n >= max(min_items, 1) else None
+
+    return read
+
+
 class TransactionValidator:
     """Validates decoded request bodies against a schema document.
 
     `is_valid` is the compiled fast path (specialised for the transaction schema's shape, else
     fastjsonschema); for a batch document, `matrix` validates and reads the items' values in one
-    pass (None for other documents); `violations` asks `jsonschema` (the reference) what is
+    pass, and `read_body` does so from the body's bytes when it can (both None for other
+    documents); `violations` asks `jsonschema` (the reference) what is
     wrong, and is only called once a body has been rejected."""
 
     def __init__(self, document: dict[str, Any]) -> None:
@@ -334,6 +373,7 @@ class TransactionValidator:
         self.document = document
         self._reference = jsonschema.Draft202012Validator(document)
         self.matrix = compile_batch_of_flat_numbers(document)
+        self.read_body = compile_batch_body_reader(document)
         matrix = self.matrix
         specialised = compile_flat_numbers(document) or (
             (lambda instance: matrix(instance) is not None) if matrix is not None else None

@@ -62,6 +62,14 @@ class Scoring:
             orjson.dumps(annotate({"fraud-score": s, "is-fraud": s >= threshold, "model-version": self.version}, []))
             for s in range(101)
         ]
+        # A flagged row's result is one of these, up to its list of features, then the names and "]}".
+        self._flagged_heads = [
+            orjson.dumps(
+                annotate({"fraud-score": s, "is-fraud": s >= threshold, "model-version": self.version}, ["-"])
+            ).removesuffix(b'"-"]}')
+            for s in range(101)
+        ]
+        self._feature_names = [orjson.dumps(name) for name in FEATURES]
 
     def _result(self, probability: float, flagged: list[str]) -> dict[str, Any]:
         score = round(100.0 * probability)
@@ -114,15 +122,18 @@ class Scoring:
         it. A row without out-of-distribution features has one of 101 possible results (its
         score decides the rest), serialised once at start; only flagged rows are built here."""
         scored = self.rows(X, request_id)
-        parts = list(map(self._plain_results.__getitem__, scored.score.tolist()))
-        for i in np.flatnonzero(scored.ood_warning).tolist():
-            score = int(scored.score[i])
-            flagged = [FEATURES[j] for j in np.flatnonzero(scored.outside[i]).tolist()]
-            parts[i] = orjson.dumps(
-                annotate(
-                    {"fraud-score": score, "is-fraud": score >= self._threshold, "model-version": self.version}, flagged
-                )
-            )
+        scores = scored.score.tolist()
+        parts = list(map(self._plain_results.__getitem__, scores))
+        flagged = np.flatnonzero(scored.ood_warning)
+        if len(flagged):
+            # the flagged rows' features in one pass: row-major, so grouped by row, in column order
+            _, columns = np.nonzero(scored.outside[flagged])
+            names = list(map(self._feature_names.__getitem__, columns.tolist()))
+            counts = np.count_nonzero(scored.outside[flagged], axis=1).tolist()
+            start = 0
+            for i, count in zip(flagged.tolist(), counts, strict=True):
+                parts[i] = self._flagged_heads[scores[i]] + b",".join(names[start : start + count]) + b"]}"
+                start += count
         return b"[" + b",".join(parts) + b"]"
 
     def many(self, rows: list[Sequence[float]], explain: bool, request_id: str | None = None) -> list[dict[str, Any]]:

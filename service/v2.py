@@ -156,7 +156,8 @@ class Inference(ModelRoute):
         """The JSON header and the binary data after it (Triton's binary tensor data extension)."""
         if header_length is None:
             split = len(raw)
-        elif header_length.isdigit() and 0 < int(header_length) <= len(raw):
+        # isascii too: str.isdigit() also accepts "²" (a latin-1 header byte), which int() refuses
+        elif header_length.isascii() and header_length.isdigit() and 0 < int(header_length) <= len(raw):
             split = int(header_length)
         else:
             raise bad_request(
@@ -181,7 +182,7 @@ class Inference(ModelRoute):
         if tensor.get("name") != INPUT:
             raise bad_request(f"unknown input {tensor.get('name')!r}: the model's input is '{INPUT}'")
         datatype = tensor.get("datatype")
-        if datatype not in INPUT_TYPES:
+        if type(datatype) is not str or datatype not in INPUT_TYPES:  # a list or object is not hashable
             raise bad_request(f"input '{INPUT}': datatype must be FP64 or FP32, got {datatype!r}")
         shape = tensor.get("shape")
         if (
@@ -251,7 +252,7 @@ class Inference(ModelRoute):
         wanted: list[tuple[str, bool]] = []
         for output in asked:
             name = output.get("name") if isinstance(output, dict) else None
-            if name not in OUTPUTS:
+            if type(name) is not str or name not in OUTPUTS:  # a list or object is not hashable
                 raise bad_request(f"unknown output {name!r}: the model's outputs are {', '.join(OUTPUTS)}")
             if any(name == seen for seen, _ in wanted):
                 raise bad_request(f"output '{name}' is asked for twice")

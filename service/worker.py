@@ -39,6 +39,8 @@ import select
 import socket
 from typing import Any
 
+import orjson
+from gunicorn import util
 from gunicorn.http import wsgi
 from gunicorn.http.errors import NoMoreData
 from gunicorn.workers.sync import SyncWorker
@@ -81,6 +83,19 @@ class Response(wsgi.Response):
 # gunicorn builds each request's Response by this name (gunicorn.http.wsgi.create); this worker
 # class is gunicorn's only user of it in a process that loads it.
 wsgi.Response = Response
+
+
+def write_error(sock: Any, status_int: int, reason: str, mesg: str) -> None:
+    """gunicorn's own answer to a request it refuses to parse (bytes nginx lets through: a request
+    target with bytes beyond ASCII, a header value with a control character), in the service's
+    error shape (service/errors.py) instead of gunicorn's HTML page."""
+    body = orjson.dumps({"error": reason.lower().replace(" ", "_"), "message": mesg or reason})
+    head = f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
+    util.write_nonblock(sock, f"{head}Content-Length: {len(body)}\r\n\r\n".encode("latin-1") + body)
+
+
+# gunicorn's workers call it by this name (gunicorn.workers.base.Worker.handle_error).
+util.write_error = write_error
 
 
 class Worker(SyncWorker):

@@ -59,6 +59,20 @@ def test_a_refusal_by_nginx_has_no_app_fields(client, local_stack):
     assert refused and refused[0]["app_ms"] == "" and refused[0]["worker_pid"] == ""
 
 
+def test_bytes_a_client_sends_that_are_not_utf8_leave_the_log_line_valid_json(client, local_stack):
+    """escape=json escapes quotes and control characters but copies bytes >= 0x80 as they came: a
+    User-Agent or path of latin-1 bytes would make the line invalid UTF-8, which a log shipper (and
+    Path.read_text) refuses. Only printable ASCII is logged from them."""
+    request_id = f"utf8-{time.time_ns()}"
+    request = (
+        b"GET /v1/caf\xe9/x\xff HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        b"X-Request-ID: " + request_id.encode() + b'\r\nUser-Agent: agent\xff\xfe"}\r\n\r\n'
+    )
+    assert raw_request(local_stack.settings.port, request).startswith(b"HTTP/1.1 400")  # not ASCII
+    [line] = access_lines(local_stack.logs, request_id)  # read_text() decodes the whole log as UTF-8
+    assert (line["path"], line["user_agent"]) == ("/v1/caf", "agent")
+
+
 def test_the_apps_error_line_carries_the_request_id(small_model, capsys):
     """An unexpected error is logged by the app with the request id nginx logs too."""
     import falcon.testing

@@ -6,6 +6,7 @@ import json
 import logging
 
 import numpy as np
+import orjson
 import pytest
 
 from model import synthetic
@@ -163,9 +164,10 @@ def test_batch_results_equal_single_results_row_for_row(small_model):
     scoring = Scoring(model, OutOfDistribution(model.manifest["feature_stats"], 3.0), 37)
     X, _ = synthetic.generate(3000, seed=8)
     X[::7, 3] *= 40  # far out of distribution
-    batch_results = json.loads(scoring.many_json(X))
+    answer = scoring.many_json(X)
     singles = [scoring.one(row) for row in X.tolist()]
-    assert batch_results == singles
+    assert json.loads(answer) == singles
+    assert answer == b"[" + b",".join(map(orjson.dumps, singles)) + b"]"  # the same bytes, too
     assert scoring.many(X.tolist(), explain=False) == singles
     assert any(r["ood-warning"] for r in singles) and not all(r["ood-warning"] for r in singles)
     assert {r["is-fraud"] for r in singles} == {True, False}

@@ -470,6 +470,9 @@ def test_by_id_routes_spend_the_callers_row_budget(small_model, store, loaded, t
         assert by_ids(client, loaded[:10]).status == 200
         refused = by_id(client, "tx-1")
         assert refused.status == 429 and refused.json["error"] == "rate_limited" and refused.headers["Retry-After"]
+        # A batch body that is not JSON costs a row too: refused by the budget, not worked on.
+        not_json = client.request("POST", "/v1/fraud-score/by-id/batch", '{"transaction_ids": [')
+        assert not_json.status == 429 and "transactions per second" in not_json.json["message"], not_json.raw
         other = Client("127.0.0.1", running.settings.port, key=OTHER_KEY)
         assert by_id(other, "tx-1").status == 200
     finally:

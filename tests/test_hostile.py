@@ -108,6 +108,51 @@ def test_chunked_and_content_length_together_is_refused(client: Client):
     assert_error(client.request("POST", "/v1/fraud-score", TEXT, headers={"Transfer-Encoding": "chunked"}), 400)
 
 
+def exchange(client: Client, request: bytes) -> tuple[int, bytes]:
+    """Status and body of one raw request (bytes the http.client module will not send)."""
+    with socket.create_connection((client.host, client.port), timeout=10) as conn:
+        conn.sendall(request)
+        reply = b""
+        while chunk := conn.recv(65536):
+            reply += chunk
+    head, _, body = reply.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body
+
+
+@pytest.mark.parametrize(
+    "request_head",
+    [
+        b"POST /v1/fraud-score HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n",
+        b"POST /v2/models/fraud/infer HTTP/1.1\r\nTransfer-Encoding: identity\r\n",
+        b"POST /v1/fraud-score/batch HTTP/1.1\r\nTransfer-Encoding: chunked, chunked\r\n",
+        b"GET /health HTTP/2.0\r\n",
+        b"GET /v1/model-info HTTP/3.0\r\n",
+    ],
+)
+def test_framings_nginx_does_not_speak_are_400_json_never_5xx(client: Client, request_head):
+    # nginx answers these itself (501, 505) with an HTML page unless the config maps them.
+    status, body = exchange(client, request_head + b"Host: x\r\nConnection: close\r\n\r\n0\r\n\r\n")
+    assert status == 400, (status, body)
+    found = json.loads(body)
+    assert found["error"] == "bad_request" and found["message"], found
+
+
+@pytest.mark.parametrize(
+    "request_head",
+    [
+        b"GET /v1/caf\xe9 HTTP/1.1\r\n",  # a request target must be ASCII: gunicorn refuses it, nginx does not
+        b"GET /health?name=\xff HTTP/1.1\r\n",
+        b"GET /health HTTP/1.1\r\nX-Note: a\x01b\r\n",  # control characters nginx passes on
+        b"POST /v1/fraud-score HTTP/1.1\r\nX-Note: a\x7fb\r\n",
+    ],
+)
+def test_requests_the_workers_refuse_to_parse_get_400_json(client: Client, request_head):
+    status, body = exchange(client, request_head + b"Host: x\r\nConnection: close\r\n\r\n")
+    assert status == 400, (status, body)
+    found = json.loads(body)
+    assert found["error"] == "bad_request" and found["message"], found
+
+
 class CountingDigest:
     """Stands in for hmac.compare_digest and records every comparison the key check makes."""
 

@@ -165,6 +165,21 @@ def test_single_and_batch_requests_share_one_budget_per_key(stack_factory):
     assert TEST_KEY not in logged and OTHER_KEY not in logged
 
 
+def test_a_batch_that_is_not_json_or_over_batch_max_costs_its_key_a_row(stack_factory):
+    """Reading such a body is work too (telling why a large body is not JSON takes a slow second
+    parse): it costs one row, as a V2 request whose rows cannot be counted does. So a key over its
+    budget is refused before the work, rather than answered 400 or 413 for free."""
+    stack = stack_factory(RATE_LIMIT_PER_KEY="1", RATE_LIMIT_PER_IP="1000", RATE_LIMIT_BURST="10", BATCH_MAX="20")
+    client = Client("127.0.0.1", stack.settings.port)
+    assert batch(client, 20).status == 200  # within the burst when it arrives; the key owes 20 rows
+    too_many = {"transactions": [sample_transaction()] * 21}
+    for body in ('{"transactions": [' + json.dumps(sample_transaction()), too_many):
+        reply = client.request("POST", "/v1/fraud-score/batch", body)
+        assert app_refusal(reply) and assert_rate_limited(reply) >= 5, reply.raw
+    other = client.request("POST", "/v1/fraud-score/batch", '{"transactions": [', key=OTHER_KEY)
+    assert other.status == 400 and other.json["error"] == "malformed_json"  # a key within its budget
+
+
 def test_the_address_limit_applies_to_batches(stack_factory):
     stack = stack_factory(RATE_LIMIT_PER_KEY="1000", RATE_LIMIT_PER_IP="1", RATE_LIMIT_BURST="3")
     client = Client("127.0.0.1", stack.settings.port)

@@ -422,3 +422,21 @@ def test_the_fetch_p99_is_the_bucket_holding_it_between_two_snapshots():
     assert by_id.bucket_quantile(before, after, 0.99) == 0.5  # 990 of the 1,000 new ones ≤ 0.5 ms
     assert by_id.bucket_quantile(before, after, 0.5) == 0.1
     assert by_id.bucket_quantile(after, after, 0.99) is None
+
+
+def test_the_challenger_is_judged_on_its_median_ratio_and_shows_its_spread_and_cpu():
+    results = make_results()
+    results["challenger"] = {
+        "connections": 64,
+        "rps": {"without": 6000.0, "with": 5820.0},
+        "ratio": 0.97,
+        "ratio_spread": [0.94, 0.99],
+        "worker_cpu_us_per_request": {"without": 210.0, "with": 216.5},
+        "challenger_cpu_us_per_request": 6.5,
+    }
+    judged = {t.figure: t for t in report.targets(results)}
+    ratio = judged["scoring throughput with a challenger ÷ without, 64 connections"]
+    assert ratio.met and "rounds 94.0–99.0 %" in ratio.measured
+    assert judged["the challenger's worker CPU a request (with − without)"].measured.startswith("6.5 µs")
+    results["challenger"]["ratio"] = 0.949
+    assert not {t.figure: t for t in report.targets(results)}[ratio.figure].met

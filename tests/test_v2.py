@@ -195,6 +195,8 @@ BAD_REQUESTS = [
     (tensor([0.5] * 30, shape=(1, 30, 1)), 400, "shape must be [N, 30]"),
     (tensor([0.5] * 30, shape=("1", 30)), 400, "shape must be [N, 30]"),
     (tensor([0.5] * 30, datatype="INT32"), 400, "datatype must be FP64 or FP32"),
+    (tensor([0.5] * 30, datatype=["FP64"]), 400, "datatype must be FP64 or FP32"),  # unhashable
+    (tensor([0.5] * 30, datatype={"FP64": 1}), 400, "datatype must be FP64 or FP32"),
     (tensor([0.5] * 29 + [True]), 400, "numbers only"),
     (tensor([0.5] * 29 + ["1"]), 400, "numbers only"),
     (tensor([0.5] * 29 + [None]), 400, "numbers only"),
@@ -210,6 +212,8 @@ BAD_REQUESTS = [
     ({}, 400, "inputs must be an array of one tensor"),
     ("[1, 2]", 400, "must be a JSON object"),
     (tensor([0.5] * 30) | {"outputs": [{"name": "reasons"}]}, 400, "unknown output 'reasons'"),
+    (tensor([0.5] * 30) | {"outputs": [{"name": ["probability"]}]}, 400, "unknown output ['probability']"),
+    (tensor([0.5] * 30) | {"outputs": [{"name": {"probability": 1}}]}, 400, "unknown output {'probability': 1}"),
     (
         tensor([0.5] * 30) | {"outputs": [{"name": "is_fraud", "parameters": {"classification": 2}}]},
         400,
@@ -241,7 +245,8 @@ def test_binary_tensor_data_errors(client, rows):
     body, headers = header_and_binary(good, inf.astype("<f8").tobytes())
     assert_v2_error(post(client, body, headers), 400, "element [0, 0] (Time) must be a finite number")
     body, _ = header_and_binary(good, row.astype("<f8").tobytes())
-    for length in ("0", "-1", "abc", str(len(body) + 1)):
+    # "²" and "1²" pass str.isdigit() but not int(): latin-1 header bytes, not digits
+    for length in ("0", "-1", "abc", str(len(body) + 1), "+1", "\xb2", "1\xb2", "\xb9" * 3):
         reply = post(client, body, {"Inference-Header-Content-Length": length})
         assert_v2_error(reply, 400, "Inference-Header-Content-Length must be")
     json_input, headers = header_and_binary(tensor([0.5] * 30), b"\0" * 8)
