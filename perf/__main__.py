@@ -393,7 +393,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"CPU per request in one worker: /health {hot['app_health_us']:.1f} µs, score {hot['app_score_us']:.1f} µs "
         f"(decode {hot['decode_us']:.1f}, validate {hot['validate_us']:.1f}, walk {hot['predict_row_us']:.1f}, "
-        f"encode {hot['encode_us']:.1f}, row budget {hot['budget_spend_us']:.2f})"
+        f"encode {hot['encode_us']:.1f}, row budget {hot['budget_spend_us']:.2f}); "
+        f"a 1,000-row JSON batch {hot['app_batch_row_us']:.2f} µs a row"
     )
     if "bulk" in results:
         print()

@@ -98,6 +98,41 @@ def bucket_quantile(before: dict[float, float], after: dict[float, float], q: fl
     return next(le * 1000.0 for le, cumulative in counts if cumulative >= q * total)
 
 
+def start_store(directory: Path, X: np.ndarray, free_port: Callable[[], int]) -> RedisServer:
+    """A redis-server on a free loopback port and a unix socket, holding X's rows as tx-0, tx-1, …"""
+    store = RedisServer(free_port(), unix_socket=directory / "redis.sock").start()
+    try:
+        client = redis.Redis.from_url(store.url)
+        with client.pipeline(transaction=False) as pipe:
+            for i, row in enumerate(X):
+                pipe.set(f"{PREFIX}tx-{i}", encode_record(list(map(float, row))))
+            pipe.execute()
+    except BaseException:
+        store.stop()
+        raise
+    return store
+
+
+def start_stacks(store: RedisServer, start_stack: Callable[..., Stack]) -> dict[str, Stack]:
+    """The two stacks of ROUTES: one reaching the store over TCP, one over its unix socket."""
+    stacks: dict[str, Stack] = {}
+    try:
+        for transport, url in (("tcp", store.url), ("unix", store.unix_url)):
+            # A generous store timeout: the benchmark measures latency, and a machine shared with the
+            # load generator must not turn a slow moment into failed requests (timeouts are tested in tests/).
+            stacks[transport] = start_stack(
+                FEATURE_STORE_URL=url,
+                FEATURE_STORE_PREFIX=PREFIX,
+                FEATURE_STORE_TIMEOUT_MS="100",
+                BATCH_MAX=str(BATCH_ROWS),
+            )
+    except BaseException:
+        for stack in stacks.values():
+            stack.stop()
+        raise
+    return stacks
+
+
 def measure(
     X: np.ndarray,
     key: str,
@@ -110,23 +145,12 @@ def measure(
 ) -> dict[str, Any]:
     directory = Path(tempfile.mkdtemp(prefix="fraud-perf-by-id-"))
     files = request_files(directory, X)
-    store = RedisServer(free_port(), unix_socket=directory / "redis.sock").start()
+    store = start_store(directory, X, free_port)
     stacks: dict[str, Stack] = {}
     try:
-        client = redis.Redis.from_url(store.url)
-        with client.pipeline(transaction=False) as pipe:
-            for i, row in enumerate(X):
-                pipe.set(f"{PREFIX}tx-{i}", encode_record(list(map(float, row))))
-            pipe.execute()
-        for transport, url in (("tcp", store.url), ("unix", store.unix_url)):
-            # A generous store timeout: the benchmark measures latency, and a machine shared with the
-            # load generator must not turn a slow moment into failed requests (timeouts are tested in tests/).
-            stacks[transport] = start_stack(
-                FEATURE_STORE_URL=url,
-                FEATURE_STORE_PREFIX=PREFIX,
-                FEATURE_STORE_TIMEOUT_MS="100",
-                BATCH_MAX=str(BATCH_ROWS),
-            )
+        stacks.update(start_stacks(store, start_stack))
+        workers = stacks["tcp"].settings.workers
+        log(f"  {workers} workers per stack (raw and by-id alike)")
 
         def run(name: str, scenario: wrk.Scenario) -> dict[str, Any]:
             return wrk.run(scenario, stacks[ROUTES[name][1]].base_url, files[name], key)
@@ -161,6 +185,7 @@ def measure(
         store.stop()
 
     result: dict[str, Any] = {
+        "workers": workers,
         "connections": CONNECTIONS,
         "batch_rows": BATCH_ROWS,
         "routes": {},

@@ -276,6 +276,7 @@ def by_id_targets(by_id: dict[str, Any] | None) -> list[Target]:
         return []
     routes, connections = by_id["routes"], by_id["connections"]
     raw = routes["raw single"]
+    workers = f", {by_id['workers']} workers" if by_id.get("workers") else ""  # results from before it was kept
     found = []
     for name, transport, ratio in (
         ("by-id single", "TCP loopback", by_id["single_ratio"]),
@@ -283,7 +284,7 @@ def by_id_targets(by_id: dict[str, Any] | None) -> list[Target]:
     ):
         found.append(
             Target(
-                f"by-id ÷ raw single throughput, {connections} connections closed loop, store over {transport}",
+                f"by-id ÷ raw single throughput, {connections} connections closed loop{workers}, store over {transport}",
                 f"{100 * ratio:.0f} % ({routes[name]['rps']:,.0f} vs {raw['rps']:,.0f} req/s)",
                 "≥ 70 %",
                 ratio >= 0.70,
@@ -294,7 +295,7 @@ def by_id_targets(by_id: dict[str, Any] | None) -> list[Target]:
         found.append(
             Target(
                 f"by-id single p99, {connections} connections open loop at {run['rate']:,}/s "
-                f"(½ raw capacity), store over {transport}",
+                f"(½ raw capacity){workers}, store over {transport}",
                 f"{run['p99_ms']:.2f} ms (raw {raw_run['p99_ms']:.2f} ms)",
                 "< 5 ms",
                 run["p99_ms"] < 5.0,

@@ -102,11 +102,11 @@ done:
  * correctly rounded double of the exact value x unless a double midpoint lies between x and v; a
  * midpoint has 54 significant bits, so it is representable in extended precision, and as v is the
  * representable number nearest x, such a midpoint can only be v itself. So every v that is not
- * exactly halfway between two doubles rounds to the right double; for one that is (about one token
- * in 30,000), x's side of v, decided in exact 128-bit integer arithmetic, picks the double (x == v:
- * the even one). The range keeps v far from subnormals and overflow. It needs round-to-nearest and
- * the x87 unit at 64-bit precision (checked at each call); without such a long double and 128-bit
- * integers it reads integer tokens only. */
+ * exactly halfway between two doubles (the 11 low bits of its significand are 10000000000) rounds
+ * to the right double; for one that is (rare, but a 1,000-row batch often holds one), x's side of v,
+ * decided in exact 128-bit integer arithmetic, picks the double (x == v: the even one). The range
+ * keeps v far from subnormals and overflow. It needs round-to-nearest and the x87 unit at 64-bit
+ * precision (checked at each call); elsewhere than x86-64 it reads integer tokens only. */
 
 #if LDBL_MANT_DIG == 64 && defined(__x86_64__) && defined(__SIZEOF_INT128__)
 #define READS_DECIMALS 1
@@ -263,15 +263,13 @@ static int number(Cursor *c, double *x) {
         uint64_t significand; /* x87 extended: the 64-bit significand comes first (little-endian) */
         memcpy(&significand, &v, sizeof significand);
         if ((significand & 0x7FF) == 0x400) { /* the 11 bits a double drops: v is exactly halfway */
+            const int side = side_of(m, exponent, v);
+            if (side == 2) return 0;
             const double beside = nextafter(d, v > (long double)d ? INFINITY : -INFINITY);
-            {
-                const int side = side_of(m, exponent, v);
-                if (side == 2) return 0;
-                const double below = fmin(d, beside), above = fmax(d, beside);
-                uint64_t bits;
-                memcpy(&bits, &below, sizeof bits);
-                d = side > 0 ? above : side < 0 ? below : (bits & 1) ? above : below;
-            }
+            const double below = fmin(d, beside), above = fmax(d, beside);
+            uint64_t bits;
+            memcpy(&bits, &below, sizeof bits);
+            d = side > 0 ? above : side < 0 ? below : (bits & 1) ? above : below; /* a tie: the even one */
         }
         *x = negative ? -d : d;
 #else

@@ -154,6 +154,9 @@ class Settings:
     app_version: str = setting("APP_VERSION", _nonempty, __version__)
     host: str = setting("HOST", _nonempty, "127.0.0.1")
     port: int = setting("PORT", _integer(1, 65535), 8080)
+    # One per core, with a feature store too: a by-id worker's wait on a store beside the service is
+    # short and mostly the store's own CPU time, so a worker beyond the cores adds time-slicing, not
+    # throughput (docs/feature-store.md#workers).
     workers: int = setting("WORKERS", _integer(1, 64), default_factory=_cores)
     batch_max: int = setting("BATCH_MAX", _integer(1, 10_000), 1000)
     ood_z: float = setting("OOD_Z", _positive_float, 3.0)

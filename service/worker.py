@@ -20,11 +20,22 @@ socket's backlog were accepted by the kernel, and nginx has sent their requests:
 closes the listener they are reset (nginx: "reset by peer", a 502). So before it exits, a worker
 answers what is already queued. Only once the socket's path is gone: nothing new can arrive, so the
 queue empties; a worker retired while the socket stays (SIGHUP's rollout, max_requests) leaves the
-queue to the workers that keep serving."""
+queue to the workers that keep serving.
+
+And it waits for a connection on an epoll of its own, the listener registered EPOLLEXCLUSIVE, where
+gunicorn's sync worker waits in select(): with select every idle worker wakes for each connection,
+one accepts it and the others find the queue empty and go back to sleep, wake-ups (CPU, context
+switches) that grow with the idle workers, i.e. at any load short of saturation. With EPOLLEXCLUSIVE
+the kernel wakes one waiting worker per connection. The wait is level-triggered: a connection still
+queued keeps the listener ready, so none is left waiting while a worker sleeps; a woken worker that
+finds the queue empty (a busy worker took the connection first) waits again. Everything else about
+the wait is gunicorn's: the heartbeat before it, its timeout, a signal ending it (gunicorn's wake-up
+pipe, registered beside the listener)."""
 
 from __future__ import annotations
 
 import os
+import select
 import socket
 from typing import Any
 
@@ -102,10 +113,28 @@ class Worker(SyncWorker):
             client.close()
 
     def run(self) -> None:
+        # Made here, after fork: an epoll made in the master would be one interest list shared by
+        # every worker.
+        self.poller = select.epoll()
+        self.listeners = {listener.fileno(): listener for listener in self.sockets}
+        for fd in self.listeners:
+            self.poller.register(fd, select.EPOLLIN | select.EPOLLEXCLUSIVE)
+        self.poller.register(self.PIPE[0], select.EPOLLIN)
         super().run()
         if not self.alive:  # asked to stop, not orphaned (that returns with alive still set)
             for listener in self.sockets:
                 self.answer_backlog(listener)
+
+    def wait(self, timeout: float) -> list[Any]:
+        """SyncWorker.wait on the epoll: the listeners ready to accept, after the heartbeat."""
+        self.notify()
+        ready = []
+        for fd, _ in self.poller.poll(timeout):
+            if fd in self.listeners:
+                ready.append(self.listeners[fd])
+            else:  # the wake-up pipe: a signal arrived (its handler has already run)
+                os.read(fd, 1)
+        return ready
 
     def answer_backlog(self, listener: Any) -> None:
         if listener.family != socket.AF_UNIX:

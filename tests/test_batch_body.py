@@ -342,7 +342,9 @@ def test_tokens_whose_extended_quotient_is_a_double_midpoint_are_rounded_exactly
     landed = 0
     with localcontext() as context:
         context.prec = 60
-        for d in np.concatenate([rng.uniform(1e-9, 1, 3000), rng.uniform(1, 1e9, 3000)]).tolist():
+        for d in np.concatenate(
+            [rng.uniform(1e-9, 1, 3000), rng.uniform(1, 1e9, 3000), rng.uniform(1e18, 1e26, 3000)]
+        ).tolist():
             midpoint = Fraction(d) + Fraction(math.ulp(d)) / 2
             near = Decimal(midpoint.numerator) / Decimal(midpoint.denominator)
             for digits in (17, 18, 19):

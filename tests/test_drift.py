@@ -106,3 +106,21 @@ def test_shifted_v14_crosses_the_act_threshold_and_the_others_stay_low(trained_m
         assert client.request("GET", "/v1/drift").json["rows"] == 1
     finally:
         stack.stop()
+
+
+def test_bins_count_as_searchsorted_for_any_number_of_edges():
+    """Few edges are counted one by one, more by a binary search: both give searchsorted's bins."""
+    from service._bins import Bins
+
+    rng = np.random.default_rng(4)
+    sizes = [0, 1, 2, 9, 16, 17, 40, 257]
+    edges = [np.unique(np.round(rng.normal(size=n), 1)) if n else np.empty(0) for n in sizes]
+    starts = np.cumsum([0] + [len(e) for e in edges]).astype(np.int64)
+    counts = np.zeros(starts[-1] + len(edges), dtype=np.int64)
+    bins = Bins(np.concatenate(edges), starts, counts)
+    X = np.round(rng.normal(size=(2000, len(edges))), 1)  # many values exactly on an edge
+    X[:4] = [[np.inf], [-np.inf], [0.0], [-0.0]]  # no NaN: no scored value is one
+    bins.add_rows(np.ascontiguousarray(X[:, :-1]), np.ascontiguousarray(X[:, -1]))
+    for c, e in enumerate(edges):
+        expected = np.bincount(np.searchsorted(e, X[:, c], side="right"), minlength=len(e) + 1)
+        assert counts[starts[c] + c : starts[c + 1] + c + 1].tolist() == expected.tolist(), sizes[c]

@@ -373,6 +373,7 @@ def by_id_results(single_ratio_unix: float, open_p99_unix: float) -> dict:
         }
 
     return {
+        "workers": 2,
         "connections": 64,
         "batch_rows": 100,
         "routes": {
@@ -399,10 +400,10 @@ def test_by_id_targets_judge_throughput_closed_loop_and_p99_open_loop_per_transp
     found = {t.figure: t for t in report.by_id_targets(by_id_results(0.72, 3.1))}
     judged = {figure: t.met for figure, t in found.items() if t.target != "reported"}
     assert judged == {
-        "by-id ÷ raw single throughput, 64 connections closed loop, store over TCP loopback": False,
-        "by-id ÷ raw single throughput, 64 connections closed loop, store over unix socket": True,
-        "by-id single p99, 64 connections open loop at 3,000/s (½ raw capacity), store over TCP loopback": False,
-        "by-id single p99, 64 connections open loop at 3,000/s (½ raw capacity), store over unix socket": True,
+        "by-id ÷ raw single throughput, 64 connections closed loop, 2 workers, store over TCP loopback": False,
+        "by-id ÷ raw single throughput, 64 connections closed loop, 2 workers, store over unix socket": True,
+        "by-id single p99, 64 connections open loop at 3,000/s (½ raw capacity), 2 workers, store over TCP loopback": False,
+        "by-id single p99, 64 connections open loop at 3,000/s (½ raw capacity), 2 workers, store over unix socket": True,
     }
     closed = (
         "by-id single unix p99, 64 connections closed loop (Little's law: mean latency = 64 ÷ throughput = 14.8 ms)"

@@ -1,6 +1,7 @@
 """The sync worker that closes at once (service/worker.py), over real nginx: a body the app refused
 without reading is drained first, so nginx gets the answer, never a reset (a 502); and on a graceful
-stop it answers the connections already queued on its socket before it exits."""
+stop it answers the connections already queued on its socket before it exits; one idle worker
+wakes per connection, not all of them."""
 
 from __future__ import annotations
 
@@ -112,3 +113,31 @@ def test_an_answer_in_one_piece_leaves_in_one_write_with_the_bytes_gunicorn_woul
         assert without_date(b"".join(ours)) == without_date(b"".join(theirs)), method
         assert len(ours) == (writes or len(theirs)), (method, headers, ours)
     assert len(gunicorn_answer(gunicorn_response, *cases[0][:3])) == 2  # what the one write saves
+
+
+def voluntary_switches(pids: list[int]) -> int:
+    """How often these processes have gone to sleep (waited for something), all told."""
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/status") as f:
+            total += sum(int(line.split()[1]) for line in f if line.startswith("voluntary_ctxt_switches"))
+    return total
+
+
+def test_one_idle_worker_wakes_per_connection(stack_factory):
+    """Connections arriving one at a time at four idle workers: each wakes one of them, which goes
+    back to sleep once it has answered. gunicorn's select() wakes every idle worker for each, and
+    all but one go back to sleep with nothing done: 3-4 sleeps per connection instead of 1."""
+    stack = stack_factory(WORKERS="4")
+    children = f"/proc/{stack.gunicorn.pid}/task/{stack.gunicorn.pid}/children"
+    wait_for(lambda: len(open(children).read().split()) == 4)
+    workers = [int(pid) for pid in open(children).read().split()]
+    client = Client(stack.host, stack.port)
+    for _ in range(20):  # every worker has booted and served: all wait for the next connection
+        assert client.request("GET", "/health").status == 200
+    connections = 200
+    before = voluntary_switches(workers)
+    for _ in range(connections):
+        assert client.request("GET", "/health").status == 200
+    per_connection = (voluntary_switches(workers) - before) / connections
+    assert per_connection < 2, per_connection
