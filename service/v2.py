@@ -156,12 +156,19 @@ class Inference(ModelRoute):
         """The JSON header and the binary data after it (Triton's binary tensor data extension)."""
         if header_length is None:
             split = len(raw)
-        # isascii too: str.isdigit() also accepts "²" (a latin-1 header byte), which int() refuses
-        elif header_length.isascii() and header_length.isdigit() and 0 < int(header_length) <= len(raw):
-            split = int(header_length)
+        # isascii too: str.isdigit() also accepts "²" (a latin-1 header byte), which int() refuses;
+        # no more digits than the body's length has (int() refuses 4,300 digits, leading zeros too)
+        elif (
+            header_length.isascii()
+            and header_length.isdigit()
+            and len(digits := header_length.lstrip("0")) <= len(str(len(raw)))
+            and 0 < int(digits or "0") <= len(raw)
+        ):
+            split = int(digits)
         else:
             raise bad_request(
-                f"{HEADER_LENGTH} must be the length in bytes of the JSON header (1 to {len(raw)}), got {header_length!r}"
+                f"{HEADER_LENGTH} must be the length in bytes of the JSON header (1 to {len(raw)}), "
+                f"got {header_length[:32]!r}"
             )
         view = memoryview(raw)
         try:
