@@ -27,7 +27,7 @@ from typing import Any
 import falcon.inspect
 import orjson
 
-from service.errors import JSON
+from service.errors import JSON, protocol_v2
 from service.settings import DEADLINE_MAX_MS, DEADLINE_MIN_MS
 
 # Room for the work itself: a single score is a fraction of a millisecond in the worker, and the
@@ -156,8 +156,10 @@ def _answer(
     started: float,
     retry_after: bool = False,
 ) -> list[bytes]:
-    """The app's error shape and headers, without Falcon."""
-    body = orjson.dumps({"error": code, "message": message})
+    """The app's error shape (the protocol's under /v2) and headers, without Falcon."""
+    body = orjson.dumps(
+        {"error": message} if protocol_v2(environ.get("PATH_INFO") or "") else {"error": code, "message": message}
+    )
     headers = [
         ("Content-Type", JSON),
         ("Content-Length", str(len(body))),

@@ -46,14 +46,19 @@ def _code(error: falcon.HTTPError) -> str:
     """Falcon's title without its status number ("404 Not Found" -> "not_found"): the code nginx
     gives the same refusal when it answers itself."""
     title = (error.title or "error").split(" ", 1)
-    words = title[1] if len(title) == 2 and title[0].isdigit() else title[0]
+    words = title[1] if len(title) == 2 and title[0].isdigit() else " ".join(title)  # "Bad request" too
     return getattr(error, "code", None) or words.lower().replace(" ", "_")
+
+
+def protocol_v2(path: str) -> bool:
+    """Whether a path is the Open Inference Protocol's: its errors are {"error": message}."""
+    return path == "/v2" or path.startswith("/v2/")
 
 
 def serialize_error(req: falcon.Request, resp: falcon.Response, error: falcon.HTTPError) -> None:
     """Falcon's own errors (404, 405, …) get the same shape as ours, always JSON. Under /v2 every
     error has the Open Inference Protocol's shape instead: {"error": message}."""
-    if req.path == "/v2" or req.path.startswith("/v2/"):
+    if protocol_v2(req.path):
         body: dict[str, Any] = {"error": error.description or error.title}
     elif isinstance(error, ApiError):
         body = error.to_dict()

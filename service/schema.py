@@ -108,6 +108,8 @@ class Violation:
         return found
 
     def describe(self) -> str:
+        if self.index is not None and self.field == IDS_FIELD:  # an id of a by-id batch: the item itself
+            return f"{IDS_FIELD}[{self.index}] {self.message}"
         where = f"{BATCH_FIELD}[{self.index}]" if self.index is not None else ""
         if self.field:
             where = f"{where}.{self.field}" if where else self.field

@@ -231,7 +231,7 @@ class Inference(ModelRoute):
             i, j = (int(k) for k in np.argwhere(bad)[0])
             raise bad_request(
                 f"input '{INPUT}': element [{i}, {j}] ({FEATURES[j]}) must be a finite number within the float32 "
-                f"range (|x| <= {FLOAT32_MAX!r}), got {X[i, j]!r}"
+                f"range (|x| <= {FLOAT32_MAX!r}), got {float(X[i, j])!r}"
             )
         return X
 

@@ -173,6 +173,12 @@ def test_malformed_requests_are_4xx_with_json(stack, path, body, status):
     assert reply.json["message"]
 
 
+def test_a_bad_id_in_a_batch_is_named_by_its_place_in_transaction_ids(stack):
+    reply = by_ids(Client("127.0.0.1", stack.settings.port), ["a", 3])
+    assert reply.status == 422
+    assert reply.json["message"] == "transaction_ids[1] must be a string, got integer", reply.json
+
+
 def test_key_required(stack, loaded):
     reply = Client("127.0.0.1", stack.settings.port, key=None).request(
         "POST", "/v1/fraud-score/by-id", {"transaction_id": "tx-1"}

@@ -92,7 +92,14 @@ def test_wrong_methods_are_405(client: Client, method):
 
 
 def test_unknown_method_is_400_json(client: Client):
-    assert_error(client.request("BREW", "/v1/fraud-score", TEXT), 400)
+    assert assert_error(client.request("BREW", "/v1/fraud-score", TEXT), 400)["error"] == "bad_request"
+
+
+@pytest.mark.parametrize("path", ["/v1/fraud-score", "/v1/fraud-score/batch"])
+def test_an_unreadable_query_parameter_is_400_naming_it(client: Client, path):
+    body = TEXT if path == "/v1/fraud-score" else '{"transactions": [' + TEXT + "]}"
+    found = assert_error(client.request("POST", f"{path}?explain=maybe", body), 400)
+    assert found["error"] == "invalid_parameter" and '"explain"' in found["message"], found
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,7 @@ the error cases."""
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
 from model import synthetic
-from tests.helpers import TEST_KEY, Client, samples, start_stack, value
+from tests.helpers import TEST_KEY, Client, call_upstream, samples, start_stack, value
 
 BATCH_MAX = 1000
 KEY = {"X-API-Key": TEST_KEY}  # tritonclient adds to the dict it is given: pass a copy each call
@@ -244,6 +245,7 @@ def test_binary_tensor_data_errors(client, rows):
     inf[0] = np.inf
     body, headers = header_and_binary(good, inf.astype("<f8").tobytes())
     assert_v2_error(post(client, body, headers), 400, "element [0, 0] (Time) must be a finite number")
+    assert post(client, body, headers).json["error"].endswith("got inf")  # the value, not numpy's repr
     body, _ = header_and_binary(good, row.astype("<f8").tobytes())
     # "²" and "1²" pass str.isdigit() but not int(): latin-1 header bytes, not digits
     for length in ("0", "-1", "abc", str(len(body) + 1), "+1", "\xb2", "1\xb2", "\xb9" * 3):
@@ -253,6 +255,19 @@ def test_binary_tensor_data_errors(client, rows):
     assert_v2_error(post(client, json_input, headers), 400, "no input declares them")
     compressed = post(client, tensor([0.5] * 30), {"Content-Encoding": "gzip"})
     assert_v2_error(compressed, 415, "compressed")
+
+
+def test_deadline_refusals_have_the_protocols_shape(client, stack):
+    """The deadline is checked before Falcon (service/deadline.py); its refusals under /v2 are
+    {"error": message} too, as a V2 client reads them."""
+    request = tensor([0.5] * 30)
+    assert_v2_error(post(client, request, {"X-Deadline-Ms": "soon"}), 400, "X-Deadline-Ms must be a whole number")
+    late = time.time() - 10  # nginx's stamp of a request that waited 10 s in the queue
+    status, _, answer = call_upstream(
+        stack.socket, "POST", "/v2/models/fraud/infer", late, json.dumps(request).encode()
+    )
+    assert status == 503 and list(json.loads(answer)) == ["error"], answer
+    assert "waited" in json.loads(answer)["error"]
 
 
 def test_binary_outputs_follow_the_json_header(client, small_model, rows):
