@@ -20,20 +20,22 @@ socket's backlog were accepted by the kernel, and nginx has sent their requests:
 closes the listener they are reset (nginx: "reset by peer", a 502). So before it exits, a worker
 answers what is already queued. Only once the socket's path is gone: nothing new can arrive, so the
 queue empties; a worker retired while the socket stays (SIGHUP's rollout, max_requests) leaves the
-queue to the workers that keep serving.
+queue to the workers that keep serving, but for one connection (below).
 
 And it waits for a connection on an epoll of its own, the listener registered EPOLLEXCLUSIVE, where
 gunicorn's sync worker waits in select(): with select every idle worker wakes for each connection,
 one accepts it and the others find the queue empty and go back to sleep, wake-ups (CPU, context
 switches) that grow with the idle workers, i.e. at any load short of saturation. With EPOLLEXCLUSIVE
-the kernel wakes one waiting worker per connection. The wait is level-triggered: a connection still
-queued keeps the listener ready, so none is left waiting while a worker sleeps; a woken worker that
-finds the queue empty (a busy worker took the connection first) waits again. Everything else about
-the wait is gunicorn's: the heartbeat before it, its timeout, a signal ending it (gunicorn's wake-up
-pipe, registered beside the listener)."""
+the kernel wakes one waiting worker per connection (a busy worker, not waiting, takes the next one
+from the queue itself); a woken worker that finds the queue empty (a busy worker took the connection
+first) waits again. As only one worker is woken for a connection, the woken one must take it: one
+that learns to stop at that moment answers one queued connection before it leaves. Everything else
+about the wait is gunicorn's: the heartbeat before it, its timeout, a signal ending it (gunicorn's
+wake-up pipe, registered beside the listener)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import socket
@@ -123,7 +125,10 @@ class Worker(SyncWorker):
         super().run()
         if not self.alive:  # asked to stop, not orphaned (that returns with alive still set)
             for listener in self.sockets:
-                self.answer_backlog(listener)
+                if self.reachable(listener):
+                    self.answer_woken(listener)
+                else:
+                    self.answer_backlog(listener)
 
     def wait(self, timeout: float) -> list[Any]:
         """SyncWorker.wait on the epoll: the listeners ready to accept, after the heartbeat."""
@@ -136,12 +141,24 @@ class Worker(SyncWorker):
                 os.read(fd, 1)
         return ready
 
-    def answer_backlog(self, listener: Any) -> None:
+    @staticmethod
+    def reachable(listener: Any) -> bool:
+        """Whether new connections can still arrive: a TCP listener, or a unix socket whose path exists."""
         if listener.family != socket.AF_UNIX:
-            return
+            return True
         path = listener.getsockname()
-        if not isinstance(path, str) or not path or os.path.exists(path):
-            return  # still reachable: the queue belongs to the workers that stay
+        return not isinstance(path, str) or not path or os.path.exists(path)
+
+    def answer_woken(self, listener: Any) -> None:
+        """A worker retired while the socket stays (SIGHUP's rollout, max_requests) may have been
+        woken for a connection just as it learnt to stop. EPOLLEXCLUSIVE woke no other worker for
+        that one, so it would wait for the next connection to wake them, or for their wait's
+        timeout (15 s) at low traffic: answer one queued connection, if any, before leaving."""
+        self.notify()
+        with contextlib.suppress(OSError):  # non-blocking listener: raises at once when nothing is queued
+            self.accept(listener)
+
+    def answer_backlog(self, listener: Any) -> None:
         # At most one backlog's worth: nothing can join the queue after the unlink.
         for _ in range(self.cfg.backlog):
             self.notify()
