@@ -163,7 +163,9 @@ class Settings:
     model_required: bool = setting("MODEL_REQUIRED", _boolean, False)
     # nginx limits: requests per second per API key and per client address, and the
     # burst above the rate that is let through at once before 429s start.
-    rate_limit_per_key: int = setting("RATE_LIMIT_PER_KEY", _integer(1, 1_000_000), 1000)
+    # The per-key rate is also the app's transactions per second per key (service/budget.py): its
+    # ceiling leaves room for one binary V2 client scoring over a million rows a second.
+    rate_limit_per_key: int = setting("RATE_LIMIT_PER_KEY", _integer(1, 100_000_000), 1000)
     rate_limit_per_ip: int = setting("RATE_LIMIT_PER_IP", _integer(1, 1_000_000), 2000)
     rate_limit_burst: int = setting("RATE_LIMIT_BURST", _integer(0, 1_000_000), 200)
     # Who may read /metrics besides loopback, and which proxies (the ALB's subnets) may name the

@@ -440,3 +440,10 @@ def test_the_challenger_is_judged_on_its_median_ratio_and_shows_its_spread_and_c
     assert judged["the challenger's worker CPU a request (with − without)"].measured.startswith("6.5 µs")
     results["challenger"]["ratio"] = 0.949
     assert not {t.figure: t for t in report.targets(results)}[ratio.figure].met
+
+
+def test_batch_rows_count_only_the_requests_that_scored():
+    from perf import batch
+
+    assert batch._scored_rps({"rps": 1500.0, "requests": 3000, "failed": 1000}) == 1000.0
+    assert batch._scored_rps({"rps": 0.0, "requests": 0, "failed": 0}) == 0.0
