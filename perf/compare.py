@@ -109,7 +109,7 @@ class Side:
             # The harness's environment, but each side's own launcher (its checkout's code) starts it.
             port = harness.free_port()
             passed = ("WORKERS", "GUNICORN_CMD_ARGS")
-            env = harness.environment(api_key, model_path, passed, PORT=str(port), **harness.UNLIMITED)
+            env = harness.environment(api_key, model_path, passed, PORT=str(port), **self.unlimited())
             with open(stack_log, "a") as errors:
                 # Access lines go to stdout, formatted and written as in production, then dropped.
                 self.process = subprocess.Popen(
@@ -129,6 +129,21 @@ class Side:
             self.stop()
             if attempt == 2:
                 raise RuntimeError(f"the {self.name} stack did not come up: see {stack_log}")
+
+    def unlimited(self) -> dict[str, str]:
+        """The rate limits lifted as far as this side's own settings allow (a revision's ceilings
+        may differ from the current one's)."""
+        asked = subprocess.run(
+            [
+                str(self.python),
+                "-c",
+                "import json; from service.harness import UNLIMITED; print(json.dumps(UNLIMITED))",
+            ],
+            cwd=self.checkout,
+            capture_output=True,
+            text=True,
+        )
+        return json.loads(asked.stdout) if asked.returncode == 0 else harness.UNLIMITED
 
     def stop(self) -> None:
         """The launcher stops nginx and gunicorn gracefully on SIGTERM; its session is killed if not."""
