@@ -65,6 +65,11 @@ class RowBudget:
         cost = self._row_ns if rows == 1 else -(-rows * NS // self.per_second)
         wait_ns = _spend(self._memory, key, self._clock(), cost, self._tolerance_ns)
         if wait_ns:
+            # Another worker may have spent between this clock reading and the spend (this one
+            # preempted meanwhile): against its later instant, a stale reading looks like debt. A
+            # refusal is decided on a fresh one.
+            wait_ns = _spend(self._memory, key, self._clock(), cost, self._tolerance_ns)
+        if wait_ns:
             seconds = -(-wait_ns // NS)
             raise ApiError(
                 falcon.HTTP_429,

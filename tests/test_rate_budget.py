@@ -54,6 +54,18 @@ def test_singles_pass_up_to_the_burst_plus_one_like_nginx():
     budget.spend(0, 1)
 
 
+def test_a_clock_reading_gone_stale_before_the_spend_does_not_refuse():
+    """Worker A reads the clock, is preempted for 2 ms; worker B spends at the later instant. A's
+    stale reading makes B's spend look like 2 ms of debt, twice the 1 ms its burst allows: A is
+    refused only if a fresh reading says so."""
+    readings = iter([T0, T0 + 2_000_000])
+    budget = RowBudget(1, per_second=100_000_000, burst=100_000, clock=lambda: next(readings))
+    shared = RowBudget(1, per_second=100_000_000, burst=100_000, clock=lambda: T0 + 2_000_000)
+    shared._memory = budget._memory  # worker B: the same shared slot, its own (later) clock
+    shared.spend(0, 1)
+    budget.spend(0, 1)  # reads T0 (stale), then T0 + 2 ms: admitted
+
+
 def test_a_batch_within_the_burst_passes_and_its_debt_blocks_the_key_until_paid():
     clock = Clock()
     budget = RowBudget(2, per_second=5, burst=5, clock=clock)
