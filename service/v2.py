@@ -13,6 +13,7 @@ float32): the probability is predict_proba of exactly those values. Errors are t
 
 from __future__ import annotations
 
+import re
 from itertools import chain
 from typing import Any
 
@@ -31,6 +32,9 @@ MODEL_NAME = "fraud"
 INPUT = "features"
 EXTENSIONS = ["binary_tensor_data"]
 HEADER_LENGTH = "Inference-Header-Content-Length"
+# A positive decimal length, leading zeros allowed; ASCII digits only (str.isdigit() also takes "²",
+# which int() refuses), and few enough that int() never sees thousands of them.
+_HEADER_LENGTH_VALUE = re.compile(r"0*([1-9][0-9]{0,18})")
 BINARY = "application/octet-stream"
 # The schema's bound: the model computes in float32, and a double beyond float32's range is no
 # input sklearn accepts either.
@@ -156,15 +160,8 @@ class Inference(ModelRoute):
         """The JSON header and the binary data after it (Triton's binary tensor data extension)."""
         if header_length is None:
             split = len(raw)
-        # isascii too: str.isdigit() also accepts "²" (a latin-1 header byte), which int() refuses;
-        # no more digits than the body's length has (int() refuses 4,300 digits, leading zeros too)
-        elif (
-            header_length.isascii()
-            and header_length.isdigit()
-            and len(digits := header_length.lstrip("0")) <= len(str(len(raw)))
-            and 0 < int(digits or "0") <= len(raw)
-        ):
-            split = int(digits)
+        elif (length := _HEADER_LENGTH_VALUE.fullmatch(header_length)) and int(length[1]) <= len(raw):
+            split = int(length[1])
         else:
             raise bad_request(
                 f"{HEADER_LENGTH} must be the length in bytes of the JSON header (1 to {len(raw)}), "
