@@ -19,6 +19,7 @@ import secrets
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -142,12 +143,12 @@ def ceiling(stacks: dict[str, Stack], files: dict[str, Path], key: str, rounds: 
     runs: dict[str, list[dict[str, Any]]] = {"score": [], "bare": []}
     for _ in range(rounds):
         for name in runs:
-            master = stacks[name].gunicorn.pid
-            workers = memory.children(master)
-            before = batch.cpu_seconds(workers)
-            run = wrk.run(wrk.Scenario("score", 64, seconds), stacks[name].base_url, files["score"], key)
-            if memory.children(master) == workers and run["requests"]:
-                run["worker_cpu_us_per_request"] = (batch.cpu_seconds(workers) - before) * 1e6 / run["requests"]
+            run, cpu = memory.workers_cpu_during(
+                stacks[name].gunicorn.pid,
+                partial(wrk.run, wrk.Scenario("score", 64, seconds), stacks[name].base_url, files["score"], key),
+            )
+            if cpu is not None and run["requests"]:
+                run["worker_cpu_us_per_request"] = cpu * 1e6 / run["requests"]
             runs[name].append(run)
     ratios = [s["rps"] / b["rps"] for s, b in zip(runs["score"], runs["bare"], strict=True)]
     cpu = {

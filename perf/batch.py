@@ -8,7 +8,7 @@ gunicorn workers' user + system time over the run (from /proc), divided by the r
 
 from __future__ import annotations
 
-import os
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,6 @@ CONNECTIONS = 4
 SCENARIOS = ("batch", "v2-json", "v2-binary")
 CPU_PER_ROW_TARGET_US = 5.0
 V2_BINARY_TARGET = 5.0  # × today's JSON batch rows/s
-TICKS = os.sysconf("SC_CLK_TCK")
 V2_PATH = f"/v2/models/{MODEL_NAME}/infer"
 
 
@@ -64,32 +63,17 @@ def write_files(directory: Path, X: np.ndarray, transactions: list[bytes]) -> di
     }
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:  # a worker that exited: its time is lost, and the run says so below
-            continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / TICKS
-
-
 def measure(
     url: str, files: dict[str, Path], key: str, rounds: int, seconds: float, master_pid: int | None
 ) -> dict[str, Any]:
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in SCENARIOS}
     for _ in range(rounds):
         for name in SCENARIOS:
-            workers = memory.children(master_pid) if master_pid else []
-            before = cpu_seconds(workers)
-            result = wrk.run(wrk.Scenario(name, CONNECTIONS, seconds), url, files[name], key)
-            if workers:
-                same = memory.children(master_pid) == workers
-                scored = result["requests"] - result["failed"]
-                result["app_cpu_us_per_row"] = (
-                    (cpu_seconds(workers) - before) * 1e6 / (scored * ROWS) if same and scored else None
-                )
+            result, cpu = memory.workers_cpu_during(
+                master_pid, partial(wrk.run, wrk.Scenario(name, CONNECTIONS, seconds), url, files[name], key)
+            )
+            scored = result["requests"] - result["failed"]
+            result["app_cpu_us_per_row"] = cpu * 1e6 / (scored * ROWS) if cpu is not None and scored else None
             runs[name].append(result)
     summary = {}
     for name, results in runs.items():

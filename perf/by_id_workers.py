@@ -30,7 +30,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from perf import batch, by_id, memory, stats, wrk
+from perf import by_id, memory, stats, wrk
 from service import harness
 from service.stack import Stack
 
@@ -47,9 +47,9 @@ def idle_and_total() -> tuple[int, int]:
 def run(stack: Stack, scenario: wrk.Scenario, requests: Path, key: str) -> dict[str, Any]:
     """One wrk run with the workers' CPU per request and the machine's idle share around it."""
     workers = memory.children(stack.gunicorn.pid) if stack.gunicorn else []
-    cpu_before, (idle_before, total_before) = batch.cpu_seconds(workers), idle_and_total()
+    cpu_before, (idle_before, total_before) = memory.cpu_seconds(workers), idle_and_total()
     found = wrk.run(scenario, stack.base_url, requests, key)
-    cpu, (idle, total) = batch.cpu_seconds(workers) - cpu_before, idle_and_total()
+    cpu, (idle, total) = memory.cpu_seconds(workers) - cpu_before, idle_and_total()
     return {
         "rps": found["rps"],
         "p50_ms": found["latency_ms"]["p50"],

@@ -6,13 +6,13 @@ from __future__ import annotations
 import shutil
 import tempfile
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from perf import memory, stats, wrk
-from perf.batch import cpu_seconds
 from perf.micro import per_call
 from service.artifacts import ArtifactPaths, read_manifest
 from service.drift import DriftCounter
@@ -96,10 +96,10 @@ def _run_counting_cpu(
 ) -> dict[str, Any]:
     """One closed-loop run, with the stack's workers' CPU per answered request (None when a worker
     was replaced during the run: its time would be lost)."""
-    workers = memory.children(stack.gunicorn.pid) if stack.gunicorn else []
-    before = cpu_seconds(workers)
-    result = wrk.run(wrk.Scenario("score", connections, seconds), stack.base_url, files["score"], key)
-    same = bool(workers) and memory.children(stack.gunicorn.pid) == workers
+    result, cpu = memory.workers_cpu_during(
+        stack.gunicorn.pid if stack.gunicorn else None,
+        partial(wrk.run, wrk.Scenario("score", connections, seconds), stack.base_url, files["score"], key),
+    )
     answered = result["requests"]
-    result["worker_cpu_us"] = (cpu_seconds(workers) - before) * 1e6 / answered if same and answered else None
+    result["worker_cpu_us"] = cpu * 1e6 / answered if cpu is not None and answered else None
     return result

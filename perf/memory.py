@@ -12,11 +12,13 @@ import re
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 FIELD = re.compile(r"^(\w+):\s+(\d+) kB$")
 MAPPING = re.compile(r"^[0-9a-f]+-[0-9a-f]+ ")
 MODEL_FIELDS = ("Rss", "Pss", "Shared_Clean", "Private_Clean", "Private_Dirty", "Anonymous")
+TICKS = os.sysconf("SC_CLK_TCK")
+T = TypeVar("T")
 
 
 def parse_fields(lines: list[str]) -> dict[str, int]:
@@ -68,6 +70,30 @@ def children(pid: int) -> list[int]:
             if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
                 found.append(int(entry.name))
     return sorted(found)
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """The CPU time (user + system) these processes have used, in seconds; an exited one counts 0."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # a worker that exited: its time is lost, and workers_cpu_during says so
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / TICKS
+
+
+def workers_cpu_during(master_pid: int | None, run: Callable[[], T]) -> tuple[T, float | None]:
+    """run()'s result, and the CPU seconds the master's workers used meanwhile: None without a
+    master (a stack elsewhere) or when its workers changed during the run (a replaced one's time
+    would be lost)."""
+    workers = children(master_pid) if master_pid else []
+    before = cpu_seconds(workers)
+    result = run()
+    if not workers or children(master_pid) != workers:
+        return result, None
+    return result, cpu_seconds(workers) - before
 
 
 def snapshot(master: int, model_file: Path) -> dict[str, Any]:
