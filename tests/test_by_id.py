@@ -209,6 +209,19 @@ def test_store_status_route(stack, loaded):
     assert reply.json["prefix"] == PREFIX and reply.json["timeout_ms"] == int(STORE_TIMEOUT_MS)
 
 
+def test_without_a_model_the_store_status_still_answers(store, tmp_path):
+    """Started degraded (no model yet): the by-id routes are 503 like the raw ones, and whether
+    the store answers is still there to see (it does not depend on the model)."""
+    running = start_stack(tmp_path / "none" / "fraud-model.joblib", tmp_path / "logs", FEATURE_STORE_URL=store.url)
+    try:
+        client = Client("127.0.0.1", running.settings.port)
+        status = client.request("GET", "/health/feature-store")
+        assert status.status == 200 and status.json["reachable"] is True, status.raw
+        assert by_id(client, "tx-1").status == 503
+    finally:
+        running.stop()
+
+
 def test_without_a_store_the_routes_do_not_exist(stack_factory):
     client = Client("127.0.0.1", stack_factory().settings.port)
     assert client.request("POST", "/v1/fraud-score/by-id", {"transaction_id": "x"}).status == 404
