@@ -5,9 +5,10 @@ One store (perf/by_id.py's), and for each worker count the two stacks of make pe
 runs every route once per worker count, the counts in a fresh random order each time and side by
 side, so that a count is compared with the others at the same moment of a shared machine's load:
 
-- closed loop at 64 connections: throughput, the workers' CPU per request (user + system from
-  /proc: what a request costs them, whatever else runs) and the share of the machine left idle
-  (from /proc/stat: cores a count leaves unused while its workers wait on the store);
+- closed loop at 64 connections: throughput; the CPU per request (user + system from /proc: what a
+  request costs them, whatever else runs) of the workers, of nginx's workers and of redis-server,
+  which together say where a by-id request's cost beyond a raw one goes; and the share of the machine
+  left idle (from /proc/stat: cores a count leaves unused while its workers wait on the store);
 - open loop at one rate for every count (half the first count's raw single capacity, as make perf
   picks it): p50 and p99.
 
@@ -44,18 +45,24 @@ def idle_and_total() -> tuple[int, int]:
     return ticks[3] + ticks[4], sum(ticks)
 
 
-def run(stack: Stack, scenario: wrk.Scenario, requests: Path, key: str) -> dict[str, Any]:
-    """One wrk run with the workers' CPU per request and the machine's idle share around it."""
-    workers = memory.children(stack.gunicorn.pid) if stack.gunicorn else []
-    cpu_before, (idle_before, total_before) = memory.cpu_seconds(workers), idle_and_total()
+def run(stack: Stack, scenario: wrk.Scenario, requests: Path, key: str, store_pid: int) -> dict[str, Any]:
+    """One wrk run with the CPU per request of the workers, of nginx's workers and of the store, and
+    the machine's idle share around it."""
+    groups = {
+        "worker": memory.children(stack.gunicorn.pid) if stack.gunicorn else [],
+        "nginx": memory.children(stack.nginx.pid) if stack.nginx else [],
+        "store": [store_pid],
+    }
+    cpu_before, (idle_before, total_before) = {g: memory.cpu_seconds(p) for g, p in groups.items()}, idle_and_total()
     found = wrk.run(scenario, stack.base_url, requests, key)
-    cpu, (idle, total) = memory.cpu_seconds(workers) - cpu_before, idle_and_total()
+    cpu, (idle, total) = {g: memory.cpu_seconds(p) for g, p in groups.items()}, idle_and_total()
+    requests_done = max(found["requests"], 1)
     return {
         "rps": found["rps"],
         "p50_ms": found["latency_ms"]["p50"],
         "p99_ms": found["latency_ms"]["p99"],
         "failed": found["failed"],
-        "worker_cpu_us": cpu * 1e6 / max(found["requests"], 1),
+        **{f"{g}_cpu_us": (cpu[g] - cpu_before[g]) * 1e6 / requests_done for g in groups},
         "idle": (idle - idle_before) / max(total - total_before, 1),
     }
 
@@ -72,7 +79,9 @@ def report(counts: list[int], closed: dict, open_loop: dict, rate: int) -> str:
             runs = closed[n][route]
             lines.append(
                 f"  {n} workers  {route:<18} {spread([r['rps'] for r in runs]):>22} req/s   "
-                f"worker CPU {spread([r['worker_cpu_us'] for r in runs]):>17} µs/req   "
+                f"CPU µs/req: workers {spread([r['worker_cpu_us'] for r in runs]):>17}  "
+                f"nginx {spread([r['nginx_cpu_us'] for r in runs]):>13}  "
+                f"store {spread([r['store_cpu_us'] for r in runs]):>11}   "
                 f"idle {spread([r['idle'] for r in runs], 100)} %"
             )
         for route in ROUTES[1:]:
@@ -119,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     X = sample_rows()[:1000]
     files = by_id.request_files(directory, X)
     store = by_id.start_store(directory, X, harness.free_port)
+    store_pid = store.process.pid
     stacks: dict[int, dict[str, Stack]] = {}
     closed: dict[int, dict[str, list]] = {n: {route: [] for route in ROUTES} for n in counts}
     open_loop: dict[int, dict[str, list]] = {n: {route: [] for route in ROUTES} for n in counts}
@@ -131,18 +141,18 @@ def main(argv: list[str] | None = None) -> int:
             stacks[n] = by_id.start_stacks(store, partial(start_stack, model, key, directory / f"{n}-workers.log", n))
         for n in counts:  # warm-up: connections, workers' store connections, caches
             for route in ROUTES:
-                run(stack(n, route), wrk.Scenario(route, by_id.CONNECTIONS, 1), files[route], key)
+                run(stack(n, route), wrk.Scenario(route, by_id.CONNECTIONS, 1), files[route], key, store_pid)
         for _ in range(args.rounds):
             for route in ROUTES:
                 for n in random.sample(counts, len(counts)):
                     scenario = wrk.Scenario(route, by_id.CONNECTIONS, args.seconds)
-                    closed[n][route].append(run(stack(n, route), scenario, files[route], key))
+                    closed[n][route].append(run(stack(n, route), scenario, files[route], key, store_pid))
         rate = round(by_id.OPEN_LOOP_LOAD * stats.median(r["rps"] for r in closed[counts[0]]["raw single"]))
         for _ in range(args.open_rounds):
             for route in ROUTES:
                 for n in random.sample(counts, len(counts)):
                     scenario = wrk.Scenario(route, by_id.CONNECTIONS, args.open_seconds, rate=rate)
-                    open_loop[n][route].append(run(stack(n, route), scenario, files[route], key))
+                    open_loop[n][route].append(run(stack(n, route), scenario, files[route], key, store_pid))
     finally:
         for pair in stacks.values():
             for running in pair.values():
