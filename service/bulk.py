@@ -13,9 +13,11 @@ with one line."""
 from __future__ import annotations
 
 import argparse
+import collections
 import csv
 import itertools
 import logging
+import mmap
 import multiprocessing
 import multiprocessing.queues
 import os
@@ -29,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
@@ -37,7 +40,7 @@ import pyarrow.parquet as pq
 from service import settings as settings_module
 from service.artifacts import ArtifactError
 from service.features import FEATURES
-from service.tables import Engine, TableError, missing_features, output_fields
+from service.tables import Engine, Features, TableError, missing_features, output_fields
 
 CHUNK_ROWS = 65_536
 PARQUET = (".parquet", ".pq")
@@ -236,7 +239,10 @@ class Sink:
         self._tmp = path.with_name(f".{path.name}.partial")
         try:
             if path.suffix.lower() in PARQUET:
-                self._writer: Any = pq.ParquetWriter(self._tmp, schema)
+                # Dictionaries for text columns only: trying one on a column of distinct numbers
+                # (an id, the probability) costs a third of the writing and saves nothing.
+                text = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
+                self._writer: Any = pq.ParquetWriter(self._tmp, schema, use_dictionary=text)
             else:
                 self._writer = pacsv.CSVWriter(str(self._tmp), schema)
         except (OSError, pa.ArrowException) as e:
@@ -304,14 +310,25 @@ class Progress:
 
 @dataclass
 class Scored:
-    """One batch scored, ready to write: the output rows (refused rows left out), the refused
-    rows' index in the batch -> reason, and the counts the summary adds up."""
+    """One batch scored: its rows, the output columns after the passed-through ones (refused rows
+    left out), the refused rows' index in the batch -> reason, the counts the summary adds up, and
+    the passed-through columns (every row)."""
 
     rows: int
-    output: pa.RecordBatch
+    columns: list[pa.Array]
     reasons: dict[int, str]
     fraud: int
     ood: int
+    extras: list[pa.Array]
+
+    def output(self, schema: pa.Schema) -> pa.RecordBatch:
+        extras = self.extras
+        if self.reasons:
+            kept = np.ones(self.rows, dtype=bool)
+            kept[list(self.reasons)] = False
+            mask = pa.array(kept)
+            extras = [column.filter(mask) for column in extras]
+        return pa.RecordBatch.from_arrays(extras + self.columns, schema=schema)
 
 
 @dataclass(frozen=True)
@@ -326,14 +343,14 @@ class Job:
     with_features: bool
 
     def score(self, batch: pa.RecordBatch) -> Scored:
-        ok, scores, reasons = self.engine.score_batch(batch, self.explain, self.with_features)
-        kept = [batch.column(name) for name in self.extras]
-        if reasons:
-            mask = pa.array(ok)
-            kept = [column.filter(mask) for column in kept]
-        output = pa.RecordBatch.from_arrays(kept + scores, schema=self.schema)
-        fraud, ood = (pc.sum(output.column(name)).as_py() or 0 for name in ("is_fraud", "ood_warning"))
-        return Scored(batch.num_rows, output, reasons, fraud, ood)
+        """The batch scored, with its passed-through columns."""
+        _, columns, reasons = self.engine.score_batch(batch, self.explain, self.with_features)
+        return self.scored(batch, columns, reasons)
+
+    def scored(self, batch: pa.RecordBatch, columns: list[pa.Array], reasons: dict[int, str]) -> Scored:
+        is_fraud = len(columns) - len(output_fields(self.explain)) + 2  # then ood_warning
+        fraud, ood = (pc.sum(column).as_py() or 0 for column in columns[is_fraud : is_fraud + 2])
+        return Scored(batch.num_rows, columns, reasons, fraud, ood, [batch.column(name) for name in self.extras])
 
 
 def mapped_artifact(engine: Engine) -> dict[str, int]:
@@ -367,11 +384,54 @@ def _work(job: Job, k: int, n: int, results: multiprocessing.queues.Queue) -> No
         results.put(("error", "crash", traceback.format_exc()))
 
 
+def _walk_handed(
+    job: Job, slots: Slots, tasks: multiprocessing.queues.Queue, results: multiprocessing.queues.Queue
+) -> None:
+    """A worker that walks the rows the parent writes into its slots and writes their
+    probabilities back beside them; the messages say only which slot."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        scorer = job.engine.model.scorer
+        while (task := tasks.get()) is not None:
+            slot, n = task
+            slots.probability(slot, n)[:] = scorer.predict_rows(slots.rows(slot, n))
+            results.put(("scored", slot, True, None))
+        results.put(("done", mapped_artifact(job.engine)))
+    except BaseException:
+        results.put(("error", "crash", traceback.format_exc()))
+
+
+class Slots:
+    """A worker's `depth` slots of memory shared with the parent (an anonymous shared mapping made
+    before the fork), each for one chunk: the rows as the walker reads them (float32, row-major),
+    written by the parent, then their probabilities (float64), written by the worker."""
+
+    def __init__(self, depth: int, chunk_rows: int) -> None:
+        self.chunk_rows = chunk_rows
+        size = chunk_rows * (4 * len(FEATURES) + 8)
+        self.size = -(-size // mmap.PAGESIZE) * mmap.PAGESIZE  # each slot starts on a page
+        self._memory = mmap.mmap(-1, depth * self.size, flags=mmap.MAP_SHARED | mmap.MAP_ANONYMOUS)
+
+    def rows(self, slot: int, n: int) -> np.ndarray:
+        if n > self.chunk_rows:
+            raise ValueError(f"{n} rows do not fit in a slot of {self.chunk_rows}")
+        start = slot * self.size
+        return np.frombuffer(self._memory, np.float32, n * len(FEATURES), start).reshape(n, len(FEATURES))
+
+    def probability(self, slot: int, n: int) -> np.ndarray:
+        return np.frombuffer(self._memory, np.float64, n, slot * self.size + 4 * len(FEATURES) * self.chunk_rows)
+
+
 class Workers:
     """Scoring processes, forked for each run after the model is loaded (they inherit its
-    mapping: the page cache's pages, no copy). Each reads its share of the file itself; the
-    parent takes their results piece by piece in file order, and writes. Each holds at most two
-    results waiting, so memory stays bounded. One worker scores in this process."""
+    mapping: the page cache's pages, no copy). Each reads its share of the file itself, or, for a
+    Parquet file with fewer row groups than workers (a row group is decoded only from its start),
+    the parent decodes the file once and hands each worker its batches' features through shared
+    memory. The parent takes the results piece by piece in file order, and writes. Each worker
+    holds at most two results waiting, so memory stays bounded. One worker scores in this
+    process."""
+
+    DEPTH = 2  # batches a worker holds: one being scored, one waiting
 
     def __init__(self, engine: Engine, count: int) -> None:
         self.engine, self.count = engine, count
@@ -384,9 +444,14 @@ class Workers:
             for batch, _, position in job.source.pieces():
                 yield job.score(batch), position
             self._mappings = [mapped_artifact(self.engine)]
-            return
+        elif job.source.parquet and job.source.row_groups < self.count and not job.explain:
+            yield from self._handed(job)
+        else:
+            yield from self._reading(job)
+
+    def _reading(self, job: Job) -> Iterator[tuple[Scored, int | None]]:
         context = multiprocessing.get_context("fork")
-        queues = [context.Queue(maxsize=2) for _ in range(self.count)]
+        queues = [context.Queue(maxsize=self.DEPTH) for _ in range(self.count)]
         self._running = [
             context.Process(target=_work, args=(job, k, self.count, queues[k]), daemon=True) for k in range(self.count)
         ]
@@ -410,6 +475,50 @@ class Workers:
                         break
                     message = self._next(queues[k], self._running[k])
             self._mappings = mappings
+        finally:
+            self.close()
+
+    def _handed(self, job: Job) -> Iterator[tuple[Scored, int | None]]:
+        """The parent decodes each batch once, reads its features straight into a worker's slot
+        (refused and out-of-distribution rows found on the way), the worker walks them, and the
+        parent makes the output columns from the probabilities."""
+        context = multiprocessing.get_context("fork")
+        slots = [Slots(self.DEPTH, job.source.chunk_rows) for _ in range(self.count)]
+        tasks = [context.Queue() for _ in range(self.count)]
+        results = [context.Queue(maxsize=self.DEPTH) for _ in range(self.count)]
+        self._running = [
+            context.Process(target=_walk_handed, args=(job, slots[k], tasks[k], results[k]), daemon=True)
+            for k in range(self.count)
+        ]
+        for process in self._running:
+            process.start()
+        engine = self.engine
+        waiting: collections.deque[tuple[int, int, pa.RecordBatch, Features, dict[int, str]]] = collections.deque()
+
+        def take() -> Scored:
+            k, slot, batch, features, reasons = waiting.popleft()
+            self._expect_scored(self._next(results[k], self._running[k]))
+            probability = slots[k].probability(slot, len(features.rows)).copy()  # the slot is reused next
+            columns = [pa.array(column) for column in features.columns] if job.with_features else []
+            return job.scored(batch, columns + engine.columns(probability, features), reasons)
+
+        try:
+            for piece, batch in enumerate(job.source.batches()):
+                if len(waiting) == self.count * self.DEPTH:  # every slot taken: the oldest frees its own
+                    yield take(), None
+                k, slot = piece % self.count, piece // self.count % self.DEPTH
+                features = Features.read(batch, engine.ood.low, engine.ood.high, slots[k].rows(slot, batch.num_rows))
+                reasons = features.reasons(batch)
+                if reasons:
+                    features = features.kept(features.refused == 0)
+                    slots[k].rows(slot, len(features.rows))[:] = features.rows
+                tasks[k].put((slot, len(features.rows)))
+                waiting.append((k, slot, batch, features, reasons))
+            while waiting:
+                yield take(), None
+            for k in range(self.count):
+                tasks[k].put(None)
+            self._mappings = [self._expect_done(self._next(results[k], self._running[k])) for k in range(self.count)]
         finally:
             self.close()
 
@@ -442,6 +551,10 @@ class Workers:
         if message[0] != "done":
             raise RuntimeError(f"a scoring process answered {message[0]!r} after the last piece")
         return message[1]
+
+    def pids(self) -> list[int]:
+        """The scoring processes of the run under way."""
+        return [process.pid for process in self._running if process.pid is not None]
 
     def mappings(self) -> list[dict[str, int]]:
         """Each worker's view of the mapped artifact at the end of the last run."""
@@ -501,8 +614,9 @@ def run(
         for scored, position in workers.results(job):
             if scored.reasons:
                 rejects.write(first_row, scored.reasons)
-            if scored.output.num_rows:
-                sink.write(scored.output)
+            output = scored.output(schema)
+            if output.num_rows:
+                sink.write(output)
             first_row += scored.rows
             summary.rows += scored.rows
             summary.scored += scored.rows - len(scored.reasons)

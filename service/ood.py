@@ -29,8 +29,8 @@ class OutOfDistribution:
             for i, (name, s) in enumerate(zip(FEATURES, stats, strict=True))
             if s["std"] > 0
         ]
-        self._low = np.array([s["mean"] - z * s["std"] if s["std"] > 0 else -np.inf for s in stats])
-        self._high = np.array([s["mean"] + z * s["std"] if s["std"] > 0 else np.inf for s in stats])
+        self.low = np.array([s["mean"] - z * s["std"] if s["std"] > 0 else -np.inf for s in stats])
+        self.high = np.array([s["mean"] + z * s["std"] if s["std"] > 0 else np.inf for s in stats])
 
     def features(self, row: Sequence[float]) -> list[str]:
         """Names of the row's out-of-distribution features, in feature order."""
@@ -38,11 +38,7 @@ class OutOfDistribution:
 
     def outside(self, X: np.ndarray) -> np.ndarray:
         """Which features of each row (n, 30) are out of distribution: a boolean array of X's shape."""
-        return (self._low > X) | (self._high < X)
-
-    def outside_column(self, j: int, values: np.ndarray) -> np.ndarray:
-        """Which values of feature j are out of distribution: outside(X)[:, j] for X[:, j] = values."""
-        return (self._low[j] > values) | (self._high[j] < values)
+        return (self.low > X) | (self.high < X)
 
 
 def annotate(result: dict[str, Any], flagged: list[str]) -> dict[str, Any]:

@@ -7,7 +7,6 @@ scored: it is returned with the reason instead."""
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,6 +14,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from service import _columns
 from service.features import FEATURES, N_FEATURES
 from service.loader import LoadedModel, load_model
 from service.ood import OutOfDistribution
@@ -77,64 +77,69 @@ def _problem(name: str, raw: object, value: float) -> str:
     return f"{name} is beyond the float32 range: {raw}"
 
 
+FEATURE_LABELS = tuple(name.encode() for name in FEATURES)
+UNBOUNDED = (np.full(N_FEATURES, -np.inf), np.full(N_FEATURES, np.inf))  # no feature is out of distribution
+
+
+@dataclass(frozen=True)
+class Features:
+    """A batch's features read for the walker, every row: the float64 columns (NaN where a value is
+    missing or not a number), the float32 rows, and two bit sets a row (bit j for FEATURES[j]):
+    the values the service would refuse, and the values out of distribution."""
+
+    columns: list[np.ndarray]
+    rows: np.ndarray
+    refused: np.ndarray
+    outside: np.ndarray
+
+    @classmethod
+    def read(cls, batch: pa.RecordBatch, low: np.ndarray, high: np.ndarray, rows: np.ndarray | None = None) -> Features:
+        """low and high: the out-of-distribution bounds a feature (service/ood.py); rows: where
+        to write the float32 rows (batch.num_rows x 30, C order), if not in a new array."""
+        columns = [_as_float64(batch.column(name), name).to_numpy(zero_copy_only=False) for name in FEATURES]
+        n = batch.num_rows
+        if rows is None:
+            rows = np.empty((n, N_FEATURES), dtype=np.float32)
+        refused, outside = np.empty(n, dtype=np.uint32), np.empty(n, dtype=np.uint32)
+        # One C pass: the float32 rows (rounded as sklearn rounds them), refused when NaN (missing,
+        # not a number), +-inf or beyond float32, and low > x or high < x for out of distribution.
+        _columns.rows(tuple(columns), low, high, rows, refused, outside)
+        return cls(columns, rows, refused, outside)
+
+    def kept(self, ok: np.ndarray) -> Features:
+        """Only the rows where ok."""
+        return Features([column[ok] for column in self.columns], self.rows[ok], self.refused[ok], self.outside[ok])
+
+    def reasons(self, batch: pa.RecordBatch) -> dict[int, str]:
+        """The refused rows' index in the batch -> why."""
+        reasons: dict[int, str] = {}
+        for i in np.flatnonzero(self.refused).tolist():
+            bits = int(self.refused[i])
+            reasons[i] = "; ".join(
+                _problem(name, batch.column(name)[i].as_py(), self.columns[j][i])
+                for j, name in enumerate(FEATURES)
+                if bits >> j & 1
+            )
+        return reasons
+
+
 def read_features(batch: pa.RecordBatch) -> tuple[list[np.ndarray], np.ndarray, dict[int, str]]:
     """(columns, ok, reasons): the features as float64 columns in the model's order, ok the rows
     that can be scored, reasons the refused rows' index in the batch -> why."""
-    columns: list[np.ndarray] = []
-    bad: list[tuple[int, np.ndarray]] = []
-    for j, name in enumerate(FEATURES):
-        values = _as_float64(batch.column(name), name).to_numpy(zero_copy_only=False)  # nulls become NaN
-        with np.errstate(invalid="ignore"):
-            wrong = ~(np.abs(values) <= FLOAT32_MAX)  # NaN (missing, not a number), ±inf and beyond float32
-        if wrong.any():
-            bad.append((j, wrong))
-        columns.append(values)
-    ok = np.ones(batch.num_rows, dtype=bool)
-    for _, wrong in bad:
-        ok &= ~wrong
-    reasons: dict[int, str] = {}
-    for i in np.flatnonzero(~ok).tolist():
-        problems = [
-            _problem(FEATURES[j], batch.column(FEATURES[j])[i].as_py(), columns[j][i]) for j, wrong in bad if wrong[i]
-        ]
-        reasons[i] = "; ".join(problems)
-    return columns, ok, reasons
+    features = Features.read(batch, *UNBOUNDED)
+    return features.columns, features.refused == 0, features.reasons(batch)
 
 
-@functools.lru_cache(maxsize=1 << 16)
-def _flagged_names(code: int) -> str:
-    return ",".join(FEATURES[j] for j in range(N_FEATURES) if code >> j & 1)
-
-
-def _ood_names(outside: list[np.ndarray], flagged: np.ndarray) -> pa.Array:
-    """Each row's flagged feature names, comma-separated ("" when none). Few rows are flagged and
-    they share few patterns: each distinct pattern is named once."""
-    index = np.zeros(len(flagged), dtype=np.int32)
-    names = [""]
-    rows = np.flatnonzero(flagged)
-    if len(rows):
-        codes = np.zeros(len(rows), dtype=np.int64)
-        for j, column in enumerate(outside):
-            codes |= column[rows].astype(np.int64) << j
-        patterns, inverse = np.unique(codes, return_inverse=True)
-        names += [_flagged_names(code) for code in patterns.tolist()]
-        index[rows] = inverse.astype(np.int32) + 1
-    return pa.DictionaryArray.from_arrays(pa.array(index), pa.array(names)).dictionary_decode()
+def _ood_names(outside: np.ndarray) -> pa.Array:
+    """Each row's out-of-distribution feature names, comma-separated ("" when none)."""
+    offsets, data = _columns.names(outside, FEATURE_LABELS)
+    return pa.StringArray.from_buffers(len(outside), pa.py_buffer(offsets), pa.py_buffer(data))
 
 
 def fraud_scores(probability: np.ndarray) -> np.ndarray:
     """round(100 * p) as the service computes it: np.rint rounds the same float64 product half
     to even, as Python's round() does."""
     return np.rint(100.0 * probability).astype(np.int32)
-
-
-def rows_float32(columns: list[np.ndarray]) -> np.ndarray:
-    """The rows as one C-contiguous float32 matrix, the walker's input: each float64 value rounded
-    to float32 as sklearn rounds it."""
-    X = np.empty((len(columns[0]) if columns else 0, len(columns)), dtype=np.float32)
-    for j, column in enumerate(columns):
-        X[:, j] = column
-    return X
 
 
 @dataclass(frozen=True)
@@ -155,25 +160,27 @@ class Engine:
     def can_explain(self) -> bool:
         return hasattr(self.model.scorer, "explain_row")
 
-    def score(self, columns: list[np.ndarray], explain: bool = False) -> list[pa.Array]:
-        """The output columns (output_fields order) for rows that passed read_features."""
-        probability = self.model.scorer.predict_rows(rows_float32(columns))
+    def score(self, features: Features, explain: bool = False) -> list[pa.Array]:
+        """The output columns (output_fields order) for features of rows that are not refused."""
+        return self.columns(self.model.scorer.predict_rows(features.rows), features, explain)
+
+    def columns(self, probability: np.ndarray, features: Features, explain: bool = False) -> list[pa.Array]:
+        """The output columns (output_fields order) from the rows' probabilities (walked
+        elsewhere: a worker process) and their features."""
         fraud_score = fraud_scores(probability)
-        outside = [self.ood.outside_column(j, column) for j, column in enumerate(columns)]
-        flagged = np.logical_or.reduce(outside) if outside else np.zeros(len(probability), dtype=bool)
         result = [
             pa.array(probability),
             pa.array(fraud_score),
             pa.array(fraud_score >= self.threshold),
-            pa.array(flagged),
-            _ood_names(outside, flagged),
+            pa.array(features.outside != 0),
+            _ood_names(features.outside),
             pa.DictionaryArray.from_arrays(
                 pa.array(np.zeros(len(probability), dtype=np.int32)), pa.array([self.model.version])
             ).dictionary_decode(),
         ]
         if explain:
             scoring = Scoring(self.model, self.ood, self.threshold)
-            rows = np.column_stack(columns).tolist() if columns else []
+            rows = np.column_stack(features.columns).tolist() if features.columns else []
             result.append(pa.array([orjson.dumps(scoring.one_explained(row)["reasons"]).decode() for row in rows]))
         return result
 
@@ -182,8 +189,10 @@ class Engine:
     ) -> tuple[np.ndarray, list[pa.Array], dict[int, str]]:
         """(ok, columns of the ok rows, reasons of the refused rows by index in the batch); the
         columns are the features as float64 when with_features, then the output columns."""
-        columns, ok, reasons = read_features(batch)
+        features = Features.read(batch, self.ood.low, self.ood.high)
+        reasons = features.reasons(batch)
+        ok = features.refused == 0
         if reasons:
-            columns = [column[ok] for column in columns]
-        features = [pa.array(column) for column in columns] if with_features else []
-        return ok, features + self.score(columns, explain), reasons
+            features = features.kept(ok)
+        columns = [pa.array(column) for column in features.columns] if with_features else []
+        return ok, columns + self.score(features, explain), reasons

@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +22,7 @@ from model import synthetic
 from service import bulk
 from service.features import FEATURES
 from service.settings import from_mapping
-from service.tables import Engine, fraud_scores
+from service.tables import Engine, fraud_scores, output_fields
 from tests.helpers import UNLIMITED, rows_on_thresholds, sklearn_arrays, start_stack
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -260,3 +261,68 @@ def test_a_malformed_csv_line_in_a_workers_piece_stops_with_one_line(small_model
     assert done.stderr.count("\n") == 1 and "cannot read" in done.stderr and "columns" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "out.parquet").exists() and not (tmp_path / "out.parquet.rejects.csv").exists()
+
+
+@pytest.mark.parametrize("count", [1, 2])
+def test_bad_values_in_a_one_group_parquet_file_are_refused_as_in_csv(engine, rows, small_model, tmp_path, count):
+    """A Parquet file of one row group is decoded once by the parent, which hands the workers the
+    rows to walk: refused rows, their reasons and row numbers, and the features written out are
+    those of every other path."""
+    good = rows[:600]
+    data = table(good, order=list(FEATURES))
+    broken = {  # row number (1-based) -> (feature, value, reason expected)
+        5: ("V3", None, "V3 is missing"),
+        141: ("Time", float("inf"), "Time is not a finite number: inf"),
+        142: ("V1", float("nan"), "V1 is not a finite number: nan"),
+        143: ("V1", None, "V1 is missing"),
+        599: ("V28", 1e39, "V28 is beyond the float32 range: 1e+39"),
+    }
+    columns = {name: data[name].to_pylist() for name in data.column_names}
+    for row, (name, value, _) in broken.items():
+        columns[name][row - 1] = value
+    amount = [repr(v) for v in columns["Amount"]]  # a text column: cast to numbers, as from CSV
+    amount[299], amount[300] = "12,5", "abc"
+    columns["Amount"] = amount
+    broken[300] = ("Amount", "12,5", "Amount is not a number: '12,5'")
+    broken[301] = ("Amount", "abc", "Amount is not a number: 'abc'")
+    source = tmp_path / "in.parquet"
+    pq.write_table(pa.table(columns), source)  # one row group
+    running = bulk.Workers(engine, count)
+    try:
+        out = tmp_path / "out.parquet"
+        summary = bulk.run(engine, running, source, out, chunk_rows=64, with_features=True)
+    finally:
+        running.close()
+    assert (summary.rows, summary.rejected) == (600, len(broken))
+    with open(tmp_path / "out.parquet.rejects.csv", newline="") as f:
+        rejects = [(int(r["row"]), r["reason"]) for r in csv.DictReader(f)]
+    assert rejects == [(row, broken[row][2]) for row in sorted(broken)]
+    kept = np.array([i + 1 not in broken for i in range(600)])
+    result = pq.read_table(out)
+    assert result["txn_id"].to_pylist() == [f"t{i}" for i in np.flatnonzero(kept)]
+    assert np.array_equal(result["probability"].to_numpy(), small_model[1].predict_proba(good[kept])[:, 1])
+    assert np.array_equal(result["V14"].to_numpy(), good[kept, FEATURES.index("V14")])
+    assert summary.fraud == sum(result["is_fraud"].to_pylist()) and summary.ood == sum(
+        result["ood_warning"].to_pylist()
+    )
+
+
+@pytest.mark.parametrize("name", ["one-group.parquet", "lines.csv"])
+def test_a_dead_worker_stops_the_run_with_one_line(engine, rows, tmp_path, name):
+    """Whether the parent hands the rows over (one-group Parquet) or the workers read (CSV)."""
+    path = tmp_path / name
+    data = table(np.vstack([rows] * 3))
+    pq.write_table(data, path) if name.endswith(".parquet") else pacsv.write_csv(data, path)
+    source = bulk.Source(path, chunk_rows=50)
+    schema = pa.schema([source.schema.field("txn_id"), source.schema.field("Class"), *output_fields(False)])
+    running = bulk.Workers(engine, 2)
+    try:
+        results = running.results(bulk.Job(engine, source, schema, ["txn_id", "Class"], False, False))
+        next(results)
+        os.kill(running.pids()[0], signal.SIGKILL)
+        with pytest.raises(bulk.BulkError, match=r"^a scoring process stopped \(exit code -9\)$"):
+            for _ in results:
+                pass
+    finally:
+        running.close()
+    assert running.pids() == []
