@@ -123,6 +123,22 @@ def test_by_id_equals_the_raw_feature_routes_for_thousands_of_ids(stack, loaded,
         assert body == raw.json
 
 
+def test_by_id_batch_with_reasons_equals_the_raw_batch_with_reasons(stack, loaded, rows):
+    """?explain=true on the batch twin: the same reasons (values, contributions, order), OOD flags
+    included, as the raw batch gives for the same features; frauds and ordinary rows alike."""
+    client = Client("127.0.0.1", stack.settings.port)
+    picked = [*range(0, 150), *range(len(rows) - 50, len(rows))]
+    stored = by_ids(client, [loaded[i] for i in picked], "?explain=true")
+    raw = client.request(
+        "POST", "/v1/fraud-score/batch?explain=true", {"transactions": [as_transaction(rows[i]) for i in picked]}
+    )
+    assert stored.status == raw.status == 200, stored.raw
+    results = stored.json["results"]
+    assert [r.pop("transaction_id") for r in results] == [loaded[i] for i in picked]
+    assert results == raw.json["results"]
+    assert all(r["reasons"] for r in results) and any(r["ood-warning"] for r in results)
+
+
 def test_unknown_ids_are_404_naming_them(stack, loaded):
     client = Client("127.0.0.1", stack.settings.port)
     reply = by_id(client, "no-such-tx")
