@@ -500,6 +500,17 @@ def test_writer_refuses_parquet_rows_the_service_would_refuse_numbering_rows_acr
     assert client.get("pq:pq-3") is None and client.get(f"pq:pq-{n - 1}") == encode_record([0.25] * len(FEATURES))
 
 
+def test_writer_stops_on_bytes_that_are_not_utf8_naming_the_files_row(store, tmp_path):
+    good = ",".join(["0.5"] * len(FEATURES))
+    lines = [f"transaction_id,{','.join(FEATURES)}".encode()]
+    lines += [f"u-{i},{good}".encode() for i in range(CHUNK_ROWS + 100)]
+    lines[CHUNK_ROWS + 50] = b"u-\xff," + good.encode()  # data row CHUNK_ROWS + 50, in the second chunk
+    path = tmp_path / "in.csv"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    with pytest.raises(InputError, match=f"row {CHUNK_ROWS + 50}:"):
+        load(path, redis.Redis.from_url(store.url), "utf8:", tmp_path / "r.csv", progress=False)
+
+
 def test_writer_ttl_expires_records(store, tmp_path):
     path = tmp_path / "in.csv"
     path.write_text("transaction_id," + ",".join(FEATURES) + "\nttl-1," + ",".join(["0"] * len(FEATURES)) + "\n")
