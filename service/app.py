@@ -165,6 +165,7 @@ def create_app(
         if settings.feature_store_url:
             app.add_route("/v1/fraud-score/by-id", ModelUnavailableResource(unavailable_reason, "post"))
             app.add_route("/v1/fraud-score/by-id/batch", ModelUnavailableResource(unavailable_reason, "post"))
+            app.add_route("/health/feature-store", StoreStatusResource(feature_store(settings)))  # model or not
         return app
 
     ood = OutOfDistribution(model.manifest.get("feature_stats"), settings.ood_z)
@@ -221,13 +222,18 @@ def add_by_id_routes(
     keys: ApiKeys,
     budget: RowBudget,
 ) -> None:
-    store = FeatureStore(
+    store = feature_store(settings)
+    stored = StoredRows(store, transaction)
+    app.add_route("/v1/fraud-score/by-id", ByIdScoreResource(scoring, stored, keys, budget))
+    app.add_route("/v1/fraud-score/by-id/batch", ByIdBatchResource(scoring, stored, keys, budget, settings.batch_max))
+    app.add_route("/health/feature-store", StoreStatusResource(store))
+
+
+def feature_store(settings: Settings) -> FeatureStore:
+    """The configured store's client (nothing connects until a worker's first lookup)."""
+    return FeatureStore(
         StoreConfig(
             settings.feature_store_url, settings.feature_store_prefix, settings.feature_store_timeout_ms / 1000
         ),
         observe_fetch=metrics.observe_fetch,
     )
-    stored = StoredRows(store, transaction)
-    app.add_route("/v1/fraud-score/by-id", ByIdScoreResource(scoring, stored, keys, budget))
-    app.add_route("/v1/fraud-score/by-id/batch", ByIdBatchResource(scoring, stored, keys, budget, settings.batch_max))
-    app.add_route("/health/feature-store", StoreStatusResource(store))

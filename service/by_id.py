@@ -39,6 +39,7 @@ class StoredRows:
 
     def __init__(self, store: FeatureStore, transaction: TransactionValidator) -> None:
         self._fetch = store.fetch
+        self._kinds = store.kinds
         self._timeout_s = store.config.timeout_s
         self._transaction = transaction
         # The contract's check on the unpacked values (no dict built); the dict validator only
@@ -66,16 +67,34 @@ class StoredRows:
         try:
             records = self._fetch(ids, time_left_s(env, self._timeout_s))
         except StoreUnavailable as e:
-            raise ApiError(
-                falcon.HTTP_503, "feature_store_unavailable", str(e), headers={"Retry-After": STORE_RETRY_AFTER_SECONDS}
-            ) from None
+            raise _unavailable(e) from None
         missing = [i for i, record in zip(ids, records, strict=True) if record is None]
         if missing:
-            named = ", ".join(repr(i) for i in missing[:MISSING_NAMED])
-            more = f" and {len(missing) - MISSING_NAMED} more" if len(missing) > MISSING_NAMED else ""
-            noun = "transaction" if len(missing) == 1 else "transactions"
-            raise ApiError(falcon.HTTP_404, "unknown_transaction", f"no features stored for {noun} {named}{more}")
+            self._refuse_missing(missing, env)
         return records
+
+    def _refuse_missing(self, missing: list[str], env: dict) -> None:
+        """404 naming the ids without a record; when there are none such, 422 for a key holding
+        another Redis type (a hash, a list: something else under the prefix), which GET and MGET
+        read as no record. An unknown id goes first, as it goes before a bad record."""
+        try:
+            kinds = self._kinds(missing, time_left_s(env, self._timeout_s))
+        except StoreUnavailable as e:
+            raise _unavailable(e) from None
+        # A string: written since the lookup, which found none.
+        other = [(i, kind) for i, kind in zip(missing, kinds, strict=True) if kind not in ("none", "string")]
+        if len(other) == len(missing):
+            transaction_id, kind = other[0]
+            raise ApiError(
+                falcon.HTTP_422,
+                "invalid_record",
+                f"transaction {transaction_id!r}: the store holds a {kind} under its key, not a record",
+            )
+        unknown = [i for i, kind in zip(missing, kinds, strict=True) if kind in ("none", "string")]
+        named = ", ".join(repr(i) for i in unknown[:MISSING_NAMED])
+        more = f" and {len(unknown) - MISSING_NAMED} more" if len(unknown) > MISSING_NAMED else ""
+        noun = "transaction" if len(unknown) == 1 else "transactions"
+        raise ApiError(falcon.HTTP_404, "unknown_transaction", f"no features stored for {noun} {named}{more}")
 
     def _row(self, transaction_id: str, record: bytes) -> tuple[float, ...]:
         try:
@@ -91,6 +110,12 @@ class StoredRows:
                 [violation],
             )
         return row
+
+
+def _unavailable(error: StoreUnavailable) -> ApiError:
+    return ApiError(
+        falcon.HTTP_503, "feature_store_unavailable", str(error), headers={"Retry-After": STORE_RETRY_AFTER_SECONDS}
+    )
 
 
 class ByIdScoreResource:

@@ -113,10 +113,29 @@ class FeatureStore:
                 records = connection.read_response()
         except (redis.ConnectionError, redis.TimeoutError) as e:
             raise StoreUnavailable(f"the feature store did not answer: {type(e).__name__}") from e
-        except redis.RedisError as e:  # e.g. a wrong-type key, a store that refuses commands
+        except redis.ResponseError as e:
+            if not str(e).startswith("WRONGTYPE"):  # e.g. a store that refuses commands
+                raise StoreUnavailable(f"the feature store refused the request: {e}") from e
+            records = [None]  # another type under the key: no record, as MGET reads it (kinds() says what)
+        except redis.RedisError as e:
             raise StoreUnavailable(f"the feature store refused the request: {e}") from e
         self._observe(time.perf_counter() - started, len(keys), records.count(None))
         return records
+
+    def kinds(self, transaction_ids: Sequence[str], timeout_s: float | None = None) -> list[str]:
+        """The Redis type of each id's key ("none" where there is no key), in one round trip: why
+        fetch() found no record. Only asked on that error path."""
+        try:
+            connection = self._connection()
+            self._bound(connection, self.config.timeout_s if timeout_s is None else timeout_s)
+            commands = [(b"TYPE", self.key(i)) for i in transaction_ids]
+            connection.send_packed_command(connection.pack_commands(commands), check_health=False)
+            kinds = [connection.read_response() for _ in commands]
+        except (redis.ConnectionError, redis.TimeoutError) as e:
+            raise StoreUnavailable(f"the feature store did not answer: {type(e).__name__}") from e
+        except redis.RedisError as e:
+            raise StoreUnavailable(f"the feature store refused the request: {e}") from e
+        return [kind.decode() if isinstance(kind, bytes) else str(kind) for kind in kinds]
 
     def reachable(self) -> tuple[bool, float | None]:
         """Whether the store answers a PING within the timeout, and how long it took (ms)."""

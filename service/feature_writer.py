@@ -29,9 +29,11 @@ from service.bulk import BulkError, Source
 from service.feature_record import encode_record
 from service.feature_store import redacted
 from service.features import FEATURES
+from service.schema import id_document
 from service.tables import TableError, read_features
 
 CHUNK_ROWS = 5000
+ID_MAX = id_document()["maxLength"]  # the longest id the by-id routes take: a longer one could never be read
 
 
 class InputError(Exception):
@@ -92,6 +94,8 @@ def load(
                 for i, transaction_id in enumerate(ids):
                     if not transaction_id:
                         reason = f"{id_column} is empty"
+                    elif len(transaction_id) > ID_MAX:
+                        reason = f"{id_column} is longer than {ID_MAX} characters"
                     elif i in reasons:
                         reason = reasons[i]
                     else:

@@ -113,6 +113,14 @@ def _store_url(text: str) -> str:
     url = text.strip()
     if not url.startswith(("redis://", "rediss://", "unix://")):
         raise ValueError("must be a redis://, rediss:// or unix:// URL")
+    # Parsed here by the client's own parser, which each worker runs at its first lookup: a URL it
+    # refuses (a port out of range, a bad query option) stops the start, not every by-id request.
+    from redis.connection import parse_url  # only when a store is configured
+
+    try:
+        parse_url(url)
+    except ValueError as e:
+        raise ValueError(f"is not a URL the Redis client accepts: {e}") from None
     return url
 
 
@@ -179,7 +187,7 @@ class Settings:
     queue_per_worker: int = setting("QUEUE_PER_WORKER", _integer(1, 1024), 128)
     # The online feature store of the by-id routes (unset: no such routes, nothing connects), and
     # whether `make run` starts a local redis-server for it (a loopback redis:// URL).
-    feature_store_url: str | None = setting("FEATURE_STORE_URL", _store_url, None)
+    feature_store_url: str | None = setting("FEATURE_STORE_URL", _store_url, None, secret=True)  # may hold a password
     feature_store_prefix: str = setting("FEATURE_STORE_PREFIX", _nonempty, "fraud:tx:")
     feature_store_timeout_ms: int = setting("FEATURE_STORE_TIMEOUT_MS", _integer(1, 1000), 5)
     feature_store_start: bool = setting("FEATURE_STORE_START", _boolean, False)

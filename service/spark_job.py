@@ -133,14 +133,20 @@ def main(argv: list[str] | None = None) -> int:
 
     # Run locally (`python -m service.spark_job`), Spark's Python workers use this Python.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    from py4j.protocol import Py4JJavaError
     from pyspark import StorageLevel
+    from pyspark.errors import PySparkException
     from pyspark.sql import SparkSession, functions
 
     spark = SparkSession.builder.appName("fraud-scoring-bulk").getOrCreate()
     try:
-        scored = score_dataframe(
-            spark.read.parquet(args.input), explain=args.explain, shared_storage=args.shared_storage
-        ).persist(StorageLevel.MEMORY_AND_DISK)
+        table = spark.read.parquet(args.input)
+    except (PySparkException, Py4JJavaError) as e:  # a missing path; a file that is not Parquet
+        sys.exit(f"spark_job: cannot read {args.input}: {_first_line(e)}")
+    try:
+        scored = score_dataframe(table, explain=args.explain, shared_storage=args.shared_storage).persist(
+            StorageLevel.MEMORY_AND_DISK
+        )
     except settings_module.ConfigError as e:
         sys.exit(f"config error: {e}")
     except (ArtifactError, TableError) as e:
@@ -157,6 +163,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"scored {total - refused:,} of {total:,} rows -> {args.output}; {refused:,} rejected -> {rejects}")
     scored.unpersist()
     return 0
+
+
+def _first_line(error: Exception) -> str:
+    """Spark's own message, without the JVM's stack: its first line."""
+    java = getattr(error, "java_exception", None)
+    text = str(java.getMessage()) if java is not None else str(error)
+    return next((line.strip() for line in text.splitlines() if line.strip()), type(error).__name__)
 
 
 def _output_names() -> set[str]:

@@ -153,6 +153,23 @@ def test_bad_records_are_422_naming_the_id(stack, store, loaded):
             assert repr(transaction_id) in reply.json["message"] and says in reply.json["message"]
 
 
+def test_a_key_holding_another_redis_type_is_422_naming_the_id_not_a_retry(stack, store, loaded):
+    """Something else under the prefix (a hash of fields, a list): a record in a format this
+    service does not know, as for the single GET so for the batch's MGET (which reads it as nil),
+    never a 503 that a retry cannot cure nor a 404 that hides it."""
+    admin = redis.Redis.from_url(store.url)
+    admin.hset(PREFIX + "a-hash", mapping=dict.fromkeys(FEATURES, "0.5"))
+    admin.rpush(PREFIX + "a-list", "x")
+    client = Client("127.0.0.1", stack.settings.port)
+    for transaction_id, kind in (("a-hash", "hash"), ("a-list", "list")):
+        for reply in (by_id(client, transaction_id), by_ids(client, ["tx-1", transaction_id, "tx-2"])):
+            assert reply.status == 422, (transaction_id, reply.raw)
+            assert reply.json["error"] == "invalid_record"
+            assert repr(transaction_id) in reply.json["message"] and kind in reply.json["message"], reply.json
+    reply = by_ids(client, ["a-hash", "no-such-tx"])  # an unknown id is still named as unknown
+    assert reply.status == 404 and "'no-such-tx'" in reply.json["message"]
+
+
 @pytest.mark.parametrize(
     ("path", "body", "status"),
     [
@@ -190,6 +207,19 @@ def test_store_status_route(stack, loaded):
     reply = Client("127.0.0.1", stack.settings.port).request("GET", "/health/feature-store")
     assert reply.status == 200 and reply.json["reachable"] is True
     assert reply.json["prefix"] == PREFIX and reply.json["timeout_ms"] == int(STORE_TIMEOUT_MS)
+
+
+def test_without_a_model_the_store_status_still_answers(store, tmp_path):
+    """Started degraded (no model yet): the by-id routes are 503 like the raw ones, and whether
+    the store answers is still there to see (it does not depend on the model)."""
+    running = start_stack(tmp_path / "none" / "fraud-model.joblib", tmp_path / "logs", FEATURE_STORE_URL=store.url)
+    try:
+        client = Client("127.0.0.1", running.settings.port)
+        status = client.request("GET", "/health/feature-store")
+        assert status.status == 200 and status.json["reachable"] is True, status.raw
+        assert by_id(client, "tx-1").status == 503
+    finally:
+        running.stop()
 
 
 def test_without_a_store_the_routes_do_not_exist(stack_factory):
@@ -419,6 +449,20 @@ def test_writer_rejects_bad_rows_and_stops_on_a_bad_header(store, tmp_path):
         load(tmp_path / "no-id.csv", client, "writer:", rejects, progress=False)
     with pytest.raises(InputError, match="cannot read"):
         load(tmp_path / "absent.csv", client, "writer:", rejects, progress=False)
+
+
+def test_writer_refuses_ids_the_by_id_routes_cannot_ask_for(store, tmp_path):
+    """The routes take ids of 1 to 256 characters: a longer one would be stored and never read."""
+    longest, too_long = "L" * 256, "X" * 257
+    good = ",".join(["0.5"] * len(FEATURES))
+    path = tmp_path / "in.csv"
+    path.write_text(f"transaction_id,{','.join(FEATURES)}\n{longest},{good}\n{too_long},{good}\n")
+    client = redis.Redis.from_url(store.url)
+    summary = load(path, client, "long:", tmp_path / "rejects.csv", progress=False)
+    assert (summary.rows, summary.written, summary.rejected) == (2, 1, 1)
+    rejected = (tmp_path / "rejects.csv").read_text().splitlines()
+    assert rejected[1] == f"2,{too_long},transaction_id is longer than 256 characters"
+    assert client.get("long:" + longest) is not None and client.get("long:" + too_long) is None
 
 
 def test_writer_refuses_parquet_rows_the_service_would_refuse_numbering_rows_across_chunks(store, tmp_path):

@@ -51,6 +51,9 @@ def test_keys_never_in_repr():
         ({"API_KEY": KEY, "WORKERS": "0"}, "WORKERS"),
         ({"API_KEY": KEY, "MODEL_SHA256": "abc"}, "MODEL_SHA256"),
         ({"API_KEY": KEY, "MODEL_PATH": "  "}, "MODEL_PATH"),
+        ({"API_KEY": KEY, "FEATURE_STORE_URL": "http://127.0.0.1:6379"}, "FEATURE_STORE_URL"),
+        ({"API_KEY": KEY, "FEATURE_STORE_URL": "redis://127.0.0.1:port/0"}, "FEATURE_STORE_URL"),
+        ({"API_KEY": KEY, "FEATURE_STORE_URL": "redis://127.0.0.1:6379/0?socket_timeout=x"}, "FEATURE_STORE_URL"),
     ],
 )
 def test_invalid_values_name_the_variable(env, variable):

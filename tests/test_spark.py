@@ -106,3 +106,19 @@ def test_spark_job_entry_writes_scores_and_rejects(spark, small_model, transacti
     assert (scores.num_rows, rejects.num_rows) == (2997, 3)
     assert "reject_reason" not in scores.column_names and "reject_reason" in rejects.column_names
     assert sorted(rejects["txn_id"].to_pylist()) == [1010, 2500, 3999]
+
+
+@pytest.mark.parametrize("content", [None, b"not parquet"], ids=["missing", "not-parquet"])
+def test_spark_job_stops_on_an_unreadable_input_with_one_line(spark, small_model, tmp_path, monkeypatch, content):
+    from service import spark_job
+
+    monkeypatch.setenv("MODEL_PATH", str(small_model[0]))
+    monkeypatch.setenv("ENV_FILE", "/nonexistent/.env")
+    source = tmp_path / "in.parquet"
+    if content is not None:
+        source.write_bytes(content)
+    with pytest.raises(SystemExit) as stopped:
+        spark_job.main([str(source), str(tmp_path / "scores")])
+    message = str(stopped.value.code)
+    assert message.startswith(f"spark_job: cannot read {source}: ") and "\n" not in message, message
+    assert not (tmp_path / "scores").exists()

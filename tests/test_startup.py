@@ -27,6 +27,8 @@ def run_gunicorn(env: dict[str, str], tmp_path) -> subprocess.CompletedProcess:
         ({"API_KEY": ""}, "config error: API_KEY is required"),
         ({"FRAUD_THRESHOLD": "high"}, "config error: FRAUD_THRESHOLD must be an integer from 0 to 100"),
         ({"WORKERS": "-2"}, "config error: WORKERS must be an integer"),
+        # A URL the Redis client refuses: at start, not as a 500 at every by-id request; its password unshown.
+        ({"FEATURE_STORE_URL": "redis://:pw-9f3e@127.0.0.1:99999/0"}, "config error: FEATURE_STORE_URL"),
     ],
 )
 def test_config_error_stops_gunicorn_with_one_line(small_model, tmp_path, override, expected):
@@ -34,7 +36,7 @@ def test_config_error_stops_gunicorn_with_one_line(small_model, tmp_path, overri
     assert result.returncode != 0
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert lines == [lines[0]] and lines[0].startswith(expected), result.stderr
-    assert "Traceback" not in result.stderr
+    assert "Traceback" not in result.stderr and "pw-9f3e" not in result.stderr
 
 
 def test_config_error_stops_the_launcher_with_one_line(small_model):
