@@ -116,7 +116,7 @@ class Source:
                 self._piece_bytes = max(1, int(line_bytes * chunk_rows))
         except (OSError, pa.ArrowException, csv.Error, UnicodeDecodeError) as e:
             raise BulkError(f"cannot read {path}: {_reason(e)}") from None
-        self._empty = pa.RecordBatch.from_pylist([], schema=self.schema)
+        self._empty = pa.RecordBatch.from_arrays([pa.nulls(0, f.type) for f in self.schema], schema=self.schema)
 
     @staticmethod
     def _csv_header(path: Path) -> list[str]:
@@ -445,6 +445,7 @@ class Workers:
 
     def __init__(self, engine: Engine, count: int) -> None:
         self.engine, self.count = engine, count
+        self._context = multiprocessing.get_context("fork")
         self._running: list[multiprocessing.Process] = []
         self._mappings: list[dict[str, int]] = []
 
@@ -460,13 +461,8 @@ class Workers:
             yield from self._reading(job)
 
     def _reading(self, job: Job) -> Iterator[tuple[Scored, int | None]]:
-        context = multiprocessing.get_context("fork")
-        queues = [context.Queue(maxsize=self.DEPTH) for _ in range(self.count)]
-        self._running = [
-            context.Process(target=_work, args=(job, k, self.count, queues[k]), daemon=True) for k in range(self.count)
-        ]
-        for process in self._running:
-            process.start()
+        queues = [self._context.Queue(maxsize=self.DEPTH) for _ in range(self.count)]
+        self._start(_work, [(job, k, self.count, queues[k]) for k in range(self.count)])
         try:
             mappings = []
             for piece in itertools.count():
@@ -492,16 +488,10 @@ class Workers:
         """The parent decodes each batch once, reads its features straight into a worker's slot
         (refused and out-of-distribution rows found on the way), the worker walks them, and the
         parent makes the output columns from the probabilities."""
-        context = multiprocessing.get_context("fork")
         slots = [Slots(self.DEPTH, job.source.chunk_rows) for _ in range(self.count)]
-        tasks = [context.Queue() for _ in range(self.count)]
-        results = [context.Queue(maxsize=self.DEPTH) for _ in range(self.count)]
-        self._running = [
-            context.Process(target=_walk_handed, args=(job, slots[k], tasks[k], results[k]), daemon=True)
-            for k in range(self.count)
-        ]
-        for process in self._running:
-            process.start()
+        tasks = [self._context.Queue() for _ in range(self.count)]
+        results = [self._context.Queue(maxsize=self.DEPTH) for _ in range(self.count)]
+        self._start(_walk_handed, [(job, slots[k], tasks[k], results[k]) for k in range(self.count)])
         engine = self.engine
         waiting: collections.deque[tuple[int, int, pa.RecordBatch, Features, dict[int, str]]] = collections.deque()
 
@@ -531,6 +521,14 @@ class Workers:
             self._mappings = [self._expect_done(self._next(results[k], self._running[k])) for k in range(self.count)]
         finally:
             self.close()
+
+    def _start(self, target: Any, args: list[tuple]) -> None:
+        # pyarrow imports pandas, when it is installed, the first time it converts anything
+        # (about 0.2 s): here, once, before the fork, rather than in every worker of every run.
+        pa.array([0.0])
+        self._running = [self._context.Process(target=target, args=a, daemon=True) for a in args]
+        for process in self._running:
+            process.start()
 
     @staticmethod
     def _next(results: multiprocessing.queues.Queue, process: multiprocessing.Process) -> tuple:
