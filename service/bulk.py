@@ -22,6 +22,7 @@ import multiprocessing
 import multiprocessing.queues
 import os
 import queue
+import re
 import signal
 import sys
 import time
@@ -220,6 +221,15 @@ def _after_first_line(head: bytes) -> int:
         return len(head)
     end = min(ends)
     return end + (2 if head[end : end + 2] == b"\r\n" else 1)
+
+
+PIECE_ROW = re.compile(r"Row #(\d+)")
+
+
+def rows_in_file(message: str, rows_before: int) -> str:
+    """Arrow numbers the rows of the piece it was reading from 1 (blank lines skipped): the
+    file's row instead, as the rejects file numbers it."""
+    return PIECE_ROW.sub(lambda m: f"row {rows_before + int(m.group(1))}", message)
 
 
 def _reason(e: BaseException) -> str:
@@ -629,6 +639,8 @@ def run(
         rejects.path.unlink(missing_ok=True)  # partial, like the output: neither is left behind
         if isinstance(e, TableError):
             raise BulkError(f"{input_path}: {e}") from None
+        if isinstance(e, BulkError):  # pieces come in file order: first_row starts the one that failed
+            raise BulkError(rows_in_file(str(e), first_row - 1)) from None
         raise
     rejects.close()
     sink.commit()

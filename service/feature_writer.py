@@ -25,7 +25,7 @@ import redis
 from tqdm import tqdm
 
 from service import settings as settings_module
-from service.bulk import BulkError, Source
+from service.bulk import BulkError, Source, rows_in_file
 from service.feature_record import encode_record
 from service.feature_store import redacted
 from service.features import FEATURES
@@ -107,8 +107,8 @@ def load(
                 summary.written += len(pipe)
                 pipe.execute()
                 bar.update(batch.num_rows)
-    except BulkError as e:
-        raise InputError(str(e)) from None
+    except BulkError as e:  # read in file order: summary.rows come before the piece that failed
+        raise InputError(rows_in_file(str(e), summary.rows)) from None
     except TableError as e:
         raise InputError(f"{path}: {e}") from None
     summary.seconds = time.monotonic() - started

@@ -326,3 +326,26 @@ def test_a_dead_worker_stops_the_run_with_one_line(engine, rows, tmp_path, name)
     finally:
         running.close()
     assert running.pids() == []
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_bytes_that_are_not_utf8_stop_the_run_naming_the_files_row(small_model, rows, tmp_path, workers):
+    """Arrow numbers the rows of the piece it was reading; the line names the row as the rejects
+    file would (data rows from 1), wherever the piece starts."""
+    source = tmp_path / "in.csv"
+    pacsv.write_csv(table(rows[:3000]), source)
+    lines = source.read_bytes().split(b"\n")
+    lines[2500] = lines[2500].replace(b'"t2499"', b'"t\xff2499"')  # data row 2500, in a late piece
+    source.write_bytes(b"\n".join(lines))
+    done = run_cli(
+        str(source),
+        str(tmp_path / "out.parquet"),
+        "--workers",
+        workers,
+        "--chunk-rows",
+        "200",
+        env_extra={"MODEL_PATH": str(small_model[0])},
+    )
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert done.stderr.count("\n") == 1 and "row 2500:" in done.stderr and "Row #" not in done.stderr, done.stderr
+    assert not (tmp_path / "out.parquet").exists()

@@ -123,6 +123,22 @@ def test_by_id_equals_the_raw_feature_routes_for_thousands_of_ids(stack, loaded,
         assert body == raw.json
 
 
+def test_by_id_batch_with_reasons_equals_the_raw_batch_with_reasons(stack, loaded, rows):
+    """?explain=true on the batch twin: the same reasons (values, contributions, order), OOD flags
+    included, as the raw batch gives for the same features; frauds and ordinary rows alike."""
+    client = Client("127.0.0.1", stack.settings.port)
+    picked = [*range(0, 150), *range(len(rows) - 50, len(rows))]
+    stored = by_ids(client, [loaded[i] for i in picked], "?explain=true")
+    raw = client.request(
+        "POST", "/v1/fraud-score/batch?explain=true", {"transactions": [as_transaction(rows[i]) for i in picked]}
+    )
+    assert stored.status == raw.status == 200, stored.raw
+    results = stored.json["results"]
+    assert [r.pop("transaction_id") for r in results] == [loaded[i] for i in picked]
+    assert results == raw.json["results"]
+    assert all(r["reasons"] for r in results) and any(r["ood-warning"] for r in results)
+
+
 def test_unknown_ids_are_404_naming_them(stack, loaded):
     client = Client("127.0.0.1", stack.settings.port)
     reply = by_id(client, "no-such-tx")
@@ -482,6 +498,17 @@ def test_writer_refuses_parquet_rows_the_service_would_refuse_numbering_rows_acr
     assert rejected[0].startswith("4,pq-3,") and "V2" in rejected[0]
     assert rejected[1].startswith(f"{CHUNK_ROWS + 5},pq-{CHUNK_ROWS + 4},") and "Amount" in rejected[1]
     assert client.get("pq:pq-3") is None and client.get(f"pq:pq-{n - 1}") == encode_record([0.25] * len(FEATURES))
+
+
+def test_writer_stops_on_bytes_that_are_not_utf8_naming_the_files_row(store, tmp_path):
+    good = ",".join(["0.5"] * len(FEATURES))
+    lines = [f"transaction_id,{','.join(FEATURES)}".encode()]
+    lines += [f"u-{i},{good}".encode() for i in range(CHUNK_ROWS + 100)]
+    lines[CHUNK_ROWS + 50] = b"u-\xff," + good.encode()  # data row CHUNK_ROWS + 50, in the second chunk
+    path = tmp_path / "in.csv"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    with pytest.raises(InputError, match=f"row {CHUNK_ROWS + 50}:"):
+        load(path, redis.Redis.from_url(store.url), "utf8:", tmp_path / "r.csv", progress=False)
 
 
 def test_writer_ttl_expires_records(store, tmp_path):
