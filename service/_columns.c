@@ -6,7 +6,9 @@
  * (low[j] > x or high[j] < x, the same double comparisons as service/ood.py, so NaN is never
  * out). Each float64 becomes float32 by C's conversion (round to nearest even), as numpy's
  * astype and sklearn's check_array round it. Rows are done in blocks that fit in L1, so that each
- * column is read in order and the block's rows are written once.
+ * column is read in order and the block's rows are written once. Given the positions of its
+ * columns, it does some of a row's columns only (their places and bits), the rest of each row left
+ * as it is: processes converting different columns of the same rows, whose bit sets are then OR-ed.
  *
  * `names` turns the out-of-distribution bit sets into the Arrow string column the service's
  * comma-separated names make: one offsets buffer (int32, rows + 1) and one data buffer. */
@@ -28,17 +30,31 @@ static int native_double(const char *format) {
 }
 
 static PyObject *rows(PyObject *self, PyObject *args) {
-    PyObject *columns;
+    PyObject *columns, *positions = NULL;
     Py_buffer low, high, out, bad, outside;
-    if (!PyArg_ParseTuple(args, "O!y*y*w*w*w*", &PyTuple_Type, &columns, &low, &high, &out, &bad, &outside))
+    if (!PyArg_ParseTuple(args, "O!y*y*w*w*w*|O!", &PyTuple_Type, &columns, &low, &high, &out, &bad, &outside,
+                          &PyTuple_Type, &positions))
         return NULL;
-    const Py_ssize_t k = PyTuple_GET_SIZE(columns);
+    const Py_ssize_t k = PyTuple_GET_SIZE(columns), width = low.len / (Py_ssize_t)sizeof(double);
     Py_buffer views[MAX_COLUMNS];
+    int at[MAX_COLUMNS]; /* where column j goes in a row, and its bit */
     Py_ssize_t held = 0, n = -1;
     PyObject *result = NULL;
-    if (k < 1 || k > MAX_COLUMNS) {
-        PyErr_Format(PyExc_ValueError, "between 1 and %d columns", MAX_COLUMNS);
+    if (k < 1 || k > MAX_COLUMNS || width > MAX_COLUMNS || (positions ? PyTuple_GET_SIZE(positions) != k : width != k)) {
+        PyErr_Format(PyExc_ValueError, "between 1 and %d columns, a position each, in rows of at most %d", MAX_COLUMNS,
+                     MAX_COLUMNS);
         goto done;
+    }
+    /* Each column's place in the row: its own (all the row's columns), or the one given (some of them, so
+     * that processes can each convert some columns of the same rows). */
+    for (Py_ssize_t j = 0; j < k; j++) {
+        const long place = positions ? PyLong_AsLong(PyTuple_GET_ITEM(positions, j)) : (long)j;
+        if (place == -1 && PyErr_Occurred()) goto done;
+        if (place < 0 || place >= width) {
+            PyErr_SetString(PyExc_ValueError, "a position is outside the row");
+            goto done;
+        }
+        at[j] = (int)place;
     }
     for (; held < k; held++) {
         if (PyObject_GetBuffer(PyTuple_GET_ITEM(columns, held), &views[held], PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0)
@@ -57,10 +73,10 @@ static PyObject *rows(PyObject *self, PyObject *args) {
         }
         n = length;
     }
-    if (low.len != k * (Py_ssize_t)sizeof(double) || high.len != k * (Py_ssize_t)sizeof(double) ||
-        out.len != n * k * (Py_ssize_t)sizeof(float) || bad.len != n * (Py_ssize_t)sizeof(uint32_t) ||
+    if (low.len != width * (Py_ssize_t)sizeof(double) || high.len != width * (Py_ssize_t)sizeof(double) ||
+        out.len != n * width * (Py_ssize_t)sizeof(float) || bad.len != n * (Py_ssize_t)sizeof(uint32_t) ||
         outside.len != n * (Py_ssize_t)sizeof(uint32_t)) {
-        PyErr_SetString(PyExc_ValueError, "low and high need a double a column; out a float a value; bad and outside a uint32 a row");
+        PyErr_SetString(PyExc_ValueError, "low and high need a double a feature; out a float a feature and row; bad and outside a uint32 a row");
         goto done;
     }
     const double *lo = low.buf, *hi = high.buf;
@@ -71,15 +87,16 @@ static PyObject *rows(PyObject *self, PyObject *args) {
     for (Py_ssize_t start = 0; start < n; start += BLOCK) {
         const Py_ssize_t m = start + BLOCK < n ? BLOCK : n - start;
         uint32_t no[BLOCK], out_of[BLOCK];
-        float *restrict rows_out = X + start * k;
+        float *restrict rows_out = X + start * width;
         for (Py_ssize_t i = 0; i < m; i++) no[i] = out_of[i] = 0;
         for (Py_ssize_t j = 0; j < k; j++) {
             const double *restrict column = (const double *)views[j].buf + start;
-            const double l = lo[j], h = hi[j];
-            const uint32_t bit = (uint32_t)1 << j;
+            const int place = at[j];
+            const double l = lo[place], h = hi[place];
+            const uint32_t bit = (uint32_t)1 << place;
             for (Py_ssize_t i = 0; i < m; i++) {
                 const double x = column[i];
-                rows_out[i * k + j] = (float)x;
+                rows_out[i * width + place] = (float)x;
                 no[i] |= (fabs(x) <= (double)FLT_MAX) ? 0 : bit;
                 out_of[i] |= (l > x || h < x) ? bit : 0;
             }
@@ -161,8 +178,9 @@ done:
 
 static PyMethodDef methods[] = {
     {"rows", rows, METH_VARARGS,
-     "rows(columns, low, high, out, bad, outside) -> refused rows: float64 columns to float32 rows, "
-     "refused and out-of-distribution bit sets a row"},
+     "rows(columns, low, high, out, bad, outside[, positions]) -> refused rows: float64 columns to float32 rows, "
+     "refused and out-of-distribution bit sets a row; with positions, the columns are some of the row's, "
+     "written at those places (and bits), the rest of each row left as it is"},
     {"names", names, METH_VARARGS,
      "names(codes, labels) -> (offsets, data): each row's labels for its set bits, comma-separated, "
      "as an Arrow string column's buffers"},

@@ -41,7 +41,7 @@ import pyarrow.parquet as pq
 from service import settings as settings_module
 from service.artifacts import ArtifactError
 from service.features import FEATURES
-from service.tables import Engine, Features, TableError, missing_features, output_fields
+from service.tables import Engine, Features, TableError, as_float64, missing_features, output_fields
 
 CHUNK_ROWS = 65_536
 PARQUET = (".parquet", ".pq")
@@ -142,6 +142,14 @@ class Source:
         for batch, _, _ in self.pieces():
             if batch.num_rows:
                 yield batch
+
+    def chunks(self, names: list[str]) -> Iterator[pa.RecordBatch]:
+        """A Parquet file's named columns, chunk_rows rows at a time, in file order."""
+        try:
+            parquet = pq.ParquetFile(self.path, pre_buffer=False, buffer_size=1 << 20)
+            yield from parquet.iter_batches(batch_size=self.chunk_rows, columns=names, use_threads=False)
+        except (OSError, pa.ArrowException) as e:
+            raise BulkError(f"cannot read {self.path}: {_reason(e)}") from None
 
     def _parquet_pieces(self, k: int, n: int) -> Iterator[tuple[pa.RecordBatch, bool, int | None]]:
         # This process's own file handle; pages are streamed through a small buffer rather than
@@ -358,9 +366,12 @@ class Job:
         return self.scored(batch, columns, reasons)
 
     def scored(self, batch: pa.RecordBatch, columns: list[pa.Array], reasons: dict[int, str]) -> Scored:
+        return self.counted(batch.num_rows, [batch.column(name) for name in self.extras], columns, reasons)
+
+    def counted(self, rows: int, extras: list[pa.Array], columns: list[pa.Array], reasons: dict[int, str]) -> Scored:
         is_fraud = len(columns) - len(output_fields(self.explain)) + 2  # then ood_warning
         fraud, ood = (pc.sum(column).as_py() or 0 for column in columns[is_fraud : is_fraud + 2])
-        return Scored(batch.num_rows, columns, reasons, fraud, ood, [batch.column(name) for name in self.extras])
+        return Scored(rows, columns, reasons, fraud, ood, extras)
 
 
 def mapped_artifact(engine: Engine) -> dict[str, int]:
@@ -394,52 +405,98 @@ def _work(job: Job, k: int, n: int, results: multiprocessing.queues.Queue) -> No
         results.put(("error", "crash", traceback.format_exc()))
 
 
-def _walk_handed(
-    job: Job, slots: Slots, tasks: multiprocessing.queues.Queue, results: multiprocessing.queues.Queue
+def _convert_and_walk(
+    job: Job,
+    k: int,
+    shares: list[tuple[str, ...]],
+    slots: Slots,
+    tasks: multiprocessing.queues.Queue,
+    results: multiprocessing.queues.Queue,
 ) -> None:
-    """A worker that walks the rows the parent writes into its slots and writes their
-    probabilities back beside them; the messages say only which slot."""
+    """Worker k of a file decoded by columns: for each chunk the parent names, decodes its share of
+    the feature columns and writes them into the chunk's slot (with its bit sets and the reasons
+    of its refused values); and walks the chunks the parent gives it once every share is in."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        scorer = job.engine.model.scorer
+        engine, mine = job.engine, shares[k]
+        batches = job.source.chunks(list(mine))
         while (task := tasks.get()) is not None:
-            slot, n = task
-            slots.probability(slot, n)[:] = scorer.predict_rows(slots.rows(slot, n))
-            results.put(("scored", slot, True, None))
-        results.put(("done", mapped_artifact(job.engine)))
+            if task[0] == "convert":
+                _, chunk, slot = task
+                batch = next(batches, None)
+                if batch is None:  # the file's end: no rows, for this chunk and any after
+                    results.put(("converted", k, chunk, 0, {}))
+                    continue
+                n = batch.num_rows
+                features = Features.read(batch, engine.ood.low, engine.ood.high, slots.rows(slot, n), mine)
+                slots.refused(slot, k, n)[:] = features.refused
+                slots.outside(slot, k, n)[:] = features.outside
+                results.put(("converted", k, chunk, n, features.reasons(batch)))
+            else:
+                _, chunk, slot, n, refused = task
+                rows = slots.rows(slot, n)
+                if refused:  # walk only the rows kept, moved up to the slot's start
+                    kept = rows[slots.bits(slot, "refused", n) == 0]
+                    rows = slots.rows(slot, len(kept))
+                    rows[:] = kept
+                slots.probability(slot, len(rows))[:] = engine.model.scorer.predict_rows(rows)
+                results.put(("scored", k, chunk, len(rows)))
+        results.put(("done", mapped_artifact(engine)))
+    except (BulkError, TableError) as e:
+        results.put(("error", type(e).__name__, str(e)))
     except BaseException:
         results.put(("error", "crash", traceback.format_exc()))
 
 
 class Slots:
-    """A worker's `depth` slots of memory shared with the parent (an anonymous shared mapping made
-    before the fork), each for one chunk: the rows as the walker reads them (float32, row-major),
-    written by the parent, then their probabilities (float64), written by the worker."""
+    """A ring of slots of memory shared by the parent and the workers (an anonymous shared mapping
+    made before the fork), each for one chunk: the rows as the walker reads them (float32,
+    row-major), each worker writing its share of the columns; each worker's bit sets of refused and
+    out-of-distribution values (uint32 a row); then the probabilities (float64), written by the
+    worker that walks the chunk."""
 
-    def __init__(self, depth: int, chunk_rows: int) -> None:
-        self.chunk_rows = chunk_rows
-        size = chunk_rows * (4 * len(FEATURES) + 8)
+    def __init__(self, count: int, chunk_rows: int, workers: int) -> None:
+        self.chunk_rows, self.workers = chunk_rows, workers
+        self._layout = {"rows": 0, "probability": 4 * len(FEATURES) * chunk_rows}
+        self._layout["refused"] = self._layout["probability"] + 8 * chunk_rows
+        self._layout["outside"] = self._layout["refused"] + 4 * workers * chunk_rows
+        size = self._layout["outside"] + 4 * workers * chunk_rows
         self.size = -(-size // mmap.PAGESIZE) * mmap.PAGESIZE  # each slot starts on a page
-        self._memory = mmap.mmap(-1, depth * self.size, flags=mmap.MAP_SHARED | mmap.MAP_ANONYMOUS)
+        self._memory = mmap.mmap(-1, count * self.size, flags=mmap.MAP_SHARED | mmap.MAP_ANONYMOUS)
+
+    def _array(self, slot: int, part: str, dtype: type, count: int, offset: int = 0) -> np.ndarray:
+        if count > self.chunk_rows * (len(FEATURES) if part == "rows" else 1):
+            raise ValueError(f"{count} values do not fit in a slot of {self.chunk_rows} rows")
+        start = slot * self.size + self._layout[part] + offset
+        return np.frombuffer(self._memory, dtype, count, start)
 
     def rows(self, slot: int, n: int) -> np.ndarray:
-        if n > self.chunk_rows:
-            raise ValueError(f"{n} rows do not fit in a slot of {self.chunk_rows}")
-        start = slot * self.size
-        return np.frombuffer(self._memory, np.float32, n * len(FEATURES), start).reshape(n, len(FEATURES))
+        return self._array(slot, "rows", np.float32, n * len(FEATURES)).reshape(n, len(FEATURES))
 
     def probability(self, slot: int, n: int) -> np.ndarray:
-        return np.frombuffer(self._memory, np.float64, n, slot * self.size + 4 * len(FEATURES) * self.chunk_rows)
+        return self._array(slot, "probability", np.float64, n)
+
+    def refused(self, slot: int, k: int, n: int) -> np.ndarray:
+        return self._array(slot, "refused", np.uint32, n, 4 * k * self.chunk_rows)
+
+    def outside(self, slot: int, k: int, n: int) -> np.ndarray:
+        return self._array(slot, "outside", np.uint32, n, 4 * k * self.chunk_rows)
+
+    def bits(self, slot: int, part: str, n: int) -> np.ndarray:
+        """Every worker's bit set of the slot's rows, OR-ed: a bit a feature."""
+        return np.bitwise_or.reduce(
+            [self._array(slot, part, np.uint32, n, 4 * k * self.chunk_rows) for k in range(self.workers)]
+        )
 
 
 class Workers:
     """Scoring processes, forked for each run after the model is loaded (they inherit its
     mapping: the page cache's pages, no copy). Each reads its share of the file itself, or, for a
     Parquet file with fewer row groups than workers (a row group is decoded only from its start),
-    the parent decodes the file once and hands each worker its batches' features through shared
-    memory. The parent takes the results piece by piece in file order, and writes. Each worker
-    holds at most two results waiting, so memory stays bounded. One worker scores in this
-    process."""
+    each worker decodes a share of the feature columns of every chunk into memory shared with the
+    others, and walks its turn of the chunks. The parent takes the results piece by piece in file
+    order, and writes. At most two chunks a worker are under way, so memory stays bounded. One
+    worker scores in this process."""
 
     DEPTH = 2  # batches a worker holds: one being scored, one waiting
 
@@ -485,40 +542,86 @@ class Workers:
             self.close()
 
     def _handed(self, job: Job) -> Iterator[tuple[Scored, int | None]]:
-        """The parent decodes each batch once, reads its features straight into a worker's slot
-        (refused and out-of-distribution rows found on the way), the worker walks them, and the
-        parent makes the output columns from the probabilities."""
-        slots = [Slots(self.DEPTH, job.source.chunk_rows) for _ in range(self.count)]
-        tasks = [self._context.Queue() for _ in range(self.count)]
-        results = [self._context.Queue(maxsize=self.DEPTH) for _ in range(self.count)]
-        self._start(_walk_handed, [(job, slots[k], tasks[k], results[k]) for k in range(self.count)])
-        engine = self.engine
-        waiting: collections.deque[tuple[int, int, pa.RecordBatch, Features, dict[int, str]]] = collections.deque()
+        """Every worker decodes its share of the feature columns of each chunk into the chunk's
+        slot; once all shares are in, the chunk's worker (the workers in turn) walks it. The parent
+        decodes only the columns it writes out as they are, and makes the output columns from the
+        slot."""
+        n, ring = self.count, self.count * self.DEPTH
+        slots = Slots(ring, job.source.chunk_rows, n)
+        # In FEATURES order, so that a row's reasons, joined share after share, read as one pass's.
+        shares = [tuple(str(name) for name in share) for share in np.array_split(np.array(FEATURES), n)]
+        tasks = [self._context.Queue() for _ in range(n)]
+        results = self._context.Queue()
+        self._start(_convert_and_walk, [(job, k, shares, slots, tasks[k], results) for k in range(n)])
+        own = job.extras + (list(FEATURES) if job.with_features else [])
+        batches = job.source.chunks(own) if own else iter(())
+        converted: dict[int, dict[int, tuple[int, dict[int, str]]]] = collections.defaultdict(dict)
+        walked: dict[int, int] = {}
+        end: int | None = None  # the first chunk past the file's end
 
-        def take() -> Scored:
-            k, slot, batch, features, reasons = waiting.popleft()
-            self._expect_scored(self._next(results[k], self._running[k]))
-            probability = slots[k].probability(slot, len(features.rows)).copy()  # the slot is reused next
-            columns = [pa.array(column) for column in features.columns] if job.with_features else []
-            return job.scored(batch, columns + engine.columns(probability, features), reasons)
+        issued = complete = taken = 0
+
+        def convert() -> None:
+            """Names the next chunks to convert, in file order (each worker reads its batches in
+            turn): while their slots are free (the chunk `ring` before taken), and no more than a
+            round ahead of the chunks converted, so that a chunk's walk comes before the next
+            round's conversions in its worker's tasks."""
+            nonlocal issued
+            while issued < min(taken + ring, complete + n):
+                for k in range(n):
+                    tasks[k].put(("convert", issued, issued % ring))
+                issued += 1
+
+        def take(chunk: int) -> Scored:
+            parts, slot = converted.pop(chunk), chunk % ring
+            rows = parts[0][0]
+            reasons = {
+                i: "; ".join(parts[k][1][i] for k in range(n) if i in parts[k][1])
+                for i in sorted(set().union(*(part[1] for part in parts.values())))
+            }
+            ok = slots.bits(slot, "refused", rows) == 0 if reasons else slice(None)
+            outside = slots.bits(slot, "outside", rows)[ok]
+            probability = slots.probability(slot, walked.pop(chunk)).copy()  # the slot is reused next
+            batch = next(batches, None)
+            if own and (batch is None or batch.num_rows != rows):
+                raise RuntimeError("the parent's and the workers' chunks of the file differ")
+            columns = [
+                pa.array(as_float64(batch.column(name), name).to_numpy(zero_copy_only=False)[ok])
+                for name in (FEATURES if job.with_features else ())
+            ]
+            columns += self.engine.columns(probability, outside)
+            return job.counted(rows, [batch.column(name) for name in job.extras] if own else [], columns, reasons)
 
         try:
-            for piece, batch in enumerate(job.source.batches()):
-                if len(waiting) == self.count * self.DEPTH:  # every slot taken: the oldest frees its own
-                    yield take(), None
-                k, slot = piece % self.count, piece // self.count % self.DEPTH
-                features = Features.read(batch, engine.ood.low, engine.ood.high, slots[k].rows(slot, batch.num_rows))
-                reasons = features.reasons(batch)
-                if reasons:
-                    features = features.kept(features.refused == 0)
-                    slots[k].rows(slot, len(features.rows))[:] = features.rows
-                tasks[k].put((slot, len(features.rows)))
-                waiting.append((k, slot, batch, features, reasons))
-            while waiting:
-                yield take(), None
-            for k in range(self.count):
+            convert()
+            while end is None or taken < end:
+                message = self._next(results, *self._running)
+                if message[0] == "converted":
+                    _, k, chunk, rows, reasons = message
+                    converted[chunk][k] = (rows, reasons)
+                    if len(converted[chunk]) == n:
+                        complete += 1
+                        if len({part[0] for part in converted[chunk].values()}) != 1:
+                            raise RuntimeError("the workers' chunks of the file differ")
+                        if rows == 0:
+                            end = chunk if end is None else min(end, chunk)
+                        else:
+                            refused = any(part[1] for part in converted[chunk].values())
+                            tasks[chunk % n].put(("walk", chunk, chunk % ring, rows, refused))
+                else:
+                    _, _, chunk, rows = self._expect_scored(message)
+                    walked[chunk] = rows
+                while taken in walked:
+                    yield take(taken), None
+                    taken += 1
+                convert()
+            for k in range(n):
                 tasks[k].put(None)
-            self._mappings = [self._expect_done(self._next(results[k], self._running[k])) for k in range(self.count)]
+            self._mappings = []
+            while len(self._mappings) < n:
+                message = self._next(results, *self._running)
+                if message[0] == "done":
+                    self._mappings.append(message[1])
         finally:
             self.close()
 
@@ -531,13 +634,15 @@ class Workers:
             process.start()
 
     @staticmethod
-    def _next(results: multiprocessing.queues.Queue, process: multiprocessing.Process) -> tuple:
+    def _next(results: multiprocessing.queues.Queue, *processes: multiprocessing.Process) -> tuple:
+        """The next message from the processes that answer on results."""
         while True:
             try:
                 message = results.get(timeout=1.0)
             except queue.Empty:
-                if not process.is_alive():
-                    raise BulkError(f"a scoring process stopped (exit code {process.exitcode})") from None
+                for process in processes:
+                    if not process.is_alive():
+                        raise BulkError(f"a scoring process stopped (exit code {process.exitcode})") from None
                 continue
             if message[0] == "error":
                 _, kind, text = message

@@ -47,7 +47,7 @@ def missing_features(names: list[str]) -> list[str]:
     return [name for name in FEATURES if name not in present]
 
 
-def _as_float64(column: pa.Array, name: str) -> pa.Array:
+def as_float64(column: pa.Array, name: str) -> pa.Array:
     """The column as float64, nulls where a value is missing or not a number. Strings are cast by
     Arrow; a chunk with a bad value is bisected, so a value is accepted or refused the same way
     whichever rows share its chunk."""
@@ -55,7 +55,7 @@ def _as_float64(column: pa.Array, name: str) -> pa.Array:
     if pa.types.is_floating(kind) or pa.types.is_integer(kind) or pa.types.is_decimal(kind):
         return pc.cast(column, pa.float64())
     if pa.types.is_dictionary(kind):
-        return _as_float64(column.dictionary_decode(), name)
+        return as_float64(column.dictionary_decode(), name)
     if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_null(kind)):
         raise TableError(f"column {name} holds {kind}, not numbers")
     try:
@@ -64,7 +64,7 @@ def _as_float64(column: pa.Array, name: str) -> pa.Array:
         if len(column) == 1:
             return pa.nulls(1, pa.float64())
         middle = len(column) // 2
-        return pa.concat_arrays([_as_float64(column[:middle], name), _as_float64(column[middle:], name)])
+        return pa.concat_arrays([as_float64(column[:middle], name), as_float64(column[middle:], name)])
 
 
 def _problem(name: str, raw: object, value: float) -> str:
@@ -91,24 +91,35 @@ class Features:
     rows: np.ndarray
     refused: np.ndarray
     outside: np.ndarray
+    names: tuple[str, ...] = FEATURES  # the features in columns: all, or a worker's share
 
     @classmethod
-    def read(cls, batch: pa.RecordBatch, low: np.ndarray, high: np.ndarray, rows: np.ndarray | None = None) -> Features:
+    def read(
+        cls,
+        batch: pa.RecordBatch,
+        low: np.ndarray,
+        high: np.ndarray,
+        rows: np.ndarray | None = None,
+        names: tuple[str, ...] = FEATURES,
+    ) -> Features:
         """low and high: the out-of-distribution bounds a feature (service/ood.py); rows: where
-        to write the float32 rows (batch.num_rows x 30, C order), if not in a new array."""
-        columns = [_as_float64(batch.column(name), name).to_numpy(zero_copy_only=False) for name in FEATURES]
+        to write the float32 rows (batch.num_rows x 30, C order), if not in a new array; names:
+        the features to read, when only some (the others' places in rows are left as they are)."""
+        columns = [as_float64(batch.column(name), name).to_numpy(zero_copy_only=False) for name in names]
         n = batch.num_rows
         if rows is None:
             rows = np.empty((n, N_FEATURES), dtype=np.float32)
         refused, outside = np.empty(n, dtype=np.uint32), np.empty(n, dtype=np.uint32)
         # One C pass: the float32 rows (rounded as sklearn rounds them), refused when NaN (missing,
         # not a number), +-inf or beyond float32, and low > x or high < x for out of distribution.
-        _columns.rows(tuple(columns), low, high, rows, refused, outside)
-        return cls(columns, rows, refused, outside)
+        places = () if names == FEATURES else (tuple(FEATURES.index(name) for name in names),)
+        _columns.rows(tuple(columns), low, high, rows, refused, outside, *places)
+        return cls(columns, rows, refused, outside, names)
 
     def kept(self, ok: np.ndarray) -> Features:
         """Only the rows where ok."""
-        return Features([column[ok] for column in self.columns], self.rows[ok], self.refused[ok], self.outside[ok])
+        columns = [column[ok] for column in self.columns]
+        return Features(columns, self.rows[ok], self.refused[ok], self.outside[ok], self.names)
 
     def reasons(self, batch: pa.RecordBatch) -> dict[int, str]:
         """The refused rows' index in the batch -> why."""
@@ -117,8 +128,8 @@ class Features:
             bits = int(self.refused[i])
             reasons[i] = "; ".join(
                 _problem(name, batch.column(name)[i].as_py(), self.columns[j][i])
-                for j, name in enumerate(FEATURES)
-                if bits >> j & 1
+                for j, name in enumerate(self.names)
+                if bits >> FEATURES.index(name) & 1
             )
         return reasons
 
@@ -162,25 +173,30 @@ class Engine:
 
     def score(self, features: Features, explain: bool = False) -> list[pa.Array]:
         """The output columns (output_fields order) for features of rows that are not refused."""
-        return self.columns(self.model.scorer.predict_rows(features.rows), features, explain)
+        return self.columns(
+            self.model.scorer.predict_rows(features.rows), features.outside, features if explain else None
+        )
 
-    def columns(self, probability: np.ndarray, features: Features, explain: bool = False) -> list[pa.Array]:
+    def columns(
+        self, probability: np.ndarray, outside: np.ndarray, explained: Features | None = None
+    ) -> list[pa.Array]:
         """The output columns (output_fields order) from the rows' probabilities (walked
-        elsewhere: a worker process) and their features."""
+        elsewhere: a worker process), their out-of-distribution bit sets, and, for the reasons
+        column, their features."""
         fraud_score = fraud_scores(probability)
         result = [
             pa.array(probability),
             pa.array(fraud_score),
             pa.array(fraud_score >= self.threshold),
-            pa.array(features.outside != 0),
-            _ood_names(features.outside),
+            pa.array(outside != 0),
+            _ood_names(outside),
             pa.DictionaryArray.from_arrays(
                 pa.array(np.zeros(len(probability), dtype=np.int32)), pa.array([self.model.version])
             ).dictionary_decode(),
         ]
-        if explain:
+        if explained is not None:
             scoring = Scoring(self.model, self.ood, self.threshold)
-            rows = np.column_stack(features.columns).tolist() if features.columns else []
+            rows = np.column_stack(explained.columns).tolist() if explained.columns else []
             result.append(pa.array([orjson.dumps(scoring.one_explained(row)["reasons"]).decode() for row in rows]))
         return result
 

@@ -349,3 +349,38 @@ def test_bytes_that_are_not_utf8_stop_the_run_naming_the_files_row(small_model, 
     assert done.returncode != 0 and "Traceback" not in done.stderr
     assert done.stderr.count("\n") == 1 and "row 2500:" in done.stderr and "Row #" not in done.stderr, done.stderr
     assert not (tmp_path / "out.parquet").exists()
+
+
+@pytest.mark.parametrize("count", [2, 3])
+def test_workers_decoding_shares_of_the_columns_write_what_one_process_writes(engine, rows, tmp_path, count):
+    """A one-row-group file of the features alone (nothing for the parent to decode): the workers
+    each decode a share of the columns; a row refused in several shares carries every reason, in
+    the features' order. Output and rejects are those of one process reading whole batches."""
+    data = table(rows[:3000], order=list(FEATURES)).drop(["txn_id", "Class"])
+    columns = {name: data[name].to_pylist() for name in FEATURES}
+    for row, changes in {
+        0: {"Time": None},
+        64: {"V1": float("nan"), "V20": None, "Amount": 1e39},
+        65: {"V13": float("-inf"), "V14": float("inf")},
+        2999: {"V28": None},
+    }.items():
+        for name, value in changes.items():
+            columns[name][row] = value
+    source = tmp_path / "features.parquet"
+    pq.write_table(pa.table(columns), source)
+    written = {}
+    for processes in (1, count):
+        running = bulk.Workers(engine, processes)
+        try:
+            out = tmp_path / f"out-{processes}.parquet"
+            summary = bulk.run(engine, running, source, out, chunk_rows=64)
+        finally:
+            running.close()
+        written[processes] = (pq.read_table(out), (tmp_path / f"out-{processes}.parquet.rejects.csv").read_text())
+        assert (summary.rows, summary.rejected) == (3000, 4)
+    assert written[count][0].equals(written[1][0])
+    assert written[count][1] == written[1][1]
+    assert "66,V13 is not a finite number: -inf; V14 is not a finite number: inf" in written[count][1]
+    assert (
+        "V1 is not a finite number: nan; V20 is missing; Amount is beyond the float32 range: 1e+39" in written[count][1]
+    )
