@@ -28,7 +28,22 @@ import numpy as np
 import orjson
 
 from model import synthetic
-from perf import baseline, batch, bulk, by_id, chart, lifecycle, memory, micro, overload, report, stats, wrk
+from perf import (
+    add_model_argument,
+    baseline,
+    batch,
+    bulk,
+    by_id,
+    chart,
+    existing_model,
+    lifecycle,
+    memory,
+    micro,
+    overload,
+    report,
+    stats,
+    wrk,
+)
 from service import harness
 from service.artifacts import ArtifactPaths, read_manifest
 from service.features import FEATURES
@@ -205,7 +220,7 @@ def api_key_from_environment() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", help="measure this running service instead of starting one (loopback only)")
-    parser.add_argument("--model", type=Path, default=Path(os.environ.get("MODEL_PATH", "model/fraud-model.joblib")))
+    add_model_argument(parser)
     parser.add_argument("--seconds", type=float, default=4.0, help="length of each closed-loop round (default 4)")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per connection count (default 3)")
     parser.add_argument("--open-seconds", type=float, default=15.0, help="length of each fixed-rate run (default 15)")
@@ -230,9 +245,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.url and urlsplit(args.url).hostname not in LOOPBACK:
         sys.exit(f"--url must point at this machine ({', '.join(LOOPBACK)}): load is never sent elsewhere")
-    model_path = args.model.resolve()
-    if not model_path.exists():
-        sys.exit(f"no model at {model_path}: run `make model`")
+    model_path = existing_model(args.model)
     started = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     args.results_dir.mkdir(parents=True, exist_ok=True)
     stack_log = args.results_dir / f"{started}-stack.log"

@@ -22,7 +22,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from model import synthetic
-from perf import micro
+from perf import add_model_argument, micro
 from service import bulk
 from service.features import FEATURES
 from service.settings import from_mapping
@@ -109,7 +109,7 @@ def table(results: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, default=Path(os.environ.get("MODEL_PATH", "model/fraud-model.joblib")))
+    add_model_argument(parser)
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--results-dir", type=Path, default=ROOT / "perf" / "results")
     args = parser.parse_args(argv)

@@ -19,7 +19,6 @@ fetch histogram.
 from __future__ import annotations
 
 import argparse
-import os
 import secrets
 import sys
 import tempfile
@@ -33,7 +32,7 @@ import orjson
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from perf import report, stats, wrk
+from perf import add_model_argument, existing_model, report, stats, wrk
 from service import harness
 from service.feature_record import encode_record
 from service.features import FEATURES
@@ -233,15 +232,13 @@ def main(argv: list[str] | None = None) -> int:
     from perf.__main__ import log, sample_rows, start_stack  # perf.__main__ imports this module
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, default=Path(os.environ.get("MODEL_PATH", "model/fraud-model.joblib")))
+    add_model_argument(parser)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=4.0, help="length of each closed-loop round")
     parser.add_argument("--open-seconds", type=float, default=10.0, help="length of each open-loop run")
     parser.add_argument("--workers", type=int, help="WORKERS of both stacks (default: the service's)")
     args = parser.parse_args(argv)
-    model = args.model.resolve()
-    if not model.exists():
-        sys.exit(f"no model at {model}: run `make model`")
+    model = existing_model(args.model)
     key = secrets.token_urlsafe(24)
     stack_log = Path(tempfile.mkdtemp(prefix="fraud-perf-by-id-log-")) / "stack.log"
     result = measure(

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import secrets
 import sys
@@ -31,7 +30,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from perf import by_id, memory, stats, wrk
+from perf import add_model_argument, by_id, existing_model, memory, stats, wrk
 from service import harness
 from service.stack import Stack
 
@@ -111,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     from perf.__main__ import sample_rows, start_stack  # perf.__main__ imports perf.by_id
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, default=Path(os.environ.get("MODEL_PATH", "model/fraud-model.joblib")))
+    add_model_argument(parser)
     parser.add_argument("--workers", default="2,3,4", help="worker counts, comma-separated; the first is the base")
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--seconds", type=int, default=3, help="length of each closed-loop run")
@@ -120,9 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, help="also write every run's figures here (JSON)")
     args = parser.parse_args(argv)
     counts = [int(n) for n in args.workers.split(",")]
-    model = args.model.resolve()
-    if not model.exists():
-        sys.exit(f"no model at {model}: run `make model`")
+    model = existing_model(args.model)
     key = secrets.token_urlsafe(24)
     directory = Path(tempfile.mkdtemp(prefix="fraud-perf-by-id-workers-"))
     X = sample_rows()[:1000]

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from perf import report, stats, wrk
+from perf import add_model_argument, existing_model, report, stats, wrk
 from perf.__main__ import CONNECTIONS, as_bodies, log, sample_rows
 from service import harness
 from service.artifacts import ArtifactPaths
@@ -249,14 +249,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--connections", default=",".join(map(str, CONNECTIONS)), help="connection counts (default: make perf's)"
     )
-    parser.add_argument("--model", type=Path, default=Path(os.environ.get("MODEL_PATH", "model/fraud-model.joblib")))
+    add_model_argument(parser)
     parser.add_argument("--results-dir", type=Path, default=ROOT / "perf" / "results")
     args = parser.parse_args(argv)
     if args.rounds < 3:
         parser.error("--rounds must be at least 3: fewer cannot show a spread")
-    model_path = args.model.resolve()
-    if not model_path.exists():
-        sys.exit(f"no model at {model_path}: run `make model`")
+    model_path = existing_model(args.model)
 
     base = resolve(ROOT, args.base)
     head = git(ROOT, "rev-parse", "HEAD")

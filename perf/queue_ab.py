@@ -27,7 +27,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from perf import overload, stats, wrk
+from perf import add_model_argument, overload, stats, wrk
 from perf.__main__ import OPEN_LOOP_CONNECTIONS, OPEN_LOOP_LOADS, as_bodies, log, sample_rows, start_stack
 from service.stack import Stack
 
@@ -176,7 +176,7 @@ def one_round(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, default=Path(os.environ.get("MODEL_PATH", "model/fraud-model.joblib")))
+    add_model_argument(parser)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each overload run (default 10)")
     parser.add_argument("--workers", type=int, default=2)
