@@ -126,6 +126,13 @@ def exchange(client: Client, request: bytes) -> tuple[int, bytes]:
     return int(head.split(b" ", 2)[1]), body
 
 
+def assert_bad_request_json(status: int, body: bytes) -> None:
+    """A 400 in the service's error shape, whoever answered it (nginx, gunicorn or the app)."""
+    assert status == 400, (status, body)
+    found = json.loads(body)
+    assert found["error"] == "bad_request" and found["message"], found
+
+
 @pytest.mark.parametrize(
     "request_head",
     [
@@ -138,10 +145,7 @@ def exchange(client: Client, request: bytes) -> tuple[int, bytes]:
 )
 def test_framings_nginx_does_not_speak_are_400_json_never_5xx(client: Client, request_head):
     # nginx answers these itself (501, 505) with an HTML page unless the config maps them.
-    status, body = exchange(client, request_head + b"Host: x\r\nConnection: close\r\n\r\n0\r\n\r\n")
-    assert status == 400, (status, body)
-    found = json.loads(body)
-    assert found["error"] == "bad_request" and found["message"], found
+    assert_bad_request_json(*exchange(client, request_head + b"Host: x\r\nConnection: close\r\n\r\n0\r\n\r\n"))
 
 
 @pytest.mark.parametrize(
@@ -154,10 +158,7 @@ def test_framings_nginx_does_not_speak_are_400_json_never_5xx(client: Client, re
     ],
 )
 def test_requests_the_workers_refuse_to_parse_get_400_json(client: Client, request_head):
-    status, body = exchange(client, request_head + b"Host: x\r\nConnection: close\r\n\r\n")
-    assert status == 400, (status, body)
-    found = json.loads(body)
-    assert found["error"] == "bad_request" and found["message"], found
+    assert_bad_request_json(*exchange(client, request_head + b"Host: x\r\nConnection: close\r\n\r\n"))
 
 
 class CountingDigest:
