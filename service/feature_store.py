@@ -31,6 +31,12 @@ class StoreUnavailable(Exception):
     """The store did not answer within the timeout, or could not be reached."""
 
 
+def _unavailable(error: redis.RedisError) -> StoreUnavailable:
+    if isinstance(error, (redis.ConnectionError, redis.TimeoutError)):
+        return StoreUnavailable(f"the feature store did not answer: {type(error).__name__}")
+    return StoreUnavailable(f"the feature store refused the request: {error}")
+
+
 @dataclass(frozen=True)
 class StoreConfig:
     url: str
@@ -93,6 +99,12 @@ class FeatureStore:
             connection._sock.settimeout(timeout_s)
         self._timeout_s = timeout_s
 
+    def _bounded(self, timeout_s: float | None) -> AbstractConnection:
+        """The worker's connection, bounded by `timeout_s` (default: the store's timeout)."""
+        connection = self._connection()
+        self._bound(connection, self.config.timeout_s if timeout_s is None else timeout_s)
+        return connection
+
     def key(self, transaction_id: str) -> bytes:
         return self._prefix + transaction_id.encode()
 
@@ -103,22 +115,19 @@ class FeatureStore:
         keys = [prefix + i.encode() for i in transaction_ids]
         started = time.perf_counter()
         try:
-            connection = self._connection()
-            self._bound(connection, self.config.timeout_s if timeout_s is None else timeout_s)
+            connection = self._bounded(timeout_s)
             if len(keys) == 1:
                 connection.send_packed_command(connection.pack_command(b"GET", keys[0]), check_health=False)
                 records = [connection.read_response()]
             else:
                 connection.send_packed_command(connection.pack_command(b"MGET", *keys), check_health=False)
                 records = connection.read_response()
-        except (redis.ConnectionError, redis.TimeoutError) as e:
-            raise StoreUnavailable(f"the feature store did not answer: {type(e).__name__}") from e
         except redis.ResponseError as e:
             if not str(e).startswith("WRONGTYPE"):  # e.g. a store that refuses commands
-                raise StoreUnavailable(f"the feature store refused the request: {e}") from e
+                raise _unavailable(e) from e
             records = [None]  # another type under the key: no record, as MGET reads it (kinds() says what)
         except redis.RedisError as e:
-            raise StoreUnavailable(f"the feature store refused the request: {e}") from e
+            raise _unavailable(e) from e
         self._observe(time.perf_counter() - started, len(keys), records.count(None))
         return records
 
@@ -126,15 +135,12 @@ class FeatureStore:
         """The Redis type of each id's key ("none" where there is no key), in one round trip: why
         fetch() found no record. Only asked on that error path."""
         try:
-            connection = self._connection()
-            self._bound(connection, self.config.timeout_s if timeout_s is None else timeout_s)
+            connection = self._bounded(timeout_s)
             commands = [(b"TYPE", self.key(i)) for i in transaction_ids]
             connection.send_packed_command(connection.pack_commands(commands), check_health=False)
             kinds = [connection.read_response() for _ in commands]
-        except (redis.ConnectionError, redis.TimeoutError) as e:
-            raise StoreUnavailable(f"the feature store did not answer: {type(e).__name__}") from e
         except redis.RedisError as e:
-            raise StoreUnavailable(f"the feature store refused the request: {e}") from e
+            raise _unavailable(e) from e
         return [kind.decode() if isinstance(kind, bytes) else str(kind) for kind in kinds]
 
     def reachable(self) -> tuple[bool, float | None]:
