@@ -46,7 +46,7 @@ typedef struct {
      * threshold: the threshold, the tree word it clears bits of, the mask; per tree, its first
      * word and word count; per leaf word slot, the leaf's value. */
     Py_ssize_t qs_words;
-    int qs_lanes; /* rows a block: 16 (AVX-512), 8 (AVX2); 0 when batches are walked */
+    int qs_lanes; /* rows a block: 64 (AVX-512BW, the byte kernel), 16 (AVX-512), 8 (AVX2); 0: walked */
     float *qs_threshold;
     uint32_t *qs_word;
     uint64_t *qs_mask;
@@ -54,6 +54,16 @@ typedef struct {
     int32_t *qs_tree_word;
     uint8_t *qs_tree_words;
     double *qs_leaf_value; /* qs_words * 64 */
+    /* The byte kernel's tables (lanes 64), the trees in groups whose state fits the L1 cache: per
+     * group and feature, where its entries start; per tree, its first byte line in its group's
+     * state, its line count, and where its leaves' values start. */
+    Py_ssize_t rs_groups, rs_max_lines;
+    int32_t *rs_group_tree; /* rs_groups + 1: each group's first tree */
+    Py_ssize_t *rs_entry_start; /* rs_groups * n_features + 1: a group's nodes on a feature */
+    struct RsEntry *rs_entries;
+    int32_t *rs_tree_line, *rs_tree_lines;
+    Py_ssize_t *rs_tree_value;
+    double *rs_leaf_value;
 } Walker;
 
 #define NODES(w) ((const Node *)(w)->nodes.buf)
@@ -164,6 +174,26 @@ static void qs_free(Walker *w) {
 }
 
 #ifdef HAVE_AVX512_KERNEL
+/* Numbers the leaves of the tree at root left to right, without recursion; a subtree's leaves are
+ * then [first, end). stack: 2 * (nodes + 1) ints. Returns the tree's leaf count. */
+static int32_t number_leaves(const Node *nodes, int32_t root, int32_t *first, int32_t *end, int32_t *stack) {
+    int32_t leaves = 0;
+    Py_ssize_t sp = 0;
+    stack[sp++] = root; stack[sp++] = 0; /* (node, 0: go left, 1: go right, 2: close) */
+    while (sp) {
+        int32_t state = stack[--sp], node = stack[--sp];
+        if (nodes[node].feature < 0) { first[node] = leaves; end[node] = ++leaves; continue; }
+        if (state < 2) {
+            stack[sp++] = node; stack[sp++] = state + 1;
+            stack[sp++] = state == 0 ? nodes[node].left : nodes[node].right; stack[sp++] = 0;
+        } else {
+            first[node] = first[nodes[node].left];
+            end[node] = end[nodes[node].right];
+        }
+    }
+    return leaves;
+}
+
 typedef struct {
     float threshold;
     int32_t feature;
@@ -198,21 +228,7 @@ static int qs_build(Walker *w) {
     }
     Py_ssize_t words = 0, n_entries = 0;
     for (Py_ssize_t t = 0; t < T; t++) {
-        /* Leaves numbered left to right, without recursion: (node, 0: go left, 1: go right, 2: close). */
-        int32_t leaves = 0;
-        Py_ssize_t sp = 0;
-        stack[sp++] = roots[t]; stack[sp++] = 0;
-        while (sp) {
-            int32_t state = stack[--sp], node = stack[--sp];
-            if (nodes[node].feature < 0) { first[node] = leaves; end[node] = ++leaves; continue; }
-            if (state < 2) {
-                stack[sp++] = node; stack[sp++] = state + 1;
-                stack[sp++] = state == 0 ? nodes[node].left : nodes[node].right; stack[sp++] = 0;
-            } else {
-                first[node] = first[nodes[node].left];
-                end[node] = end[nodes[node].right];
-            }
-        }
+        int32_t leaves = number_leaves(nodes, roots[t], first, end, stack);
         int32_t tree_words = (leaves + 63) / 64;
         if (tree_words > 255) {
             PyErr_SetString(PyExc_ValueError, "a tree has more than 16,320 leaves");
@@ -368,10 +384,245 @@ static void qs_rows_avx2(const Walker *w, const float *x, Py_ssize_t n_rows, dou
     for (; r < n_rows; r++) proba[r] = forest_proba(w, x + r * nf);
 }
 
-/* The fastest route this CPU runs: 16, 8, or 0 (walk). */
+/* ---- The byte kernel (AVX-512BW): QuickScorer's bits a byte a row, 64 rows a block ----
+ *
+ * The same rule as above (the exit leaf is the lowest bit no failing node clears), laid out as in
+ * RapidScorer (Ye et al., KDD 2018): a tree's leaf bits are bytes, and each byte is a "line" of 64
+ * bytes, one per row of the block. A node's left subtree is a run of leaves, so it clears bits in
+ * a few consecutive lines (one, for 80 % of the nodes of perf's model): the 64 rows' comparisons
+ * make one 64-bit mask, and each line is one blended store. The trees are cut into groups of at
+ * most 64 KiB of lines, so that a large forest's state stays in cache, each group's nodes sorted
+ * by feature and threshold. */
+
+typedef struct RsEntry {
+    float threshold;
+    uint16_t line;       /* its first line in its group's state */
+    uint8_t first, last; /* the bits its first and last line keep (one mask when lines == 1) */
+    uint32_t lines;      /* lines touched; those between the first and the last are cleared whole */
+} RsEntry;
+
+#define RS_LANES 64
+#define RS_MIN_ROWS 12 /* fewer rows are walked: a block costs about what twelve rows walked cost */
+#define RS_GROUP_LINES 1024 /* 64 KiB of state a group: faster than groups that fit L1 (perf/README.md) */
+
+static void rs_free(Walker *w) {
+    PyMem_Free(w->rs_group_tree); PyMem_Free(w->rs_entry_start); PyMem_Free(w->rs_entries);
+    PyMem_Free(w->rs_tree_line); PyMem_Free(w->rs_tree_lines); PyMem_Free(w->rs_tree_value);
+    PyMem_Free(w->rs_leaf_value);
+    w->rs_group_tree = NULL; w->rs_entry_start = NULL; w->rs_entries = NULL; w->rs_tree_line = NULL;
+    w->rs_tree_lines = NULL; w->rs_tree_value = NULL; w->rs_leaf_value = NULL;
+}
+
+typedef struct {
+    RsEntry entry;
+    Py_ssize_t list; /* group * n_features + feature: a group's nodes on a feature, sorted by threshold */
+} RsSortable;
+
+static int rs_order(const void *a, const void *b) {
+    const RsSortable *x = a, *y = b;
+    if (x->list != y->list) return x->list < y->list ? -1 : 1;
+    if (x->entry.threshold != y->entry.threshold) return x->entry.threshold < y->entry.threshold ? -1 : 1;
+    return 0;
+}
+
+/* 0 on success, -1 with an exception set. Runs after Walker_init has validated the arrays. */
+static int rs_build(Walker *w) {
+    const Node *nodes = NODES(w);
+    const int32_t *roots = ROOTS(w);
+    const double *value = w->value.buf;
+    const Py_ssize_t n = w->n_nodes, T = w->n_trees, nf = w->n_features;
+    int32_t *first = PyMem_Malloc(n * sizeof(int32_t));
+    int32_t *end = PyMem_Malloc(n * sizeof(int32_t));
+    int32_t *stack = PyMem_Malloc(2 * (n + 1) * sizeof(int32_t));
+    RsSortable *sortable = PyMem_Malloc(n * sizeof(RsSortable));
+    w->rs_group_tree = PyMem_Malloc((T + 1) * sizeof(int32_t));
+    w->rs_tree_line = PyMem_Malloc(T * sizeof(int32_t));
+    w->rs_tree_lines = PyMem_Malloc(T * sizeof(int32_t));
+    w->rs_tree_value = PyMem_Malloc((T + 1) * sizeof(Py_ssize_t));
+    int result = -1;
+    if (!first || !end || !stack || !sortable || !w->rs_group_tree || !w->rs_tree_line || !w->rs_tree_lines ||
+        !w->rs_tree_value) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_ssize_t groups = 0, group_lines = 0, n_entries = 0, values = 0;
+    w->rs_max_lines = 0;
+    for (Py_ssize_t t = 0; t < T; t++) {
+        int32_t lines = (number_leaves(nodes, roots[t], first, end, stack) + 7) / 8;
+        if (lines > 8160) {
+            PyErr_SetString(PyExc_ValueError, "a tree has more than 65,280 leaves");
+            goto done;
+        }
+        if (t == 0 || group_lines + lines > RS_GROUP_LINES) {
+            w->rs_group_tree[groups++] = (int32_t)t;
+            group_lines = 0;
+        }
+        w->rs_tree_line[t] = (int32_t)group_lines;
+        w->rs_tree_lines[t] = lines;
+        w->rs_tree_value[t] = values;
+        Py_ssize_t stop = t + 1 < T ? roots[t + 1] : n;
+        for (Py_ssize_t i = roots[t]; i < stop; i++) {
+            if (nodes[i].feature < 0) continue;
+            int32_t a = first[nodes[i].left], b = end[nodes[i].left]; /* the leaves it rules out */
+            int32_t la = a / 8, lb = (b - 1) / 8;
+            uint8_t keep_first = (uint8_t)~(0xFFu << (a % 8)), keep_last = (uint8_t)(0xFEu << ((b - 1) % 8));
+            if (la == lb) keep_first = keep_last = keep_first | keep_last;
+            sortable[n_entries++] = (RsSortable){
+                {nodes[i].threshold, (uint16_t)(group_lines + la), keep_first, keep_last, (uint32_t)(lb - la + 1)},
+                (groups - 1) * nf + nodes[i].feature};
+        }
+        group_lines += lines;
+        values += 8 * lines;
+        if (group_lines > w->rs_max_lines) w->rs_max_lines = group_lines;
+    }
+    w->rs_group_tree[groups] = (int32_t)T;
+    w->rs_tree_value[T] = values;
+    qsort(sortable, n_entries, sizeof(RsSortable), rs_order);
+    w->rs_entries = PyMem_Malloc((n_entries + 1) * sizeof(RsEntry));
+    w->rs_entry_start = PyMem_Malloc((groups * nf + 1) * sizeof(Py_ssize_t));
+    w->rs_leaf_value = PyMem_Calloc(values, sizeof(double));
+    if (!w->rs_entries || !w->rs_entry_start || !w->rs_leaf_value) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < n_entries; i++) w->rs_entries[i] = sortable[i].entry;
+    Py_ssize_t k = 0;
+    for (Py_ssize_t list = 0; list <= groups * nf; list++) {
+        while (k < n_entries && sortable[k].list < list) k++;
+        w->rs_entry_start[list] = k;
+    }
+    for (Py_ssize_t t = 0; t < T; t++) {
+        number_leaves(nodes, roots[t], first, end, stack);
+        Py_ssize_t stop = t + 1 < T ? roots[t + 1] : n;
+        for (Py_ssize_t i = roots[t]; i < stop; i++)
+            if (nodes[i].feature < 0) w->rs_leaf_value[w->rs_tree_value[t] + first[i]] = value[i];
+    }
+    w->rs_groups = groups;
+    result = 0;
+done:
+    PyMem_Free(first); PyMem_Free(end); PyMem_Free(stack); PyMem_Free(sortable);
+    if (result < 0) rs_free(w);
+    return result;
+}
+
+/* The scratch memory of rs_rows: the state, the block's rows by feature, its totals and exit
+ * leaves, and a zero-padded copy of the last, partial block. */
+static Py_ssize_t rs_scratch_bytes(const Walker *w) {
+    return (w->rs_max_lines + w->n_features * 4 + 8 + 1 + w->n_features * 4) * RS_LANES + 64;
+}
+
+/* The block's rows going right at a node: !(x <= threshold), NaN included; a bit a row. */
+__attribute__((target("avx512f,avx512bw")))
+static inline __mmask64 rs_right(__m512 x0, __m512 x1, __m512 x2, __m512 x3, float threshold) {
+    __m512 t = _mm512_set1_ps(threshold);
+    return _mm512_kunpackd(
+        _mm512_kunpackw(_mm512_cmp_ps_mask(x3, t, _CMP_NLE_UQ), _mm512_cmp_ps_mask(x2, t, _CMP_NLE_UQ)),
+        _mm512_kunpackw(_mm512_cmp_ps_mask(x1, t, _CMP_NLE_UQ), _mm512_cmp_ps_mask(x0, t, _CMP_NLE_UQ)));
+}
+
+/* In the rows going right, a line keeps only the bits of keep (0: none). */
+__attribute__((target("avx512f,avx512bw")))
+static inline void rs_keep(uint8_t *line, __mmask64 right, uint8_t keep) {
+    __m512i v = _mm512_load_si512(line);
+    _mm512_store_si512(line, _mm512_mask_blend_epi8(right, v, _mm512_and_si512(v, _mm512_set1_epi8((char)keep))));
+}
+
+__attribute__((target("avx512f,avx512bw")))
+static void rs_rows_avx512bw(const Walker *w, const float *x, Py_ssize_t n_rows, double *proba, void *scratch) {
+    const Py_ssize_t nf = w->n_features, T = w->n_trees;
+    const RsEntry *entries = w->rs_entries;
+    const Py_ssize_t *entry_start = w->rs_entry_start;
+    const int32_t *group_tree = w->rs_group_tree, *tree_line = w->rs_tree_line, *tree_lines = w->rs_tree_lines;
+    const Py_ssize_t *tree_value = w->rs_tree_value;
+    const double *leaf_value = w->rs_leaf_value;
+    const Py_ssize_t groups = w->rs_groups;
+    uint8_t *state = (uint8_t *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);
+    float *by_feature = (float *)(state + w->rs_max_lines * RS_LANES);
+    double *total = (double *)(by_feature + nf * RS_LANES);
+    uint8_t *leaf = (uint8_t *)(total + RS_LANES);
+    float *padded = (float *)(leaf + RS_LANES);
+    const __m512i row_start = _mm512_mullo_epi32(
+        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_epi32((int)nf));
+    const __m512i ones = _mm512_set1_epi8(-1), zero = _mm512_setzero_si512(), nibble = _mm512_set1_epi8(0x0F);
+    /* The lowest set bit of a byte, by its nibbles: the isolated bit is in one of them, the other is 0. */
+    const __m512i low_bit = _mm512_broadcast_i32x4(_mm_setr_epi8(0, 0, 1, 0, 2, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0));
+    const __m512i high_bit = _mm512_broadcast_i32x4(_mm_setr_epi8(0, 4, 5, 0, 6, 0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0));
+    for (Py_ssize_t r = 0; r < n_rows; r += RS_LANES) {
+        const float *block = x + r * nf;
+        Py_ssize_t rows = n_rows - r < RS_LANES ? n_rows - r : RS_LANES;
+        if (rows < RS_LANES) {
+            memset(padded, 0, RS_LANES * nf * sizeof(float));
+            memcpy(padded, block, rows * nf * sizeof(float));
+            block = padded;
+        }
+        for (Py_ssize_t f = 0; f < nf; f++)
+            for (int part = 0; part < 4; part++)
+                _mm512_store_ps(by_feature + f * RS_LANES + 16 * part,
+                                _mm512_i32gather_ps(_mm512_add_epi32(row_start, _mm512_set1_epi32((int)f)),
+                                                    block + 16 * part * nf, 4));
+        for (int i = 0; i < RS_LANES; i += 8) _mm512_store_pd(total + i, _mm512_setzero_pd());
+        for (Py_ssize_t g = 0; g < groups; g++) {
+            int32_t t0 = group_tree[g], t1 = group_tree[g + 1];
+            Py_ssize_t lines = tree_line[t1 - 1] + tree_lines[t1 - 1];
+            for (Py_ssize_t i = 0; i < lines; i++) _mm512_store_si512(state + i * RS_LANES, ones);
+            for (Py_ssize_t f = 0; f < nf; f++) {
+                const float *xf = by_feature + f * RS_LANES;
+                __m512 x0 = _mm512_load_ps(xf), x1 = _mm512_load_ps(xf + 16);
+                __m512 x2 = _mm512_load_ps(xf + 32), x3 = _mm512_load_ps(xf + 48);
+                const Py_ssize_t list = g * nf + f;
+                for (Py_ssize_t k = entry_start[list]; k < entry_start[list + 1]; k++) {
+                    const RsEntry e = entries[k];
+                    __mmask64 right = rs_right(x0, x1, x2, x3, e.threshold);
+                    if (_kortestz_mask64_u8(right, right)) break; /* all 64 <= this threshold, so <= every later one */
+                    uint8_t *line = state + (Py_ssize_t)e.line * RS_LANES;
+                    rs_keep(line, right, e.first);
+                    if (e.lines > 1) {
+                        for (uint32_t j = 1; j + 1 < e.lines; j++) rs_keep(line + j * RS_LANES, right, 0);
+                        rs_keep(line + (Py_ssize_t)(e.lines - 1) * RS_LANES, right, e.last);
+                    }
+                }
+            }
+            for (int32_t t = t0; t < t1; t++) {
+                const uint8_t *tree = state + (Py_ssize_t)tree_line[t] * RS_LANES;
+                const double *values = leaf_value + tree_value[t];
+                if (tree_lines[t] <= 32) {
+                    /* Each row's first line with a bit left (the lines from the last to the first, so that
+                     * it is written last), then that byte's lowest bit. */
+                    __m512i exit_line = zero, exit_byte = zero;
+                    for (int32_t b = tree_lines[t] - 1; b >= 0; b--) {
+                        __m512i v = _mm512_load_si512(tree + (Py_ssize_t)b * RS_LANES);
+                        __mmask64 any = _mm512_test_epi8_mask(v, v);
+                        exit_byte = _mm512_mask_mov_epi8(exit_byte, any, v);
+                        exit_line = _mm512_mask_mov_epi8(exit_line, any, _mm512_set1_epi8((char)(8 * b)));
+                    }
+                    __m512i lowest = _mm512_and_si512(exit_byte, _mm512_sub_epi8(zero, exit_byte));
+                    __m512i bit = _mm512_or_si512(
+                        _mm512_shuffle_epi8(low_bit, _mm512_and_si512(lowest, nibble)),
+                        _mm512_shuffle_epi8(high_bit, _mm512_and_si512(_mm512_srli_epi16(lowest, 4), nibble)));
+                    _mm512_store_si512(leaf, _mm512_add_epi8(exit_line, bit));
+                    for (int i = 0; i < RS_LANES; i += 8) {
+                        __m256i index = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(leaf + i)));
+                        _mm512_store_pd(total + i, _mm512_add_pd(_mm512_load_pd(total + i),
+                                                                 _mm512_i32gather_pd(index, values, 8)));
+                    }
+                } else {
+                    for (int i = 0; i < RS_LANES; i++) {
+                        int32_t b = 0;
+                        while (tree[(Py_ssize_t)b * RS_LANES + i] == 0) b++; /* the exit leaf's bit is never cleared */
+                        total[i] += values[8 * b + __builtin_ctz(tree[(Py_ssize_t)b * RS_LANES + i])];
+                    }
+                }
+            }
+        }
+        for (Py_ssize_t i = 0; i < rows; i++) proba[r + i] = total[i] / (double)T;
+    }
+}
+
+/* The fastest route this CPU runs: 64, 16, 8, or 0 (walk). */
 static int cpu_lanes(void) {
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") ? 16 : __builtin_cpu_supports("avx2") ? 8 : 0;
+    if (__builtin_cpu_supports("avx512f")) return __builtin_cpu_supports("avx512bw") ? 64 : 16;
+    return __builtin_cpu_supports("avx2") ? 8 : 0;
 }
 #endif
 
@@ -390,7 +641,20 @@ static PyObject *Walker_predict_rows(Walker *w, PyObject *args) {
     const float *x = X.buf;
     double *proba = out.buf;
 #ifdef HAVE_AVX512_KERNEL
-    if (w->qs_lanes && n_rows >= w->qs_lanes) {
+    if (w->qs_lanes == RS_LANES && n_rows >= RS_MIN_ROWS) {
+        void *scratch = PyMem_RawMalloc(rs_scratch_bytes(w));
+        if (!scratch) {
+            PyErr_NoMemory();
+            goto done;
+        }
+        Py_BEGIN_ALLOW_THREADS
+        rs_rows_avx512bw(w, x, n_rows, proba, scratch);
+        Py_END_ALLOW_THREADS
+        PyMem_RawFree(scratch);
+        result = Py_NewRef(Py_None);
+        goto done;
+    }
+    if (w->qs_lanes && w->qs_lanes != RS_LANES && n_rows >= w->qs_lanes) {
         void *memory = PyMem_RawMalloc(w->qs_words * 2 * w->qs_lanes * sizeof(uint64_t) + 64);
         if (!memory) {
             PyErr_NoMemory();
@@ -476,7 +740,7 @@ static int Walker_init(Walker *w, PyObject *args, PyObject *kwargs) {
     static char *kwlist[] = {"nodes", "value", "roots", "n_features", "lanes", NULL};
     PyObject *nodes, *value, *roots;
     Py_ssize_t n_features;
-    int lanes = -1; /* -1: the fastest this CPU runs; 16, 8: that route if the CPU runs it; 0: walk */
+    int lanes = -1; /* -1: the fastest this CPU runs; 64, 16, 8: that route if the CPU runs it; 0: walk */
     if (w->buffers_held) {
         PyErr_SetString(PyExc_RuntimeError, "Walker is already initialised");
         return -1;
@@ -517,13 +781,13 @@ static int Walker_init(Walker *w, PyObject *args, PyObject *kwargs) {
         supported = cpu_lanes();
 #endif
         if (lanes == -1) lanes = supported;
-        if (lanes != 0 && ((lanes != 16 && lanes != 8) || lanes > supported)) {
+        if (lanes != 0 && ((lanes != 64 && lanes != 16 && lanes != 8) || lanes > supported)) {
             PyErr_Format(PyExc_ValueError, "lanes=%d: this CPU runs 0%s", lanes,
-                         supported == 16 ? ", 8 or 16" : supported == 8 ? " or 8" : "");
+                         supported == 64 ? ", 8, 16 or 64" : supported == 16 ? ", 8 or 16" : supported == 8 ? " or 8" : "");
             return -1;
         }
 #ifdef HAVE_AVX512_KERNEL
-        if (lanes && qs_build(w) < 0) return -1;
+        if (lanes == RS_LANES ? rs_build(w) < 0 : lanes && qs_build(w) < 0) return -1;
 #endif
         w->qs_lanes = lanes;
         return 0;
@@ -537,6 +801,9 @@ fail_nodes: PyBuffer_Release(&w->nodes);
 
 static void Walker_dealloc(Walker *w) {
     qs_free(w);
+#ifdef HAVE_AVX512_KERNEL
+    rs_free(w);
+#endif
     if (w->buffers_held) {
         PyBuffer_Release(&w->nodes);
         PyBuffer_Release(&w->value);
@@ -549,12 +816,14 @@ static PyObject *Walker_get_n_trees(Walker *w, void *closure) { return PyLong_Fr
 static PyObject *Walker_get_n_nodes(Walker *w, void *closure) { return PyLong_FromSsize_t(w->n_nodes); }
 static PyObject *Walker_get_left_is_next(Walker *w, void *closure) { return PyBool_FromLong(w->left_is_next); }
 static PyObject *Walker_get_lanes(Walker *w, void *closure) { return PyLong_FromLong(w->qs_lanes); }
+static PyObject *Walker_get_groups(Walker *w, void *closure) { return PyLong_FromSsize_t(w->rs_groups); }
 
 static PyGetSetDef Walker_getset[] = {
     {"n_trees", (getter)Walker_get_n_trees, NULL, "number of trees", NULL},
     {"n_nodes", (getter)Walker_get_n_nodes, NULL, "number of nodes in all trees", NULL},
     {"left_is_next", (getter)Walker_get_left_is_next, NULL, "whether every left child follows its parent", NULL},
-    {"lanes", (getter)Walker_get_lanes, NULL, "rows a QuickScorer block (16: AVX-512, 8: AVX2), 0 when batches are walked", NULL},
+    {"lanes", (getter)Walker_get_lanes, NULL, "rows a block (64: AVX-512BW bytes, 16: AVX-512, 8: AVX2), 0 when batches are walked", NULL},
+    {"groups", (getter)Walker_get_groups, NULL, "groups of trees the 64-row kernel scores in turn (0 on other routes)", NULL},
     {NULL}
 };
 

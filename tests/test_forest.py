@@ -44,10 +44,11 @@ def test_bit_identical_to_predict_proba(make_estimator, training_data):
     # (max_leaf_nodes) does not: the walker has a loop for each layout, and both are checked here.
     depth_first = getattr(estimator, "max_leaf_nodes", None) is None
     assert scorer._walker.left_is_next is depth_first
-    # Batches take QuickScorer's route with AVX-512 or AVX2 where the CPU has them, else the walk:
-    # every route this CPU runs is checked, on a row count that leaves a remainder of a block.
+    # Batches take QuickScorer's route (bytes with AVX-512BW, words with AVX-512 or AVX2) where the
+    # CPU has it, else the walk: every route this CPU runs is checked, on a row count that leaves a
+    # remainder of a block.
     assert scorer._walker.lanes == cpu_lanes()
-    routes = [with_lanes(scorer, lanes) for lanes in (16, 8, 0) if lanes <= cpu_lanes()]
+    routes = [with_lanes(scorer, lanes) for lanes in ROUTES if lanes <= cpu_lanes()]
     rng = np.random.default_rng(0)
     X_test, _ = synthetic.generate(N_ROWS + 7, seed=99)
     on_thresholds = rows_on_thresholds(arrays, X, rng, N_ROWS)
@@ -66,10 +67,17 @@ def test_bit_identical_to_predict_proba(make_estimator, training_data):
     assert not np.array_equal(naive, estimator.predict_proba(on_thresholds[:2000])[:, 1])
 
 
+ROUTES = (64, 16, 8, 0)
+
+
 def cpu_lanes() -> int:
-    """Rows a QuickScorer block on this CPU: 16 with AVX-512, 8 with AVX2, 0 (walk) without."""
-    flags = [line.split() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")]
-    return 16 if flags and "avx512f" in flags[0] else 8 if flags and "avx2" in flags[0] else 0
+    """Rows a QuickScorer block on this CPU: 64 with AVX-512BW, 16 with AVX-512, 8 with AVX2, 0
+    (walk) without."""
+    lines = Path("/proc/cpuinfo").read_text().splitlines()
+    flags = next((line.split() for line in lines if line.startswith("flags")), [])
+    if "avx512f" in flags:
+        return 64 if "avx512bw" in flags else 16
+    return 8 if "avx2" in flags else 0
 
 
 def with_lanes(scorer: forest.Forest, lanes: int) -> Walker:
@@ -96,17 +104,30 @@ def test_every_batch_route_agrees_on_every_row_count_and_on_nan(training_data):
     X, y = training_data
     scorer = forest.Forest(forest.flatten(RandomForestClassifier(n_estimators=25, random_state=7).fit(X, y)))
     walked = with_lanes(scorer, 0)
-    routes = [with_lanes(scorer, lanes) for lanes in (16, 8) if lanes <= cpu_lanes()]
+    routes = [with_lanes(scorer, lanes) for lanes in ROUTES[:-1] if lanes <= cpu_lanes()]
     rows, _ = synthetic.generate(3000, seed=12)
     rng = np.random.default_rng(1)
     with_nan = rows.copy()
     with_nan[rng.integers(0, len(rows), 600), rng.integers(0, rows.shape[1], 600)] = np.nan
     for batch in (rows, with_nan):
-        for n in (0, 1, 7, 8, 9, 15, 16, 17, 31, 32, 33, 51, 63, 64, 65, 1000, 3000):
+        for n in (0, 1, 7, 8, 9, 11, 12, 13, 15, 16, 17, 31, 32, 33, 51, 63, 64, 65, 127, 129, 1000, 3000):
             expected = predict_rows(walked, batch[:n])
             assert np.array_equal(expected, [scorer.predict_row(r) for r in batch[:n].tolist()])
             for route in routes:
                 assert np.array_equal(predict_rows(route, batch[:n]), expected), (route.lanes, n)
+
+
+@pytest.mark.skipif(cpu_lanes() < 64, reason="the 64-row byte kernel needs AVX-512BW")
+def test_the_byte_kernel_on_trees_in_several_groups_and_of_many_leaves(training_data):
+    """The 64-row kernel scores the trees in groups whose state fits the cache, and finds the exit
+    leaf of a tree of more than 256 leaves (more than a byte can number) without vectors."""
+    X, y = training_data
+    estimator = ExtraTreesClassifier(n_estimators=60, random_state=8).fit(X, y)
+    scorer = forest.Forest(forest.flatten(estimator))
+    assert scorer._walker.groups > 1
+    assert max(tree.tree_.n_leaves for tree in estimator.estimators_) > 256
+    rows, _ = synthetic.generate(5000, seed=13)
+    assert np.array_equal(scorer.predict_rows(rows), estimator.predict_proba(rows)[:, 1])
 
 
 def test_a_route_the_cpu_cannot_run_is_refused(training_data):
