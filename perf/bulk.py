@@ -14,6 +14,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 import numpy as np
@@ -30,15 +31,15 @@ from service.tables import Engine
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED = 2027
+ROUNDS = 3  # sklearn, Parquet and CSV in turn: a ratio from interleaved runs, with its spread
 
 
-def input_files(rows: int, directory: Path) -> tuple[Path, Path, np.ndarray]:
-    """(Parquet, CSV, X): the same rows, an id column first; written once per row count."""
+def input_files(rows: int, directory: Path) -> tuple[Path, Path]:
+    """(Parquet, CSV): the same rows, an id column first; written once per row count."""
     directory.mkdir(parents=True, exist_ok=True)
     parquet, csv = directory / f"bulk-{rows}.parquet", directory / f"bulk-{rows}.csv"
     if parquet.exists() and csv.exists():
-        table = pq.read_table(parquet, columns=list(FEATURES))
-        return parquet, csv, np.column_stack([table[name].to_numpy() for name in FEATURES])
+        return parquet, csv
     X, y = synthetic.generate(rows, seed=SEED)
     columns = {"txn_id": pa.array(np.arange(rows))}
     columns.update({name: pa.array(X[:, j]) for j, name in enumerate(FEATURES)})
@@ -48,61 +49,85 @@ def input_files(rows: int, directory: Path) -> tuple[Path, Path, np.ndarray]:
         tmp = path.with_name(f".{path.name}.partial")
         write(table, tmp)
         os.replace(tmp, path)
-    return parquet, csv, X
+    return parquet, csv
 
 
-def measure(model_path: Path, rows: int, directory: Path) -> dict[str, Any]:
-    parquet, csv, X = input_files(rows, directory)
-    estimator = micro.load_estimator(model_path).set_params(n_jobs=-1)
+def features(parquet: Path) -> np.ndarray:
+    table = pq.read_table(parquet, columns=list(FEATURES))
+    return np.column_stack([table[name].to_numpy() for name in FEATURES])
+
+
+def sklearn_seconds(estimator: Any, parquet: Path) -> tuple[float, np.ndarray]:
+    """predict_proba(n_jobs=-1) on the file's rows, already in memory: (seconds, P(class 1))."""
+    X = features(parquet)
     column = list(estimator.classes_).index(1)
     started = time.perf_counter()
-    expected = estimator.predict_proba(X)[:, column].copy()
-    sklearn_seconds = time.perf_counter() - started
-    # The rows in memory are sklearn's input only. Kept, they would be this process's memory when
-    # it forks the scoring processes, which `make score` never holds: page tables to copy at each
-    # fork and tear down at each exit, about 0.2 s of a run for 240 MB.
-    del estimator, X
+    probability = estimator.predict_proba(X)[:, column].copy()
+    return time.perf_counter() - started, probability
 
+
+def measure(model_path: Path, rows: int, directory: Path, rounds: int = ROUNDS) -> dict[str, Any]:
+    """Rounds of sklearn, then the Parquet file, then the CSV file scored end to end: each path's
+    ratio to sklearn is the median of its rounds' ratios, with their range."""
+    parquet, csv = input_files(rows, directory)
+    estimator = micro.load_estimator(model_path).set_params(n_jobs=-1)
     engine = Engine.load(from_mapping({"MODEL_PATH": str(model_path)}, require_api_key=False))
     workers = bulk.Workers(engine, os.cpu_count() or 1)
+    paths = {
+        "parquet_to_parquet": (parquet, directory / "bulk-out.parquet"),
+        "csv_to_parquet": (csv, directory / "bulk-out-from-csv.parquet"),
+    }
+    sklearn: list[float] = []
+    runs: dict[str, list[float]] = {name: [] for name in paths}
+    identical = dict.fromkeys(paths, True)
+    try:
+        for _ in range(rounds):
+            # The rows in memory are sklearn's input only, and are gone before the scoring processes
+            # are forked: `make score` never holds such an array, whose page tables would be copied
+            # at each fork and torn down at each exit (about 0.2 s of a run for 240 MB).
+            seconds, expected = sklearn_seconds(estimator, parquet)
+            sklearn.append(seconds)
+            for name, (source, target) in paths.items():
+                runs[name].append(bulk.run(engine, workers, source, target).seconds)
+                scored = pq.read_table(target, columns=["probability"])["probability"].to_numpy()
+                identical[name] &= bool(np.array_equal(scored, expected))
+                target.unlink()
+                Path(f"{target}.rejects.csv").unlink(missing_ok=True)
+        private_kib = max(m["Private_Dirty"] + m["Anonymous"] for m in workers.mappings())
+    finally:
+        workers.close()
     results: dict[str, Any] = {
         "rows": rows,
         "workers": workers.count,
-        "sklearn_n_jobs_-1": {"seconds": sklearn_seconds, "rows_per_s": rows / sklearn_seconds},
+        "rounds": rounds,
+        "sklearn_n_jobs_-1": {"seconds": median(sklearn), "rows_per_s": rows / median(sklearn)},
     }
-    try:
-        for name, source, target in (
-            ("parquet_to_parquet", parquet, directory / "bulk-out.parquet"),
-            ("csv_to_parquet", csv, directory / "bulk-out-from-csv.parquet"),
-        ):
-            summary = bulk.run(engine, workers, source, target)
-            scored = pq.read_table(target, columns=["probability"])["probability"].to_numpy()
-            results[name] = {
-                "seconds": summary.seconds,
-                "rows_per_s": summary.rows_per_second,
-                "vs_sklearn": summary.rows_per_second / (rows / sklearn_seconds),
-                "bit_identical": bool(np.array_equal(scored, expected)),
-                "input_bytes": source.stat().st_size,
-            }
-            target.unlink()
-            Path(f"{target}.rejects.csv").unlink(missing_ok=True)
-        results["worker_artifact_private_kib"] = max(m["Private_Dirty"] + m["Anonymous"] for m in workers.mappings())
-    finally:
-        workers.close()
+    for name, (source, _) in paths.items():
+        ratios = [sk / own for sk, own in zip(sklearn, runs[name], strict=True)]
+        results[name] = {
+            "seconds": median(runs[name]),
+            "rows_per_s": rows / median(runs[name]),
+            "vs_sklearn": median(ratios),
+            "vs_sklearn_range": [min(ratios), max(ratios)],
+            "bit_identical": identical[name],
+            "input_bytes": source.stat().st_size,
+        }
+    results["worker_artifact_private_kib"] = private_kib
     return results
 
 
 def table(results: dict[str, Any]) -> str:
     sk = results["sklearn_n_jobs_-1"]
     lines = [
-        f"bulk scoring, {results['rows']:,} rows, {results['workers']} worker processes "
-        f"(sklearn predict_proba n_jobs=-1 on the rows in memory: {sk['rows_per_s']:,.0f} rows/s)"
+        f"bulk scoring, {results['rows']:,} rows, {results['workers']} worker processes, medians of "
+        f"{results['rounds']} rounds (sklearn predict_proba n_jobs=-1 on the rows in memory: {sk['rows_per_s']:,.0f} rows/s)"
     ]
     for name in ("parquet_to_parquet", "csv_to_parquet"):
         r = results[name]
+        low, high = r["vs_sklearn_range"]
         lines.append(
-            f"  {name.replace('_', ' '):<20}{r['rows_per_s']:>12,.0f} rows/s  {r['seconds']:6.1f} s  "
-            f"{r['vs_sklearn']:5.2f}× sklearn  bit-identical {r['bit_identical']}"
+            f"  {name.replace('_', ' '):<20}{r['rows_per_s']:>12,.0f} rows/s  {r['seconds']:6.2f} s  "
+            f"{r['vs_sklearn']:5.2f}× sklearn ({low:.2f}–{high:.2f})  bit-identical {r['bit_identical']}"
         )
     return "\n".join(lines)
 
@@ -111,9 +136,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_argument(parser)
     parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--rounds", type=int, default=ROUNDS)
     parser.add_argument("--results-dir", type=Path, default=ROOT / "perf" / "results")
     args = parser.parse_args(argv)
-    results = measure(args.model.resolve(), args.rows, args.results_dir)
+    results = measure(args.model.resolve(), args.rows, args.results_dir, args.rounds)
     print(table(results))
     print(json.dumps(results, indent=2), file=sys.stderr)
     return 0

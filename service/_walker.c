@@ -505,10 +505,10 @@ done:
     return result;
 }
 
-/* The scratch memory of rs_rows: the state, the block's rows by feature, its totals and exit
- * leaves, and a zero-padded copy of the last, partial block. */
+/* The scratch memory of rs_rows: the state, the block's rows by feature, its totals, and a
+ * zero-padded copy of the last, partial block. */
 static Py_ssize_t rs_scratch_bytes(const Walker *w) {
-    return (w->rs_max_lines + w->n_features * 4 + 8 + 1 + w->n_features * 4) * RS_LANES + 64;
+    return (w->rs_max_lines + w->n_features * 4 + 8 + w->n_features * 4) * RS_LANES + 64;
 }
 
 /* The block's rows going right at a node: !(x <= threshold), NaN included; a bit a row. */
@@ -539,8 +539,7 @@ static void rs_rows_avx512bw(const Walker *w, const float *x, Py_ssize_t n_rows,
     uint8_t *state = (uint8_t *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);
     float *by_feature = (float *)(state + w->rs_max_lines * RS_LANES);
     double *total = (double *)(by_feature + nf * RS_LANES);
-    uint8_t *leaf = (uint8_t *)(total + RS_LANES);
-    float *padded = (float *)(leaf + RS_LANES);
+    float *padded = (float *)(total + RS_LANES);
     const __m512i row_start = _mm512_mullo_epi32(
         _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_epi32((int)nf));
     const __m512i ones = _mm512_set1_epi8(-1), zero = _mm512_setzero_si512(), nibble = _mm512_set1_epi8(0x0F);
@@ -599,11 +598,13 @@ static void rs_rows_avx512bw(const Walker *w, const float *x, Py_ssize_t n_rows,
                     __m512i bit = _mm512_or_si512(
                         _mm512_shuffle_epi8(low_bit, _mm512_and_si512(lowest, nibble)),
                         _mm512_shuffle_epi8(high_bit, _mm512_and_si512(_mm512_srli_epi16(lowest, 4), nibble)));
-                    _mm512_store_si512(leaf, _mm512_add_epi8(exit_line, bit));
-                    for (int i = 0; i < RS_LANES; i += 8) {
-                        __m256i index = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(leaf + i)));
+                    __m512i exit_leaf = _mm512_add_epi8(exit_line, bit);
+                    for (int i = 0; i < RS_LANES; i += 16) { /* 16 rows' leaves as int32, gathered 8 at a time */
+                        __m512i index = _mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(exit_leaf, i / 16));
                         _mm512_store_pd(total + i, _mm512_add_pd(_mm512_load_pd(total + i),
-                                                                 _mm512_i32gather_pd(index, values, 8)));
+                                                                 _mm512_i32gather_pd(_mm512_castsi512_si256(index), values, 8)));
+                        _mm512_store_pd(total + i + 8, _mm512_add_pd(_mm512_load_pd(total + i + 8),
+                                                                     _mm512_i32gather_pd(_mm512_extracti64x4_epi64(index, 1), values, 8)));
                     }
                 } else {
                     for (int i = 0; i < RS_LANES; i++) {
