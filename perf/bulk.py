@@ -2,7 +2,7 @@
 (read, score on every core, write) by `service.bulk`, next to sklearn's predict_proba(n_jobs=-1)
 on the same rows, already in memory, in the same run.
 
-    python -m perf.bulk [--rows 1000000]      # this part alone
+    python -m perf.bulk [--rows 1000000] [--rounds 3] [--json FILE]      # this part alone
 
 The input files are generated once with model/synthetic.py and kept under perf/results/."""
 
@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from statistics import median
@@ -116,6 +118,18 @@ def measure(model_path: Path, rows: int, directory: Path, rounds: int = ROUNDS) 
     return results
 
 
+def measure_apart(model_path: Path, rows: int, directory: Path) -> dict[str, Any]:
+    """measure() in a process of its own, as `make score` runs: forked scoring processes copy the
+    page tables of all the memory of the process that forks them, and make perf's own (its load
+    tests' bodies and figures, about 250 MB) is not a scoring job's."""
+    with tempfile.TemporaryDirectory(prefix="fraud-perf-bulk-") as tmp:
+        out = Path(tmp) / "bulk.json"
+        command = [sys.executable, "-m", "perf.bulk", "--model", str(model_path), "--rows", str(rows)]
+        run = [*command, "--results-dir", str(directory), "--json", str(out)]
+        subprocess.run(run, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)  # make perf prints the table
+        return json.loads(out.read_text())
+
+
 def table(results: dict[str, Any]) -> str:
     sk = results["sklearn_n_jobs_-1"]
     lines = [
@@ -137,11 +151,13 @@ def main(argv: list[str] | None = None) -> int:
     add_model_argument(parser)
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--rounds", type=int, default=ROUNDS)
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
     parser.add_argument("--results-dir", type=Path, default=ROOT / "perf" / "results")
     args = parser.parse_args(argv)
     results = measure(args.model.resolve(), args.rows, args.results_dir, args.rounds)
     print(table(results))
-    print(json.dumps(results, indent=2), file=sys.stderr)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
     return 0
 
 
