@@ -245,6 +245,23 @@ def test_csv_line_endings_blank_lines_and_a_last_line_without_newline(engine, wo
     assert np.array_equal(result["probability"].to_numpy(), small_model[1].predict_proba(good)[:, 1])
 
 
+def test_a_csv_line_spanning_a_whole_arrow_block_is_read_whole(engine, workers, rows, small_model, tmp_path):
+    """Arrow parses a CSV piece in blocks of Source.CSV_BLOCK_BYTES, and refuses a line longer
+    than two (one that spans a block): that piece is read in one block, its rows and text as they were."""
+    good = rows[:300]
+    data = table(good).append_column(
+        "note", pa.array(["x" * (2 * bulk.Source.CSV_BLOCK_BYTES + 10) if i == 7 else "" for i in range(300)])
+    )
+    source = tmp_path / "in.csv"
+    pacsv.write_csv(data, source)
+    summary = bulk.run(engine, workers, source, tmp_path / "out.parquet", chunk_rows=100)
+    assert (summary.rows, summary.rejected) == (300, 0)
+    result = pq.read_table(tmp_path / "out.parquet")
+    assert result["txn_id"].to_pylist() == [f"t{i}" for i in range(300)]
+    assert [len(note or "") for note in result["note"].to_pylist()] == [len(note) for note in data["note"].to_pylist()]
+    assert np.array_equal(result["probability"].to_numpy(), small_model[1].predict_proba(good)[:, 1])
+
+
 def test_a_malformed_csv_line_in_a_workers_piece_stops_with_one_line(small_model, rows, tmp_path):
     source = tmp_path / "in.csv"
     pacsv.write_csv(table(rows[:3000]), source)
