@@ -447,3 +447,13 @@ def test_batch_rows_count_only_the_requests_that_scored():
 
     assert batch._scored_rps({"rps": 1500.0, "requests": 3000, "failed": 1000}) == 1000.0
     assert batch._scored_rps({"rps": 0.0, "requests": 0, "failed": 0}) == 0.0
+
+
+def test_walker_routes_checks_every_route_against_predict_proba_and_prints_each(small_model, capsys):
+    from perf import walker_routes
+
+    assert walker_routes.main(["--model", str(small_model[0]), "--rows", "300", "--rounds", "1"]) == 0
+    printed = capsys.readouterr().out
+    for lanes in walker_routes.routes(small_model[0]):
+        assert f"lanes {lanes} " in printed
+    assert "lanes 0 " in printed and "predict_proba(n_jobs=1)" in printed
