@@ -255,13 +255,34 @@ def _reason(e: BaseException) -> str:
 # --- output ----------------------------------------------------------------------------------
 
 
-class Sink:
-    """Parquet or CSV by the output's extension; written beside it and renamed into place at the
-    end, so a failed run leaves no half-written file under the output's name."""
+class Partial:
+    """A file written beside its path and renamed into place by commit(), so that a failed run
+    leaves no half-written file under the path, and an earlier run's file as it was."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._tmp = path.with_name(f".{path.name}.partial")
+
+    def _close(self) -> None:
+        raise NotImplementedError
+
+    def commit(self) -> None:
+        self._close()
+        os.replace(self._tmp, self.path)
+
+    def abort(self) -> None:
+        try:
+            self._close()
+        finally:
+            self._tmp.unlink(missing_ok=True)
+
+
+class Sink(Partial):
+    """Parquet or CSV by the output's extension."""
 
     def __init__(self, path: Path, schema: pa.Schema) -> None:
-        self.path, self.schema = path, schema
-        self._tmp = path.with_name(f".{path.name}.partial")
+        super().__init__(path)
+        self.schema = schema
         try:
             if path.suffix.lower() in PARQUET:
                 # Dictionaries for text columns only: trying one on a column of distinct numbers
@@ -276,24 +297,18 @@ class Sink:
     def write(self, batch: pa.RecordBatch) -> None:
         self._writer.write_batch(batch)
 
-    def commit(self) -> None:
+    def _close(self) -> None:
         self._writer.close()
-        os.replace(self._tmp, self.path)
-
-    def abort(self) -> None:
-        try:
-            self._writer.close()
-        finally:
-            self._tmp.unlink(missing_ok=True)
 
 
-class Rejects:
-    """row (1-based, the header not counted), reason: one line a refused row."""
+class Rejects(Partial):
+    """row (1-based, the header not counted), reason: one line a refused row; renamed into place
+    with the output, so that a failed run keeps an earlier run's output and rejects together."""
 
     def __init__(self, path: Path) -> None:
-        self.path = path
+        super().__init__(path)
         try:
-            self._file = open(path, "w", newline="")
+            self._file = open(self._tmp, "w", newline="")
         except OSError as e:
             raise BulkError(f"cannot write {path}: {e.strerror}") from None
         self._csv = csv.writer(self._file)
@@ -302,7 +317,7 @@ class Rejects:
     def write(self, first_row: int, reasons: dict[int, str]) -> None:
         self._csv.writerows([first_row + i, reason] for i, reason in sorted(reasons.items()))
 
-    def close(self) -> None:
+    def _close(self) -> None:
         self._file.close()
 
 
@@ -725,8 +740,7 @@ def run(
     try:
         sink = Sink(output_path, schema)
     except BaseException:
-        rejects.close()
-        rejects.path.unlink(missing_ok=True)
+        rejects.abort()
         raise
     bar = Progress(source, progress)
     try:
@@ -747,15 +761,18 @@ def run(
         bar.update(summary.rows, final=True)
     except BaseException as e:
         sink.abort()
-        rejects.close()
-        rejects.path.unlink(missing_ok=True)  # partial, like the output: neither is left behind
+        rejects.abort()
         if isinstance(e, TableError):
             raise BulkError(f"{input_path}: {e}") from None
         if isinstance(e, BulkError):  # pieces come in file order: first_row starts the one that failed
             raise BulkError(rows_in_file(str(e), first_row - 1)) from None
         raise
-    rejects.close()
-    sink.commit()
+    try:
+        sink.commit()
+    except BaseException:
+        rejects.abort()
+        raise
+    rejects.commit()
     summary.seconds = time.monotonic() - started
     return summary
 

@@ -185,6 +185,23 @@ def test_a_bad_file_stops_at_once_with_one_line(small_model, tmp_path, content, 
     assert not (tmp_path / "out.parquet").exists()
 
 
+def test_a_failed_run_keeps_an_earlier_runs_output_and_rejects_both(engine, workers, rows, tmp_path):
+    source, out = tmp_path / "in.csv", tmp_path / "out.parquet"
+    pacsv.write_csv(table(rows[:200], order=list(FEATURES)), source)
+    lines = source.read_text().splitlines()
+    lines[9] = lines[9].replace(",", ",abc", 1)  # a row refused: its second column is not a number
+    source.write_text("\n".join(lines) + "\n")
+    assert bulk.run(engine, workers, source, out, chunk_rows=50).rejected == 1
+    rejects = tmp_path / "out.parquet.rejects.csv"
+    before = out.read_bytes(), rejects.read_bytes()
+    lines[150] = "t149,1,2"  # now a malformed line: the next run stops
+    source.write_text("\n".join(lines) + "\n")
+    with pytest.raises(bulk.BulkError, match="columns"):
+        bulk.run(engine, workers, source, out, chunk_rows=50)
+    assert (out.read_bytes(), rejects.read_bytes()) == before
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["in.csv", "out.parquet", "out.parquet.rejects.csv"]
+
+
 def test_an_unverified_model_stops_with_one_line(small_model, tmp_path):
     done = run_cli("in.csv", str(tmp_path / "out.parquet"), env_extra={"MODEL_PATH": str(tmp_path / "none.joblib")})
     assert done.returncode != 0 and done.stderr.startswith("model error: ") and "Traceback" not in done.stderr
