@@ -781,14 +781,21 @@ static int Walker_init(Walker *w, PyObject *args, PyObject *kwargs) {
 #ifdef HAVE_AVX512_KERNEL
         supported = cpu_lanes();
 #endif
-        if (lanes == -1) lanes = supported;
+        const int chosen = lanes != -1;
+        if (!chosen) lanes = supported;
         if (lanes != 0 && ((lanes != 64 && lanes != 16 && lanes != 8) || lanes > supported)) {
             PyErr_Format(PyExc_ValueError, "lanes=%d: this CPU runs 0%s", lanes,
                          supported == 64 ? ", 8, 16 or 64" : supported == 16 ? ", 8 or 16" : supported == 8 ? " or 8" : "");
             return -1;
         }
 #ifdef HAVE_AVX512_KERNEL
-        if (lanes == RS_LANES ? rs_build(w) < 0 : lanes && qs_build(w) < 0) return -1;
+        if (lanes && (lanes == RS_LANES ? rs_build(w) : qs_build(w)) < 0) {
+            /* A tree with more leaves than the tables number: its batches are walked, unless the
+             * caller asked for this route. */
+            if (chosen || !PyErr_ExceptionMatches(PyExc_ValueError)) return -1;
+            PyErr_Clear();
+            lanes = 0;
+        }
 #endif
         w->qs_lanes = lanes;
         return 0;

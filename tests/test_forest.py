@@ -130,6 +130,31 @@ def test_the_byte_kernel_on_trees_in_several_groups_and_of_many_leaves(training_
     assert np.array_equal(scorer.predict_rows(rows), estimator.predict_proba(rows)[:, 1])
 
 
+def test_a_tree_too_large_for_the_tables_is_walked(training_data):
+    """A fully grown tree on millions of rows can have more leaves than QuickScorer's tables number
+    (16,320 a tree with words, 65,280 with bytes): such a model still loads, its batches walked,
+    unless a route is asked for by name."""
+    leaves = 70_000
+    nodes = np.zeros(2 * leaves - 1, dtype=forest.NODE)
+    inner = np.arange(leaves - 1) * 2  # a comb: each inner node's left child is a leaf
+    nodes["feature"] = -1
+    nodes["feature"][inner] = 0
+    nodes["threshold"][inner] = inner.astype(np.float32)
+    nodes["left"], nodes["right"] = -1, -1
+    nodes["left"][inner], nodes["right"][inner] = inner + 1, inner + 2
+    value = np.random.default_rng(0).random(len(nodes))
+    arrays = {"nodes": nodes, "value": value, "roots": np.zeros(1, dtype=np.int32), "n_features": 1}
+    walker = Walker(**arrays)
+    assert walker.lanes == 0
+    for lanes in ROUTES[:-1]:
+        if lanes <= cpu_lanes():
+            with pytest.raises(ValueError, match="leaves"):
+                Walker(**arrays, lanes=lanes)
+    rows = np.random.default_rng(1).uniform(-5, 2 * leaves, size=(300, 1))
+    assert np.array_equal(predict_rows(walker, rows), [walker.predict_row(row) for row in rows.tolist()])
+    assert predict_rows(walker, np.array([[2.0 * leaves]]))[0] == value[-1]  # right at every node
+
+
 def test_a_route_the_cpu_cannot_run_is_refused(training_data):
     X, y = training_data
     scorer = forest.Forest(forest.flatten(DecisionTreeClassifier(max_depth=3, random_state=1).fit(X, y)))
