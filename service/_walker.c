@@ -9,8 +9,10 @@
  *
  * A node is 16 bytes, everything one step of the walk reads: one cache line access a level.
  *
- * Batches of 16 rows or more (8 with AVX2) take another route when the CPU has AVX-512 or AVX2
- * (checked at run time; the walk above stays the fallback): QuickScorer (Lucchese et al., SIGIR 2015), which visits no tree.
+ * Batches of 12 rows or more (16 with AVX-512 without BW, 8 with AVX2) take another route when
+ * the CPU has AVX-512 or AVX2 (checked at run time; the walk stays the fallback): QuickScorer
+ * (Lucchese et al., SIGIR 2015), which visits no tree; with AVX-512BW in the byte layout further
+ * down.
  * A row goes right at a node exactly when !(x <= threshold) (the walk's float32 comparison, NaN
  * going right). Number each tree's leaves left to right; going right at a node rules out the
  * leaves of its left subtree, and the leaf the walk reaches is the leftmost leaf no node on any
@@ -505,7 +507,7 @@ done:
     return result;
 }
 
-/* The scratch memory of rs_rows: the state, the block's rows by feature, its totals, and a
+/* The scratch memory of rs_rows_avx512bw: the state, the block's rows by feature, its totals, and a
  * zero-padded copy of the last, partial block. */
 static Py_ssize_t rs_scratch_bytes(const Walker *w) {
     return (w->rs_max_lines + w->n_features * 4 + 8 + w->n_features * 4) * RS_LANES + 64;
