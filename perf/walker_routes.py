@@ -22,8 +22,8 @@ from service._walker import Walker
 
 from model import synthetic
 from perf import add_model_argument, existing_model, micro
+from service.forest import ROUTES
 
-ROUTES = (64, 16, 8, 0)
 CALLS = 15
 
 

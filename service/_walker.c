@@ -493,8 +493,7 @@ static int rs_build(Walker *w) {
         while (k < n_entries && sortable[k].list < list) k++;
         w->rs_entry_start[list] = k;
     }
-    for (Py_ssize_t t = 0; t < T; t++) {
-        number_leaves(nodes, roots[t], first, end, stack);
+    for (Py_ssize_t t = 0; t < T; t++) { /* first[] still holds every tree's leaf numbers */
         Py_ssize_t stop = t + 1 < T ? roots[t + 1] : n;
         for (Py_ssize_t i = roots[t]; i < stop; i++)
             if (nodes[i].feature < 0) w->rs_leaf_value[w->rs_tree_value[t] + first[i]] = value[i];

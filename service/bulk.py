@@ -147,15 +147,17 @@ class Source:
     def chunks(self, names: list[str]) -> Iterator[pa.RecordBatch]:
         """A Parquet file's named columns, chunk_rows rows at a time, in file order."""
         try:
-            parquet = pq.ParquetFile(self.path, pre_buffer=False, buffer_size=1 << 20)
-            yield from parquet.iter_batches(batch_size=self.chunk_rows, columns=names, use_threads=False)
+            yield from self._parquet().iter_batches(batch_size=self.chunk_rows, columns=names, use_threads=False)
         except (OSError, pa.ArrowException) as e:
             raise BulkError(f"cannot read {self.path}: {_reason(e)}") from None
 
-    def _parquet_pieces(self, k: int, n: int) -> Iterator[tuple[pa.RecordBatch, bool, int | None]]:
+    def _parquet(self) -> pq.ParquetFile:
         # This process's own file handle; pages are streamed through a small buffer rather than
         # whole column chunks read ahead, so memory stays bounded however large a row group is.
-        parquet = pq.ParquetFile(self.path, pre_buffer=False, buffer_size=1 << 20)
+        return pq.ParquetFile(self.path, pre_buffer=False, buffer_size=1 << 20)
+
+    def _parquet_pieces(self, k: int, n: int) -> Iterator[tuple[pa.RecordBatch, bool, int | None]]:
+        parquet = self._parquet()
         if self.row_groups >= n:
             for group in range(k, self.row_groups, n):
                 batches = parquet.iter_batches(batch_size=self.chunk_rows, row_groups=[group], use_threads=False)
@@ -385,9 +387,6 @@ class Job:
     def score(self, batch: pa.RecordBatch) -> Scored:
         """The batch scored, with its passed-through columns."""
         _, columns, reasons = self.engine.score_batch(batch, self.explain, self.with_features)
-        return self.scored(batch, columns, reasons)
-
-    def scored(self, batch: pa.RecordBatch, columns: list[pa.Array], reasons: dict[int, str]) -> Scored:
         return self.counted(batch.num_rows, [batch.column(name) for name in self.extras], columns, reasons)
 
     def counted(self, rows: int, extras: list[pa.Array], columns: list[pa.Array], reasons: dict[int, str]) -> Scored:
@@ -612,7 +611,7 @@ class Workers:
                 for name in (FEATURES if job.with_features else ())
             ]
             columns += self.engine.columns(probability, outside)
-            return job.counted(rows, [batch.column(name) for name in job.extras] if own else [], columns, reasons)
+            return job.counted(rows, [batch.column(name) for name in job.extras], columns, reasons)
 
         try:
             convert()

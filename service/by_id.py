@@ -82,15 +82,13 @@ class StoredRows:
         except StoreUnavailable as e:
             raise _unavailable(e) from None
         # A string: written since the lookup, which found none.
-        other = [(i, kind) for i, kind in zip(missing, kinds, strict=True) if kind not in ("none", "string")]
-        if len(other) == len(missing):
-            transaction_id, kind = other[0]
+        unknown = [i for i, kind in zip(missing, kinds, strict=True) if kind in ("none", "string")]
+        if not unknown:
             raise ApiError(
                 falcon.HTTP_422,
                 "invalid_record",
-                f"transaction {transaction_id!r}: the store holds a {kind} under its key, not a record",
+                f"transaction {missing[0]!r}: the store holds a {kinds[0]} under its key, not a record",
             )
-        unknown = [i for i, kind in zip(missing, kinds, strict=True) if kind in ("none", "string")]
         named = ", ".join(repr(i) for i in unknown[:MISSING_NAMED])
         more = f" and {len(unknown) - MISSING_NAMED} more" if len(unknown) > MISSING_NAMED else ""
         noun = "transaction" if len(unknown) == 1 else "transactions"

@@ -48,7 +48,7 @@ def test_bit_identical_to_predict_proba(make_estimator, training_data):
     # CPU has it, else the walk: every route this CPU runs is checked, on a row count that leaves a
     # remainder of a block.
     assert scorer._walker.lanes == cpu_lanes()
-    routes = [with_lanes(scorer, lanes) for lanes in ROUTES if lanes <= cpu_lanes()]
+    routes = [with_lanes(scorer, lanes) for lanes in forest.ROUTES if lanes <= cpu_lanes()]
     rng = np.random.default_rng(0)
     X_test, _ = synthetic.generate(N_ROWS + 7, seed=99)
     on_thresholds = rows_on_thresholds(arrays, X, rng, N_ROWS)
@@ -65,9 +65,6 @@ def test_bit_identical_to_predict_proba(make_estimator, training_data):
         for r in on_thresholds[:2000]
     ]
     assert not np.array_equal(naive, estimator.predict_proba(on_thresholds[:2000])[:, 1])
-
-
-ROUTES = (64, 16, 8, 0)
 
 
 def cpu_lanes() -> int:
@@ -104,7 +101,7 @@ def test_every_batch_route_agrees_on_every_row_count_and_on_nan(training_data):
     X, y = training_data
     scorer = forest.Forest(forest.flatten(RandomForestClassifier(n_estimators=25, random_state=7).fit(X, y)))
     walked = with_lanes(scorer, 0)
-    routes = [with_lanes(scorer, lanes) for lanes in ROUTES[:-1] if lanes <= cpu_lanes()]
+    routes = [with_lanes(scorer, lanes) for lanes in forest.ROUTES[:-1] if lanes <= cpu_lanes()]
     rows, _ = synthetic.generate(3000, seed=12)
     rng = np.random.default_rng(1)
     with_nan = rows.copy()
@@ -146,7 +143,7 @@ def test_a_tree_too_large_for_the_tables_is_walked(training_data):
     arrays = {"nodes": nodes, "value": value, "roots": np.zeros(1, dtype=np.int32), "n_features": 1}
     walker = Walker(**arrays)
     assert walker.lanes == 0
-    for lanes in ROUTES[:-1]:
+    for lanes in forest.ROUTES[:-1]:
         if lanes <= cpu_lanes():
             with pytest.raises(ValueError, match="leaves"):
                 Walker(**arrays, lanes=lanes)
