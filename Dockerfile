@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
 # The api container: gunicorn + the Falcon app. nginx runs in its own container (docker-compose.yml).
 # Every step runs the same command a developer runs natively: `make test`, `make venv`,
-# `make model`, `python -m service.serve`, `python -m service.healthcheck`.
+# `make model`, `python -m service.runtime.serve`, `python -m service.runtime.healthcheck`.
 #
 # The base image is pinned by digest, so a rebuild gets the same bytes until the pin is moved on
 # purpose. To update it (security fixes in Debian or Python), on a machine that can pull:
@@ -14,7 +14,7 @@ ARG PYTHON_IMAGE=python:3.11-slim-bookworm@sha256:a36c24f9cbdf4fd0f52d67f0823eea
 
 FROM ${PYTHON_IMAGE} AS base
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONUNBUFFERED=1 DEBIAN_FRONTEND=noninteractive
-# A C compiler for service/_walker.c, _bins.c and _budget.c, make for the one install script. Only
+# A C compiler for service/engine/_walker.c, _bins.c and _budget.c, make for the one install script. Only
 # the build and test stages have them: the production stage starts again from the bare Python image.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends gcc libc6-dev make \
@@ -64,5 +64,5 @@ ENV PATH=/app/.venv/bin:$PATH \
     GUNICORN_BIND=unix:/run/fraud-scoring/gunicorn.sock \
     PROMETHEUS_MULTIPROC_DIR=/tmp/metrics
 USER 10001:10001
-HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 CMD ["python", "-m", "service.healthcheck"]
-CMD ["python", "-m", "service.serve"]
+HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 CMD ["python", "-m", "service.runtime.healthcheck"]
+CMD ["python", "-m", "service.runtime.serve"]

@@ -67,7 +67,7 @@ apt-packages:
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
 	fi
 
-$(INSTALLED): pyproject.toml $(wildcard service/*.c) service/_budget.c
+$(INSTALLED): pyproject.toml $(wildcard service/*/*.c)
 	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.$(if $(PIP_EXTRAS),[$(PIP_EXTRAS)])'
@@ -89,7 +89,7 @@ model-full: | $(INSTALLED)
 # An estimator from elsewhere (no manifest): write its serving artifact ahead, so that a model
 # directory mounted read-only is memory-mapped at start instead of converted at every start.
 convert: | $(INSTALLED)
-	$(PY) -m service.convert $(MODEL_PATH) $(if $(OUTPUT_DIR),--output-dir $(OUTPUT_DIR)) $(if $(MODEL_SHA256),--sha256 $(MODEL_SHA256))
+	$(PY) -m service.engine.convert $(MODEL_PATH) $(if $(OUTPUT_DIR),--output-dir $(OUTPUT_DIR)) $(if $(MODEL_SHA256),--sha256 $(MODEL_SHA256))
 
 # A fresh random key, never a default one.
 .env:
@@ -99,13 +99,13 @@ convert: | $(INSTALLED)
 
 run: install .env $(MODEL_PATH)
 	@mkdir -p .run
-	GUNICORN_PIDFILE=$(CURDIR)/.run/gunicorn.pid $(PY) -m service.stack
+	GUNICORN_PIDFILE=$(CURDIR)/.run/gunicorn.pid $(PY) -m stack
 
 # Load transactions' features into the feature store (FEATURE_STORE_URL): IN=file.csv|.parquet
 # with a transaction_id column and the 30 features; TTL=seconds to keep each record.
 features: install
 	@test -n "$(IN)" || { echo "usage: make features IN=transactions.parquet [TTL=86400]"; exit 2; }
-	$(PY) -m service.feature_writer $(IN) $(if $(TTL),--ttl $(TTL))
+	$(PY) -m service.offline.feature_writer $(IN) $(if $(TTL),--ttl $(TTL))
 
 # Zero-downtime model rollout for a running `make run`: replace the model files (make model does,
 # atomically), then this. New workers load the new model before the old ones stop.
@@ -129,10 +129,12 @@ $(CONTAINERS_INSTALLED): $(INSTALLED) pyproject.toml
 	$(PY) -m pip install -q -e '.[dev,containers]'
 	touch $@
 
-# The rule set and its reasons are in pyproject.toml; `ruff format .` fixes what the check finds.
+# The rule sets and their reasons are in pyproject.toml (ruff; import-linter's layer contracts);
+# `ruff format .` fixes what the format check finds.
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 # The slow runs, kept out of make test. FUZZ_EXAMPLES sets how many generated requests the fuzz run sends.
 FUZZ_EXAMPLES ?= 5000
@@ -154,7 +156,7 @@ $(SPARK_INSTALLED): $(INSTALLED) pyproject.toml
 
 score: install $(BULK_INSTALLED) $(MODEL_PATH)
 	@[ -n "$(IN)" ] && [ -n "$(OUT)" ] || { echo "usage: make score IN=transactions.csv|.parquet OUT=scores.parquet|.csv [SCORE_ARGS='--explain --workers 4']"; exit 2; }
-	$(PY) -m service.bulk "$(IN)" "$(OUT)" $(SCORE_ARGS)
+	$(PY) -m service.offline.bulk "$(IN)" "$(OUT)" $(SCORE_ARGS)
 
 # The load generator (wrk, from Debian's packages) and the perf extra (matplotlib draws the chart).
 perf-install: install
@@ -193,4 +195,4 @@ promote: | $(INSTALLED)
 	$(PY) -m model.promote $(if $(RETIRE),--retire)
 
 clean:
-	rm -rf $(VENV) build *.egg-info service/*.so .pytest_cache .hypothesis
+	rm -rf $(VENV) build *.egg-info service/*/*.so .pytest_cache .hypothesis

@@ -1,15 +1,15 @@
-"""gunicorn settings. Read in the master; the service's own settings come from service.settings."""
+"""gunicorn settings. Read in the master; the service's own settings come from service.core.settings."""
 
 import os
 
-from service import multiproc
-from service import settings as service_settings
+from service.core import settings as service_settings
+from service.telemetry import multiproc
 
 _settings = service_settings.load_or_exit()
 # Before the preloaded app imports prometheus_client: multiprocess mode, no samples from a past run.
 _metrics_dir, _metrics_dir_is_ours = multiproc.prepare()
 
-# nginx reaches the workers over a unix socket; the launcher (service/stack.py) or the container
+# nginx reaches the workers over a unix socket; the launcher (stack/launcher.py) or the container
 # sets its path.
 bind = [os.environ.get("GUNICORN_BIND", "unix:/run/fraud-scoring/gunicorn.sock")]
 workers = _settings.workers
@@ -19,7 +19,7 @@ workers = _settings.workers
 # waits behind a full scoring queue instead of being refused while scoring sheds (docs/operations.md).
 backlog = _settings.scoring_queue + 1024
 # Sync (scoring is CPU-bound and nginx absorbs slow clients), freed as soon as its answer is written.
-worker_class = "service.worker.Worker"
+worker_class = "service.runtime.worker.Worker"
 preload_app = True  # settings, model and schema load once in the master and are shared after fork
 worker_tmp_dir = "/dev/shm"  # the heartbeat file must not sit on a slow or read-only disk
 # A recycled worker leaves a gap and starts cold, which shows in the tail latency when workers
@@ -33,7 +33,7 @@ graceful_timeout = 20
 pidfile = os.environ.get("GUNICORN_PIDFILE")  # `make reload` signals the master found here
 control_socket_disable = True  # signals are the control interface (make reload)
 
-logger_class = "service.logs.JsonGunicornLogger"
+logger_class = "service.telemetry.logs.JsonGunicornLogger"
 # One access log, nginx's: it also records the app's time and the worker's pid (from response
 # headers it hides from clients), so a second line per request here would only cost CPU.
 accesslog = None
@@ -45,14 +45,14 @@ proc_name = "fraud-scoring"
 def on_reload(server):
     """SIGHUP (`make reload`): roll out the model now at MODEL_PATH with zero downtime. gunicorn
     calls this in the master before it forks the new workers and then retires the old ones."""
-    from service import wsgi
+    from service.runtime import wsgi
 
     wsgi.roll_out(server)
 
 
 def child_exit(server, worker):
     """In the master, for every worker that exits (killed, crashed or recycled by max_requests)."""
-    from service import metrics
+    from service.telemetry import metrics
 
     metrics.worker_exited(worker.pid)
 

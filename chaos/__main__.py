@@ -1,5 +1,5 @@
 """`make chaos`: faults under steady load against the real stack (nginx + gunicorn from
-service/stack.py, the default model), on loopback, each scenario bounded in time.
+stack/launcher.py, the default model), on loopback, each scenario bounded in time.
 
   kill -9 of a worker      gunicorn replaces it; failed requests stay under 0.5 % of the load
   SIGTERM to the launcher  in-flight requests finish: nothing is cut mid-response
@@ -33,9 +33,9 @@ from pathlib import Path
 from chaos.load import Clients, finish_wrk, start_wrk, wrk_script
 from perf import overload as overload_runs
 from perf import wrk
-from service import harness
-from service.schema import sample_transaction
-from service.stack import ROOT, Stack, http_get
+from service.contract.schema import sample_transaction
+from stack import harness
+from stack.launcher import ROOT, Stack, http_get
 
 SAMPLE = json.dumps(sample_transaction())
 MAX_FAILURE_RATE = 0.005
@@ -136,11 +136,11 @@ def recycle_workers(bench: Bench, seconds: int, connections: int) -> Row:
 
 
 def sigterm_the_stack(bench: Bench, seconds: int, threads: int) -> Row:
-    """The launcher (`python -m service.stack`, what `make run` starts) gets SIGTERM mid-load."""
+    """The launcher (`python -m stack`, what `make run` starts) gets SIGTERM mid-load."""
     port = harness.free_port()
     log = open(bench.work / "sigterm.log", "w")
     launcher = subprocess.Popen(
-        [sys.executable, "-m", "service.stack"], cwd=ROOT, env=bench.env(PORT=str(port)), stdout=log, stderr=log
+        [sys.executable, "-m", "stack"], cwd=ROOT, env=bench.env(PORT=str(port)), stdout=log, stderr=log
     )
     harness.wait_for_health("127.0.0.1", port, 60)
     with Clients("127.0.0.1", port, SAMPLE, bench.key, threads) as clients:

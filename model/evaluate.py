@@ -28,10 +28,10 @@ from sklearn.metrics import average_precision_score, precision_recall_curve, roc
 
 from model import synthetic, threshold
 from model.train import read_csv
-from service.artifacts import ArtifactError
-from service.drift import SCORE_EDGES, psi
-from service.loader import LoadedModel, load_model
-from service.settings import Settings, read_environment
+from service.core.artifacts import ArtifactError
+from service.core.settings import Settings, read_environment
+from service.engine.drift import SCORE_EDGES, psi
+from service.engine.loader import LoadedModel, load_model
 
 TOP_DISAGREEMENTS = 15
 
@@ -198,7 +198,7 @@ def _pct(v: float | None) -> str:
 
 
 def render(models: list[Scored], X: np.ndarray, y: np.ndarray, figures: dict[str, Any], source: str) -> str:
-    from service.features import FEATURES
+    from service.core.features import FEATURES
 
     images = charts(models, y, figures)
     e = html.escape

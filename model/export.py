@@ -1,5 +1,5 @@
 """Writes a fitted estimator's files: the estimator itself, then, through the service's own
-conversion (service/convert.py), the serving artifact and the manifest that records them."""
+conversion (service/engine/convert.py), the serving artifact and the manifest that records them."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import joblib
 import numpy as np
 import sklearn
 
-from service import convert, forest
-from service.artifacts import ArtifactPaths, sha256_file, write_atomically
-from service.features import FEATURES
+from service.core.artifacts import ArtifactPaths, sha256_file, write_atomically
+from service.core.features import FEATURES
+from service.engine import convert, forest
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def export(
     drift: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Writes the estimator, its serving artifact and the manifest; returns the manifest.
-    `threshold` (model.threshold.choose) and `drift` (service.drift.reference) are recorded as given."""
+    `threshold` (model.threshold.choose) and `drift` (service.engine.drift.reference) are recorded as given."""
     paths = ArtifactPaths.for_model(model_path)
     paths.estimator.parent.mkdir(parents=True, exist_ok=True)
     # A forest pickled with n_jobs>1 makes every predict_proba spin up threads (~3x slower per row).

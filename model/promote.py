@@ -17,8 +17,8 @@ import signal
 import sys
 from pathlib import Path
 
-from service.artifacts import ArtifactPaths, read_manifest
-from service.settings import read_environment
+from service.core.artifacts import ArtifactPaths, read_manifest
+from service.core.settings import read_environment
 
 DEFAULT_PIDFILE = Path(".run/gunicorn.pid")
 

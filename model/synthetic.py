@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from service.features import FEATURES
+from service.core.features import FEATURES
 
 FULL_SIZE = 284_807
 FRAUD_RATE = 492 / 284_807

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from service.features import FEATURES
+from service.core.features import FEATURES
 
 REVIEW_COST = 5.0
 THRESHOLDS = np.arange(0, 102)  # 101: never alert

@@ -19,9 +19,9 @@ from sklearn.model_selection import train_test_split
 
 from model import synthetic, threshold
 from model.export import export, feature_stats
-from service import drift
-from service.artifacts import sha256_file
-from service.features import FEATURES
+from service.core.artifacts import sha256_file
+from service.core.features import FEATURES
+from service.engine import drift
 
 DEFAULT_MODEL_PATH = Path("model/fraud-model.joblib")
 

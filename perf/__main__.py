@@ -44,11 +44,11 @@ from perf import (
     stats,
     wrk,
 )
-from service import harness
-from service.artifacts import ArtifactPaths, read_manifest
-from service.features import FEATURES
-from service.settings import read_environment
-from service.stack import Stack
+from service.core.artifacts import ArtifactPaths, read_manifest
+from service.core.features import FEATURES
+from service.core.settings import read_environment
+from stack import harness
+from stack.launcher import Stack
 
 ROOT = Path(__file__).resolve().parent.parent
 CONNECTIONS = (1, 20, 64, 256)

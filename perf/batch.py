@@ -17,7 +17,7 @@ import orjson
 
 from perf import memory, stats, wrk
 from perf.report import Target
-from service.v2 import HEADER_LENGTH, INPUT, MODEL_NAME
+from service.api.v2 import HEADER_LENGTH, INPUT, MODEL_NAME
 
 ROWS = 1000
 CONNECTIONS = 4

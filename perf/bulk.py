@@ -1,5 +1,5 @@
 """Bulk scoring figures for `make perf`: a file of a million transactions scored end to end
-(read, score on every core, write) by `service.bulk`, next to sklearn's predict_proba(n_jobs=-1)
+(read, score on every core, write) by `service.offline.bulk`, next to sklearn's predict_proba(n_jobs=-1)
 on the same rows, already in memory, in the same run.
 
     python -m perf.bulk [--rows 1000000] [--rounds 3] [--json FILE]      # this part alone
@@ -26,10 +26,10 @@ import pyarrow.parquet as pq
 
 from model import synthetic
 from perf import add_model_argument, micro
-from service import bulk
-from service.features import FEATURES
-from service.settings import from_mapping
-from service.tables import Engine
+from service.core.features import FEATURES
+from service.core.settings import from_mapping
+from service.offline import bulk
+from service.offline.tables import Engine
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED = 2027

@@ -33,10 +33,10 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from perf import add_model_argument, existing_model, report, stats, wrk
-from service import harness
-from service.feature_record import encode_record
-from service.features import FEATURES
-from service.stack import RedisServer, Stack
+from service.core.features import FEATURES
+from service.store.feature_record import encode_record
+from stack import harness
+from stack.launcher import RedisServer, Stack
 
 PREFIX = "perf:tx:"
 CONNECTIONS = 64

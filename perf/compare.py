@@ -38,8 +38,8 @@ from typing import Any
 
 from perf import add_model_argument, existing_model, report, stats, wrk
 from perf.__main__ import CONNECTIONS, as_bodies, log, sample_rows
-from service import harness
-from service.artifacts import ArtifactPaths
+from service.core.artifacts import ArtifactPaths
+from stack import harness
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = Path(tempfile.gettempdir()) / f"fraud-perf-compare-{os.getuid()}"
@@ -96,13 +96,18 @@ def copy_model(model_path: Path, into: Path) -> Path:
 
 @dataclass
 class Side:
-    """One revision's stack, started by its own `python -m service.stack` (what `make run` runs)."""
+    """One revision's stack, started by its own `python -m stack` (what `make run` runs)."""
 
     name: str
     checkout: Path
     python: Path
     process: subprocess.Popen | None = None
     url: str = ""
+
+    def tooling(self) -> str:
+        """The package of this side's launcher and harness: `stack`, or `service` in revisions from
+        before they left the shipped package (`python -m service.stack` was the launcher there)."""
+        return "service" if (self.checkout / "service" / "stack.py").exists() else "stack"
 
     def start(self, model_path: Path, api_key: str, stack_log: Path, timeout: float = 90.0) -> None:
         for attempt in range(3):
@@ -113,7 +118,7 @@ class Side:
             with open(stack_log, "a") as errors:
                 # Access lines go to stdout, formatted and written as in production, then dropped.
                 self.process = subprocess.Popen(
-                    [str(self.python), "-m", "service.stack"],
+                    [str(self.python), "-m", "service.stack" if self.tooling() == "service" else "stack"],
                     cwd=self.checkout,
                     env=env,
                     stdout=subprocess.DEVNULL,
@@ -137,7 +142,7 @@ class Side:
             [
                 str(self.python),
                 "-c",
-                "import json; from service.harness import UNLIMITED; print(json.dumps(UNLIMITED))",
+                f"import json; from {self.tooling()}.harness import UNLIMITED; print(json.dumps(UNLIMITED))",
             ],
             cwd=self.checkout,
             capture_output=True,

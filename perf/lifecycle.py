@@ -14,9 +14,9 @@ import numpy as np
 
 from perf import memory, stats, wrk
 from perf.micro import per_call
-from service.artifacts import ArtifactPaths, read_manifest
-from service.drift import DriftCounter
-from service.stack import Stack
+from service.core.artifacts import ArtifactPaths, read_manifest
+from service.engine.drift import DriftCounter
+from stack.launcher import Stack
 
 BATCH = 1000
 

@@ -14,14 +14,14 @@ import numpy as np
 import orjson
 
 from perf import stats
-from service.app import create_app
-from service.artifacts import ArtifactPaths, read_manifest, recorded_digest, verify
-from service.budget import RowBudget
-from service.features import FEATURES
-from service.forest import Forest
-from service.loader import load_model
-from service.schema import TransactionValidator, load_schema_document
-from service.settings import Settings
+from service.api.app import create_app
+from service.api.budget import RowBudget
+from service.contract.schema import TransactionValidator, load_schema_document
+from service.core.artifacts import ArtifactPaths, read_manifest, recorded_digest, verify
+from service.core.features import FEATURES
+from service.core.settings import Settings
+from service.engine.forest import Forest
+from service.engine.loader import load_model
 
 BATCHES = (1_000, 10_000)
 

@@ -1,5 +1,5 @@
 """Fixtures: the stack under test (a local one, or the external service of FRAUD_BASE_URL: see
-service/harness.py), a client for it, and stacks of a test's own. Helpers live in tests/helpers.py."""
+stack/harness.py), a client for it, and stacks of a test's own. Helpers live in tests/helpers.py."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
-from service import harness
-from service.stack import Stack
+from stack import harness
+from stack.launcher import Stack
 from tests.helpers import EXTERNAL, Client, start_stack, train_small_model
 
 # No deadline on property tests: tests are not timed (speed lives in `make perf`), and a machine

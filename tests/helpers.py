@@ -1,4 +1,4 @@
-"""Helpers shared by the tests: their stacks (through service/harness.py), a raw HTTP client, tiny
+"""Helpers shared by the tests: their stacks (through stack/harness.py), a raw HTTP client, tiny
 models, and checks several test files make. Test files import this module, never one another."""
 
 from __future__ import annotations
@@ -21,17 +21,17 @@ from sklearn.ensemble import RandomForestClassifier
 
 from model import synthetic
 from model.export import export, feature_stats
-from service import harness
-from service.artifacts import ArtifactPaths
-from service.features import FEATURES
-from service.harness import UNLIMITED, free_port  # noqa: F401  (for the tests)
-from service.schema import sample_transaction  # noqa: F401  (the data set's first row, for the tests)
-from service.stack import Stack
+from service.contract.schema import sample_transaction  # noqa: F401  (the data set's first row, for the tests)
+from service.core.artifacts import ArtifactPaths
+from service.core.features import FEATURES
+from stack import harness
+from stack.harness import UNLIMITED, free_port  # noqa: F401  (for the tests)
+from stack.launcher import Stack
 
 # Screenshots and other files a reviewer looks at after the run (CI keeps them).
 ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS", Path(__file__).resolve().parent.parent / "test-artifacts"))
 
-# Set when the tests run against a service that is already running (see service/harness.py).
+# Set when the tests run against a service that is already running (see stack/harness.py).
 EXTERNAL = harness.external()
 TEST_KEY, OTHER_KEY = EXTERNAL.keys[:2] if EXTERNAL else ("test-key-0123456789abcdef", "rotated-key-abcdef0123456789")
 TEST_KEYS = f"{TEST_KEY},{OTHER_KEY}"  # the stacks' API_KEY: one key and a rotated one

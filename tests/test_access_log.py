@@ -11,8 +11,8 @@ import socket
 import time
 from pathlib import Path
 
-from service.app import create_app
-from service.settings import Settings
+from service.api.app import create_app
+from service.core.settings import Settings
 from tests.helpers import OTHER_KEY, TEST_KEY, Client, sample_transaction
 
 
@@ -77,8 +77,8 @@ def test_the_apps_error_line_carries_the_request_id(small_model, capsys):
     """An unexpected error is logged by the app with the request id nginx logs too."""
     import falcon.testing
 
-    from service import logs
-    from service.loader import load_model
+    from service.engine.loader import load_model
+    from service.telemetry import logs
 
     logs.configure()
     settings = Settings(api_keys=(TEST_KEY.encode(),), model_path=small_model[0])

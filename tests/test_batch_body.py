@@ -1,4 +1,4 @@
-"""The batch body reader (service/_rows.c `parse`, through TransactionValidator.read_body) reads a
+"""The batch body reader (service/contract/_rows.c `parse`, through TransactionValidator.read_body) reads a
 body's bytes straight into the matrix. It must either say "undecided" (None: the route then decodes
 the body with orjson and checks it as before) or give exactly the matrix that orjson + the one-pass
 reader give: the same shape, the same float64 bits, and only for a valid body."""
@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from model import synthetic
-from service.features import FEATURES
-from service.schema import TransactionValidator, batch_document, load_schema_document
+from service.contract.schema import TransactionValidator, batch_document, load_schema_document
+from service.core.features import FEATURES
 
 BATCH_MAX = 50
 VALIDATOR = TransactionValidator(batch_document(load_schema_document(), BATCH_MAX))

@@ -10,8 +10,8 @@ import orjson
 import pytest
 
 from model import synthetic
-from service.features import FEATURES
-from service.ood import OutOfDistribution
+from service.core.features import FEATURES
+from service.engine.ood import OutOfDistribution
 from tests.helpers import Client, as_transaction, assert_error, sample_transaction, start_stack
 
 BATCH_MAX = 20
@@ -156,9 +156,9 @@ def test_model_without_statistics_never_warns_and_says_so(caplog):
 def test_batch_results_equal_single_results_row_for_row(small_model):
     """The vectorised batch answer (pre-serialised plain results, built OOD ones) against the
     single-transaction answer, over 3,000 rows, some out of distribution."""
-    from service.loader import load_model
-    from service.scoring import Scoring
-    from service.settings import from_mapping
+    from service.core.settings import from_mapping
+    from service.engine.loader import load_model
+    from service.engine.scoring import Scoring
 
     model = load_model(from_mapping({"API_KEY": "k" * 16, "MODEL_PATH": str(small_model[0])}))
     scoring = Scoring(model, OutOfDistribution(model.manifest["feature_stats"], 3.0), 37)

@@ -19,10 +19,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from model import synthetic
-from service import bulk
-from service.features import FEATURES
-from service.settings import from_mapping
-from service.tables import Engine, fraud_scores, output_fields
+from service.core.features import FEATURES
+from service.core.settings import from_mapping
+from service.offline import bulk
+from service.offline.tables import Engine, fraud_scores, output_fields
 from tests.helpers import UNLIMITED, rows_on_thresholds, sklearn_arrays, start_stack
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -149,7 +149,12 @@ def run_cli(*args: str, env_extra: dict[str, str] | None = None) -> subprocess.C
     env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR")}
     env.update({"ENV_FILE": "/nonexistent/.env", **(env_extra or {})})
     return subprocess.run(
-        [sys.executable, "-m", "service.bulk", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "service.offline.bulk", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 

@@ -18,12 +18,12 @@ import redis
 from openapi_spec_validator import validate
 
 from model import synthetic
-from service.feature_record import FORMAT_V1, encode_record
-from service.feature_writer import CHUNK_ROWS, InputError, load
-from service.features import FEATURES
-from service.harness import EXTERNAL_SKIP_REASON, free_port
-from service.settings import DEADLINE_MAX_MS, Settings
-from service.stack import RedisServer, local_feature_store
+from service.core.features import FEATURES
+from service.core.settings import DEADLINE_MAX_MS, Settings
+from service.offline.feature_writer import CHUNK_ROWS, InputError, load
+from service.store.feature_record import FORMAT_V1, encode_record
+from stack.harness import EXTERNAL_SKIP_REASON, free_port
+from stack.launcher import RedisServer, local_feature_store
 from tests.helpers import EXTERNAL, OTHER_KEY, UNLIMITED, Client, as_transaction, call_upstream, start_stack
 
 # Each test here starts its own redis-server and stack with a feature store.
@@ -278,7 +278,7 @@ def test_store_killed_under_load_then_back_without_restarting_the_service(small_
             assert statuses <= {200, 503}, statuses
             assert 200 in statuses and 503 in statuses
             # While the store is gone, requests queued behind workers waiting on it may spend their
-            # deadline (service/deadline.py) before a worker picks them up: also a documented 503.
+            # deadline (service/api/deadline.py) before a worker picks them up: also a documented 503.
             errors = {error for status, error, _ in seen if status == 503}
             assert "feature_store_unavailable" in errors and errors <= {
                 "feature_store_unavailable",

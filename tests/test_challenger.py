@@ -10,7 +10,7 @@ import pytest
 from sklearn.dummy import DummyClassifier
 
 from model import promote, synthetic
-from service.artifacts import sha256_file
+from service.core.artifacts import sha256_file
 from tests.helpers import (
     UNLIMITED,
     Client,

@@ -1,4 +1,4 @@
-"""The C pass (service/_columns.c) done in shares of the columns, as the workers do it for a
+"""The C pass (service/offline/_columns.c) done in shares of the columns, as the workers do it for a
 one-row-group Parquet file, against the one pass over all 30: the same float32 rows bit for bit,
 the same bit sets once OR-ed, and the same reasons once joined share after share."""
 
@@ -8,9 +8,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from service import _columns
-from service.features import FEATURES, N_FEATURES
-from service.tables import Features
+from service.core.features import FEATURES, N_FEATURES
+from service.offline import _columns
+from service.offline.tables import Features
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 

@@ -31,8 +31,8 @@ import yaml
 
 from chaos.load import Clients
 from model import synthetic
-from service.artifacts import sha256_file
-from service.stack import ROOT
+from service.core.artifacts import sha256_file
+from stack.launcher import ROOT
 from tests import podman as pm
 from tests.helpers import OTHER_KEY, TEST_KEY, Client, as_transaction, free_port, sample_transaction
 
@@ -230,7 +230,7 @@ def test_the_http_suite_passes_through_the_pair(pair):
 def test_the_image_healthcheck_command(pair):
     config = json.loads(pm.podman("image", "inspect", pm.API_IMAGE).stdout)[0]
     test = (config.get("Healthcheck") or config["Config"]["Healthcheck"])["Test"]
-    assert test == ["CMD", "python", "-m", "service.healthcheck"]
+    assert test == ["CMD", "python", "-m", "service.runtime.healthcheck"]
     ran = pair.exec("api", *test[1:])
     assert ran.returncode == 0 and '"status":"healthy"' in ran.stdout, ran.stdout + ran.stderr
     assert pm.podman("healthcheck", "run", pair.container("api"), check=False).returncode == 0

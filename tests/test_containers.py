@@ -13,9 +13,9 @@ from pathlib import Path
 
 import jsonschema
 
-from service import healthcheck, serve
-from service.settings import from_mapping
-from service.stack import PLACEHOLDER, ROOT, TEMPLATE, find_nginx, nginx_values, render_nginx_config
+from service.core.settings import from_mapping
+from service.runtime import healthcheck, serve
+from stack.launcher import PLACEHOLDER, ROOT, TEMPLATE, find_nginx, nginx_values, render_nginx_config
 from tests.container_files import DOCKERFILE, compose, instructions, interpolate
 
 COMPOSE_SCHEMA = ROOT / "deploy" / "compose-spec" / "compose-spec.json"
@@ -86,7 +86,7 @@ def test_the_nginx_container_renders_a_config_that_nginx_accepts(tmp_path):
 
 
 def test_compose_gives_nginx_what_the_launcher_renders():
-    """The nginx container's values are what service/stack.py renders for the same settings (the
+    """The nginx container's values are what stack/launcher.py renders for the same settings (the
     defaults, the container's listen address and paths), so the two cannot drift apart; and each
     provides every placeholder of the template, no more."""
     placeholders = set(PLACEHOLDER.findall(TEMPLATE.read_text()))
@@ -119,19 +119,24 @@ def test_the_dockerfile_runs_only_what_the_suite_runs_natively():
             else:  # image plumbing, not the service's own steps
                 assert words[0] in {"apt-get", "rm", "groupadd", "useradd", "install", "touch"}, command
     run = [json.loads(a) for k, a in steps if k == "CMD"]
-    assert run[-1] == ["python", "-m", "service.serve"]  # what service/stack.py starts for every test
-    assert '[sys.executable, "-m", "service.serve"]' in (ROOT / "service" / "stack.py").read_text()
+    assert run[-1] == ["python", "-m", "service.runtime.serve"]  # what stack/launcher.py starts for every test
+    assert '[sys.executable, "-m", "service.runtime.serve"]' in (ROOT / "service" / "stack.py").read_text()
     health = [a for k, a in steps if k == "HEALTHCHECK"]
-    assert health and health[-1].endswith('CMD ["python", "-m", "service.healthcheck"]')
-    assert compose()["services"]["api"]["healthcheck"]["test"] == ["CMD", "python", "-m", "service.healthcheck"]
+    assert health and health[-1].endswith('CMD ["python", "-m", "service.runtime.healthcheck"]')
+    assert compose()["services"]["api"]["healthcheck"]["test"] == ["CMD", "python", "-m", "service.runtime.healthcheck"]
     assert any(k == "USER" and not a.startswith(("0", "root")) for k, a in steps)
-    assert serve.argv()[-1] == "service.wsgi:application"
+    assert serve.argv()[-1] == "service.runtime.wsgi:application"
 
 
 def test_the_container_healthcheck_against_a_real_gunicorn(local_stack, tmp_path):
     env = {"GUNICORN_BIND": f"unix:{local_stack.socket}", "PATH": "/usr/bin:/bin"}
     result = subprocess.run(
-        [sys.executable, "-m", "service.healthcheck"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=30
+        [sys.executable, "-m", "service.runtime.healthcheck"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert '"status":"healthy"' in result.stdout

@@ -1,4 +1,4 @@
-"""The service's conversion: `python -m service.convert` writes the serving artifact ahead, and
+"""The service's conversion: `python -m service.engine.convert` writes the serving artifact ahead, and
 every way a model file can be broken ends as one ArtifactError line, never another exception."""
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ import pytest
 from sklearn.ensemble import RandomForestClassifier
 
 from model import synthetic
-from service import convert
-from service.artifacts import ArtifactError, ArtifactPaths, sha256_file
-from service.forest import Forest
-from service.loader import load_model
-from service.settings import from_mapping
-from service.stack import ROOT
+from service.core.artifacts import ArtifactError, ArtifactPaths, sha256_file
+from service.core.settings import from_mapping
+from service.engine import convert
+from service.engine.forest import Forest
+from service.engine.loader import load_model
+from stack.launcher import ROOT
 from tests.helpers import install_model
 
 KEY = "k" * 16
@@ -43,7 +43,7 @@ def settings_for(path, **extra):
 
 def run_convert(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "service.convert", *args],
+        [sys.executable, "-m", "service.engine.convert", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -161,7 +161,7 @@ def test_a_manifest_of_the_wrong_shape_is_one_artifact_error(small_model, tmp_pa
 
 
 def test_a_model_trained_on_other_columns_is_refused(small_model, tmp_path):
-    """Columns added to or reordered in service/features.py need a retrain; the manifest says which."""
+    """Columns added to or reordered in service/core/features.py need a retrain; the manifest says which."""
     path = tmp_path / "fraud-model.joblib"
     install_model(small_model[0], path)
     paths = ArtifactPaths.for_model(path)

@@ -12,10 +12,10 @@ import time
 import falcon.inspect
 import pytest
 
-from service.app import create_app
-from service.deadline import guarded_routes
-from service.loader import load_model
-from service.settings import DEADLINE_MAX_MS
+from service.api.app import create_app
+from service.api.deadline import guarded_routes
+from service.core.settings import DEADLINE_MAX_MS
+from service.engine.loader import load_model
 from tests.helpers import TEST_KEY, Upstream, call_upstream, sample_transaction, wait_for
 
 

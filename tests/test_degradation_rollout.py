@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from service.artifacts import ArtifactPaths
-from service.settings import DEADLINE_MAX_MS
+from service.core.artifacts import ArtifactPaths
+from service.core.settings import DEADLINE_MAX_MS
 from tests.helpers import (
     UNLIMITED,
     Client,

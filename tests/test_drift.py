@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from model import synthetic
-from service import drift
-from service.artifacts import ArtifactPaths, read_manifest
-from service.features import FEATURES
+from service.core.artifacts import ArtifactPaths, read_manifest
+from service.core.features import FEATURES
+from service.engine import drift
 from tests.helpers import UNLIMITED, Client, as_transaction, samples, start_stack
 
 
@@ -110,7 +110,7 @@ def test_shifted_v14_crosses_the_act_threshold_and_the_others_stay_low(trained_m
 
 def test_bins_count_as_searchsorted_for_any_number_of_edges():
     """Few edges are counted one by one, more by a binary search: both give searchsorted's bins."""
-    from service._bins import Bins
+    from service.engine._bins import Bins
 
     rng = np.random.default_rng(4)
     sizes = [0, 1, 2, 9, 16, 17, 40, 257]

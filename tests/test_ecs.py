@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import re
 
-from service.stack import ROOT
+from stack.launcher import ROOT
 from tests.container_files import compose, instructions, interpolate
 
 TASK = json.loads((ROOT / "deploy" / "ecs" / "task-definition.json").read_text())

@@ -13,7 +13,7 @@ import pytest
 from sklearn.metrics import average_precision_score, precision_score, recall_score, roc_auc_score
 
 from model import evaluate, synthetic
-from service.features import FEATURES
+from service.core.features import FEATURES
 from tests.helpers import ARTIFACTS, two_trained_models
 
 

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from service._walker import Walker
+from service.engine._walker import Walker
 from sklearn.ensemble import ExtraTreesClassifier, RandomForestClassifier
 from sklearn.tree import DecisionTreeClassifier
 
 from model import synthetic
-from service import forest
+from service.engine import forest
 from tests.helpers import rows_on_thresholds, sklearn_arrays
 
 N_ROWS = 10_000

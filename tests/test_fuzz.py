@@ -2,7 +2,7 @@
 and the service is healthy afterwards.
 
 schemathesis generates the requests from an OpenAPI description: the service's own /openapi.json
-when it serves one, otherwise one built here around service/schemas/transaction.schema.json (the
+when it serves one, otherwise one built here around service/contract/schemas/transaction.schema.json (the
 same document the service validates with). Raw hostile bytes come from hypothesis directly.
 
 `make test` runs a quick pass; `make fuzz` runs FUZZ_EXAMPLES (default 5000) of each kind."""
@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
-from service.schema import load_schema_document
+from service.contract.schema import load_schema_document
 from tests.helpers import TEST_KEY, UNLIMITED, start_stack
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "150"))

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from service.auth import ApiKeys
+from service.api.auth import ApiKeys
 from tests.helpers import Client, assert_error, sample_transaction
 
 TEXT = json.dumps(sample_transaction())
@@ -180,7 +180,7 @@ def test_api_key_check_compares_with_every_key_in_constant_time(monkeypatch, pre
     Asserted on the calls, not on a stopwatch, so that a busy machine cannot fail it."""
     keys = (b"first-key-0123456789", b"second-key-0123456789", b"third-key-0123456789")
     counting = CountingDigest()
-    monkeypatch.setattr("service.auth.hmac.compare_digest", counting)
+    monkeypatch.setattr("service.api.auth.hmac.compare_digest", counting)
     found = ApiKeys(keys).index(presented)
     assert found == (keys.index(presented.encode()) if presented.encode() in keys else None)
     assert [key for _, key in counting.calls] == list(keys)

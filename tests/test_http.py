@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from model import synthetic
-from service.features import FEATURES
+from service.core.features import FEATURES
 from tests.helpers import OTHER_KEY, Client, as_transaction, assert_error, sample_transaction
 
 

@@ -10,7 +10,7 @@ import json
 import kubernetes_validate
 import pytest
 
-from service.stack import TEMPLATE
+from stack.launcher import TEMPLATE
 from tests.container_files import KUBERNETES_VERSION, by_kind, compose, containers, documents, instructions, interpolate
 
 

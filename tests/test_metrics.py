@@ -72,7 +72,7 @@ def test_a_batch_counted_in_one_update_gives_the_samples_of_row_by_row_counting(
     import numpy as np
     from prometheus_client import REGISTRY
 
-    from service import metrics
+    from service.telemetry import metrics
 
     def snapshot() -> dict:
         return {
@@ -104,7 +104,7 @@ def test_a_batch_counted_in_one_update_gives_the_samples_of_row_by_row_counting(
 
 RECORD = """
 import os, sys, json
-from service import metrics
+from service.telemetry import metrics
 from prometheus_client import CollectorRegistry, generate_latest, multiprocess
 use_prometheus = sys.argv[1] == "prometheus"
 record = metrics._record_request_in_process if use_prometheus else metrics._record_request

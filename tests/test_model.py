@@ -12,11 +12,11 @@ from sklearn.ensemble import ExtraTreesClassifier
 from sklearn.linear_model import LogisticRegression
 
 from model import synthetic, train
-from service.artifacts import ArtifactError, ArtifactPaths, sha256_file
-from service.features import FEATURES
-from service.forest import Forest
-from service.loader import SklearnScorer, load_model
-from service.settings import from_mapping
+from service.core.artifacts import ArtifactError, ArtifactPaths, sha256_file
+from service.core.features import FEATURES
+from service.core.settings import from_mapping
+from service.engine.forest import Forest
+from service.engine.loader import SklearnScorer, load_model
 from tests.helpers import install_model
 
 KEY = "k" * 16

@@ -10,9 +10,9 @@ import jsonschema
 import pytest
 from openapi_spec_validator import validate as validate_openapi
 
-from service.artifacts import ArtifactPaths, sha256_file
-from service.features import FEATURES
-from service.schema import load_schema_document
+from service.contract.schema import load_schema_document
+from service.core.artifacts import ArtifactPaths, sha256_file
+from service.core.features import FEATURES
 from tests.helpers import ARTIFACTS, Client, assert_error
 
 

@@ -13,7 +13,7 @@ import socket
 
 import pytest
 
-from service.harness import EXTERNAL_SKIP_REASON
+from stack.harness import EXTERNAL_SKIP_REASON
 from tests.helpers import EXTERNAL, TEST_KEY, Client, Upstream, sample_transaction, wait_for
 
 # These read the stack's own logs and settings: a local stack only.

@@ -1,4 +1,4 @@
-"""The per-key row budget (service/budget.py): its rule on a controlled clock, its atomicity across
+"""The per-key row budget (service/api/budget.py): its rule on a controlled clock, its atomicity across
 forked processes, and a walk over the routing table (nginx template and Falcon routes) that fails
 for any route that does work without a limit."""
 
@@ -12,13 +12,13 @@ import falcon
 import falcon.testing
 import pytest
 
-from service.app import create_app
-from service.budget import RowBudget
-from service.errors import ApiError
-from service.loader import load_model
-from service.scoring import Scoring
-from service.settings import from_mapping
-from service.stack import TEMPLATE
+from service.api.app import create_app
+from service.api.budget import RowBudget
+from service.api.errors import ApiError
+from service.core.settings import from_mapping
+from service.engine.loader import load_model
+from service.engine.scoring import Scoring
+from stack.launcher import TEMPLATE
 from tests.helpers import OTHER_KEY, TEST_KEY, sample_transaction
 
 T0 = 10**15  # an arbitrary instant on the monotonic clock, in ns

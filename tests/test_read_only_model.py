@@ -17,8 +17,8 @@ import pytest
 from sklearn.ensemble import RandomForestClassifier
 
 from model import synthetic
-from service.artifacts import sha256_file
-from service.stack import ROOT
+from service.core.artifacts import sha256_file
+from stack.launcher import ROOT
 from tests.helpers import UNLIMITED, Client, as_transaction, start_stack
 
 # Inside a new mount namespace (private: nothing propagates back to the host), bind the directory
@@ -90,7 +90,7 @@ def test_seed_style_model_in_a_read_only_directory_serves(seed_model, tmp_path):
     assert "Traceback" not in log and "Read-only file system" in log
     assert (
         "converted in memory" in log
-        and f"python -m service.convert {path} --sha256 {sha256_file(path)} --output-dir DIR" in log
+        and f"python -m service.engine.convert {path} --sha256 {sha256_file(path)} --output-dir DIR" in log
     )
     assert sorted(p.name for p in path.parent.iterdir()) == ["model.joblib"]  # nothing was written
 
@@ -104,8 +104,8 @@ def test_in_memory_conversion_is_bit_equal_to_predict_proba(seed_model, tmp_path
     check = textwrap.dedent(
         f"""
         import json, numpy as np
-        from service.loader import load_model
-        from service.settings import from_mapping
+        from service.engine.loader import load_model
+        from service.core.settings import from_mapping
         model = load_model(from_mapping({{"API_KEY": "k" * 16, "MODEL_PATH": {str(path)!r},
                                           "MODEL_SHA256": {sha256_file(path)!r}}}))
         X, expected = np.load({str(tmp_path / "X.npy")!r}), np.load({str(tmp_path / "expected.npy")!r})

@@ -10,10 +10,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service import schema as schema_module
-from service.features import FEATURE_DESCRIPTIONS, FEATURES
-from service.openapi import build_openapi
-from service.schema import (
+from service.api.openapi import build_openapi
+from service.contract import schema as schema_module
+from service.contract.schema import (
     SCHEMA_FILE,
     TransactionValidator,
     batch_document,
@@ -24,6 +23,7 @@ from service.schema import (
     load_schema_document,
     sample_transaction,
 )
+from service.core.features import FEATURE_DESCRIPTIONS, FEATURES
 
 DOCUMENT = load_schema_document()
 VALIDATOR = TransactionValidator(DOCUMENT)
@@ -84,7 +84,7 @@ def test_batch_validator_agrees_with_reference(items):
     assert BATCH_VALIDATOR.is_valid(body) == BATCH_REFERENCE.is_valid(body)
 
 
-# Mostly valid batches, so that the one-pass reader (service/_rows.c) decides most of them itself:
+# Mostly valid batches, so that the one-pass reader (service/contract/_rows.c) decides most of them itself:
 # plain floats and ints, now and then one value that is not (a bool, a string, a huge integer, a
 # value just past the float32 bound, a missing field).
 plain_values = st.floats(-FLT_MAX, FLT_MAX) | st.integers(-(2**53), 2**53)
@@ -249,8 +249,8 @@ def test_schema_is_the_contract():
 
 
 def test_the_schema_file_does_not_list_the_features_again():
-    """properties and required come from service/features.py alone: a second list could drift."""
-    template = json.loads(resources.files("service.schemas").joinpath(SCHEMA_FILE).read_text())
+    """properties and required come from service/core/features.py alone: a second list could drift."""
+    template = json.loads(resources.files("service.contract.schemas").joinpath(SCHEMA_FILE).read_text())
     assert not {"properties", "required"} & set(template)
     assert list(DOCUMENT["properties"]) == DOCUMENT["required"] == list(FEATURES)
     assert compile_flat_numbers(DOCUMENT) is not None  # the hot path keeps its specialised check

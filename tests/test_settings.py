@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from service.settings import ConfigError, Settings, from_mapping, read_environment, variables
-from service.stack import ROOT
+from service.core.settings import ConfigError, Settings, from_mapping, read_environment, variables
+from stack.launcher import ROOT
 
 ENV_EXAMPLE = ROOT / ".env.example"
 

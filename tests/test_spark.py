@@ -14,10 +14,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from model import synthetic
-from service import bulk
-from service.features import FEATURES
-from service.settings import from_mapping
-from service.tables import Engine
+from service.core.features import FEATURES
+from service.core.settings import from_mapping
+from service.offline import bulk
+from service.offline.tables import Engine
 
 pyspark = pytest.importorskip("pyspark", reason="make test installs pyspark (the spark extra)")
 # The Dockerfile's test stage runs `make test` inside an image build, whose sandbox does not start
@@ -68,7 +68,7 @@ def transactions(tmp_path_factory) -> Path:
 def test_spark_scores_equal_the_one_machine_path_bit_for_bit(
     spark, small_model, transactions, tmp_path, record_property
 ):
-    from service.spark_job import score_dataframe
+    from service.offline.spark_job import score_dataframe
 
     record_property("spark_startup_seconds", round(spark.startup_seconds, 1))
     engine = Engine.load(from_mapping({"MODEL_PATH": str(small_model[0])}, require_api_key=False))
@@ -95,7 +95,7 @@ def test_spark_scores_equal_the_one_machine_path_bit_for_bit(
 
 
 def test_spark_job_entry_writes_scores_and_rejects(spark, small_model, transactions, tmp_path, monkeypatch):
-    from service import spark_job
+    from service.offline import spark_job
 
     monkeypatch.setenv("MODEL_PATH", str(small_model[0]))
     monkeypatch.setenv("ENV_FILE", "/nonexistent/.env")
@@ -110,7 +110,7 @@ def test_spark_job_entry_writes_scores_and_rejects(spark, small_model, transacti
 
 @pytest.mark.parametrize("content", [None, b"not parquet"], ids=["missing", "not-parquet"])
 def test_spark_job_stops_on_an_unreadable_input_with_one_line(spark, small_model, tmp_path, monkeypatch, content):
-    from service import spark_job
+    from service.offline import spark_job
 
     monkeypatch.setenv("MODEL_PATH", str(small_model[0]))
     monkeypatch.setenv("ENV_FILE", "/nonexistent/.env")

@@ -10,9 +10,9 @@ import time
 
 import pytest
 
-from service import serve
-from service.artifacts import ArtifactPaths
-from service.stack import ROOT, http_get
+from service.core.artifacts import ArtifactPaths
+from service.runtime import serve
+from stack.launcher import ROOT, http_get
 from tests.helpers import free_port, install_model, stack_env
 
 
@@ -42,7 +42,7 @@ def test_config_error_stops_gunicorn_with_one_line(small_model, tmp_path, overri
 def test_config_error_stops_the_launcher_with_one_line(small_model):
     env = stack_env(small_model[0], free_port(), PORT="99999")
     result = subprocess.run(
-        [sys.executable, "-m", "service.stack"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "stack"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
     )
     assert result.returncode != 0
     assert result.stderr.strip() == "config error: PORT must be an integer from 1 to 65535 (got '99999')"
@@ -64,7 +64,7 @@ def test_launcher_serves_then_stops_cleanly(small_model, tmp_path, stop_signal):
     env = stack_env(small_model[0], port)
     with open(tmp_path / "out.log", "w") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "service.stack"],
+            [sys.executable, "-m", "stack"],
             cwd=ROOT,
             env=env,
             stdout=log,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from model import synthetic, threshold, train
-from service.artifacts import ArtifactPaths
+from service.core.artifacts import ArtifactPaths
 from tests.helpers import UNLIMITED, Client, as_transaction, start_stack
 
 

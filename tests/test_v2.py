@@ -261,7 +261,7 @@ def test_binary_tensor_data_errors(client, rows):
 
 
 def test_deadline_refusals_have_the_protocols_shape(client, stack):
-    """The deadline is checked before Falcon (service/deadline.py); its refusals under /v2 are
+    """The deadline is checked before Falcon (service/api/deadline.py); its refusals under /v2 are
     {"error": message} too, as a V2 client reads them."""
     request = tensor([0.5] * 30)
     assert_v2_error(post(client, request, {"X-Deadline-Ms": "soon"}), 400, "X-Deadline-Ms must be a whole number")

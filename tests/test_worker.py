@@ -1,4 +1,4 @@
-"""The sync worker that closes at once (service/worker.py), over real nginx: a body the app refused
+"""The sync worker that closes at once (service/runtime/worker.py), over real nginx: a body the app refused
 without reading is drained first, so nginx gets the answer, never a reset (a 502); and on a graceful
 stop it answers the connections already queued on its socket before it exits; one idle worker
 wakes per connection, not all of them."""
@@ -10,7 +10,7 @@ import os
 import signal
 import socket
 
-from service.stack import batch_body_limit
+from stack.launcher import batch_body_limit
 from tests.helpers import Client, sample_transaction, wait_for
 
 
@@ -24,7 +24,7 @@ def test_answers_refused_before_the_body_is_read_still_arrive(client: Client, lo
         reply = client.request("POST", "/v1/fraud-score/batch", body, key="not-a-valid-key-at-all")
         assert reply.status == 403 and reply.json["error"] == "forbidden"
         assert client.score(sample_transaction()).status == 200
-    assert '"Using worker: service.worker.Worker"' in (local_stack.logs / "stack.log").read_text()
+    assert '"Using worker: service.runtime.worker.Worker"' in (local_stack.logs / "stack.log").read_text()
 
 
 def test_a_graceful_stop_answers_the_connections_already_queued(stack_factory):
@@ -96,7 +96,7 @@ def without_date(answer: bytes) -> bytes:
 
 
 def test_an_answer_in_one_piece_leaves_in_one_write_with_the_bytes_gunicorn_would_send():
-    from service.worker import Response
+    from service.runtime.worker import Response
 
     gunicorn_response = Response.__mro__[1]
     json_answer = [("Content-Type", "application/json"), ("Content-Length", "17")]

@@ -1,0 +1,239 @@
+"""The Falcon application: routes, error shape, request id and timing headers.
+
+Built in the gunicorn master (at start, and again on a model rollout): everything a request
+needs is prepared here, once."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+import uuid
+from importlib import resources
+from typing import Any
+
+import falcon
+
+from service.api.auth import ApiKeys
+from service.api.budget import RowBudget
+from service.api.by_id import ByIdBatchResource, ByIdScoreResource, StoredRows, StoreStatusResource
+from service.api.errors import handle_unexpected, serialize_error
+from service.api.openapi import DOCS_PAGE, build_openapi
+from service.api.resources import (
+    BatchScoreResource,
+    DriftResource,
+    FraudScoreResource,
+    ModelUnavailableResource,
+    StaticJson,
+)
+from service.api.v2 import add_routes as add_v2_routes
+from service.contract.schema import TransactionValidator, batch_document, load_schema_document
+from service.core.settings import Settings
+from service.engine.challenger import Challenger, describe
+from service.engine.drift import DriftCounter
+from service.engine.loader import LoadedModel
+from service.engine.ood import OutOfDistribution
+from service.engine.scoring import Scoring
+from service.store.feature_store import FeatureStore, StoreConfig
+from service.telemetry import metrics, multiproc
+
+_pid: list[str] = []  # this process's id as a header value, once per worker
+os.register_at_fork(after_in_child=_pid.clear)
+
+
+def _worker_pid() -> str:
+    if not _pid:
+        _pid.append(str(os.getpid()))
+    return _pid[0]
+
+
+class RequestContext:
+    """The app's only middleware (each one is a call per request and per hook): echoes the request
+    id (nginx sets one on every request) and the app's own time; tells nginx which worker answered
+    (nginx logs it and hides it from clients), to correlate with its logs; then counts and times the
+    request in the metrics, with the final status."""
+
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        req.context.started = time.perf_counter()
+
+    def process_response(
+        self, req: falcon.Request, resp: falcon.Response, resource: object, req_succeeded: bool
+    ) -> None:
+        elapsed = time.perf_counter() - req.context.started
+        resp.set_header("X-Request-ID", req.env.get("HTTP_X_REQUEST_ID") or uuid.uuid4().hex)
+        resp.set_header("X-Response-Time-Ms", f"{elapsed * 1000.0:.3f}")
+        resp.set_header("X-Worker-PID", _pid[0] if _pid else _worker_pid())
+        metrics.record_request(req.uri_template, req.method, resp.status_code, elapsed)
+
+
+class DocsPage:
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.text = DOCS_PAGE
+        resp.content_type = falcon.MEDIA_HTML
+
+
+def model_info(
+    model: LoadedModel,
+    settings: Settings,
+    ood: OutOfDistribution,
+    challenger: LoadedModel | None = None,
+    challenger_refused: str | None = None,
+) -> dict[str, Any]:
+    manifest = model.manifest
+    scorer = model.scorer
+    return {
+        "model-version": model.version,
+        "estimator": manifest.get("estimator") or type(getattr(scorer, "estimator", scorer)).__name__,
+        "scorer": "forest-walker" if hasattr(scorer, "explain_row") else "sklearn",
+        "trained_at": manifest.get("trained_at"),
+        "data_source": manifest.get("data_source"),
+        "sklearn_version": manifest.get("sklearn_version"),
+        "n_trees": getattr(scorer, "n_trees", None),
+        "n_nodes": getattr(scorer, "n_nodes", None),
+        "max_depth": getattr(scorer, "max_depth", None),
+        "features": manifest.get("features"),
+        "feature_importances": manifest.get("feature_importances"),
+        "metrics": manifest.get("metrics") or {},
+        "threshold": model.threshold,
+        "ood": {"z": settings.ood_z, "enabled": ood.enabled},
+        "sha256": model.forest_sha256,
+        "estimator_sha256": (manifest.get("files", {}).get("estimator") or {}).get("sha256"),
+        "champion": describe(model),
+        "challenger": (
+            {**describe(challenger), "log_sample": settings.challenger_log_sample}
+            if challenger
+            else {"refused": challenger_refused}
+            if challenger_refused
+            else None
+        ),
+    }
+
+
+def drift_counter(model: LoadedModel) -> DriftCounter | None:
+    """Counts this model's scored rows into its training bins, in the metrics directory when
+    there is one (gunicorn), else in this process."""
+    reference = model.manifest.get("drift")
+    if not reference:
+        return None
+    key = model.forest_sha256 or hashlib.sha256(model.version.encode()).hexdigest()
+    return DriftCounter(reference, key[:16], os.environ.get(multiproc.ENV))
+
+
+def create_app(
+    settings: Settings,
+    model: LoadedModel | None,
+    unavailable_reason: str = "",
+    budget: RowBudget | None = None,
+    *,
+    challenger: LoadedModel | None = None,
+    challenger_refused: str | None = None,
+) -> falcon.App:
+    """`budget` is the per-key row budget shared by every worker; the gunicorn master makes it
+    once (service/runtime/wsgi.py) so that it outlives rollouts. Without one, the app gets its own."""
+    app = falcon.App(middleware=[RequestContext()])
+    app.set_error_serializer(serialize_error)
+    app.add_error_handler(Exception, handle_unexpected)
+    keys = ApiKeys(settings.api_keys)
+    budget = budget or RowBudget.for_settings(settings)
+    document = load_schema_document()
+
+    app.add_route(
+        "/openapi.json",
+        StaticJson(
+            build_openapi(document, settings.batch_max, settings.app_version, by_id=bool(settings.feature_store_url))
+        ),
+    )
+    app.add_route("/docs", DocsPage())
+    app.add_static_route("/docs/static", str(resources.files("service.api").joinpath("static/swagger-ui")))
+    drift = drift_counter(model) if model is not None else None
+    # nginx serves it to internal networks only
+    app.add_route("/metrics", metrics.MetricsResource([drift] if drift else []))
+
+    if model is None:
+        app.add_route(
+            "/health",
+            StaticJson(
+                {"status": "unhealthy", "model_loaded": False, "reason": unavailable_reason}, status=falcon.HTTP_503
+            ),
+        )
+        app.add_route("/v1/fraud-score", ModelUnavailableResource(unavailable_reason, "post"))
+        app.add_route("/v1/fraud-score/batch", ModelUnavailableResource(unavailable_reason, "post"))
+        app.add_route("/v1/model-info", ModelUnavailableResource(unavailable_reason, "get"))
+        add_v2_routes(app, settings.app_version, keys, settings.batch_max, None, budget, unavailable_reason)
+        app.add_route("/v1/drift", ModelUnavailableResource(unavailable_reason, "get"))
+        app.add_route("/v1/drift/reset", ModelUnavailableResource(unavailable_reason, "post"))
+        if settings.feature_store_url:
+            app.add_route("/v1/fraud-score/by-id", ModelUnavailableResource(unavailable_reason, "post"))
+            app.add_route("/v1/fraud-score/by-id/batch", ModelUnavailableResource(unavailable_reason, "post"))
+            app.add_route("/health/feature-store", StoreStatusResource(feature_store(settings)))  # model or not
+        return app
+
+    ood = OutOfDistribution(model.manifest.get("feature_stats"), settings.ood_z)
+    threshold = model.threshold["value"]
+    beside = None
+    if challenger is not None:
+        beside = Challenger(
+            challenger,
+            model.version,
+            threshold,
+            settings.challenger_log_sample,
+            observe_one=metrics.observe_challenger,
+            observe_many=metrics.observe_challenger_rows,
+        )
+    scoring = Scoring(
+        model,
+        ood,
+        threshold,
+        observe=metrics.observe_score,
+        observe_many=metrics.observe_scores,
+        drift=drift,
+        challenger=beside,
+    )
+    metrics.set_model_version(model.version)
+    app.add_route("/health", StaticJson({"status": "healthy", "model_loaded": True}))
+    app.add_route("/v1/fraud-score", FraudScoreResource(scoring, TransactionValidator(document), keys, budget))
+    app.add_route(
+        "/v1/fraud-score/batch",
+        BatchScoreResource(
+            scoring,
+            TransactionValidator(batch_document(document, settings.batch_max)),
+            keys,
+            budget,
+            settings.batch_max,
+        ),
+    )
+    app.add_route(
+        "/v1/model-info", StaticJson(model_info(model, settings, ood, challenger, challenger_refused), keys=keys)
+    )
+    drift_resource = DriftResource(drift, keys)
+    app.add_route("/v1/drift", drift_resource)
+    app.add_route("/v1/drift/reset", drift_resource, suffix="reset")
+    add_v2_routes(app, settings.app_version, keys, settings.batch_max, scoring, budget)
+    if settings.feature_store_url:
+        add_by_id_routes(app, settings, scoring, TransactionValidator(document), keys, budget)
+    return app
+
+
+def add_by_id_routes(
+    app: falcon.App,
+    settings: Settings,
+    scoring: Scoring,
+    transaction: TransactionValidator,
+    keys: ApiKeys,
+    budget: RowBudget,
+) -> None:
+    store = feature_store(settings)
+    stored = StoredRows(store, transaction)
+    app.add_route("/v1/fraud-score/by-id", ByIdScoreResource(scoring, stored, keys, budget))
+    app.add_route("/v1/fraud-score/by-id/batch", ByIdBatchResource(scoring, stored, keys, budget, settings.batch_max))
+    app.add_route("/health/feature-store", StoreStatusResource(store))
+
+
+def feature_store(settings: Settings) -> FeatureStore:
+    """The configured store's client (nothing connects until a worker's first lookup)."""
+    return FeatureStore(
+        StoreConfig(
+            settings.feature_store_url, settings.feature_store_prefix, settings.feature_store_timeout_ms / 1000
+        ),
+        observe_fetch=metrics.observe_fetch,
+    )
