@@ -120,7 +120,7 @@ def test_the_dockerfile_runs_only_what_the_suite_runs_natively():
                 assert words[0] in {"apt-get", "rm", "groupadd", "useradd", "install", "touch"}, command
     run = [json.loads(a) for k, a in steps if k == "CMD"]
     assert run[-1] == ["python", "-m", "service.runtime.serve"]  # what stack/launcher.py starts for every test
-    assert '[sys.executable, "-m", "service.runtime.serve"]' in (ROOT / "service" / "stack.py").read_text()
+    assert '[sys.executable, "-m", "service.runtime.serve"]' in (ROOT / "stack" / "launcher.py").read_text()
     health = [a for k, a in steps if k == "HEALTHCHECK"]
     assert health and health[-1].endswith('CMD ["python", "-m", "service.runtime.healthcheck"]')
     assert compose()["services"]["api"]["healthcheck"]["test"] == ["CMD", "python", "-m", "service.runtime.healthcheck"]

@@ -450,7 +450,7 @@ def test_batch_rows_count_only_the_requests_that_scored():
 
 
 def test_walker_routes_checks_every_route_against_predict_proba_and_prints_each(small_model, capsys):
-    from perf import walker_routes
+    from perf.experiments import walker_routes
 
     assert walker_routes.main(["--model", str(small_model[0]), "--rows", "300", "--rounds", "1"]) == 0
     printed = capsys.readouterr().out
