@@ -27,7 +27,7 @@ import numpy as np
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
 from model import synthetic, threshold
-from model.train import read_csv
+from model.train import read_labelled
 from service.core.artifacts import ArtifactError
 from service.core.settings import Settings, read_environment
 from service.engine.drift import SCORE_EDGES, psi
@@ -283,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     except ArtifactError as e:
         sys.exit(f"model error: {e}")
     if args.csv:
-        X, y = read_csv(args.csv)
+        X, y = read_labelled(args.csv)
         source = f"{args.csv.name}"
     else:
         X, y = synthetic.generate(args.rows, seed=args.seed)

@@ -2,7 +2,7 @@
 
 python -m model.train                      # synthetic data (deterministic), ~100k rows
 python -m model.train --rows 284807        # the full data set's size
-python -m model.train --csv creditcard.csv # the real data set, or your own with its columns
+python -m model.train --csv creditcard.csv # the real data set as published (or Parquet with its columns)
 """
 
 from __future__ import annotations
@@ -20,25 +20,22 @@ from sklearn.model_selection import train_test_split
 from model import synthetic, threshold
 from model.export import export, feature_stats
 from service.core.artifacts import sha256_file
-from service.core.features import FEATURES
 from service.engine import drift
 
 DEFAULT_MODEL_PATH = Path("model/fraud-model.joblib")
 
 
-def read_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Reads a CSV with the creditcard.csv header: Time,V1..V28,Amount,Class (any column order)."""
-    with open(path) as f:
-        header = [h.strip().strip('"') for h in f.readline().split(",")]
-    missing = [c for c in (*FEATURES, "Class") if c not in header]
-    if missing:
-        raise SystemExit(f"{path}: missing columns {', '.join(missing)}")
-    data = np.genfromtxt(path, delimiter=",", skip_header=1, dtype=np.float64)
-    if data.ndim != 2 or not np.isfinite(data).all():
-        raise SystemExit(f"{path}: every row must hold finite numbers")
-    X = data[:, [header.index(c) for c in FEATURES]]
-    y = data[:, header.index("Class")].astype(np.int64)
-    return X, y
+def read_labelled(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """A labelled file (creditcard.csv as published, or Parquet) through the service's one reader
+    of transaction files; a file that cannot be used stops the command with one line."""
+    # Imported here: Arrow is the `data` extra, and training on synthetic data (the container's
+    # build) runs without it.
+    from service.offline import labelled
+
+    try:
+        return labelled.read(path)
+    except labelled.LabelledFileError as e:
+        raise SystemExit(f"error: {e}") from None
 
 
 def fit_with_progress(
@@ -95,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--max-alert-rate must be between 0 and 1")
 
     if args.csv:
-        X, y = read_csv(args.csv)
+        X, y = read_labelled(args.csv)
         source = f"csv:{args.csv.name} sha256={sha256_file(args.csv)}"
     else:
         X, y = synthetic.generate(args.rows, seed=args.seed)

@@ -145,6 +145,25 @@ def as_transaction(row: np.ndarray) -> dict[str, float]:
     return {name: float(v) for name, v in zip(FEATURES, row, strict=True)}
 
 
+def write_published_csv(
+    path: Path, X: np.ndarray, y: np.ndarray, spreadsheet: bool = False, ids: list[str] | None = None
+) -> Path:
+    """Rows in the published creditcard.csv's own format: every header name quoted, `Class` a quoted
+    "0" or "1", `Time` an integer where it is whole (on most rows; "406.0" on every third, as a tool
+    that rewrote a few rows would), the V's and Amount as Python writes floats. spreadsheet: the
+    same file saved again by a spreadsheet, with a UTF-8 byte-order mark and CRLF line ends. ids:
+    a quoted `transaction_id` column first (the feature writer's)."""
+    names = (["transaction_id"] if ids is not None else []) + [*FEATURES, "Class"]
+    lines = [",".join(f'"{name}"' for name in names)]
+    for i, (row, label) in enumerate(zip(X.tolist(), y.tolist(), strict=True)):
+        time_ = f"{row[0]:.0f}" if row[0].is_integer() and i % 3 else repr(row[0])
+        fields = ([f'"{ids[i]}"'] if ids is not None else []) + [time_, *map(repr, row[1:]), f'"{int(label)}"']
+        lines.append(",".join(fields))
+    end = "\r\n" if spreadsheet else "\n"
+    path.write_bytes(("\ufeff" if spreadsheet else "").encode() + (end.join(lines) + end).encode())
+    return path
+
+
 def train_small_model(path: Path, n_rows: int = 6000, trees: int = 25, seed: int = 3) -> RandomForestClassifier:
     """A real forest in about a second; frauds are oversampled so that scores vary."""
     X, y = synthetic.generate(n_rows, seed=seed)

@@ -41,6 +41,7 @@ import pyarrow.parquet as pq
 from service.core import settings as settings_module
 from service.core.artifacts import ArtifactError
 from service.core.features import FEATURES
+from service.offline import csvfile
 from service.offline.tables import Engine, Features, TableError, as_float64, missing_features, output_fields
 
 CHUNK_ROWS = 65_536
@@ -98,16 +99,9 @@ class Source:
                 self.total_rows = metadata.metadata.num_rows
                 self.row_groups = metadata.metadata.num_row_groups
             else:
-                names = self._csv_header(path)
+                names = csvfile.header(path)
                 self.schema = pa.schema([pa.field(name, pa.string()) for name in names])
-                # Every column is read as text: features are converted (and refused) row by row,
-                # and the other columns pass through exactly as written.
-                self._convert = pacsv.ConvertOptions(
-                    column_types={name: pa.string() for name in names},
-                    strings_can_be_null=True,
-                    null_values=[""],
-                    quoted_strings_can_be_null=False,
-                )
+                self._convert = csvfile.as_text(names)
                 with open(path, "rb") as f:
                     head = f.read(self.SAMPLE_BYTES)
                     self._data_start = _after_first_line(head)
@@ -115,19 +109,9 @@ class Source:
                     sample = f.read(self.SAMPLE_BYTES)
                 line_bytes = len(sample) / max(1, sample.count(b"\n"))
                 self._piece_bytes = max(1, int(line_bytes * chunk_rows))
-        except (OSError, pa.ArrowException, csv.Error, UnicodeDecodeError) as e:
+        except (OSError, pa.ArrowException, csv.Error, UnicodeDecodeError, csvfile.HeaderError) as e:
             raise BulkError(f"cannot read {path}: {_reason(e)}") from None
         self._empty = pa.RecordBatch.from_arrays([pa.nulls(0, f.type) for f in self.schema], schema=self.schema)
-
-    @staticmethod
-    def _csv_header(path: Path) -> list[str]:
-        with open(path, newline="", encoding="utf-8") as f:
-            header = next(csv.reader(f), None)
-        if not header:
-            raise BulkError(f"cannot read {path}: the file is empty (a header line with the column names is needed)")
-        if len(set(header)) != len(header):
-            raise BulkError(f"cannot read {path}: the header names a column twice")
-        return header
 
     def pieces(self, k: int = 0, n: int = 1) -> Iterator[tuple[pa.RecordBatch, bool, int | None]]:
         """(batch, whether it ends its piece, bytes of the file read up to it when known) for
@@ -195,8 +179,7 @@ class Source:
             return self._read_csv(data, len(data) + 1)
 
     def _read_csv(self, data: bytes, block_size: int) -> pa.Table:
-        options = pacsv.ReadOptions(column_names=self.schema.names, block_size=block_size, use_threads=False)
-        return pacsv.read_csv(pa.py_buffer(data), read_options=options, convert_options=self._convert)
+        return csvfile.parse(data, self.schema.names, self._convert, block_size)
 
     def _line_start(self, fd: int, offset: int) -> int:
         """Where the first line starting at or after offset starts (the file's size if none)."""
