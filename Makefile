@@ -77,8 +77,9 @@ $(INSTALLED): pyproject.toml $(wildcard service/*/*.c)
 $(MODEL_PATH): | $(INSTALLED)
 	$(PY) -m model.train --output $(MODEL_PATH)
 
-# REVIEW_COST (per alert) and MAX_ALERT_RATE (0-1) set how the decision threshold is chosen.
-TRAIN_ARGS = $(if $(CSV),--csv $(CSV)) $(if $(REVIEW_COST),--review-cost $(REVIEW_COST)) $(if $(MAX_ALERT_RATE),--max-alert-rate $(MAX_ALERT_RATE))
+# REVIEW_COST (per alert) and MAX_ALERT_RATE (0-1) set how the decision threshold is chosen;
+# OOD_TARGET_RATE (0-1) the share of ordinary rows the out-of-distribution flag may mark.
+TRAIN_ARGS = $(if $(CSV),--csv $(CSV)) $(if $(REVIEW_COST),--review-cost $(REVIEW_COST)) $(if $(MAX_ALERT_RATE),--max-alert-rate $(MAX_ALERT_RATE)) $(if $(OOD_TARGET_RATE),--ood-target-rate $(OOD_TARGET_RATE))
 
 model: | $(INSTALLED)
 	$(PY) -m model.train --output $(MODEL_PATH) $(TRAIN_ARGS)
@@ -102,10 +103,11 @@ run: install .env $(MODEL_PATH)
 	GUNICORN_PIDFILE=$(CURDIR)/.run/gunicorn.pid $(PY) -m stack
 
 # Load transactions' features into the feature store (FEATURE_STORE_URL): IN=file.csv|.parquet
-# with a transaction_id column and the 30 features; TTL=seconds to keep each record.
+# with a transaction_id column and the 30 features; TTL=seconds to keep each record; ROW_IDS=1: no id
+# column (the published creditcard.csv), each row's number in the file is its id.
 features: install
 	@test -n "$(IN)" || { echo "usage: make features IN=transactions.parquet [TTL=86400]"; exit 2; }
-	$(PY) -m service.offline.feature_writer $(IN) $(if $(TTL),--ttl $(TTL))
+	$(PY) -m service.offline.feature_writer $(IN) $(if $(TTL),--ttl $(TTL)) $(if $(ROW_IDS),--row-ids)
 
 # Zero-downtime model rollout for a running `make run`: replace the model files (make model does,
 # atomically), then this. New workers load the new model before the old ones stop.

@@ -34,9 +34,11 @@ def export(
     version: str | None = None,
     threshold: dict[str, Any] | None = None,
     drift: dict[str, Any] | None = None,
+    ood: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Writes the estimator, its serving artifact and the manifest; returns the manifest.
-    `threshold` (model.threshold.choose) and `drift` (service.engine.drift.reference) are recorded as given."""
+    `threshold` (model.threshold.choose), `drift` (service.engine.drift.reference) and `ood`
+    (model.ood_bounds.calibrate) are recorded as given."""
     paths = ArtifactPaths.for_model(model_path)
     paths.estimator.parent.mkdir(parents=True, exist_ok=True)
     # A forest pickled with n_jobs>1 makes every predict_proba spin up threads (~3x slower per row).
@@ -62,6 +64,8 @@ def export(
         manifest["threshold"] = threshold
     if drift is not None:
         manifest["drift"] = drift
+    if ood is not None:
+        manifest["ood"] = ood
     try:
         arrays = forest.flatten(estimator)
     except forest.UnsupportedEstimator as e:

@@ -17,7 +17,7 @@ from sklearn.ensemble import RandomForestClassifier
 from sklearn.metrics import average_precision_score, roc_auc_score
 from sklearn.model_selection import train_test_split
 
-from model import synthetic, threshold
+from model import ood_bounds, synthetic, threshold
 from model.export import export, feature_stats
 from service.core.artifacts import sha256_file
 from service.engine import drift
@@ -84,12 +84,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--max-alert-rate", type=float, help="choose the threshold among those alerting on at most this share (0-1)"
     )
+    parser.add_argument(
+        "--ood-target-rate",
+        type=float,
+        default=ood_bounds.TARGET_RATE,
+        help=f"share of ordinary rows the out-of-distribution flag may mark (default {ood_bounds.TARGET_RATE:g})",
+    )
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     if args.review_cost < 0 or not np.isfinite(args.review_cost):
         parser.error("--review-cost must be a finite number >= 0")
     if args.max_alert_rate is not None and not 0 <= args.max_alert_rate <= 1:
         parser.error("--max-alert-rate must be between 0 and 1")
+    if not 0 < args.ood_target_rate < 1:
+        parser.error("--ood-target-rate must be between 0 and 1")
 
     if args.csv:
         X, y = read_labelled(args.csv)
@@ -123,7 +131,9 @@ def main(argv: list[str] | None = None) -> int:
         version=args.version,
         threshold=chosen,
         drift=drift.reference(X_train, scores),
+        ood=ood_bounds.calibrate(X_train, X_test, args.ood_target_rate),
     )
+    ood = manifest["ood"]
     print(
         f"held-out split ({metrics['n_test']} rows, {metrics['n_test_fraud']} frauds): "
         f"ROC AUC {metrics['roc_auc']:.4f}, average precision (AUC-PR) {metrics['average_precision']:.4f}"
@@ -135,6 +145,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     print("  " + threshold.describe(f"at {chosen['value']:>3}", chosen["at_threshold"]))
     print("  " + threshold.describe("at  50", chosen["at_50"]))
+    print(
+        f"out-of-distribution bounds: training quantiles {ood['tail']:.3g} and 1 - {ood['tail']:.3g}, flagging "
+        f"{100 * ood['heldout_rate']:.2f} % of the held-out split (target {100 * ood['target_rate']:g} %)"
+    )
     forest_info = manifest["files"].get("forest", {})
     print(
         f"wrote {args.output} (version {manifest['version']}, {forest_info.get('n_trees')} trees, "

@@ -137,7 +137,7 @@ def test_out_of_distribution_features_are_flagged(client, small_model):
 
 def test_ood_uses_training_mean_and_std():
     stats = {name: {"mean": 1.0, "std": 2.0} for name in FEATURES} | {"V3": {"mean": 0.0, "std": 0.0}}
-    ood = OutOfDistribution(stats, 3.0)
+    ood = OutOfDistribution.for_model({"feature_stats": stats}, 3.0)
     row = [1.0] * 30
     assert ood.features(row) == []
     row[1] = 7.0 + 1e-9  # V1: just beyond 3 std
@@ -148,7 +148,7 @@ def test_ood_uses_training_mean_and_std():
 
 def test_model_without_statistics_never_warns_and_says_so(caplog):
     with caplog.at_level(logging.WARNING):
-        ood = OutOfDistribution(None, 3.0)
+        ood = OutOfDistribution.for_model({}, None)
     assert "no training statistics" in caplog.text
     assert ood.features([1e30] * 30) == [] and not ood.enabled
 
@@ -161,7 +161,7 @@ def test_batch_results_equal_single_results_row_for_row(small_model):
     from service.engine.scoring import Scoring
 
     model = load_model(from_mapping({"API_KEY": "k" * 16, "MODEL_PATH": str(small_model[0])}))
-    scoring = Scoring(model, OutOfDistribution(model.manifest["feature_stats"], 3.0), 37)
+    scoring = Scoring(model, OutOfDistribution.for_model(model.manifest, 3.0), 37)
     X, _ = synthetic.generate(3000, seed=8)
     X[::7, 3] *= 40  # far out of distribution
     answer = scoring.many_json(X)

@@ -38,7 +38,9 @@ def test_model_info(client: Client, served_model):
     }
     assert info["champion"]["model-version"] == "test-3" and info["champion"]["threshold"] == info["threshold"]
     assert info["challenger"] is None
-    assert info["ood"] == {"z": 3.0, "enabled": True}
+    # A model trained before bounds were calibrated keeps the old rule, and says so.
+    assert {k: info["ood"][k] for k in ("rule", "z", "enabled")} == {"rule": "z", "z": 3.0, "enabled": True}
+    assert "no calibrated bounds" in info["ood"]["note"]
     assert info["sha256"] == sha256_file(paths.forest)
     assert info["estimator_sha256"] == sha256_file(paths.estimator)
     assert info["trained_at"] and info["sklearn_version"] and info["data_source"].startswith("test synthetic")

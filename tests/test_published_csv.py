@@ -113,6 +113,12 @@ def test_make_features_reads_it(published, tmp_path):
         client = redis.Redis.from_url(server.url)
         for i in (0, 1, 2, len(y) - 1):
             assert client.get(f"pub:tx-{i}") == encode_record(X[i].tolist())
+        # The published file itself has no id column: `make features ROW_IDS=1` numbers its rows.
+        done = command("service.offline.feature_writer", str(published[0]), "--url", server.url, "--row-ids")
+        assert done.returncode == 0, done.stderr
+        assert f"{len(y):,} records written, 0 rejected" in done.stderr
+        for i in (0, 1, 2, len(y) - 1):
+            assert client.get(f"fraud:tx:{i + 1}") == encode_record(X[i].tolist())
     finally:
         server.stop()
 

@@ -34,7 +34,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=2000)
     args = parser.parse_args()
     model = load_model(from_mapping({"API_KEY": "benchmark-only-key", "MODEL_PATH": str(args.model)}))
-    scoring = Scoring(model, OutOfDistribution(model.manifest.get("feature_stats"), 3.0), 50)
+    scoring = Scoring(model, OutOfDistribution.for_model(model.manifest, 3.0), 50)
     forest = model.scorer
     X, _ = synthetic.generate(args.rows, seed=123)
     rows = [list(map(float, r)) for r in X]

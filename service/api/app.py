@@ -95,7 +95,7 @@ def model_info(
         "feature_importances": manifest.get("feature_importances"),
         "metrics": manifest.get("metrics") or {},
         "threshold": model.threshold,
-        "ood": {"z": settings.ood_z, "enabled": ood.enabled},
+        "ood": ood.summary,
         "sha256": model.forest_sha256,
         "estimator_sha256": (manifest.get("files", {}).get("estimator") or {}).get("sha256"),
         "champion": describe(model),
@@ -168,7 +168,7 @@ def create_app(
             app.add_route("/health/feature-store", StoreStatusResource(feature_store(settings)))  # model or not
         return app
 
-    ood = OutOfDistribution(model.manifest.get("feature_stats"), settings.ood_z)
+    ood = OutOfDistribution.for_model(model.manifest, settings.ood_z)
     threshold = model.threshold["value"]
     beside = None
     if challenger is not None:
@@ -190,6 +190,7 @@ def create_app(
         challenger=beside,
     )
     metrics.set_model_version(model.version)
+    metrics.set_ood_heldout_rate(ood.summary.get("heldout_rate"))
     app.add_route("/health", StaticJson({"status": "healthy", "model_loaded": True}))
     app.add_route("/v1/fraud-score", FraudScoreResource(scoring, TransactionValidator(document), keys, budget))
     app.add_route(

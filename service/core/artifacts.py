@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from service.core.features import FEATURES
+
 
 class ArtifactError(Exception):
     """A model file is missing, unreadable or does not match its recorded digest."""
@@ -105,9 +107,31 @@ def _shape_problem(manifest: dict[str, Any]) -> str | None:
         )
     ):
         return "`feature_stats` must map each feature to numbers `mean` and `std`"
+    if _ood_problem(manifest.get("ood")):
+        return (
+            "`ood` must hold numbers `target_rate`, `heldout_rate` and `tail`, and `bounds` mapping every "
+            "feature to [low, high]"
+        )
     if not isinstance(manifest.get("version", ""), str):
         return "`version` must be a string"
     return None
+
+
+def _ood_problem(ood: Any) -> bool:
+    if ood is None:
+        return False
+    if not isinstance(ood, dict) or not all(
+        type(ood.get(k)) in (int, float) for k in ("target_rate", "heldout_rate", "tail")
+    ):
+        return True
+    bounds = ood.get("bounds")
+    return not (
+        isinstance(bounds, dict)
+        and all(
+            isinstance(b, list) and len(b) == 2 and all(type(v) in (int, float) for v in b) and b[0] <= b[1]
+            for b in (bounds.get(name) for name in FEATURES)
+        )
+    )
 
 
 def recorded_digest(manifest: dict[str, Any] | None, role: str) -> str | None:

@@ -167,7 +167,8 @@ class Settings:
     # throughput (docs/feature-store.md#workers).
     workers: int = setting("WORKERS", _integer(1, 64), default_factory=_cores)
     batch_max: int = setting("BATCH_MAX", _integer(1, 10_000), 1000)
-    ood_z: float = setting("OOD_Z", _positive_float, 3.0)
+    # None: the model's calibrated out-of-distribution bounds (service/engine/ood.py); set: mean ± z std.
+    ood_z: float | None = setting("OOD_Z", _positive_float, None)
     model_required: bool = setting("MODEL_REQUIRED", _boolean, False)
     # nginx limits: requests per second per API key and per client address, and the
     # burst above the rate that is let through at once before 429s start.

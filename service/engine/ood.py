@@ -1,7 +1,14 @@
-"""Out-of-distribution flags: features far from what the model saw in training.
+"""Out-of-distribution flags: features outside the range the model saw in training.
 
-A feature is flagged when |x - mean| > z * std, with the training mean and standard deviation
-from the model's manifest. The bounds are computed once; a check is 30 comparisons."""
+A feature is flagged when it lies outside its bounds [low, high]; a check is two comparisons a
+feature, whichever rule made the bounds. The bounds come from the model's manifest, once:
+
+- calibrated (the manifest's `ood`, written by model/ood_bounds.py): each feature's tail quantiles
+  of the training rows, the tail chosen on the held-out split so that rows from the training
+  distribution are flagged at a target rate; the manifest records the rate measured there;
+- mean ± z training standard deviations (the manifest's `feature_stats`) when OOD_Z is set, or for
+  a model that records no calibrated bounds (with z = 3). The 28 components are heavy-tailed, and a
+  row has 30 chances to cross 3 standard deviations: this rule flags about a third of ordinary rows."""
 
 from __future__ import annotations
 
@@ -15,22 +22,44 @@ from service.core.features import FEATURES
 
 log = logging.getLogger(__name__)
 
+DEFAULT_Z = 3.0  # the rule of a model without calibrated bounds
+
 
 class OutOfDistribution:
-    def __init__(self, feature_stats: dict[str, dict[str, float]] | None, z: float) -> None:
-        self.enabled = bool(feature_stats)
-        if not self.enabled:
-            log.warning("the model's manifest has no training statistics: out-of-distribution warnings are off")
-            feature_stats = {}
-        # A feature constant in training (std 0) has no scale to measure distance by: never flagged.
-        stats = [feature_stats.get(name) or {"mean": 0.0, "std": 0.0} for name in FEATURES]
+    def __init__(self, low: np.ndarray, high: np.ndarray, summary: dict[str, Any]) -> None:
+        """low, high: each feature's bounds in FEATURES order (-inf, inf: never flagged);
+        summary: the rule and its figures, as GET /v1/model-info shows them."""
+        # C-contiguous float64: the table engine reads them in C (service/offline/_columns.c).
+        self.low, self.high = (np.ascontiguousarray(bound, dtype=np.float64) for bound in (low, high))
+        self.enabled = bool(np.isfinite(self.low).any() or np.isfinite(self.high).any())
+        self.summary = {**summary, "enabled": self.enabled}
         self._bounds = [
-            (name, i, s["mean"] - z * s["std"], s["mean"] + z * s["std"])
-            for i, (name, s) in enumerate(zip(FEATURES, stats, strict=True))
-            if s["std"] > 0
+            (name, i, low, high)
+            for i, (name, low, high) in enumerate(zip(FEATURES, self.low.tolist(), self.high.tolist(), strict=True))
+            if np.isfinite(low) or np.isfinite(high)
         ]
-        self.low = np.array([s["mean"] - z * s["std"] if s["std"] > 0 else -np.inf for s in stats])
-        self.high = np.array([s["mean"] + z * s["std"] if s["std"] > 0 else np.inf for s in stats])
+
+    @classmethod
+    def for_model(cls, manifest: dict[str, Any], z: float | None) -> OutOfDistribution:
+        """The model's calibrated bounds; z (OOD_Z) set: mean ± z std instead."""
+        calibrated = manifest.get("ood")
+        if z is None and calibrated:
+            low, high = np.array([calibrated["bounds"][name] for name in FEATURES], dtype=np.float64).T
+            figures = {k: calibrated[k] for k in ("target_rate", "heldout_rate", "tail")}
+            return cls(low, high, {"rule": "calibrated", **figures, "bounds": calibrated["bounds"]})
+        stats = manifest.get("feature_stats")
+        if not stats:
+            log.warning("the model's manifest has no training statistics: out-of-distribution warnings are off")
+            return cls(np.full(len(FEATURES), -np.inf), np.full(len(FEATURES), np.inf), {"rule": "none"})
+        summary: dict[str, Any] = {"rule": "z", "z": z or DEFAULT_Z}
+        if z is None:
+            summary["note"] = (
+                f"the model records no calibrated bounds: flagged beyond {DEFAULT_Z:g} training standard "
+                "deviations, which flags about a third of ordinary rows; retrain (make model) to calibrate"
+            )
+            log.warning("out-of-distribution flags: %s", summary["note"])
+        low, high = z_bounds(stats, z or DEFAULT_Z)
+        return cls(low, high, summary)
 
     def features(self, row: Sequence[float]) -> list[str]:
         """Names of the row's out-of-distribution features, in feature order."""
@@ -39,6 +68,15 @@ class OutOfDistribution:
     def outside(self, X: np.ndarray) -> np.ndarray:
         """Which features of each row (n, 30) are out of distribution: a boolean array of X's shape."""
         return (self.low > X) | (self.high < X)
+
+
+def z_bounds(feature_stats: dict[str, dict[str, float]], z: float) -> tuple[np.ndarray, np.ndarray]:
+    """mean ± z std a feature; a feature constant in training (std 0) has no scale to measure
+    distance by: never flagged."""
+    stats = [feature_stats.get(name) or {"mean": 0.0, "std": 0.0} for name in FEATURES]
+    low = np.array([s["mean"] - z * s["std"] if s["std"] > 0 else -np.inf for s in stats])
+    high = np.array([s["mean"] + z * s["std"] if s["std"] > 0 else np.inf for s in stats])
+    return low, high
 
 
 def annotate(result: dict[str, Any], flagged: list[str]) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""Work on tables of transactions rather than requests: the table engine over Arrow columns
+"""Work on tables of transactions rather than requests: the one reader of transaction files
+(`csvfile.py`, and `labelled.py` for training and evaluation), the table engine over Arrow columns
 (`_columns.c`), bulk scoring of files on every core (`make score`), the Spark job, and the feature
 store's writer (`make features`).
 

@@ -1,6 +1,7 @@
 """`make features IN=…`: load transactions' features into the online feature store.
 
     python -m service.offline.feature_writer transactions.parquet [--id-column transaction_id] [--ttl 86400]
+    python -m service.offline.feature_writer creditcard.csv --row-ids     # the published file: no id column
 
 Reads CSV or Parquet (an id column and the 30 feature columns, in any order; other columns are
 ignored) in chunks through bulk scoring's reader (service/offline/bulk.py's Source), refuses each row the
@@ -55,12 +56,12 @@ class Summary:
         )
 
 
-def open_source(path: Path, id_column: str) -> Source:
+def open_source(path: Path, id_column: str | None) -> Source:
     try:
         source = Source(path, CHUNK_ROWS)
     except BulkError as e:
         raise InputError(str(e)) from None
-    missing = [c for c in (id_column, *FEATURES) if c not in source.schema.names]
+    missing = [c for c in ([id_column] if id_column else []) + list(FEATURES) if c not in source.schema.names]
     if missing:
         raise InputError(f"{path}: missing columns {', '.join(missing)}")
     return source
@@ -71,10 +72,12 @@ def load(
     client: redis.Redis,
     prefix: str,
     rejects: Path,
-    id_column: str = "transaction_id",
+    id_column: str | None = "transaction_id",
     ttl: int | None = None,
     progress: bool | None = None,
 ) -> Summary:
+    """id_column None: each row's number in the file is its id (1 for the first after the header,
+    as the rejects file numbers rows)."""
     source = open_source(path, id_column)
     summary = Summary()
     started = time.monotonic()
@@ -85,11 +88,15 @@ def load(
             tqdm(total=source.total_rows, unit=" rows", unit_scale=True, disable=not show, desc="features") as bar,
         ):
             out = csv.writer(rejected)
-            out.writerow(["row", id_column, "reason"])
+            out.writerow(["row", id_column or "id", "reason"])
             for batch in source.batches():
                 columns, _, reasons = read_features(batch)
                 rows = np.column_stack(columns).tolist()
-                ids = batch.column(id_column).cast(pa.string()).to_pylist()
+                ids = (
+                    batch.column(id_column).cast(pa.string()).to_pylist()
+                    if id_column
+                    else [str(summary.rows + i + 1) for i in range(batch.num_rows)]
+                )
                 pipe = client.pipeline(transaction=False)
                 for i, transaction_id in enumerate(ids):
                     if not transaction_id:
@@ -121,6 +128,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("input", type=Path, help="a CSV or Parquet file")
     parser.add_argument("--id-column", default="transaction_id")
+    parser.add_argument(
+        "--row-ids",
+        action="store_true",
+        help="no id column (the published creditcard.csv): each row's number in the file is its id, 1 the first",
+    )
     parser.add_argument("--ttl", type=int, help="seconds each record is kept (default: until deleted)")
     parser.add_argument("--url", default=environment.get("FEATURE_STORE_URL"), help="default: FEATURE_STORE_URL")
     parser.add_argument(
@@ -139,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     rejects = args.rejects or args.input.with_name(args.input.name.split(".")[0] + ".rejects.csv")
     client = redis.Redis.from_url(args.url, socket_timeout=30)
     try:
-        summary = load(args.input, client, args.prefix, rejects, args.id_column, args.ttl)
+        summary = load(args.input, client, args.prefix, rejects, None if args.row_ids else args.id_column, args.ttl)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

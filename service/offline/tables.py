@@ -164,7 +164,7 @@ class Engine:
     @classmethod
     def load(cls, settings: Settings) -> Engine:
         model = load_model(settings)
-        ood = OutOfDistribution(model.manifest.get("feature_stats"), settings.ood_z)
+        ood = OutOfDistribution.for_model(model.manifest, settings.ood_z)
         return cls(model, ood, model.threshold["value"])  # the service's: service/core/threshold.py
 
     @property

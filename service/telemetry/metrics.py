@@ -14,6 +14,7 @@ shared memory. `python -m perf.experiments.metrics_cost` measures what a request
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
 import struct
@@ -66,6 +67,12 @@ MODEL_INFO = Gauge(
     "fraud_model_info",
     "The model being served (value 1, version in the label)",
     ["version"],
+    multiprocess_mode="livemax",
+)
+OOD_HELDOUT_RATE = Gauge(
+    "fraud_model_ood_heldout_rate",
+    "The share of held-out rows the served model's out-of-distribution bounds flag: what ordinary traffic shows "
+    "(NaN without calibrated bounds)",
     multiprocess_mode="livemax",
 )
 # Queue waits from nginx's stamp to a worker: well under a millisecond idle, the deadline's
@@ -431,6 +438,13 @@ def observe_fetch(seconds: float, rows: int, misses: int) -> None:
 
 
 _served_versions: list[str] = []
+
+
+def set_ood_heldout_rate(rate: float | None) -> None:
+    """In the master, at start and on every rollout: the out-of-distribution alarm compares the live
+    rate against a multiple of it. NaN (the alarm never fires) for a model without calibrated
+    bounds, or with OOD_Z's rule, whose ordinary rate nobody measured."""
+    OOD_HELDOUT_RATE.set(math.nan if rate is None else rate)
 
 
 def set_model_version(version: str) -> None:
