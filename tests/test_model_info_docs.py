@@ -16,7 +16,7 @@ from service.core.features import FEATURES
 from tests.helpers import ARTIFACTS, Client, assert_error
 
 
-def test_model_info(client: Client, served_model):
+def test_model_info(client: Client, served_model, local_stack):
     reply = client.request("GET", "/v1/model-info")
     assert reply.status == 200, reply.raw
     info = reply.json
@@ -41,6 +41,7 @@ def test_model_info(client: Client, served_model):
     # A model trained before bounds were calibrated keeps the old rule, and says so.
     assert {k: info["ood"][k] for k in ("rule", "z", "enabled")} == {"rule": "z", "z": 3.0, "enabled": True}
     assert "no calibrated bounds" in info["ood"]["note"]
+    assert f"out-of-distribution flags: {info['ood']['note']}" in (local_stack.logs / "stack.log").read_text()
     assert info["sha256"] == sha256_file(paths.forest)
     assert info["estimator_sha256"] == sha256_file(paths.estimator)
     assert info["trained_at"] and info["sklearn_version"] and info["data_source"].startswith("test synthetic")

@@ -6,6 +6,7 @@ needs is prepared here, once."""
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import time
 import uuid
@@ -37,6 +38,7 @@ from service.engine.scoring import Scoring
 from service.store.feature_store import FeatureStore, StoreConfig
 from service.telemetry import metrics, multiproc
 
+log = logging.getLogger(__name__)
 _pid: list[str] = []  # this process's id as a header value, once per worker
 os.register_at_fork(after_in_child=_pid.clear)
 
@@ -169,6 +171,8 @@ def create_app(
         return app
 
     ood = OutOfDistribution.for_model(model.manifest, settings.ood_z)
+    if "note" in ood.summary:
+        log.warning("out-of-distribution flags: %s", ood.summary["note"])
     threshold = model.threshold["value"]
     beside = None
     if challenger is not None:

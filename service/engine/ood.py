@@ -57,7 +57,6 @@ class OutOfDistribution:
                 f"the model records no calibrated bounds: flagged beyond {DEFAULT_Z:g} training standard "
                 "deviations, which flags about a third of ordinary rows; retrain (make model) to calibrate"
             )
-            log.warning("out-of-distribution flags: %s", summary["note"])
         low, high = z_bounds(stats, z or DEFAULT_Z)
         return cls(low, high, summary)
 
