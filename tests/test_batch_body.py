@@ -1,15 +1,18 @@
 """The batch body reader (service/contract/_rows.c `parse`, through TransactionValidator.read_body) reads a
 body's bytes straight into the matrix. It must either say "undecided" (None: the route then decodes
 the body with orjson and checks it as before) or give exactly the matrix that orjson + the one-pass
-reader give: the same shape, the same float64 bits, and only for a valid body."""
+reader give: the same shape, the same float64 bits, and only for a valid body; and what they decide
+is what jsonschema decides on the body's text."""
 
 from __future__ import annotations
 
+import json
 import math
 import struct
 from decimal import Decimal, localcontext
 from fractions import Fraction
 
+import jsonschema
 import numpy as np
 import orjson
 import pytest
@@ -18,12 +21,12 @@ from hypothesis import strategies as st
 
 from model import synthetic
 from service.contract.schema import TransactionValidator, batch_document, load_schema_document
-from service.core.features import FEATURES
+from service.core.features import FEATURE_BOUND, FEATURES, FLOAT32_MAX
 
 BATCH_MAX = 50
 VALIDATOR = TransactionValidator(batch_document(load_schema_document(), BATCH_MAX))
+REFERENCE = jsonschema.Draft202012Validator(VALIDATOR.document)
 read_body = VALIDATOR.read_body
-FLT_MAX = 3.4028234663852886e38
 
 
 def reference(raw: bytes) -> np.ndarray | None:
@@ -35,17 +38,31 @@ def reference(raw: bytes) -> np.ndarray | None:
     return VALIDATOR.matrix(body)
 
 
+def as_python_reads_it(raw: bytes) -> object:
+    """The body as Python's json reads it (integers whole), for jsonschema; None for a body orjson
+    refuses (NaN and Infinity are not JSON) or Python cannot read (an integer of 4,300 digits)."""
+    try:
+        orjson.loads(raw)
+        return json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+
+
 def same_bits(a: np.ndarray, b: np.ndarray) -> bool:
     return a.shape == b.shape and np.array_equal(a.view(np.uint64), b.view(np.uint64))
 
 
 def check(raw: bytes) -> np.ndarray | None:
-    """The property: undecided, or the reference's matrix bit for bit."""
+    """The property: undecided, or the reference's matrix bit for bit; and the route's verdict
+    (the reader's, else the reference's) is jsonschema's on the same text."""
     found = read_body(raw)
+    expected = reference(raw)
     if found is not None:
-        expected = reference(raw)
         assert expected is not None, raw[:300]
         assert same_bits(found, expected), raw[:300]
+    decoded = as_python_reads_it(raw)
+    if decoded is not None:
+        assert (expected is not None) == REFERENCE.is_valid(decoded), raw[:300]
     return found
 
 
@@ -123,7 +140,12 @@ EDGE_TOKENS = [
     "3.4028234663852887e38",
     "3.4028235e38",
     "3.4028236e38",
-    "340282346638528859811704183484516925440",
+    *(
+        f"{sign}{n}"  # float32's largest and the schema's exact bound as integers, and beside them
+        for bound in (int(FLOAT32_MAX), FEATURE_BOUND)
+        for n in (bound - 1, bound, bound + 1)
+        for sign in ("", "-")
+    ),
     "1e27",
     "1e28",
     "1e-27",
@@ -161,11 +183,13 @@ def double_tokens(x: float) -> list[str]:
 
 @st.composite
 def number_tokens(draw):
-    kind = draw(st.integers(0, 5))
+    kind = draw(st.integers(0, 6))
     if kind == 0:
         return draw(st.sampled_from(EDGE_TOKENS))
     if kind == 1:
         return str(draw(st.integers(-(2**66), 2**66)))
+    if kind == 6:  # integers around the float32 bound, on both sides of the schema's exact bound
+        return str(draw(st.sampled_from([1, -1])) * draw(st.integers(int(FLOAT32_MAX) - 2**76, FEATURE_BOUND + 2**76)))
     if kind == 2:  # any double's bits
         x = struct.unpack("<d", struct.pack("<Q", draw(st.integers(0, 2**64 - 1))))[0]
         return "1e999" if not math.isfinite(x) else draw(st.sampled_from(double_tokens(x)))

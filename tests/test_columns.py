@@ -8,11 +8,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from service.core.features import FEATURES, N_FEATURES
+from service.core.features import FEATURE_BOUND, FEATURES, FLOAT32_MAX, N_FEATURES
 from service.offline import _columns
-from service.offline.tables import Features
-
-FLOAT32_MAX = float(np.finfo(np.float32).max)
+from service.offline.tables import UNBOUNDED, Features
 
 
 @pytest.fixture(scope="module")
@@ -98,3 +96,15 @@ def test_positions_outside_the_row_are_refused(columns, positions, message):
     rows, bad, far = np.empty((n, N_FEATURES), np.float32), np.empty(n, np.uint32), np.empty(n, np.uint32)
     with pytest.raises(ValueError, match=message):
         _columns.rows((columns[0], columns[1]), *bounds(), rows, bad, far, positions)
+
+
+def test_a_table_refuses_numbers_written_as_integers_exactly_where_the_json_schema_does():
+    """A table's text is read as the nearest double (Arrow's cast), as orjson reads a body: the
+    integers around float32's largest are refused exactly beyond the schema's bound."""
+    edge = [int(FLOAT32_MAX), int(FLOAT32_MAX) + 1, FEATURE_BOUND, FEATURE_BOUND + 1]
+    integers = [sign * n for n in edge for sign in (1, -1)]
+    arrays = [
+        pa.array([str(n) for n in integers]) if name == "V7" else pa.array([0.5] * len(integers)) for name in FEATURES
+    ]
+    features = Features.read(pa.RecordBatch.from_arrays(arrays, names=list(FEATURES)), *UNBOUNDED)
+    assert (features.refused != 0).tolist() == [abs(n) > FEATURE_BOUND for n in integers]

@@ -6,6 +6,7 @@ from importlib import resources
 
 import jsonschema
 import numpy as np
+import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -23,12 +24,32 @@ from service.contract.schema import (
     load_schema_document,
     sample_transaction,
 )
-from service.core.features import FEATURE_DESCRIPTIONS, FEATURES
+from service.core.features import FEATURE_BOUND, FEATURE_DESCRIPTIONS, FEATURES, FLOAT32_MAX
 
 DOCUMENT = load_schema_document()
 VALIDATOR = TransactionValidator(DOCUMENT)
 REFERENCE = jsonschema.Draft202012Validator(DOCUMENT)
-FLT_MAX = 3.4028234663852886e38
+
+# Integers at the float32 bound, on both sides of it and of the schema's exact bound, both signs:
+# JSON carries them whole; orjson reads one beyond 64 bits as its nearest double, jsonschema
+# compares it exactly.
+EDGE_INTEGERS = [
+    sign * n
+    for n in (
+        int(FLOAT32_MAX) - 1,
+        int(FLOAT32_MAX),
+        int(FLOAT32_MAX) + 1,
+        FEATURE_BOUND - 1,
+        FEATURE_BOUND,
+        FEATURE_BOUND + 1,
+        int(math.nextafter(FLOAT32_MAX, math.inf)),
+        2**128,
+    )
+    for sign in (1, -1)
+]
+edge_integers = st.sampled_from(EDGE_INTEGERS) | st.integers(int(FLOAT32_MAX) - 2**76, FEATURE_BOUND + 2**76).map(
+    lambda n: n if n % 2 else -n
+)
 
 # JSON values as orjson decodes them (no NaN/Infinity: JSON has none).
 json_scalars = (
@@ -46,7 +67,10 @@ json_values = st.recursive(
 feature_values = (
     st.floats(allow_nan=False, allow_infinity=False)
     | st.integers(-(2**64), 2**64)
-    | st.sampled_from([FLT_MAX, -FLT_MAX, math.nextafter(FLT_MAX, math.inf), 0, -0.0, True, False, None, "1"])
+    | edge_integers
+    | st.sampled_from(
+        [FLOAT32_MAX, -FLOAT32_MAX, math.nextafter(FLOAT32_MAX, math.inf), 0, -0.0, True, False, None, "1"]
+    )
 )
 
 
@@ -87,9 +111,12 @@ def test_batch_validator_agrees_with_reference(items):
 # Mostly valid batches, so that the one-pass reader (service/contract/_rows.c) decides most of them itself:
 # plain floats and ints, now and then one value that is not (a bool, a string, a huge integer, a
 # value just past the float32 bound, a missing field).
-plain_values = st.floats(-FLT_MAX, FLT_MAX) | st.integers(-(2**53), 2**53)
-odd_values = st.sampled_from(
-    [True, False, None, "1", [], {}, 2**53 + 1, -(2**60), 2**70, math.nextafter(FLT_MAX, math.inf), -1e300]
+plain_values = st.floats(-FLOAT32_MAX, FLOAT32_MAX) | st.integers(-(2**53), 2**53)
+odd_values = (
+    st.sampled_from(
+        [True, False, None, "1", [], {}, 2**53 + 1, -(2**60), 2**70, math.nextafter(FLOAT32_MAX, math.inf), -1e300]
+    )
+    | edge_integers
 )
 
 
@@ -119,14 +146,55 @@ def test_batch_reader_agrees_with_reference_and_reads_every_value(body):
         assert matrix.tolist() == expected
 
 
+def route_accepts(validator: TransactionValidator, raw: bytes) -> bool:
+    """What the routes decide from a body's bytes: the batch route reads them into the matrix when
+    it can, else it decodes them with orjson and checks the matrix; the single route decodes and
+    checks."""
+    if validator.read_body is not None and validator.read_body(raw) is not None:
+        return True
+    body = orjson.loads(raw)
+    return validator.matrix(body) is not None if validator.matrix is not None else validator.is_valid(body)
+
+
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(transactions(), min_size=1, max_size=3), st.sampled_from(FEATURES), edge_integers)
+def test_the_routes_decide_a_body_as_jsonschema_decides_its_text(items, name, integer):
+    """From the bytes, as the service reads them, against jsonschema on the same text read by
+    Python's json (integers whole): for integers at and around the bounds above all."""
+    items[0][name] = integer
+    one = json.dumps(items[0]).encode()
+    assert route_accepts(VALIDATOR, one) == REFERENCE.is_valid(json.loads(one)), one
+    many = json.dumps({"transactions": items}).encode()
+    assert route_accepts(BATCH_VALIDATOR, many) == BATCH_REFERENCE.is_valid(json.loads(many)), many
+
+
+@pytest.mark.parametrize("integer", EDGE_INTEGERS)
+def test_an_integer_at_the_bounds_is_decided_on_every_path_as_jsonschema_decides_it(integer):
+    valid = abs(integer) <= FEATURE_BOUND
+    body = {name: 0.5 for name in FEATURES} | {"V7": integer}
+    one, many = json.dumps(body).encode(), json.dumps({"transactions": [body, body]}).encode()
+    assert REFERENCE.is_valid(json.loads(one)) is valid
+    assert route_accepts(VALIDATOR, one) is valid and route_accepts(BATCH_VALIDATOR, many) is valid
+    assert VALIDATOR.is_valid(body) is valid and (BATCH_VALIDATOR.matrix({"transactions": [body]}) is not None) is valid
+    assert ROW_CHECK(tuple(float(body[name]) for name in FEATURES)) is valid  # a stored record holds its double
+
+
+def test_the_exact_bound_is_the_last_number_whose_double_is_float32s_largest():
+    assert float(np.finfo(np.float32).max) == FLOAT32_MAX
+    assert float(FEATURE_BOUND) == FLOAT32_MAX and float(FEATURE_BOUND + 1) > FLOAT32_MAX
+    assert orjson.loads(str(FEATURE_BOUND)) == FLOAT32_MAX and orjson.loads(str(FEATURE_BOUND + 1)) > FLOAT32_MAX
+    assert {DOCUMENT["properties"][name]["maximum"] for name in FEATURES} == {FEATURE_BOUND}
+    assert {DOCUMENT["properties"][name]["minimum"] for name in FEATURES} == {-FEATURE_BOUND}
+
+
 # Every double a stored record can hold (the by-id routes' rows), the edges most often.
 record_values = st.floats(width=64) | st.sampled_from(
     [
-        FLT_MAX,
-        -FLT_MAX,
-        math.nextafter(FLT_MAX, math.inf),
-        math.nextafter(-FLT_MAX, -math.inf),
-        math.nextafter(FLT_MAX, 0.0),
+        FLOAT32_MAX,
+        -FLOAT32_MAX,
+        math.nextafter(FLOAT32_MAX, math.inf),
+        math.nextafter(-FLOAT32_MAX, -math.inf),
+        math.nextafter(FLOAT32_MAX, 0.0),
         0.0,
         -0.0,
         5e-324,
@@ -162,7 +230,7 @@ def test_the_matrix_check_is_every_rows_check(rows):
 
 def test_the_row_check_on_each_feature_at_and_past_its_bounds():
     for i in range(len(FEATURES)):
-        for value, valid in ((FLT_MAX, True), (-FLT_MAX, True), (math.nextafter(FLT_MAX, math.inf), False)):
+        for value, valid in ((FLOAT32_MAX, True), (-FLOAT32_MAX, True), (math.nextafter(FLOAT32_MAX, math.inf), False)):
             for sign in (1, -1):
                 row = tuple(sign * value if j == i else 0.5 for j in range(len(FEATURES)))
                 assert ROW_CHECK(row) is valid

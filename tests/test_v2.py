@@ -13,6 +13,7 @@ import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
 from model import synthetic
+from service.core.features import FEATURE_BOUND, FEATURES, FLOAT32_MAX
 from tests.helpers import TEST_KEY, Client, call_upstream, samples, start_stack, value
 
 BATCH_MAX = 1000
@@ -225,6 +226,16 @@ BAD_REQUESTS = [
     ("{", 400, "not valid JSON"),
     ("", 400, "not valid JSON"),
 ]
+
+
+@pytest.mark.parametrize("integer", [int(FLOAT32_MAX) + 1, FEATURE_BOUND, -FEATURE_BOUND, FEATURE_BOUND + 1])
+def test_an_fp64_integer_at_the_bound_is_decided_as_in_a_transaction(client, integer):
+    """JSON carries the integer whole; V2 and v1 read it as its nearest double alike (the schema's
+    exact bound, FEATURE_BOUND, says which: tests/test_schema.py)."""
+    values = [0.5] * 29 + [integer]
+    v2 = post(client, tensor(values))
+    v1 = client.request("POST", "/v1/fraud-score", json.dumps(dict(zip(FEATURES, values, strict=True))))
+    assert (v2.status, v1.status) == ((200, 200) if abs(integer) <= FEATURE_BOUND else (400, 422)), (v2.raw, v1.raw)
 
 
 @pytest.mark.parametrize("body, status, fragment", BAD_REQUESTS)

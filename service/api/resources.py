@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import falcon
@@ -78,7 +79,10 @@ class StaticJson:
     """A JSON body fixed at start (health, model info, the OpenAPI document): serialised once."""
 
     def __init__(self, body: Any, status: str = falcon.HTTP_200, keys: ApiKeys | None = None) -> None:
-        self._body = orjson.dumps(body)
+        try:
+            self._body = orjson.dumps(body)
+        except orjson.JSONEncodeError:  # orjson writes no integer beyond 64 bits; the schema's bounds are
+            self._body = json.dumps(body, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
         self._status = status
         self._keys = keys
 

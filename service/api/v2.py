@@ -25,7 +25,7 @@ from service.api.auth import ApiKeys
 from service.api.budget import RowBudget
 from service.api.errors import JSON, ApiError
 from service.api.resources import ModelUnavailableResource, StaticJson, require_key
-from service.core.features import FEATURES, N_FEATURES
+from service.core.features import FEATURES, FLOAT32_MAX, N_FEATURES
 from service.engine.scoring import Scoring
 
 MODEL_NAME = "fraud"
@@ -36,9 +36,6 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 # which int() refuses), and few enough that int() never sees thousands of them.
 _HEADER_LENGTH_VALUE = re.compile(r"0*([1-9][0-9]{0,18})")
 BINARY = "application/octet-stream"
-# The schema's bound: the model computes in float32, and a double beyond float32's range is no
-# input sklearn accepts either.
-FLOAT32_MAX = float(np.finfo(np.float32).max)
 INPUT_TYPES = {"FP64": np.dtype("<f8"), "FP32": np.dtype("<f4")}
 # name -> (datatype, little-endian dtype of its binary form, field of Scored)
 OUTPUTS: dict[str, tuple[str, np.dtype, str]] = {

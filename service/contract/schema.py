@@ -17,7 +17,7 @@ import jsonschema
 import numpy as np
 
 from service.contract import _rows
-from service.core.features import FEATURE_DESCRIPTIONS, FEATURES
+from service.core.features import FEATURE_BOUND, FEATURE_DESCRIPTIONS, FEATURES, FLOAT32_MAX
 
 SCHEMA_FILE = "transaction.schema.json"
 EXAMPLE_FILE = "transaction.example.json"  # the README's curl sends it; /openapi.json embeds it
@@ -26,16 +26,14 @@ ID_FIELD = "transaction_id"
 IDS_FIELD = "transaction_ids"
 
 
-FLOAT32_MAX = 3.4028234663852886e38  # the model compares in float32: a larger number has no place in it
-
-
 def load_schema_document() -> dict[str, Any]:
     """The transaction schema: the document-level keywords of transaction.schema.json, and one
     required, float32-bounded number per feature of service/core/features.py, in column order. Built
-    here, never written down twice, so that a feature is added in one place."""
+    here, never written down twice, so that a feature is added in one place. The bounds are
+    ±FEATURE_BOUND, the exact numbers whose nearest double is ±FLOAT32_MAX."""
     template = json.loads(resources.files("service.contract.schemas").joinpath(SCHEMA_FILE).read_text())
     template.pop("$comment", None)
-    number = {"type": "number", "minimum": -FLOAT32_MAX, "maximum": FLOAT32_MAX}
+    number = {"type": "number", "minimum": -FEATURE_BOUND, "maximum": FEATURE_BOUND}
     properties = {name: {**number, "description": text} for name, text in FEATURE_DESCRIPTIONS.items()}
     return {**template, "required": list(properties), "properties": properties}
 
@@ -162,6 +160,30 @@ _FLAT_DOCUMENT_KEYS = {
 _NUMBER_KEYS = {"type", "minimum", "maximum", "description"}
 
 
+def _bounds(properties: dict[str, Any]) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+    """Each property's minimum and maximum as the document states them (unbounded: ∓inf)."""
+    specs = properties.values()
+    return tuple(s.get("minimum", -math.inf) for s in specs), tuple(s.get("maximum", math.inf) for s in specs)
+
+
+def _double(bound: Any, toward: float) -> float:
+    """The double nearest `bound` on the side of `toward` (or `bound` itself, if a double holds it)."""
+    try:
+        x = float(bound)
+    except OverflowError:
+        return math.inf if bound > 0 else -math.inf
+    return math.nextafter(x, toward) if (x > bound if toward < 0 else x < bound) else x
+
+
+def _double_bounds(properties: dict[str, Any]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The bounds for the readers that compare doubles: the smallest double at or above each
+    minimum, the largest at or below each maximum, so that a double (or an integer a double holds)
+    is within them exactly when it is within the document's bounds, which may be numbers no double
+    holds (the transaction schema's are: service/core/features.py, FEATURE_BOUND)."""
+    low, high = _bounds(properties)
+    return tuple(_double(b, math.inf) for b in low), tuple(_double(b, -math.inf) for b in high)
+
+
 def _required_properties(document: dict[str, Any]) -> dict[str, Any] | None:
     """The properties of an object document whose properties are all required and whose other
     keywords change nothing the specialised checks below decide; None for any other document."""
@@ -190,7 +212,9 @@ def compile_flat_numbers(document: dict[str, Any]) -> Callable[[Any], bool] | No
         if not isinstance(spec, dict) or set(spec) - _NUMBER_KEYS or spec.get("type") != "number":
             return None
     names = tuple(properties)
-    bounds = tuple((spec.get("minimum", -math.inf), spec.get("maximum", math.inf)) for spec in properties.values())
+    # A float is decided by the double bounds alone; another number (an int beyond 2**53, a Decimal)
+    # outside them may still be within the exact ones, which decide it then.
+    bounds = tuple(zip(*_double_bounds(properties), *_bounds(properties), strict=True))
     values_of = itemgetter(*names) if len(names) > 1 else (lambda d: (d[names[0]],))
 
     def is_valid(instance: Any) -> bool:
@@ -200,12 +224,12 @@ def compile_flat_numbers(document: dict[str, Any]) -> Callable[[Any], bool] | No
             values = values_of(instance)
         except KeyError:
             return False
-        for value, (low, high) in zip(values, bounds, strict=True):
+        for value, (low, high, exact_low, exact_high) in zip(values, bounds, strict=True):
             kind = type(value)
             # float and int are the two types JSON numbers decode to
             if kind is not float and kind is not int and (kind is bool or not isinstance(value, numbers.Number)):
                 return False
-            if value < low or value > high:
+            if (value < low or value > high) and (kind is float or value < exact_low or value > exact_high):
                 return False
         return True
 
@@ -220,10 +244,7 @@ def _bounds_by_position(
     if compile_flat_numbers(document) is None or not set(document["properties"]) <= set(names):
         return None
     properties = document["properties"]
-    positions = [names.index(name) for name in properties]
-    low = tuple(spec.get("minimum", -math.inf) for spec in properties.values())
-    high = tuple(spec.get("maximum", math.inf) for spec in properties.values())
-    return positions, low, high
+    return [names.index(name) for name in properties], *_double_bounds(properties)
 
 
 def compile_flat_numbers_row(
@@ -280,8 +301,7 @@ def compile_flat_numbers_rows(document: dict[str, Any]) -> Callable[[list[Any]],
         return None
     properties = document["properties"]
     names = tuple(properties)
-    low = np.array([spec.get("minimum", -math.inf) for spec in properties.values()], dtype=np.float64)
-    high = np.array([spec.get("maximum", math.inf) for spec in properties.values()], dtype=np.float64)
+    low, high = (np.array(bounds, dtype=np.float64) for bounds in _double_bounds(properties))
     values_of = itemgetter(*names) if len(names) > 1 else (lambda d: (d[names[0]],))
 
     def rows(items: list[Any]) -> np.ndarray | None:
@@ -350,8 +370,7 @@ def compile_batch_body_reader(document: dict[str, Any]) -> Callable[[bytes], np.
     field, items, min_items, max_items = found
     properties = items["properties"]
     keys = tuple(name.encode() for name in properties)
-    low = np.array([spec.get("minimum", -math.inf) for spec in properties.values()], dtype=np.float64)
-    high = np.array([spec.get("maximum", math.inf) for spec in properties.values()], dtype=np.float64)
+    low, high = (np.array(bounds, dtype=np.float64) for bounds in _double_bounds(properties))
 
     def read(body: bytes) -> np.ndarray | None:
         out = np.empty((max_items, len(keys)), dtype=np.float64)

@@ -21,8 +21,6 @@ from service.engine.ood import OutOfDistribution
 from service.engine.scoring import Scoring
 from service.offline import _columns
 
-FLOAT32_MAX = float(np.finfo(np.float32).max)  # the schema's bound: the model computes in float32
-
 OUTPUT_FIELDS = [
     pa.field("probability", pa.float64()),
     pa.field("fraud_score", pa.int32()),
