@@ -34,6 +34,10 @@ from service.core.settings import DEADLINE_MAX_MS, DEADLINE_MIN_MS
 # answer still has to go back through nginx. A request with less left would be answered late.
 RESERVE_MS = 2.0
 RETRY_AFTER_SECONDS = "1"
+SPENT = (
+    "the request waited {waited_ms:.0f} ms in the queue of its {budget} ms budget; "
+    "retry after Retry-After, or fall back to your own rule"
+)
 # Only the API's routes are shed: health checks (the V2 probes too), metrics and the docs always answer.
 SHED_PREFIXES = ("/v1/", "/v2/")
 NEVER_SHED_PREFIXES = ("/v2/health/",)
@@ -130,8 +134,7 @@ class Deadlines:
                 environ,
                 "503 Service Unavailable",
                 "deadline_exceeded",
-                f"the request waited {waited_ms:.0f} ms in the queue of its {budget} ms budget; "
-                "retry after Retry-After, or fall back to your own rule",
+                SPENT.format(waited_ms=waited_ms, budget=budget),
                 waited_ms,
                 now,
                 retry_after=True,
