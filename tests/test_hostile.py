@@ -11,6 +11,7 @@ import time
 import pytest
 
 from service.api.auth import ApiKeys
+from service.api.errors import protocol_v2
 from tests.helpers import Client, assert_error, sample_transaction
 
 TEXT = json.dumps(sample_transaction())
@@ -133,6 +134,17 @@ def assert_bad_request_json(status: int, body: bytes) -> None:
     assert found["error"] == "bad_request" and found["message"], found
 
 
+def assert_in_the_routes_error_shape(request_head: bytes, status: int, body: bytes) -> None:
+    """The error shape of the route the request line names: the Open Inference Protocol's,
+    {"error": "..."}, under /v2; the service's, {"error": code, "message": ...}, elsewhere."""
+    found = json.loads(body)
+    path = request_head.split(b" ")[1].decode("latin-1").split("?")[0]
+    if protocol_v2(path):
+        assert list(found) == ["error"] and isinstance(found["error"], str) and found["error"], (status, found)
+    else:
+        assert list(found) == ["error", "message"] and found["error"] in ("bad_request", "uri_too_long"), found
+
+
 @pytest.mark.parametrize(
     "request_head",
     [
@@ -145,7 +157,29 @@ def assert_bad_request_json(status: int, body: bytes) -> None:
 )
 def test_framings_nginx_does_not_speak_are_400_json_never_5xx(client: Client, request_head):
     # nginx answers these itself (501, 505) with an HTML page unless the config maps them.
-    assert_bad_request_json(*exchange(client, request_head + b"Host: x\r\nConnection: close\r\n\r\n0\r\n\r\n"))
+    status, body = exchange(client, request_head + b"Host: x\r\nConnection: close\r\n\r\n0\r\n\r\n")
+    assert status == 400, (status, body)
+    assert_in_the_routes_error_shape(request_head, status, body)
+
+
+@pytest.mark.parametrize("prefix", [b"/v2", b"/v2/models/fraud/infer", b"/v2?x=1", b"/v1/fraud-score", b"/v2x"])
+@pytest.mark.parametrize(
+    "request_head, status",
+    [
+        (b"POST {path} HTTP/1.1 extra\r\n", 400),  # a broken request line
+        (b"POST {path}\x01 HTTP/1.1\r\n", 400),
+        (b"POST {path} HTTP/1.1\r\nNo colon here\r\n", 400),  # a broken header
+        (b"POST {path} HTTP/1.1\r\nX-Big: " + b"a" * 9000 + b"\r\n", 400),  # beyond large_client_header_buffers
+        (b"POST {path}" + b"a" * 9000 + b" HTTP/1.1\r\n", 414),
+        (b"POST {path} HTTP/2.0\r\n", 400),
+        (b"POST {path} HTTP/1.1\r\nTransfer-Encoding: identity\r\n", 400),
+    ],
+)
+def test_nginxs_own_refusals_come_in_the_routes_error_shape(client: Client, prefix, request_head, status):
+    request_head = request_head.replace(b"{path}", prefix)
+    found, body = exchange(client, request_head + b"Host: x\r\nConnection: close\r\n\r\n")
+    assert found == status, (found, body)
+    assert_in_the_routes_error_shape(request_head, found, body)
 
 
 @pytest.mark.parametrize(
