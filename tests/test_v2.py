@@ -154,6 +154,28 @@ def test_client_errors_reach_tritonclient_as_the_servers_message(triton_client, 
         infer(triton_client, X, "FP64", True, None)
 
 
+def test_a_headers_dict_reused_after_a_binary_request_is_refused_and_a_fresh_one_is_not(triton_client, rows):
+    """docs/api.md's warning: tritonclient writes Inference-Header-Content-Length into the headers
+    dict it is given; the same dict on a JSON request then declares a JSON header of the binary
+    request's length, and the request is refused (400) as the header says. A fresh dict scores."""
+
+    def json_features() -> triton.InferInput:
+        tensor = triton.InferInput("features", [3, 30], "FP64")
+        tensor.set_data_from_numpy(rows[:3], binary_data=False)
+        return tensor
+
+    reused = dict(KEY)
+    binary = triton.InferInput("features", [1, 30], "FP64")
+    binary.set_data_from_numpy(rows[:1])  # binary by default
+    triton_client.infer("fraud", [binary], headers=reused)
+    assert "Inference-Header-Content-Length" in reused
+    with pytest.raises(InferenceServerException) as refused:
+        triton_client.infer("fraud", [json_features()], headers=reused)
+    assert refused.value.status() == "400", refused.value
+    fresh = triton_client.infer("fraud", [json_features()], headers=dict(KEY))
+    assert fresh.as_numpy("probability").shape == (3,)
+
+
 def header_and_binary(request: dict, binary: bytes) -> tuple[bytes, dict[str, str]]:
     header = json.dumps(request).encode()
     return header + binary, {"Inference-Header-Content-Length": str(len(header))}
