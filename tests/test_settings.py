@@ -1,10 +1,12 @@
 import dataclasses
+import inspect
 import os
 import re
 from pathlib import Path
 
 import pytest
 
+from service.core import settings as settings_module
 from service.core.settings import ConfigError, Settings, from_mapping, read_environment, variables
 from stack.launcher import ROOT
 
@@ -95,9 +97,41 @@ def test_every_setting_has_a_variable_and_a_parser():
     assert len(variables()) == len(dataclasses.fields(Settings))  # no variable read into two fields
 
 
-def test_every_variable_is_documented_in_env_example():
-    documented = set(re.findall(r"^#?([A-Z][A-Z0-9_]*)=", ENV_EXAMPLE.read_text(), re.M))
-    assert set(variables()) - documented == set()
+# Documented in .env.example beside the settings, read by others: prometheus-client (gunicorn.conf.py).
+NOT_SETTINGS = {"PROMETHEUS_MULTIPROC_DIR"}
+
+
+def env_example() -> dict[str, tuple[bool, str]]:
+    """.env.example's variables: name -> (set, or only shown in a comment; the value written)."""
+    lines = re.finditer(r"^(#?)([A-Z][A-Z0-9_]*)=(.*)$", ENV_EXAMPLE.read_text(), re.M)
+    return {m[2]: (m[1] == "", m[3]) for m in lines}
+
+
+def test_env_example_documents_exactly_the_settings():
+    assert set(env_example()) == set(variables()) | NOT_SETTINGS
+
+
+def test_env_example_shows_each_settings_default_and_only_valid_values():
+    """A copy of .env.example changes nothing but API_KEY, and a value it shows for a setting that
+    has a default is that default; another value is shown only for a setting off by default (no
+    value: None, or an empty list), or one whose default is computed (WORKERS: the cores)."""
+    for name, (is_set, value) in env_example().items():
+        if name in NOT_SETTINGS or not value:
+            continue
+        f = variables()[name]
+        parsed = f.metadata["parse"](value)  # raises for a value the service would refuse
+        if f.default_factory is not dataclasses.MISSING or f.default in (None, ()):
+            assert not is_set, f"{name}={value} is set in .env.example, but its default is computed or off"
+            continue
+        assert parsed == f.default, f"{name}: .env.example shows {value}, the default is {f.default!r}"
+
+
+def test_the_docs_example_of_a_setting_is_a_line_of_settings():
+    """docs/extending.md and the settings module show one field as the example of a setting."""
+    source = inspect.getsource(Settings)
+    for text in ((ROOT / "docs" / "extending.md").read_text(), settings_module.__doc__ or ""):
+        [example] = re.findall(r"^[ \t]*(\w+: [^=\n]+ = setting\(.*\))$", text, re.M)
+        assert f"    {example}\n" in source, example
 
 
 def test_each_variable_is_parsed_into_its_field():

@@ -6,7 +6,7 @@ value raises ConfigError naming the variable; entry points turn it into one line
 Each setting is declared once, as a field of Settings: its environment variable, the parser that
 checks it and its default (none: required). Adding one is one line there, e.g.
 
-    request_deadline_ms: int = setting("REQUEST_DEADLINE_MS", _integer(1, 60_000), 250)
+    request_deadline_ms: int = setting("REQUEST_DEADLINE_MS", _integer(DEADLINE_MIN_MS, DEADLINE_MAX_MS), 150)
 
 plus its documented line in .env.example (a test checks that every variable has one)."""
 
