@@ -36,7 +36,7 @@ help:
 	@echo "make chaos  faults under load (kill -9, SIGTERM, recycling, slow body): a table of failures and recovery"
 	@echo "make score IN=transactions.csv OUT=scores.parquet  score a CSV or Parquet file on every core (SCORE_ARGS=--explain)"
 	@echo "make container-test  build the images (all stages), run the pair and the Kubernetes pod with podman, test through them"
-	@echo "make perf   load and micro-benchmarks against the real stack, checked against perf/baseline.json (~3 min)"
+	@echo "make perf   load and micro-benchmarks against the real stack, checked against perf/baseline.json (~10 min, perf/README.md)"
 	@echo "make perf-baseline  the same, then record this run's ratios as the new baseline"
 	@echo "make perf-compare  A/B: this checkout against BASE=<git rev> (default: where it left main), ROUNDS=3"
 	@echo "make evaluate  champion and challenger side by side, an HTML report (CHAMPION= CHALLENGER= CSV=)"

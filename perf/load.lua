@@ -1,5 +1,5 @@
 -- wrk script for `make perf`: replays prepared requests over keep-alive connections and prints
--- its figures as one JSON line prefixed "PERF_RESULT ", which perf/loadgen.py reads.
+-- its figures as one JSON line prefixed "PERF_RESULT ", which perf/wrk.py reads.
 --
 --   wrk ... -s perf/load.lua URL -- REQUESTS_FILE [RATE_PER_THREAD] [classify]
 --
