@@ -5,6 +5,7 @@ that a fixture or helper lives in one place and a test file can be run, moved or
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 TESTS = Path(__file__).resolve().parent
@@ -61,3 +62,11 @@ def test_the_check_catches_imports_of_test_files_and_conftest(tmp_path):
         "test_bad.py": {"tests.conftest", "tests.test_http", "tests.test_metrics"}
         | {"tests.conftest.start_stack", "tests.test_http.assert_error"}
     }
+
+
+def test_every_test_file_is_described_in_docs_testing_md():
+    """docs/testing.md says what each test file proves: a new file is listed there, a removed one leaves."""
+    text = (TESTS.parent / "docs" / "testing.md").read_text()
+    files = {f"tests/{path.name}" for path in TESTS.glob("test_*.py")}
+    named = set(re.findall(r"tests/test_\w+\.py", text))
+    assert (files - named, named - files) == (set(), set())
