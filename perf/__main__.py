@@ -6,7 +6,7 @@
 
 Exit status 1 when a request failed, when p99 at 20 or 64 connections reaches 200 ms, when the
 walker disagrees with predict_proba, or when a ratio regressed beyond its tolerance against the
-baseline; with --strict-targets, also when one of the issue's targets is missed."""
+baseline; with --strict-targets, also when one of the targets is missed."""
 
 from __future__ import annotations
 

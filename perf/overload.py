@@ -1,4 +1,4 @@
-"""Overload, for `make perf`: what callers see beyond capacity, judged against issue 14's goals.
+"""Overload, for `make perf`: what callers see beyond capacity, judged against its targets (perf/README.md, Overload).
 
 Four runs against the same stack, right after the capacity it was measured at (closed loop, 64
 connections):

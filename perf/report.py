@@ -1,4 +1,4 @@
-"""What a run is judged on (the issue's targets and the hard limits) and the table it prints."""
+"""What a run is judged on (the targets of perf/README.md and the hard limits) and the table it prints."""
 
 from __future__ import annotations
 
@@ -270,7 +270,7 @@ def memory_table(memory: dict[str, Any]) -> str:
 
 
 def by_id_targets(by_id: dict[str, Any] | None) -> list[Target]:
-    """The issue's by-id goals. Throughput is judged closed loop, for each way of reaching the store;
+    """The by-id targets (docs/feature-store.md). Throughput is judged closed loop, for each way of reaching the store;
     latency open loop (a closed loop's mean latency is connections ÷ throughput by Little's law, for
     any route: the closed-loop p99 is reported with that bound beside it)."""
     if not by_id:

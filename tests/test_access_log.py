@@ -1,5 +1,5 @@
 """One access log, nginx's, over the real stack: a complete line per request (with the app's time
-and the worker that answered, which gunicorn's own access line used to add), no second line from
+and the worker that answered, so that no second log is needed to find them), no second line from
 gunicorn, and the request the client sent and the limit that refused it, also when nginx answered
 itself. The app's own log lines are correlated with it by request id and process id."""
 

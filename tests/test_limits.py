@@ -121,7 +121,7 @@ def app_refusal(reply) -> bool:
 
 
 def test_forty_batches_of_a_thousand_from_one_key_only_the_budget_passes(stack_factory):
-    """The issue's reproduction: RATE_LIMIT_PER_KEY=5, RATE_LIMIT_BURST=5, 40 batches of 1,000 as
+    """A key that sends batches far beyond its budget: RATE_LIMIT_PER_KEY=5, RATE_LIMIT_BURST=5, 40 batches of 1,000 as
     fast as possible. The first batch is within the burst and passes; it leaves the key owing
     1,000 rows, 199 s of its rate, so every other batch is refused, by nginx's per-key zone or,
     for those nginx lets through, by the app."""
