@@ -212,10 +212,15 @@ def compile_flat_numbers(document: dict[str, Any]) -> Callable[[Any], bool] | No
         if not isinstance(spec, dict) or set(spec) - _NUMBER_KEYS or spec.get("type") != "number":
             return None
     names = tuple(properties)
-    # A float is decided by the double bounds alone; another number (an int beyond 2**53, a Decimal)
-    # outside them may still be within the exact ones, which decide it then.
-    bounds = tuple(zip(*_double_bounds(properties), *_bounds(properties), strict=True))
+    bounds = tuple(zip(*_double_bounds(properties), strict=True))
+    exact_bounds = tuple(zip(*_bounds(properties), strict=True))
     values_of = itemgetter(*names) if len(names) > 1 else (lambda d: (d[names[0]],))
+
+    def exactly_valid(values: Sequence[Any]) -> bool:
+        for value, (low, high) in zip(values, exact_bounds, strict=True):
+            if type(value) is bool or not isinstance(value, numbers.Number) or value < low or value > high:
+                return False
+        return True
 
     def is_valid(instance: Any) -> bool:
         if not isinstance(instance, dict):
@@ -224,13 +229,15 @@ def compile_flat_numbers(document: dict[str, Any]) -> Callable[[Any], bool] | No
             values = values_of(instance)
         except KeyError:
             return False
-        for value, (low, high, exact_low, exact_high) in zip(values, bounds, strict=True):
+        for value, (low, high) in zip(values, bounds, strict=True):
             kind = type(value)
             # float and int are the two types JSON numbers decode to
             if kind is not float and kind is not int and (kind is bool or not isinstance(value, numbers.Number)):
                 return False
-            if (value < low or value > high) and (kind is float or value < exact_low or value > exact_high):
-                return False
+            if value < low or value > high:
+                # The double bounds decide a float; another number (an int beyond 2**53, a
+                # Decimal) outside them may still be within the exact bounds, which decide then.
+                return kind is not float and exactly_valid(values)
         return True
 
     return is_valid
