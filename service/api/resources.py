@@ -81,7 +81,7 @@ class StaticJson:
     def __init__(self, body: Any, status: str = falcon.HTTP_200, keys: ApiKeys | None = None) -> None:
         try:
             self._body = orjson.dumps(body)
-        except orjson.JSONEncodeError:  # orjson writes no integer beyond 64 bits; the schema's bounds are
+        except orjson.JSONEncodeError:  # an integer beyond 64 bits (the schema's exact bounds): orjson writes none
             self._body = json.dumps(body, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
         self._status = status
         self._keys = keys
