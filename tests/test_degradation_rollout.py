@@ -60,8 +60,11 @@ def test_without_a_model_the_service_starts_and_answers_503(tmp_path, small_mode
         install_model(small_model[0], model_path)
         stack.reload()
         wait_for(lambda: client.request("GET", "/health", key=None).status == 200)
-        assert client.score(sample_transaction()).json["model-version"] == "test-3"
-        assert client.request("GET", "/v2/models/fraud/versions/test-3/ready", key=None).status == 200
+        # On a busy machine the first requests after the rollout may wait out their deadline while the
+        # new workers start (the designed 503): poll until one is served.
+        scored = wait_for(lambda: (reply := client.score(sample_transaction())).status == 200 and reply)
+        assert scored.json["model-version"] == "test-3"
+        wait_for(lambda: client.request("GET", "/v2/models/fraud/versions/test-3/ready", key=None).status == 200)
     finally:
         stack.stop()
 

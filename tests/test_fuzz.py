@@ -13,10 +13,7 @@ import collections
 import http.client
 import json
 import os
-import re
-import string
 import time
-from urllib.parse import urlsplit
 
 import falcon
 import falcon.testing
@@ -26,10 +23,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
-from service.api.deadline import RETRY_AFTER_SECONDS, SPENT, Deadlines
-from service.api.errors import protocol_v2
+from service.api.deadline import SPENT, Deadlines
 from service.contract.schema import load_schema_document
-from tests.helpers import TEST_KEY, UNLIMITED, start_stack
+from tests.helpers import TEST_KEY, UNLIMITED, is_deadline_answer, start_stack
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "150"))
 FUZZ_SETTINGS = settings(
@@ -54,33 +50,6 @@ def openapi_document() -> dict:
             "/health": {"get": {"responses": {"200": {"description": "healthy"}}}},
         },
     }
-
-
-SPENT_MESSAGE = re.compile(
-    "".join(re.escape(text) + (r"\d+" if field else "") for text, field, _, _ in string.Formatter().parse(SPENT))
-)
-
-
-def is_deadline_answer(path: str, status: int, retry_after: str | None, body: bytes) -> bool:
-    """Whether an answer is the documented one to a request whose budget (X-Deadline-Ms, from
-    5 ms) was spent in the queue, which a busy machine can cause: 503, Retry-After and the message
-    of service/api/deadline.py in the route's error shape, {"error": "deadline_exceeded",
-    "message": …}, or under /v2 the Open Inference Protocol's {"error": …}."""
-    if status != 503 or retry_after != RETRY_AFTER_SECONDS:
-        return False
-    try:
-        found = json.loads(body)
-    except ValueError:
-        return False
-    if not isinstance(found, dict):
-        return False
-    if protocol_v2(urlsplit(path).path):
-        return list(found) == ["error"] and SPENT_MESSAGE.fullmatch(str(found["error"])) is not None
-    return (
-        list(found) == ["error", "message"]
-        and found["error"] == "deadline_exceeded"
-        and SPENT_MESSAGE.fullmatch(str(found["message"])) is not None
-    )
 
 
 class Scored:
