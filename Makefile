@@ -9,7 +9,10 @@ APT_PACKAGES := nginx redis-server
 # redis-server: the local feature store `make run` starts with FEATURE_STORE_START (and the tests).
 # chromium renders /docs in a test; wrk drives load in the hostile-input tests and make chaos; git for
 # the perf-compare tests (a container build has no git); Java runs the local Spark of the bulk-scoring test.
-TEST_APT_PACKAGES := chromium wrk git openjdk-17-jre-headless
+TEST_APT_PACKAGES := chromium wrk git openjdk-17-jre-headless $(MONITORING_APT_PACKAGES)
+# make run MONITORING=1 (and the tests of deploy/prometheus/): Prometheus (and promtool), mtail over
+# nginx's access log, and the exporter of nginx's stub_status.
+MONITORING_APT_PACKAGES := prometheus mtail prometheus-nginx-exporter
 # make container-test: the container engine, and debootstrap for the stand-in base images.
 CONTAINER_APT_PACKAGES := podman buildah runc debootstrap
 # Host-specific podman settings (runtime, cgroups, ulimits): the project's file, never /etc.
@@ -99,8 +102,9 @@ convert: | $(INSTALLED)
 	@echo "created $(CURDIR)/.env with a new random API_KEY"
 
 run: install .env $(MODEL_PATH)
+	$(if $(MONITORING),@$(MAKE) --no-print-directory apt-packages PACKAGES="$(MONITORING_APT_PACKAGES)")
 	@mkdir -p .run
-	GUNICORN_PIDFILE=$(CURDIR)/.run/gunicorn.pid $(PY) -m stack
+	GUNICORN_PIDFILE=$(CURDIR)/.run/gunicorn.pid $(PY) -m stack $(if $(MONITORING),--monitoring)
 
 # Load transactions' features into the feature store (FEATURE_STORE_URL): IN=file.csv|.parquet
 # with a transaction_id column and the 30 features; TTL=seconds to keep each record; ROW_IDS=1: no id
