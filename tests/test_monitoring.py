@@ -2,7 +2,8 @@
 as `make run MONITORING=1` starts them (stack/monitoring.py): the rules of deploy/prometheus/ are
 evaluated on what the stack really exports. Traffic with V14 shifted (as tests/test_drift.py) and
 beyond nginx's per-address rate limit: the drift alarm and nginx's 429 alarm go pending, every
-recording rule returns series, and the alarms of a healthy stack stay quiet."""
+recording rule and every query of the Grafana dashboard returns series, and the alarms of a healthy
+stack stay quiet."""
 
 from __future__ import annotations
 
@@ -19,10 +20,12 @@ import yaml
 from model import synthetic
 from service.core.artifacts import ArtifactPaths, read_manifest
 from service.core.features import FEATURES
+from stack.dashboard import OUTPUT as DASHBOARD
 from stack.harness import EXTERNAL_SKIP_REASON, free_port
 from stack.launcher import RedisServer
 from stack.monitoring import RULES, Monitoring
 from tests.helpers import EXTERNAL, Client, as_transaction, start_stack
+from tests.test_dashboard import queries
 
 pytestmark = pytest.mark.skipif(bool(EXTERNAL), reason=EXTERNAL_SKIP_REASON)
 
@@ -63,6 +66,11 @@ def until(
 def recording_rules() -> list[str]:
     groups = yaml.safe_load(RULES.read_text())["groups"]
     return [rule["record"] for group in groups for rule in group["rules"] if "record" in rule]
+
+
+def dashboard_queries() -> list[str]:
+    """The dashboard's queries as Grafana sends them, its rate interval (4 scrapes at least) filled in."""
+    return [expr.replace("$__rate_interval", "1m") for expr in queries(json.loads(DASHBOARD.read_text()))]
 
 
 def test_prometheus_sees_the_stack_and_its_alarms_go_pending(trained_model, tmp_path):
@@ -117,9 +125,13 @@ def test_prometheus_sees_the_stack_and_its_alarms_go_pending(trained_model, tmp_
         assert {"FraudModelNotLoaded", "FraudScrapeTargetDown", "FraudErrorRateHigh"}.isdisjoint(alerts)
 
         def without_series() -> list[str]:
-            return [name for name in recording_rules() if not series(monitoring, name)]
+            return [expr for expr in recording_rules() + dashboard_queries() if not series(monitoring, expr)]
 
-        until("every recording rule returns series", lambda: not without_series(), detail=without_series)
+        until(
+            "every recording rule and dashboard query returns series",
+            lambda: not without_series(),
+            detail=without_series,
+        )
         # nginx's refusals, which the app never sees, by status and limit; its connections.
         refused = series(monitoring, 'fraud_nginx_responses_total{refused_by="limit_req"}')
         assert [r["metric"]["status"] for r in refused] == ["429"]
