@@ -29,6 +29,7 @@ SPARK_INSTALLED := $(VENV)/.spark-installed
 
 help:
 	@echo "make run    install what is missing, train the default model if there is none, serve through nginx"
+	@echo "            MONITORING=1: Prometheus (deploy/prometheus rules), mtail and the nginx exporter beside it"
 	@echo "make test   run the test suite (unit + integration with real nginx and gunicorn)"
 	@echo "make reload roll out the model now at MODEL_PATH to the running service, with zero downtime"
 	@echo "make features IN=file  load transactions' features into the feature store (by-id scoring)"

@@ -184,6 +184,11 @@ def build() -> dashboard.Dashboard:
     )
 
 
+def queries(document: dict) -> list[str]:
+    """Every PromQL expression of a rendered dashboard, as Grafana would send it (variables unfilled)."""
+    return [target["expr"] for panel in document["panels"] for target in panel.get("targets", [])]
+
+
 def render() -> str:
     model = build().build()
     for number, panel in enumerate(model.panels or [], start=1):

@@ -10,10 +10,6 @@ import re
 from stack import dashboard
 
 
-def queries(document: dict) -> list[str]:
-    return [target["expr"] for panel in document["panels"] for target in panel.get("targets", [])]
-
-
 def test_the_committed_dashboard_is_what_the_code_generates():
     assert dashboard.OUTPUT.read_text() == dashboard.render(), "run: .venv/bin/python -m stack.dashboard"
 
@@ -23,5 +19,5 @@ def test_every_panel_queries_prometheus_with_only_known_variables():
     panels = [panel for panel in document["panels"] if panel["type"] != "row"]
     assert panels and all(panel.get("targets") for panel in panels)
     assert len({panel["id"] for panel in document["panels"]}) == len(document["panels"])
-    for expr in queries(document):
+    for expr in dashboard.queries(document):
         assert set(re.findall(r"\$\{?\w+", expr)) <= {"$__rate_interval"}, expr

@@ -8,6 +8,11 @@ stack stay quiet."""
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
+import subprocess
+import sys
 import time
 import urllib.parse
 import urllib.request
@@ -21,11 +26,11 @@ from model import synthetic
 from service.core.artifacts import ArtifactPaths, read_manifest
 from service.core.features import FEATURES
 from stack.dashboard import OUTPUT as DASHBOARD
+from stack.dashboard import queries
 from stack.harness import EXTERNAL_SKIP_REASON, free_port
-from stack.launcher import RedisServer
+from stack.launcher import ROOT, RedisServer, http_get
 from stack.monitoring import RULES, Monitoring
-from tests.helpers import EXTERNAL, Client, as_transaction, start_stack
-from tests.test_dashboard import queries
+from tests.helpers import EXTERNAL, Client, as_transaction, stack_env, start_stack
 
 pytestmark = pytest.mark.skipif(bool(EXTERNAL), reason=EXTERNAL_SKIP_REASON)
 
@@ -35,15 +40,16 @@ RATE_LIMITS = {"RATE_LIMIT_PER_IP": "10", "RATE_LIMIT_BURST": "40", "RATE_LIMIT_
 PATIENCE = 120.0  # seconds for Prometheus to scrape, evaluate and report; a loaded machine is slow
 
 
-def query(monitoring: Monitoring, path: str, **params: str) -> Any:
-    url = f"{monitoring.prometheus_url}/api/v1/{path}?{urllib.parse.urlencode(params)}"
+def query(monitoring: Monitoring | str, path: str, **params: str) -> Any:
+    base = monitoring if isinstance(monitoring, str) else monitoring.prometheus_url
+    url = f"{base}/api/v1/{path}?{urllib.parse.urlencode(params)}"
     with urllib.request.urlopen(url, timeout=10) as response:
         answer = json.load(response)
     assert answer["status"] == "success", answer
     return answer["data"]
 
 
-def series(monitoring: Monitoring, expr: str) -> list[dict]:
+def series(monitoring: Monitoring | str, expr: str) -> list[dict]:
     return query(monitoring, "query", query=expr)["result"]
 
 
@@ -140,3 +146,40 @@ def test_prometheus_sees_the_stack_and_its_alarms_go_pending(trained_model, tmp_
         monitoring.stop()
         stack.stop()
         store.stop()
+
+
+def test_make_run_monitoring_prints_prometheus_which_scrapes_all_three_and_stops_with_the_stack(small_model, tmp_path):
+    """`make run MONITORING=1` is `python -m stack --monitoring`."""
+    port = free_port()
+    out = tmp_path / "out.log"
+    with out.open("w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "stack", "--monitoring"],
+            cwd=ROOT,
+            env=stack_env(small_model[0], port),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        found = until(
+            "the launcher prints Prometheus' URL",
+            lambda: process.poll() is None and re.search(r"Prometheus: (http://127\.0\.0\.1:\d+)", out.read_text()),
+            detail=out.read_text,
+        )
+        prometheus = found.group(1)
+        until(
+            "Prometheus scrapes the app, mtail and the exporter",
+            lambda: len(series(prometheus, 'up{job=~"fraud-.*"} == 1')) == 3,
+            detail=lambda: series(prometheus, "up"),
+        )
+        os.killpg(process.pid, signal.SIGINT)  # Ctrl-C
+        assert process.wait(timeout=60) == 0, out.read_text()
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert "nginx's access log: tail -f" in out.read_text()
+    for where in (prometheus, f"http://127.0.0.1:{port}"):
+        with pytest.raises(OSError):
+            host, _, number = where.removeprefix("http://").partition(":")
+            http_get(host, int(number), "/", timeout=1)
