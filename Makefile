@@ -9,7 +9,10 @@ APT_PACKAGES := nginx redis-server
 # redis-server: the local feature store `make run` starts with FEATURE_STORE_START (and the tests).
 # chromium renders /docs in a test; wrk drives load in the hostile-input tests and make chaos; git for
 # the perf-compare tests (a container build has no git); Java runs the local Spark of the bulk-scoring test.
-TEST_APT_PACKAGES := chromium wrk git openjdk-17-jre-headless
+TEST_APT_PACKAGES := chromium wrk git openjdk-17-jre-headless $(MONITORING_APT_PACKAGES)
+# make run MONITORING=1 (and the tests of deploy/prometheus/): Prometheus (and promtool), mtail over
+# nginx's access log, and the exporter of nginx's stub_status.
+MONITORING_APT_PACKAGES := prometheus mtail prometheus-nginx-exporter
 # make container-test: the container engine, and debootstrap for the stand-in base images.
 CONTAINER_APT_PACKAGES := podman buildah runc debootstrap
 # Host-specific podman settings (runtime, cgroups, ulimits): the project's file, never /etc.
@@ -26,6 +29,7 @@ SPARK_INSTALLED := $(VENV)/.spark-installed
 
 help:
 	@echo "make run    install what is missing, train the default model if there is none, serve through nginx"
+	@echo "            MONITORING=1: Prometheus (deploy/prometheus rules), mtail and the nginx exporter beside it"
 	@echo "make test   run the test suite (unit + integration with real nginx and gunicorn)"
 	@echo "make reload roll out the model now at MODEL_PATH to the running service, with zero downtime"
 	@echo "make features IN=file  load transactions' features into the feature store (by-id scoring)"
@@ -99,8 +103,9 @@ convert: | $(INSTALLED)
 	@echo "created $(CURDIR)/.env with a new random API_KEY"
 
 run: install .env $(MODEL_PATH)
+	$(if $(MONITORING),@$(MAKE) --no-print-directory apt-packages PACKAGES="$(MONITORING_APT_PACKAGES)")
 	@mkdir -p .run
-	GUNICORN_PIDFILE=$(CURDIR)/.run/gunicorn.pid $(PY) -m stack
+	GUNICORN_PIDFILE=$(CURDIR)/.run/gunicorn.pid $(PY) -m stack $(if $(MONITORING),--monitoring)
 
 # Load transactions' features into the feature store (FEATURE_STORE_URL): IN=file.csv|.parquet
 # with a transaction_id column and the 30 features; TTL=seconds to keep each record; ROW_IDS=1: no id

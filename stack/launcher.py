@@ -320,7 +320,10 @@ def local_feature_store(settings: Settings, data_dir: Path = ROOT / ".run" / "re
     return store
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    """`--monitoring`: Prometheus, mtail and the nginx exporter beside the stack (stack/monitoring.py);
+    nginx's access log then goes to a file in the run directory, which mtail follows."""
+    monitoring_asked = "--monitoring" in (sys.argv[1:] if argv is None else argv)
     settings = settings_module.load_or_exit()
     try:
         store = local_feature_store(settings)
@@ -328,6 +331,9 @@ def main() -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     stack = Stack(settings, env=dict(os.environ))
+    if monitoring_asked:
+        stack.access_log = str(stack.run_dir / "access.log")
+    monitoring = None
     stopping = False
 
     def request_stop(signum: int, frame: object) -> None:
@@ -343,6 +349,22 @@ def main() -> int:
         if store is not None:
             store.stop()
         return 1
+    if monitoring_asked:
+        from stack.monitoring import Monitoring  # only here: it needs the harness, which imports this module
+
+        try:
+            monitoring = Monitoring(stack, Path(stack.access_log), stack.run_dir).start()
+        except RuntimeError as e:
+            print(f"error: {e}", file=sys.stderr)
+            stack.stop()
+            if store is not None:
+                store.stop()
+            return 1
+        print(
+            f"\nPrometheus: {monitoring.prometheus_url}  (alerts: {monitoring.prometheus_url}/alerts)\n"
+            f"nginx's access log: tail -f {stack.access_log}",
+            file=sys.stderr,
+        )
     url = stack.base_url
     status, body = http_get(stack.host, settings.port, "/health")
     if status != 200:
@@ -364,6 +386,8 @@ def main() -> int:
                 stopping, status = True, 1
         time.sleep(0.2)
     print("stopping nginx and gunicorn…", file=sys.stderr)
+    if monitoring is not None:
+        monitoring.stop()
     stack.stop()
     if store is not None:
         store.stop()

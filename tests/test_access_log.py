@@ -1,18 +1,21 @@
 """One access log, nginx's, over the real stack: a complete line per request (with the app's time
 and the worker that answered, so that no second log is needed to find them), no second line from
 gunicorn, and the request the client sent and the limit that refused it, also when nginx answered
-itself. The app's own log lines are correlated with it by request id and process id."""
+itself. The app's own log lines are correlated with it by request id, trace id and process id; a
+caller's W3C traceparent is honoured, and every answer of the app names its span in that trace."""
 
 from __future__ import annotations
 
 import http.client
 import json
+import re
 import socket
 import time
 from pathlib import Path
 
 from service.api.app import create_app
 from service.core.settings import Settings
+from service.telemetry.trace_context import trace_id
 from tests.helpers import OTHER_KEY, TEST_KEY, Client, sample_transaction
 
 
@@ -74,7 +77,7 @@ def test_bytes_a_client_sends_that_are_not_utf8_leave_the_log_line_valid_json(cl
 
 
 def test_the_apps_error_line_carries_the_request_id(small_model, capsys):
-    """An unexpected error is logged by the app with the request id nginx logs too."""
+    """An unexpected error is logged by the app with the request id and trace id nginx logs too."""
     import falcon.testing
 
     from service.engine.loader import load_model
@@ -89,10 +92,82 @@ def test_the_apps_error_line_carries_the_request_id(small_model, capsys):
             raise RuntimeError("a bug")
 
     app.add_route("/broken", Broken())
-    reply = falcon.testing.TestClient(app).simulate_get("/broken", headers={"X-Request-ID": "corr-1"})
+    reply = falcon.testing.TestClient(app).simulate_get(
+        "/broken", headers={"X-Request-ID": "corr-1", "X-Trace-Id": CALLER_TRACE}
+    )
     assert reply.status_code == 500 and reply.headers["X-Request-ID"] == "corr-1"
     [line] = [json.loads(x) for x in capsys.readouterr().err.splitlines() if "unhandled error" in x]
     assert line["request_id"] == "corr-1" and line["process"] == int(reply.headers["X-Worker-PID"])
+    assert line["trace_id"] == CALLER_TRACE == answered_span(reply)[0]
+
+
+# --- trace context ---------------------------------------------------------------------------------
+
+TRACERESPONSE = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-00")
+CALLER_TRACE, CALLER_SPAN = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+
+
+def answered_span(reply) -> tuple[str, str]:
+    """(trace id, span id) of the app's traceresponse header."""
+    found = TRACERESPONSE.fullmatch(reply.headers.get("traceresponse", ""))
+    assert found, reply.headers
+    return found.group(1), found.group(2)
+
+
+def test_a_callers_traceparent_is_honoured_in_nginxs_line_and_the_answer(client, local_stack):
+    request_id = f"traced-{time.time_ns()}"
+    traceparent = f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"
+    reply = client.score(sample_transaction(), headers={"X-Request-ID": request_id, "traceparent": traceparent})
+    assert reply.status == 200
+    trace, span = answered_span(reply)
+    assert trace == CALLER_TRACE and span not in (CALLER_SPAN, "0" * 16)
+    [line] = access_lines(local_stack.logs, request_id)
+    assert line["trace_id"] == CALLER_TRACE
+    again = client.score(sample_transaction(), headers={"traceparent": traceparent})
+    assert answered_span(again)[0] == CALLER_TRACE and answered_span(again)[1] != span  # a span per request
+
+
+def test_without_a_valid_traceparent_each_request_gets_a_fresh_trace(client, local_stack):
+    invalid = (
+        None,
+        f"00-{'0' * 32}-{CALLER_SPAN}-01",  # all-zero trace id
+        f"00-{CALLER_TRACE}-{'0' * 16}-01",  # all-zero parent id
+        f"00-{CALLER_TRACE.upper()}-{CALLER_SPAN}-01",
+        f"ff-{CALLER_TRACE}-{CALLER_SPAN}-01",
+        "not a traceparent",
+    )
+    seen = set()
+    for n, traceparent in enumerate(invalid):
+        request_id = f"fresh-{n}-{time.time_ns()}"
+        headers = {"X-Request-ID": request_id} | ({"traceparent": traceparent} if traceparent else {})
+        reply = client.score(sample_transaction(), headers=headers)
+        assert reply.status == 200
+        trace, _ = answered_span(reply)
+        [line] = access_lines(local_stack.logs, request_id)
+        assert line["trace_id"] == trace, line
+        seen.add(trace)
+    assert len(seen) == len(invalid) and CALLER_TRACE not in seen
+
+
+def test_nginxs_own_refusal_logs_the_callers_trace(client, local_stack):
+    request_id = f"traced-refusal-{time.time_ns()}"
+    reply = client.score(
+        sample_transaction() | {"padding": "x" * 20_000},
+        headers={"X-Request-ID": request_id, "traceparent": f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"},
+    )
+    assert reply.status == 413 and "traceresponse" not in reply.headers  # the app never saw it
+    [line] = [line for line in access_lines(local_stack.logs, request_id) if line["status"] == 413]
+    assert line["trace_id"] == CALLER_TRACE
+
+
+def test_the_trace_id_without_nginx():
+    """A direct call to the app (no X-Trace-Id): the caller's traceparent's trace id, else a fresh one."""
+    assert (
+        trace_id({"HTTP_X_TRACE_ID": "a" * 32, "HTTP_TRACEPARENT": f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"}) == "a" * 32
+    )
+    assert trace_id({"HTTP_TRACEPARENT": f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"}) == CALLER_TRACE
+    fresh = {trace_id({"HTTP_TRACEPARENT": f"00-{'0' * 32}-{CALLER_SPAN}-01"}) for _ in range(3)}
+    assert len(fresh) == 3 and all(re.fullmatch(r"[0-9a-f]{32}", t) for t in fresh)
 
 
 # --- nginx's access line: the request the client sent, also when nginx refuses it itself ---------

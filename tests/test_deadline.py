@@ -7,6 +7,7 @@ the stamp is always nginx's own "now"."""
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import falcon.inspect
@@ -69,7 +70,12 @@ def assert_refused_unread(stack, method: str, path: str) -> None:
         upstream.send_head(
             method,
             path,
-            {"X-API-Key": TEST_KEY, "X-Request-Start": f"{time.time() - 10:.3f}", "Content-Length": "4000"},
+            {
+                "X-API-Key": TEST_KEY,
+                "X-Request-Start": f"{time.time() - 10:.3f}",
+                "X-Trace-Id": "4bf92f3577b34da6a3ce929d0e0e4736",
+                "Content-Length": "4000",
+            },
         )
         status, headers, body = upstream.read_reply()
     finally:
@@ -83,6 +89,7 @@ def assert_refused_unread(stack, method: str, path: str) -> None:
     assert headers["retry-after"] == "1"
     assert int(headers["x-queue-wait-ms"]) >= 10_000
     assert headers["content-type"] == "application/json" and headers["x-request-id"]
+    assert re.fullmatch(r"00-4bf92f3577b34da6a3ce929d0e0e4736-[0-9a-f]{16}-00", headers["traceresponse"])  # its trace
 
 
 def test_a_fresh_request_does_wait_for_its_body(local_stack):

@@ -37,6 +37,8 @@ from service.engine.ood import OutOfDistribution
 from service.engine.scoring import Scoring
 from service.store.feature_store import FeatureStore, StoreConfig
 from service.telemetry import metrics, multiproc
+from service.telemetry.trace_context import HEADER as TRACE_HEADER
+from service.telemetry.trace_context import server_span, trace_id
 
 log = logging.getLogger(__name__)
 _pid: list[str] = []  # this process's id as a header value, once per worker
@@ -51,12 +53,14 @@ def _worker_pid() -> str:
 
 class RequestContext:
     """The app's only middleware (each one is a call per request and per hook): echoes the request
-    id (nginx sets one on every request) and the app's own time; tells nginx which worker answered
+    id (nginx sets one on every request) and the app's own time; answers with its span in the
+    request's trace (traceresponse); tells nginx which worker answered
     (nginx logs it and hides it from clients), to correlate with its logs; then counts and times the
     request in the metrics, with the final status."""
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         req.context.started = time.perf_counter()
+        req.context.trace_id = trace_id(req.env)
 
     def process_response(
         self, req: falcon.Request, resp: falcon.Response, resource: object, req_succeeded: bool
@@ -65,6 +69,7 @@ class RequestContext:
         resp.set_header("X-Request-ID", req.env.get("HTTP_X_REQUEST_ID") or uuid.uuid4().hex)
         resp.set_header("X-Response-Time-Ms", f"{elapsed * 1000.0:.3f}")
         resp.set_header("X-Worker-PID", _pid[0] if _pid else _worker_pid())
+        resp.set_header(TRACE_HEADER, server_span(req.context.trace_id))
         metrics.record_request(req.uri_template, req.method, resp.status_code, elapsed)
 
 

@@ -29,6 +29,8 @@ import orjson
 
 from service.api.errors import JSON, protocol_v2
 from service.core.settings import DEADLINE_MAX_MS, DEADLINE_MIN_MS
+from service.telemetry.trace_context import HEADER as TRACE_HEADER
+from service.telemetry.trace_context import server_span, trace_id
 
 # Room for the work itself: a single score is a fraction of a millisecond in the worker, and the
 # answer still has to go back through nginx. A request with less left would be answered late.
@@ -167,6 +169,7 @@ def _answer(
         ("Content-Type", JSON),
         ("Content-Length", str(len(body))),
         ("X-Request-ID", environ.get("HTTP_X_REQUEST_ID") or uuid.uuid4().hex),
+        (TRACE_HEADER, server_span(trace_id(environ))),
         ("X-Queue-Wait-Ms", f"{waited_ms:.0f}"),
         ("X-Response-Time-Ms", f"{(time.time() - started) * 1000.0:.3f}"),
     ]

@@ -69,6 +69,10 @@ def serialize_error(req: falcon.Request, resp: falcon.Response, error: falcon.HT
 
 
 def handle_unexpected(req: falcon.Request, resp: falcon.Response, error: Exception, params: dict[str, Any]) -> None:
-    """A bug must not leak a traceback to the client; it goes to the log with the request id."""
-    log.error("unhandled error", exc_info=error, extra={"request_id": req.get_header("X-Request-ID")})
+    """A bug must not leak a traceback to the client; it goes to the log with the request and trace ids."""
+    log.error(
+        "unhandled error",
+        exc_info=error,
+        extra={"request_id": req.get_header("X-Request-ID"), "trace_id": getattr(req.context, "trace_id", None)},
+    )
     raise ApiError(falcon.HTTP_500, "internal_error", "the request could not be processed")

@@ -44,6 +44,7 @@ def _error(description: str, example_code: str, example_message: str) -> dict[st
 _TRACE_HEADERS = {
     "X-Request-ID": {"$ref": "#/components/headers/X-Request-ID"},
     "X-Response-Time-Ms": {"$ref": "#/components/headers/X-Response-Time-Ms"},
+    "traceresponse": {"$ref": "#/components/headers/traceresponse"},
 }
 _RETRY = {**_TRACE_HEADERS, "Retry-After": {"schema": {"type": "integer"}, "description": "seconds to wait"}}
 
@@ -697,6 +698,13 @@ def _document(transaction_schema: dict[str, Any], batch_max: int, app_version: s
                 "X-Response-Time-Ms": {
                     "schema": {"type": "string"},
                     "description": "time spent in the service, milliseconds",
+                },
+                "traceresponse": {
+                    "schema": {"type": "string", "pattern": "^00-[0-9a-f]{32}-[0-9a-f]{16}-00$"},
+                    "description": (
+                        "W3C Trace Context: the service's span in the request's trace (the caller's traceparent's "
+                        "trace id, else a fresh one); not on errors nginx answers itself"
+                    ),
                 },
             },
         },
