@@ -195,6 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--once", action="store_true", help="one pass, then exit")
     parser.add_argument("--dir", type=Path, help="the log's directory (default: PREDICTION_LOG_DIR)")
+    parser.add_argument(
+        "--default-dir", type=Path, help="the directory when neither --dir nor PREDICTION_LOG_DIR names one"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s compactor %(levelname)s %(message)s")
     directory = args.dir
@@ -203,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
             directory = from_mapping(read_environment(), require_api_key=False).prediction_log_dir
         except ConfigError as e:
             sys.exit(f"config error: {e}")
+        directory = directory or args.default_dir
         if directory is None:
             sys.exit("config error: PREDICTION_LOG_DIR is not set: there is no prediction log to compact")
     stopping = False

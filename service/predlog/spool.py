@@ -2,7 +2,7 @@
 write per request, before the answer leaves. A killed worker loses nothing it answered (the bytes
 are in the page cache); nothing here is shared between workers (no thread, no lock, no queue).
 
-A segment lives in PREDICTION_LOG_DIR/spool/ as `<start ns>-<pid>.open` while its worker writes to
+A segment lives in PREDICTION_LOG_DIR/_spool/ as `<start ns>-<pid>.open` while its worker writes to
 it, holding an flock that dies with the process; it is sealed (renamed `.seg`) on rotation (size or
 age) and when its worker exits. A segment whose worker died without sealing it (kill -9) is sealed
 by the compactor, which finds its lock free, after cutting a torn tail at the last whole frame.
@@ -31,7 +31,8 @@ FRAME_HEAD = struct.Struct("<II")
 OPEN, SEALED, NEW = ".open", ".seg", ".new"
 SCAN_SECONDS = 1.0
 RETRY_OPEN_SECONDS = 1.0  # a directory that refused a segment is not asked again on every request
-SPOOL = "spool"
+# Readers of the log's directory as a table (Spark, pyarrow) skip names that start with "_".
+SPOOL = "_spool"
 
 # why a record was not written, as the drop counter's label says it
 SPOOL_FULL = "spool_full"
