@@ -73,7 +73,7 @@ def segment_table(payloads: list[memoryview]) -> pa.Table:
         for name in ("request_id", "route", "explained", "key_id", "model_version", "model_sha256", "threshold"):
             columns[name].extend([meta[name]] * n)
         columns["schema_version"].extend([meta["v"]] * n)
-        columns["ts"].extend([meta["ts"]] * n)
+        columns["ts_ns"].extend([meta["ts"]] * n)
         columns["challenger_version"].extend([meta["challenger_version"]] * n)
         columns["deadline"].extend([meta.get("deadline")] * n)
         columns["service_us"].extend([meta["service_us"]] * n)
@@ -98,8 +98,15 @@ def segment_table(payloads: list[memoryview]) -> pa.Table:
         data[name] = pa.array(values, mask=~challenger)
     for j, name in enumerate(FEATURES):
         data[name] = X[:, j]
+    data["ts"] = _timestamps(columns["ts_ns"])
+    data["deadline"] = _timestamps(columns["deadline"])
     schema = arrow_schema()
     return pa.table({c.name: pa.array(data[c.name], type=schema.field(c.name).type) for c in COLUMNS}, schema=schema)
+
+
+def _timestamps(nanoseconds: list[int | None]) -> pa.Array:
+    """Nanoseconds since the epoch as the record's timestamps (microseconds, which Spark reads)."""
+    return pa.array(nanoseconds, pa.timestamp("ns", tz="UTC")).cast(pa.timestamp("us", tz="UTC"), safe=False)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -139,7 +146,7 @@ def compact_segment(segment: Path, directory: Path) -> tuple[int, list[Path]]:
     if payloads:
         table = segment_table(payloads)
         rows = table.num_rows
-        hours = (table.column("ts").cast(pa.int64()).to_numpy() // HOUR_NS).astype(np.int64)
+        hours = table.column("ts_ns").to_numpy() // HOUR_NS
         for hour in np.unique(hours).tolist():
             part = table.filter(pa.array(hours == hour))
             target = partition(directory, hour) / f"part-{segment.stem}.parquet"

@@ -20,7 +20,8 @@ class Column(NamedTuple):
 
 COLUMNS: tuple[Column, ...] = (
     Column("schema_version", "int16", "the record's schema version (service/predlog/record.py)"),
-    Column("ts", "timestamp", "when the request's records were written, UTC, nanoseconds"),
+    Column("ts", "timestamp", "when the request's records were written, UTC (microseconds: what Spark reads)"),
+    Column("ts_ns", "int64", "the same instant in nanoseconds since the epoch"),
     Column("request_id", "string", "the request's X-Request-ID (nginx sets one)"),
     Column("row", "int32", "the row's index in its request (0 for a single transaction)"),
     Column("route", "string", "the route that scored it, as its path template"),
@@ -59,7 +60,7 @@ def arrow_type(name: str) -> Any:
         "float64": pa.float64(),
         "bool": pa.bool_(),
         "string": pa.string(),
-        "timestamp": pa.timestamp("ns", tz="UTC"),
+        "timestamp": pa.timestamp("us", tz="UTC"),
         "list<string>": pa.list_(pa.string()),
         "list<reason>": pa.list_(reason),
     }[name]
