@@ -277,9 +277,9 @@ def test_a_full_spool_keeps_scoring_and_counts_its_drops(small_model, tmp_path):
     )
     try:
         client = Client(stack.host, stack.port)
-        X, _ = synthetic.generate(500, seed=44)
+        X, _ = synthetic.generate(100, seed=44)
         body = {"transactions": [as_transaction(r) for r in X]}
-        for _ in range(16):  # 8,000 rows: about 2.3 MB of records
+        for _ in range(80):  # 8,000 rows: about 2.2 MB of records
             assert client.request("POST", "/v1/fraud-score/batch", body).status == 200
         found = samples(client)
         written = value(found, "fraud_prediction_log_records_total")
