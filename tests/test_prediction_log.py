@@ -322,3 +322,11 @@ def test_duckdb_reads_the_log_with_its_partitions_and_every_schema_version(tmp_p
     rows = duckdb.sql(query).fetchall()
     assert [(v, n, t) for v, n, _, t in rows] == [(0, 1, 0), (SCHEMA_VERSION, 30, 30)]
     assert str(rows[0][2]) == "2020-01-01"
+
+
+def test_the_docs_table_is_the_schema():
+    text = (ROOT / "docs" / "prediction-log.md").read_text()
+    documented = [line.split("|")[1].strip().strip("`") for line in text.splitlines() if line.startswith("| `")]
+    assert documented[: len(COLUMNS) - N_FEATURES] == [c.name for c in COLUMNS[: len(COLUMNS) - N_FEATURES]]
+    for column in COLUMNS[: len(COLUMNS) - N_FEATURES]:
+        assert f"| `{column.name}` | {column.type} | {column.description} |" in text
