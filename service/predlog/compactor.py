@@ -8,7 +8,8 @@ sequence, run again, rewrites the same files under the same names: no row is wri
 is lost. Segments whose worker died without sealing them are sealed first (their torn tail cut).
 
     python -m service.predlog.compactor          # runs until SIGTERM (the launcher, a sidecar)
-    python -m service.predlog.compactor --once   # one pass (make compact)"""
+    python -m service.predlog.compactor --once   # one pass (make compact)
+    python -m service.predlog.compactor --healthy   # the sidecar's probe: a pass finished lately"""
 
 from __future__ import annotations
 
@@ -33,9 +34,10 @@ from service.core.settings import ConfigError, from_mapping, read_environment
 from service.predlog.record import COLUMNS, SCHEMA_VERSION, arrow_schema
 from service.predlog.sink import decode
 from service.predlog.spool import NEW, OPEN, SEALED, seal_orphan, spool_dir, whole_frames
-from service.predlog.status import STATE
+from service.predlog.status import STATE, compactor_state
 
 POLL_SECONDS = 1.0
+HEALTHY_SECONDS = 30  # a running compactor finishes a pass every POLL_SECONDS, or is busy with a large one
 TEMPORARY = ".tmp"
 STALE_NEW_SECONDS = 60  # a `.new` segment is renamed within microseconds; older, its writer died first
 HOUR_NS = 3600 * 10**9
@@ -201,6 +203,9 @@ def record_pass(spool: Path, done: Pass) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--once", action="store_true", help="one pass, then exit")
+    parser.add_argument(
+        "--healthy", action="store_true", help=f"exit 0 if a pass finished in the last {HEALTHY_SECONDS} s (a probe)"
+    )
     parser.add_argument("--dir", type=Path, help="the log's directory (default: PREDICTION_LOG_DIR)")
     parser.add_argument(
         "--default-dir", type=Path, help="the directory when neither --dir nor PREDICTION_LOG_DIR names one"
@@ -216,6 +221,9 @@ def main(argv: list[str] | None = None) -> int:
         directory = directory or args.default_dir
         if directory is None:
             sys.exit("config error: PREDICTION_LOG_DIR is not set: there is no prediction log to compact")
+    if args.healthy:
+        state = compactor_state(directory) or {}
+        return 0 if time.time() - state.get("last_success", 0.0) < HEALTHY_SECONDS else 1
     stopping = False
 
     def request_stop(signum: int, frame: object) -> None:
