@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from service.core.features import FEATURES, N_FEATURES
+from service.core.settings import from_mapping
 from service.predlog import compactor
 from service.predlog.record import COLUMNS, NAMES, SCHEMA_VERSION, arrow_schema
 from service.predlog.sink import PredictionLog, decode, kept
@@ -330,3 +331,50 @@ def test_the_docs_table_is_the_schema():
     assert documented[: len(COLUMNS) - N_FEATURES] == [c.name for c in COLUMNS[: len(COLUMNS) - N_FEATURES]]
     for column in COLUMNS[: len(COLUMNS) - N_FEATURES]:
         assert f"| `{column.name}` | {column.type} | {column.description} |" in text
+
+
+def test_verify_log_counts_rows_checked_and_mismatched(tmp_path, small_model):
+    """Logged features re-scored with the logged version: all match; a probability changed in the
+    log is a mismatch, and the command says so and fails."""
+    from service.engine.loader import load_model
+    from service.offline import verify_log
+    from tests.helpers import TEST_KEY
+
+    settings = from_mapping({"API_KEY": TEST_KEY, "MODEL_PATH": str(small_model[0])})
+    model = load_model(settings)
+    log = make_log(tmp_path)
+    log = PredictionLog(log.spool, model_version=model.version, model_sha256=None, threshold=50, key_ids=["k"])
+    X = np.random.default_rng(5).normal(size=(300, N_FEATURES))
+    probability = model.scorer.predict_rows(X)
+    score = np.rint(100 * probability).astype(np.int32)
+    log.many(
+        log.entry("r", "/v1/fraud-score/batch", 0),
+        X,
+        probability,
+        score,
+        score >= 50,
+        np.zeros(X.shape, np.bool_),
+        None,
+        None,
+    )
+    probability[7] = np.nextafter(probability[7], 2.0)  # one bit off
+    log.many(
+        log.entry("s", "/v1/fraud-score/batch", 0),
+        X,
+        probability,
+        score,
+        score >= 50,
+        np.zeros(X.shape, np.bool_),
+        None,
+        None,
+    )
+    log.spool.seal()
+    compactor.compact(tmp_path)
+    run = [sys.executable, "-m", "service.offline.verify_log", "--dir", str(tmp_path), "--model", str(small_model[0])]
+    env = {**os.environ, "ENV_FILE": "/nonexistent", "MODEL_PATH": str(small_model[0])}
+    done = subprocess.run(run, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr
+    assert "checked 600 rows, mismatched 1, skipped 0" in done.stdout
+    today = time.strftime("%Y-%m-%d", time.gmtime())
+    assert verify_log.verify(tmp_path, {model.version: model}, first=today, last=today).checked == 600
+    assert verify_log.verify(tmp_path, {model.version: model}, first="2000-01-01", last="2000-01-02").checked == 0

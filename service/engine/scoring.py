@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from operator import itemgetter
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple
 
 import numpy as np
 import orjson
@@ -31,34 +31,6 @@ class Scored(NamedTuple):
     outside: np.ndarray  # bool, rows x features: which values are out of distribution
 
 
-class PredictionSink(Protocol):
-    """Where every scored row's record goes, when the prediction log is on (service/predlog/sink.py)."""
-
-    def one(
-        self,
-        entry: Any,
-        row: Sequence[float],
-        probability: float,
-        score: int,
-        is_fraud: bool,
-        ood_features: list[str],
-        reasons: list[dict[str, Any]] | None,
-        challenger_probability: float | None,
-    ) -> None: ...
-
-    def many(
-        self,
-        entry: Any,
-        X: np.ndarray,
-        probability: np.ndarray,
-        score: np.ndarray,
-        is_fraud: np.ndarray,
-        outside: np.ndarray,
-        reasons: list[list[dict[str, Any]]] | None,
-        challenger_probability: np.ndarray | None,
-    ) -> None: ...
-
-
 class Scoring:
     def __init__(
         self,
@@ -69,10 +41,11 @@ class Scoring:
         observe_many: Callable[[np.ndarray, np.ndarray, np.ndarray], None] = lambda scores, is_fraud, ood: None,
         drift: DriftCounter | None = None,
         challenger: Challenger | None = None,
-        log: PredictionSink | None = None,
+        log: Any = None,
     ) -> None:
         self.version = model.version
-        # The prediction log: the resources pass each logged request's entry (log.entry) along.
+        # The prediction log (service/predlog/sink.py's PredictionLog: `one` and `many` take a
+        # request's entry, made by its `entry`, and the scored rows), or None when it is off.
         self.log = log
         self.can_explain = hasattr(model.scorer, "explain_row")
         self._scorer = model.scorer
