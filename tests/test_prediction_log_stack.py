@@ -263,7 +263,9 @@ def test_a_worker_killed_under_load_loses_no_answered_row(small_model, tmp_path)
     missing = [(rid, j) for rid, n in answered.items() for j in range(n) if (rid, j) not in logged]
     assert not missing, f"{len(missing)} answered rows are not in the log"
     assert not list((log_dir / "_spool").glob("*.open")) and not list((log_dir / "_spool").glob("*.seg"))
-    assert all(s == 200 or s == 502 for s in statuses)
+    # Besides 200: the killed worker's requests in flight (502), and requests shed on this busy machine
+    # (503 deadline_exceeded); never an error of the app's own.
+    assert set(statuses) <= {200, 502, 503}, sorted(set(statuses))
 
 
 def test_a_full_spool_keeps_scoring_and_counts_its_drops(small_model, tmp_path):
