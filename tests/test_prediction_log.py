@@ -1,6 +1,6 @@
 """The prediction log's parts, in one process: frames and their torn tails, the spool's bounds and
 drops, sampling, the compactor's exactly-once under crashes (a real kill -9 too), and reading the log
-as a table with DuckDB, old and new schema versions together (Spark: test_prediction_log_spark.py)."""
+as a table with DuckDB and Spark (local[2]), old and new schema versions together."""
 
 from __future__ import annotations
 
@@ -378,3 +378,20 @@ def test_verify_log_counts_rows_checked_and_mismatched(tmp_path, small_model):
     today = time.strftime("%Y-%m-%d", time.gmtime())
     assert verify_log.verify(tmp_path, {model.version: model}, first=today, last=today).checked == 600
     assert verify_log.verify(tmp_path, {model.version: model}, first="2000-01-01", last="2000-01-02").checked == 0
+
+
+@pytest.mark.skipif(
+    os.environ.get("FRAUD_IMAGE_BUILD") == "1", reason="no JVM gateway inside an image build: tested on the host"
+)
+def test_spark_reads_the_log_with_its_partitions_and_every_schema_version(tmp_path, spark):
+    log = make_log(tmp_path)
+    log_rows(log, np.ones((30, N_FEATURES)), "new")
+    log.spool.seal()
+    compactor.compact(tmp_path)
+    old_version_file(tmp_path)
+    table = spark.read.option("mergeSchema", "true").parquet(str(tmp_path))
+    counts = {r["schema_version"]: r["count"] for r in table.groupBy("schema_version").count().collect()}
+    assert counts == {0: 1, SCHEMA_VERSION: 30}
+    assert {"date", "hour", "service_us", *ISSUE_COLUMNS} <= set(table.columns)
+    old = table.filter("schema_version = 0").select("date", "hour", "service_us").collect()[0]
+    assert (str(old["date"]), old["hour"], old["service_us"]) == ("2020-01-01", 0, None)

@@ -33,14 +33,15 @@ from tests.helpers import (
     UNLIMITED,
     Client,
     as_transaction,
+    read_only,
+    require_read_only_mounts,
     samples,
     start_stack,
     two_trained_models,
     value,
     wait_for,
+    workers_of,
 )
-from tests.test_metrics import workers_of
-from tests.test_read_only_model import read_only, require_read_only_mounts
 
 pytestmark = pytest.mark.skipif(bool(EXTERNAL), reason=EXTERNAL_SKIP_REASON)
 PREFIX = "log:tx:"
