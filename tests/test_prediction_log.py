@@ -77,14 +77,18 @@ def make_log(directory: Path, counts: Counts | None = None, **options) -> Predic
     )
 
 
-def log_rows(log: PredictionLog, X: np.ndarray, request_id: str = "r", tids=None) -> None:
-    probability = np.linspace(0, 1, len(X))
+def log_scored(log: PredictionLog, request_id: str, X: np.ndarray, probability: np.ndarray, tids=None, outside=None):
+    """A batch's records as the batch route logs them, scored with these probabilities."""
     score = np.rint(100 * probability).astype(np.int32)
+    outside = np.zeros(X.shape, dtype=np.bool_) if outside is None else outside
+    entry = log.entry(request_id, "/v1/fraud-score/batch", 0, tids)
+    log.many(entry, X, probability, score, score >= 50, outside, None, None)
+
+
+def log_rows(log: PredictionLog, X: np.ndarray, request_id: str = "r", tids=None) -> None:
     outside = np.zeros(X.shape, dtype=np.bool_)
     outside[::7, 3] = True
-    log.many(
-        log.entry(request_id, "/v1/fraud-score/batch", 0, tids), X, probability, score, score >= 50, outside, None, None
-    )
+    log_scored(log, request_id, X, np.linspace(0, 1, len(X)), tids, outside)
 
 
 def table(directory: Path) -> pa.Table:
@@ -271,18 +275,8 @@ def test_sampling_keeps_flagged_rows_and_weights_the_rest(tmp_path):
     n = 4000
     X = np.zeros((n, N_FEATURES))
     probability = np.where(np.arange(n) % 10 == 0, 0.9, 0.1)
-    score = np.rint(100 * probability).astype(np.int32)
     tids = [f"tx-{i}" for i in range(n)]
-    log.many(
-        log.entry("s", "/v1/fraud-score/batch", 0, tids),
-        X,
-        probability,
-        score,
-        score >= 50,
-        np.zeros(X.shape, np.bool_),
-        None,
-        None,
-    )
+    log_scored(log, "s", X, probability, tids)
     log.spool.seal()
     compactor.compact(tmp_path)
     read = table(tmp_path)
@@ -346,28 +340,9 @@ def test_verify_log_counts_rows_checked_and_mismatched(tmp_path, small_model):
     log = PredictionLog(log.spool, model_version=model.version, model_sha256=None, threshold=50, key_ids=["k"])
     X = np.random.default_rng(5).normal(size=(300, N_FEATURES))
     probability = model.scorer.predict_rows(X)
-    score = np.rint(100 * probability).astype(np.int32)
-    log.many(
-        log.entry("r", "/v1/fraud-score/batch", 0),
-        X,
-        probability,
-        score,
-        score >= 50,
-        np.zeros(X.shape, np.bool_),
-        None,
-        None,
-    )
+    log_scored(log, "r", X, probability)
     probability[7] = np.nextafter(probability[7], 2.0)  # one bit off
-    log.many(
-        log.entry("s", "/v1/fraud-score/batch", 0),
-        X,
-        probability,
-        score,
-        score >= 50,
-        np.zeros(X.shape, np.bool_),
-        None,
-        None,
-    )
+    log_scored(log, "s", X, probability)
     log.spool.seal()
     compactor.compact(tmp_path)
     run = [sys.executable, "-m", "service.offline.verify_log", "--dir", str(tmp_path), "--model", str(small_model[0])]
