@@ -50,7 +50,8 @@ FROM ${PYTHON_IMAGE} AS production
 COPY --from=test /app/.tests-passed /opt/fraud-scoring/tests-passed
 RUN groupadd --system --gid 10001 app \
  && useradd --system --uid 10001 --gid app --no-create-home --shell /usr/sbin/nologin app \
- && install -d -o app -g app -m 0755 /run/fraud-scoring
+ && install -d -o app -g app -m 0755 /run/fraud-scoring \
+ && install -d -o app -g app -m 0750 /var/lib/fraud-scoring/prediction-log
 # Owned by root, so the service user can read but never change the code or the model.
 COPY --from=build /app/.venv /app/.venv
 COPY --from=build /app/service /app/service

@@ -24,13 +24,16 @@ INSTALLED := $(VENV)/.installed
 PERF_INSTALLED := $(VENV)/.perf-installed
 BULK_INSTALLED := $(VENV)/.bulk-installed
 SPARK_INSTALLED := $(VENV)/.spark-installed
+# make run's prediction log, unless PREDICTION_LOG_DIR (environment or .env) names another place.
+LOCAL_PREDICTION_LOG := $(CURDIR)/.run/prediction-log
 
-.PHONY: score evaluate promote container-test features lint help install system-packages test-system-packages apt-packages venv slim-venv run reload model model-full convert test fuzz chaos clean perf perf-baseline perf-compare perf-install
+.PHONY: compact verify-log score evaluate promote container-test features lint help install system-packages test-system-packages apt-packages venv slim-venv run reload model model-full convert test fuzz chaos clean perf perf-baseline perf-compare perf-install
 
 help:
 	@echo "make run    install what is missing, train the default model if there is none, serve through nginx"
 	@echo "            MONITORING=1: Prometheus (deploy/prometheus rules), mtail and the nginx exporter beside it"
 	@echo "make test   run the test suite (unit + integration with real nginx and gunicorn)"
+	@echo "make compact  the prediction log's spool into Parquet now; make verify-log  re-score the log, bit for bit"
 	@echo "make reload roll out the model now at MODEL_PATH to the running service, with zero downtime"
 	@echo "make features IN=file  load transactions' features into the feature store (by-id scoring)"
 	@echo "make model  (re)train the default model; CSV=path/to/creditcard.csv trains on real data"
@@ -105,7 +108,17 @@ convert: | $(INSTALLED)
 run: install .env $(MODEL_PATH)
 	$(if $(MONITORING),@$(MAKE) --no-print-directory apt-packages PACKAGES="$(MONITORING_APT_PACKAGES)")
 	@mkdir -p .run
-	GUNICORN_PIDFILE=$(CURDIR)/.run/gunicorn.pid $(PY) -m stack $(if $(MONITORING),--monitoring)
+	GUNICORN_PIDFILE=$(CURDIR)/.run/gunicorn.pid $(PY) -m stack --default-prediction-log $(LOCAL_PREDICTION_LOG) $(if $(MONITORING),--monitoring)
+
+# The prediction log (docs/prediction-log.md): one compactor pass (what the running compactor does
+# every second), and the check that re-scoring the logged features gives the logged probabilities
+# (FROM=YYYY-MM-DD TO=YYYY-MM-DD; MODELS="a.joblib b.joblib" for versions no longer served).
+compact: install
+	$(PY) -m service.predlog.compactor --once --default-dir $(LOCAL_PREDICTION_LOG)
+
+verify-log: install
+	$(PY) -m service.offline.verify_log --default-dir $(LOCAL_PREDICTION_LOG) $(if $(FROM),--from $(FROM)) \
+	  $(if $(TO),--to $(TO)) $(foreach m,$(MODELS),--model $(m))
 
 # Load transactions' features into the feature store (FEATURE_STORE_URL): IN=file.csv|.parquet
 # with a transaction_id column and the 30 features; TTL=seconds to keep each record; ROW_IDS=1: no id

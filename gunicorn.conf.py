@@ -1,6 +1,7 @@
 """gunicorn settings. Read in the master; the service's own settings come from service.core.settings."""
 
 import os
+import sys
 
 from service.core import settings as service_settings
 from service.telemetry import multiproc
@@ -48,6 +49,25 @@ def on_reload(server):
     from service.runtime import wsgi
 
     wsgi.roll_out(server)
+
+
+def _spool():
+    """The prediction log's spool of the preloaded service app (none for another app, or with the log off)."""
+    return getattr(sys.modules.get("service.runtime.wsgi"), "spool", None)
+
+
+def post_fork(server, worker):
+    """In each new worker: its own prediction-log segment, opened here and never in the master."""
+    spool = _spool()
+    if spool is not None:
+        spool.open()
+
+
+def worker_exit(server, worker):
+    """In a worker that stops (SIGTERM, rollout, max_requests): its segment sealed for the compactor."""
+    spool = _spool()
+    if spool is not None:
+        spool.seal()
 
 
 def child_exit(server, worker):

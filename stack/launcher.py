@@ -1,10 +1,13 @@
-"""Runs the real stack: gunicorn (master + pre-forked workers) behind nginx.
+"""Runs the real stack: gunicorn (master + pre-forked workers) behind nginx, and beside them the
+prediction log's compactor when PREDICTION_LOG_DIR is set.
 
 Used by `make run` (`python -m stack`), the integration tests and `make perf`, so all
 three exercise the same processes and the same rendered nginx config."""
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import http.client
 import math
 import os
@@ -189,6 +192,7 @@ class Stack:
     wrapper: tuple[str, ...] = ()
     gunicorn: subprocess.Popen | None = None
     nginx: subprocess.Popen | None = None
+    compactor: subprocess.Popen | None = None
 
     @property
     def socket(self) -> Path:
@@ -237,6 +241,15 @@ class Stack:
             start_new_session=True,
         )
         self._wait(lambda: self.socket.exists(), self.gunicorn, "gunicorn", timeout)
+        if self.settings.prediction_log_dir is not None:
+            self.compactor = subprocess.Popen(
+                [sys.executable, "-m", "service.predlog.compactor"],
+                cwd=ROOT,
+                env=env,
+                stdout=self.stdout,
+                stderr=self.stderr,
+                start_new_session=True,
+            )
         self.nginx = subprocess.Popen(
             [nginx, "-p", str(self.run_dir), "-c", str(conf), "-g", "daemon off;"],
             cwd=self.run_dir,
@@ -279,8 +292,10 @@ class Stack:
 
     def stop(self, timeout: float = 30.0) -> None:
         """Graceful: nginx finishes its in-flight requests (SIGQUIT), then gunicorn's workers
-        finish theirs (SIGTERM)."""
-        for process, sig in ((self.nginx, signal.SIGQUIT), (self.gunicorn, signal.SIGTERM)):
+        finish theirs (SIGTERM) and seal their prediction-log segments, which the compactor then
+        compacts in its last pass (SIGTERM)."""
+        stopping = ((self.nginx, signal.SIGQUIT), (self.gunicorn, signal.SIGTERM), (self.compactor, signal.SIGTERM))
+        for process, sig in stopping:
             if process is None or process.poll() is not None:
                 continue
             process.send_signal(sig)
@@ -320,11 +335,31 @@ def local_feature_store(settings: Settings, data_dir: Path = ROOT / ".run" / "re
     return store
 
 
+def with_local_prediction_log(settings: Settings, directory: Path | None) -> Settings:
+    """`make run` keeps a prediction log: in `directory` (the Makefile's) unless PREDICTION_LOG_DIR
+    names another place."""
+    if settings.prediction_log_dir is None and directory is not None:
+        os.environ["PREDICTION_LOG_DIR"] = str(directory)
+        settings = dataclasses.replace(settings, prediction_log_dir=directory)
+    if settings.prediction_log_dir is not None:
+        print(f"prediction log: {settings.prediction_log_dir} (make compact, make verify-log)", file=sys.stderr)
+    return settings
+
+
 def main(argv: list[str] | None = None) -> int:
-    """`--monitoring`: Prometheus, mtail and the nginx exporter beside the stack (stack/monitoring.py);
-    nginx's access log then goes to a file in the run directory, which mtail follows."""
-    monitoring_asked = "--monitoring" in (sys.argv[1:] if argv is None else argv)
-    settings = settings_module.load_or_exit()
+    parser = argparse.ArgumentParser(description="serve through nginx until Ctrl-C")
+    parser.add_argument(
+        "--default-prediction-log", type=Path, help="the prediction log's directory, if no setting names one"
+    )
+    parser.add_argument(
+        "--monitoring",
+        action="store_true",
+        help="Prometheus, mtail and the nginx exporter beside the stack (stack/monitoring.py); nginx's "
+        "access log then goes to a file in the run directory, which mtail follows",
+    )
+    args = parser.parse_args(argv)
+    monitoring_asked = args.monitoring
+    settings = with_local_prediction_log(settings_module.load_or_exit(), args.default_prediction_log)
     try:
         store = local_feature_store(settings)
     except RuntimeError as e:
@@ -380,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     status = 0
     while not stopping:
-        for name, process in (("gunicorn", stack.gunicorn), ("nginx", stack.nginx)):
+        for name, process in (("gunicorn", stack.gunicorn), ("nginx", stack.nginx), ("compactor", stack.compactor)):
             if process and process.poll() is not None:
                 print(f"error: {name} exited with status {process.returncode}", file=sys.stderr)
                 stopping, status = True, 1

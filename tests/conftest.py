@@ -3,6 +3,9 @@ stack/harness.py), a client for it, and stacks of a test's own. Helpers live in 
 
 from __future__ import annotations
 
+import os
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -86,6 +89,30 @@ def stack_factory(small_model, tmp_path: Path) -> Iterator:
     yield start
     for running in started:
         running.stop()
+
+
+@pytest.fixture(scope="session")
+def spark(tmp_path_factory):
+    """One local[2] session per test process (xdist worker): no UI, its own scratch directory."""
+    pytest.importorskip("pyspark", reason="make test installs pyspark (the spark extra)")
+    from pyspark.sql import SparkSession
+
+    started = time.monotonic()
+    os.environ["PYSPARK_PYTHON"] = sys.executable  # the Python workers run this venv's Python
+    session = (
+        SparkSession.builder.master("local[2]")
+        .appName("fraud-scoring-test")
+        .config("spark.ui.enabled", "false")
+        .config("spark.driver.host", "127.0.0.1")
+        .config("spark.driver.bindAddress", "127.0.0.1")
+        .config("spark.local.dir", str(tmp_path_factory.mktemp("spark-local")))
+        .config("spark.sql.warehouse.dir", str(tmp_path_factory.mktemp("spark-warehouse")))
+        .config("spark.sql.shuffle.partitions", "2")
+        .getOrCreate()
+    )
+    session.startup_seconds = time.monotonic() - started  # type: ignore[attr-defined]
+    yield session
+    session.stop()
 
 
 def pytest_terminal_summary(terminalreporter) -> None:

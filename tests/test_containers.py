@@ -59,7 +59,7 @@ def test_the_schema_rejects_a_broken_compose_file():
 
 def test_compose_hardening():
     services = compose()["services"]
-    assert set(services) == {"api", "nginx"}
+    assert set(services) == {"api", "nginx", "compactor"}
     for name, service in services.items():
         assert service["read_only"] is True, name
         assert service["cap_drop"] == ["ALL"], name
@@ -68,6 +68,8 @@ def test_compose_hardening():
     assert services["nginx"]["depends_on"]["api"]["condition"] == "service_healthy"
     assert "sockets:/run/fraud-scoring" in services["api"]["volumes"]
     assert "sockets:/run/fraud-scoring" in services["nginx"]["volumes"]
+    log = f"prediction-log:{services['api']['environment']['PREDICTION_LOG_DIR']}"
+    assert log in services["api"]["volumes"] and log in services["compactor"]["volumes"]
 
 
 def test_the_nginx_container_renders_a_config_that_nginx_accepts(tmp_path):

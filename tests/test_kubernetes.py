@@ -67,6 +67,9 @@ def test_the_pod_runs_what_the_compose_file_runs(docs):
     mounts = {c: {m["mountPath"] for m in pod[c]["volumeMounts"]} for c in pod}
     assert "/run/fraud-scoring" in mounts["api"] & mounts["nginx"]
     assert "/etc/nginx/templates" in mounts["nginx"]
+    log = {e["name"]: e["value"] for e in pod["api"]["env"] if "value" in e}["PREDICTION_LOG_DIR"]
+    assert log == services["api"]["environment"]["PREDICTION_LOG_DIR"] and log in mounts["api"] & mounts["compactor"]
+    assert pod["compactor"]["command"] == services["compactor"]["command"]
 
 
 def test_containers_are_non_root_read_only_without_capabilities_and_limited(docs):
@@ -77,7 +80,12 @@ def test_containers_are_non_root_read_only_without_capabilities_and_limited(docs
         assert security["runAsUser"] > 0 and security["readOnlyRootFilesystem"] is True, container["name"]
         assert security["allowPrivilegeEscalation"] is False and security["capabilities"]["drop"] == ["ALL"]
         assert container["resources"]["requests"]["cpu"] and container["resources"]["limits"]["memory"]
-    assert all(v["emptyDir"]["medium"] == "Memory" for v in spec["volumes"] if "emptyDir" in v)
+    # In memory, but for the prediction log, which is data kept on disk
+    assert all(
+        v["emptyDir"]["medium"] == "Memory"
+        for v in spec["volumes"]
+        if "emptyDir" in v and v["name"] != "prediction-log"
+    )
 
 
 def test_the_api_key_comes_from_a_secret(docs):

@@ -9,12 +9,7 @@ import signal
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers import Client, sample_transaction, samples, start_stack, value, wait_for
-
-
-def workers_of(master_pid: int) -> set[int]:
-    with open(f"/proc/{master_pid}/task/{master_pid}/children") as f:
-        return {int(pid) for pid in f.read().split()}
+from tests.helpers import Client, sample_transaction, samples, start_stack, value, wait_for, workers_of
 
 
 def test_counts_add_up_across_workers_and_survive_a_killed_worker(stack_factory):

@@ -4,8 +4,6 @@ one-machine path. The session's start-up time is printed in the summary of the t
 from __future__ import annotations
 
 import os
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -25,29 +23,6 @@ pyspark = pytest.importorskip("pyspark", reason="make test installs pyspark (the
 pytestmark = pytest.mark.skipif(
     os.environ.get("FRAUD_IMAGE_BUILD") == "1", reason="no JVM gateway inside an image build: tested on the host"
 )
-
-
-@pytest.fixture(scope="session")
-def spark(tmp_path_factory):
-    """One local[2] session per test process (xdist worker): no UI, its own scratch directory."""
-    from pyspark.sql import SparkSession
-
-    started = time.monotonic()
-    os.environ["PYSPARK_PYTHON"] = sys.executable  # the Python workers run this venv's Python
-    session = (
-        SparkSession.builder.master("local[2]")
-        .appName("fraud-scoring-test")
-        .config("spark.ui.enabled", "false")
-        .config("spark.driver.host", "127.0.0.1")
-        .config("spark.driver.bindAddress", "127.0.0.1")
-        .config("spark.local.dir", str(tmp_path_factory.mktemp("spark-local")))
-        .config("spark.sql.warehouse.dir", str(tmp_path_factory.mktemp("spark-warehouse")))
-        .config("spark.sql.shuffle.partitions", "2")
-        .getOrCreate()
-    )
-    session.startup_seconds = time.monotonic() - started  # type: ignore[attr-defined]
-    yield session
-    session.stop()
 
 
 @pytest.fixture(scope="module")

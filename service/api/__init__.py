@@ -2,4 +2,5 @@
 OpenAPI document, errors, keys, the per-key budget (`_budget.c`), deadlines and body reading. Thin
 adapters over the engine: nothing about scoring is decided here.
 
-Imports: `service.engine`, `service.contract`, `service.store`, `service.telemetry`, `service.core`."""
+Imports: `service.engine`, `service.contract`, `service.store`, `service.telemetry`, `service.predlog`,
+`service.core`."""

@@ -20,6 +20,7 @@ from service.api.budget import RowBudget
 from service.api.by_id import ByIdBatchResource, ByIdScoreResource, StoredRows, StoreStatusResource
 from service.api.errors import handle_unexpected, serialize_error
 from service.api.openapi import DOCS_PAGE, build_openapi
+from service.api.prediction_log import PredictionLogStatusResource
 from service.api.resources import (
     BatchScoreResource,
     DriftResource,
@@ -35,6 +36,9 @@ from service.engine.drift import DriftCounter
 from service.engine.loader import LoadedModel
 from service.engine.ood import OutOfDistribution
 from service.engine.scoring import Scoring
+from service.predlog.sink import PredictionLog, key_id
+from service.predlog.spool import Spool
+from service.predlog.status import StatusCollector
 from service.store.feature_store import FeatureStore, StoreConfig
 from service.telemetry import metrics, multiproc
 from service.telemetry.trace_context import HEADER as TRACE_HEADER
@@ -134,9 +138,12 @@ def create_app(
     *,
     challenger: LoadedModel | None = None,
     challenger_refused: str | None = None,
+    spool: Spool | None = None,
 ) -> falcon.App:
     """`budget` is the per-key row budget shared by every worker; the gunicorn master makes it
-    once (service/runtime/wsgi.py) so that it outlives rollouts. Without one, the app gets its own."""
+    once (service/runtime/wsgi.py) so that it outlives rollouts. Without one, the app gets its own.
+    `spool` likewise is the prediction log's (each worker opens its own segment after fork); with
+    PREDICTION_LOG_DIR set and none given, the app makes one."""
     app = falcon.App(middleware=[RequestContext()])
     app.set_error_serializer(serialize_error)
     app.add_error_handler(Exception, handle_unexpected)
@@ -154,7 +161,19 @@ def create_app(
     app.add_static_route("/docs/static", str(resources.files("service.api").joinpath("static/swagger-ui")))
     drift = drift_counter(model) if model is not None else None
     # nginx serves it to internal networks only
-    app.add_route("/metrics", metrics.MetricsResource([drift] if drift else []))
+    log_status = (
+        [StatusCollector(settings.prediction_log_dir, settings.prediction_log_max_bytes)]
+        if settings.prediction_log_dir
+        else []
+    )
+    app.add_route("/metrics", metrics.MetricsResource(([drift] if drift else []) + log_status))
+    if settings.prediction_log_dir:
+        app.add_route(
+            "/health/prediction-log",
+            PredictionLogStatusResource(
+                settings.prediction_log_dir, settings.prediction_log_max_bytes, settings.prediction_log_segment_seconds
+            ),
+        )
 
     if model is None:
         app.add_route(
@@ -197,6 +216,7 @@ def create_app(
         observe_many=metrics.observe_scores,
         drift=drift,
         challenger=beside,
+        log=prediction_log(settings, model, beside, spool),
     )
     metrics.set_model_version(model.version)
     metrics.set_ood_heldout_rate(ood.summary.get("heldout_rate"))
@@ -237,6 +257,39 @@ def add_by_id_routes(
     app.add_route("/v1/fraud-score/by-id", ByIdScoreResource(scoring, stored, keys, budget))
     app.add_route("/v1/fraud-score/by-id/batch", ByIdBatchResource(scoring, stored, keys, budget, settings.batch_max))
     app.add_route("/health/feature-store", StoreStatusResource(store))
+
+
+def prediction_spool(settings: Settings) -> Spool | None:
+    """The spool of PREDICTION_LOG_DIR, None when the log is off; it opens nothing until a worker writes."""
+    if settings.prediction_log_dir is None:
+        return None
+    return Spool(
+        settings.prediction_log_dir,
+        settings.prediction_log_max_bytes,
+        settings.prediction_log_segment_bytes,
+        settings.prediction_log_segment_seconds,
+        on_written=metrics.count_logged,
+        on_dropped=metrics.count_log_dropped,
+    )
+
+
+def prediction_log(
+    settings: Settings, model: LoadedModel, challenger: Challenger | None, spool: Spool | None
+) -> PredictionLog | None:
+    spool = spool or prediction_spool(settings)
+    if spool is None:
+        return None
+    return PredictionLog(
+        spool,
+        model_version=model.version,
+        model_sha256=model.forest_sha256,
+        threshold=model.threshold["value"],
+        challenger_version=challenger.version if challenger else None,
+        challenger_threshold=challenger.threshold if challenger else None,
+        sample=settings.prediction_log_sample,
+        key_ids=[key_id(key) for key in settings.api_keys],
+        client_address=settings.prediction_log_client_address,
+    )
 
 
 def feature_store(settings: Settings) -> FeatureStore:

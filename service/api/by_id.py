@@ -14,6 +14,7 @@ from service.api.body import decode
 from service.api.budget import RowBudget
 from service.api.deadline import time_left_s
 from service.api.errors import ApiError, invalid_body
+from service.api.prediction_log import entry as log_entry
 from service.api.resources import charge_batch, request_id, require_json, require_key, respond, wants_explanation
 from service.contract.schema import (
     ID_FIELD,
@@ -125,7 +126,8 @@ class ByIdScoreResource:
         self._spend = budget.spend
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        self._spend(require_key(self._keys, req), 1)
+        key = require_key(self._keys, req)
+        self._spend(key, 1)
         require_json(req)
         body = decode(req.bounded_stream.read())
         if not self._request.is_valid(body):
@@ -134,7 +136,8 @@ class ByIdScoreResource:
         (row,) = self._stored.rows([transaction_id], req.env)
         rid = request_id(req, self._scoring)
         explain = wants_explanation(req, self._scoring)
-        result = self._scoring.one_explained(row, rid) if explain else self._scoring.one(row, rid)
+        logged = log_entry(req, self._scoring, key, transaction_id, explain) if self._scoring.log else None
+        result = self._scoring.one_explained(row, rid, logged) if explain else self._scoring.one(row, rid, logged)
         result[ID_FIELD] = transaction_id
         respond(resp, result)
 
@@ -158,8 +161,9 @@ class ByIdBatchResource:
         if not self._request.is_valid(body):
             raise invalid_body(self._request.violations(body))
         X = self._stored.matrix(ids, req.env)
+        logged = log_entry(req, self._scoring, key, ids, explain) if self._scoring.log else None
         # Explanations name each feature's value: Python floats, as a posted batch gives them.
-        results = self._scoring.many(X.tolist() if explain else X, explain, request_id(req, self._scoring))
+        results = self._scoring.many(X.tolist() if explain else X, explain, request_id(req, self._scoring), logged)
         for transaction_id, result in zip(ids, results, strict=True):
             result[ID_FIELD] = transaction_id
         respond(resp, {"results": results, "model-version": self._scoring.version})

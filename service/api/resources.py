@@ -12,11 +12,14 @@ from service.api.auth import ApiKeys
 from service.api.body import decode
 from service.api.budget import RowBudget
 from service.api.errors import JSON, ApiError, invalid_body
-from service.contract.schema import BATCH_FIELD, TransactionValidator
+from service.api.prediction_log import entry as log_entry
+from service.api.prediction_log import transaction_id
+from service.contract.schema import BATCH_FIELD, ID_FIELD, TransactionValidator
 from service.engine.drift import DriftCounter
 from service.engine.scoring import Scoring
 
 RETRY_AFTER_SECONDS = "30"
+ID_BYTES = b'"' + ID_FIELD.encode() + b'"'
 
 
 def require_key(keys: ApiKeys, req: falcon.Request) -> int:
@@ -70,6 +73,13 @@ def charge_batch(budget: RowBudget, key: int, items: Any, batch_max: int, noun: 
     budget.spend(key, len(items) if isinstance(items, list) else 1)
 
 
+def transaction_ids(items: list[Any]) -> list[str | None] | None:
+    """A batch's optional transaction ids, one per item (None where an item has none); None when no item has one."""
+    if not any(ID_FIELD in item for item in items):
+        return None
+    return [transaction_id(item, i) for i, item in enumerate(items)]
+
+
 def respond(resp: falcon.Response, body: dict[str, Any]) -> None:
     resp.data = orjson.dumps(body)
     resp.content_type = JSON
@@ -105,17 +115,21 @@ class FraudScoreResource:
         self._spend = budget.spend
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        self._spend(require_key(self._keys, req), 1)
+        key = require_key(self._keys, req)
+        self._spend(key, 1)
         require_json(req)
         transaction = decode(req.bounded_stream.read())
         if not self._is_valid(transaction):
             raise invalid_body(self._validator.violations(transaction))
         row = self._row_of(transaction)
         rid = request_id(req, self._scoring)
-        if wants_explanation(req, self._scoring):
-            respond(resp, self._scoring.one_explained(row, rid))
-        else:
-            respond(resp, self._one(row, rid))
+        tid = transaction_id(transaction) if ID_FIELD in transaction else None
+        explain = wants_explanation(req, self._scoring)
+        logged = log_entry(req, self._scoring, key, tid, explain) if self._scoring.log else None
+        result = self._scoring.one_explained(row, rid, logged) if explain else self._one(row, rid, logged)
+        if tid is not None:
+            result[ID_FIELD] = tid
+        respond(resp, result)
 
 
 class BatchScoreResource:
@@ -140,7 +154,9 @@ class BatchScoreResource:
         raw = req.bounded_stream.read()
         # A plain valid body is read straight into the matrix; any other (and an explained batch,
         # which needs the items) is decoded and checked item by item, as the 4xx answers need.
-        X = None if explain else self._read_body(raw)
+        # A batch naming transaction ids is decoded: its answers echo them.
+        X = None if explain or ID_BYTES in raw else self._read_body(raw)
+        tids = None
         if X is not None:
             self._budget.spend(key, len(X))
         else:
@@ -150,12 +166,18 @@ class BatchScoreResource:
             X = self._matrix(body)
             if X is None:
                 raise invalid_body(self._validator.violations(body))
-        if explain:
-            rows = [self._scoring.row_of(item) for item in items]
-            results = self._scoring.many_explained(rows, request_id(req, self._scoring))
+            tids = transaction_ids(items)
+        logged = log_entry(req, self._scoring, key, tids, explain) if self._scoring.log else None
+        if explain or tids is not None:
+            rows = [self._scoring.row_of(item) for item in items] if explain else X
+            results = self._scoring.many(rows, explain, request_id(req, self._scoring), logged)
+            if tids is not None:
+                for tid, result in zip(tids, results, strict=True):
+                    if tid is not None:
+                        result[ID_FIELD] = tid
             respond(resp, {"results": results, "model-version": self._scoring.version})
         else:
-            scored = self._scoring.many_json(X, request_id(req, self._scoring))
+            scored = self._scoring.many_json(X, request_id(req, self._scoring), logged)
             resp.data = b"".join((b'{"results":', scored, self._version_tail))
             resp.content_type = JSON
 

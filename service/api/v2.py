@@ -24,6 +24,7 @@ import orjson
 from service.api.auth import ApiKeys
 from service.api.budget import RowBudget
 from service.api.errors import JSON, ApiError
+from service.api.prediction_log import entry as log_entry
 from service.api.resources import ModelUnavailableResource, StaticJson, require_key
 from service.core.features import FEATURES, FLOAT32_MAX, N_FEATURES
 from service.engine.scoring import Scoring
@@ -149,7 +150,12 @@ class Inference(ModelRoute):
         self._budget.spend(key, n)
         X = self._matrix(tensor, n, datatype, binary)
         wanted = self._outputs(request)
-        scored = self._scoring.rows(X, req.get_header("X-Request-ID") if self._scoring.wants_request_id else None)
+        logged = None
+        if self._scoring.log is not None:
+            logged = log_entry(req, self._scoring, key, request["id"] if isinstance(request.get("id"), str) else None)
+        scored = self._scoring.rows(
+            X, req.get_header("X-Request-ID") if self._scoring.wants_request_id else None, logged
+        )
         self._respond(resp, request, scored, wanted, n)
 
     @staticmethod

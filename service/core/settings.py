@@ -197,6 +197,16 @@ class Settings:
     challenger_model_path: Path | None = setting("CHALLENGER_MODEL_PATH", _path, None)
     challenger_model_sha256: str | None = setting("CHALLENGER_MODEL_SHA256", _sha256, None)
     challenger_log_sample: float = setting("CHALLENGER_LOG_SAMPLE", _share, 0.0)
+    # The prediction log (docs/prediction-log.md): off when the directory is unset; the spool's byte
+    # limit (beyond it records are dropped and counted, never waited for), when a worker's segment is
+    # sealed for the compactor, the share of unflagged rows logged, and whether the client's address
+    # is recorded (personal data: off unless an operator turns it on).
+    prediction_log_dir: Path | None = setting("PREDICTION_LOG_DIR", _path, None)
+    prediction_log_max_bytes: int = setting("PREDICTION_LOG_MAX_BYTES", _integer(1 << 20, 1 << 50), 1 << 30)
+    prediction_log_segment_bytes: int = setting("PREDICTION_LOG_SEGMENT_BYTES", _integer(1 << 16, 1 << 34), 64 << 20)
+    prediction_log_segment_seconds: int = setting("PREDICTION_LOG_SEGMENT_SECONDS", _integer(1, 86_400), 60)
+    prediction_log_sample: float = setting("PREDICTION_LOG_SAMPLE", _share, 1.0)
+    prediction_log_client_address: bool = setting("PREDICTION_LOG_CLIENT_ADDRESS", _boolean, False)
 
     @property
     def scoring_queue(self) -> int:

@@ -76,19 +76,25 @@ class Challenger:
         self._observe_many = observe_many
         self._random = random.random
 
-    def one(self, row: Sequence[float], champion_score: int, request_id: str | None) -> None:
-        score = round(100.0 * self._predict_row(row))
+    def one(self, row: Sequence[float], champion_score: int, request_id: str | None) -> float:
+        """The challenger's probability of the row."""
+        probability = self._predict_row(row)
+        score = round(100.0 * probability)
         self._observe_one(champion_score, champion_score >= self._champion_threshold, score, score >= self.threshold)
         if self.log_sample and self._random() < self.log_sample:
             self._log(request_id, [champion_score], [score])
+        return probability
 
-    def many(self, X: np.ndarray, champion_scores: np.ndarray, request_id: str | None) -> None:
-        scores = np.round(100.0 * self._predict_rows(X))
+    def many(self, X: np.ndarray, champion_scores: np.ndarray, request_id: str | None) -> np.ndarray:
+        """The challenger's probabilities of the rows."""
+        probabilities = self._predict_rows(X)
+        scores = np.round(100.0 * probabilities)
         self._observe_many(
             champion_scores, champion_scores >= self._champion_threshold, scores, scores >= self.threshold
         )
         if self.log_sample and self._random() < self.log_sample:
             self._log(request_id, champion_scores.astype(int).tolist(), scores.astype(int).tolist())
+        return probabilities
 
     def _log(self, request_id: str | None, champion: list[int], challenger: list[int]) -> None:
         log.info(

@@ -1,7 +1,7 @@
 """From validated transactions to results: score, decision, out-of-distribution flags, reasons.
 
-Every scored row, single or batch, also goes to the drift counter and the challenger (when there
-are): here, in one place, vectorised for a batch."""
+Every scored row, single or batch, also goes to the drift counter, the challenger and the prediction
+log (when there are): here, in one place, vectorised for a batch."""
 
 from __future__ import annotations
 
@@ -41,8 +41,12 @@ class Scoring:
         observe_many: Callable[[np.ndarray, np.ndarray, np.ndarray], None] = lambda scores, is_fraud, ood: None,
         drift: DriftCounter | None = None,
         challenger: Challenger | None = None,
+        log: Any = None,
     ) -> None:
         self.version = model.version
+        # The prediction log (service/predlog/sink.py's PredictionLog: `one` and `many` take a
+        # request's entry, made by its `entry`, and the scored rows), or None when it is off.
+        self.log = log
         self.can_explain = hasattr(model.scorer, "explain_row")
         self._scorer = model.scorer
         self._predict_row = model.predict_row
@@ -77,34 +81,54 @@ class Scoring:
         self._observe(score, is_fraud, bool(flagged))
         return annotate({"fraud-score": score, "is-fraud": is_fraud, "model-version": self.version}, flagged)
 
-    def _beside_one(self, row: Sequence[float], score: int, request_id: str | None) -> None:
+    def _beside_one(self, row: Sequence[float], score: int, request_id: str | None) -> float | None:
+        """Drift counts and the challenger for one row; the challenger's probability, if any."""
         if self._drift is not None:
             self._drift.add(row, score)
         if self._challenger is not None:
-            self._challenger.one(row, score, request_id)
+            return self._challenger.one(row, score, request_id)
+        return None
 
-    def one(self, row: Sequence[float], request_id: str | None = None) -> dict[str, Any]:
-        result = self._result(self._predict_row(row), self._ood(row))
-        self._beside_one(row, result["fraud-score"], request_id)
+    def one(self, row: Sequence[float], request_id: str | None = None, entry: Any = None) -> dict[str, Any]:
+        """`entry`: the request's prediction-log entry (from the log's `entry`), when it is logged."""
+        probability = self._predict_row(row)
+        flagged = self._ood(row)
+        result = self._result(probability, flagged)
+        challenger = self._beside_one(row, result["fraud-score"], request_id)
+        if entry is not None:
+            self.log.one(entry, row, probability, result["fraud-score"], result["is-fraud"], flagged, None, challenger)
         return result
 
-    def _explained(self, row: Sequence[float]) -> dict[str, Any]:
+    def _explained(self, row: Sequence[float]) -> tuple[dict[str, Any], float, list[str]]:
         """The exact path decomposition: bias + Σ contributions = P(fraud). Reasons are the
-        features that pushed the probability up the most (the largest contributions first)."""
+        features that pushed the probability up the most (the largest contributions first).
+        Returns the result, the probability and the out-of-distribution features."""
         probability, _bias, contributions = self._scorer.explain_row(row)
-        result = self._result(probability, self._ood(row))
+        flagged = self._ood(row)
+        result = self._result(probability, flagged)
         top = np.argsort(-contributions, kind="stable")[:EXPLAIN_TOP]
         result["reasons"] = [
             {"feature": FEATURES[i], "value": row[i], "contribution": float(contributions[i])} for i in top
         ]
+        return result, probability, flagged
+
+    def one_explained(self, row: Sequence[float], request_id: str | None = None, entry: Any = None) -> dict[str, Any]:
+        result, probability, flagged = self._explained(row)
+        challenger = self._beside_one(row, result["fraud-score"], request_id)
+        if entry is not None:
+            self.log.one(
+                entry,
+                row,
+                probability,
+                result["fraud-score"],
+                result["is-fraud"],
+                flagged,
+                result["reasons"],
+                challenger,
+            )
         return result
 
-    def one_explained(self, row: Sequence[float], request_id: str | None = None) -> dict[str, Any]:
-        result = self._explained(row)
-        self._beside_one(row, result["fraud-score"], request_id)
-        return result
-
-    def rows(self, X: np.ndarray, request_id: str | None = None) -> Scored:
+    def rows(self, X: np.ndarray, request_id: str | None = None, entry: Any = None) -> Scored:
         """A matrix of rows (in feature order) scored at once: vectorised decisions and
         out-of-distribution flags, counted in the metrics in one update."""
         probability = self._scorer.predict_rows(X)
@@ -114,14 +138,16 @@ class Scoring:
         outside = self._outside(X)
         ood_warning = outside.any(axis=1)
         self._observe_many(score, is_fraud, ood_warning)
-        self._beside_many(X, score, request_id)
+        challenger = self._beside_many(X, score, request_id)
+        if entry is not None:
+            self.log.many(entry, X, probability, score, is_fraud, outside, None, challenger)
         return Scored(probability, score, is_fraud, ood_warning, outside)
 
-    def many_json(self, X: np.ndarray, request_id: str | None = None) -> bytes:
+    def many_json(self, X: np.ndarray, request_id: str | None = None, entry: Any = None) -> bytes:
         """The batch's results as a JSON array, one result per row in order, each as `one` gives
         it. A row without out-of-distribution features has one of 101 possible results (its
         score decides the rest), serialised once at start; only flagged rows are built here."""
-        scored = self.rows(X, request_id)
+        scored = self.rows(X, request_id, entry)
         scores = scored.score.tolist()
         parts = list(map(self._plain_results.__getitem__, scores))
         flagged = np.flatnonzero(scored.ood_warning)
@@ -136,11 +162,13 @@ class Scoring:
                 start += count
         return b"[" + b",".join(parts) + b"]"
 
-    def many(self, rows: list[Sequence[float]], explain: bool, request_id: str | None = None) -> list[dict[str, Any]]:
+    def many(
+        self, rows: list[Sequence[float]], explain: bool, request_id: str | None = None, entry: Any = None
+    ) -> list[dict[str, Any]]:
         """The results of many rows as dicts, one per row in order, as `one` (or `one_explained`) gives them."""
         if explain:
-            return self.many_explained(rows, request_id)
-        scored = self.rows(np.array(rows, dtype=np.float64), request_id)
+            return self.many_explained(rows, request_id, entry)
+        scored = self.rows(np.array(rows, dtype=np.float64), request_id, entry)
         results = [
             {"fraud-score": score, "is-fraud": is_fraud, "model-version": self.version, "ood-warning": ood}
             for score, is_fraud, ood in zip(
@@ -151,16 +179,28 @@ class Scoring:
             results[i]["ood-features"] = [FEATURES[j] for j in np.flatnonzero(scored.outside[i]).tolist()]
         return results
 
-    def many_explained(self, rows: list[Sequence[float]], request_id: str | None = None) -> list[dict[str, Any]]:
-        results = [self._explained(row) for row in rows]
-        self._beside_many(np.array(rows, dtype=np.float64), np.array([r["fraud-score"] for r in results]), request_id)
+    def many_explained(
+        self, rows: list[Sequence[float]], request_id: str | None = None, entry: Any = None
+    ) -> list[dict[str, Any]]:
+        explained = [self._explained(row) for row in rows]
+        results = [result for result, _, _ in explained]
+        X = np.array(rows, dtype=np.float64)
+        score = np.array([r["fraud-score"] for r in results])
+        challenger = self._beside_many(X, score, request_id)
+        if entry is not None:
+            probability = np.array([p for _, p, _ in explained], dtype=np.float64)
+            is_fraud = np.array([r["is-fraud"] for r in results], dtype=np.bool_)
+            outside = np.array([[name in flagged for name in FEATURES] for _, _, flagged in explained], dtype=np.bool_)
+            self.log.many(entry, X, probability, score, is_fraud, outside, [r["reasons"] for r in results], challenger)
         return results
 
-    def _beside_many(self, X: np.ndarray, score: np.ndarray, request_id: str | None) -> None:
-        """Drift counts and the challenger, for a matrix of rows (as _beside_one for one)."""
+    def _beside_many(self, X: np.ndarray, score: np.ndarray, request_id: str | None) -> np.ndarray | None:
+        """Drift counts and the challenger, for a matrix of rows (as _beside_one for one); the
+        challenger's probabilities, if any."""
         if self._drift is not None or self._challenger is not None:
             scores = score.astype(np.float64)
             if self._drift is not None:
                 self._drift.add_rows(X, scores)
             if self._challenger is not None:
-                self._challenger.many(X, scores, request_id)
+                return self._challenger.many(X, scores, request_id)
+        return None

@@ -39,6 +39,7 @@ import contextlib
 import os
 import select
 import socket
+import sys
 from typing import Any
 
 import orjson
@@ -101,6 +102,8 @@ util.write_error = write_error
 
 
 class Worker(SyncWorker):
+    spool: Any = None
+
     def handle_request(self, listener: Any, req: Any, client: Any, addr: Any) -> None:
         try:
             super().handle_request(listener, req, client, addr)
@@ -115,6 +118,8 @@ class Worker(SyncWorker):
             client.close()
 
     def run(self) -> None:
+        # The service's prediction-log spool, when the preloaded app is the service's.
+        self.spool = getattr(sys.modules.get("service.runtime.wsgi"), "spool", None)
         # Made here, after fork: an epoll made in the master would be one interest list shared by
         # every worker.
         self.poller = select.epoll()
@@ -131,8 +136,12 @@ class Worker(SyncWorker):
                     self.answer_backlog(listener)
 
     def wait(self, timeout: float) -> list[Any]:
-        """SyncWorker.wait on the epoll: the listeners ready to accept, after the heartbeat."""
+        """SyncWorker.wait on the epoll: the listeners ready to accept, after the heartbeat (and
+        the prediction log's segment sealed if it is past its age, so an idle worker's records
+        reach the compactor)."""
         self.notify()
+        if self.spool is not None:
+            self.spool.tick()
         ready = []
         for fd, _ in self.poller.poll(timeout):
             if fd in self.listeners:

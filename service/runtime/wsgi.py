@@ -12,7 +12,7 @@ from typing import Any
 
 import falcon
 
-from service.api.app import create_app
+from service.api.app import create_app, prediction_spool
 from service.api.budget import RowBudget
 from service.api.deadline import Deadlines
 from service.core import settings as settings_module
@@ -27,6 +27,9 @@ settings = settings_module.load_or_exit()
 # Made once, before the first fork: every worker, and every application a rollout builds, spends
 # from the same per-key budget.
 budget = RowBudget.for_settings(settings)
+# The prediction log's spool, likewise made once: each worker opens its own segment after fork
+# (gunicorn.conf.py's post_fork) and seals it when it exits.
+spool = prediction_spool(settings)
 
 
 def with_deadlines(app: falcon.App) -> Deadlines:
@@ -76,7 +79,7 @@ def build(current: LoadedModel | None = None) -> tuple[Deadlines, LoadedModel | 
         model.threshold["source"],
     )
     challenger, refused = load_challenger(starting=True)
-    app = create_app(settings, model, budget=budget, challenger=challenger, challenger_refused=refused)
+    app = create_app(settings, model, budget=budget, challenger=challenger, challenger_refused=refused, spool=spool)
     return with_deadlines(app), model
 
 
@@ -104,7 +107,7 @@ def roll_out(server: Any) -> None:
     challenger, refused = load_challenger(starting=False)
     gc.unfreeze()
     application = with_deadlines(
-        create_app(settings, candidate, budget=budget, challenger=challenger, challenger_refused=refused)
+        create_app(settings, candidate, budget=budget, challenger=challenger, challenger_refused=refused, spool=spool)
     )
     model = candidate
     server.app.callable = application

@@ -118,6 +118,14 @@ FEATURE_STORE_MISSES = Counter(
     "fraud_feature_store_misses_total", "Transaction ids asked for that the feature store did not hold"
 )
 FEATURE_STORE_ROWS = Counter("fraud_feature_store_rows_total", "Transaction ids asked of the feature store")
+PREDICTION_LOG_RECORDS = Counter(
+    "fraud_prediction_log_records_total", "Records written to the prediction log's spool (one per scored row logged)"
+)
+PREDICTION_LOG_DROPPED = Counter(
+    "fraud_prediction_log_dropped_total",
+    "Records of scored rows the prediction log could not keep, by reason (spool_full, disk_full, unwritable, error)",
+    ["reason"],
+)
 
 
 class SampleFile:
@@ -445,6 +453,14 @@ def set_ood_heldout_rate(rate: float | None) -> None:
     rate against a multiple of it. NaN (the alarm never fires) for a model without calibrated
     bounds, or with OOD_Z's rule, whose ordinary rate nobody measured."""
     OOD_HELDOUT_RATE.set(math.nan if rate is None else rate)
+
+
+def count_logged(rows: int) -> None:
+    PREDICTION_LOG_RECORDS.inc(rows)
+
+
+def count_log_dropped(reason: str, rows: int) -> None:
+    PREDICTION_LOG_DROPPED.labels(reason).inc(rows)
 
 
 def set_model_version(version: str) -> None:

@@ -1,0 +1,238 @@
+"""The spool: each gunicorn worker appends its requests' records to a segment file of its own, one
+write per request, before the answer leaves. A killed worker loses nothing it answered (the bytes
+are in the page cache); nothing here is shared between workers (no thread, no lock, no queue).
+
+A segment lives in PREDICTION_LOG_DIR/_spool/ as `<start ns>-<pid>.open` while its worker writes to
+it, holding an flock that dies with the process; it is sealed (renamed `.seg`) on rotation (size or
+age) and when its worker exits. A segment whose worker died without sealing it (kill -9) is sealed
+by the compactor, which finds its lock free, after cutting a torn tail at the last whole frame.
+
+A frame is `<u32 length><u32 CRC-32 of the payload><payload>`, little-endian.
+
+The spool is bounded: a write that would take the spool's files beyond PREDICTION_LOG_MAX_BYTES is
+dropped, as is one the disk or the directory refuses; scoring goes on and every dropped record is
+counted by reason. Each worker knows the spool's size from a scan of the directory, repeated at most
+every SCAN_SECONDS and on rotation, plus what it has written since: several workers writing between
+scans can overshoot the limit by about one scan interval of their writes."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import struct
+import time
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+FRAME_HEAD = struct.Struct("<II")
+OPEN, SEALED, NEW = ".open", ".seg", ".new"
+SCAN_SECONDS = 1.0
+RETRY_OPEN_SECONDS = 1.0  # a directory that refused a segment is not asked again on every request
+# Readers of the log's directory as a table (Spark, pyarrow) skip names that start with "_".
+SPOOL = "_spool"
+
+# why a record was not written, as the drop counter's label says it
+SPOOL_FULL = "spool_full"
+DISK_FULL = "disk_full"
+UNWRITABLE = "unwritable"
+ERROR = "error"
+DROP_REASONS = (SPOOL_FULL, DISK_FULL, UNWRITABLE, ERROR)
+
+
+def frame(payload: bytes) -> bytes:
+    return FRAME_HEAD.pack(len(payload), zlib.crc32(payload)) + payload
+
+
+def whole_frames(data: bytes | memoryview) -> tuple[list[memoryview], int]:
+    """The payloads of the whole, intact frames at the start of `data`, and the bytes they take:
+    anything after (a torn write, a bad checksum) is the tail a killed writer left."""
+    view = memoryview(data)
+    payloads = []
+    at = 0
+    while at + FRAME_HEAD.size <= len(view):
+        length, crc = FRAME_HEAD.unpack_from(view, at)
+        end = at + FRAME_HEAD.size + length
+        if end > len(view):
+            break
+        payload = view[at + FRAME_HEAD.size : end]
+        if zlib.crc32(payload) != crc:
+            break
+        payloads.append(payload)
+        at = end
+    return payloads, at
+
+
+def spool_dir(directory: Path) -> Path:
+    return Path(directory) / SPOOL
+
+
+def started_ns(segment: Path) -> int:
+    """When a segment was opened, from its name."""
+    return int(segment.name.split("-", 1)[0])
+
+
+def spool_bytes(spool: Path) -> int:
+    total = 0
+    with contextlib.suppress(FileNotFoundError), os.scandir(spool) as entries:
+        for entry in entries:
+            if entry.name.endswith((OPEN, SEALED)):
+                with contextlib.suppress(FileNotFoundError):
+                    total += entry.stat().st_size
+    return total
+
+
+def drop_reason(error: OSError) -> str:
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DISK_FULL
+    if error.errno in (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOENT):
+        return UNWRITABLE
+    return ERROR
+
+
+class Spool:
+    """One process's segment. Made in the gunicorn master (it opens nothing there); each worker
+    opens its own segment after fork (`open`, gunicorn's post_fork) or at its first write."""
+
+    def __init__(
+        self,
+        directory: Path,
+        max_bytes: int,
+        segment_bytes: int,
+        segment_seconds: float,
+        on_written: Callable[[int], None] = lambda rows: None,
+        on_dropped: Callable[[str, int], None] = lambda reason, rows: None,
+    ) -> None:
+        self.spool = spool_dir(directory)
+        self.max_bytes = max_bytes
+        self._segment_bytes = segment_bytes
+        self._segment_ns = int(segment_seconds * 1e9)
+        self._on_written = on_written
+        self._on_dropped = on_dropped
+        self._forget()
+        # A segment belongs to the process that opened it: a child starts without one.
+        os.register_at_fork(after_in_child=self._forget)
+
+    def _forget(self) -> None:
+        self._fd = -1
+        self._path: Path | None = None
+        self._size = 0
+        self._seal_at_ns = 0
+        self._scan_at_ns = 0
+        self._retry_at_ns = 0
+        self._spool_bytes = 0
+        self.failure: str | None = None  # why the last segment could not be opened (a drop reason)
+        self.last_error: str | None = None
+
+    @property
+    def segment(self) -> Path | None:
+        return self._path
+
+    def open(self, now_ns: int | None = None) -> bool:
+        """A new segment for this process; False (and the reason kept) when the directory refuses."""
+        now_ns = time.time_ns() if now_ns is None else now_ns
+        stem = f"{now_ns:020d}-{os.getpid()}"
+        new = self.spool / (stem + NEW)
+        try:
+            self.spool.mkdir(parents=True, exist_ok=True)
+            fd = os.open(new, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o640)
+            try:
+                # Locked before it gets the name the compactor looks at: a free lock on an `.open`
+                # segment then always means its writer is gone.
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                path = self.spool / (stem + OPEN)
+                os.rename(new, path)
+            except OSError:
+                os.close(fd)
+                with contextlib.suppress(OSError):
+                    os.unlink(new)
+                raise
+        except OSError as e:
+            self.failure, self.last_error = drop_reason(e), str(e)
+            self._retry_at_ns = now_ns + int(RETRY_OPEN_SECONDS * 1e9)
+            return False
+        self._fd, self._path, self._size = fd, path, 0
+        self._seal_at_ns = now_ns + self._segment_ns
+        self._scan(now_ns)
+        self.failure = self.last_error = None
+        return True
+
+    def _scan(self, now_ns: int) -> None:
+        self._spool_bytes = spool_bytes(self.spool)
+        self._scan_at_ns = now_ns + int(SCAN_SECONDS * 1e9)
+
+    def write(self, data: bytes, rows: int, now_ns: int) -> bool:
+        """Appends one request's frame (`rows` records) in one write; False when it was dropped."""
+        if self._fd < 0:
+            if now_ns < self._retry_at_ns or not self.open(now_ns):
+                return self._drop(self.failure or UNWRITABLE, rows)
+        elif now_ns >= self._seal_at_ns or self._size >= self._segment_bytes:
+            self.seal()
+            if not self.open(now_ns):
+                return self._drop(self.failure or ERROR, rows)
+        elif now_ns >= self._scan_at_ns:
+            self._scan(now_ns)
+        if self._spool_bytes + len(data) > self.max_bytes:
+            return self._drop(SPOOL_FULL, rows)
+        try:
+            written = os.write(self._fd, data)
+        except OSError as e:
+            return self._drop(drop_reason(e), rows)
+        if written != len(data):  # the disk filled mid-frame: cut it, so the segment stays whole
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, self._size)
+            return self._drop(DISK_FULL, rows)
+        self._size += written
+        self._spool_bytes += written
+        self._on_written(rows)
+        return True
+
+    def _drop(self, reason: str, rows: int) -> bool:
+        self._on_dropped(reason, rows)
+        return False
+
+    def tick(self, now_ns: int | None = None) -> None:
+        """Seals a segment past its age even when no request comes (the worker's idle loop calls it),
+        so that an idle worker's records reach the compactor."""
+        if self._fd >= 0 and (time.time_ns() if now_ns is None else now_ns) >= self._seal_at_ns:
+            self.seal()
+
+    def seal(self) -> None:
+        """Closes the segment and hands it to the compactor (an empty one is removed)."""
+        if self._fd < 0 or self._path is None:
+            return
+        fd, path, size = self._fd, self._path, self._size
+        self._fd, self._path = -1, None
+        with contextlib.suppress(OSError):
+            if size == 0:
+                os.unlink(path)
+            else:
+                os.rename(path, path.with_suffix(SEALED))
+        os.close(fd)
+
+
+def seal_orphan(path: Path) -> Path | None:
+    """An `.open` segment whose writer is gone (its lock is free): its torn tail cut, sealed.
+    None while its writer lives."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None  # sealed by its writer meanwhile
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return None
+        with open(fd, "rb", closefd=False) as f:
+            data = f.read()
+        _, whole = whole_frames(data)
+        if whole != len(data):
+            os.ftruncate(fd, whole)
+        os.fsync(fd)
+        sealed = path.with_suffix(SEALED)
+        os.rename(path, sealed)
+        return sealed
+    finally:
+        os.close(fd)

@@ -1,0 +1,372 @@
+"""The prediction log's parts, in one process: frames and their torn tails, the spool's bounds and
+drops, sampling, the compactor's exactly-once under crashes (a real kill -9 too), and reading the log
+as a table with DuckDB and Spark (local[2]), old and new schema versions together."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from service.core.features import FEATURES, N_FEATURES
+from service.core.settings import from_mapping
+from service.predlog import compactor
+from service.predlog.record import COLUMNS, NAMES, SCHEMA_VERSION, arrow_schema
+from service.predlog.sink import PredictionLog, decode, kept
+from service.predlog.spool import DISK_FULL, SPOOL_FULL, UNWRITABLE, Spool, frame, spool_dir, whole_frames
+from stack.launcher import ROOT
+from tests.helpers import wait_for
+
+ISSUE_COLUMNS = [
+    "request_id",
+    "row",
+    "ts",
+    "route",
+    "transaction_id",
+    "key_id",
+    "model_version",
+    "threshold",
+    "probability",
+    "fraud_score",
+    "is_fraud",
+    "challenger_version",
+    "challenger_probability",
+    "challenger_is_fraud",
+    "sample_weight",
+]
+
+
+class Counts:
+    def __init__(self) -> None:
+        self.written = 0
+        self.dropped: dict[str, int] = {}
+
+    def wrote(self, rows: int) -> None:
+        self.written += rows
+
+    def drop(self, reason: str, rows: int) -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + rows
+
+
+def make_log(directory: Path, counts: Counts | None = None, **options) -> PredictionLog:
+    counts = counts or Counts()
+    spool = Spool(
+        directory,
+        options.pop("max_bytes", 1 << 30),
+        options.pop("segment_bytes", 1 << 26),
+        options.pop("segment_seconds", 3600),
+        on_written=counts.wrote,
+        on_dropped=counts.drop,
+    )
+    return PredictionLog(
+        spool,
+        model_version="m-1",
+        model_sha256="ab" * 32,
+        threshold=50,
+        key_ids=["k0", "k1"],
+        **options,
+    )
+
+
+def log_scored(log: PredictionLog, request_id: str, X: np.ndarray, probability: np.ndarray, tids=None, outside=None):
+    """A batch's records as the batch route logs them, scored with these probabilities."""
+    score = np.rint(100 * probability).astype(np.int32)
+    outside = np.zeros(X.shape, dtype=np.bool_) if outside is None else outside
+    entry = log.entry(request_id, "/v1/fraud-score/batch", 0, tids)
+    log.many(entry, X, probability, score, score >= 50, outside, None, None)
+
+
+def log_rows(log: PredictionLog, X: np.ndarray, request_id: str = "r", tids=None) -> None:
+    outside = np.zeros(X.shape, dtype=np.bool_)
+    outside[::7, 3] = True
+    log_scored(log, request_id, X, np.linspace(0, 1, len(X)), tids, outside)
+
+
+def table(directory: Path) -> pa.Table:
+    return pq.ParquetDataset(str(directory)).read()
+
+
+def test_the_issue_columns_are_the_schemas():
+    assert set(ISSUE_COLUMNS) <= set(NAMES)
+    assert NAMES[-N_FEATURES:] == FEATURES
+    assert len(set(NAMES)) == len(NAMES)
+    assert arrow_schema().names == list(NAMES)
+
+
+def test_frames_round_trip_and_a_torn_tail_is_cut():
+    payloads = [os.urandom(n) for n in (0, 1, 100, 5000)]
+    data = b"".join(frame(p) for p in payloads)
+    found, whole = whole_frames(data)
+    assert [bytes(p) for p in found] == payloads and whole == len(data)
+    for cut in range(1, len(frame(payloads[-1]))):
+        found, whole = whole_frames(data[:-cut])
+        assert [bytes(p) for p in found] == payloads[:-1]
+    corrupt = bytearray(data)
+    corrupt[-1] ^= 1  # a bad checksum: the frame is a tail, not a record
+    assert len(whole_frames(bytes(corrupt))[0]) == 3
+
+
+def test_a_batch_frame_decodes_to_what_was_logged(tmp_path):
+    log = make_log(tmp_path)
+    X = np.random.default_rng(1).normal(size=(40, N_FEATURES))
+    log_rows(log, X, tids=[f"t{i}" for i in range(40)])
+    data = next(spool_dir(tmp_path).glob("*.open")).read_bytes()
+    (payload,), _ = whole_frames(data)
+    meta, arrays = decode(payload)
+    assert np.array_equal(arrays["X"], X) and meta["tid"][3] == "t3" and meta["model_version"] == "m-1"
+    assert meta["ood"][0] == [0, [FEATURES[3]]]
+
+
+def test_compaction_writes_every_row_once_in_hour_partitions(tmp_path):
+    counts = Counts()
+    log = make_log(tmp_path, counts)
+    X = np.random.default_rng(2).normal(size=(1000, N_FEATURES))
+    for i in range(10):
+        log_rows(log, X[i * 100 : (i + 1) * 100], request_id=f"r{i}")
+    log.one(
+        log.entry("single", "/v1/fraud-score", 1, "tx-1", True),
+        tuple(X[0]),
+        0.25,
+        25,
+        False,
+        ["V1"],
+        [{"feature": "V1", "value": 1.0, "contribution": 0.5}],
+        None,
+    )
+    log.spool.seal()
+    done = compactor.compact(tmp_path)
+    assert done.rows == 1001 and counts.written == 1001 and not counts.dropped
+    assert not list(spool_dir(tmp_path).glob("*.seg"))
+    (path,) = done.files
+    assert path.parent.name.startswith("hour=") and path.parent.parent.name.startswith("date=")
+    assert pq.ParquetFile(path).metadata.row_group(0).column(0).compression == "ZSTD"
+    read = table(tmp_path)
+    assert read.num_rows == 1001
+    assert sorted(zip(read["request_id"].to_pylist(), read["row"].to_pylist(), strict=False)) == sorted(
+        [(f"r{i}", j) for i in range(10) for j in range(100)] + [("single", 0)]
+    )
+    single = read.filter(pa.compute.equal(read["request_id"], "single")).to_pylist()[0]
+    assert single["transaction_id"] == "tx-1" and single["key_id"] == "k1" and single["explained"]
+    assert single["reasons"] == [{"feature": "V1", "value": 1.0, "contribution": 0.5}]
+    assert single["ood_features"] == ["V1"] and single["schema_version"] == SCHEMA_VERSION
+    assert compactor.compact(tmp_path).rows == 0 and table(tmp_path).num_rows == 1001  # twice: nothing new
+
+
+def test_records_fall_in_the_hour_they_were_written(tmp_path):
+    log = make_log(tmp_path)
+    X = np.zeros((3, N_FEATURES))
+    hour_ns = 3600 * 10**9
+    base = (time.time_ns() // hour_ns) * hour_ns
+    for i, ts in enumerate((base + hour_ns - 1, base + hour_ns, base + hour_ns + 5)):
+        payload = log._meta(log.entry(f"r{i}", "/v1/fraud-score", 0), ts, 1, {}) + log._one.pack(
+            *X[0], 0.5, 50, True, 1.0
+        )
+        log.spool.write(frame(payload), 1, base)
+    log.spool.seal()
+    done = compactor.compact(tmp_path)
+    assert len(done.files) == 2 and done.rows == 3
+    assert sorted(pq.read_table(p).num_rows for p in done.files) == [1, 2]
+
+
+def test_an_orphaned_segment_is_cut_at_its_last_whole_record_and_sealed(tmp_path):
+    log = make_log(tmp_path)
+    X = np.ones((10, N_FEATURES))
+    log_rows(log, X)
+    segment = log.spool.segment
+    with open(segment, "ab") as f:
+        f.write(frame(b"x" * 100)[:-7])  # a write torn by a kill
+    # Its writer gone: the lock dies with the descriptor, as it does with a killed process.
+    os.close(log.spool._fd)
+    log.spool._fd = -1
+    done = compactor.compact(tmp_path)
+    assert done.orphans == 1 and done.rows == 10
+
+
+def test_a_live_writers_segment_is_left_alone(tmp_path):
+    log = make_log(tmp_path)
+    log_rows(log, np.ones((5, N_FEATURES)))
+    assert compactor.compact(tmp_path).rows == 0
+    assert log.spool.segment.exists()
+
+
+def test_a_compactor_restarted_after_any_crash_writes_each_row_once(tmp_path):
+    """The states a kill can leave: a temporary file half written; the Parquet file renamed into
+    place but the segment not yet deleted; one of a segment's hours written, not the other."""
+    log = make_log(tmp_path)
+    log_rows(log, np.ones((50, N_FEATURES)), "a")
+    log.spool.seal()
+    segment = next(spool_dir(tmp_path).glob("*.seg"))
+    kept_copy = segment.read_bytes()
+    done = compactor.compact(tmp_path)
+    (written,) = done.files
+    segment.write_bytes(kept_copy)  # the segment survived the crash
+    written.with_name(f".{written.name}.tmp").write_bytes(b"PAR1 half")
+    done = compactor.compact(tmp_path)
+    assert done.rows == 50
+    assert table(tmp_path).num_rows == 50
+    assert not list(tmp_path.glob("date=*/hour=*/.*.tmp"))
+
+
+def test_a_compactor_killed_mid_run_and_restarted_adds_no_duplicate(tmp_path):
+    log = make_log(tmp_path, segment_bytes=1 << 16)
+    X = np.random.default_rng(3).normal(size=(200, N_FEATURES))
+    expected = 0
+    for i in range(120):  # many segments: the kill lands between or inside them
+        log_rows(log, X, f"r{i}")
+        expected += len(X)
+        log.spool.seal()
+        log.spool.open()
+    log.spool.seal()
+    run = [sys.executable, "-m", "service.predlog.compactor", "--once", "--dir", str(tmp_path)]
+    first = subprocess.Popen(run, cwd=ROOT, stderr=subprocess.DEVNULL)
+    wait_for(lambda: any(tmp_path.glob("date=*/hour=*/*.parquet")) or first.poll() is not None, timeout=120)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert subprocess.run(run, cwd=ROOT, timeout=300).returncode == 0
+    read = table(tmp_path)
+    keys = list(zip(read["request_id"].to_pylist(), read["row"].to_pylist(), strict=False))
+    assert len(keys) == expected and len(set(keys)) == expected
+
+
+def test_a_full_spool_drops_and_counts(tmp_path):
+    counts = Counts()
+    log = make_log(tmp_path, counts, max_bytes=50_000)
+    for i in range(20):
+        log_rows(log, np.ones((10, N_FEATURES)), f"r{i}")
+    assert counts.dropped[SPOOL_FULL] > 0
+    assert counts.written + counts.dropped[SPOOL_FULL] == 200
+    log.spool.seal()
+    assert compactor.compact(tmp_path).rows == counts.written
+
+
+def test_an_unwritable_directory_drops_and_counts(tmp_path):
+    blocked = tmp_path / "file"
+    blocked.write_text("not a directory")
+    counts = Counts()
+    log = make_log(blocked, counts)
+    for i in range(3):
+        log_rows(log, np.ones((4, N_FEATURES)), f"r{i}")
+    assert counts.written == 0 and sum(counts.dropped.values()) == 12
+    assert set(counts.dropped) <= {UNWRITABLE, DISK_FULL, "error"}
+
+
+def test_a_full_disk_drops_and_counts(tmp_path):
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full")
+    counts = Counts()
+    log = make_log(tmp_path, counts)
+    log_rows(log, np.ones((4, N_FEATURES)))
+    os.dup2(os.open("/dev/full", os.O_WRONLY), log.spool._fd)  # the disk fills under the segment
+    log_rows(log, np.ones((4, N_FEATURES)), "r2")
+    assert counts.written == 4 and counts.dropped == {DISK_FULL: 4}
+
+
+def test_sampling_keeps_flagged_rows_and_weights_the_rest(tmp_path):
+    log = make_log(tmp_path, sample=0.25)
+    n = 4000
+    X = np.zeros((n, N_FEATURES))
+    probability = np.where(np.arange(n) % 10 == 0, 0.9, 0.1)
+    tids = [f"tx-{i}" for i in range(n)]
+    log_scored(log, "s", X, probability, tids)
+    log.spool.seal()
+    compactor.compact(tmp_path)
+    read = table(tmp_path)
+    is_fraud = np.array(read["is_fraud"].to_pylist())
+    weights = np.array(read["sample_weight"].to_pylist())
+    assert is_fraud.sum() == n // 10 and np.all(weights[is_fraud] == 1.0)
+    assert np.all(weights[~is_fraud] == 4.0)
+    # unbiased: the weighted count of unflagged rows estimates their true count
+    assert abs(weights[~is_fraud].sum() - 0.9 * n) < 0.15 * 0.9 * n
+    # deterministic from the transaction id: the same rows are kept wherever they are scored
+    kept_ids = {tid for tid, f in zip(read["transaction_id"].to_pylist(), is_fraud, strict=True) if not f}
+    assert kept_ids == {t for i, t in enumerate(tids) if i % 10 and kept(t, 0.25)}
+
+
+def old_version_file(directory: Path) -> None:
+    """A file as an older schema wrote it: the same columns but the last few, version 0."""
+    schema = arrow_schema()
+    old = pa.schema([schema.field(c.name) for c in COLUMNS if c.name not in ("client_address", "service_us")])
+    row = {f.name: [None] for f in old}
+    row.update(
+        {"schema_version": [0], "request_id": ["old"], "row": [0], "probability": [0.5], "model_version": ["m-0"]}
+    )
+    target = directory / "date=2020-01-01" / "hour=00" / "part-old.parquet"
+    target.parent.mkdir(parents=True)
+    pq.write_table(pa.table(row, schema=old), target, compression="zstd")
+
+
+def test_duckdb_reads_the_log_with_its_partitions_and_every_schema_version(tmp_path):
+    log = make_log(tmp_path)
+    log_rows(log, np.ones((30, N_FEATURES)), "new")
+    log.spool.seal()
+    compactor.compact(tmp_path)
+    old_version_file(tmp_path)
+    query = f"""
+        select schema_version, count(*) as n, min(date) as date, count(service_us) as timed
+        from read_parquet('{tmp_path}/date=*/hour=*/*.parquet', hive_partitioning = true, union_by_name = true)
+        group by schema_version order by schema_version"""
+    rows = duckdb.sql(query).fetchall()
+    assert [(v, n, t) for v, n, _, t in rows] == [(0, 1, 0), (SCHEMA_VERSION, 30, 30)]
+    assert str(rows[0][2]) == "2020-01-01"
+
+
+def test_the_docs_table_is_the_schema():
+    text = (ROOT / "docs" / "prediction-log.md").read_text()
+    documented = [line.split("|")[1].strip().strip("`") for line in text.splitlines() if line.startswith("| `")]
+    assert documented[: len(COLUMNS) - N_FEATURES] == [c.name for c in COLUMNS[: len(COLUMNS) - N_FEATURES]]
+    for column in COLUMNS[: len(COLUMNS) - N_FEATURES]:
+        assert f"| `{column.name}` | {column.type} | {column.description} |" in text
+
+
+def test_verify_log_counts_rows_checked_and_mismatched(tmp_path, small_model):
+    """Logged features re-scored with the logged version: all match; a probability changed in the
+    log is a mismatch, and the command says so and fails."""
+    from service.engine.loader import load_model
+    from service.offline import verify_log
+    from tests.helpers import TEST_KEY
+
+    settings = from_mapping({"API_KEY": TEST_KEY, "MODEL_PATH": str(small_model[0])})
+    model = load_model(settings)
+    log = make_log(tmp_path)
+    log = PredictionLog(log.spool, model_version=model.version, model_sha256=None, threshold=50, key_ids=["k"])
+    X = np.random.default_rng(5).normal(size=(300, N_FEATURES))
+    probability = model.scorer.predict_rows(X)
+    log_scored(log, "r", X, probability)
+    probability[7] = np.nextafter(probability[7], 2.0)  # one bit off
+    log_scored(log, "s", X, probability)
+    log.spool.seal()
+    compactor.compact(tmp_path)
+    run = [sys.executable, "-m", "service.offline.verify_log", "--dir", str(tmp_path), "--model", str(small_model[0])]
+    env = {**os.environ, "ENV_FILE": "/nonexistent", "MODEL_PATH": str(small_model[0])}
+    done = subprocess.run(run, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr
+    assert "checked 600 rows, mismatched 1, skipped 0" in done.stdout
+    today = time.strftime("%Y-%m-%d", time.gmtime())
+    assert verify_log.verify(tmp_path, {model.version: model}, first=today, last=today).checked == 600
+    assert verify_log.verify(tmp_path, {model.version: model}, first="2000-01-01", last="2000-01-02").checked == 0
+
+
+@pytest.mark.skipif(
+    os.environ.get("FRAUD_IMAGE_BUILD") == "1", reason="no JVM gateway inside an image build: tested on the host"
+)
+def test_spark_reads_the_log_with_its_partitions_and_every_schema_version(tmp_path, spark):
+    log = make_log(tmp_path)
+    log_rows(log, np.ones((30, N_FEATURES)), "new")
+    log.spool.seal()
+    compactor.compact(tmp_path)
+    old_version_file(tmp_path)
+    table = spark.read.option("mergeSchema", "true").parquet(str(tmp_path))
+    counts = {r["schema_version"]: r["count"] for r in table.groupBy("schema_version").count().collect()}
+    assert counts == {0: 1, SCHEMA_VERSION: 30}
+    assert {"date", "hour", "service_us", *ISSUE_COLUMNS} <= set(table.columns)
+    old = table.filter("schema_version = 0").select("date", "hour", "service_us").collect()[0]
+    assert (str(old["date"]), old["hour"], old["service_us"]) == ("2020-01-01", 0, None)
