@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import socket
+import subprocess
 import threading
 import time
 from dataclasses import dataclass
@@ -332,3 +333,25 @@ def call_upstream(socket_path: Path, method: str, path: str, stamp: float | None
         return upstream.read_reply()
     finally:
         upstream.close()
+
+
+# Inside a new mount namespace (private: nothing propagates back to the host), bind the directory
+# onto itself and remount that bind read-only, then exec the command: gunicorn keeps the pid.
+READ_ONLY = 'mount --bind "$1" "$1" && mount -o remount,ro,bind "$1" && shift && exec "$@"'
+
+
+def read_only(directory: Path) -> tuple[str, ...]:
+    """A command prefix that runs the rest with `directory` read-only."""
+    return ("unshare", "--mount", "--propagation", "private", "--", "sh", "-c", READ_ONLY, "sh", str(directory))
+
+
+def require_read_only_mounts(directory: Path) -> None:
+    probe = subprocess.run(
+        [*read_only(directory), "touch", str(directory / ".probe")], capture_output=True, text=True, timeout=30
+    )
+    if "Read-only file system" not in probe.stderr:
+        (directory / ".probe").unlink(missing_ok=True)
+        pytest.skip(
+            "needs a private mount namespace with a read-only bind mount (root with CAP_SYS_ADMIN: "
+            f"unshare --mount, mount --bind); here: {probe.stderr.strip() or 'the directory stayed writable'}"
+        )

@@ -9,7 +9,6 @@ import json
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import joblib
 import numpy as np
@@ -19,28 +18,7 @@ from sklearn.ensemble import RandomForestClassifier
 from model import synthetic
 from service.core.artifacts import sha256_file
 from stack.launcher import ROOT
-from tests.helpers import UNLIMITED, Client, as_transaction, start_stack
-
-# Inside a new mount namespace (private: nothing propagates back to the host), bind the directory
-# onto itself and remount that bind read-only, then exec the command: gunicorn keeps the pid.
-READ_ONLY = 'mount --bind "$1" "$1" && mount -o remount,ro,bind "$1" && shift && exec "$@"'
-
-
-def read_only(directory: Path) -> tuple[str, ...]:
-    """A command prefix that runs the rest with `directory` read-only."""
-    return ("unshare", "--mount", "--propagation", "private", "--", "sh", "-c", READ_ONLY, "sh", str(directory))
-
-
-def require_read_only_mounts(directory: Path) -> None:
-    probe = subprocess.run(
-        [*read_only(directory), "touch", str(directory / ".probe")], capture_output=True, text=True, timeout=30
-    )
-    if "Read-only file system" not in probe.stderr:
-        (directory / ".probe").unlink(missing_ok=True)
-        pytest.skip(
-            "needs a private mount namespace with a read-only bind mount (root with CAP_SYS_ADMIN: "
-            f"unshare --mount, mount --bind); here: {probe.stderr.strip() or 'the directory stayed writable'}"
-        )
+from tests.helpers import UNLIMITED, Client, as_transaction, read_only, require_read_only_mounts, start_stack
 
 
 @pytest.fixture(scope="module")
