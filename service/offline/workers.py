@@ -135,8 +135,8 @@ class Workers:
         self._start(_work, [(job, k, self.count, queues[k]) for k in range(self.count)])
         try:
             mappings = []
-            for piece in itertools.count():
-                k = piece % self.count
+            for turn in itertools.count():
+                k = turn % self.count
                 message = self._next(queues[k], self._running[k])
                 if isinstance(message, Done):  # no piece here, so none after: every other worker is done too
                     mappings.append(message.mapping)
