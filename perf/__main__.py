@@ -18,16 +18,11 @@ import platform
 import secrets
 import sys
 import tempfile
-import time
 from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import numpy as np
-import orjson
-
-from model import synthetic
 from perf import (
     add_model_argument,
     baseline,
@@ -44,8 +39,8 @@ from perf import (
     stats,
     wrk,
 )
+from perf.common import BARE_APP, as_bodies, log, sample_rows, start_stack
 from service.core.artifacts import ArtifactPaths, read_manifest
-from service.core.features import FEATURES
 from service.core.settings import read_environment
 from stack import harness
 from stack.launcher import Stack
@@ -56,42 +51,6 @@ OPEN_LOOP_LOADS = (0.5, 0.9)
 OPEN_LOOP_CONNECTIONS = 128  # enough to keep the schedule when answers slow down near capacity
 MEMORY_WORKERS = (1, 2, 4)
 LOOPBACK = ("127.0.0.1", "localhost", "::1")  # load is never sent off this machine
-
-
-def log(message: str) -> None:
-    print(f"[perf {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def sample_rows(seed: int = 2026) -> np.ndarray:
-    """Transactions the model has not seen, genuine and fraudulent, in the data set's proportions."""
-    X, _ = synthetic.generate(20_000, seed=seed)
-    return X
-
-
-def as_bodies(X: np.ndarray) -> list[bytes]:
-    return [orjson.dumps(dict(zip(FEATURES, map(float, row), strict=True))) for row in X]
-
-
-BARE_APP = "perf.bare:application"
-
-
-def start_stack(
-    model_path: Path,
-    api_key: str,
-    stack_log: Path,
-    workers: int | None = None,
-    app: str | None = None,
-    **extra: str,
-) -> Stack:
-    """The real nginx + gunicorn, as `make run` starts them, on a free loopback port, limits lifted.
-    WORKERS and GUNICORN_CMD_ARGS pass through, to compare settings; a developer's .env does not.
-    nginx's access-log lines are formatted and written as in production, to /dev/null rather than
-    filling the disk; errors go to the stack log. `app` replaces the service's WSGI callable (the bare
-    stack)."""
-    env = harness.environment(api_key, model_path, ("WORKERS", "GUNICORN_CMD_ARGS"), **{**harness.UNLIMITED, **extra})
-    if workers:
-        env["WORKERS"] = str(workers)
-    return harness.start(env, log=stack_log, access_log="/dev/null", stdout_to_log=False, app=app)
 
 
 def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:

@@ -28,8 +28,9 @@ from model import synthetic
 from perf import add_model_argument, micro
 from service.core.features import FEATURES
 from service.core.settings import from_mapping
-from service.offline import bulk
+from service.offline.score_file import score_file
 from service.offline.tables import Engine
+from service.offline.workers import Workers
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED = 2027
@@ -74,7 +75,7 @@ def measure(model_path: Path, rows: int, directory: Path, rounds: int = ROUNDS) 
     parquet, csv = input_files(rows, directory)
     estimator = micro.load_estimator(model_path).set_params(n_jobs=-1)
     engine = Engine.load(from_mapping({"MODEL_PATH": str(model_path)}, require_api_key=False))
-    workers = bulk.Workers(engine, os.cpu_count() or 1)
+    workers = Workers(engine, os.cpu_count() or 1)
     paths = {
         "parquet_to_parquet": (parquet, directory / "bulk-out.parquet"),
         "csv_to_parquet": (csv, directory / "bulk-out-from-csv.parquet"),
@@ -90,7 +91,7 @@ def measure(model_path: Path, rows: int, directory: Path, rounds: int = ROUNDS) 
             seconds, expected = sklearn_seconds(estimator, parquet)
             sklearn.append(seconds)
             for name, (source, target) in paths.items():
-                runs[name].append(bulk.run(engine, workers, source, target).seconds)
+                runs[name].append(score_file(engine, workers, source, target).seconds)
                 scored = pq.read_table(target, columns=["probability"])["probability"].to_numpy()
                 identical[name] &= bool(np.array_equal(scored, expected))
                 target.unlink()

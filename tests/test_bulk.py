@@ -12,18 +12,32 @@ import subprocess
 import sys
 from pathlib import Path
 
+import joblib
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
+from sklearn.ensemble import GradientBoostingClassifier, RandomForestClassifier
 
 from model import synthetic
+from service.core.artifacts import sha256_file
 from service.core.features import FEATURES
 from service.core.settings import from_mapping
-from service.offline import bulk
+from service.offline.errors import BulkError
+from service.offline.job import Job
+from service.offline.score_file import score_file
+from service.offline.source import Source
 from service.offline.tables import Engine, fraud_scores, output_fields
-from tests.helpers import UNLIMITED, rows_on_thresholds, sklearn_arrays, start_stack
+from service.offline.workers import Workers
+from tests.helpers import (
+    UNLIMITED,
+    read_only,
+    require_read_only_mounts,
+    rows_on_thresholds,
+    sklearn_arrays,
+    start_stack,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -43,7 +57,7 @@ def engine(small_model) -> Engine:
 
 @pytest.fixture(scope="module")
 def workers(engine):
-    running = bulk.Workers(engine, 2)
+    running = Workers(engine, 2)
     yield running
     running.close()
 
@@ -70,7 +84,7 @@ def test_every_score_equals_predict_proba_and_the_http_service(engine, workers, 
     source = tmp_path / "in.csv"
     pacsv.write_csv(table(rows), source)
     out = tmp_path / "out.parquet"
-    summary = bulk.run(engine, workers, source, out, chunk_rows=700)
+    summary = score_file(engine, workers, source, out, chunk_rows=700)
     assert (summary.rows, summary.scored, summary.rejected) == (len(rows), len(rows), 0)
     result = pq.read_table(out)
     assert result.column_names[:2] == ["txn_id", "Class"]
@@ -106,7 +120,7 @@ def test_explained_rows_carry_the_services_reasons(engine, workers, rows, client
     source = tmp_path / "in.parquet"
     pq.write_table(table(rows[:50]), source)
     out = tmp_path / "out.csv"
-    bulk.run(engine, workers, source, out, explain=True, with_features=True)
+    score_file(engine, workers, source, out, explain=True, with_features=True)
     result = pacsv.read_csv(out)
     transactions = [dict(zip(FEATURES, row, strict=True)) for row in rows[:50].tolist()]
     answers = client.request("POST", "/v1/fraud-score/batch?explain=true", {"transactions": transactions}).json
@@ -134,7 +148,7 @@ def test_bad_rows_go_to_the_rejects_file_and_the_rest_is_scored(engine, workers,
         lines[row] = ",".join(f'"{c}"' if "," in c else c for c in cells)
     source.write_text("\n".join(lines) + "\n")
     out = tmp_path / "out.parquet"
-    summary = bulk.run(engine, workers, source, out, chunk_rows=64)  # bad rows in several chunks
+    summary = score_file(engine, workers, source, out, chunk_rows=64)  # bad rows in several chunks
     assert (summary.rows, summary.scored, summary.rejected) == (300, 294, 6)
     with open(tmp_path / "out.parquet.rejects.csv", newline="") as f:
         rejects = list(csv.DictReader(f))
@@ -145,11 +159,13 @@ def test_bad_rows_go_to_the_rejects_file_and_the_rest_is_scored(engine, workers,
     assert np.array_equal(result["probability"].to_numpy(), small_model[1].predict_proba(good[kept])[:, 1])
 
 
-def run_cli(*args: str, env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, env_extra: dict[str, str] | None = None, prefix: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR")}
     env.update({"ENV_FILE": "/nonexistent/.env", **(env_extra or {})})
     return subprocess.run(
-        [sys.executable, "-m", "service.offline.bulk", *args],
+        [*prefix, sys.executable, "-m", "service.offline.bulk", *args],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -167,6 +183,40 @@ def test_cli_scores_quietly_off_a_terminal_and_prints_one_summary(small_model, r
     assert done.returncode == 0, done.stderr
     assert done.stderr.count("\n") == 1 and "scored 500 of 500 rows" in done.stderr  # no progress bar
     assert pacsv.read_csv(tmp_path / "out.csv").num_rows == 500
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+@pytest.mark.parametrize("served", ["through-sklearn", "converted-in-memory"])
+def test_a_model_not_memory_mapped_scores_a_file(rows, tmp_path, served, workers):
+    """A model whose arrays are no file's: an estimator the walker cannot serve (sklearn scores it),
+    or the seed's own estimator in a read-only directory (converted in memory at every start)."""
+    X, y = synthetic.generate(6000, seed=41)
+    directory = tmp_path / "model"
+    directory.mkdir()
+    path = directory / "model.joblib"
+    if served == "through-sklearn":
+        # Trees the walker does not take; sklearn casts the rows to float32 itself, as the walker does.
+        estimator = GradientBoostingClassifier(n_estimators=10, max_depth=3, random_state=3).fit(X, y)
+        prefix: tuple[str, ...] = ()
+    else:
+        estimator = RandomForestClassifier(n_estimators=8, random_state=3).fit(X, y)
+        require_read_only_mounts(directory)
+        prefix = read_only(directory)
+    joblib.dump(estimator, path)
+    source, out = tmp_path / "in.parquet", tmp_path / "out.parquet"
+    pq.write_table(table(rows[:700]), source)
+    done = run_cli(
+        str(source),
+        str(out),
+        "--workers",
+        workers,
+        "--chunk-rows",
+        "300",
+        prefix=prefix,
+        env_extra={"MODEL_PATH": str(path), "MODEL_SHA256": sha256_file(path)},
+    )
+    assert done.returncode == 0 and "scored 700 of 700 rows" in done.stderr, done.stderr
+    assert np.array_equal(pq.read_table(out)["probability"].to_numpy(), estimator.predict_proba(rows[:700])[:, 1])
 
 
 @pytest.mark.parametrize(
@@ -196,13 +246,13 @@ def test_a_failed_run_keeps_an_earlier_runs_output_and_rejects_both(engine, work
     lines = source.read_text().splitlines()
     lines[9] = lines[9].replace(",", ",abc", 1)  # a row refused: its second column is not a number
     source.write_text("\n".join(lines) + "\n")
-    assert bulk.run(engine, workers, source, out, chunk_rows=50).rejected == 1
+    assert score_file(engine, workers, source, out, chunk_rows=50).rejected == 1
     rejects = tmp_path / "out.parquet.rejects.csv"
     before = out.read_bytes(), rejects.read_bytes()
     lines[150] = "t149,1,2"  # now a malformed line: the next run stops
     source.write_text("\n".join(lines) + "\n")
-    with pytest.raises(bulk.BulkError, match="columns"):
-        bulk.run(engine, workers, source, out, chunk_rows=50)
+    with pytest.raises(BulkError, match="columns"):
+        score_file(engine, workers, source, out, chunk_rows=50)
     assert (out.read_bytes(), rejects.read_bytes()) == before
     assert sorted(path.name for path in tmp_path.iterdir()) == ["in.csv", "out.parquet", "out.parquet.rejects.csv"]
 
@@ -218,7 +268,7 @@ def test_workers_read_the_one_mapped_artifact_without_copies(engine, workers, ro
     # Batches are scored from tables built from the artifact before the fork; --explain walks the
     # trees, so its workers read the artifact's pages themselves.
     for explain in (False, True):
-        bulk.run(engine, workers, source, tmp_path / "out.parquet", chunk_rows=500, explain=explain)
+        score_file(engine, workers, source, tmp_path / "out.parquet", chunk_rows=500, explain=explain)
         seen = {m["pid"]: m for m in workers.mappings()}
         assert os.getpid() not in seen and len(seen) == 2
         for mapping in seen.values():
@@ -238,12 +288,12 @@ def test_workers_reading_their_own_pieces_give_the_file_in_order(engine, rows, s
         "one-group.parquet": lambda path: pq.write_table(table(rows), path),
         "lines.csv": lambda path: pacsv.write_csv(table(rows), path),
     }
-    running = bulk.Workers(engine, count)
+    running = Workers(engine, count)
     try:
         for name, write in sources.items():
             write(tmp_path / name)
             out = tmp_path / f"{name}.out.parquet"
-            summary = bulk.run(engine, running, tmp_path / name, out, chunk_rows=97)
+            summary = score_file(engine, running, tmp_path / name, out, chunk_rows=97)
             assert (summary.rows, summary.rejected) == (len(rows), 0), name
             result = pq.read_table(out)
             assert result["txn_id"].to_pylist() == ids, name
@@ -260,7 +310,7 @@ def test_csv_line_endings_blank_lines_and_a_last_line_without_newline(engine, wo
     lines[50:50] = ["", ""]  # blank lines are not rows
     source = tmp_path / "in.csv"
     source.write_bytes("\r\n".join(lines).encode())  # CRLF, and no line end after the last row
-    summary = bulk.run(engine, workers, source, tmp_path / "out.parquet", chunk_rows=13)
+    summary = score_file(engine, workers, source, tmp_path / "out.parquet", chunk_rows=13)
     assert (summary.rows, summary.rejected) == (400, 0)
     result = pq.read_table(tmp_path / "out.parquet")
     assert result["txn_id"].to_pylist() == [f"t{i}" for i in range(400)]
@@ -272,11 +322,11 @@ def test_a_csv_line_spanning_a_whole_arrow_block_is_read_whole(engine, workers, 
     than two (one that spans a block): that piece is read in one block, its rows and text as they were."""
     good = rows[:300]
     data = table(good).append_column(
-        "note", pa.array(["x" * (2 * bulk.Source.CSV_BLOCK_BYTES + 10) if i == 7 else "" for i in range(300)])
+        "note", pa.array(["x" * (2 * Source.CSV_BLOCK_BYTES + 10) if i == 7 else "" for i in range(300)])
     )
     source = tmp_path / "in.csv"
     pacsv.write_csv(data, source)
-    summary = bulk.run(engine, workers, source, tmp_path / "out.parquet", chunk_rows=100)
+    summary = score_file(engine, workers, source, tmp_path / "out.parquet", chunk_rows=100)
     assert (summary.rows, summary.rejected) == (300, 0)
     result = pq.read_table(tmp_path / "out.parquet")
     assert result["txn_id"].to_pylist() == [f"t{i}" for i in range(300)]
@@ -329,10 +379,10 @@ def test_bad_values_in_a_one_group_parquet_file_are_refused_as_in_csv(engine, ro
     broken[301] = ("Amount", "abc", "Amount is not a number: 'abc'")
     source = tmp_path / "in.parquet"
     pq.write_table(pa.table(columns), source)  # one row group
-    running = bulk.Workers(engine, count)
+    running = Workers(engine, count)
     try:
         out = tmp_path / "out.parquet"
-        summary = bulk.run(engine, running, source, out, chunk_rows=64, with_features=True)
+        summary = score_file(engine, running, source, out, chunk_rows=64, with_features=True)
     finally:
         running.close()
     assert (summary.rows, summary.rejected) == (600, len(broken))
@@ -355,14 +405,14 @@ def test_a_dead_worker_stops_the_run_with_one_line(engine, rows, tmp_path, name)
     path = tmp_path / name
     data = table(np.vstack([rows] * 3))
     pq.write_table(data, path) if name.endswith(".parquet") else pacsv.write_csv(data, path)
-    source = bulk.Source(path, chunk_rows=50)
+    source = Source(path, chunk_rows=50)
     schema = pa.schema([source.schema.field("txn_id"), source.schema.field("Class"), *output_fields(False)])
-    running = bulk.Workers(engine, 2)
+    running = Workers(engine, 2)
     try:
-        results = running.results(bulk.Job(engine, source, schema, ["txn_id", "Class"], False, False))
+        results = running.results(Job(engine, source, schema, ["txn_id", "Class"], False, False))
         next(results)
         os.kill(running.pids()[0], signal.SIGKILL)
-        with pytest.raises(bulk.BulkError, match=r"^a scoring process stopped \(exit code -9\)$"):
+        with pytest.raises(BulkError, match=r"^a scoring process stopped \(exit code -9\)$"):
             for _ in results:
                 pass
     finally:
@@ -412,10 +462,10 @@ def test_workers_decoding_shares_of_the_columns_write_what_one_process_writes(en
     pq.write_table(pa.table(columns), source)
     written = {}
     for processes in (1, count):
-        running = bulk.Workers(engine, processes)
+        running = Workers(engine, processes)
         try:
             out = tmp_path / f"out-{processes}.parquet"
-            summary = bulk.run(engine, running, source, out, chunk_rows=64)
+            summary = score_file(engine, running, source, out, chunk_rows=64)
         finally:
             running.close()
         written[processes] = (pq.read_table(out), (tmp_path / f"out-{processes}.parquet.rejects.csv").read_text())

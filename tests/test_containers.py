@@ -16,7 +16,7 @@ import jsonschema
 from service.core.settings import from_mapping
 from service.runtime import healthcheck, serve
 from stack.launcher import PLACEHOLDER, ROOT, TEMPLATE, find_nginx, nginx_values, render_nginx_config
-from tests.container_files import DOCKERFILE, compose, instructions, interpolate
+from tests.container_files import DOCKERFILE, compose, instructions, interpolate, nginx_environment
 
 COMPOSE_SCHEMA = ROOT / "deploy" / "compose-spec" / "compose-spec.json"
 
@@ -74,10 +74,10 @@ def test_compose_hardening():
 
 def test_the_nginx_container_renders_a_config_that_nginx_accepts(tmp_path):
     nginx = compose()["services"]["nginx"]
-    values = {k: interpolate(v) for k, v in nginx["environment"].items()}
+    values = nginx_environment({k: interpolate(v) for k, v in nginx["environment"].items()})
     assert "./nginx/nginx.conf.template:/etc/nginx/templates/nginx.conf.template:ro" in nginx["volumes"]
     rendered = render_nginx_config(TEMPLATE.read_text(), values)  # every placeholder has a value
-    assert f"{values['NGINX_ENVSUBST_OUTPUT_DIR']}/nginx.conf" in nginx["command"]
+    assert f"-c {values['NGINX_ENVSUBST_OUTPUT_DIR']}/nginx.conf " in nginx["command"][-1]
     # Only the run directory moves, so that nginx -t may create its temp paths here.
     conf = tmp_path / "nginx.conf"
     conf.write_text(rendered.replace("/tmp", str(tmp_path)))
@@ -88,14 +88,17 @@ def test_the_nginx_container_renders_a_config_that_nginx_accepts(tmp_path):
 
 
 def test_compose_gives_nginx_what_the_launcher_renders():
-    """The nginx container's values are what stack/launcher.py renders for the same settings (the
-    defaults, the container's listen address and paths), so the two cannot drift apart; and each
-    provides every placeholder of the template, no more."""
+    """The nginx container's values, once its entrypoint has derived the limits, are what
+    stack/launcher.py renders for the same settings (the defaults, the container's listen address
+    and paths), so the two cannot drift apart; and each provides every placeholder of the template,
+    no more (the container also has the settings the limits are derived from)."""
     placeholders = set(PLACEHOLDER.findall(TEMPLATE.read_text()))
     settings = from_mapping({"API_KEY": "k" * 16, "HOST": "0.0.0.0", "PORT": "8080"})
     launcher = nginx_values(settings, Path("/tmp"), Path("/run/fraud-scoring/gunicorn.sock"), "/dev/stdout")
     environment = compose()["services"]["nginx"]["environment"]
-    container = {k: interpolate(v) for k, v in environment.items() if k != "NGINX_ENVSUBST_OUTPUT_DIR"}
+    container = nginx_environment({k: interpolate(v) for k, v in environment.items()})
+    settings_given = {"NGINX_ENVSUBST_OUTPUT_DIR", "WORKERS", "QUEUE_PER_WORKER", "BATCH_MAX"}
+    container = {k: v for k, v in container.items() if k not in settings_given}
     assert set(launcher) == placeholders
     assert set(container) == placeholders
     # The nginx image runs unprivileged: no `user` line, as the launcher renders when not root.

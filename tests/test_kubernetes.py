@@ -11,7 +11,16 @@ import kubernetes_validate
 import pytest
 
 from stack.launcher import TEMPLATE
-from tests.container_files import KUBERNETES_VERSION, by_kind, compose, containers, documents, instructions, interpolate
+from tests.container_files import (
+    KUBERNETES_VERSION,
+    LIMITS_HOOK,
+    by_kind,
+    compose,
+    containers,
+    documents,
+    instructions,
+    interpolate,
+)
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +53,8 @@ def test_the_schema_check_rejects_a_broken_deployment(docs):
 
 
 def test_the_nginx_configmap_is_generated_from_the_template(docs):
-    configmap = by_kind(docs, "ConfigMap")
-    assert configmap["data"] == {"nginx.conf.template": TEMPLATE.read_text()}
+    (configmap,) = [d for d in docs if d["kind"] == "ConfigMap" and "nginx.conf.template" in d["data"]]
+    assert configmap["data"] == {"nginx.conf.template": TEMPLATE.read_text(), "limits.sh": LIMITS_HOOK.read_text()}
     volumes = {v["name"]: v for v in by_kind(docs, "Deployment")["spec"]["template"]["spec"]["volumes"]}
     # kustomize names it by its content, so a changed template rolls the pods.
     assert volumes["nginx-template"]["configMap"]["name"] == configmap["metadata"]["name"] != "fraud-scoring-nginx"
@@ -54,8 +63,11 @@ def test_the_nginx_configmap_is_generated_from_the_template(docs):
 def test_the_pod_runs_what_the_compose_file_runs(docs):
     pod = containers(docs)
     services = compose()["services"]
-    nginx_env = {e["name"]: e["value"] for e in pod["nginx"]["env"]}
+    settings = {d["metadata"]["name"]: d["data"] for d in docs if d["kind"] == "ConfigMap"}
+    shared = {k: v for source in pod["nginx"]["envFrom"] for k, v in settings[source["configMapRef"]["name"]].items()}
+    nginx_env = {**shared, **{e["name"]: e["value"] for e in pod["nginx"]["env"]}}
     assert nginx_env == {k: interpolate(v) for k, v in services["nginx"]["environment"].items()}
+    assert pod["api"]["envFrom"] == pod["nginx"]["envFrom"]  # the settings the limits follow: the api's
     # compose's command replaces the image's CMD; in Kubernetes that is args (command would replace
     # the entrypoint that renders the template).
     assert pod["nginx"]["args"] == services["nginx"]["command"] and "command" not in pod["nginx"]

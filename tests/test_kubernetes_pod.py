@@ -1,7 +1,7 @@
 """The Kubernetes base's pod, run on this machine with `podman kube play` from the documents kustomize
 renders: nginx answers /health and a scored request, and every probe's command passes.
 
-What the played copy changes, and why: only the Deployment and its generated ConfigMap are played
+What the played copy changes, and why: only the Deployment and its generated ConfigMaps are played
 (a Service, autoscaler and disruption budget need a cluster); one replica, with nginx's port
 published on a free loopback port (the kubelet would probe the pod's IP instead); the images are
 the ones `python -m tests.podman` built; names get a unique suffix, since pods, secrets and volumes
@@ -33,11 +33,13 @@ class PlayedPod:
     def __init__(self, work: Path) -> None:
         suffix = uuid.uuid4().hex[:8]
         docs = documents()
-        configmap, deployment = by_kind(docs, "ConfigMap"), by_kind(docs, "Deployment")
+        configmaps, deployment = [d for d in docs if d["kind"] == "ConfigMap"], by_kind(docs, "Deployment")
         self.name = f"{deployment['metadata']['name']}-{suffix}"
         self.secret = f"fraud-scoring-api-key-{suffix}"
         self.port = free_port()
-        configmap["metadata"]["name"] += f"-{suffix}"
+        renamed = {c["metadata"]["name"]: f"{c['metadata']['name']}-{suffix}" for c in configmaps}
+        for configmap in configmaps:
+            configmap["metadata"]["name"] = renamed[configmap["metadata"]["name"]]
         deployment["metadata"]["name"] = self.name
         deployment["spec"]["replicas"] = 1
         pod = deployment["spec"]["template"]["spec"]
@@ -45,7 +47,7 @@ class PlayedPod:
         self.empty_dirs = [f"{v['name']}-{suffix}" for v in pod["volumes"] if "emptyDir" in v]
         for volume in pod["volumes"]:
             if "configMap" in volume:
-                volume["configMap"]["name"] = configmap["metadata"]["name"]
+                volume["configMap"]["name"] = renamed[volume["configMap"]["name"]]
             self.volumes.append(volume.get("configMap", {}).get("name") or f"{volume['name']}-{suffix}")
             for container in pod["containers"]:
                 for mount in container["volumeMounts"]:
@@ -55,6 +57,8 @@ class PlayedPod:
         images = {"api": pm.API_IMAGE, "nginx": pm.base_images()["NGINX_IMAGE"]}
         for container in pod["containers"]:
             container["image"] = images[container["name"]]
+            for source in container.get("envFrom", []):
+                source["configMapRef"]["name"] = renamed[source["configMapRef"]["name"]]
             for env in container.get("env", []):
                 if "secretKeyRef" in env.get("valueFrom", {}):
                     env["valueFrom"]["secretKeyRef"]["name"] = self.secret
@@ -62,7 +66,7 @@ class PlayedPod:
                 port.update(hostPort=self.port, hostIP="127.0.0.1")
         self.deployment = deployment
         self.file = work / "pod.yaml"
-        self.file.write_text(yaml.safe_dump_all([configmap, deployment]))
+        self.file.write_text(yaml.safe_dump_all([*configmaps, deployment]))
         secret = work / "secret.json"
         secret.write_text(json.dumps({"API_KEY": base64.b64encode(TEST_KEY.encode()).decode()}))
         secret.chmod(0o600)

@@ -64,65 +64,118 @@ def test_the_metrics_directory_is_wiped_at_start(small_model, tmp_path):
 
 
 def test_a_batch_counted_in_one_update_gives_the_samples_of_row_by_row_counting():
-    """observe_scores writes into prometheus-client's histogram values directly: it must leave
-    exactly the samples observe_score leaves for the same rows (bucket edges included)."""
+    """observe_scores and observe_challenger_rows add a batch in one update per bucket and counter:
+    they must leave exactly the samples the row-by-row calls leave for the same rows (bucket edges
+    included)."""
     import numpy as np
-    from prometheus_client import REGISTRY
 
     from service.telemetry import metrics
+
+    names = ("fraud_score", "fraud_scored", "fraud_out_of_distribution", "fraud_challenger")
 
     def snapshot() -> dict:
         return {
             (s.name, frozenset(s.labels.items())): s.value
-            for name in ("fraud_score", "fraud_scored", "fraud_out_of_distribution")
-            for s in REGISTRY._names_to_collectors[name].collect()[0].samples
-            if not s.name.endswith("_created")
+            for family in text_string_to_metric_families(metrics.exposition().decode())
+            if family.name.startswith(names)
+            for s in family.samples
         }
 
     rng = np.random.default_rng(5)
     scores = np.concatenate([np.array([0, 1, 2, 5, 99, 100, 50, 51], dtype=np.int32), rng.integers(0, 101, 500)])
     is_fraud = scores >= 50
     ood = rng.random(len(scores)) < 0.2
+    champion = rng.integers(0, 101, len(scores)).astype(np.int32)
 
     def delta(count) -> dict:
         before = snapshot()
         count()
         return {k: v - before.get(k, 0.0) for k, v in snapshot().items()}
 
-    row_by_row = delta(
-        lambda: [
-            metrics.observe_score(s, f, o) for s, f, o in zip(scores.tolist(), is_fraud, ood.tolist(), strict=True)
-        ]
-    )
-    at_once = delta(lambda: metrics.observe_scores(scores, is_fraud, ood))
-    assert at_once == row_by_row
-    assert row_by_row[("fraud_score_count", frozenset())] == len(scores)
+    def row_by_row() -> None:
+        for s, f, o, c in zip(scores.tolist(), is_fraud.tolist(), ood.tolist(), champion.tolist(), strict=True):
+            metrics.observe_score(s, f, o)
+            metrics.observe_challenger(c, c >= 50, s, f)
+
+    def at_once() -> None:
+        metrics.observe_scores(scores, is_fraud, ood)
+        metrics.observe_challenger_rows(champion, champion >= 50, scores, is_fraud)
+
+    one_by_one = delta(row_by_row)
+    assert delta(at_once) == one_by_one
+    assert one_by_one[("fraud_score_count", frozenset())] == len(scores)
+    assert one_by_one[("fraud_challenger_score_difference_count", frozenset())] == len(scores)
 
 
+# The same updates written through the service's metrics (its sample files), or through
+# prometheus_client's own multiprocess values for metrics of the same names, help, labels and buckets:
+# the reference the sample files' format must match.
 RECORD = """
-import os, sys, json
-from service.telemetry import metrics
-from prometheus_client import CollectorRegistry, generate_latest, multiprocess
-use_prometheus = sys.argv[1] == "prometheus"
-record = metrics._record_request_in_process if use_prometheus else metrics._record_request
-observe = metrics._observe_score_in_process if use_prometheus else metrics.observe_score
-wait = metrics._observe_queue_wait_in_process if use_prometheus else metrics.observe_queue_wait
-shed = metrics._count_shed_in_process if use_prometheus else metrics.count_shed
+import os, sys
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
+from service.telemetry import metrics as m
+
+if sys.argv[1] == "prometheus":
+    own = {
+        f.name: Counter(f.name, f.documentation, f.labelnames, registry=None)
+        if f.kind == "counter"
+        else Histogram(f.name, f.documentation, f.labelnames, buckets=f.buckets, registry=None)
+        for f in m.FAMILIES
+    }
+
+    def child(family, **labels):
+        return own[family.name].labels(**labels) if labels else own[family.name]
+
+    def record(route, method, status, elapsed):
+        child(m.REQUESTS, route=route, method=method, status=str(status)).inc()
+        child(m.LATENCY, route=route).observe(elapsed)
+
+    def observe(score, is_fraud, ood):
+        child(m.SCORES).observe(score)
+        child(m.SCORED, is_fraud=str(bool(is_fraud)).lower()).inc()
+        if ood:
+            child(m.OUT_OF_DISTRIBUTION).inc()
+
+    def wait(route, seconds):
+        child(m.QUEUE_WAIT, route=route).observe(seconds)
+
+    def shed(route):
+        child(m.SHED, route=route).inc()
+
+    def challenger(champion, champion_is_fraud, score, is_fraud):
+        child(m.CHALLENGER_SCORES).observe(score)
+        child(m.SCORE_DIFFERENCE).observe(score - champion)
+        labels = {"champion_is_fraud": str(bool(champion_is_fraud)).lower(), "challenger_is_fraud": str(bool(is_fraud)).lower()}
+        child(m.AGREEMENT, **labels).inc()
+
+    def batch(scores, is_fraud, ood):
+        for row in zip(scores.tolist(), is_fraud.tolist(), ood.tolist()):
+            observe(*row)
+
+    def challenger_rows(champions, champions_fraud, scores, is_fraud):
+        for row in zip(champions.tolist(), champions_fraud.tolist(), scores.tolist(), is_fraud.tolist()):
+            challenger(*row)
+else:
+    record, observe, wait, shed = m.record_request, m.observe_score, m.observe_queue_wait, m.count_shed
+    challenger, batch, challenger_rows = m.observe_challenger, m.observe_scores, m.observe_challenger_rows
+
 for i in range(300):  # bounds included: a value on a bucket's bound belongs to that bucket
-    record(("/v1/fraud-score", "POST", 200 if i % 7 else 422), [0.0005, 0.001, 0.0123, 20.0, i * 1e-4][i % 5])
+    record("/v1/fraud-score", "POST", 200 if i % 7 else 422, [0.0005, 0.001, 0.0123, 20.0, i * 1e-4][i % 5])
     observe(i % 101, i % 3 == 0, i % 11 == 0)
     wait(["/v1/fraud-score", "/v2/models/{name}/infer"][i % 2], [0.0, 0.001, 0.0042, 0.15, 3.0, i * 1e-3][i % 6])
+    challenger((i * 7) % 101, i % 5 == 0, i % 101, i % 3 == 0)
     if i % 13 == 0:
         shed("/v1/fraud-score/batch")
-import numpy as np  # a batch counted at once: the samples of 202 more rows
-batch = metrics._observe_scores_in_process if use_prometheus else metrics.observe_scores
-scores = np.arange(202, dtype=np.int32) % 101
+scores = np.arange(202, dtype=np.int32) % 101  # a batch counted at once: the samples of 202 more rows
 batch(scores, scores >= 50, scores % 4 == 0)
+challenger_rows(scores[::-1].copy(), scores[::-1] >= 50, scores, scores >= 40)
 if os.fork() == 0:  # a forked worker writes files of its own
-    record(("/health", "GET", 200), 0.002)
+    record("/health", "GET", 200, 0.002)
     observe(100, True, True)
     wait("/v1/fraud-score", 0.2)
     shed("/v1/fraud-score")
+    challenger(0, False, 100, True)
     os._exit(0)
 os.wait()
 registry = CollectorRegistry()
@@ -131,9 +184,10 @@ sys.stdout.write(generate_latest(registry).decode())
 """
 
 
-def test_the_workers_sample_files_expose_what_prometheus_clients_own_values_would(tmp_path):
-    """The same updates through prometheus_client's values and through SampleFile give the same
-    /metrics text, forked processes included."""
+def test_the_sample_files_expose_what_prometheus_clients_own_values_would(tmp_path):
+    """The same updates through prometheus_client's own multiprocess values and through the sample
+    files give the same /metrics text, forked processes included. The sample files follow
+    prometheus_client's file format, which is not its public API: this fails first if it changes."""
     import subprocess
     import sys
 
@@ -142,7 +196,9 @@ def test_the_workers_sample_files_expose_what_prometheus_clients_own_values_woul
         directory = tmp_path / way
         directory.mkdir()
         env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(directory)}
-        run = subprocess.run([sys.executable, "-c", RECORD, way], env=env, capture_output=True, text=True, check=True)
+        run = subprocess.run(
+            [sys.executable, "-c", RECORD, way], env=env, capture_output=True, text=True, check=True, timeout=120
+        )
         exposed[way] = {
             (s.name, frozenset(s.labels.items())): s.value
             for family in text_string_to_metric_families(run.stdout)
@@ -150,6 +206,7 @@ def test_the_workers_sample_files_expose_what_prometheus_clients_own_values_woul
         }
     assert exposed["sample-files"] == exposed["prometheus"]
     assert exposed["sample-files"][("fraud_score_count", frozenset())] == 301 + 202  # rows, then a batch
+    assert exposed["sample-files"][("fraud_challenger_score_count", frozenset())] == 301 + 202
     assert exposed["sample-files"][("fraud_queue_wait_seconds_count", frozenset({("route", "/v1/fraud-score")}))] == 151
     assert exposed["sample-files"][("fraud_deadline_exceeded_total", frozenset({("route", "/v1/fraud-score")}))] == 1
     assert any(f.name.startswith("counter_hot_") for f in (tmp_path / "sample-files").iterdir())

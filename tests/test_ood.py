@@ -21,9 +21,10 @@ from service.core.artifacts import ArtifactPaths
 from service.core.features import FEATURES
 from service.core.settings import from_mapping
 from service.engine.ood import OutOfDistribution
-from service.offline import bulk
 from service.offline.feature_writer import load
+from service.offline.score_file import score_file
 from service.offline.tables import Engine
+from service.offline.workers import Workers
 from stack.harness import free_port
 from stack.launcher import RedisServer
 from tests.helpers import UNLIMITED, Client, as_transaction, samples, start_stack, value
@@ -143,9 +144,9 @@ def test_every_path_reports_the_same_flags_from_the_same_bounds(calibrated, tmp_
         store.stop()
 
     engine = Engine.load(from_mapping({"MODEL_PATH": str(path)}, require_api_key=False))
-    workers = bulk.Workers(engine, 2)
+    workers = Workers(engine, 2)
     try:
-        bulk.run(engine, workers, parquet, tmp_path / "scores.parquet")
+        score_file(engine, workers, parquet, tmp_path / "scores.parquet")
     finally:
         workers.close()
     scored = pq.read_table(tmp_path / "scores.parquet").to_pylist()

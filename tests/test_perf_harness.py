@@ -287,8 +287,8 @@ def test_the_bare_stack_runs_the_same_servers_with_a_constant_app(small_model, t
     """One request, no load: the bare app is served by the same Stack (nginx, gunicorn.conf.py)."""
     import http.client
 
-    from perf.__main__ import BARE_APP, start_stack
     from perf.bare import BODY
+    from perf.common import BARE_APP, start_stack
 
     stack = start_stack(small_model[0], "bare-key-0123456789abcdef", tmp_path / "stack.log", workers=1, app=BARE_APP)
     try:

@@ -14,8 +14,9 @@ import pytest
 from model import synthetic
 from service.core.features import FEATURES
 from service.core.settings import from_mapping
-from service.offline import bulk
+from service.offline.score_file import score_file
 from service.offline.tables import Engine
+from service.offline.workers import Workers
 
 pyspark = pytest.importorskip("pyspark", reason="make test installs pyspark (the spark extra)")
 # The Dockerfile's test stage runs `make test` inside an image build, whose sandbox does not start
@@ -47,9 +48,9 @@ def test_spark_scores_equal_the_one_machine_path_bit_for_bit(
 
     record_property("spark_startup_seconds", round(spark.startup_seconds, 1))
     engine = Engine.load(from_mapping({"MODEL_PATH": str(small_model[0])}, require_api_key=False))
-    workers = bulk.Workers(engine, 1)
+    workers = Workers(engine, 1)
     local = tmp_path / "local.parquet"
-    summary = bulk.run(engine, workers, transactions, local)
+    summary = score_file(engine, workers, transactions, local)
     assert summary.rejected == 3
     expected = pq.read_table(local).to_pandas().set_index("txn_id").sort_index()
 

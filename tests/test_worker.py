@@ -10,12 +10,11 @@ import os
 import signal
 import socket
 
-from stack.launcher import batch_body_limit
 from tests.helpers import Client, sample_transaction, wait_for
 
 
 def test_answers_refused_before_the_body_is_read_still_arrive(client: Client, local_stack):
-    limit_kb = int(batch_body_limit(local_stack.settings.batch_max).removesuffix("k"))
+    limit_kb = local_stack.settings.batch_body_kb
     item = json.dumps(sample_transaction())
     count = (limit_kb * 1024 - 64) // (len(item) + 1)
     body = '{"transactions":[' + ",".join([item] * count) + "]}"

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from perf import add_model_argument, by_id, existing_model, memory, stats, wrk
+from perf.common import sample_rows, start_stack
 from stack import harness
 from stack.launcher import Stack
 
@@ -107,8 +108,6 @@ def report(counts: list[int], closed: dict, open_loop: dict, rate: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from perf.__main__ import sample_rows, start_stack  # perf.__main__ imports perf.by_id
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_argument(parser)
     parser.add_argument("--workers", default="2,3,4", help="worker counts, comma-separated; the first is the base")

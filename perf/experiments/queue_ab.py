@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from perf import add_model_argument, overload, stats, wrk
-from perf.__main__ import OPEN_LOOP_CONNECTIONS, OPEN_LOOP_LOADS, as_bodies, log, sample_rows, start_stack
+from perf.__main__ import OPEN_LOOP_CONNECTIONS, OPEN_LOOP_LOADS
+from perf.common import as_bodies, log, sample_rows, start_stack
 from stack.launcher import Stack
 
 TICK = os.sysconf("SC_CLK_TCK")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import os
 import sys
 from collections.abc import Callable, Mapping
@@ -29,6 +30,10 @@ from service import __version__
 MIN_KEY_LENGTH = 16
 # The range a request's budget is clamped to, the client's X-Deadline-Ms and REQUEST_DEADLINE_MS
 # alike: below 5 ms nothing but an idle worker could answer; above a second no payment path waits.
+# nginx's body limits: one transaction's JSON (a few hundred bytes), and a batch's per transaction at
+# its largest (pretty-printed, full-precision numbers); nginx/limits.sh applies the same rule.
+CLIENT_MAX_BODY_KB = 8
+BATCH_ITEM_KB = 1.25
 DEADLINE_MIN_MS = 5
 DEADLINE_MAX_MS = 1000
 
@@ -215,6 +220,12 @@ class Settings:
         worth of each worker, which must stay well inside REQUEST_DEADLINE_MS or the queue's tail
         would wait its budget out and be shed rather than scored."""
         return self.workers * self.queue_per_worker
+
+    @property
+    def batch_body_kb(self) -> int:
+        """nginx's limit on a batch's body, in KiB: BATCH_MAX transactions at their largest JSON
+        (BATCH_ITEM_KB each) and a KiB for the envelope."""
+        return math.ceil(self.batch_max * BATCH_ITEM_KB) + 1
 
 
 def variables() -> dict[str, dataclasses.Field]:

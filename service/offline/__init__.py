@@ -3,4 +3,9 @@
 (`_columns.c`), bulk scoring of files on every core (`make score`), the Spark job, the feature
 store's writer (`make features`) and the prediction log's re-scoring check (`make verify-log`).
 
+Bulk scoring, by job: `bulk` (the command line), `score_file` (one run: the parent's side),
+`workers` (the forked scoring processes), `messages` (what they and the parent send each other),
+`job` (a run as the workers see it), `source` (reading a file in pieces), `sinks` (the output and
+rejects files), `slots` (memory shared with the workers), `errors`.
+
 Imports: `service.engine`, `service.contract`, `service.store`, `service.core`; never `service.api`."""

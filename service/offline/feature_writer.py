@@ -4,7 +4,7 @@
     python -m service.offline.feature_writer creditcard.csv --row-ids     # the published file: no id column
 
 Reads CSV or Parquet (an id column and the 30 feature columns, in any order; other columns are
-ignored) in chunks through bulk scoring's reader (service/offline/bulk.py's Source), refuses each row the
+ignored) in chunks through bulk scoring's reader (service/offline/source.py), refuses each row the
 service would refuse exactly as bulk scoring does (service/offline/tables.py: a feature missing, not a
 number, not finite or beyond the float32 range, as the HTTP contract checks a posted transaction),
 and writes each accepted row's record (service/store/feature_record.py) under FEATURE_STORE_PREFIX + id
@@ -28,7 +28,8 @@ from tqdm import tqdm
 from service.contract.schema import id_document
 from service.core import settings as settings_module
 from service.core.features import FEATURES
-from service.offline.bulk import BulkError, Source, rows_in_file
+from service.offline.errors import BulkError
+from service.offline.source import Source, rows_in_file
 from service.offline.tables import TableError, read_features
 from service.store.feature_record import encode_record
 from service.store.feature_store import redacted

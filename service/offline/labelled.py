@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from service.core.features import FEATURES
-from service.offline.bulk import BulkError, Source, rows_in_file
+from service.offline.errors import BulkError
+from service.offline.source import Source, rows_in_file
 from service.offline.tables import TableError, as_float64, read_features
 
 LABEL = "Class"

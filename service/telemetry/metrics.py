@@ -1,25 +1,35 @@
 """Prometheus metrics, correct across gunicorn's pre-forked workers.
 
-prometheus-client's multiprocess mode: every process writes its samples to memory-mapped files in
-PROMETHEUS_MULTIPROC_DIR, and /metrics adds them up. The variable must be set before
-prometheus_client is first imported (it picks its value class at import time), so the gunicorn
-master calls `service.telemetry.multiproc.prepare` from gunicorn.conf.py before anything imports this module.
-Without the variable (unit tests, a plain `python -c`), metrics live in the process.
+Every metric is written in one code path, whatever the mode. The request and score metrics (the hot
+path: every request's count and latency, every score) are written by each process into sample files
+of its own (`SampleFile`), in prometheus_client's multiprocess format, and read back summed by its
+MultiProcessCollector: an update is one float added in shared memory, with none of the lock, pid
+check and packing of prometheus_client's own multiprocess values (`python -m
+perf.experiments.metrics_cost` measures what a request pays). The files are in
+PROMETHEUS_MULTIPROC_DIR under gunicorn, else (unit tests, a plain `python -c`) in a directory of
+this process's own. The rare metrics (the model's version, worker exits, feature-store round
+trips) are prometheus_client's own objects, in its multiprocess mode when PROMETHEUS_MULTIPROC_DIR
+is set: it must be set before prometheus_client is first imported (it picks its value class at
+import time), so the gunicorn master calls `service.telemetry.multiproc.prepare` from
+gunicorn.conf.py before anything imports this module.
 
-In multiprocess mode the hot path (every request's count and latency, every score) does not go
-through prometheus_client's values, which take a lock, check the pid and pack two doubles for each of
-the five or six samples a scored request updates. Each worker writes those samples into files of its
-own in the same format (`SampleFile`), which the same collector sums: an update is one float added in
-shared memory. `python -m perf.experiments.metrics_cost` measures what a request pays."""
+The sample files rely on prometheus_client's multiprocess file format, not a public API:
+pyproject.toml bounds prometheus-client's version, and tests/test_metrics.py compares these files
+with prometheus_client's own values for the same updates, so that a change in the format fails there
+first."""
 
 from __future__ import annotations
 
+import atexit
 import math
 import mmap
 import os
+import shutil
 import struct
+import tempfile
 from bisect import bisect_left
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import falcon
@@ -44,25 +54,103 @@ from service.telemetry.multiproc import ENV as MULTIPROC_ENV
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 SCORE_BUCKETS = (1, 2, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 99, 100)
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+# Queue waits from nginx's stamp to a worker: well under a millisecond idle, the deadline's
+# reserve to its clamp under overload.
+QUEUE_WAIT_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0)
+# Negative observations make _sum useless for reset detection; the buckets and _count stay exact.
+DIFFERENCE_BUCKETS = (-50, -20, -10, -5, -2, -1, 0, 1, 2, 5, 10, 20, 50, 100)
 
-REQUESTS = Counter(
-    "fraud_http_requests_total",
+
+@dataclass(frozen=True)
+class Family:
+    """A metric written through the sample files: its name (a counter's without `_total`), help,
+    type and labels, and a histogram's buckets."""
+
+    name: str
+    documentation: str
+    kind: str  # "counter" or "histogram"
+    labelnames: tuple[str, ...] = ()
+    buckets: tuple[float, ...] = ()
+
+    @property
+    def bounds(self) -> tuple[float, ...]:
+        """A histogram's upper bounds, +Inf last: bucket i holds the values <= bounds[i]."""
+        return (*self.buckets, INF)
+
+    def key(self, sample: str, labels: dict[str, str]) -> str:
+        """The sample's key in a sample file, as prometheus_client writes it."""
+        return mmap_key(self.name, f"{self.name}{sample}", list(labels), list(labels.values()), self.documentation)
+
+
+REQUESTS = Family(
+    "fraud_http_requests",
     "HTTP requests answered by the app, by route, method and status",
-    ["route", "method", "status"],
+    "counter",
+    ("route", "method", "status"),
 )
-LATENCY = Histogram(
+LATENCY = Family(
     "fraud_http_request_duration_seconds",
     "Time the app spent on a request, by route",
-    ["route"],
-    buckets=LATENCY_BUCKETS,
+    "histogram",
+    ("route",),
+    LATENCY_BUCKETS,
 )
-SCORES = Histogram(
-    "fraud_score", "Fraud scores returned (0-100): their distribution drifts with the data", buckets=SCORE_BUCKETS
+SCORES = Family(
+    "fraud_score",
+    "Fraud scores returned (0-100): their distribution drifts with the data",
+    "histogram",
+    buckets=SCORE_BUCKETS,
 )
-SCORED = Counter("fraud_scored_total", "Transactions scored, by whether they were flagged as fraud", ["is_fraud"])
-OUT_OF_DISTRIBUTION = Counter(
-    "fraud_out_of_distribution_total", "Transactions scored with an ood-warning (features outside the training range)"
+SCORED = Family("fraud_scored", "Transactions scored, by whether they were flagged as fraud", "counter", ("is_fraud",))
+OUT_OF_DISTRIBUTION = Family(
+    "fraud_out_of_distribution",
+    "Transactions scored with an ood-warning (features outside the training range)",
+    "counter",
 )
+QUEUE_WAIT = Family(
+    "fraud_queue_wait_seconds",
+    "Time from nginx handing a request on to a worker starting it (socket backlog, busy workers), by route",
+    "histogram",
+    ("route",),
+    QUEUE_WAIT_BUCKETS,
+)
+SHED = Family(
+    "fraud_deadline_exceeded",
+    "Requests refused with 503 deadline_exceeded, unread, because their budget was spent waiting",
+    "counter",
+    ("route",),
+)
+CHALLENGER_SCORES = Family(
+    "fraud_challenger_score",
+    "The challenger's fraud scores of the same transactions (0-100)",
+    "histogram",
+    buckets=SCORE_BUCKETS,
+)
+AGREEMENT = Family(
+    "fraud_challenger_agreement",
+    "Transactions scored by both models, by each one's is-fraud decision at its own threshold",
+    "counter",
+    ("champion_is_fraud", "challenger_is_fraud"),
+)
+SCORE_DIFFERENCE = Family(
+    "fraud_challenger_score_difference",
+    "Challenger's score minus champion's, per transaction",
+    "histogram",
+    buckets=DIFFERENCE_BUCKETS,
+)
+FAMILIES = (
+    REQUESTS,
+    LATENCY,
+    SCORES,
+    SCORED,
+    OUT_OF_DISTRIBUTION,
+    QUEUE_WAIT,
+    SHED,
+    CHALLENGER_SCORES,
+    AGREEMENT,
+    SCORE_DIFFERENCE,
+)
+
 MODEL_INFO = Gauge(
     "fraud_model_info",
     "The model being served (value 1, version in the label)",
@@ -75,40 +163,10 @@ OOD_HELDOUT_RATE = Gauge(
     "(NaN without calibrated bounds)",
     multiprocess_mode="livemax",
 )
-# Queue waits from nginx's stamp to a worker: well under a millisecond idle, the deadline's
-# reserve to its clamp under overload.
-QUEUE_WAIT_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0)
-QUEUE_WAIT = Histogram(
-    "fraud_queue_wait_seconds",
-    "Time from nginx handing a request on to a worker starting it (socket backlog, busy workers), by route",
-    ["route"],
-    buckets=QUEUE_WAIT_BUCKETS,
-)
-SHED = Counter(
-    "fraud_deadline_exceeded_total",
-    "Requests refused with 503 deadline_exceeded, unread, because their budget was spent waiting",
-    ["route"],
-)
-CHALLENGER_SCORES = Histogram(
-    "fraud_challenger_score", "The challenger's fraud scores of the same transactions (0-100)", buckets=SCORE_BUCKETS
-)
-AGREEMENT = Counter(
-    "fraud_challenger_agreement_total",
-    "Transactions scored by both models, by each one's is-fraud decision at its own threshold",
-    ["champion_is_fraud", "challenger_is_fraud"],
-)
-# Negative observations make _sum useless for reset detection; the buckets and _count stay exact.
-DIFFERENCE_BUCKETS = (-50, -20, -10, -5, -2, -1, 0, 1, 2, 5, 10, 20, 50, 100)
-SCORE_DIFFERENCE = Histogram(
-    "fraud_challenger_score_difference",
-    "Challenger's score minus champion's, per transaction",
-    buckets=DIFFERENCE_BUCKETS,
-)
 WORKER_EXITS = Counter(
     "fraud_worker_exits_total",
     "gunicorn workers that exited and were replaced (crashes, kills, max_requests recycling)",
 )
-
 FEATURE_STORE_FETCH = Histogram(
     "fraud_feature_store_fetch_seconds",
     "Round trips to the online feature store (one GET or MGET per request), successful ones",
@@ -167,268 +225,175 @@ class SampleFile:
         return slot
 
 
-def _key(metric: Any, sample: str, labels: dict[str, str]) -> str:
-    return mmap_key(metric._name, sample, list(labels), list(labels.values()), metric._documentation)
-
-
 class _HistogramSlots:
-    def __init__(self, metric: Any, samples: SampleFile, bounds: Sequence[float], labels: dict[str, str]) -> None:
-        name = metric._name
-        self.sum = samples.slot(_key(metric, f"{name}_sum", labels))
+    def __init__(self, family: Family, samples: SampleFile, labels: dict[str, str]) -> None:
+        self.bounds = family.bounds
+        self.sum = samples.slot(family.key("_sum", labels))
         self.buckets = tuple(
-            samples.slot(_key(metric, f"{name}_bucket", {**labels, "le": floatToGoString(b)})) for b in bounds
+            samples.slot(family.key("_bucket", {**labels, "le": floatToGoString(b)})) for b in self.bounds
         )
 
+    def observe(self, samples: SampleFile, value: float) -> None:
+        values = samples.values
+        values[self.buckets[bisect_left(self.bounds, value)]] += 1.0
+        values[self.sum] += value
 
-class _Worker:
-    """This process's sample files and the slots it has used, opened on the first update in the
-    process: a forked worker starts with none (os.register_at_fork below) and opens its own."""
-
-    def __init__(self, directory: str) -> None:
-        pid = os.getpid()
-        self.counters = SampleFile(os.path.join(directory, f"counter_hot_{pid}.db"))
-        self.histograms = SampleFile(os.path.join(directory, f"histogram_hot_{pid}.db"))
-        self.requests: dict[tuple[str, str, int], tuple[int, _HistogramSlots]] = {}
-        self.score = _HistogramSlots(SCORES, self.histograms, SCORE_BOUNDS, {})
-        self.flagged = self.counters.slot(_key(SCORED, "fraud_scored_total", {"is_fraud": "true"}))
-        self.cleared = self.counters.slot(_key(SCORED, "fraud_scored_total", {"is_fraud": "false"}))
-        self.ood = self.counters.slot(_key(OUT_OF_DISTRIBUTION, "fraud_out_of_distribution_total", {}))
-        self.waits: dict[str, _HistogramSlots] = {}
-        self.sheds: dict[str, int] = {}
-
-    def request_slots(self, key: tuple[str, str, int]) -> tuple[int, _HistogramSlots]:
-        route, method, status = key
-        labels = {"route": route, "method": method, "status": str(status)}
-        count = self.counters.slot(_key(REQUESTS, "fraud_http_requests_total", labels))
-        latency = _HistogramSlots(LATENCY, self.histograms, LATENCY_BOUNDS, {"route": route})
-        self.requests[key] = slots = (count, latency)
-        return slots
-
-    def wait_slots(self, route: str) -> _HistogramSlots:
-        self.waits[route] = slots = _HistogramSlots(QUEUE_WAIT, self.histograms, QUEUE_WAIT_BOUNDS, {"route": route})
-        return slots
-
-    def shed_slot(self, route: str) -> int:
-        self.sheds[route] = slot = self.counters.slot(_key(SHED, "fraud_deadline_exceeded_total", {"route": route}))
-        return slot
-
-
-LATENCY_BOUNDS = (*LATENCY_BUCKETS, INF)
-SCORE_BOUNDS = (*SCORE_BUCKETS, INF)
-QUEUE_WAIT_BOUNDS = (*QUEUE_WAIT_BUCKETS, INF)
-_worker: list[_Worker] = []  # this process's, once opened
-os.register_at_fork(after_in_child=_worker.clear)
-
-
-def _this_worker() -> _Worker:
-    if not _worker:
-        _worker.append(_Worker(os.environ[MULTIPROC_ENV]))
-    return _worker[0]
-
-
-def _record_request_shared(key: tuple[str, str, int], elapsed: float) -> None:
-    worker = _worker[0] if _worker else _this_worker()
-    count, latency = worker.requests.get(key) or worker.request_slots(key)
-    worker.counters.values[count] += 1.0
-    histograms = worker.histograms.values
-    histograms[latency.buckets[bisect_left(LATENCY_BOUNDS, elapsed)]] += 1.0
-    histograms[latency.sum] += elapsed
-
-
-def _observe_score_shared(score: int, is_fraud: bool, ood_warning: bool) -> None:
-    worker = _worker[0] if _worker else _this_worker()
-    histograms = worker.histograms.values
-    histograms[worker.score.buckets[bisect_left(SCORE_BOUNDS, score)]] += 1.0
-    histograms[worker.score.sum] += score
-    counters = worker.counters.values
-    counters[worker.flagged if is_fraud else worker.cleared] += 1.0
-    if ood_warning:
-        counters[worker.ood] += 1.0
-
-
-_children: dict[tuple[str, str, int], tuple[Callable[[], None], Callable[[float], None]]] = {}
-
-
-def _record_request_in_process(key: tuple[str, str, int], elapsed: float) -> None:
-    children = _children.get(key)
-    if children is None:
-        children = _children[key] = (
-            REQUESTS.labels(route=key[0], method=key[1], status=str(key[2])).inc,
-            LATENCY.labels(route=key[0]).observe,
-        )
-    children[0]()
-    children[1](elapsed)
-
-
-_flagged = SCORED.labels(is_fraud="true").inc
-_cleared = SCORED.labels(is_fraud="false").inc
-
-
-def _observe_score_in_process(score: int, is_fraud: bool, ood_warning: bool) -> None:
-    SCORES.observe(score)
-    (_flagged if is_fraud else _cleared)()
-    if ood_warning:
-        OUT_OF_DISTRIBUTION.inc()
-
-
-# prometheus_client chose its mode when first imported, from the same variable.
-_SHARED = bool(os.environ.get(MULTIPROC_ENV))
-_record_request = _record_request_shared if _SHARED else _record_request_in_process
-_observe_score = _observe_score_shared if _SHARED else _observe_score_in_process
-
-
-def observe_score(score: int, is_fraud: bool, ood_warning: bool = False) -> None:
-    """Called by the score path once per transaction scored."""
-    _observe_score(score, is_fraud, ood_warning)
-
-
-def _batch_counts(scores: np.ndarray, is_fraud: np.ndarray, ood_warning: np.ndarray) -> tuple[list[int], int, int]:
-    """Per score bucket, how many of the scores observe() would put in it (the first upper bound
-    >= the score); how many rows were flagged; how many were out of distribution."""
-    buckets = np.bincount(np.searchsorted(_SCORE_BOUNDS, scores, side="left"), minlength=len(SCORE_BOUNDS))
-    return buckets.tolist(), int(np.count_nonzero(is_fraud)), int(np.count_nonzero(ood_warning))
-
-
-def _observe_scores_shared(scores: np.ndarray, is_fraud: np.ndarray, ood_warning: np.ndarray) -> None:
-    buckets, flagged, outside = _batch_counts(scores, is_fraud, ood_warning)
-    worker = _worker[0] if _worker else _this_worker()
-    histograms = worker.histograms.values
-    for slot, count in zip(worker.score.buckets, buckets, strict=True):
-        if count:
-            histograms[slot] += count
-    histograms[worker.score.sum] += float(scores.sum())
-    counters = worker.counters.values
-    counters[worker.flagged] += flagged
-    counters[worker.cleared] += len(scores) - flagged
-    if outside:
-        counters[worker.ood] += outside
-
-
-def _observe_scores_in_process(scores: np.ndarray, is_fraud: np.ndarray, ood_warning: np.ndarray) -> None:
-    # prometheus-client has no bulk observe: add to the histogram's bucket and sum values directly.
-    buckets, flagged, outside = _batch_counts(scores, is_fraud, ood_warning)
-    for value, count in zip(SCORES._buckets, buckets, strict=True):
-        if count:
-            value.inc(count)
-    SCORES._sum.inc(float(scores.sum()))
-    if flagged:
-        _flagged(flagged)
-    if flagged < len(scores):
-        _cleared(len(scores) - flagged)
-    if outside:
-        OUT_OF_DISTRIBUTION.inc(outside)
-
-
-_SCORE_BOUNDS = np.array(SCORE_BOUNDS, dtype=np.float64)
-_observe_scores = _observe_scores_shared if _SHARED else _observe_scores_in_process
-
-
-def observe_scores(scores: np.ndarray, is_fraud: np.ndarray, ood_warning: np.ndarray) -> None:
-    """A batch's scores in one update per bucket and counter, not one per row: the samples
-    observe_score leaves row by row (tests/test_metrics.py compares them, in both modes)."""
-    if len(scores):
-        _observe_scores(scores, is_fraud, ood_warning)
-
-
-DIFFERENCE_BOUNDS = (*DIFFERENCE_BUCKETS, INF)
-_CELLS = tuple((champion, challenger) for champion in (False, True) for challenger in (False, True))
+    def observe_many(self, samples: SampleFile, values: np.ndarray) -> None:
+        """Every value, in one update per bucket: the samples observe() leaves value by value."""
+        counts = np.bincount(np.searchsorted(self.bounds, values, side="left"), minlength=len(self.bounds)).tolist()
+        for slot, n in zip(self.buckets, counts, strict=True):
+            if n:
+                samples.values[slot] += n
+        samples.values[self.sum] += float(np.sum(values))
 
 
 def _cell_labels(champion: bool, challenger: bool) -> dict[str, str]:
     return {"champion_is_fraud": str(champion).lower(), "challenger_is_fraud": str(challenger).lower()}
 
 
-def _cells(champion_is_fraud: np.ndarray, is_fraud: np.ndarray) -> list[int]:
-    """Rows in each agreement cell, in _CELLS order."""
-    return np.bincount(2 * champion_is_fraud.astype(np.int64) + is_fraud.astype(np.int64), minlength=4).tolist()
+_CELLS = tuple((champion, challenger) for champion in (False, True) for challenger in (False, True))
 
 
-class _ChallengerSlots:
-    def __init__(self, worker: _Worker) -> None:
-        self.score = _HistogramSlots(CHALLENGER_SCORES, worker.histograms, SCORE_BOUNDS, {})
-        self.difference = _HistogramSlots(SCORE_DIFFERENCE, worker.histograms, DIFFERENCE_BOUNDS, {})
-        self.cells = tuple(
-            worker.counters.slot(_key(AGREEMENT, "fraud_challenger_agreement_total", _cell_labels(*cell)))
-            for cell in _CELLS
-        )
+class _Process:
+    """This process's sample files and the slots it has used, opened on the first update in the
+    process (a forked worker starts with none: os.register_at_fork below); the metrics without
+    labels are there from the start, at zero, as prometheus_client's own are."""
+
+    def __init__(self, directory: str) -> None:
+        pid = os.getpid()
+        self.counters = SampleFile(os.path.join(directory, f"counter_hot_{pid}.db"))
+        self.histograms = SampleFile(os.path.join(directory, f"histogram_hot_{pid}.db"))
+        self.requests: dict[tuple[str, str, int], tuple[int, _HistogramSlots]] = {}
+        self.score = _HistogramSlots(SCORES, self.histograms, {})
+        self.flagged = self.counters.slot(SCORED.key("_total", {"is_fraud": "true"}))
+        self.cleared = self.counters.slot(SCORED.key("_total", {"is_fraud": "false"}))
+        self.ood = self.counters.slot(OUT_OF_DISTRIBUTION.key("_total", {}))
+        self.waits: dict[str, _HistogramSlots] = {}
+        self.sheds: dict[str, int] = {}
+        self.challenger_score = _HistogramSlots(CHALLENGER_SCORES, self.histograms, {})
+        self.difference = _HistogramSlots(SCORE_DIFFERENCE, self.histograms, {})
+        self._cells: tuple[int, ...] | None = None
+
+    def request_slots(self, key: tuple[str, str, int]) -> tuple[int, _HistogramSlots]:
+        route, method, status = key
+        labels = {"route": route, "method": method, "status": str(status)}
+        count = self.counters.slot(REQUESTS.key("_total", labels))
+        latency = _HistogramSlots(LATENCY, self.histograms, {"route": route})
+        self.requests[key] = slots = (count, latency)
+        return slots
+
+    def wait_slots(self, route: str) -> _HistogramSlots:
+        self.waits[route] = slots = _HistogramSlots(QUEUE_WAIT, self.histograms, {"route": route})
+        return slots
+
+    def shed_slot(self, route: str) -> int:
+        self.sheds[route] = slot = self.counters.slot(SHED.key("_total", {"route": route}))
+        return slot
+
+    @property
+    def cells(self) -> tuple[int, ...]:
+        """The agreement counters, in _CELLS order, made on the first challenger score."""
+        if self._cells is None:
+            self._cells = tuple(self.counters.slot(AGREEMENT.key("_total", _cell_labels(*cell))) for cell in _CELLS)
+        return self._cells
 
 
-_challenger: list[_ChallengerSlots] = []  # this process's, once opened
-os.register_at_fork(after_in_child=_challenger.clear)
+def _private_directory() -> str:
+    """Without PROMETHEUS_MULTIPROC_DIR: a directory of this process's own (and its forks'),
+    removed when the process that made it exits."""
+    path = tempfile.mkdtemp(prefix="fraud-scoring-metrics-")
+    owner = os.getpid()
+    atexit.register(lambda: os.getpid() == owner and shutil.rmtree(path, ignore_errors=True))
+    return path
 
 
-def _challenger_slots() -> _ChallengerSlots:
-    if not _challenger:
-        _challenger.append(_ChallengerSlots(_this_worker()))
-    return _challenger[0]
+# prometheus_client chose its mode when first imported, from the same variable.
+_SHARED = bool(os.environ.get(MULTIPROC_ENV))
+SAMPLES_DIR = os.environ[MULTIPROC_ENV] if _SHARED else _private_directory()
+_process: list[_Process] = []  # this process's, once opened
+os.register_at_fork(after_in_child=_process.clear)
 
 
-def _observe_challenger_shared(champion_score: int, champion_is_fraud: bool, score: int, is_fraud: bool) -> None:
-    slots = _challenger[0] if _challenger else _challenger_slots()
-    worker = _worker[0]
-    histograms = worker.histograms.values
-    histograms[slots.score.buckets[bisect_left(SCORE_BOUNDS, score)]] += 1.0
-    histograms[slots.score.sum] += score
-    difference = score - champion_score
-    histograms[slots.difference.buckets[bisect_left(DIFFERENCE_BOUNDS, difference)]] += 1.0
-    histograms[slots.difference.sum] += difference
-    worker.counters.values[slots.cells[2 * champion_is_fraud + is_fraud]] += 1.0
+def _this_process() -> _Process:
+    if not _process:
+        _process.append(_Process(SAMPLES_DIR))
+    return _process[0]
 
 
-def _add_to_histogram(samples: SampleFile, slots: _HistogramSlots, bounds: Sequence[float], values: np.ndarray) -> None:
-    counts = np.bincount(np.searchsorted(bounds, values, side="left"), minlength=len(bounds)).tolist()
-    for slot, n in zip(slots.buckets, counts, strict=True):
-        if n:
-            samples.values[slot] += n
-    samples.values[slots.sum] += float(np.sum(values))
+_this_process()  # the metrics without labels, at zero, before the first request
 
 
-def _observe_challenger_rows_shared(
-    champion_scores: np.ndarray, champion_is_fraud: np.ndarray, scores: np.ndarray, is_fraud: np.ndarray
-) -> None:
-    slots = _challenger[0] if _challenger else _challenger_slots()
-    worker = _worker[0]
-    _add_to_histogram(worker.histograms, slots.score, SCORE_BOUNDS, scores)
-    _add_to_histogram(worker.histograms, slots.difference, DIFFERENCE_BOUNDS, scores - champion_scores)
-    for slot, n in zip(slots.cells, _cells(champion_is_fraud, is_fraud), strict=True):
-        if n:
-            worker.counters.values[slot] += n
+def record_request(route: str | None, method: str, status: int, elapsed: float) -> None:
+    """Counts and times one request the app answered, errors included (service/api/app.py's middleware
+    calls it last, with the final status).
+
+    Labels are bounded: the route template (or "unmatched"), a known method (or "other") and the
+    status code. Each label combination's samples are looked up once."""
+    key = (route or "unmatched", method if method in METHODS else "other", status)
+    process = _process[0] if _process else _this_process()
+    count, latency = process.requests.get(key) or process.request_slots(key)
+    process.counters.values[count] += 1.0
+    latency.observe(process.histograms, elapsed)
 
 
-_agreement = [AGREEMENT.labels(**_cell_labels(*cell)).inc for cell in _CELLS]
+def observe_score(score: int, is_fraud: bool, ood_warning: bool = False) -> None:
+    """Called by the score path once per transaction scored."""
+    process = _process[0] if _process else _this_process()
+    process.score.observe(process.histograms, score)
+    counters = process.counters.values
+    counters[process.flagged if is_fraud else process.cleared] += 1.0
+    if ood_warning:
+        counters[process.ood] += 1.0
 
 
-def _observe_challenger_in_process(champion_score: int, champion_is_fraud: bool, score: int, is_fraud: bool) -> None:
-    CHALLENGER_SCORES.observe(score)
-    _agreement[2 * champion_is_fraud + is_fraud]()
-    SCORE_DIFFERENCE.observe(score - champion_score)
-
-
-def _observe_challenger_rows_in_process(
-    champion_scores: np.ndarray, champion_is_fraud: np.ndarray, scores: np.ndarray, is_fraud: np.ndarray
-) -> None:
-    for score, difference in zip(scores.tolist(), (scores - champion_scores).tolist(), strict=True):
-        CHALLENGER_SCORES.observe(score)
-        SCORE_DIFFERENCE.observe(difference)
-    for increment, n in zip(_agreement, _cells(champion_is_fraud, is_fraud), strict=True):
-        if n:
-            increment(n)
-
-
-_observe_challenger = _observe_challenger_shared if _SHARED else _observe_challenger_in_process
-_observe_challenger_rows = _observe_challenger_rows_shared if _SHARED else _observe_challenger_rows_in_process
+def observe_scores(scores: np.ndarray, is_fraud: np.ndarray, ood_warning: np.ndarray) -> None:
+    """A batch's scores in one update per bucket and counter, not one per row: the samples
+    observe_score leaves row by row (tests/test_metrics.py compares them)."""
+    if not len(scores):
+        return
+    process = _process[0] if _process else _this_process()
+    process.score.observe_many(process.histograms, scores)
+    flagged, outside = int(np.count_nonzero(is_fraud)), int(np.count_nonzero(ood_warning))
+    counters = process.counters.values
+    counters[process.flagged] += flagged
+    counters[process.cleared] += len(scores) - flagged
+    if outside:
+        counters[process.ood] += outside
 
 
 def observe_challenger(champion_score: int, champion_is_fraud: bool, score: int, is_fraud: bool) -> None:
     """Called once per transaction the challenger scored beside the champion."""
-    _observe_challenger(champion_score, champion_is_fraud, score, is_fraud)
+    process = _process[0] if _process else _this_process()
+    process.challenger_score.observe(process.histograms, score)
+    process.difference.observe(process.histograms, score - champion_score)
+    process.counters.values[process.cells[2 * champion_is_fraud + is_fraud]] += 1.0
 
 
 def observe_challenger_rows(
     champion_scores: np.ndarray, champion_is_fraud: np.ndarray, scores: np.ndarray, is_fraud: np.ndarray
 ) -> None:
     """observe_challenger for a batch's rows, in one update per bucket and per agreement cell."""
-    _observe_challenger_rows(champion_scores, champion_is_fraud, scores, is_fraud)
+    process = _process[0] if _process else _this_process()
+    process.challenger_score.observe_many(process.histograms, scores)
+    process.difference.observe_many(process.histograms, scores - champion_scores)
+    cells = np.bincount(2 * champion_is_fraud.astype(np.int64) + is_fraud.astype(np.int64), minlength=4).tolist()
+    for slot, n in zip(process.cells, cells, strict=True):
+        if n:
+            process.counters.values[slot] += n
+
+
+def observe_queue_wait(route: str, seconds: float) -> None:
+    """Called for every request the deadline guard sees: its wait from nginx's stamp, by route."""
+    process = _process[0] if _process else _this_process()
+    slots = process.waits.get(route) or process.wait_slots(route)
+    slots.observe(process.histograms, seconds)
+
+
+def count_shed(route: str) -> None:
+    """Called for every request refused with 503 deadline_exceeded, by route."""
+    process = _process[0] if _process else _this_process()
+    slot = process.sheds.get(route)
+    process.counters.values[process.shed_slot(route) if slot is None else slot] += 1.0
 
 
 _fetched = FEATURE_STORE_FETCH.observe
@@ -473,64 +438,18 @@ def set_model_version(version: str) -> None:
 
 def worker_exited(pid: int) -> None:
     """gunicorn's child_exit hook, in the master: drop the dead worker's live gauges, count it."""
-    if os.environ.get(MULTIPROC_ENV):
+    if _SHARED:
         multiprocess.mark_process_dead(pid)
     WORKER_EXITS.inc()
 
 
-def record_request(route: str | None, method: str, status: int, elapsed: float) -> None:
-    """Counts and times one request the app answered, errors included (service/api/app.py's middleware
-    calls it last, with the final status).
-
-    Labels are bounded: the route template (or "unmatched"), a known method (or "other") and the
-    status code. Each label combination's samples are looked up once."""
-    _record_request((route or "unmatched", method if method in METHODS else "other", status), elapsed)
-
-
-def _observe_queue_wait_shared(route: str, seconds: float) -> None:
-    worker = _worker[0] if _worker else _this_worker()
-    slots = worker.waits.get(route) or worker.wait_slots(route)
-    histograms = worker.histograms.values
-    histograms[slots.buckets[bisect_left(QUEUE_WAIT_BOUNDS, seconds)]] += 1.0
-    histograms[slots.sum] += seconds
-
-
-def _count_shed_shared(route: str) -> None:
-    worker = _worker[0] if _worker else _this_worker()
-    slot = worker.sheds.get(route)
-    worker.counters.values[worker.shed_slot(route) if slot is None else slot] += 1.0
-
-
-_wait_children: dict[str, Callable[[float], None]] = {}
-_shed_children: dict[str, Callable[[], None]] = {}
-
-
-def _observe_queue_wait_in_process(route: str, seconds: float) -> None:
-    child = _wait_children.get(route)
-    if child is None:
-        child = _wait_children[route] = QUEUE_WAIT.labels(route=route).observe
-    child(seconds)
-
-
-def _count_shed_in_process(route: str) -> None:
-    child = _shed_children.get(route)
-    if child is None:
-        child = _shed_children[route] = SHED.labels(route=route).inc
-    child()
-
-
-_observe_queue_wait = _observe_queue_wait_shared if _SHARED else _observe_queue_wait_in_process
-_count_shed = _count_shed_shared if _SHARED else _count_shed_in_process
-
-
-def observe_queue_wait(route: str, seconds: float) -> None:
-    """Called for every request the deadline guard sees: its wait from nginx's stamp, by route."""
-    _observe_queue_wait(route, seconds)
-
-
-def count_shed(route: str) -> None:
-    """Called for every request refused with 503 deadline_exceeded, by route."""
-    _count_shed(route)
+def exposition() -> bytes:
+    """Every metric in the Prometheus text format, summed over every process (live and dead)."""
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=SAMPLES_DIR)
+    text = generate_latest(registry)
+    # In multiprocess mode prometheus_client's own metrics are in the same files; else in here.
+    return text if _SHARED else generate_latest(REGISTRY) + text
 
 
 class MetricsResource:
@@ -541,10 +460,5 @@ class MetricsResource:
         self._collectors = collectors
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        if os.environ.get(MULTIPROC_ENV):
-            registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry)
-        else:
-            registry = REGISTRY
-        resp.data = generate_latest(registry) + b"".join(generate_latest(c) for c in self._collectors)
+        resp.data = exposition() + b"".join(generate_latest(c) for c in self._collectors)
         resp.content_type = CONTENT_TYPE_LATEST
