@@ -12,7 +12,7 @@
 
 /* spend(memory, slot, now_ns, cost_ns, tolerance_ns) -> 0 if admitted (the cost is added to the
  * key's debt), else the nanoseconds until a request from this key would be admitted. */
-static PyObject *spend(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+static PyObject *spend(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 5) {
         PyErr_SetString(PyExc_TypeError, "spend(memory, slot, now_ns, cost_ns, tolerance_ns)");
         return NULL;
@@ -53,7 +53,7 @@ static PyMethodDef methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_budget", NULL, -1, methods};
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, .m_name = "_budget", .m_size = -1, .m_methods = methods};
 
 PyMODINIT_FUNC PyInit__budget(void) {
     PyObject *m = PyModule_Create(&module);

@@ -24,7 +24,7 @@
 enum { ROWS_VALID = 0, ROWS_INVALID = 1, ROWS_UNDECIDED = 2 };
 #define EXACT_INT_LIMIT (1LL << 53)
 
-static PyObject *fill(PyObject *self, PyObject *args) {
+static PyObject *fill(PyObject *Py_UNUSED(self), PyObject *args) {
     PyObject *items, *keys;
     Py_buffer low, high, out;
     if (!PyArg_ParseTuple(args, "O!O!y*y*w*", &PyList_Type, &items, &PyTuple_Type, &keys, &low, &high, &out))
@@ -314,7 +314,7 @@ static int exact_arithmetic(void) {
 #endif
 }
 
-static PyObject *parse(PyObject *self, PyObject *args) {
+static PyObject *parse(PyObject *Py_UNUSED(self), PyObject *args) {
     Py_buffer body, low, high, out;
     PyObject *keys;
     const char *field;

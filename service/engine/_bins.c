@@ -184,7 +184,7 @@ static PyTypeObject BinsType = {
     .tp_methods = Bins_methods,
 };
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_bins", "Drift bin counting", -1, NULL};
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, .m_name = "_bins", .m_doc = "Drift bin counting", .m_size = -1};
 
 PyMODINIT_FUNC PyInit__bins(void) {
     if (PyType_Ready(&BinsType) < 0) return NULL;

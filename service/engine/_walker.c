@@ -821,11 +821,11 @@ static void Walker_dealloc(Walker *w) {
     Py_TYPE(w)->tp_free((PyObject *)w);
 }
 
-static PyObject *Walker_get_n_trees(Walker *w, void *closure) { return PyLong_FromSsize_t(w->n_trees); }
-static PyObject *Walker_get_n_nodes(Walker *w, void *closure) { return PyLong_FromSsize_t(w->n_nodes); }
-static PyObject *Walker_get_left_is_next(Walker *w, void *closure) { return PyBool_FromLong(w->left_is_next); }
-static PyObject *Walker_get_lanes(Walker *w, void *closure) { return PyLong_FromLong(w->qs_lanes); }
-static PyObject *Walker_get_groups(Walker *w, void *closure) { return PyLong_FromSsize_t(w->rs_groups); }
+static PyObject *Walker_get_n_trees(Walker *w, void *Py_UNUSED(closure)) { return PyLong_FromSsize_t(w->n_trees); }
+static PyObject *Walker_get_n_nodes(Walker *w, void *Py_UNUSED(closure)) { return PyLong_FromSsize_t(w->n_nodes); }
+static PyObject *Walker_get_left_is_next(Walker *w, void *Py_UNUSED(closure)) { return PyBool_FromLong(w->left_is_next); }
+static PyObject *Walker_get_lanes(Walker *w, void *Py_UNUSED(closure)) { return PyLong_FromLong(w->qs_lanes); }
+static PyObject *Walker_get_groups(Walker *w, void *Py_UNUSED(closure)) { return PyLong_FromSsize_t(w->rs_groups); }
 
 static PyGetSetDef Walker_getset[] = {
     {"n_trees", (getter)Walker_get_n_trees, NULL, "number of trees", NULL},
@@ -856,7 +856,7 @@ static PyTypeObject WalkerType = {
     .tp_getset = Walker_getset,
 };
 
-static struct PyModuleDef walker_module = {PyModuleDef_HEAD_INIT, "_walker", NULL, -1, NULL};
+static struct PyModuleDef walker_module = {PyModuleDef_HEAD_INIT, .m_name = "_walker", .m_size = -1};
 
 PyMODINIT_FUNC PyInit__walker(void) {
     if (PyType_Ready(&WalkerType) < 0) return NULL;

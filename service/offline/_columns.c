@@ -29,7 +29,7 @@ static int native_double(const char *format) {
     return strcmp(format, "d") == 0;
 }
 
-static PyObject *rows(PyObject *self, PyObject *args) {
+static PyObject *rows(PyObject *Py_UNUSED(self), PyObject *args) {
     PyObject *columns, *positions = NULL;
     Py_buffer low, high, out, bad, outside;
     if (!PyArg_ParseTuple(args, "O!y*y*w*w*w*|O!", &PyTuple_Type, &columns, &low, &high, &out, &bad, &outside,
@@ -119,7 +119,7 @@ done:
     return result;
 }
 
-static PyObject *names(PyObject *self, PyObject *args) {
+static PyObject *names(PyObject *Py_UNUSED(self), PyObject *args) {
     Py_buffer codes;
     PyObject *labels;
     if (!PyArg_ParseTuple(args, "y*O!", &codes, &PyTuple_Type, &labels)) return NULL;
@@ -187,6 +187,6 @@ static PyMethodDef methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_columns", NULL, -1, methods};
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, .m_name = "_columns", .m_size = -1, .m_methods = methods};
 
 PyMODINIT_FUNC PyInit__columns(void) { return PyModule_Create(&module); }
