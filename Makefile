@@ -17,17 +17,17 @@ MONITORING_APT_PACKAGES := prometheus mtail prometheus-nginx-exporter
 CONTAINER_APT_PACKAGES := podman buildah runc debootstrap
 # Host-specific podman settings (runtime, cgroups, ulimits): the project's file, never /etc.
 CONTAINER_ENV := CONTAINERS_CONF=$(CURDIR)/deploy/podman/containers.conf
-CONTAINERS_INSTALLED := $(VENV)/.containers-installed
-# The container's production stage installs without the dev extras: `make venv PIP_EXTRAS=`.
-PIP_EXTRAS ?= dev
+# Every environment installs from a lock file with hashes (make lock writes them): requirements/dev.txt
+# (the dev, data, evaluate, perf and containers extras) by default; the container's production stage
+# requirements/production.txt (no extras): `make venv LOCK=production`; requirements/spark.txt is
+# dev's and pyspark's (a few hundred MB, only for make test).
+LOCK ?= dev
 INSTALLED := $(VENV)/.installed
-PERF_INSTALLED := $(VENV)/.perf-installed
-BULK_INSTALLED := $(VENV)/.bulk-installed
 SPARK_INSTALLED := $(VENV)/.spark-installed
 # make run's prediction log, unless PREDICTION_LOG_DIR (environment or .env) names another place.
 LOCAL_PREDICTION_LOG := $(CURDIR)/.run/prediction-log
 
-.PHONY: compact verify-log score evaluate promote container-test features lint help install system-packages test-system-packages apt-packages venv slim-venv run reload model model-full convert test fuzz chaos clean perf perf-baseline perf-compare perf-install
+.PHONY: lock test-sanitized compact verify-log score evaluate promote container-test features lint help install system-packages test-system-packages apt-packages venv slim-venv run reload model model-full convert test fuzz chaos clean perf perf-baseline perf-compare perf-install
 
 help:
 	@echo "make run    install what is missing, train the default model if there is none, serve through nginx"
@@ -54,7 +54,7 @@ install: system-packages $(INSTALLED)
 # The virtual environment alone (no Debian packages): what the container's build stage needs.
 venv: $(INSTALLED)
 
-# The production image's environment, after `make venv PIP_EXTRAS=`: what serving never imports goes,
+# The production image's environment, after `make venv LOCK=production`: what serving never imports goes,
 # pip and setuptools (nothing is installed into it after) and the packages' own test suites.
 slim-venv: $(INSTALLED)
 	$(PY) -m pip uninstall -y -q pip setuptools
@@ -74,11 +74,25 @@ apt-packages:
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
 	fi
 
-$(INSTALLED): pyproject.toml $(wildcard service/*/*.c)
+# The lock's packages, each checked against its hash, then the project alone (its C extensions built
+# by the setuptools the lock pins, not one fetched for the build).
+$(INSTALLED): pyproject.toml setup.py requirements/$(LOCK).txt $(wildcard service/*/*.c)
 	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.$(if $(PIP_EXTRAS),[$(PIP_EXTRAS)])'
+	$(PY) -m pip install -q --require-hashes -r requirements/$(LOCK).txt
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $@
+
+# Resolves the lock files again from PyPI after a change to pyproject.toml's requirements
+# (tests/test_lock.py fails while they disagree). Pins that still fit are kept; UPGRADE=1 takes the
+# newest releases the bounds allow. The spark lock is the superset; the others are constrained by it,
+# so a package has one version in all three.
+DEV_EXTRAS := dev data evaluate perf containers
+BUILD_REQUIRES := $(PY) -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"], sep="\n")'
+COMPILE := $(VENV)/bin/uv pip compile -q --generate-hashes --python-version 3.11 --custom-compile-command 'make lock' $(if $(UPGRADE),--upgrade) pyproject.toml -
+lock: | $(INSTALLED)
+	$(BUILD_REQUIRES) | $(COMPILE) --all-extras --output-file requirements/spark.txt
+	$(BUILD_REQUIRES) | $(COMPILE) $(addprefix --extra ,$(DEV_EXTRAS)) --constraint requirements/spark.txt --output-file requirements/dev.txt
+	$(BUILD_REQUIRES) | $(COMPILE) --constraint requirements/spark.txt --output-file requirements/production.txt
 
 # Trained only when missing: `make model` retrains on purpose.
 $(MODEL_PATH): | $(INSTALLED)
@@ -136,18 +150,32 @@ reload:
 
 test: test-system-packages install lint $(SPARK_INSTALLED)
 	$(PY) -m pytest -n auto -q
+	@$(MAKE) --no-print-directory test-sanitized
+
+# The tests that reach the C extensions (marked native) once more, against a build of the same sources
+# with AddressSanitizer and UndefinedBehaviorSanitizer (tests/sanitized.py imports it instead of the
+# in-place build): any finding stops the run. The interpreter is not instrumented, so the ASan runtime
+# is preloaded ahead of it; Python allocates with plain malloc so that ASan sees every object; leaks
+# are not reported (the interpreter keeps its objects until exit). -fno-wrapv undoes Python's own
+# flag, so that a signed overflow is reported instead of wrapping.
+SANITIZED := build/sanitized
+SANITIZE := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -fno-wrapv
+$(SANITIZED)/.built: setup.py $(wildcard service/*/_*.c) | $(INSTALLED)
+	CFLAGS="$(SANITIZE)" LDFLAGS="$(SANITIZE)" $(PY) setup.py -q build_ext --force --build-lib $(SANITIZED) --build-temp $(SANITIZED)/temp
+	touch $@
+
+test-sanitized: $(SANITIZED)/.built
+	LD_PRELOAD=$$($(CC) -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0 \
+	UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 PYTHONMALLOC=malloc TEST_EXAMPLE_SHARE=0.05 \
+	SANITIZED_EXTENSIONS=$(SANITIZED) \
+	$(PY) -m pytest -n auto -q -p tests.sanitized -m native
 
 # Builds every stage of the Dockerfile (stand-in base images where no registry is reachable), prints
 # build times and sizes, then runs the compose pair and the Kubernetes pod and tests through them.
 container-test: install
 	@$(MAKE) --no-print-directory apt-packages PACKAGES="$(APT_PACKAGES) $(TEST_APT_PACKAGES) $(CONTAINER_APT_PACKAGES)"
-	@$(MAKE) --no-print-directory $(CONTAINERS_INSTALLED)
 	$(CONTAINER_ENV) $(PY) -m tests.podman
 	$(CONTAINER_ENV) $(PY) -m pytest -p no:xdist -q -s -m container tests/test_container_run.py tests/test_kubernetes_pod.py
-
-$(CONTAINERS_INSTALLED): $(INSTALLED) pyproject.toml
-	$(PY) -m pip install -q -e '.[dev,containers]'
-	touch $@
 
 # The rule sets and their reasons are in pyproject.toml (ruff; import-linter's layer contracts);
 # `ruff format .` fixes what the format check finds.
@@ -164,28 +192,22 @@ fuzz: test-system-packages install
 chaos: test-system-packages install $(MODEL_PATH)
 	$(PY) -m chaos
 
-# Bulk scoring with the service's model (MODEL_PATH, FRAUD_THRESHOLD… from the environment or .env).
-$(BULK_INSTALLED): $(INSTALLED) pyproject.toml
-	$(PY) -m pip install -q -e '.[data]'
+# pyspark for the Spark job's test (a few hundred MB from PyPI, once): the spark lock holds the dev
+# lock's pins and pyspark's.
+$(SPARK_INSTALLED): $(INSTALLED) requirements/spark.txt
+	$(PY) -m pip install -q --require-hashes -r requirements/spark.txt
 	touch $@
 
-# pyspark for the Spark job's test (a few hundred MB from PyPI, once).
-$(SPARK_INSTALLED): $(INSTALLED) pyproject.toml
-	$(PY) -m pip install -q -e '.[dev,spark]'
-	touch $@
-
-score: install $(BULK_INSTALLED) $(MODEL_PATH)
+# Bulk scoring with the service's model (MODEL_PATH, FRAUD_THRESHOLD… from the environment or .env);
+# its readers (the data extra) are in the dev lock.
+score: install $(MODEL_PATH)
 	@[ -n "$(IN)" ] && [ -n "$(OUT)" ] || { echo "usage: make score IN=transactions.csv|.parquet OUT=scores.parquet|.csv [SCORE_ARGS='--explain --workers 4']"; exit 2; }
 	$(PY) -m service.offline.bulk "$(IN)" "$(OUT)" $(SCORE_ARGS)
 
-# The load generator (wrk, from Debian's packages) and the perf extra (matplotlib draws the chart).
+# The load generator (wrk, from Debian's packages); the perf extra (matplotlib draws the chart) is in
+# the dev lock.
 perf-install: install
 	@$(MAKE) --no-print-directory test-system-packages
-	@$(MAKE) --no-print-directory $(PERF_INSTALLED)
-
-$(PERF_INSTALLED): $(INSTALLED) pyproject.toml
-	$(PY) -m pip install -q -e '.[dev,perf]'
-	touch $@
 
 perf: perf-install $(MODEL_PATH)
 	$(PY) -m perf $(PERF_ARGS)
@@ -198,15 +220,9 @@ ROUNDS ?= 3
 perf-compare: perf-install $(MODEL_PATH)
 	$(PY) -m perf.compare $(if $(BASE),--base $(BASE)) --rounds $(ROUNDS) $(COMPARE_ARGS)
 
-EVALUATE_INSTALLED := $(VENV)/.evaluate-installed
-$(EVALUATE_INSTALLED): $(INSTALLED) pyproject.toml
-	$(PY) -m pip install -q -e '.[$(if $(PIP_EXTRAS),$(PIP_EXTRAS)$(comma))evaluate]'
-	touch $@
-
-comma := ,
 # Defaults: the served champion (MODEL_PATH), the configured challenger (CHALLENGER_MODEL_PATH), and
 # a fresh synthetic hold-out drawn with another seed than training's.
-evaluate: $(EVALUATE_INSTALLED) $(MODEL_PATH)
+evaluate: $(INSTALLED) $(MODEL_PATH)
 	$(PY) -m model.evaluate $(if $(CHAMPION),--champion $(CHAMPION)) $(if $(CHALLENGER),--challenger $(CHALLENGER)) $(if $(CSV),--csv $(CSV))
 
 # The challenger's files replace the champion's (the old champion's go to the challenger's place,

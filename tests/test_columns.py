@@ -12,6 +12,8 @@ from service.core.features import FEATURE_BOUND, FEATURES, FLOAT32_MAX, N_FEATUR
 from service.offline import _columns
 from service.offline.tables import UNBOUNDED, Features
 
+pytestmark = pytest.mark.native  # the sanitizer run of `make test` repeats these
+
 
 @pytest.fixture(scope="module")
 def columns() -> list[np.ndarray]:

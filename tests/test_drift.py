@@ -9,7 +9,7 @@ from model import synthetic
 from service.core.artifacts import ArtifactPaths, read_manifest
 from service.core.features import FEATURES
 from service.engine import drift
-from tests.helpers import UNLIMITED, Client, as_transaction, samples, start_stack
+from tests.helpers import UNLIMITED, Client, a_row_that_empties_itself, as_transaction, samples, start_stack
 
 
 def reference_and_rows(seed: int = 5):
@@ -25,6 +25,7 @@ def expected_counts(counter: drift.DriftCounter, X: np.ndarray, scores: np.ndarr
     return [np.bincount(drift.bins_of(v, e), minlength=len(e) + 1) for v, e in zip(columns, counter.edges, strict=True)]
 
 
+@pytest.mark.native
 def test_single_and_batch_counts_equal_numpy_binning():
     ref, X, scores = reference_and_rows()
     rng = np.random.default_rng(6)
@@ -40,6 +41,7 @@ def test_single_and_batch_counts_equal_numpy_binning():
         assert np.array_equal(g, e), name
 
 
+@pytest.mark.native
 def test_training_shares_and_psi():
     ref, X, scores = reference_and_rows()
     counter = drift.DriftCounter(ref, "test", None)
@@ -58,6 +60,7 @@ def test_training_shares_and_psi():
     )
 
 
+@pytest.mark.native
 def test_reset_counts_from_now_on(tmp_path):
     ref, X, scores = reference_and_rows()
     counter = drift.DriftCounter(ref, "test", str(tmp_path))
@@ -108,6 +111,7 @@ def test_shifted_v14_crosses_the_act_threshold_and_the_others_stay_low(trained_m
         stack.stop()
 
 
+@pytest.mark.native
 def test_bins_count_as_searchsorted_for_any_number_of_edges():
     """Few edges are counted one by one, more by a binary search: both give searchsorted's bins."""
     from service.engine._bins import Bins
@@ -124,3 +128,11 @@ def test_bins_count_as_searchsorted_for_any_number_of_edges():
     for c, e in enumerate(edges):
         expected = np.bincount(np.searchsorted(e, X[:, c], side="right"), minlength=len(e) + 1)
         assert counts[starts[c] + c : starts[c + 1] + c + 1].tolist() == expected.tolist(), sizes[c]
+
+
+@pytest.mark.native
+def test_a_row_changed_while_it_is_counted_is_an_error_and_counts_nowhere():
+    counter = drift.DriftCounter(reference_and_rows()[0], "test", None)
+    with pytest.raises(RuntimeError, match="changed"):
+        counter.add(a_row_that_empties_itself(len(FEATURES)), 1.0)
+    assert counter.report()["rows"] == 0

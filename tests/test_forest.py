@@ -12,7 +12,9 @@ from sklearn.tree import DecisionTreeClassifier
 
 from model import synthetic
 from service.engine import forest
-from tests.helpers import rows_on_thresholds, sklearn_arrays
+from tests.helpers import a_row_that_empties_itself, rows_on_thresholds, sklearn_arrays
+
+pytestmark = pytest.mark.native  # the sanitizer run of `make test` repeats these
 
 N_ROWS = 10_000
 
@@ -200,6 +202,62 @@ def test_corrupt_arrays_are_refused_not_walked(training_data):
         forest.Forest(arrays | {"roots": np.array([len(arrays["value"])], dtype=np.int32)})
 
 
+def test_arrays_that_break_the_forests_structure_are_refused_with_what_is_wrong(training_data):
+    """The walk and the batch tables take the structure for granted (no bounds checks there), so the
+    walker checks it once, even though a served artifact's digest is checked too: each break below
+    is refused with what is wrong."""
+    X, y = training_data
+    arrays = forest.flatten(RandomForestClassifier(n_estimators=3, max_depth=4, random_state=0).fit(X, y))
+    nodes, roots = arrays["nodes"], arrays["roots"]
+    n = len(nodes)
+    splits = np.flatnonzero(nodes["feature"][: roots[1]] >= 0)
+    inner = next(int(i) for i in splits if nodes["feature"][nodes["left"][i]] >= 0)  # a split whose left child splits
+
+    def broken(roots=roots, **fields):
+        copy = nodes.copy()
+        for field, (index, value) in fields.items():
+            copy[field][index] = value
+        return arrays | {"nodes": copy, "roots": np.asarray(roots, dtype=np.int32)}
+
+    cases = {
+        "roots are not increasing": broken(roots=[0, roots[2], roots[1]]),
+        "does not start at node 0": broken(roots=[1, roots[1], roots[2]]),
+        "root is out of range": broken(roots=[0, roots[1], n]),
+        "no trees": broken(roots=[]),
+        "outside its tree": broken(right=(int(splits[-1]), int(roots[1]))),  # into the second tree
+        "before its parent": broken(left=(int(splits[-1]), int(splits[-1]))),
+        "two parents": broken(right=(0, int(nodes["left"][0]))),
+        "not reached": broken(feature=(int(nodes["left"][inner]), -2)),  # its children lose their parent
+        "feature is out of range": broken(feature=(0, 30)),
+        "threshold is NaN": broken(threshold=(0, np.nan)),
+    }
+    for message, bad in cases.items():
+        with pytest.raises(ValueError, match=message):
+            forest.Forest(bad)
+    assert forest.Forest(broken()).predict_rows(X[:10]).shape == (10,)  # the untouched arrays load
+
+
+def test_a_deep_tree_whose_left_subtrees_span_many_words_gets_a_table_entry_for_each(training_data):
+    """A comb whose left child splits again at every level: the nodes near the root rule out leaves
+    in dozens of 64-leaf words each, far more table entries than two a node."""
+    leaves = 3000
+    nodes = np.zeros(2 * leaves - 1, dtype=forest.NODE)
+    inner = np.arange(leaves - 1) * 2  # inner node i: its left child i + 2 splits again, its right i + 1 is a leaf
+    nodes["feature"] = -1
+    nodes["feature"][inner] = 0
+    nodes["threshold"][inner] = (leaves - inner).astype(np.float32)
+    nodes["left"], nodes["right"] = -1, -1
+    nodes["left"][inner], nodes["right"][inner] = inner + 2, inner + 1
+    value = np.random.default_rng(0).random(len(nodes))
+    arrays = {"nodes": nodes, "value": value, "roots": np.zeros(1, dtype=np.int32), "n_features": 1}
+    walked = Walker(**arrays, lanes=0)
+    rows = np.random.default_rng(1).uniform(-5, leaves + 5, size=(500, 1))
+    expected = predict_rows(walked, rows)
+    for lanes in forest.ROUTES[:-1]:
+        if lanes <= cpu_lanes():
+            assert np.array_equal(predict_rows(Walker(**arrays, lanes=lanes), rows), expected), lanes
+
+
 def test_an_artifact_in_the_old_format_is_recognised(training_data):
     X, y = training_data
     arrays = forest.flatten(DecisionTreeClassifier(max_depth=3, random_state=0).fit(X, y))
@@ -233,6 +291,15 @@ def test_wrong_row_length_is_an_error(training_data):
         scorer.predict_row([0.0] * 29)
     with pytest.raises(ValueError):
         scorer.predict_rows(np.zeros((3, 29)))
+
+
+def test_a_row_changed_while_it_is_read_is_an_error(training_data):
+    X, y = training_data
+    scorer = forest.Forest(forest.flatten(DecisionTreeClassifier(max_depth=2).fit(X, y)))
+    with pytest.raises(RuntimeError, match="changed"):
+        scorer.predict_row(a_row_that_empties_itself(X.shape[1]))
+    with pytest.raises(RuntimeError, match="changed"):
+        scorer._walker.explain_row(a_row_that_empties_itself(X.shape[1]), np.empty(X.shape[1]))
 
 
 def test_path_decomposition_adds_up_to_the_probability(training_data):

@@ -4,6 +4,7 @@ for any route that does work without a limit."""
 
 from __future__ import annotations
 
+import mmap
 import os
 import re
 import struct
@@ -11,6 +12,7 @@ import struct
 import falcon
 import falcon.testing
 import pytest
+from service.api._budget import SLOT_BYTES, spend
 
 from service.api.app import create_app
 from service.api.budget import RowBudget
@@ -39,6 +41,7 @@ def refusal(budget: RowBudget, key: int, rows: int) -> ApiError:
     return refused.value
 
 
+@pytest.mark.native
 def test_singles_pass_up_to_the_burst_plus_one_like_nginx():
     clock = Clock()
     budget = RowBudget(2, per_second=5, burst=5, clock=clock)
@@ -54,6 +57,7 @@ def test_singles_pass_up_to_the_burst_plus_one_like_nginx():
     budget.spend(0, 1)
 
 
+@pytest.mark.native
 def test_a_clock_reading_gone_stale_before_the_spend_does_not_refuse():
     """Worker A reads the clock, is preempted for 2 ms; worker B spends at the later instant. A's
     stale reading makes B's spend look like 2 ms of debt, twice the 1 ms its burst allows: A is
@@ -66,6 +70,7 @@ def test_a_clock_reading_gone_stale_before_the_spend_does_not_refuse():
     budget.spend(0, 1)  # reads T0 (stale), then T0 + 2 ms: admitted
 
 
+@pytest.mark.native
 def test_a_batch_within_the_burst_passes_and_its_debt_blocks_the_key_until_paid():
     clock = Clock()
     budget = RowBudget(2, per_second=5, burst=5, clock=clock)
@@ -81,6 +86,7 @@ def test_a_batch_within_the_burst_passes_and_its_debt_blocks_the_key_until_paid(
     budget.spend(1, 1000)  # and the other key was never affected
 
 
+@pytest.mark.native
 def test_over_any_interval_a_key_gets_at_most_rate_times_t_plus_burst_plus_one_request():
     clock = Clock()
     budget = RowBudget(1, per_second=1000, burst=200, clock=clock)
@@ -97,6 +103,7 @@ def test_over_any_interval_a_key_gets_at_most_rate_times_t_plus_burst_plus_one_r
     assert 1000 * elapsed // S + 200 <= served <= 1000 * elapsed // S + 200 + 250
 
 
+@pytest.mark.native
 def test_costs_round_in_the_budgets_favour_only_by_a_nanosecond():
     clock = Clock()
     budget = RowBudget(1, per_second=3, burst=0, clock=clock)
@@ -107,6 +114,7 @@ def test_costs_round_in_the_budgets_favour_only_by_a_nanosecond():
     budget.spend(0, 1)
 
 
+@pytest.mark.native
 def test_slots_are_checked_and_arguments_validated():
     budget = RowBudget(2, per_second=1, burst=0)
     with pytest.raises(IndexError):
@@ -117,6 +125,27 @@ def test_slots_are_checked_and_arguments_validated():
         RowBudget(0, per_second=1, burst=0)
 
 
+@pytest.mark.native
+def test_spend_refuses_what_it_cannot_compute_exactly():
+    """A bad argument is the first error raised, before any other argument's conversion runs code;
+    a slot or instant so large that the arithmetic on it would overflow is refused, not wrapped."""
+
+    class Index:
+        def __index__(self) -> int:
+            return 1
+
+    memory = mmap.mmap(-1, 2 * SLOT_BYTES)
+    with pytest.raises(TypeError):
+        spend(memory, "slot", Index(), 0, 0)
+    with pytest.raises(IndexError):
+        spend(memory, 2**62, T0, 0, 0)
+    for now, cost, tolerance in ((-1, 0, 0), (2**62, 0, 0), (T0, 2**62, 0), (T0, 0, 2**62), (T0, -1, 0)):
+        with pytest.raises(ValueError):
+            spend(memory, 0, now, cost, tolerance)
+    assert spend(memory, 0, 2**62 - 1, 2**62 - 1, 2**62 - 1) == 0
+
+
+@pytest.mark.native
 def test_forked_workers_spend_one_budget_atomically():
     """Four processes forked after the budget was made (as gunicorn's workers are) race for one
     key's budget on a stopped clock: exactly burst + 1 single rows pass in all, never more."""

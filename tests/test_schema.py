@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from service.api.openapi import build_openapi
+from service.contract import _rows
 from service.contract import schema as schema_module
 from service.contract.schema import (
     SCHEMA_FILE,
@@ -25,6 +26,9 @@ from service.contract.schema import (
     sample_transaction,
 )
 from service.core.features import FEATURE_BOUND, FEATURE_DESCRIPTIONS, FEATURES, FLOAT32_MAX
+from tests.helpers import examples
+
+pytestmark = pytest.mark.native  # the sanitizer run of `make test` repeats these
 
 DOCUMENT = load_schema_document()
 VALIDATOR = TransactionValidator(DOCUMENT)
@@ -84,13 +88,13 @@ def transactions(draw):
 
 
 # No deadlines: the suite shares its cores with other work; speed is measured by `make perf`.
-@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(1500), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(transactions())
 def test_compiled_agrees_with_reference_on_transactions(body):
     assert VALIDATOR.is_valid(body) == REFERENCE.is_valid(body)
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=examples(500), deadline=None)
 @given(json_values)
 def test_compiled_agrees_with_reference_on_any_json(value):
     assert VALIDATOR.is_valid(value) == REFERENCE.is_valid(value)
@@ -101,7 +105,7 @@ BATCH_VALIDATOR = TransactionValidator(BATCH_DOCUMENT)
 BATCH_REFERENCE = jsonschema.Draft202012Validator(BATCH_DOCUMENT)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(transactions(), max_size=4) | json_values)
 def test_batch_validator_agrees_with_reference(items):
     body = {"transactions": items} if isinstance(items, list) else items
@@ -135,7 +139,7 @@ def plain_batches(draw):
     return {"transactions": items}
 
 
-@settings(max_examples=1500, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(1500), suppress_health_check=[HealthCheck.too_slow])
 @given(plain_batches())
 def test_batch_reader_agrees_with_reference_and_reads_every_value(body):
     matrix = BATCH_VALIDATOR.matrix(body)
@@ -156,7 +160,7 @@ def route_accepts(validator: TransactionValidator, raw: bytes) -> bool:
     return validator.matrix(body) is not None if validator.matrix is not None else validator.is_valid(body)
 
 
-@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(1000), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(transactions(), min_size=1, max_size=3), st.sampled_from(FEATURES), edge_integers)
 def test_the_routes_decide_a_body_as_jsonschema_decides_its_text(items, name, integer):
     """From the bytes, as the service reads them, against jsonschema on the same text read by
@@ -211,7 +215,7 @@ ROW_CHECK = compile_flat_numbers_row(DOCUMENT, FEATURES)
 MATRIX_CHECK = compile_flat_numbers_matrix(DOCUMENT, FEATURES)
 
 
-@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(3000), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(record_values, min_size=len(FEATURES), max_size=len(FEATURES)))
 def test_the_row_check_decides_as_the_contracts_validator(values):
     row = tuple(values)
@@ -222,7 +226,7 @@ def test_the_row_check_decides_as_the_contracts_validator(values):
     assert MATRIX_CHECK(np.array([row])) == ROW_CHECK(row)
 
 
-@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(500), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.lists(record_values, min_size=len(FEATURES), max_size=len(FEATURES)), min_size=1, max_size=6))
 def test_the_matrix_check_is_every_rows_check(rows):
     assert MATRIX_CHECK(np.array(rows, dtype=np.float64)) == all(ROW_CHECK(tuple(r)) for r in rows)
@@ -342,3 +346,23 @@ def test_a_feature_added_to_the_table_reaches_every_validator_and_openapi(monkey
     assert [v.describe() for v in one.violations(old)] == ["MerchantRisk is required"]
     assert many.is_valid({"transactions": [new, new]}) and not many.is_valid({"transactions": [new, old]})
     assert build_openapi(document, 3, "test")["components"]["schemas"]["Transaction"]["required"][-1] == "MerchantRisk"
+
+
+def test_the_row_filler_holds_a_row_while_a_key_comparison_runs_code():
+    """Looking a feature up in a row can run Python code (a key of the same hash compares equal or
+    not); code that empties the batch must not free the row under the look-up. The filler then
+    leaves the changed batch undecided, to the per-item validator."""
+    items: list = []
+
+    class SameHashAsTheFirstFeature:
+        def __hash__(self) -> int:
+            return hash(FEATURES[0])
+
+        def __eq__(self, other: object) -> bool:
+            items.clear()
+            return False
+
+    items.append({SameHashAsTheFirstFeature(): 0, **dict.fromkeys(FEATURES, 0.0)})
+    k = len(FEATURES)
+    bounds = np.full(k, -np.inf), np.full(k, np.inf)
+    assert _rows.fill(items, tuple(FEATURES), *bounds, np.empty((1, k))) == _rows.UNDECIDED

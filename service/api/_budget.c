@@ -9,6 +9,18 @@
 #include <stdint.h>
 
 #define SLOT_BYTES 64 /* one cache line per key: keys spent by different workers do not contend */
+#define TIME_LIMIT (1LL << 62) /* instants and durations below it (146 years): no sum of two overflows */
+
+/* An integer argument in [0, TIME_LIMIT); -1 with an exception set. */
+static long long nanoseconds(PyObject *arg, const char *name) {
+    long long ns = PyLong_AsLongLong(arg);
+    if (ns == -1 && PyErr_Occurred()) return -1;
+    if (ns < 0 || ns >= TIME_LIMIT) {
+        PyErr_Format(PyExc_ValueError, "%s must be in [0, 2**62) ns", name);
+        return -1;
+    }
+    return ns;
+}
 
 /* spend(memory, slot, now_ns, cost_ns, tolerance_ns) -> 0 if admitted (the cost is added to the
  * key's debt), else the nanoseconds until a request from this key would be admitted. */
@@ -17,18 +29,15 @@ static PyObject *spend(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssiz
         PyErr_SetString(PyExc_TypeError, "spend(memory, slot, now_ns, cost_ns, tolerance_ns)");
         return NULL;
     }
+    /* One at a time: a conversion can run Python code (__index__), never with an error pending. */
     Py_ssize_t slot = PyLong_AsSsize_t(args[1]);
-    long long now = PyLong_AsLongLong(args[2]);
-    long long cost = PyLong_AsLongLong(args[3]);
-    long long tolerance = PyLong_AsLongLong(args[4]);
-    if (PyErr_Occurred()) return NULL;
-    if (cost < 0 || tolerance < 0) {
-        PyErr_SetString(PyExc_ValueError, "cost and tolerance must not be negative");
+    if (slot == -1 && PyErr_Occurred()) return NULL;
+    long long now = nanoseconds(args[2], "now_ns"), cost, tolerance;
+    if (now < 0 || (cost = nanoseconds(args[3], "cost_ns")) < 0 || (tolerance = nanoseconds(args[4], "tolerance_ns")) < 0)
         return NULL;
-    }
     Py_buffer memory;
     if (PyObject_GetBuffer(args[0], &memory, PyBUF_WRITABLE) < 0) return NULL;
-    if (slot < 0 || (slot + 1) * SLOT_BYTES > memory.len || ((uintptr_t)memory.buf % sizeof(int64_t)) != 0) {
+    if (slot < 0 || slot >= memory.len / SLOT_BYTES || ((uintptr_t)memory.buf % sizeof(int64_t)) != 0) {
         PyBuffer_Release(&memory);
         PyErr_SetString(PyExc_IndexError, "no such budget slot");
         return NULL;

@@ -39,17 +39,27 @@ static PyObject *fill(PyObject *Py_UNUSED(self), PyObject *args) {
     const double *lo = low.buf, *hi = high.buf;
     double *row = out.buf;
     int verdict = ROWS_VALID;
+    /* A look-up can run Python code (a key of the same hash compares itself), which may change the
+     * list: the row is held while it is read, and a list that changed is left undecided. */
     for (Py_ssize_t i = 0; i < n && verdict == ROWS_VALID; i++, row += k) {
+        if (PyList_GET_SIZE(items) != n) {
+            verdict = ROWS_UNDECIDED;
+            break;
+        }
         PyObject *item = PyList_GET_ITEM(items, i);
         if (!PyDict_Check(item)) {
             verdict = ROWS_INVALID;
             break;
         }
+        Py_INCREF(item);
         for (Py_ssize_t j = 0; j < k; j++) {
             PyObject *value = PyDict_GetItemWithError(item, PyTuple_GET_ITEM(keys, j));
             double x;
             if (value == NULL) {
-                if (PyErr_Occurred()) goto done;
+                if (PyErr_Occurred()) {
+                    Py_DECREF(item);
+                    goto done;
+                }
                 verdict = ROWS_INVALID;
                 break;
             }
@@ -73,7 +83,9 @@ static PyObject *fill(PyObject *Py_UNUSED(self), PyObject *args) {
             }
             row[j] = x;
         }
+        Py_DECREF(item);
     }
+    if (verdict == ROWS_VALID && PyList_GET_SIZE(items) != n) verdict = ROWS_UNDECIDED;
     result = PyLong_FromLong(verdict);
 done:
     PyBuffer_Release(&low);

@@ -117,10 +117,20 @@ static PyObject *Bins_add(Bins *self, PyObject *const *args, Py_ssize_t nargs) {
         Py_DECREF(fast);
         return PyErr_NoMemory();
     }
-    PyObject **items = PySequence_Fast_ITEMS(fast);
     for (Py_ssize_t c = 0; c < n; c++) {
-        v[c] = PyFloat_AsDouble(items[c]);
+        PyObject *item = PySequence_Fast_GET_ITEM(fast, c);
+        if (PyFloat_CheckExact(item)) {
+            v[c] = PyFloat_AS_DOUBLE(item);
+            continue;
+        }
+        Py_INCREF(item); /* its __float__ may be Python code, which may change a list row */
+        v[c] = PyFloat_AsDouble(item);
+        Py_DECREF(item);
         if (v[c] == -1.0 && PyErr_Occurred()) goto fail;
+        if (PySequence_Fast_GET_SIZE(fast) != n) {
+            PyErr_SetString(PyExc_RuntimeError, "the row changed while it was read");
+            goto fail;
+        }
     }
     v[n] = PyFloat_AsDouble(args[1]);
     if (v[n] == -1.0 && PyErr_Occurred()) goto fail;

@@ -44,7 +44,7 @@ typedef struct {
     int left_is_next; /* every left child is its parent's next node, as sklearn's depth-first builder lays them out */
     Py_ssize_t n_nodes, n_trees, n_features;
     /* QuickScorer tables, built once at init when the CPU can run that kernel (NULL otherwise):
-     * per node (two if its left subtree's leaves straddle words), sorted by feature then
+     * per node and word its left subtree's leaves touch, sorted by feature then
      * threshold: the threshold, the tree word it clears bits of, the mask; per tree, its first
      * word and word count; per leaf word slot, the leaf's value. */
     Py_ssize_t qs_words;
@@ -120,14 +120,28 @@ static int read_row(const Walker *w, PyObject *seq, float *x) {
         Py_DECREF(fast);
         return -1;
     }
-    PyObject **items = PySequence_Fast_ITEMS(fast);
     for (Py_ssize_t i = 0; i < w->n_features; i++) {
-        double d = PyFloat_AsDouble(items[i]);
-        if (d == -1.0 && PyErr_Occurred()) { Py_DECREF(fast); return -1; }
+        PyObject *item = PySequence_Fast_GET_ITEM(fast, i);
+        double d;
+        if (PyFloat_CheckExact(item)) {
+            d = PyFloat_AS_DOUBLE(item);
+        } else { /* its __float__ may be Python code, which may change a list row: the item is held */
+            Py_INCREF(item);
+            d = PyFloat_AsDouble(item);
+            Py_DECREF(item);
+            if (d == -1.0 && PyErr_Occurred()) goto fail;
+            if (PySequence_Fast_GET_SIZE(fast) != w->n_features) {
+                PyErr_SetString(PyExc_RuntimeError, "the row changed while it was read");
+                goto fail;
+            }
+        }
         x[i] = (float)d;
     }
     Py_DECREF(fast);
     return 0;
+fail:
+    Py_DECREF(fast);
+    return -1;
 }
 
 #define MAX_FEATURES 4096
@@ -219,15 +233,17 @@ static int qs_build(Walker *w) {
     int32_t *first = PyMem_Malloc(n * sizeof(int32_t)); /* a subtree's leaves are [first, end) */
     int32_t *end = PyMem_Malloc(n * sizeof(int32_t));
     int32_t *stack = PyMem_Malloc(2 * (n + 1) * sizeof(int32_t));
-    QsEntry *entries = PyMem_Malloc(2 * n * sizeof(QsEntry));
+    QsEntry *entries = NULL;
     w->qs_tree_word = PyMem_Malloc(T * sizeof(int32_t));
     w->qs_tree_words = PyMem_Malloc(T);
     w->qs_feature_start = PyMem_Malloc((w->n_features + 1) * sizeof(Py_ssize_t));
     int result = -1;
-    if (!first || !end || !stack || !entries || !w->qs_tree_word || !w->qs_tree_words || !w->qs_feature_start) {
+    if (!first || !end || !stack || !w->qs_tree_word || !w->qs_tree_words || !w->qs_feature_start) {
         PyErr_NoMemory();
         goto done;
     }
+    /* A node has an entry per word its left subtree's leaves touch: counted first, as a deep tree's
+     * nodes can have many each (far more than two a node in all). */
     Py_ssize_t words = 0, n_entries = 0;
     for (Py_ssize_t t = 0; t < T; t++) {
         int32_t leaves = number_leaves(nodes, roots[t], first, end, stack);
@@ -238,6 +254,19 @@ static int qs_build(Walker *w) {
         }
         w->qs_tree_word[t] = (int32_t)words;
         w->qs_tree_words[t] = (uint8_t)tree_words;
+        words += tree_words;
+        Py_ssize_t stop = t + 1 < T ? roots[t + 1] : n;
+        for (Py_ssize_t i = roots[t]; i < stop; i++)
+            if (nodes[i].feature >= 0) n_entries += (end[nodes[i].left] - 1) / 64 - first[nodes[i].left] / 64 + 1;
+    }
+    entries = PyMem_Malloc((n_entries + 1) * sizeof(QsEntry));
+    if (!entries) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    n_entries = 0;
+    for (Py_ssize_t t = 0; t < T; t++) {
+        const Py_ssize_t tree_word = w->qs_tree_word[t];
         Py_ssize_t stop = t + 1 < T ? roots[t + 1] : n;
         for (Py_ssize_t i = roots[t]; i < stop; i++) {
             if (nodes[i].feature < 0) continue;
@@ -245,10 +274,9 @@ static int qs_build(Walker *w) {
             for (int32_t wd = a / 64; wd <= (b - 1) / 64; wd++) {
                 int32_t lo = a > wd * 64 ? a - wd * 64 : 0, hi = b < (wd + 1) * 64 ? b - wd * 64 : 64;
                 uint64_t bits = hi - lo == 64 ? ~0ULL : ((1ULL << (hi - lo)) - 1) << lo;
-                entries[n_entries++] = (QsEntry){nodes[i].threshold, nodes[i].feature, (uint32_t)(words + wd), ~bits};
+                entries[n_entries++] = (QsEntry){nodes[i].threshold, nodes[i].feature, (uint32_t)(tree_word + wd), ~bits};
             }
         }
-        words += tree_words;
     }
     qsort(entries, n_entries, sizeof(QsEntry), qs_order);
     w->qs_threshold = PyMem_Malloc((n_entries + 1) * sizeof(float));
@@ -738,6 +766,39 @@ static int hold(PyObject *obj, Py_buffer *view, Py_ssize_t itemsize, Py_ssize_t 
     return 0;
 }
 
+/* What the walk and the table builders take for granted, checked once so that neither needs a bounds
+ * check: the trees partition the nodes in order (tree t's are [roots[t], roots[t + 1]), the first
+ * tree's from node 0, the last tree's to the end); a split's children come after it and inside its
+ * own tree (so no walk leaves its tree or loops); every node of a tree but its root has exactly one
+ * parent (so the tree's nodes are exactly those its root reaches, each once, as number_leaves
+ * needs); a split's feature is one of the row's and its threshold a number (the builders sort by
+ * it). parents: n zeroed bytes. NULL when the forest is sound, else what is wrong. */
+static const char *check_forest(const Node *node, Py_ssize_t n, const int32_t *root, Py_ssize_t T,
+                                Py_ssize_t n_features, uint8_t *parents, int *left_is_next) {
+    if (T < 1) return "the forest has no trees";
+    if (root[0] != 0) return "the first tree does not start at node 0";
+    for (Py_ssize_t t = 1; t < T; t++)
+        if (root[t] <= root[t - 1]) return "the tree roots are not increasing";
+    if (root[T - 1] >= n) return "a tree root is out of range";
+    *left_is_next = 1;
+    for (Py_ssize_t t = 0; t < T; t++) {
+        const Py_ssize_t stop = t + 1 < T ? root[t + 1] : n;
+        for (Py_ssize_t i = root[t]; i < stop; i++) {
+            const Node *split = &node[i];
+            if (split->feature < 0) continue;
+            if (split->left <= i || split->left >= stop || split->right <= i || split->right >= stop)
+                return "a child is out of range (before its parent or outside its tree)";
+            if (split->feature >= n_features) return "a split feature is out of range";
+            if (split->threshold != split->threshold) return "a split threshold is NaN";
+            if (parents[split->left]++ || parents[split->right]++) return "a node has two parents";
+            if (split->left != i + 1) *left_is_next = 0;
+        }
+        for (Py_ssize_t i = root[t] + 1; i < stop; i++)
+            if (!parents[i]) return "a node is not reached from its tree's root";
+    }
+    return NULL;
+}
+
 static int Walker_init(Walker *w, PyObject *args, PyObject *kwargs) {
     static char *kwlist[] = {"nodes", "value", "roots", "n_features", "lanes", NULL};
     PyObject *nodes, *value, *roots;
@@ -760,22 +821,13 @@ static int Walker_init(Walker *w, PyObject *args, PyObject *kwargs) {
     w->n_nodes = n;
     w->n_trees = w->roots.len / (Py_ssize_t)sizeof(int32_t);
     w->n_features = n_features;
-    /* Validate once here so the walk itself needs no bounds checks. */
-    const Node *node = w->nodes.buf;
-    const int32_t *root = w->roots.buf;
-    const char *bad = NULL;
-    w->left_is_next = 1;
-    if (w->n_trees < 1) bad = "the forest has no trees";
-    for (Py_ssize_t t = 0; !bad && t < w->n_trees; t++)
-        if (root[t] < 0 || root[t] >= n) bad = "a tree root is out of range";
-    for (Py_ssize_t i = 0; !bad && i < n; i++) {
-        if (node[i].feature < 0) continue;
-        /* Children always come after their parent, which also rules out cycles. */
-        if (node[i].left <= i || node[i].left >= n || node[i].right <= i || node[i].right >= n)
-            bad = "a child index is out of range";
-        else if (node[i].feature >= n_features) bad = "a split feature is out of range";
-        if (node[i].left != i + 1) w->left_is_next = 0;
+    uint8_t *parents = PyMem_Calloc(n ? n : 1, 1);
+    if (!parents) {
+        PyErr_NoMemory();
+        goto fail_roots;
     }
+    const char *bad = check_forest(w->nodes.buf, n, w->roots.buf, w->n_trees, n_features, parents, &w->left_is_next);
+    PyMem_Free(parents);
     if (!bad) {
         w->buffers_held = 1;
         int supported = 0;
@@ -802,7 +854,7 @@ static int Walker_init(Walker *w, PyObject *args, PyObject *kwargs) {
         return 0;
     }
     PyErr_Format(PyExc_ValueError, "invalid forest arrays: %s", bad);
-    PyBuffer_Release(&w->roots);
+fail_roots: PyBuffer_Release(&w->roots);
 fail_value: PyBuffer_Release(&w->value);
 fail_nodes: PyBuffer_Release(&w->nodes);
     return -1;
