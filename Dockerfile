@@ -14,8 +14,9 @@ ARG PYTHON_IMAGE=python:3.11-slim-bookworm@sha256:a36c24f9cbdf4fd0f52d67f0823eea
 
 FROM ${PYTHON_IMAGE} AS base
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONUNBUFFERED=1 DEBIAN_FRONTEND=noninteractive
-# A C compiler for service/engine/_walker.c, _bins.c and _budget.c, make for the one install script. Only
-# the build and test stages have them: the production stage starts again from the bare Python image.
+# A C compiler for the C extensions (service/*/_*.c; with its sanitizer runtimes, for make test's second
+# run), make for the one install script. Only the build and test stages have them: the production stage
+# starts again from the bare Python image.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends gcc libc6-dev make \
  && rm -rf /var/lib/apt/lists/*
@@ -32,15 +33,17 @@ ENV FRAUD_IMAGE_BUILD=1
 COPY . .
 RUN make test && touch /app/.tests-passed
 
-# Runtime dependencies only (no dev extras), the compiled walker, and the serving artifact
+# Runtime dependencies only (requirements/production.txt: no extras, every package checked against its
+# hash), the compiled extensions, and the serving artifact
 # (MODEL_CSV trains on real data instead). Then what serving never imports leaves the environment:
 # pip and setuptools (nothing is installed at run time) and the packages' own test suites.
 FROM base AS build
 ARG PIP_CERT
-COPY pyproject.toml Makefile README.md gunicorn.conf.py ./
+COPY pyproject.toml setup.py Makefile README.md gunicorn.conf.py ./
+COPY requirements requirements
 COPY service service
 COPY model model
-RUN make venv PIP_EXTRAS= && make model MODEL_PATH=/opt/model/fraud-model.joblib && rm -rf build && make slim-venv
+RUN make venv LOCK=production && make model MODEL_PATH=/opt/model/fraud-model.joblib && rm -rf build && make slim-venv
 
 # Only what serving reads: the virtual environment, the service package (with the compiled walker),
 # gunicorn.conf.py and the model files. No compiler, headers of the build stage, tests, training

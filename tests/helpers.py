@@ -43,9 +43,10 @@ TEST_KEY, OTHER_KEY = EXTERNAL.keys[:2] if EXTERNAL else ("test-key-0123456789ab
 TEST_KEYS = f"{TEST_KEY},{OTHER_KEY}"  # the stacks' API_KEY: one key and a rotated one
 PYTHONPATH = ("PYTHONPATH",)  # passed on to the tests' stacks, as CI may set it
 
-# The share of its generated examples a property test runs: all of them, except in `make test`'s second
-# run against the sanitizer build, which looks for memory errors in the C paths the examples reach
-# (already checked against their references by the first run) at a fraction of the cost.
+# The share of its generated examples (property examples, random rows) a test runs: all of them,
+# except in `make test`'s second run against the sanitizer build, which looks for memory errors and
+# undefined behaviour in the C paths the examples reach (the first run checked them against their
+# references in full) at a fraction of the cost.
 EXAMPLE_SHARE = float(os.environ.get("TEST_EXAMPLE_SHARE", "1"))
 
 
@@ -64,7 +65,7 @@ def a_row_that_empties_itself(length: int) -> list:
 
 
 def examples(n: int) -> int:
-    """How many of a property test's n examples to run."""
+    """How many of a test's n generated examples to run."""
     return max(10, round(n * EXAMPLE_SHARE))
 
 

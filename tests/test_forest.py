@@ -12,11 +12,11 @@ from sklearn.tree import DecisionTreeClassifier
 
 from model import synthetic
 from service.engine import forest
-from tests.helpers import a_row_that_empties_itself, rows_on_thresholds, sklearn_arrays
+from tests.helpers import a_row_that_empties_itself, examples, rows_on_thresholds, sklearn_arrays
 
 pytestmark = pytest.mark.native  # the sanitizer run of `make test` repeats these
 
-N_ROWS = 10_000
+N_ROWS = examples(10_000)
 
 
 @pytest.fixture(scope="module")
