@@ -54,7 +54,8 @@ class PlayedPod:
                     if mount["name"] == volume["name"]:
                         mount["name"] = f"{volume['name']}-{suffix}"
             volume["name"] = f"{volume['name']}-{suffix}"
-        images = {"api": pm.API_IMAGE, "nginx": pm.base_images()["NGINX_IMAGE"]}
+        # The compactor is the api image with another command.
+        images = {"api": pm.API_IMAGE, "compactor": pm.API_IMAGE, "nginx": pm.base_images()["NGINX_IMAGE"]}
         for container in pod["containers"]:
             container["image"] = images[container["name"]]
             for source in container.get("envFrom", []):
@@ -147,7 +148,7 @@ def test_every_probe_command_passes(pod):
                 assert probe["httpGet"]["port"] == "http"
                 reply = Client("127.0.0.1", pod.port).request("GET", probe["httpGet"]["path"])
                 assert 200 <= reply.status < 400, (name, kind, reply.status)
-    assert probes == 4
+    assert probes == 5  # the api's three, nginx's and the compactor's liveness
 
 
 def test_the_pods_containers_run_as_the_manifest_says(pod):
