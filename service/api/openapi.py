@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from service.api.deadline import SHED_PREFIXES
-from service.api.v2 import EXTENSIONS, HEADER_LENGTH, INPUT, MODEL_NAME, OUTPUTS
+from service.api.routes import DEADLINE_ROUTES
+from service.api.v2 import EXTENSIONS, HEADER_LENGTH, INPUT, INPUT_TYPES, MODEL_NAME, OUTPUTS
 from service.contract.schema import (
     BATCH_FIELD,
     ID_FIELD,
@@ -223,16 +223,19 @@ _V2_SCHEMAS: dict[str, Any] = {
                         },
                         "data": {
                             "type": "array",
-                            "description": "row-major numbers, flat (N x 30) or nested (N rows of 30); "
-                            "absent when the tensor is sent as binary data",
+                            "description": f"row-major numbers, flat (N x {N_FEATURES}) or nested (N rows of "
+                            f"{N_FEATURES}); absent when the tensor is sent as binary data",
                         },
                         "parameters": {
                             "type": "object",
                             "properties": {
                                 "binary_data_size": {
                                     "type": "integer",
-                                    "description": "bytes of little-endian binary data after the JSON header "
-                                    "(N x 30 x 8 for FP64, x 4 for FP32)",
+                                    "description": "bytes of little-endian binary data after the JSON header: "
+                                    + ", ".join(
+                                        f"N x {N_FEATURES} x {dtype.itemsize} for {name}"
+                                        for name, dtype in INPUT_TYPES.items()
+                                    ),
                                 }
                             },
                         },
@@ -283,7 +286,7 @@ def _v2_error(description: str, example: str, headers: dict[str, Any] = _TRACE_H
     return {"description": description, "headers": headers, **_json(_ref("V2Error"), {"error": example})}
 
 
-def _v2_paths(batch_max: int) -> dict[str, Any]:
+def _v2_paths(batch_max: int, app_version: str) -> dict[str, Any]:
     """The Open Inference Protocol (KServe V2) routes, documented in docs/api.md."""
     name = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}, "example": MODEL_NAME}
     version = {"name": "version", "in": "path", "required": True, "schema": {"type": "string"}}
@@ -321,11 +324,14 @@ def _v2_paths(batch_max: int) -> dict[str, Any]:
             "400": _v2_error(
                 "not valid JSON; wrong input name, shape or datatype; a value not a finite number within float32's "
                 "range; binary data of the wrong size; an unknown output",
-                "input 'features': shape must be [N, 30] with N >= 1, got [1, 29]",
+                f"input '{INPUT}': shape must be [N, {N_FEATURES}] with N >= 1, got [1, {N_FEATURES - 1}]",
             ),
             "403": forbidden,
             "404": unknown,
-            "413": _v2_error("more than BATCH_MAX rows, or a body over nginx's limit", "at most 1000 rows …"),
+            "413": _v2_error(
+                f"more than BATCH_MAX ({batch_max}) rows, or a body over nginx's limit",
+                f"input '{INPUT}': at most {batch_max} rows per request (BATCH_MAX), got {batch_max + 1}",
+            ),
             "415": _v2_error("a compressed body", "compressed request bodies are not supported"),
             "429": _v2_error("rate limit exceeded", "too many requests …", _RETRY),
             "503": unavailable,
@@ -356,7 +362,7 @@ def _v2_paths(batch_max: int) -> dict[str, Any]:
                         "description": "name, version, extensions",
                         **_json(
                             _ref("V2ServerMetadata"),
-                            {"name": "fraud-scoring", "version": "1.0.0", "extensions": EXTENSIONS},
+                            {"name": "fraud-scoring", "version": app_version, "extensions": EXTENSIONS},
                         ),
                     }
                 },
@@ -461,20 +467,24 @@ def by_id_paths(batch_max: int, explain: dict[str, Any], errors: dict[str, Any],
 
 
 def build_openapi(
-    transaction_schema: dict[str, Any], batch_max: int, app_version: str, by_id: bool = False
+    transaction_schema: dict[str, Any], batch_max: int, app_version: str, *, deadline_ms: int, by_id: bool = False
 ) -> dict[str, Any]:
-    return with_deadlines(_document(transaction_schema, batch_max, app_version, by_id))
+    """`batch_max` and `deadline_ms` are the settings in force (BATCH_MAX, REQUEST_DEADLINE_MS)."""
+    return with_deadlines(_document(transaction_schema, batch_max, app_version, by_id), deadline_ms)
 
 
-_DEADLINE_PARAMETER = {
-    "name": "X-Deadline-Ms",
-    "in": "header",
-    "required": False,
-    "schema": {"type": "integer", "minimum": DEADLINE_MIN_MS, "maximum": DEADLINE_MAX_MS},
-    "description": f"this request's budget in milliseconds, counted from when nginx hands it to a worker "
-    f"(after its body is read); clamped to {DEADLINE_MIN_MS}-{DEADLINE_MAX_MS}; default REQUEST_DEADLINE_MS "
-    "(150). A request that waited its budget out is refused, unread, with 503 deadline_exceeded",
-}
+def _deadline_parameter(deadline_ms: int) -> dict[str, Any]:
+    return {
+        "name": "X-Deadline-Ms",
+        "in": "header",
+        "required": False,
+        "schema": {"type": "integer", "minimum": DEADLINE_MIN_MS, "maximum": DEADLINE_MAX_MS},
+        "description": f"this request's budget in milliseconds, counted from when nginx hands it to a worker "
+        f"(after its body is read); clamped to {DEADLINE_MIN_MS}-{DEADLINE_MAX_MS}; default REQUEST_DEADLINE_MS "
+        f"({deadline_ms}). A request that waited its budget out is refused, unread, with 503 deadline_exceeded",
+    }
+
+
 _DEADLINE_EXCEEDED = (
     "deadline_exceeded: the request waited its budget out in the queue and was refused unread; retry after "
     "Retry-After, or fall back to your own rule. nginx's unavailable: no worker could take it (the queue to "
@@ -482,33 +492,38 @@ _DEADLINE_EXCEEDED = (
 )
 
 
-_DEADLINE_EXAMPLE = {
-    "error": "deadline_exceeded",
-    "message": "the request waited 163 ms in the queue of its 150 ms budget; retry after Retry-After, "
-    "or fall back to your own rule",
-}
+def _deadline_example(deadline_ms: int) -> dict[str, str]:
+    return {
+        "error": "deadline_exceeded",
+        "message": f"the request waited {deadline_ms + 13} ms in the queue of its {deadline_ms} ms budget; "
+        "retry after Retry-After, or fall back to your own rule",
+    }
 
 
-def with_deadlines(document: dict[str, Any]) -> dict[str, Any]:
-    """Every operation of the API's versioned routes takes X-Deadline-Ms and may answer 503 deadline_exceeded."""
-    document["components"].setdefault("parameters", {})["X-Deadline-Ms"] = _DEADLINE_PARAMETER
+def with_deadlines(document: dict[str, Any], deadline_ms: int) -> dict[str, Any]:
+    """Every operation of a route the deadline guard sheds (the route table's) takes X-Deadline-Ms
+    and may answer 503 deadline_exceeded. Operations may share their dicts: each gets new ones."""
+    document["components"].setdefault("parameters", {})["X-Deadline-Ms"] = _deadline_parameter(deadline_ms)
     for path, operations in document["paths"].items():
-        if not path.startswith(SHED_PREFIXES):
+        if path not in DEADLINE_ROUTES:
             continue
-        for operation in operations.values():
-            operation["parameters"] = [
-                *operation.get("parameters", []),
-                {"$ref": "#/components/parameters/X-Deadline-Ms"},
-            ]
+        for method, operation in operations.items():
             other = operation["responses"].get("503", {})
-            content = other.get("content") or _json(_ref("Error"), _DEADLINE_EXAMPLE)["content"]
-            if "example" not in content[JSON]:
-                content = _json(_ref("Error"), _DEADLINE_EXAMPLE)["content"]
+            content = other.get("content", {}).get(JSON, {})
+            if "example" not in content:
+                content = _json(_ref("Error"), _deadline_example(deadline_ms))["content"][JSON]
             description = other.get("description")
-            operation["responses"]["503"] = {
-                "description": _DEADLINE_EXCEEDED + (f". Otherwise: {description}" if description else ""),
-                "headers": _RETRY,
-                "content": content,
+            operations[method] = {
+                **operation,
+                "parameters": [*operation.get("parameters", []), {"$ref": "#/components/parameters/X-Deadline-Ms"}],
+                "responses": {
+                    **operation["responses"],
+                    "503": {
+                        "description": _DEADLINE_EXCEEDED + (f". Otherwise: {description}" if description else ""),
+                        "headers": _RETRY,
+                        "content": {JSON: content},
+                    },
+                },
             }
     return document
 
@@ -564,7 +579,7 @@ def _document(transaction_schema: dict[str, Any], batch_max: int, app_version: s
         "info": {
             "title": "Fraud scoring",
             "version": app_version,
-            "description": "Scores card transactions (the 30 features of the ULB credit-card fraud data set) with a "
+            "description": f"Scores card transactions (the {N_FEATURES} features of the ULB credit-card fraud data set) with a "
             "random forest. Scores are exactly sklearn's predict_proba, as an integer percentage.",
         },
         "servers": [{"url": "/"}],
@@ -672,7 +687,7 @@ def _document(transaction_schema: dict[str, Any], batch_max: int, app_version: s
                     },
                 }
             },
-            **_v2_paths(batch_max),
+            **_v2_paths(batch_max, app_version),
         },
         "components": {
             "schemas": {

@@ -26,6 +26,7 @@ from service.api.budget import RowBudget
 from service.api.errors import JSON, ApiError
 from service.api.prediction_log import entry as log_entry
 from service.api.resources import ModelUnavailableResource, StaticJson, require_key
+from service.api.routes import mount
 from service.core.features import FEATURES, FLOAT32_MAX, N_FEATURES
 from service.engine.scoring import Scoring
 
@@ -313,21 +314,21 @@ def add_routes(
     unavailable_reason: str = "",
 ) -> None:
     """The V2 routes; without a model, the model routes answer 503 (as every model-backed route)."""
-    app.add_route("/v2", StaticJson({"name": "fraud-scoring", "version": app_version, "extensions": EXTENSIONS}))
-    app.add_route("/v2/health/live", Ready())
+    mount(app, "/v2", StaticJson({"name": "fraud-scoring", "version": app_version, "extensions": EXTENSIONS}))
+    mount(app, "/v2/health/live", Ready())
     models = ("/v2/models/{name}", "/v2/models/{name}/versions/{version}")
     if scoring is None:
-        app.add_route("/v2/health/ready", ModelUnavailableResource(unavailable_reason, "get"))
+        mount(app, "/v2/health/ready", ModelUnavailableResource(unavailable_reason, "get"))
         for path in models:
-            app.add_route(path, ModelUnavailableResource(unavailable_reason, "get"))
-            app.add_route(f"{path}/ready", ModelUnavailableResource(unavailable_reason, "get"))
-            app.add_route(f"{path}/infer", ModelUnavailableResource(unavailable_reason, "post"))
+            mount(app, path, ModelUnavailableResource(unavailable_reason, "get"))
+            mount(app, f"{path}/ready", ModelUnavailableResource(unavailable_reason, "get"))
+            mount(app, f"{path}/infer", ModelUnavailableResource(unavailable_reason, "post"))
         return
-    app.add_route("/v2/health/ready", Ready())
+    mount(app, "/v2/health/ready", Ready())
     metadata = ModelMetadata(scoring.version, keys)
     ready = ModelReady(scoring.version)
     infer = Inference(scoring.version, scoring, keys, budget, batch_max)
     for path in models:
-        app.add_route(path, metadata)
-        app.add_route(f"{path}/ready", ready)
-        app.add_route(f"{path}/infer", infer)
+        mount(app, path, metadata)
+        mount(app, f"{path}/ready", ready)
+        mount(app, f"{path}/infer", infer)
