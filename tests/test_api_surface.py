@@ -4,9 +4,14 @@ allowed (the app's, and nginx's own)."""
 
 from __future__ import annotations
 
+import re
+import tomllib
+from pathlib import Path
+
 import falcon.testing
 import pytest
 
+import service
 from service.api.app import create_app
 from service.api.routes import served
 from service.core.settings import from_mapping
@@ -14,6 +19,7 @@ from service.engine.loader import load_model
 from tests.helpers import TEST_KEY, Client
 
 DEADLINE_HEADER = "X-Deadline-Ms"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -104,3 +110,13 @@ def test_every_405_through_nginx_names_what_the_app_allows(client: Client, metho
         assert reply.status == 405, (method, route.path, reply.status)
         assert reply.headers["Allow"] == ", ".join(route.allowed), (method, route.path, reply.headers["Allow"])
         assert "error" in reply.json
+
+
+def test_the_version_is_written_once(document, app_settings):
+    """pyproject.toml's; the package, the settings' default and the document read it."""
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert service.__version__ == version == app_settings.app_version == document["info"]["version"]
+    typed = [
+        p for p in (ROOT / "service").rglob("*.py") if re.search(rf"[\"']{re.escape(version)}[\"']", p.read_text())
+    ]
+    assert typed == [], "the version is typed again"

@@ -37,6 +37,7 @@ from service.telemetry.trace_context import server_span, trace_id
 # Room for the work itself: a single score is a fraction of a millisecond in the worker, and the
 # answer still has to go back through nginx. A request with less left would be answered late.
 RESERVE_MS = 2.0
+DEADLINE_HEADER = "X-Deadline-Ms"
 RETRY_AFTER_SECONDS = "1"
 SPENT = (
     "the request waited {waited_ms:.0f} ms in the queue of its {budget} ms budget; "
@@ -61,7 +62,7 @@ def budget_ms(header: str | None, default_ms: int) -> int:
         asked = int(header)
     except ValueError:
         raise InvalidDeadline(
-            f"X-Deadline-Ms must be a whole number of milliseconds ({DEADLINE_MIN_MS} to {DEADLINE_MAX_MS}), "
+            f"{DEADLINE_HEADER} must be a whole number of milliseconds ({DEADLINE_MIN_MS} to {DEADLINE_MAX_MS}), "
             f"got {header[:32]!r}"
         ) from None
     return min(max(asked, DEADLINE_MIN_MS), DEADLINE_MAX_MS)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from service.api.routes import DEADLINE_ROUTES
-from service.api.v2 import EXTENSIONS, HEADER_LENGTH, INPUT, INPUT_TYPES, MODEL_NAME, OUTPUTS
+from service.api.deadline import DEADLINE_HEADER, InvalidDeadline, budget_ms
+from service.api.errors import protocol_v2
+from service.api.routes import BY_PATH
+from service.api.v2 import EXTENSIONS, FLOAT32_MAX, HEADER_LENGTH, INPUT, INPUT_TYPES, MODEL_NAME, OUTPUTS
 from service.contract.schema import (
     BATCH_FIELD,
     ID_FIELD,
@@ -33,10 +35,12 @@ def _json(schema: dict[str, Any], example: Any = None) -> dict[str, Any]:
     return {"content": {JSON: content}}
 
 
-def _error(description: str, example_code: str, example_message: str) -> dict[str, Any]:
+def _error(
+    description: str, example_code: str, example_message: str, headers: dict[str, Any] | None = None
+) -> dict[str, Any]:
     return {
         "description": description,
-        "headers": _TRACE_HEADERS,
+        "headers": headers or _TRACE_HEADERS,
         **_json(_ref("Error"), {"error": example_code, "message": example_message}),
     }
 
@@ -190,72 +194,6 @@ _V2_SCHEMAS: dict[str, Any] = {
             "outputs": {"type": "array", "items": _V2_TENSOR},
         },
     },
-    "V2InferenceRequest": {
-        "type": "object",
-        "required": ["inputs"],
-        "properties": {
-            "id": {"type": "string", "description": "echoed in the response"},
-            "parameters": {
-                "type": "object",
-                "properties": {
-                    "binary_data_output": {
-                        "type": "boolean",
-                        "description": "every output as binary data after the JSON header (default false)",
-                    }
-                },
-            },
-            "inputs": {
-                "type": "array",
-                "minItems": 1,
-                "maxItems": 1,
-                "items": {
-                    "type": "object",
-                    "required": ["name", "datatype", "shape"],
-                    "properties": {
-                        "name": {"const": INPUT},
-                        "datatype": {"enum": ["FP64", "FP32"]},
-                        "shape": {
-                            "type": "array",
-                            "prefixItems": [{"type": "integer", "minimum": 1}, {"const": N_FEATURES}],
-                            "minItems": 2,
-                            "maxItems": 2,
-                            "description": f"[N, {N_FEATURES}]: N rows of the features in the model's order",
-                        },
-                        "data": {
-                            "type": "array",
-                            "description": f"row-major numbers, flat (N x {N_FEATURES}) or nested (N rows of "
-                            f"{N_FEATURES}); absent when the tensor is sent as binary data",
-                        },
-                        "parameters": {
-                            "type": "object",
-                            "properties": {
-                                "binary_data_size": {
-                                    "type": "integer",
-                                    "description": "bytes of little-endian binary data after the JSON header: "
-                                    + ", ".join(
-                                        f"N x {N_FEATURES} x {dtype.itemsize} for {name}"
-                                        for name, dtype in INPUT_TYPES.items()
-                                    ),
-                                }
-                            },
-                        },
-                    },
-                },
-            },
-            "outputs": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "required": ["name"],
-                    "properties": {
-                        "name": {"enum": list(OUTPUTS)},
-                        "parameters": {"type": "object", "properties": {"binary_data": {"type": "boolean"}}},
-                    },
-                },
-                "description": "which outputs, in which order, each as JSON or binary (default: all three)",
-            },
-        },
-    },
     "V2InferenceResponse": {
         "type": "object",
         "required": ["model_name", "outputs"],
@@ -280,6 +218,113 @@ _V2_SCHEMAS: dict[str, Any] = {
         },
     },
 }
+
+
+def _v2_inference_request(batch_max: int) -> dict[str, Any]:
+    """What Inference accepts, as far as JSON Schema can say it. It cannot say that `data` holds
+    exactly shape[0] x N_FEATURES numbers, nor that binary_data_size bytes follow the JSON header
+    (Inference-Header-Content-Length long): those are in the descriptions, and a request that breaks
+    them is answered 400."""
+    value = {"type": "number", "minimum": -FLOAT32_MAX, "maximum": FLOAT32_MAX}
+    parameters = {"type": "object", "description": "absent, or an object"}
+    return {
+        "type": "object",
+        "required": ["inputs"],
+        "properties": {
+            "id": {"type": "string", "description": "echoed in the response"},
+            "parameters": {
+                **parameters,
+                "properties": {
+                    "binary_data_output": {
+                        "type": "boolean",
+                        "description": "every output as binary data after the JSON header (default false)",
+                    }
+                },
+            },
+            "inputs": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": 1,
+                "items": {
+                    "type": "object",
+                    "required": ["name", "datatype", "shape"],
+                    "properties": {
+                        "name": {"const": INPUT},
+                        "datatype": {"enum": list(INPUT_TYPES)},
+                        "shape": {
+                            "type": "array",
+                            "prefixItems": [
+                                {"type": "integer", "minimum": 1, "maximum": batch_max},
+                                {"const": N_FEATURES},
+                            ],
+                            "minItems": 2,
+                            "maxItems": 2,
+                            "description": f"[N, {N_FEATURES}]: N <= BATCH_MAX ({batch_max}) rows of the features "
+                            "in the model's order",
+                        },
+                        "data": {
+                            "anyOf": [
+                                {"type": "array", "minItems": N_FEATURES, "items": value},
+                                {
+                                    "type": "array",
+                                    "minItems": 1,
+                                    "items": {
+                                        "type": "array",
+                                        "minItems": N_FEATURES,
+                                        "maxItems": N_FEATURES,
+                                        "items": value,
+                                    },
+                                },
+                            ],
+                            "description": f"row-major numbers within float32's range, flat (N x {N_FEATURES}) or "
+                            f"nested (N rows of {N_FEATURES}), N as the shape says",
+                        },
+                        "parameters": {
+                            **parameters,
+                            "properties": {
+                                "binary_data_size": {
+                                    "type": "integer",
+                                    "description": "the tensor as binary data instead of `data`: this many bytes of "
+                                    "little-endian values follow the JSON header, "
+                                    + ", ".join(
+                                        f"N x {N_FEATURES} x {dtype.itemsize} for {name}"
+                                        for name, dtype in INPUT_TYPES.items()
+                                    ),
+                                }
+                            },
+                        },
+                    },
+                    # The tensor's values come one way: as JSON data or as binary data.
+                    "oneOf": [
+                        {"required": ["data"]},
+                        {"required": ["parameters"], "properties": {"parameters": {"required": ["binary_data_size"]}}},
+                    ],
+                },
+            },
+            "outputs": {
+                "type": "array",
+                "minItems": 1,
+                "items": {
+                    "type": "object",
+                    "required": ["name"],
+                    "properties": {
+                        "name": {"enum": list(OUTPUTS)},
+                        "parameters": {
+                            **parameters,
+                            "properties": {
+                                "binary_data": {"type": "boolean"},
+                                "classification": {
+                                    "description": 'not supported: any value but 0, false, null or "" is refused'
+                                },
+                            },
+                        },
+                    },
+                },
+                "description": "which outputs, each at most once, in which order, each as JSON or binary "
+                "(default: all three)",
+            },
+        },
+    }
 
 
 def _v2_error(description: str, example: str, headers: dict[str, Any] = _TRACE_HEADERS) -> dict[str, Any]:
@@ -470,18 +515,20 @@ def build_openapi(
     transaction_schema: dict[str, Any], batch_max: int, app_version: str, *, deadline_ms: int, by_id: bool = False
 ) -> dict[str, Any]:
     """`batch_max` and `deadline_ms` are the settings in force (BATCH_MAX, REQUEST_DEADLINE_MS)."""
-    return with_deadlines(_document(transaction_schema, batch_max, app_version, by_id), deadline_ms)
+    return by_route(_document(transaction_schema, batch_max, app_version, by_id), deadline_ms)
 
 
 def _deadline_parameter(deadline_ms: int) -> dict[str, Any]:
     return {
-        "name": "X-Deadline-Ms",
+        "name": DEADLINE_HEADER,
         "in": "header",
         "required": False,
-        "schema": {"type": "integer", "minimum": DEADLINE_MIN_MS, "maximum": DEADLINE_MAX_MS},
+        # Any whole number is taken and clamped, so the schema bounds nothing.
+        "schema": {"type": "integer"},
         "description": f"this request's budget in milliseconds, counted from when nginx hands it to a worker "
         f"(after its body is read); clamped to {DEADLINE_MIN_MS}-{DEADLINE_MAX_MS}; default REQUEST_DEADLINE_MS "
-        f"({deadline_ms}). A request that waited its budget out is refused, unread, with 503 deadline_exceeded",
+        f"({deadline_ms}). A request that waited its budget out is refused, unread, with 503 deadline_exceeded; "
+        "one that is not a whole number, with 400 invalid_deadline",
     }
 
 
@@ -490,6 +537,16 @@ _DEADLINE_EXCEEDED = (
     "Retry-After, or fall back to your own rule. nginx's unavailable: no worker could take it (the queue to "
     "the workers is full, or gunicorn is down)"
 )
+_BUSY = "nginx's unavailable: no worker could take it (the queue to the workers is full, or gunicorn is down)"
+_RATE_LIMITED = "over the key's or the address's request rate (nginx)"
+
+
+def _invalid_deadline_message(header: str) -> str:
+    try:
+        budget_ms(header, DEADLINE_MIN_MS)
+    except InvalidDeadline as e:
+        return str(e)
+    raise ValueError(f"{header!r} is a valid {DEADLINE_HEADER}")
 
 
 def _deadline_example(deadline_ms: int) -> dict[str, str]:
@@ -500,31 +557,70 @@ def _deadline_example(deadline_ms: int) -> dict[str, str]:
     }
 
 
-def with_deadlines(document: dict[str, Any], deadline_ms: int) -> dict[str, Any]:
-    """Every operation of a route the deadline guard sheds (the route table's) takes X-Deadline-Ms
-    and may answer 503 deadline_exceeded. Operations may share their dicts: each gets new ones."""
-    document["components"].setdefault("parameters", {})["X-Deadline-Ms"] = _deadline_parameter(deadline_ms)
+def _shaped(v2: bool, description: str, code: str, message: str, headers: dict[str, Any] = _TRACE_HEADERS) -> dict:
+    """An error answer in the route's shape: the Open Inference Protocol's under /v2, else the service's."""
+    return _v2_error(description, message, headers) if v2 else _error(description, code, message, headers)
+
+
+def _also(response: dict[str, Any] | None, description: str, fallback: dict[str, Any]) -> dict[str, Any]:
+    """A status the operation may already answer for other reasons, now for one more."""
+    if response is None:
+        return fallback
+    return {**response, "description": f"{response['description']}; {description}"}
+
+
+def by_route(document: dict[str, Any], deadline_ms: int) -> dict[str, Any]:
+    """What each operation's route (service/api/routes.py) adds to it, in the route's error shape:
+    on the routes the deadline guard sheds, X-Deadline-Ms, its 400 and its 503 deadline_exceeded;
+    on every route nginx limits (all but the probes), its 429 and 503, and 413 for a body too large.
+    Operations may share their dicts: each gets new ones."""
+    document["components"].setdefault("parameters", {})[DEADLINE_HEADER] = _deadline_parameter(deadline_ms)
     for path, operations in document["paths"].items():
-        if path not in DEADLINE_ROUTES:
-            continue
+        route = BY_PATH[path]
+        v2 = protocol_v2(path)
         for method, operation in operations.items():
-            other = operation["responses"].get("503", {})
-            content = other.get("content", {}).get(JSON, {})
-            if "example" not in content:
-                content = _json(_ref("Error"), _deadline_example(deadline_ms))["content"][JSON]
-            description = other.get("description")
-            operations[method] = {
-                **operation,
-                "parameters": [*operation.get("parameters", []), {"$ref": "#/components/parameters/X-Deadline-Ms"}],
-                "responses": {
-                    **operation["responses"],
-                    "503": {
-                        "description": _DEADLINE_EXCEEDED + (f". Otherwise: {description}" if description else ""),
-                        "headers": _RETRY,
-                        "content": {JSON: content},
-                    },
-                },
-            }
+            parameters = list(operation.get("parameters", []))
+            responses = dict(operation["responses"])
+            if route.deadline:
+                parameters.append({"$ref": f"#/components/parameters/{DEADLINE_HEADER}"})
+                invalid = f"{DEADLINE_HEADER} is not a whole number (invalid_deadline)"
+                example = _invalid_deadline_message("soon")
+                responses["400"] = _also(
+                    responses.get("400"), invalid, _shaped(v2, invalid, "invalid_deadline", example)
+                )
+                late = _deadline_example(deadline_ms)
+                other = responses.get("503")
+                content = (other or {}).get("content", {}).get(JSON, {})
+                if "example" not in content:
+                    content = _shaped(v2, "", late["error"], late["message"])["content"][JSON]
+                description = other["description"] if other else None
+                responses["503"] = {
+                    "description": _DEADLINE_EXCEEDED + (f". Otherwise: {description}" if description else ""),
+                    "headers": _RETRY,
+                    "content": {JSON: content},
+                }
+            if not route.probe:
+                responses.setdefault(
+                    "429",
+                    _shaped(
+                        v2,
+                        _RATE_LIMITED,
+                        "rate_limited",
+                        "too many requests for this API key or address; retry after 1 s",
+                        _RETRY,
+                    ),
+                )
+                responses.setdefault(
+                    "503", _shaped(v2, _BUSY, "unavailable", "the scoring workers are busy; retry shortly", _RETRY)
+                )
+                if method == "post":
+                    responses.setdefault(
+                        "413",
+                        _shaped(v2, "a body over nginx's limit", "payload_too_large", "the request body is too large"),
+                    )
+            operations[method] = {**operation, "responses": responses} | (
+                {"parameters": parameters} if parameters else {}
+            )
     return document
 
 
@@ -574,6 +670,11 @@ def _document(transaction_schema: dict[str, Any], batch_max: int, app_version: s
             **_json(_ref("Error")),
         },
     }
+    drift_unavailable = _error(
+        "the model's manifest records no training bins",
+        "drift_unavailable",
+        "the model's manifest records no training bins: retrain it with make model",
+    )
     return {
         "openapi": "3.1.0",
         "info": {
@@ -649,11 +750,7 @@ def _document(transaction_schema: dict[str, Any], batch_max: int, app_version: s
                             **_json(_ref("Drift")),
                         },
                         "403": client_errors["403"],
-                        "409": _error(
-                            "the model's manifest records no training bins",
-                            "drift_unavailable",
-                            "the model's manifest records no training bins: retrain it with make model",
-                        ),
+                        "409": drift_unavailable,
                         "503": client_errors["503"],
                     },
                 }
@@ -665,6 +762,7 @@ def _document(transaction_schema: dict[str, Any], batch_max: int, app_version: s
                     "responses": {
                         "200": {"description": "reset", "headers": _TRACE_HEADERS, **_json(_ref("Drift"))},
                         "403": client_errors["403"],
+                        "409": drift_unavailable,
                         "503": client_errors["503"],
                     },
                 }
@@ -703,6 +801,7 @@ def _document(transaction_schema: dict[str, Any], batch_max: int, app_version: s
                 ),
                 **_SCHEMAS,
                 **_V2_SCHEMAS,
+                "V2InferenceRequest": _v2_inference_request(batch_max),
             },
             "securitySchemes": {"ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}},
             "headers": {
