@@ -26,7 +26,7 @@ def settings(small_model):
 
 
 def table(routes: tuple[Route, ...]) -> dict[str, set[str]]:
-    return {route.path: {*route.methods, *(("HEAD",) if "GET" in route.methods else ())} for route in routes}
+    return {route.path: set(route.answers) for route in routes}
 
 
 def served_by(app: falcon.App) -> dict[str, set[str]]:

@@ -29,7 +29,7 @@ import falcon.inspect
 import orjson
 
 from service.api.errors import JSON, protocol_v2
-from service.api.routes import DEADLINE_ROUTES
+from service.api.routes import DEADLINE_ROUTES, SHED_METHODS
 from service.core.settings import DEADLINE_MAX_MS, DEADLINE_MIN_MS
 from service.telemetry.trace_context import HEADER as TRACE_HEADER
 from service.telemetry.trace_context import server_span, trace_id
@@ -112,7 +112,7 @@ class Deadlines:
         if stamp is None:
             return self._app(environ, start_response)
         route = self._route(environ.get("PATH_INFO") or "/")
-        if route is None:
+        if route is None or environ.get("REQUEST_METHOD") not in SHED_METHODS[route]:
             return self._app(environ, start_response)
         now = self._clock()
         try:

@@ -24,9 +24,14 @@ class Route:
     prediction_log: bool = False  # served only when PREDICTION_LOG_DIR is set
 
     @property
+    def answers(self) -> frozenset[str]:
+        """The methods answered: the table's, and HEAD wherever GET."""
+        return frozenset({*self.methods, *(("HEAD",) if "GET" in self.methods else ())})
+
+    @property
     def allowed(self) -> tuple[str, ...]:
         """The methods a 405 names in its Allow header (Falcon's order: sorted, then OPTIONS)."""
-        return (*sorted({*self.methods, *(("HEAD",) if "GET" in self.methods else ())}), "OPTIONS")
+        return (*sorted(self.answers), "OPTIONS")
 
 
 _V2_MODEL = ("/v2/models/{name}", "/v2/models/{name}/versions/{version}")
@@ -58,6 +63,8 @@ ROUTES: tuple[Route, ...] = (
 )
 BY_PATH = {route.path: route for route in ROUTES}
 DEADLINE_ROUTES = frozenset(route.path for route in ROUTES if route.deadline)
+# What the deadline guard sheds: each guarded route's methods (any other is a 405, which costs nothing).
+SHED_METHODS = {route.path: route.answers for route in ROUTES if route.deadline}
 
 
 def served(feature_store: bool, prediction_log: bool = False) -> tuple[Route, ...]:
