@@ -7,7 +7,16 @@ from typing import Any
 from service.api.deadline import DEADLINE_HEADER, InvalidDeadline, budget_ms
 from service.api.errors import protocol_v2
 from service.api.routes import BY_PATH
-from service.api.v2 import EXTENSIONS, FLOAT32_MAX, HEADER_LENGTH, INPUT, INPUT_TYPES, MODEL_NAME, OUTPUTS
+from service.api.v2 import (
+    EXTENSIONS,
+    FLOAT32_MAX,
+    HEADER_LENGTH,
+    INPUT,
+    INPUT_TYPES,
+    MODEL_NAME,
+    OUTPUTS,
+    model_metadata,
+)
 from service.contract.schema import (
     BATCH_FIELD,
     ID_FIELD,
@@ -18,10 +27,12 @@ from service.contract.schema import (
     embeddable,
     sample_transaction,
 )
+from service.core import threshold
 from service.core.features import FEATURES, N_FEATURES
 from service.core.settings import DEADLINE_MAX_MS, DEADLINE_MIN_MS
 
 JSON = "application/json"
+EXAMPLE_VERSION = "rf-20261129-cd0ce935"  # what `make model` names a model
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -143,7 +154,8 @@ _SCHEMAS: dict[str, Any] = {
                     "value": {"type": "integer", "description": "is-fraud when fraud-score >= value"},
                     "source": {
                         "enum": ["environment", "manifest", "default"],
-                        "description": "FRAUD_THRESHOLD, the cost-chosen threshold recorded at training, or 50",
+                        "description": "FRAUD_THRESHOLD, the cost-chosen threshold recorded at training, or "
+                        f"{threshold.DEFAULT}",
                     },
                 },
             },
@@ -361,8 +373,10 @@ def _v2_paths(batch_max: int, app_version: str) -> dict[str, Any]:
         },
         "responses": {
             "200": {
-                "description": "outputs probability (FP64, exactly predict_proba), fraud_score (INT32), is_fraud "
-                f"(BOOL); application/octet-stream with {HEADER_LENGTH} when an output is binary",
+                "description": "outputs "
+                + ", ".join(f"{name} ({datatype})" for name, (datatype, *_) in OUTPUTS.items())
+                + f" (the probability exactly predict_proba's); application/octet-stream with {HEADER_LENGTH} "
+                "when an output is binary",
                 "headers": _TRACE_HEADERS,
                 **_json(_ref("V2InferenceResponse")),
             },
@@ -385,7 +399,11 @@ def _v2_paths(batch_max: int, app_version: str) -> dict[str, Any]:
     metadata = {
         "summary": "Model metadata: input and output names, datatypes, shapes",
         "responses": {
-            "200": {"description": "the model", "headers": _TRACE_HEADERS, **_json(_ref("V2ModelMetadata"))},
+            "200": {
+                "description": "the model",
+                "headers": _TRACE_HEADERS,
+                **_json(_ref("V2ModelMetadata"), model_metadata(EXAMPLE_VERSION)),
+            },
             "403": forbidden,
             "404": unknown,
             "503": unavailable,
@@ -628,7 +646,7 @@ def _document(transaction_schema: dict[str, Any], batch_max: int, app_version: s
     sample = sample_transaction()
     batch = batch_document(transaction_schema, batch_max)
     batch["properties"][BATCH_FIELD]["items"] = _ref("Transaction")
-    scored = {"fraud-score": 0, "is-fraud": False, "model-version": "rf-20261129-cd0ce935", "ood-warning": False}
+    scored = {"fraud-score": 0, "is-fraud": False, "model-version": EXAMPLE_VERSION, "ood-warning": False}
     explain = {
         "name": "explain",
         "in": "query",
@@ -646,7 +664,7 @@ def _document(transaction_schema: dict[str, Any], batch_max: int, app_version: s
         "413": _error(
             "body over nginx's limit, or more than BATCH_MAX transactions",
             "payload_too_large",
-            "the request body is larger than 8k",
+            "the request body is too large: at most … for one transaction, … for a batch",
         ),
         "415": _error(
             "Content-Type is not JSON",
