@@ -543,6 +543,7 @@ def _deadline_parameter(deadline_ms: int) -> dict[str, Any]:
         "required": False,
         # Any whole number is taken and clamped, so the schema bounds nothing.
         "schema": {"type": "integer"},
+        "example": deadline_ms,
         "description": f"this request's budget in milliseconds, counted from when nginx hands it to a worker "
         f"(after its body is read); clamped to {DEADLINE_MIN_MS}-{DEADLINE_MAX_MS}; default REQUEST_DEADLINE_MS "
         f"({deadline_ms}). A request that waited its budget out is refused, unread, with 503 deadline_exceeded; "
