@@ -16,8 +16,7 @@ from service.contract.schema import load_schema_document
 from service.core.settings import from_mapping
 from service.engine.loader import load_model
 from stack.launcher import TEMPLATE
-from tests.helpers import TEST_KEY
-from tests.test_rate_budget import blocks, location_for, nginx_locations
+from tests.helpers import TEST_KEY, blocks, location_for, nginx_locations
 
 
 @pytest.fixture(scope="module")
