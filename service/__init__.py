@@ -1,3 +1,6 @@
 """Real-time fraud scoring: nginx → gunicorn → Falcon over a memory-mapped random forest."""
 
-__version__ = "1.0.0"
+from importlib.metadata import version
+
+# pyproject.toml's, as installed (make install, the image): written there only.
+__version__ = version("fraud-scoring")

@@ -424,3 +424,41 @@ def require_read_only_mounts(directory: Path) -> None:
             "needs a private mount namespace with a read-only bind mount (root with CAP_SYS_ADMIN: "
             f"unshare --mount, mount --bind); here: {probe.stderr.strip() or 'the directory stayed writable'}"
         )
+
+
+# --- nginx.conf.template, read as text ---------------------------------------------------------
+
+
+def blocks(text: str, opening: str, every: bool = False):
+    """The bodies of nginx blocks whose header matches `opening` (one group: the block's name), by
+    name; or, with `every`, all of them in order (blocks of one name: `server`)."""
+    found = []
+    for match in re.finditer(opening + r"\s*\{", text):
+        depth, i = 1, match.end()
+        while depth:
+            depth += {"{": 1, "}": -1}.get(text[i], 0)
+            i += 1
+        found.append((match.group(1), text[match.end() : i - 1]))
+    return [body for _, body in found] if every else dict(found)
+
+
+def api_server(template: str) -> str:
+    """The body of the server block that listens for clients (not the stub_status socket's)."""
+    (body,) = [b for b in blocks(template, r"\b(server)(?=\s*\{)", every=True) if "listen ${NGINX_LISTEN}" in b]
+    return body
+
+
+def nginx_locations(template: str) -> dict[str, str]:
+    """'= /path' or '/prefix' -> block body, in the server clients reach. Regex locations would defeat
+    the lookup below."""
+    template = api_server(template)
+    locations = blocks(template, r"\blocation\s+((?:=\s*)?/[^\s{]*)")
+    assert not re.search(r"\blocation\s+[~@]", template), "regex and named locations are not covered by this test"
+    return {re.sub(r"=\s*", "= ", name): body for name, body in locations.items()}
+
+
+def location_for(locations: dict[str, str], path: str) -> str:
+    """nginx's choice for a path: an exact match, else the longest matching prefix."""
+    if f"= {path}" in locations:
+        return f"= {path}"
+    return max((name for name in locations if not name.startswith("=") and path.startswith(name)), key=len)

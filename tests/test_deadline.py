@@ -62,6 +62,18 @@ def test_probes_are_never_shed(local_stack):
         assert status == 200, (path, body)
 
 
+def test_a_method_the_route_does_not_answer_is_a_405_however_late(local_stack):
+    """Nothing to shed: the answer is the 405 naming what is allowed, not deadline_exceeded."""
+    for method, path in (("PUT", "/v1/fraud-score"), ("DELETE", "/v2/models/fraud/infer"), ("POST", "/v1/model-info")):
+        upstream = Upstream(local_stack.socket)
+        try:
+            upstream.send_head(method, path, {"X-API-Key": TEST_KEY, "X-Request-Start": f"{time.time() - 10:.3f}"})
+            status, headers, body = upstream.read_reply()
+        finally:
+            upstream.close()
+        assert status == 405 and headers["allow"], (method, path, body)
+
+
 def assert_refused_unread(stack, method: str, path: str) -> None:
     upstream = Upstream(stack.socket)
     try:

@@ -1,5 +1,6 @@
 """Fuzzing through real nginx and workers: generated requests, valid and invalid, never get a 5xx,
-and the service is healthy afterwards.
+and the service is healthy afterwards; and the outsider's run: `schemathesis run --checks all`
+against the service's own /openapi.json finds nothing the document does not say.
 
 schemathesis generates the requests from an OpenAPI description: the service's own /openapi.json
 when it serves one, otherwise one built here around service/contract/schemas/transaction.schema.json (the
@@ -9,11 +10,17 @@ same document the service validates with). Raw hostile bytes come from hypothesi
 
 from __future__ import annotations
 
+import base64
 import collections
 import http.client
 import json
 import os
+import random
+import subprocess
+import sys
 import time
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import falcon
 import falcon.testing
@@ -23,8 +30,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
-from service.api.deadline import SPENT, Deadlines
+from service.api.deadline import SPENT, Deadlines, InvalidDeadline, budget_ms
 from service.contract.schema import load_schema_document
+from service.core.settings import DEADLINE_MAX_MS
 from tests.helpers import TEST_KEY, UNLIMITED, is_deadline_answer, start_stack
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "150"))
@@ -117,8 +125,11 @@ def load_api_schema(base_url: str):
 
 @pytest.fixture(scope="module")
 def fuzz_stack(small_model, tmp_path_factory):
-    # Limits out of the way: the fuzzer sends thousands of requests from one address and key.
-    running = start_stack(small_model[0], tmp_path_factory.mktemp("fuzz-logs"), **UNLIMITED)
+    # Limits out of the way: the fuzzer sends thousands of requests from one address and key. The
+    # default budget is the longest a client may ask for, so that on a busy machine only a budget a
+    # generated request set itself can be spent in the queue (/openapi.json gives it as the example).
+    limits = {**UNLIMITED, "REQUEST_DEADLINE_MS": str(DEADLINE_MAX_MS)}
+    running = start_stack(small_model[0], tmp_path_factory.mktemp("fuzz-logs"), **limits)
     yield running
     running.stop()
 
@@ -241,3 +252,144 @@ def test_raw_hostile_requests_never_get_a_5xx(fuzz_stack):
 
     run()
     assert_clean_run(fuzz_stack, statuses, "raw hostile")
+
+
+# The outsider's run, with every check. With the fixed seed, every phase (examples, coverage,
+# fuzzing, stateful); with a random one, printed for replay (CONFORMANCE_SEED=N), the phases that
+# draw at random (fuzzing, stateful). CONFORMANCE_EXAMPLES cases at most per operation in the
+# fuzzing phase, 10 scenarios of up to 4 calls in the stateful one: about 1,500 and 260 cases, which
+# took 41 s and 36 s on 2 cores under a load average of about 10, 135 s and 50 s under about 20.
+CONFORMANCE_EXAMPLES = int(os.environ.get("CONFORMANCE_EXAMPLES", "20"))
+FIXED_SEED = 20261207
+RANDOM_SEED = int(os.environ.get("CONFORMANCE_SEED") or random.SystemRandom().randrange(2**31))
+RUNS = {
+    "fixed-seed": (FIXED_SEED, "examples,coverage,fuzzing,stateful"),
+    "random-seed": (RANDOM_SEED, "fuzzing,stateful"),
+}
+# The one answer allowed to fail a check: a budget the client set at a few milliseconds
+# (X-Deadline-Ms, clamped to 5 at the least) can be spent in the queue of a busy machine, and the
+# documented answer is then 503 deadline_exceeded (with Retry-After), whatever else the request was.
+LATE_BUDGET_MS = 25
+SCHEMATHESIS_CONFIG = """
+# A request refused for its size (more than BATCH_MAX items) is rejected: 413 is a rejection.
+[checks.negative_data_rejection]
+expected-statuses = ["400", "401", "403", "404", "405", "406", "409", "413", "415", "422", "428", "429", "5xx"]
+
+# Scenarios of a few calls each (the stateful phase is the dearest per case).
+[phases.stateful]
+max-steps = 4
+
+[phases.stateful.generation]
+max-examples = 10
+
+# Header fields and query parameters the service does not know are ignored, as HTTP has them
+# ignored (RFC 9110, 5.1): adding one does not make a request invalid.
+[generation]
+allow-extra-parameters = false
+
+# What JSON Schema cannot say of an inference request: that `data` holds exactly N x 30 numbers for
+# the shape [N, 30], and that binary_data_size bytes follow the JSON header. The document says it in
+# the descriptions and declares the 400; a request valid by the schema that breaks it is answered
+# 400. Every other operation must accept every request its schema accepts.
+[[operations]]
+include-path-regex = "/infer$"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "3xx", "400", "401", "403", "404", "409", "429", "5xx"]
+"""
+
+
+def late(interaction: dict) -> bool:
+    """Whether an answer is the documented deadline_exceeded to a budget the request set at a few
+    milliseconds."""
+    request = interaction.get("request") or {}
+    response = interaction.get("response") or {}
+    asked = (request.get("headers") or {}).get("X-Deadline-Ms", [None])[0]
+    try:
+        budget = budget_ms(asked, default_ms=LATE_BUDGET_MS + 1)  # no header: the default, not a few ms
+    except InvalidDeadline:
+        return False
+    content = response.get("content") or {}
+    body = base64.b64decode(content["$base64"]) if "$base64" in content else str(content.get("text", "")).encode()
+    retry_after = (response.get("headers") or {}).get("retry-after", [None])[0]
+    path = urlsplit(request.get("uri", "")).path
+    return budget <= LATE_BUDGET_MS and is_deadline_answer(path, response.get("status_code"), retry_after, body)
+
+
+def schemathesis_events(report: Path):
+    for line in report.read_text().splitlines():
+        (kind, event), *_ = json.loads(line).items()
+        yield kind, event
+
+
+@pytest.mark.parametrize("run", RUNS)
+def test_schemathesis_with_every_check_finds_nothing_undocumented(fuzz_stack, tmp_path, run):
+    seed, phases = RUNS[run]
+    config = tmp_path / "schemathesis.toml"
+    config.write_text(SCHEMATHESIS_CONFIG)
+    report = tmp_path / "events.ndjson"
+    command = [
+        str(Path(sys.executable).with_name("schemathesis")),
+        "--config-file",
+        str(config),
+        "--no-color",
+        "run",
+        f"{fuzz_stack.base_url}/openapi.json",
+        "--checks",
+        "all",
+        "--phases",
+        phases,
+        "--header",
+        f"X-API-Key: {TEST_KEY}",
+        "--max-examples",
+        str(CONFORMANCE_EXAMPLES),
+        "--seed",
+        str(seed),
+        "--workers",
+        "1",
+        "--continue-on-failure",
+        # Shrinking replays a failing case many times: for a late answer, to no purpose.
+        "--no-shrink",
+        "--generation-database",
+        "none",
+        "--request-timeout",
+        "10",
+        "--report",
+        "ndjson",
+        "--report-ndjson-path",
+        str(report),
+    ]
+    replay = f": replay with CONFORMANCE_SEED={seed}" if seed != FIXED_SEED else ""
+    print(f"\nschemathesis seed {seed} ({phases}){replay}")
+    ran = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    summary = ran.stdout[ran.stdout.rfind("SUMMARY") :] if "SUMMARY" in ran.stdout else ran.stdout[-3000:]
+    cases = checks = late_answers = 0
+    operations = set()
+    failures, errors = [], []
+    for kind, event in schemathesis_events(report):
+        if kind == "NonFatalError" or kind == "FatalError":
+            errors.append(event)
+        if kind != "ScenarioFinished":
+            continue
+        if event["status"] == "error":
+            errors.append(event["recorder"]["label"])
+        recorder = event["recorder"]
+        operations.add(recorder["label"])
+        for case_id, results in recorder.get("checks", {}).items():
+            cases += 1
+            checks += len(results)
+            failed = [r["name"] for r in results if r["status"] == "failure"]
+            if not failed:
+                continue
+            interaction = recorder["interactions"].get(case_id, {})
+            if late(interaction):
+                late_answers += 1
+            else:
+                request = interaction.get("request", {})
+                failures.append((recorder["label"], failed, request.get("method"), request.get("uri")))
+    print(
+        f"schemathesis seed {seed}: {len(operations)} operations and scenarios, {cases} cases, {checks} checks, "
+        f"{len(failures)} failures, {late_answers} deadline_exceeded answers to budgets <= {LATE_BUDGET_MS} ms\n"
+        + summary
+    )
+    assert not errors, (errors, ran.stderr[-3000:])
+    assert cases > 0, ran.stdout[-3000:] + ran.stderr[-3000:]
+    assert not failures, (failures[:20], summary)

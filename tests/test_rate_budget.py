@@ -17,11 +17,12 @@ from service.api._budget import SLOT_BYTES, spend
 from service.api.app import create_app
 from service.api.budget import RowBudget
 from service.api.errors import ApiError
+from service.api.routes import ROUTES
 from service.core.settings import from_mapping
 from service.engine.loader import load_model
 from service.engine.scoring import Scoring
 from stack.launcher import TEMPLATE
-from tests.helpers import OTHER_KEY, TEST_KEY, sample_transaction
+from tests.helpers import OTHER_KEY, TEST_KEY, blocks, location_for, nginx_locations, sample_transaction
 
 T0 = 10**15  # an arbitrary instant on the monotonic clock, in ns
 S = 10**9
@@ -181,34 +182,8 @@ def test_forked_workers_spend_one_budget_atomically():
 # --- The routing table ---------------------------------------------------------------------------
 
 # ALB checks, Kubernetes probes (V2's live and ready) and internal scrapes: never limited
-EXEMPT = {"/health", "/v2/health/live", "/v2/health/ready", "/metrics"}
+EXEMPT = {route.path for route in ROUTES if route.probe}
 ZONES = ("limit_req zone=per_ip ", "limit_req zone=per_key ")
-
-
-def blocks(text: str, opening: str) -> dict[str, str]:
-    """The bodies of nginx blocks whose header matches `opening` (one group: the block's name)."""
-    found = {}
-    for match in re.finditer(opening + r"\s*\{", text):
-        depth, i = 1, match.end()
-        while depth:
-            depth += {"{": 1, "}": -1}.get(text[i], 0)
-            i += 1
-        found[match.group(1)] = text[match.end() : i - 1]
-    return found
-
-
-def nginx_locations(template: str) -> dict[str, str]:
-    """'= /path' or '/prefix' -> block body. Regex locations would defeat the lookup below."""
-    locations = blocks(template, r"\blocation\s+((?:=\s*)?/[^\s{]*)")
-    assert not re.search(r"\blocation\s+[~@]", template), "regex and named locations are not covered by this test"
-    return {re.sub(r"=\s*", "= ", name): body for name, body in locations.items()}
-
-
-def location_for(locations: dict[str, str], path: str) -> str:
-    """nginx's choice for a path: an exact match, else the longest matching prefix."""
-    if f"= {path}" in locations:
-        return f"= {path}"
-    return max((name for name in locations if not name.startswith("=") and path.startswith(name)), key=len)
 
 
 def unlimited_in_nginx(template: str, paths: list[str]) -> list[str]:
@@ -234,7 +209,7 @@ def unlimited_in_nginx(template: str, paths: list[str]) -> list[str]:
 
 
 def routes(app: falcon.App) -> dict[str, object]:
-    """Every path template the app serves, with its resource (static routes by their prefix)."""
+    """Every path template the app serves, with its resource."""
     found: dict[str, object] = {}
 
     def walk(nodes) -> None:
@@ -244,8 +219,6 @@ def routes(app: falcon.App) -> dict[str, object]:
             walk(node.children)
 
     walk(app._router._roots)
-    for static, *_ in app._static_routes:
-        found[static._prefix] = static
     return found
 
 
@@ -287,7 +260,7 @@ def model(settings):
 def test_every_route_the_app_serves_is_limited_by_both_nginx_zones(settings, model):
     paths = [concrete(template) for template in routes(create_app(settings, model))]
     paths += [concrete(template) for template in routes(create_app(settings, None, "no model"))]
-    assert "/v1/fraud-score/batch" in paths and "/docs/static/" in paths
+    assert "/v1/fraud-score/batch" in paths and "/docs/static/x" in paths
     assert unlimited_in_nginx(TEMPLATE.read_text(), paths) == []
 
 

@@ -210,6 +210,9 @@ def test_json_data_nested_or_flat_ints_or_floats_score_alike(client, rows):
     ints = post(client, tensor([1] * 30))
     floats = post(client, tensor([1.0] * 30))
     assert ints.status == 200 and ints.json == floats.json
+    # 1.0 is a JSON integer (JSON Schema's reading, which the OpenAPI document's shape uses).
+    whole = post(client, tensor([1.0] * 30, shape=(1.0, 30.0)))
+    assert whole.status == 200 and whole.json == floats.json, whole.raw
 
 
 BAD_REQUESTS = [
@@ -218,6 +221,8 @@ BAD_REQUESTS = [
     (tensor([0.5] * 30, shape=(0, 30)), 400, "shape must be [N, 30]"),
     (tensor([0.5] * 30, shape=(1, 30, 1)), 400, "shape must be [N, 30]"),
     (tensor([0.5] * 30, shape=("1", 30)), 400, "shape must be [N, 30]"),
+    (tensor([0.5] * 30, shape=(1.5, 30)), 400, "shape must be [N, 30]"),
+    (tensor([0.5] * 30, shape=(True, 30)), 400, "shape must be [N, 30]"),
     (tensor([0.5] * 30, datatype="INT32"), 400, "datatype must be FP64 or FP32"),
     (tensor([0.5] * 30, datatype=["FP64"]), 400, "datatype must be FP64 or FP32"),  # unhashable
     (tensor([0.5] * 30, datatype={"FP64": 1}), 400, "datatype must be FP64 or FP32"),
@@ -244,6 +249,30 @@ BAD_REQUESTS = [
         "classification",
     ),
     (tensor([0.5] * 30) | {"parameters": {"binary_data_output": "yes"}}, 400, "binary_data_output must be a boolean"),
+    # What the OpenAPI document refuses, the service refuses: an id is a string, parameters an object.
+    (tensor([0.5] * 30) | {"id": 7}, 400, "id must be a string, got int"),
+    (tensor([0.5] * 30) | {"parameters": None}, 400, "parameters must be an object"),
+    (tensor([0.5] * 30) | {"outputs": [{"name": "is_fraud", "parameters": False}]}, 400, "parameters must be"),
+    (
+        {"inputs": [{"name": "features", "shape": [1, 30], "datatype": "FP64", "data": [0.5] * 30, "parameters": []}]},
+        400,
+        "input 'features': parameters must be an object",
+    ),
+    (
+        {
+            "inputs": [
+                {
+                    "name": "features",
+                    "shape": [1, 30],
+                    "datatype": "FP64",
+                    "data": [0.5] * 30,
+                    "parameters": {"binary_data_size": None},
+                }
+            ]
+        },
+        400,
+        "data and binary_data_size are exclusive",
+    ),
     ('{"inputs": [{"name": "features", "shape": [1, 30], "datatype": "FP64", "data": [NaN]}]}', 400, "not valid JSON"),
     ("{", 400, "not valid JSON"),
     ("", 400, "not valid JSON"),

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import mimetypes
 import os
 import time
 import uuid
 from importlib import resources
+from importlib.resources.abc import Traversable
 from typing import Any
 
 import falcon
@@ -28,6 +30,7 @@ from service.api.resources import (
     ModelUnavailableResource,
     StaticJson,
 )
+from service.api.routes import mount
 from service.api.v2 import add_routes as add_v2_routes
 from service.contract.schema import TransactionValidator, batch_document, load_schema_document
 from service.core.settings import Settings
@@ -81,6 +84,23 @@ class DocsPage:
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.text = DOCS_PAGE
         resp.content_type = falcon.MEDIA_HTML
+
+
+class DocsAssets:
+    """The docs page's own Swagger UI files (no CDN), read once: GET and HEAD only, as any route."""
+
+    def __init__(self, folder: Traversable) -> None:
+        self._files = {
+            f.name: (f.read_bytes(), mimetypes.guess_type(f.name)[0] or "application/octet-stream")
+            for f in folder.iterdir()
+            if f.is_file()
+        }
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, asset: str) -> None:
+        found = self._files.get(asset)
+        if found is None:
+            raise falcon.HTTPNotFound()
+        resp.data, resp.content_type = found
 
 
 def model_info(
@@ -151,14 +171,21 @@ def create_app(
     budget = budget or RowBudget.for_settings(settings)
     document = load_schema_document()
 
-    app.add_route(
+    mount(
+        app,
         "/openapi.json",
         StaticJson(
-            build_openapi(document, settings.batch_max, settings.app_version, by_id=bool(settings.feature_store_url))
+            build_openapi(
+                document,
+                settings.batch_max,
+                settings.app_version,
+                deadline_ms=settings.request_deadline_ms,
+                by_id=bool(settings.feature_store_url),
+            )
         ),
     )
-    app.add_route("/docs", DocsPage())
-    app.add_static_route("/docs/static", str(resources.files("service.api").joinpath("static/swagger-ui")))
+    mount(app, "/docs", DocsPage())
+    mount(app, "/docs/static/{asset}", DocsAssets(resources.files("service.api").joinpath("static/swagger-ui")))
     drift = drift_counter(model) if model is not None else None
     # nginx serves it to internal networks only
     log_status = (
@@ -166,9 +193,10 @@ def create_app(
         if settings.prediction_log_dir
         else []
     )
-    app.add_route("/metrics", metrics.MetricsResource(([drift] if drift else []) + log_status))
+    mount(app, "/metrics", metrics.MetricsResource(([drift] if drift else []) + log_status))
     if settings.prediction_log_dir:
-        app.add_route(
+        mount(
+            app,
             "/health/prediction-log",
             PredictionLogStatusResource(
                 settings.prediction_log_dir, settings.prediction_log_max_bytes, settings.prediction_log_segment_seconds
@@ -176,22 +204,23 @@ def create_app(
         )
 
     if model is None:
-        app.add_route(
+        mount(
+            app,
             "/health",
             StaticJson(
                 {"status": "unhealthy", "model_loaded": False, "reason": unavailable_reason}, status=falcon.HTTP_503
             ),
         )
-        app.add_route("/v1/fraud-score", ModelUnavailableResource(unavailable_reason, "post"))
-        app.add_route("/v1/fraud-score/batch", ModelUnavailableResource(unavailable_reason, "post"))
-        app.add_route("/v1/model-info", ModelUnavailableResource(unavailable_reason, "get"))
+        mount(app, "/v1/fraud-score", ModelUnavailableResource(unavailable_reason, "post"))
+        mount(app, "/v1/fraud-score/batch", ModelUnavailableResource(unavailable_reason, "post"))
+        mount(app, "/v1/model-info", ModelUnavailableResource(unavailable_reason, "get"))
         add_v2_routes(app, settings.app_version, keys, settings.batch_max, None, budget, unavailable_reason)
-        app.add_route("/v1/drift", ModelUnavailableResource(unavailable_reason, "get"))
-        app.add_route("/v1/drift/reset", ModelUnavailableResource(unavailable_reason, "post"))
+        mount(app, "/v1/drift", ModelUnavailableResource(unavailable_reason, "get"))
+        mount(app, "/v1/drift/reset", ModelUnavailableResource(unavailable_reason, "post"))
         if settings.feature_store_url:
-            app.add_route("/v1/fraud-score/by-id", ModelUnavailableResource(unavailable_reason, "post"))
-            app.add_route("/v1/fraud-score/by-id/batch", ModelUnavailableResource(unavailable_reason, "post"))
-            app.add_route("/health/feature-store", StoreStatusResource(feature_store(settings)))  # model or not
+            mount(app, "/v1/fraud-score/by-id", ModelUnavailableResource(unavailable_reason, "post"))
+            mount(app, "/v1/fraud-score/by-id/batch", ModelUnavailableResource(unavailable_reason, "post"))
+            mount(app, "/health/feature-store", StoreStatusResource(feature_store(settings)))  # model or not
         return app
 
     ood = OutOfDistribution.for_model(model.manifest, settings.ood_z)
@@ -220,9 +249,10 @@ def create_app(
     )
     metrics.set_model_version(model.version)
     metrics.set_ood_heldout_rate(ood.summary.get("heldout_rate"))
-    app.add_route("/health", StaticJson({"status": "healthy", "model_loaded": True}))
-    app.add_route("/v1/fraud-score", FraudScoreResource(scoring, TransactionValidator(document), keys, budget))
-    app.add_route(
+    mount(app, "/health", StaticJson({"status": "healthy", "model_loaded": True}))
+    mount(app, "/v1/fraud-score", FraudScoreResource(scoring, TransactionValidator(document), keys, budget))
+    mount(
+        app,
         "/v1/fraud-score/batch",
         BatchScoreResource(
             scoring,
@@ -232,12 +262,12 @@ def create_app(
             settings.batch_max,
         ),
     )
-    app.add_route(
-        "/v1/model-info", StaticJson(model_info(model, settings, ood, challenger, challenger_refused), keys=keys)
+    mount(
+        app, "/v1/model-info", StaticJson(model_info(model, settings, ood, challenger, challenger_refused), keys=keys)
     )
     drift_resource = DriftResource(drift, keys)
-    app.add_route("/v1/drift", drift_resource)
-    app.add_route("/v1/drift/reset", drift_resource, suffix="reset")
+    mount(app, "/v1/drift", drift_resource)
+    mount(app, "/v1/drift/reset", drift_resource, "reset")
     add_v2_routes(app, settings.app_version, keys, settings.batch_max, scoring, budget)
     if settings.feature_store_url:
         add_by_id_routes(app, settings, scoring, TransactionValidator(document), keys, budget)
@@ -254,9 +284,9 @@ def add_by_id_routes(
 ) -> None:
     store = feature_store(settings)
     stored = StoredRows(store, transaction)
-    app.add_route("/v1/fraud-score/by-id", ByIdScoreResource(scoring, stored, keys, budget))
-    app.add_route("/v1/fraud-score/by-id/batch", ByIdBatchResource(scoring, stored, keys, budget, settings.batch_max))
-    app.add_route("/health/feature-store", StoreStatusResource(store))
+    mount(app, "/v1/fraud-score/by-id", ByIdScoreResource(scoring, stored, keys, budget))
+    mount(app, "/v1/fraud-score/by-id/batch", ByIdBatchResource(scoring, stored, keys, budget, settings.batch_max))
+    mount(app, "/health/feature-store", StoreStatusResource(store))
 
 
 def prediction_spool(settings: Settings) -> Spool | None:

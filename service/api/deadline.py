@@ -11,7 +11,8 @@ charged.
 
 A plain WSGI wrapper around the Falcon app rather than a Falcon middleware: a refusal costs a couple
 of microseconds instead of a Falcon request, routing, the middleware chain and error handling
-(`python -m perf.experiments.deadline_cost` compares the two). The routes it guards are read from the app once.
+(`python -m perf.experiments.deadline_cost` compares the two). The routes it guards are the route
+table's (service/api/routes.py): the API's, never a health check, /metrics or the docs.
 
 Without the stamp (a direct call to gunicorn, falcon's test client) nothing is shed: only nginx
 sets the header, and it replaces one a client sends. docs/operations.md#deadlines-and-overload."""
@@ -28,6 +29,7 @@ import falcon.inspect
 import orjson
 
 from service.api.errors import JSON, protocol_v2
+from service.api.routes import DEADLINE_ROUTES, SHED_METHODS
 from service.core.settings import DEADLINE_MAX_MS, DEADLINE_MIN_MS
 from service.telemetry.trace_context import HEADER as TRACE_HEADER
 from service.telemetry.trace_context import server_span, trace_id
@@ -35,14 +37,12 @@ from service.telemetry.trace_context import server_span, trace_id
 # Room for the work itself: a single score is a fraction of a millisecond in the worker, and the
 # answer still has to go back through nginx. A request with less left would be answered late.
 RESERVE_MS = 2.0
+DEADLINE_HEADER = "X-Deadline-Ms"
 RETRY_AFTER_SECONDS = "1"
 SPENT = (
     "the request waited {waited_ms:.0f} ms in the queue of its {budget} ms budget; "
     "retry after Retry-After, or fall back to your own rule"
 )
-# Only the API's routes are shed: health checks (the V2 probes too), metrics and the docs always answer.
-SHED_PREFIXES = ("/v1/", "/v2/")
-NEVER_SHED_PREFIXES = ("/v2/health/",)
 ROUTES_REMEMBERED = 4096  # paths resolved to their route template; templated paths repeat
 # Where the wall-clock time a request's answer is due is left for code that waits inside it.
 DUE = "fraud.due"
@@ -62,19 +62,15 @@ def budget_ms(header: str | None, default_ms: int) -> int:
         asked = int(header)
     except ValueError:
         raise InvalidDeadline(
-            f"X-Deadline-Ms must be a whole number of milliseconds ({DEADLINE_MIN_MS} to {DEADLINE_MAX_MS}), "
+            f"{DEADLINE_HEADER} must be a whole number of milliseconds ({DEADLINE_MIN_MS} to {DEADLINE_MAX_MS}), "
             f"got {header[:32]!r}"
         ) from None
     return min(max(asked, DEADLINE_MIN_MS), DEADLINE_MAX_MS)
 
 
-def guarded(template: str) -> bool:
-    return template.startswith(SHED_PREFIXES) and not template.startswith(NEVER_SHED_PREFIXES)
-
-
 def guarded_routes(app: falcon.App) -> frozenset[str]:
     """The route templates of the app that are guarded (what the tests walk)."""
-    return frozenset(r.path for r in falcon.inspect.inspect_routes(app) if guarded(r.path))
+    return frozenset(r.path for r in falcon.inspect.inspect_routes(app) if r.path in DEADLINE_ROUTES)
 
 
 def route_of(app: falcon.App) -> Callable[[str], str | None]:
@@ -86,7 +82,7 @@ def route_of(app: falcon.App) -> Callable[[str], str | None]:
     def route(path: str) -> str | None:
         found = find(path)
         template = found[3] if found else None
-        return template if template and guarded(template) else None
+        return template if template in DEADLINE_ROUTES else None
 
     return route
 
@@ -116,7 +112,7 @@ class Deadlines:
         if stamp is None:
             return self._app(environ, start_response)
         route = self._route(environ.get("PATH_INFO") or "/")
-        if route is None:
+        if route is None or environ.get("REQUEST_METHOD") not in SHED_METHODS[route]:
             return self._app(environ, start_response)
         now = self._clock()
         try:

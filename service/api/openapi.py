@@ -4,8 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from service.api.deadline import SHED_PREFIXES
-from service.api.v2 import EXTENSIONS, HEADER_LENGTH, INPUT, MODEL_NAME, OUTPUTS
+from service.api.deadline import DEADLINE_HEADER, InvalidDeadline, budget_ms
+from service.api.errors import protocol_v2
+from service.api.routes import BY_PATH
+from service.api.v2 import (
+    EXTENSIONS,
+    FLOAT32_MAX,
+    HEADER_LENGTH,
+    INPUT,
+    INPUT_TYPES,
+    MODEL_NAME,
+    OUTPUTS,
+    model_metadata,
+)
 from service.contract.schema import (
     BATCH_FIELD,
     ID_FIELD,
@@ -16,10 +27,12 @@ from service.contract.schema import (
     embeddable,
     sample_transaction,
 )
+from service.core import threshold
 from service.core.features import FEATURES, N_FEATURES
 from service.core.settings import DEADLINE_MAX_MS, DEADLINE_MIN_MS
 
 JSON = "application/json"
+EXAMPLE_VERSION = "rf-20261129-cd0ce935"  # what `make model` names a model
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -33,10 +46,12 @@ def _json(schema: dict[str, Any], example: Any = None) -> dict[str, Any]:
     return {"content": {JSON: content}}
 
 
-def _error(description: str, example_code: str, example_message: str) -> dict[str, Any]:
+def _error(
+    description: str, example_code: str, example_message: str, headers: dict[str, Any] | None = None
+) -> dict[str, Any]:
     return {
         "description": description,
-        "headers": _TRACE_HEADERS,
+        "headers": headers or _TRACE_HEADERS,
         **_json(_ref("Error"), {"error": example_code, "message": example_message}),
     }
 
@@ -139,7 +154,8 @@ _SCHEMAS: dict[str, Any] = {
                     "value": {"type": "integer", "description": "is-fraud when fraud-score >= value"},
                     "source": {
                         "enum": ["environment", "manifest", "default"],
-                        "description": "FRAUD_THRESHOLD, the cost-chosen threshold recorded at training, or 50",
+                        "description": "FRAUD_THRESHOLD, the cost-chosen threshold recorded at training, or "
+                        f"{threshold.DEFAULT}",
                     },
                 },
             },
@@ -190,69 +206,6 @@ _V2_SCHEMAS: dict[str, Any] = {
             "outputs": {"type": "array", "items": _V2_TENSOR},
         },
     },
-    "V2InferenceRequest": {
-        "type": "object",
-        "required": ["inputs"],
-        "properties": {
-            "id": {"type": "string", "description": "echoed in the response"},
-            "parameters": {
-                "type": "object",
-                "properties": {
-                    "binary_data_output": {
-                        "type": "boolean",
-                        "description": "every output as binary data after the JSON header (default false)",
-                    }
-                },
-            },
-            "inputs": {
-                "type": "array",
-                "minItems": 1,
-                "maxItems": 1,
-                "items": {
-                    "type": "object",
-                    "required": ["name", "datatype", "shape"],
-                    "properties": {
-                        "name": {"const": INPUT},
-                        "datatype": {"enum": ["FP64", "FP32"]},
-                        "shape": {
-                            "type": "array",
-                            "prefixItems": [{"type": "integer", "minimum": 1}, {"const": N_FEATURES}],
-                            "minItems": 2,
-                            "maxItems": 2,
-                            "description": f"[N, {N_FEATURES}]: N rows of the features in the model's order",
-                        },
-                        "data": {
-                            "type": "array",
-                            "description": "row-major numbers, flat (N x 30) or nested (N rows of 30); "
-                            "absent when the tensor is sent as binary data",
-                        },
-                        "parameters": {
-                            "type": "object",
-                            "properties": {
-                                "binary_data_size": {
-                                    "type": "integer",
-                                    "description": "bytes of little-endian binary data after the JSON header "
-                                    "(N x 30 x 8 for FP64, x 4 for FP32)",
-                                }
-                            },
-                        },
-                    },
-                },
-            },
-            "outputs": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "required": ["name"],
-                    "properties": {
-                        "name": {"enum": list(OUTPUTS)},
-                        "parameters": {"type": "object", "properties": {"binary_data": {"type": "boolean"}}},
-                    },
-                },
-                "description": "which outputs, in which order, each as JSON or binary (default: all three)",
-            },
-        },
-    },
     "V2InferenceResponse": {
         "type": "object",
         "required": ["model_name", "outputs"],
@@ -279,11 +232,118 @@ _V2_SCHEMAS: dict[str, Any] = {
 }
 
 
+def _v2_inference_request(batch_max: int) -> dict[str, Any]:
+    """What Inference accepts, as far as JSON Schema can say it. It cannot say that `data` holds
+    exactly shape[0] x N_FEATURES numbers, nor that binary_data_size bytes follow the JSON header
+    (Inference-Header-Content-Length long): those are in the descriptions, and a request that breaks
+    them is answered 400."""
+    value = {"type": "number", "minimum": -FLOAT32_MAX, "maximum": FLOAT32_MAX}
+    parameters = {"type": "object", "description": "absent, or an object"}
+    return {
+        "type": "object",
+        "required": ["inputs"],
+        "properties": {
+            "id": {"type": "string", "description": "echoed in the response"},
+            "parameters": {
+                **parameters,
+                "properties": {
+                    "binary_data_output": {
+                        "type": "boolean",
+                        "description": "every output as binary data after the JSON header (default false)",
+                    }
+                },
+            },
+            "inputs": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": 1,
+                "items": {
+                    "type": "object",
+                    "required": ["name", "datatype", "shape"],
+                    "properties": {
+                        "name": {"const": INPUT},
+                        "datatype": {"enum": list(INPUT_TYPES)},
+                        "shape": {
+                            "type": "array",
+                            "prefixItems": [
+                                {"type": "integer", "minimum": 1, "maximum": batch_max},
+                                {"const": N_FEATURES},
+                            ],
+                            "minItems": 2,
+                            "maxItems": 2,
+                            "description": f"[N, {N_FEATURES}]: N <= BATCH_MAX ({batch_max}) rows of the features "
+                            "in the model's order",
+                        },
+                        "data": {
+                            "anyOf": [
+                                {"type": "array", "minItems": N_FEATURES, "items": value},
+                                {
+                                    "type": "array",
+                                    "minItems": 1,
+                                    "items": {
+                                        "type": "array",
+                                        "minItems": N_FEATURES,
+                                        "maxItems": N_FEATURES,
+                                        "items": value,
+                                    },
+                                },
+                            ],
+                            "description": f"row-major numbers within float32's range, flat (N x {N_FEATURES}) or "
+                            f"nested (N rows of {N_FEATURES}), N as the shape says",
+                        },
+                        "parameters": {
+                            **parameters,
+                            "properties": {
+                                "binary_data_size": {
+                                    "type": "integer",
+                                    "description": "the tensor as binary data instead of `data`: this many bytes of "
+                                    "little-endian values follow the JSON header, "
+                                    + ", ".join(
+                                        f"N x {N_FEATURES} x {dtype.itemsize} for {name}"
+                                        for name, dtype in INPUT_TYPES.items()
+                                    ),
+                                }
+                            },
+                        },
+                    },
+                    # The tensor's values come one way: as JSON data or as binary data.
+                    "oneOf": [
+                        {"required": ["data"]},
+                        {"required": ["parameters"], "properties": {"parameters": {"required": ["binary_data_size"]}}},
+                    ],
+                },
+            },
+            "outputs": {
+                "type": "array",
+                "minItems": 1,
+                "items": {
+                    "type": "object",
+                    "required": ["name"],
+                    "properties": {
+                        "name": {"enum": list(OUTPUTS)},
+                        "parameters": {
+                            **parameters,
+                            "properties": {
+                                "binary_data": {"type": "boolean"},
+                                "classification": {
+                                    "description": 'not supported: any value but 0, false, null or "" is refused'
+                                },
+                            },
+                        },
+                    },
+                },
+                "description": "which outputs, each at most once, in which order, each as JSON or binary "
+                "(default: all three)",
+            },
+        },
+    }
+
+
 def _v2_error(description: str, example: str, headers: dict[str, Any] = _TRACE_HEADERS) -> dict[str, Any]:
     return {"description": description, "headers": headers, **_json(_ref("V2Error"), {"error": example})}
 
 
-def _v2_paths(batch_max: int) -> dict[str, Any]:
+def _v2_paths(batch_max: int, app_version: str) -> dict[str, Any]:
     """The Open Inference Protocol (KServe V2) routes, documented in docs/api.md."""
     name = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}, "example": MODEL_NAME}
     version = {"name": "version", "in": "path", "required": True, "schema": {"type": "string"}}
@@ -313,19 +373,24 @@ def _v2_paths(batch_max: int) -> dict[str, Any]:
         },
         "responses": {
             "200": {
-                "description": "outputs probability (FP64, exactly predict_proba), fraud_score (INT32), is_fraud "
-                f"(BOOL); application/octet-stream with {HEADER_LENGTH} when an output is binary",
+                "description": "outputs "
+                + ", ".join(f"{name} ({datatype})" for name, (datatype, *_) in OUTPUTS.items())
+                + f" (the probability exactly predict_proba's); application/octet-stream with {HEADER_LENGTH} "
+                "when an output is binary",
                 "headers": _TRACE_HEADERS,
                 **_json(_ref("V2InferenceResponse")),
             },
             "400": _v2_error(
                 "not valid JSON; wrong input name, shape or datatype; a value not a finite number within float32's "
                 "range; binary data of the wrong size; an unknown output",
-                "input 'features': shape must be [N, 30] with N >= 1, got [1, 29]",
+                f"input '{INPUT}': shape must be [N, {N_FEATURES}] with N >= 1, got [1, {N_FEATURES - 1}]",
             ),
             "403": forbidden,
             "404": unknown,
-            "413": _v2_error("more than BATCH_MAX rows, or a body over nginx's limit", "at most 1000 rows …"),
+            "413": _v2_error(
+                f"more than BATCH_MAX ({batch_max}) rows, or a body over nginx's limit",
+                f"input '{INPUT}': at most {batch_max} rows per request (BATCH_MAX), got {batch_max + 1}",
+            ),
             "415": _v2_error("a compressed body", "compressed request bodies are not supported"),
             "429": _v2_error("rate limit exceeded", "too many requests …", _RETRY),
             "503": unavailable,
@@ -334,7 +399,11 @@ def _v2_paths(batch_max: int) -> dict[str, Any]:
     metadata = {
         "summary": "Model metadata: input and output names, datatypes, shapes",
         "responses": {
-            "200": {"description": "the model", "headers": _TRACE_HEADERS, **_json(_ref("V2ModelMetadata"))},
+            "200": {
+                "description": "the model",
+                "headers": _TRACE_HEADERS,
+                **_json(_ref("V2ModelMetadata"), model_metadata(EXAMPLE_VERSION)),
+            },
             "403": forbidden,
             "404": unknown,
             "503": unavailable,
@@ -356,7 +425,7 @@ def _v2_paths(batch_max: int) -> dict[str, Any]:
                         "description": "name, version, extensions",
                         **_json(
                             _ref("V2ServerMetadata"),
-                            {"name": "fraud-scoring", "version": "1.0.0", "extensions": EXTENSIONS},
+                            {"name": "fraud-scoring", "version": app_version, "extensions": EXTENSIONS},
                         ),
                     }
                 },
@@ -461,55 +530,116 @@ def by_id_paths(batch_max: int, explain: dict[str, Any], errors: dict[str, Any],
 
 
 def build_openapi(
-    transaction_schema: dict[str, Any], batch_max: int, app_version: str, by_id: bool = False
+    transaction_schema: dict[str, Any], batch_max: int, app_version: str, *, deadline_ms: int, by_id: bool = False
 ) -> dict[str, Any]:
-    return with_deadlines(_document(transaction_schema, batch_max, app_version, by_id))
+    """`batch_max` and `deadline_ms` are the settings in force (BATCH_MAX, REQUEST_DEADLINE_MS)."""
+    return by_route(_document(transaction_schema, batch_max, app_version, by_id), deadline_ms)
 
 
-_DEADLINE_PARAMETER = {
-    "name": "X-Deadline-Ms",
-    "in": "header",
-    "required": False,
-    "schema": {"type": "integer", "minimum": DEADLINE_MIN_MS, "maximum": DEADLINE_MAX_MS},
-    "description": f"this request's budget in milliseconds, counted from when nginx hands it to a worker "
-    f"(after its body is read); clamped to {DEADLINE_MIN_MS}-{DEADLINE_MAX_MS}; default REQUEST_DEADLINE_MS "
-    "(150). A request that waited its budget out is refused, unread, with 503 deadline_exceeded",
-}
+def _deadline_parameter(deadline_ms: int) -> dict[str, Any]:
+    return {
+        "name": DEADLINE_HEADER,
+        "in": "header",
+        "required": False,
+        # Any whole number is taken and clamped, so the schema bounds nothing.
+        "schema": {"type": "integer"},
+        "example": deadline_ms,
+        "description": f"this request's budget in milliseconds, counted from when nginx hands it to a worker "
+        f"(after its body is read); clamped to {DEADLINE_MIN_MS}-{DEADLINE_MAX_MS}; default REQUEST_DEADLINE_MS "
+        f"({deadline_ms}). A request that waited its budget out is refused, unread, with 503 deadline_exceeded; "
+        "one that is not a whole number, with 400 invalid_deadline",
+    }
+
+
 _DEADLINE_EXCEEDED = (
     "deadline_exceeded: the request waited its budget out in the queue and was refused unread; retry after "
     "Retry-After, or fall back to your own rule. nginx's unavailable: no worker could take it (the queue to "
     "the workers is full, or gunicorn is down)"
 )
+_BUSY = "nginx's unavailable: no worker could take it (the queue to the workers is full, or gunicorn is down)"
+_RATE_LIMITED = "over the key's or the address's request rate (nginx)"
 
 
-_DEADLINE_EXAMPLE = {
-    "error": "deadline_exceeded",
-    "message": "the request waited 163 ms in the queue of its 150 ms budget; retry after Retry-After, "
-    "or fall back to your own rule",
-}
+def _invalid_deadline_message(header: str) -> str:
+    try:
+        budget_ms(header, DEADLINE_MIN_MS)
+    except InvalidDeadline as e:
+        return str(e)
+    raise ValueError(f"{header!r} is a valid {DEADLINE_HEADER}")
 
 
-def with_deadlines(document: dict[str, Any]) -> dict[str, Any]:
-    """Every operation of the API's versioned routes takes X-Deadline-Ms and may answer 503 deadline_exceeded."""
-    document["components"].setdefault("parameters", {})["X-Deadline-Ms"] = _DEADLINE_PARAMETER
+def _deadline_example(deadline_ms: int) -> dict[str, str]:
+    return {
+        "error": "deadline_exceeded",
+        "message": f"the request waited {deadline_ms + 13} ms in the queue of its {deadline_ms} ms budget; "
+        "retry after Retry-After, or fall back to your own rule",
+    }
+
+
+def _shaped(v2: bool, description: str, code: str, message: str, headers: dict[str, Any] = _TRACE_HEADERS) -> dict:
+    """An error answer in the route's shape: the Open Inference Protocol's under /v2, else the service's."""
+    return _v2_error(description, message, headers) if v2 else _error(description, code, message, headers)
+
+
+def _also(response: dict[str, Any] | None, description: str, fallback: dict[str, Any]) -> dict[str, Any]:
+    """A status the operation may already answer for other reasons, now for one more."""
+    if response is None:
+        return fallback
+    return {**response, "description": f"{response['description']}; {description}"}
+
+
+def by_route(document: dict[str, Any], deadline_ms: int) -> dict[str, Any]:
+    """What each operation's route (service/api/routes.py) adds to it, in the route's error shape:
+    on the routes the deadline guard sheds, X-Deadline-Ms, its 400 and its 503 deadline_exceeded;
+    on every route nginx limits (all but the probes), its 429 and 503, and 413 for a body too large.
+    Operations may share their dicts: each gets new ones."""
+    document["components"].setdefault("parameters", {})[DEADLINE_HEADER] = _deadline_parameter(deadline_ms)
     for path, operations in document["paths"].items():
-        if not path.startswith(SHED_PREFIXES):
-            continue
-        for operation in operations.values():
-            operation["parameters"] = [
-                *operation.get("parameters", []),
-                {"$ref": "#/components/parameters/X-Deadline-Ms"},
-            ]
-            other = operation["responses"].get("503", {})
-            content = other.get("content") or _json(_ref("Error"), _DEADLINE_EXAMPLE)["content"]
-            if "example" not in content[JSON]:
-                content = _json(_ref("Error"), _DEADLINE_EXAMPLE)["content"]
-            description = other.get("description")
-            operation["responses"]["503"] = {
-                "description": _DEADLINE_EXCEEDED + (f". Otherwise: {description}" if description else ""),
-                "headers": _RETRY,
-                "content": content,
-            }
+        route = BY_PATH[path]
+        v2 = protocol_v2(path)
+        for method, operation in operations.items():
+            parameters = list(operation.get("parameters", []))
+            responses = dict(operation["responses"])
+            if route.deadline:
+                parameters.append({"$ref": f"#/components/parameters/{DEADLINE_HEADER}"})
+                invalid = f"{DEADLINE_HEADER} is not a whole number (invalid_deadline)"
+                example = _invalid_deadline_message("soon")
+                responses["400"] = _also(
+                    responses.get("400"), invalid, _shaped(v2, invalid, "invalid_deadline", example)
+                )
+                late = _deadline_example(deadline_ms)
+                other = responses.get("503")
+                content = (other or {}).get("content", {}).get(JSON, {})
+                if "example" not in content:
+                    content = _shaped(v2, "", late["error"], late["message"])["content"][JSON]
+                description = other["description"] if other else None
+                responses["503"] = {
+                    "description": _DEADLINE_EXCEEDED + (f". Otherwise: {description}" if description else ""),
+                    "headers": _RETRY,
+                    "content": {JSON: content},
+                }
+            if not route.probe:
+                responses.setdefault(
+                    "429",
+                    _shaped(
+                        v2,
+                        _RATE_LIMITED,
+                        "rate_limited",
+                        "too many requests for this API key or address; retry after 1 s",
+                        _RETRY,
+                    ),
+                )
+                responses.setdefault(
+                    "503", _shaped(v2, _BUSY, "unavailable", "the scoring workers are busy; retry shortly", _RETRY)
+                )
+                if method == "post":
+                    responses.setdefault(
+                        "413",
+                        _shaped(v2, "a body over nginx's limit", "payload_too_large", "the request body is too large"),
+                    )
+            operations[method] = {**operation, "responses": responses} | (
+                {"parameters": parameters} if parameters else {}
+            )
     return document
 
 
@@ -517,7 +647,7 @@ def _document(transaction_schema: dict[str, Any], batch_max: int, app_version: s
     sample = sample_transaction()
     batch = batch_document(transaction_schema, batch_max)
     batch["properties"][BATCH_FIELD]["items"] = _ref("Transaction")
-    scored = {"fraud-score": 0, "is-fraud": False, "model-version": "rf-20261129-cd0ce935", "ood-warning": False}
+    scored = {"fraud-score": 0, "is-fraud": False, "model-version": EXAMPLE_VERSION, "ood-warning": False}
     explain = {
         "name": "explain",
         "in": "query",
@@ -535,7 +665,7 @@ def _document(transaction_schema: dict[str, Any], batch_max: int, app_version: s
         "413": _error(
             "body over nginx's limit, or more than BATCH_MAX transactions",
             "payload_too_large",
-            "the request body is larger than 8k",
+            "the request body is too large: at most … for one transaction, … for a batch",
         ),
         "415": _error(
             "Content-Type is not JSON",
@@ -559,12 +689,17 @@ def _document(transaction_schema: dict[str, Any], batch_max: int, app_version: s
             **_json(_ref("Error")),
         },
     }
+    drift_unavailable = _error(
+        "the model's manifest records no training bins",
+        "drift_unavailable",
+        "the model's manifest records no training bins: retrain it with make model",
+    )
     return {
         "openapi": "3.1.0",
         "info": {
             "title": "Fraud scoring",
             "version": app_version,
-            "description": "Scores card transactions (the 30 features of the ULB credit-card fraud data set) with a "
+            "description": f"Scores card transactions (the {N_FEATURES} features of the ULB credit-card fraud data set) with a "
             "random forest. Scores are exactly sklearn's predict_proba, as an integer percentage.",
         },
         "servers": [{"url": "/"}],
@@ -634,11 +769,7 @@ def _document(transaction_schema: dict[str, Any], batch_max: int, app_version: s
                             **_json(_ref("Drift")),
                         },
                         "403": client_errors["403"],
-                        "409": _error(
-                            "the model's manifest records no training bins",
-                            "drift_unavailable",
-                            "the model's manifest records no training bins: retrain it with make model",
-                        ),
+                        "409": drift_unavailable,
                         "503": client_errors["503"],
                     },
                 }
@@ -650,6 +781,7 @@ def _document(transaction_schema: dict[str, Any], batch_max: int, app_version: s
                     "responses": {
                         "200": {"description": "reset", "headers": _TRACE_HEADERS, **_json(_ref("Drift"))},
                         "403": client_errors["403"],
+                        "409": drift_unavailable,
                         "503": client_errors["503"],
                     },
                 }
@@ -672,7 +804,7 @@ def _document(transaction_schema: dict[str, Any], batch_max: int, app_version: s
                     },
                 }
             },
-            **_v2_paths(batch_max),
+            **_v2_paths(batch_max, app_version),
         },
         "components": {
             "schemas": {
@@ -688,6 +820,7 @@ def _document(transaction_schema: dict[str, Any], batch_max: int, app_version: s
                 ),
                 **_SCHEMAS,
                 **_V2_SCHEMAS,
+                "V2InferenceRequest": _v2_inference_request(batch_max),
             },
             "securitySchemes": {"ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}},
             "headers": {

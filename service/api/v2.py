@@ -26,6 +26,7 @@ from service.api.budget import RowBudget
 from service.api.errors import JSON, ApiError
 from service.api.prediction_log import entry as log_entry
 from service.api.resources import ModelUnavailableResource, StaticJson, require_key
+from service.api.routes import mount
 from service.core.features import FEATURES, FLOAT32_MAX, N_FEATURES
 from service.engine.scoring import Scoring
 
@@ -124,6 +125,19 @@ def _numbers(data: Any, n: int) -> np.ndarray:
         raise bad_request(f"input '{INPUT}': a value is beyond the float32 range") from None
 
 
+def _whole(value: Any) -> bool:
+    """A JSON integer, as JSON Schema counts them: 697.0 is one (bool is not)."""
+    return type(value) is int or (type(value) is float and value.is_integer())
+
+
+def _parameters(holder: dict[str, Any], where: str = "") -> dict[str, Any]:
+    """A request's, tensor's or output's `parameters`: absent, or an object."""
+    parameters = holder.get("parameters", {})
+    if not isinstance(parameters, dict):
+        raise bad_request(f"{where}parameters must be an object")
+    return parameters
+
+
 class Inference(ModelRoute):
     """POST /v2/models/{name}[/versions/{version}]/infer."""
 
@@ -179,6 +193,8 @@ class Inference(ModelRoute):
             ) from None
         if not isinstance(request, dict):
             raise bad_request("the inference request must be a JSON object")
+        if "id" in request and type(request["id"]) is not str:
+            raise bad_request(f"id must be a string, got {type(request['id']).__name__}")
         return request, view[split:]
 
     def _input(self, request: dict[str, Any]) -> tuple[dict[str, Any], int, str]:
@@ -195,12 +211,12 @@ class Inference(ModelRoute):
         if (
             not isinstance(shape, list)
             or len(shape) != 2
-            or not all(type(d) is int for d in shape)
+            or not all(_whole(d) for d in shape)
             or shape[0] < 1
             or shape[1] != N_FEATURES
         ):
             raise bad_request(f"input '{INPUT}': shape must be [N, {N_FEATURES}] with N >= 1, got {shape!r}")
-        n = shape[0]
+        n = int(shape[0])
         if n > self._batch_max:
             raise ApiError(
                 falcon.HTTP_413,
@@ -212,11 +228,8 @@ class Inference(ModelRoute):
     @staticmethod
     def _matrix(tensor: dict[str, Any], n: int, datatype: str, binary: memoryview) -> np.ndarray:
         dtype = INPUT_TYPES[datatype]
-        parameters = tensor.get("parameters") or {}
-        if not isinstance(parameters, dict):
-            raise bad_request(f"input '{INPUT}': parameters must be an object")
-        size = parameters.get("binary_data_size")
-        if size is None:
+        parameters = _parameters(tensor, f"input '{INPUT}': ")
+        if "binary_data_size" not in parameters:
             if len(binary):
                 raise bad_request(f"{len(binary)} bytes of binary data follow the header, but no input declares them")
             X = _numbers(tensor.get("data"), n)
@@ -225,6 +238,7 @@ class Inference(ModelRoute):
                     X = X.astype(np.float32).astype(np.float64)
         else:
             expected = n * N_FEATURES * dtype.itemsize
+            size = parameters["binary_data_size"]
             if "data" in tensor:
                 raise bad_request(f"input '{INPUT}': data and binary_data_size are exclusive")
             if type(size) is not int or size != expected or len(binary) != expected:
@@ -245,9 +259,7 @@ class Inference(ModelRoute):
     @staticmethod
     def _outputs(request: dict[str, Any]) -> list[tuple[str, bool]]:
         """(name, as binary) for each output to return, in the order asked (all, when none are)."""
-        parameters = request.get("parameters") or {}
-        if not isinstance(parameters, dict):
-            raise bad_request("parameters must be an object")
+        parameters = _parameters(request)
         default_binary = parameters.get("binary_data_output", False)
         if type(default_binary) is not bool:
             raise bad_request("parameters.binary_data_output must be a boolean")
@@ -263,9 +275,7 @@ class Inference(ModelRoute):
                 raise bad_request(f"unknown output {name!r}: the model's outputs are {', '.join(OUTPUTS)}")
             if any(name == seen for seen, _ in wanted):
                 raise bad_request(f"output '{name}' is asked for twice")
-            options = output.get("parameters") or {}
-            if not isinstance(options, dict):
-                raise bad_request(f"output '{name}': parameters must be an object")
+            options = _parameters(output, f"output '{name}': ")
             if options.get("classification"):
                 raise bad_request(f"output '{name}': the classification extension is not supported")
             binary = options.get("binary_data", default_binary)
@@ -291,7 +301,7 @@ class Inference(ModelRoute):
                 output["data"] = values.tolist()
             outputs.append(output)
         body: dict[str, Any] = {"model_name": MODEL_NAME, "model_version": self.version, "outputs": outputs}
-        if isinstance(request.get("id"), str):
+        if "id" in request:
             body["id"] = request["id"]
         header = orjson.dumps(body)
         if blobs:
@@ -313,21 +323,21 @@ def add_routes(
     unavailable_reason: str = "",
 ) -> None:
     """The V2 routes; without a model, the model routes answer 503 (as every model-backed route)."""
-    app.add_route("/v2", StaticJson({"name": "fraud-scoring", "version": app_version, "extensions": EXTENSIONS}))
-    app.add_route("/v2/health/live", Ready())
+    mount(app, "/v2", StaticJson({"name": "fraud-scoring", "version": app_version, "extensions": EXTENSIONS}))
+    mount(app, "/v2/health/live", Ready())
     models = ("/v2/models/{name}", "/v2/models/{name}/versions/{version}")
     if scoring is None:
-        app.add_route("/v2/health/ready", ModelUnavailableResource(unavailable_reason, "get"))
+        mount(app, "/v2/health/ready", ModelUnavailableResource(unavailable_reason, "get"))
         for path in models:
-            app.add_route(path, ModelUnavailableResource(unavailable_reason, "get"))
-            app.add_route(f"{path}/ready", ModelUnavailableResource(unavailable_reason, "get"))
-            app.add_route(f"{path}/infer", ModelUnavailableResource(unavailable_reason, "post"))
+            mount(app, path, ModelUnavailableResource(unavailable_reason, "get"))
+            mount(app, f"{path}/ready", ModelUnavailableResource(unavailable_reason, "get"))
+            mount(app, f"{path}/infer", ModelUnavailableResource(unavailable_reason, "post"))
         return
-    app.add_route("/v2/health/ready", Ready())
+    mount(app, "/v2/health/ready", Ready())
     metadata = ModelMetadata(scoring.version, keys)
     ready = ModelReady(scoring.version)
     infer = Inference(scoring.version, scoring, keys, budget, batch_max)
     for path in models:
-        app.add_route(path, metadata)
-        app.add_route(f"{path}/ready", ready)
-        app.add_route(f"{path}/infer", infer)
+        mount(app, path, metadata)
+        mount(app, f"{path}/ready", ready)
+        mount(app, f"{path}/infer", infer)
