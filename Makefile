@@ -9,10 +9,11 @@ APT_PACKAGES := nginx redis-server
 # redis-server: the local feature store `make run` starts with FEATURE_STORE_START (and the tests).
 # chromium renders /docs in a test; wrk drives load in the hostile-input tests and make chaos; git for
 # the perf-compare tests (a container build has no git); Java runs the local Spark of the bulk-scoring test.
-TEST_APT_PACKAGES := chromium wrk git openjdk-17-jre-headless $(MONITORING_APT_PACKAGES)
 # make run MONITORING=1 (and the tests of deploy/prometheus/): Prometheus (and promtool), mtail over
-# nginx's access log, and the exporter of nginx's stub_status.
+# nginx's access log, and the exporter of nginx's stub_status. Defined before TEST_APT_PACKAGES, which
+# expands it at once (:=).
 MONITORING_APT_PACKAGES := prometheus mtail prometheus-nginx-exporter
+TEST_APT_PACKAGES := chromium wrk git openjdk-17-jre-headless $(MONITORING_APT_PACKAGES)
 # make container-test: the container engine, and debootstrap for the stand-in base images.
 CONTAINER_APT_PACKAGES := podman buildah runc debootstrap
 # Host-specific podman settings (runtime, cgroups, ulimits): the project's file, never /etc.
