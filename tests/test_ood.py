@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -20,7 +21,7 @@ from model.ood_bounds import TARGET_RATE
 from service.core.artifacts import ArtifactPaths
 from service.core.features import FEATURES
 from service.core.settings import from_mapping
-from service.engine.ood import OutOfDistribution
+from service.engine.ood import UNBOUNDED, OutOfDistribution
 from service.offline.feature_writer import load
 from service.offline.score_file import score_file
 from service.offline.tables import Engine
@@ -30,6 +31,8 @@ from stack.launcher import RedisServer
 from tests.helpers import UNLIMITED, Client, as_transaction, samples, start_stack, value
 
 V14 = FEATURES.index("V14")
+TIME = FEATURES.index("Time")
+BOUNDED = [name for name in FEATURES if name not in UNBOUNDED]
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +52,7 @@ def test_the_manifest_records_the_bounds_and_the_held_out_rate(calibrated):
     assert recorded["target_rate"] == TARGET_RATE == 0.005
     assert TARGET_RATE / 2 < recorded["heldout_rate"] <= TARGET_RATE
     assert recorded["heldout_rows"] == calibrated[1]["metrics"]["n_test"]
-    assert set(recorded["bounds"]) == set(FEATURES)
+    assert set(recorded["bounds"]) == set(BOUNDED)
     assert all(low < high for low, high in recorded["bounds"].values())
 
 
@@ -88,6 +91,33 @@ def test_ood_z_is_the_old_rule_and_a_model_without_bounds_keeps_it_saying_so(cal
     assert old.low[V14] == stats["V14"]["mean"] - 3.0 * stats["V14"]["std"]
 
 
+@pytest.mark.parametrize("z", [None, 3.0], ids=["calibrated", "OOD_Z"])
+def test_time_is_a_clock_so_traffic_after_the_training_window_is_not_flagged_for_it(calibrated, z):
+    """Live traffic's Time runs past the training window by construction (seconds since a reference
+    instant): a bound on it would flag every transaction once the service outlives its training
+    data. The README's sample transaction (Time 0) and rows months later are ordinary rows."""
+    ood = OutOfDistribution.for_model(calibrated[1], z)
+    X, _ = synthetic.generate(20_000, seed=2029)
+    expected = ood.outside(X)
+    for clock in (0.0, -1.0, X[:, TIME].max() + 90 * 86_400, 1e12):
+        moved = X.copy()
+        moved[:, TIME] = clock
+        assert (ood.outside(moved) == expected).all(), clock
+        assert not ood.outside(moved)[:, TIME].any()
+    example = json.loads((Path(__file__).parents[1] / "service/contract/schemas/transaction.example.json").read_text())
+    assert ood.features([example[name] for name in FEATURES]) == []
+    assert "Time" not in ood.summary.get("bounds", {})
+
+
+def test_a_manifest_that_bounds_time_is_read_without_that_bound(calibrated):
+    """Models calibrated before Time was set apart recorded a bound for it: the service ignores it."""
+    older = json.loads(json.dumps(calibrated[1]))
+    older["ood"]["bounds"]["Time"] = [0.0, 172_792.0]
+    ood = OutOfDistribution.for_model(older, None)
+    assert (ood.low[TIME], ood.high[TIME]) == (-np.inf, np.inf)
+    assert ood.summary["bounds"] == calibrated[1]["ood"]["bounds"]
+
+
 def rows_on_the_bounds(ood: OutOfDistribution) -> np.ndarray:
     """An ordinary row with one feature on a bound (not flagged) or one float64 step beyond it
     (flagged), every feature and both bounds: a path reading another bound, or rounding the value or
@@ -95,7 +125,7 @@ def rows_on_the_bounds(ood: OutOfDistribution) -> np.ndarray:
     X, _ = synthetic.generate(4000, seed=61)
     middle = np.median(X, axis=0)
     rows = []
-    for j in range(len(FEATURES)):
+    for j in map(FEATURES.index, BOUNDED):
         for bound, away in ((ood.low[j], -np.inf), (ood.high[j], np.inf)):
             for x in (bound, np.nextafter(bound, away)):
                 row = middle.copy()
@@ -109,7 +139,7 @@ def test_every_path_reports_the_same_flags_from_the_same_bounds(calibrated, tmp_
     ood = OutOfDistribution.for_model(manifest, None)
     X = rows_on_the_bounds(ood)
     expected = [[FEATURES[j] for j in np.flatnonzero(row)] for row in ood.outside(X)]
-    assert sum(map(bool, expected)) >= 2 * len(FEATURES)  # every step beyond a bound, at least
+    assert sum(map(bool, expected)) >= 2 * len(BOUNDED)  # every step beyond a bound, at least
     transactions = [as_transaction(row) for row in X]
     ids = [f"tx-{i}" for i in range(len(X))]
     table = pa.table({"transaction_id": ids, **{name: X[:, j] for j, name in enumerate(FEATURES)}})
@@ -127,7 +157,9 @@ def test_every_path_reports_the_same_flags_from_the_same_bounds(calibrated, tmp_
         )
         try:
             client = Client("127.0.0.1", stack.settings.port)
-            info = client.request("GET", "/v1/model-info").json["ood"]
+            answer = client.request("GET", "/v1/model-info")
+            assert answer.status == 200 and "ood" in answer.json, (answer.status, answer.json)
+            info = answer.json["ood"]
             assert info["rule"] == "calibrated" and info["bounds"] == manifest["ood"]["bounds"]
             assert info["heldout_rate"] == manifest["ood"]["heldout_rate"]
             # the alarm's yardstick (docs/operations.md)

@@ -109,8 +109,8 @@ def _shape_problem(manifest: dict[str, Any]) -> str | None:
         return "`feature_stats` must map each feature to numbers `mean` and `std`"
     if _ood_problem(manifest.get("ood")):
         return (
-            "`ood` must hold numbers `target_rate`, `heldout_rate` and `tail`, and `bounds` mapping every "
-            "feature to [low, high]"
+            "`ood` must hold numbers `target_rate`, `heldout_rate` and `tail`, and `bounds` mapping "
+            "features to [low, high] (a feature without bounds is never flagged)"
         )
     if not isinstance(manifest.get("version", ""), str):
         return "`version` must be a string"
@@ -127,9 +127,10 @@ def _ood_problem(ood: Any) -> bool:
     bounds = ood.get("bounds")
     return not (
         isinstance(bounds, dict)
+        and set(bounds) <= set(FEATURES)
         and all(
             isinstance(b, list) and len(b) == 2 and all(type(v) in (int, float) for v in b) and b[0] <= b[1]
-            for b in (bounds.get(name) for name in FEATURES)
+            for b in bounds.values()
         )
     )
 

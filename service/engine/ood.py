@@ -8,7 +8,11 @@ feature, whichever rule made the bounds. The bounds come from the model's manife
   distribution are flagged at a target rate; the manifest records the rate measured there;
 - mean ± z training standard deviations (the manifest's `feature_stats`) when OOD_Z is set, or for
   a model that records no calibrated bounds (with z = 3). The 28 components are heavy-tailed, and a
-  row has 30 chances to cross 3 standard deviations: this rule flags about a third of ordinary rows."""
+  row has 30 chances to cross 3 standard deviations: this rule flags about a third of ordinary rows.
+
+`Time` is never bounded, by either rule: it is a clock (seconds since a reference instant), not a
+measurement. Live traffic runs past the training window by construction, so a bound on it would
+flag every transaction once the service has run longer than the training data spans."""
 
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ from service.core.features import FEATURES
 log = logging.getLogger(__name__)
 
 DEFAULT_Z = 3.0  # the rule of a model without calibrated bounds
+UNBOUNDED = ("Time",)  # a clock, not a measurement (see above)
 
 
 class OutOfDistribution:
@@ -30,7 +35,9 @@ class OutOfDistribution:
         """low, high: each feature's bounds in FEATURES order (-inf, inf: never flagged);
         summary: the rule and its figures, as GET /v1/model-info shows them."""
         # C-contiguous float64: the table engine reads them in C (service/offline/_columns.c).
-        self.low, self.high = (np.ascontiguousarray(bound, dtype=np.float64) for bound in (low, high))
+        self.low, self.high = (np.array(bound, dtype=np.float64, order="C") for bound in (low, high))
+        for name in UNBOUNDED:
+            self.low[FEATURES.index(name)], self.high[FEATURES.index(name)] = -np.inf, np.inf
         self.enabled = bool(np.isfinite(self.low).any() or np.isfinite(self.high).any())
         self.summary = {**summary, "enabled": self.enabled}
         self._bounds = [
@@ -44,9 +51,12 @@ class OutOfDistribution:
         """The model's calibrated bounds; z (OOD_Z) set: mean ± z std instead."""
         calibrated = manifest.get("ood")
         if z is None and calibrated:
-            low, high = np.array([calibrated["bounds"][name] for name in FEATURES], dtype=np.float64).T
+            low, high = np.array(
+                [calibrated["bounds"].get(name, (-np.inf, np.inf)) for name in FEATURES], dtype=np.float64
+            ).T
             figures = {k: calibrated[k] for k in ("target_rate", "heldout_rate", "tail")}
-            return cls(low, high, {"rule": "calibrated", **figures, "bounds": calibrated["bounds"]})
+            bounds = {name: b for name, b in calibrated["bounds"].items() if name not in UNBOUNDED}
+            return cls(low, high, {"rule": "calibrated", **figures, "bounds": bounds})
         stats = manifest.get("feature_stats")
         if not stats:
             log.warning("the model's manifest has no training statistics: out-of-distribution warnings are off")
