@@ -35,6 +35,7 @@ from perf import (
     memory,
     micro,
     overload,
+    prediction_log,
     report,
     stats,
     wrk,
@@ -304,6 +305,16 @@ def main(argv: list[str] | None = None) -> int:
             f"{100 * challenger['ratio_spread'][1]:.1f} %); workers' CPU a request "
             + ", ".join(f"{k} {v:.0f} µs" for k, v in challenger["worker_cpu_us_per_request"].items())
         )
+        log("the prediction log: a stack writing it against one without, alternating rounds")
+        results["prediction_log"] = prediction_log.measure(
+            lambda extra: start_stack(model_path, key, stack_log, **extra),
+            files,
+            batch_files["batch"],
+            key,
+            2 * args.rounds,  # differences of a few per cent: twice the rounds of the other comparisons
+            args.seconds,
+        )
+        log("  " + "; ".join(f"{t.figure}: {t.measured}" for t in prediction_log.targets(results["prediction_log"])))
         log("by-id scoring from a local redis-server, next to the raw-feature routes")
         results["by_id"] = by_id.measure(
             X[:1000],
@@ -332,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     results["ratios"] = baseline.ratios(results)
     found = report.targets(results) + batch.targets(results["batch"])
     found += overload.targets(results.get("overload"), deadline_ms)
+    found += prediction_log.targets(results.get("prediction_log"))
     results["targets"] = [t.__dict__ for t in found]
     failures = report.hard_failures(results)
     failures += [
@@ -339,6 +351,8 @@ def main(argv: list[str] | None = None) -> int:
         for name in batch.SCENARIOS
         if results["batch"][name]["failed"]
     ]
+    if results.get("prediction_log", {}).get("failed"):
+        failures.append(f"prediction log comparison: {results['prediction_log']['failed']} failed requests")
     if results.get("challenger", {}).get("failed"):
         failures.append(f"challenger comparison: {results['challenger']['failed']} failed requests")
     for n, load in results.get("memory_loads", {}).items():

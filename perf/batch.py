@@ -80,7 +80,7 @@ def measure(
         cpu = [r["app_cpu_us_per_row"] for r in results if r.get("app_cpu_us_per_row") is not None]
         summary[name] = {
             # Rows scored: a refused request (a 429, a 503) scored none.
-            "rows_per_s": stats.median(_scored_rps(r) * ROWS for r in results),
+            "rows_per_s": stats.median(scored_rps(r) * ROWS for r in results),
             "requests": sum(r["requests"] for r in results),
             "failed": sum(r["failed"] for r in results),
             "p99_ms": stats.median(r["latency_ms"]["p99"] for r in results),
@@ -88,12 +88,12 @@ def measure(
             "rounds": results,
         }
     summary["v2_binary_vs_batch"] = stats.median(
-        _scored_rps(b) / _scored_rps(j) for j, b in zip(runs["batch"], runs["v2-binary"], strict=True)
+        scored_rps(b) / scored_rps(j) for j, b in zip(runs["batch"], runs["v2-binary"], strict=True)
     )
     return summary
 
 
-def _scored_rps(result: dict[str, Any]) -> float:
+def scored_rps(result: dict[str, Any]) -> float:
     """Answered requests a second, less the failed ones' share."""
     requests = result["requests"]
     return result["rps"] * (requests - result["failed"]) / requests if requests else 0.0

@@ -69,7 +69,7 @@ def with_and_without(
             wrk.run(wrk.Scenario("score", connections, 2), stack.base_url, files["score"], key)
         for round_ in range(rounds):
             for name in ("without", "with") if round_ % 2 == 0 else ("with", "without"):
-                runs[name].append(_run_counting_cpu(stacks[name], files, key, connections, seconds))
+                runs[name].append(run_counting_cpu(stacks[name], files, key, connections, seconds))
     finally:
         for stack in stacks.values():
             stack.stop()
@@ -91,7 +91,7 @@ def with_and_without(
     }
 
 
-def _run_counting_cpu(
+def run_counting_cpu(
     stack: Stack, files: dict[str, Path], key: str, connections: int, seconds: float
 ) -> dict[str, Any]:
     """One closed-loop run, with the stack's workers' CPU per answered request (None when a worker

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from perf import baseline, by_id, memory, overload, report, stats, wrk
+from perf import baseline, by_id, memory, overload, prediction_log, report, stats, wrk
 
 DATA = Path(__file__).resolve().parent / "data"
 
@@ -445,8 +445,8 @@ def test_the_challenger_is_judged_on_its_median_ratio_and_shows_its_spread_and_c
 def test_batch_rows_count_only_the_requests_that_scored():
     from perf import batch
 
-    assert batch._scored_rps({"rps": 1500.0, "requests": 3000, "failed": 1000}) == 1000.0
-    assert batch._scored_rps({"rps": 0.0, "requests": 0, "failed": 0}) == 0.0
+    assert batch.scored_rps({"rps": 1500.0, "requests": 3000, "failed": 1000}) == 1000.0
+    assert batch.scored_rps({"rps": 0.0, "requests": 0, "failed": 0}) == 0.0
 
 
 def test_walker_routes_checks_every_route_against_predict_proba_and_prints_each(small_model, capsys):
@@ -457,3 +457,30 @@ def test_walker_routes_checks_every_route_against_predict_proba_and_prints_each(
     for lanes in walker_routes.routes(small_model[0]):
         assert f"lanes {lanes} " in printed
     assert "lanes 0 " in printed and "predict_proba(n_jobs=1)" in printed
+
+
+def prediction_log_results(single: float, added_us: float, batch_ratio: float, wait_s: float, drained: float | None):
+    return {
+        "single": {
+            "ratio": single,
+            "ratio_spread": [single - 0.02, single + 0.02],
+            "worker_cpu_us_added": added_us,
+            "worker_cpu_us_added_spread": [added_us - 1, added_us + 1],
+        },
+        "batch": {"ratio": batch_ratio, "ratio_spread": [batch_ratio - 0.03, batch_ratio + 0.03]},
+        "compactor": {
+            "cpu_s_per_million_rows": 4.2,
+            "largest_spool_bytes": 8 << 20,
+            "longest_wait_s": wait_s,
+            "drained_after_s": drained,
+        },
+    }
+
+
+def test_the_prediction_log_targets_judge_each_figure_on_its_own():
+    assert all(t.met for t in prediction_log.targets(prediction_log_results(0.97, 6.0, 0.9, 2.5, 1.5)))
+    missed = [t.figure for t in prediction_log.targets(prediction_log_results(0.93, 12.0, 0.8, 2.5, None)) if not t.met]
+    assert len(missed) == 4
+    lagging = prediction_log.targets(prediction_log_results(0.97, 6.0, 0.9, 30.0, 1.5))
+    assert [t.met for t in lagging] == [True, True, True, False]
+    assert prediction_log.targets(None) == []
