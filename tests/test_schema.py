@@ -15,6 +15,7 @@ from service.api.openapi import build_openapi
 from service.contract import _rows
 from service.contract import schema as schema_module
 from service.contract.schema import (
+    ID_FIELD,
     SCHEMA_FILE,
     TransactionValidator,
     batch_document,
@@ -22,6 +23,8 @@ from service.contract.schema import (
     compile_flat_numbers,
     compile_flat_numbers_matrix,
     compile_flat_numbers_row,
+    compile_flat_numbers_rows,
+    id_document,
     load_schema_document,
     sample_transaction,
 )
@@ -78,12 +81,25 @@ feature_values = (
 )
 
 
+# transaction_id: the rule's edges (id_document, one place), strings of any characters, other types.
+ID_RULE = id_document()
+SHORTEST, LONGEST = ID_RULE["minLength"], ID_RULE["maxLength"]
+id_values = (
+    st.sampled_from(["", "x" * SHORTEST, "tx-1", "x" * LONGEST, "x" * (LONGEST + 1), "é" * LONGEST, "é" * (LONGEST + 1)])
+    | st.text(max_size=LONGEST + 2)
+    | st.text(st.characters(codec="ascii"), min_size=LONGEST - 1, max_size=LONGEST + 1)
+    | json_values
+)
+
+
 @st.composite
 def transactions(draw):
     body = {name: draw(feature_values) for name in FEATURES}
     for name in draw(st.lists(st.sampled_from(FEATURES), max_size=3)):
         body.pop(name, None)
     body.update(draw(st.dictionaries(st.text(max_size=6), json_values, max_size=3)))
+    if draw(st.booleans()):
+        body[ID_FIELD] = draw(id_values)
     return body
 
 
@@ -127,6 +143,9 @@ odd_values = (
 @st.composite
 def plain_batches(draw):
     items = [{name: draw(plain_values) for name in FEATURES} for _ in range(draw(st.integers(0, 4)))]
+    for item in items:
+        if draw(st.integers(0, 2)) == 0:
+            item[ID_FIELD] = draw(st.text(max_size=8) | id_values)
     if items and draw(st.booleans()):
         item = draw(st.sampled_from(items))
         name = draw(st.sampled_from(FEATURES))
@@ -244,7 +263,7 @@ def test_the_row_check_on_each_feature_at_and_past_its_bounds():
 def test_the_row_check_reads_a_schema_with_other_bounds_and_order():
     properties = dict(reversed(DOCUMENT["properties"].items()))
     properties["Amount"] = {**properties["Amount"], "minimum": 0, "maximum": 10}
-    document = {**DOCUMENT, "required": list(properties), "properties": properties}
+    document = {**DOCUMENT, "required": [name for name in properties if name in FEATURES], "properties": properties}
     check, reference = compile_flat_numbers_row(document, FEATURES), jsonschema.Draft202012Validator(document)
     matrix = compile_flat_numbers_matrix(document, FEATURES)
     for amount in (-1.0, 0.0, 10.0, 10.5):
@@ -257,7 +276,7 @@ def test_the_row_check_reads_a_schema_with_other_bounds_and_order():
 
 
 def test_the_transaction_schema_gets_the_specialised_check_and_others_do_not():
-    assert compile_flat_numbers(DOCUMENT) is not None
+    assert compile_flat_numbers(DOCUMENT) is not None and compile_flat_numbers_rows(DOCUMENT) is not None
     assert compile_flat_numbers(BATCH_DOCUMENT) is None
     assert BATCH_VALIDATOR.matrix is not None and VALIDATOR.matrix is None
     for changed in ({"additionalProperties": False}, {"minProperties": 2}, {"required": []}):
@@ -266,6 +285,11 @@ def test_the_transaction_schema_gets_the_specialised_check_and_others_do_not():
         assert compile_flat_numbers(DOCUMENT | changed) is None
     one_string = {**DOCUMENT["properties"], "V1": {"type": "string"}}
     assert compile_flat_numbers(DOCUMENT | {"properties": one_string}) is None
+    for changed in ({"pattern": "^t"}, {"type": ["string", "null"]}, {"maxLength": 2.5}, {"minLength": -1}):
+        other_id = {**DOCUMENT["properties"], ID_FIELD: DOCUMENT["properties"][ID_FIELD] | changed}
+        assert compile_flat_numbers(DOCUMENT | {"properties": other_id}) is None, changed
+    unbounded = {**DOCUMENT["properties"], ID_FIELD: {"type": "string"}}
+    assert compile_flat_numbers(DOCUMENT | {"properties": unbounded}) is not None
 
 
 def test_specialised_check_follows_jsonschema_on_python_number_types():
@@ -324,7 +348,7 @@ def test_the_schema_file_does_not_list_the_features_again():
     """properties and required come from service/core/features.py alone: a second list could drift."""
     template = json.loads(resources.files("service.contract.schemas").joinpath(SCHEMA_FILE).read_text())
     assert not {"properties", "required"} & set(template)
-    assert list(DOCUMENT["properties"]) == DOCUMENT["required"] == list(FEATURES)
+    assert list(DOCUMENT["properties"]) == [*DOCUMENT["required"], ID_FIELD] and DOCUMENT["required"] == list(FEATURES)
     assert compile_flat_numbers(DOCUMENT) is not None  # the hot path keeps its specialised check
 
 
@@ -336,7 +360,7 @@ def test_a_feature_added_to_the_table_reaches_every_validator_and_openapi(monkey
     table = {**FEATURE_DESCRIPTIONS, "MerchantRisk": "Risk score of the merchant."}
     monkeypatch.setattr(schema_module, "FEATURE_DESCRIPTIONS", table)
     document = load_schema_document()
-    assert document["required"][-1] == "MerchantRisk" and len(document["properties"]) == len(FEATURES) + 1
+    assert document["required"][-1] == "MerchantRisk" and len(document["properties"]) == len(FEATURES) + 2
     assert document["properties"]["MerchantRisk"]["description"] == "Risk score of the merchant."
     one, many = TransactionValidator(document), TransactionValidator(batch_document(document, 3))
     assert compile_flat_numbers(document) is not None
@@ -368,4 +392,118 @@ def test_the_row_filler_holds_a_row_while_a_key_comparison_runs_code():
     items.append({SameHashAsTheFirstFeature(): 0, **dict.fromkeys(FEATURES, 0.0)})
     k = len(FEATURES)
     bounds = np.full(k, -np.inf), np.full(k, np.inf)
-    assert _rows.fill(items, tuple(FEATURES), *bounds, np.empty((1, k))) == _rows.UNDECIDED
+    assert _rows.fill(items, tuple(FEATURES), *bounds, np.empty((1, k)), ()) == _rows.UNDECIDED
+
+
+def test_the_transaction_id_is_the_by_id_routes_id():
+    """One rule for a transaction id: the v1 transaction's optional property is id_document's."""
+    declared = DOCUMENT["properties"][ID_FIELD]
+    assert {k: v for k, v in declared.items() if k != "description"} == {
+        k: v for k, v in id_document().items() if k != "description"
+    }
+    assert ID_FIELD not in DOCUMENT["required"]
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        (None, "transaction_id must be a string, got null"),
+        (7, "transaction_id must be a string, got integer"),
+        ("", f"transaction_id must be a string of 1 to {LONGEST} characters, got 0"),
+        ("x" * (LONGEST + 1), f"transaction_id must be a string of 1 to {LONGEST} characters, got {LONGEST + 1}"),
+    ],
+)
+def test_a_bad_transaction_id_is_named(value, message):
+    body = sample_transaction() | {ID_FIELD: value}
+    assert not VALIDATOR.is_valid(body) and not REFERENCE.is_valid(body)
+    assert [v.describe() for v in VALIDATOR.violations(body)] == [message]
+
+
+# Batch bodies as bytes, the id written every way JSON allows: plain, its key or value escaped, not
+# ASCII, repeated, null, a number, too long; and the reader's ids against the decoded items'.
+ESCAPES = {"_": "\\u005f", "t": "\\u0074", "x": "\\u0078"}
+
+
+@st.composite
+def id_members(draw):
+    key = draw(st.sampled_from(['"transaction_id"', '"transaction\\u005fid"', '"\\u0074ransaction_id"']))
+    kind = draw(st.integers(0, 5))
+    if kind == 0:
+        value = json.dumps(draw(id_values))
+    elif kind == 1:  # a plain ASCII string, often at the rule's edges
+        value = '"' + "x" * draw(st.sampled_from([0, 1, 2, LONGEST - 1, LONGEST, LONGEST + 1])) + '"'
+    elif kind == 2:  # escaped characters: the length is the decoded text's
+        text = "x" * draw(st.integers(LONGEST - 2, LONGEST + 1))
+        value = '"' + "".join(ESCAPES.get(c, c) if draw(st.integers(0, 9)) == 0 else c for c in text) + '"'
+    elif kind == 3:
+        value = json.dumps(draw(st.text(max_size=LONGEST + 1)), ensure_ascii=draw(st.booleans()))
+    elif kind == 4:
+        value = draw(st.sampled_from(["null", "7", "true", "[]", '{"a":1}', '"a\\"b"', '"\\ud83d\\ude00"']))
+    else:
+        value = '"tx-' + str(draw(st.integers(0, 99))) + '"'
+    return key + ":" + value
+
+
+@st.composite
+def id_batches(draw):
+    items = []
+    for _ in range(draw(st.integers(1, 3))):
+        members = [f'"{name}":{draw(plain_values)!r}' for name in FEATURES]
+        for _ in range(draw(st.sampled_from([0, 0, 1, 1, 1, 2]))):  # two: a repeated key
+            members.insert(draw(st.integers(0, len(members))), draw(id_members()))
+        items.append("{" + ",".join(members) + "}")
+    return ('{"transactions":[' + ",".join(items) + "]}").encode()
+
+
+@settings(max_examples=examples(1500), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(id_batches())
+def test_the_batch_reader_decides_transaction_ids_as_jsonschema_and_reads_them_as_orjson(raw):
+    decoded = json.loads(raw)  # Python's reading, for jsonschema (a repeated key: the last, as orjson)
+    valid = BATCH_REFERENCE.is_valid(decoded)
+    assert route_accepts(BATCH_VALIDATOR, raw) == valid, raw
+    read = BATCH_VALIDATOR.read_body(raw)
+    if read is not None:
+        items = orjson.loads(raw)["transactions"]
+        ids = [item.get(ID_FIELD) for item in items]
+        assert read.strings == ({ID_FIELD: ids} if any(i is not None for i in ids) else {}), raw
+        assert read.matrix.tolist() == [[float(item[name]) for name in FEATURES] for item in items]
+    for item in decoded["transactions"]:  # the single route, on each item's text
+        one = json.dumps(item).encode()
+        assert route_accepts(VALIDATOR, one) == REFERENCE.is_valid(item), one
+
+
+def test_the_reader_reads_plain_ids_and_leaves_the_rest_to_the_decoded_path():
+    def body(*members: str) -> bytes:
+        item = json.dumps({name: 0.5 for name in FEATURES})[:-1]
+        return ('{"transactions":[' + ",".join(item + m + "}" for m in members) + "]}").encode()
+
+    read = BATCH_VALIDATOR.read_body(body(',"transaction_id":"a"', "", ',"transaction_id":"c"'))
+    assert read is not None and read.strings == {ID_FIELD: ["a", None, "c"]}
+    assert BATCH_VALIDATOR.read_body(body("", "")).strings == {}
+    for undecided in (
+        ',"transaction\\u005fid":"a"',  # an escaped key: decoded, so never taken for an unknown key
+        ',"transaction_id":"\\u0061"',
+        ',"transaction_id":"é"',
+        ',"transaction_id":"a","transaction_id":"b"',
+        ',"transaction_id":null',
+        ',"transaction_id":""',
+        ',"transaction_id":"' + "x" * (LONGEST + 1) + '"',
+    ):
+        raw = body(undecided)
+        assert BATCH_VALIDATOR.read_body(raw) is None, raw
+        assert route_accepts(BATCH_VALIDATOR, raw) == BATCH_REFERENCE.is_valid(json.loads(raw)), raw
+    longest = body(',"transaction_id":"' + "x" * LONGEST + '"')
+    assert BATCH_VALIDATOR.read_body(longest).strings == {ID_FIELD: ["x" * LONGEST]}
+
+
+def test_the_row_filler_decides_ids_and_leaves_a_str_subclass_undecided():
+    class Text(str):
+        pass
+
+    rows = compile_flat_numbers_rows(DOCUMENT)
+    base = {name: 0.5 for name in FEATURES}
+    assert rows([base | {ID_FIELD: "a"}, base]) is not None
+    for bad in (None, 7, "", "x" * (LONGEST + 1), ["a"]):
+        assert rows([base, base | {ID_FIELD: bad}]) is None
+    assert rows([base | {ID_FIELD: Text("a")}]) is not None  # decided by the per-item check, as jsonschema
+    assert REFERENCE.is_valid(base | {ID_FIELD: Text("a")})

@@ -1,5 +1,5 @@
-"""The API's side of the prediction log: a request's entry (what its records need to know of it),
-the optional `transaction_id` of a v1 transaction, and GET /health/prediction-log."""
+"""The API's side of the prediction log: a request's entry (what its records need to know of it)
+and GET /health/prediction-log."""
 
 from __future__ import annotations
 
@@ -12,14 +12,10 @@ import falcon
 import orjson
 
 from service.api.deadline import DUE
-from service.api.errors import JSON, invalid_body
-from service.contract.schema import ID_FIELD, TransactionValidator, Violation, id_document
+from service.api.errors import JSON
 from service.engine.scoring import Scoring
 from service.predlog import status
 from service.predlog.sink import Entry
-
-_ID = TransactionValidator(id_document())
-ID_MAX_LENGTH = id_document()["maxLength"]
 
 
 def entry(
@@ -48,17 +44,6 @@ def entry(
         env.get(DUE),
         client,
     )
-
-
-def transaction_id(transaction: dict[str, Any], index: int | None = None) -> str | None:
-    """A v1 transaction's optional `transaction_id`, under the by-id routes' rules for an id; a
-    bad one is a 400 naming it."""
-    found = transaction.get(ID_FIELD)
-    if found is None:
-        return None
-    if not _ID.is_valid(found):
-        raise invalid_body([Violation(ID_FIELD, f"must be a string of 1 to {ID_MAX_LENGTH} characters", index)])
-    return found
 
 
 class PredictionLogStatusResource:

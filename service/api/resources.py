@@ -13,13 +13,11 @@ from service.api.body import decode
 from service.api.budget import RowBudget
 from service.api.errors import JSON, ApiError, invalid_body
 from service.api.prediction_log import entry as log_entry
-from service.api.prediction_log import transaction_id
 from service.contract.schema import BATCH_FIELD, ID_FIELD, TransactionValidator
 from service.engine.drift import DriftCounter
 from service.engine.scoring import Scoring
 
 RETRY_AFTER_SECONDS = "30"
-ID_BYTES = b'"' + ID_FIELD.encode() + b'"'
 
 
 def require_key(keys: ApiKeys, req: falcon.Request) -> int:
@@ -73,11 +71,12 @@ def charge_batch(budget: RowBudget, key: int, items: Any, batch_max: int, noun: 
     budget.spend(key, len(items) if isinstance(items, list) else 1)
 
 
-def transaction_ids(items: list[Any]) -> list[str | None] | None:
-    """A batch's optional transaction ids, one per item (None where an item has none); None when no item has one."""
+def transaction_ids(items: list[dict[str, Any]]) -> list[str | None] | None:
+    """A valid batch's optional transaction ids (the schema has checked them), one per item (None
+    where an item has none); None when no item has one."""
     if not any(ID_FIELD in item for item in items):
         return None
-    return [transaction_id(item, i) for i, item in enumerate(items)]
+    return [item.get(ID_FIELD) for item in items]
 
 
 def respond(resp: falcon.Response, body: dict[str, Any]) -> None:
@@ -123,7 +122,7 @@ class FraudScoreResource:
             raise invalid_body(self._validator.violations(transaction))
         row = self._row_of(transaction)
         rid = request_id(req, self._scoring)
-        tid = transaction_id(transaction) if ID_FIELD in transaction else None
+        tid = transaction.get(ID_FIELD)  # valid: a string when present
         explain = wants_explanation(req, self._scoring)
         logged = log_entry(req, self._scoring, key, tid, explain) if self._scoring.log else None
         result = self._scoring.one_explained(row, rid, logged) if explain else self._one(row, rid, logged)
@@ -152,12 +151,12 @@ class BatchScoreResource:
         require_json(req)
         explain = wants_explanation(req, self._scoring)
         raw = req.bounded_stream.read()
-        # A plain valid body is read straight into the matrix; any other (and an explained batch,
-        # which needs the items) is decoded and checked item by item, as the 4xx answers need.
-        # A batch naming transaction ids is decoded: its answers echo them.
-        X = None if explain or ID_BYTES in raw else self._read_body(raw)
-        tids = None
-        if X is not None:
+        # A plain valid body is read straight into the matrix and its transaction ids; any other
+        # (and an explained batch, which needs the items) is decoded and checked item by item, as
+        # the 4xx answers need.
+        read = None if explain else self._read_body(raw)
+        if read is not None:
+            X, tids = read.matrix, read.strings.get(ID_FIELD)
             self._budget.spend(key, len(X))
         else:
             body = decode(raw, lambda: self._budget.spend(key, 1))

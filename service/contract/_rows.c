@@ -1,12 +1,16 @@
 /* Reads decoded JSON objects (dicts) into a float64 matrix and checks them against a flat-numbers
- * schema in the same pass: every named key present, every value a number within [low, high].
+ * schema in the same pass: every named key present, every value a number within [low, high], and
+ * each optional string key, where an item has it, a string of [shortest, longest] code points.
  *
  * It answers only what it can answer exactly as jsonschema would, and says "undecided" for the
  * rest, which Python then decides with the per-item validator (service/contract/schema.py):
  *   - a float, or an int of at most 2**53 in magnitude (so that the comparison with a double bound
  *     is exact), is checked here; a bound fails only on < or > (NaN passes, as in jsonschema);
  *   - an item that is not a dict, or lacks a key, is invalid;
- *   - anything else (bool, str, None, containers, larger ints, other number types) is undecided.
+ *   - an optional string that is a str (exactly) is checked here; one that is not a str at all is
+ *     invalid (jsonschema's "string" is any str);
+ *   - anything else (bool, str, None, containers, larger ints, other number types for a number, a
+ *     str subclass for a string) is undecided.
  * One C pass replaces three Python passes (look-ups, type checks, conversion) over 30 values a row.
  *
  * `parse` goes one step earlier: it reads a batch body's bytes straight into the matrix, without
@@ -23,14 +27,60 @@
 
 enum { ROWS_VALID = 0, ROWS_INVALID = 1, ROWS_UNDECIDED = 2 };
 #define EXACT_INT_LIMIT (1LL << 53)
+#define MAX_STRINGS 8
+
+/* An optional string property: its key (a str for `fill`, bytes for `parse`) and bounds on its length. */
+typedef struct {
+    PyObject *key;
+    Py_ssize_t shortest, longest;
+} OptionalString;
+
+/* The optional strings, from a tuple of (key, shortest, longest); their number, or -1 with an error set. */
+static Py_ssize_t optional_strings(PyObject *specs, const char *format, OptionalString *strings) {
+    const Py_ssize_t m = PyTuple_GET_SIZE(specs);
+    if (m > MAX_STRINGS) {
+        PyErr_SetString(PyExc_ValueError, "at most 8 optional strings");
+        return -1;
+    }
+    for (Py_ssize_t s = 0; s < m; s++) {
+        PyObject *spec = PyTuple_GET_ITEM(specs, s);
+        OptionalString *string = &strings[s];
+        if (!PyTuple_Check(spec) ||
+            !PyArg_ParseTuple(spec, format, &string->key, &string->shortest, &string->longest)) {
+            if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "each optional string is (key, shortest, longest)");
+            return -1;
+        }
+    }
+    return m;
+}
+
+/* Whether an item's optional strings are valid (ROWS_*): a str (exactly) of a length in bounds, where
+ * it has one; -1 with an error set when a look-up failed. */
+static int strings_verdict(PyObject *item, const OptionalString *strings, Py_ssize_t m) {
+    for (Py_ssize_t s = 0; s < m; s++) {
+        PyObject *value = PyDict_GetItemWithError(item, strings[s].key);
+        if (value == NULL) {
+            if (PyErr_Occurred()) return -1;
+            continue;
+        }
+        if (!PyUnicode_CheckExact(value)) return PyUnicode_Check(value) ? ROWS_UNDECIDED : ROWS_INVALID;
+        const Py_ssize_t length = PyUnicode_GET_LENGTH(value);
+        if (length < strings[s].shortest || length > strings[s].longest) return ROWS_INVALID;
+    }
+    return ROWS_VALID;
+}
 
 static PyObject *fill(PyObject *Py_UNUSED(self), PyObject *args) {
-    PyObject *items, *keys;
+    PyObject *items, *keys, *specs;
     Py_buffer low, high, out;
-    if (!PyArg_ParseTuple(args, "O!O!y*y*w*", &PyList_Type, &items, &PyTuple_Type, &keys, &low, &high, &out))
+    if (!PyArg_ParseTuple(args, "O!O!y*y*w*O!", &PyList_Type, &items, &PyTuple_Type, &keys, &low, &high, &out,
+                          &PyTuple_Type, &specs))
         return NULL;
     PyObject *result = NULL;
     const Py_ssize_t n = PyList_GET_SIZE(items), k = PyTuple_GET_SIZE(keys);
+    OptionalString strings[MAX_STRINGS];
+    const Py_ssize_t m = optional_strings(specs, "Unn", strings);
+    if (m < 0) goto done;
     if (low.len != k * (Py_ssize_t)sizeof(double) || high.len != k * (Py_ssize_t)sizeof(double) ||
         out.len != n * k * (Py_ssize_t)sizeof(double)) {
         PyErr_SetString(PyExc_ValueError, "low and high need one double per key, out one per key and item");
@@ -83,6 +133,14 @@ static PyObject *fill(PyObject *Py_UNUSED(self), PyObject *args) {
             }
             row[j] = x;
         }
+        /* An item holding the k keys and no more holds no optional string: the common case. */
+        if (verdict == ROWS_VALID && m && PyDict_GET_SIZE(item) != k) {
+            verdict = strings_verdict(item, strings, m);
+            if (verdict < 0) {
+                Py_DECREF(item);
+                goto done;
+            }
+        }
         Py_DECREF(item);
     }
     if (verdict == ROWS_VALID && PyList_GET_SIZE(items) != n) verdict = ROWS_UNDECIDED;
@@ -98,11 +156,16 @@ done:
 /* ---- parse: a batch body's bytes into the matrix ----
  *
  * The body it answers for: {"<field>": [item, ...]} with JSON whitespace anywhere, one to
- * `capacity` items, each an object holding every key once with a number within [low, high], and
- * any other keys with a simple value (a string, a number, true, false, null). Keys and strings are
- * printable ASCII without escapes. Anything else (another top-level key, a nested container, an
- * escape, a repeated key, a missing key, a value out of bounds or not a number) answers 0 rows:
- * the caller then decodes the body and its checks say what is wrong, exactly as before.
+ * `capacity` items, each an object holding every key once with a number within [low, high], each
+ * optional string key at most once with a string of [shortest, longest] characters, and any other
+ * keys with a simple value (a string, a number, true, false, null). Keys and strings are printable
+ * ASCII without escapes (so a string's bytes are its characters, and an escaped key, which may
+ * spell a known one, is never taken for an unknown one). Anything else (another top-level key, a
+ * nested container, an escape, a repeated key, a missing key, a value out of bounds or not a
+ * number, an optional string that is not a plain string within its bounds) answers 0 rows: the
+ * caller then decodes the body and its checks say what is wrong, exactly as before. With the rows
+ * it answers the optional strings' values: for each optional key, None when no item has it, else
+ * a list of one str (or None) per item.
  *
  * Numbers follow JSON's grammar (RFC 8259) and are read as orjson reads them, then as `fill` takes
  * them: an integer token (no fraction or exponent) of at most 2**53 in magnitude is that integer
@@ -326,17 +389,38 @@ static int exact_arithmetic(void) {
 #endif
 }
 
+/* The optional strings' values of the rows read so far: `found` (this row's, NULL where absent)
+ * appended to each key's list, made (None for the earlier rows) when the first value comes. 0 on
+ * a memory error. */
+static int append_strings(PyObject **columns, PyObject **found, Py_ssize_t m, Py_ssize_t rows) {
+    for (Py_ssize_t s = 0; s < m; s++) {
+        if (found[s] != NULL && columns[s] == NULL) {
+            columns[s] = PyList_New(rows);
+            if (columns[s] == NULL) return 0;
+            for (Py_ssize_t r = 0; r < rows; r++) PyList_SET_ITEM(columns[s], r, Py_NewRef(Py_None));
+        }
+        if (columns[s] != NULL && PyList_Append(columns[s], found[s] != NULL ? found[s] : Py_None) < 0) return 0;
+        Py_CLEAR(found[s]);
+    }
+    return 1;
+}
+
 static PyObject *parse(PyObject *Py_UNUSED(self), PyObject *args) {
     Py_buffer body, low, high, out;
-    PyObject *keys;
+    PyObject *keys, *specs;
     const char *field;
     Py_ssize_t field_len;
-    if (!PyArg_ParseTuple(args, "y*s#O!y*y*w*", &body, &field, &field_len, &PyTuple_Type, &keys, &low, &high, &out))
+    if (!PyArg_ParseTuple(args, "y*s#O!y*y*w*O!", &body, &field, &field_len, &PyTuple_Type, &keys, &low, &high, &out,
+                          &PyTuple_Type, &specs))
         return NULL;
     PyObject *result = NULL;
     const Py_ssize_t k = PyTuple_GET_SIZE(keys);
     const char *names[MAX_KEYS];
     Py_ssize_t lengths[MAX_KEYS];
+    OptionalString strings[MAX_STRINGS];
+    PyObject *found[MAX_STRINGS] = {NULL}, *columns[MAX_STRINGS] = {NULL};
+    const Py_ssize_t m = optional_strings(specs, "Snn", strings);
+    if (m < 0) goto done;
     if (k < 1 || k > MAX_KEYS || low.len != k * (Py_ssize_t)sizeof(double) ||
         high.len != k * (Py_ssize_t)sizeof(double) || out.len % (k * (Py_ssize_t)sizeof(double))) {
         PyErr_SetString(PyExc_ValueError, "1 to 64 keys; low and high one double per key; out whole rows of them");
@@ -372,7 +456,21 @@ static PyObject *parse(PyObject *Py_UNUSED(self), PyObject *args) {
             for (Py_ssize_t i = 0; j < 0 && i < k; i++)
                 if (lengths[i] == len && !memcmp(names[i], text, len)) j = i;
             if (j < 0) {
-                if (!simple_value(&c)) goto undecided;
+                Py_ssize_t s = 0;
+                while (s < m && (PyBytes_GET_SIZE(strings[s].key) != len ||
+                                 memcmp(PyBytes_AS_STRING(strings[s].key), text, len)))
+                    s++;
+                if (s == m) {
+                    if (!simple_value(&c)) goto undecided;
+                    continue;
+                }
+                const char *value;
+                Py_ssize_t value_len;
+                if (found[s] != NULL || !plain_string(&c, &value, &value_len) || value_len < strings[s].shortest ||
+                    value_len > strings[s].longest)
+                    goto undecided;
+                found[s] = PyUnicode_FromStringAndSize(value, value_len); /* ASCII: its bytes are its characters */
+                if (found[s] == NULL) goto done;
                 continue;
             }
             double x;
@@ -382,17 +480,30 @@ static PyObject *parse(PyObject *Py_UNUSED(self), PyObject *args) {
             next = j + 1;
         } while (take(&c, ','));
         if (!take(&c, '}') || seen != every) goto undecided;
+        if (!append_strings(columns, found, m, rows)) goto done;
         row += k;
         rows++;
     } while (take(&c, ','));
     if (!take(&c, ']') || !take(&c, '}')) goto undecided;
     skip_space(&c);
     if (c.p != c.end) goto undecided;
-    result = PyLong_FromSsize_t(rows);
+    int any = 0;
+    for (Py_ssize_t s = 0; s < m; s++) any |= columns[s] != NULL;
+    PyObject *values = any ? PyList_New(m) : Py_NewRef(Py_None);
+    if (values == NULL) goto done;
+    for (Py_ssize_t s = 0; any && s < m; s++) { /* the list takes each column's reference */
+        PyList_SET_ITEM(values, s, columns[s] != NULL ? columns[s] : Py_NewRef(Py_None));
+        columns[s] = NULL;
+    }
+    result = Py_BuildValue("(nN)", rows, values);
     goto done;
 undecided:
-    result = PyLong_FromLong(0);
+    result = Py_BuildValue("(iO)", 0, Py_None);
 done:
+    for (Py_ssize_t s = 0; s < MAX_STRINGS; s++) {
+        Py_XDECREF(found[s]);
+        Py_XDECREF(columns[s]);
+    }
     PyBuffer_Release(&body);
     PyBuffer_Release(&low);
     PyBuffer_Release(&high);
@@ -402,9 +513,11 @@ done:
 
 static PyMethodDef methods[] = {
     {"fill", fill, METH_VARARGS,
-     "fill(items, keys, low, high, out) -> 0 valid (out filled), 1 invalid, 2 undecided"},
+     "fill(items, keys, low, high, out, strings) -> 0 valid (out filled), 1 invalid, 2 undecided; strings: "
+     "((key, shortest, longest), ...), the optional string properties"},
     {"parse", parse, METH_VARARGS,
-     "parse(body, field, keys, low, high, out) -> rows read into out, or 0: undecided (decode the body)"},
+     "parse(body, field, keys, low, high, out, strings) -> (rows read into out, or 0: undecided (decode the "
+     "body); each optional string's values, or None when no item has one)"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 import math
 import numbers
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from operator import gt, itemgetter, lt
-from typing import Any
+from typing import Any, NamedTuple
 
 import fastjsonschema
 import jsonschema
@@ -27,15 +28,17 @@ IDS_FIELD = "transaction_ids"
 
 
 def load_schema_document() -> dict[str, Any]:
-    """The transaction schema: the document-level keywords of transaction.schema.json, and one
-    required, float32-bounded number per feature of service/core/features.py, in column order. Built
+    """The transaction schema: the document-level keywords of transaction.schema.json, one
+    required, float32-bounded number per feature of service/core/features.py, in column order, and
+    the optional `transaction_id` under the by-id routes' rules for an id (id_document). Built
     here, never written down twice, so that a feature is added in one place. The bounds are
     ±FEATURE_BOUND, the exact numbers whose nearest double is ±FLOAT32_MAX."""
     template = json.loads(resources.files("service.contract.schemas").joinpath(SCHEMA_FILE).read_text())
     template.pop("$comment", None)
     number = {"type": "number", "minimum": -FEATURE_BOUND, "maximum": FEATURE_BOUND}
-    properties = {name: {**number, "description": text} for name, text in FEATURE_DESCRIPTIONS.items()}
-    return {**template, "required": list(properties), "properties": properties}
+    features = {name: {**number, "description": text} for name, text in FEATURE_DESCRIPTIONS.items()}
+    transaction_id = {**id_document(), "description": TRANSACTION_ID_DESCRIPTION}
+    return {**template, "required": list(features), "properties": {**features, ID_FIELD: transaction_id}}
 
 
 def sample_transaction() -> dict[str, float]:
@@ -62,12 +65,20 @@ def batch_document(transaction: dict[str, Any], batch_max: int) -> dict[str, Any
 
 
 def id_document() -> dict[str, Any]:
+    """A transaction id: the rule for it, in one place (the by-id routes' ids, a v1 transaction's
+    optional transaction_id, the feature writer's longest id)."""
     return {
         "type": "string",
         "minLength": 1,
         "maxLength": 256,
         "description": "the id the feature pipeline stored the transaction's features under",
     }
+
+
+TRANSACTION_ID_DESCRIPTION = (
+    "optional: the caller's id for the transaction, under the by-id routes' rules for an id; echoed in "
+    "the transaction's answer and recorded with it in the prediction log"
+)
 
 
 def by_id_document() -> dict[str, Any]:
@@ -144,6 +155,10 @@ def _describe(error: jsonschema.ValidationError) -> list[Violation]:
         return [Violation(field, f"must be {article} {expected}, got {_kind(error.instance)}", index)]
     if error.validator in ("minimum", "maximum"):
         return [Violation(field, f"must be a finite number within the float32 range (|x| <= {FLOAT32_MAX})", index)]
+    if error.validator in ("minLength", "maxLength"):
+        low, high = error.schema.get("minLength", 0), error.schema.get("maxLength")
+        length = f"{low} to {high}" if high is not None else f"at least {low}"
+        return [Violation(field, f"must be a string of {length} characters, got {len(error.instance)}", index)]
     return [Violation(field, error.message, index)]
 
 
@@ -158,6 +173,8 @@ _FLAT_DOCUMENT_KEYS = {
     "additionalProperties",
 }
 _NUMBER_KEYS = {"type", "minimum", "maximum", "description"}
+_STRING_KEYS = {"type", "minLength", "maxLength", "description"}
+_ABSENT = object()
 
 
 def _bounds(properties: dict[str, Any]) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
@@ -184,34 +201,74 @@ def _double_bounds(properties: dict[str, Any]) -> tuple[tuple[float, ...], tuple
     return tuple(_double(b, math.inf) for b in low), tuple(_double(b, -math.inf) for b in high)
 
 
-def _required_properties(document: dict[str, Any]) -> dict[str, Any] | None:
-    """The properties of an object document whose properties are all required and whose other
-    keywords change nothing the specialised checks below decide; None for any other document."""
+def _object_properties(document: dict[str, Any]) -> dict[str, Any] | None:
+    """The properties of an object document whose other keywords change nothing the specialised
+    checks below decide; None for any other document."""
     properties = document.get("properties")
     if (
         set(document) - _FLAT_DOCUMENT_KEYS
         or document.get("type") != "object"
         or document.get("additionalProperties", True) is not True
         or not isinstance(properties, dict)
-        or list(document.get("required", ())) != list(properties)
     ):
         return None
     return properties
 
 
-def compile_flat_numbers(document: dict[str, Any]) -> Callable[[Any], bool] | None:
-    """A specialised check for a document of exactly this shape: an object whose properties are all
-    required bounded numbers, extra properties allowed (the transaction schema). Several times
-    faster than fastjsonschema's general code for it (perf/README.md); None for any other document, which then
-    gets fastjsonschema. It follows jsonschema's semantics: a bool is not a number, and a bound
-    fails only on `<` / `>` (so NaN, which JSON cannot carry, passes, as it does in jsonschema)."""
-    properties = _required_properties(document)
+def _required_properties(document: dict[str, Any]) -> dict[str, Any] | None:
+    """_object_properties of a document whose properties are all required; None for any other."""
+    properties = _object_properties(document)
+    return properties if properties is not None and list(document.get("required", ())) == list(properties) else None
+
+
+def _length(spec: dict[str, Any], keyword: str, default: int) -> int | None:
+    found = spec.get(keyword, default)
+    return found if type(found) is int and found >= 0 else None
+
+
+def _flat_numbers(document: dict[str, Any]) -> tuple[dict[str, Any], dict[str, tuple[int, int]]] | None:
+    """For an object document whose required properties are bounded numbers (at least one) and
+    whose other properties are strings bounded in length only: the numbers' specs, in the order of
+    `required` and of the properties, and each optional string's (minLength, maxLength). None for
+    any other document."""
+    properties = _object_properties(document)
     if not properties:
         return None
-    for spec in properties.values():
+    required = list(document.get("required", ()))
+    numbers = {name: spec for name, spec in properties.items() if name in required}
+    if not numbers or list(numbers) != required:
+        return None
+    for spec in numbers.values():
         if not isinstance(spec, dict) or set(spec) - _NUMBER_KEYS or spec.get("type") != "number":
             return None
+    strings = {}
+    for name, spec in properties.items():
+        if name in numbers:
+            continue
+        if not isinstance(spec, dict) or set(spec) - _STRING_KEYS or spec.get("type") != "string":
+            return None
+        lengths = _length(spec, "minLength", 0), _length(spec, "maxLength", sys.maxsize)
+        if None in lengths:
+            return None
+        strings[name] = lengths
+    return numbers, strings
+
+
+def compile_flat_numbers(document: dict[str, Any]) -> Callable[[Any], bool] | None:
+    """A specialised check for a document of exactly this shape: an object whose required
+    properties are bounded numbers and whose optional ones are strings bounded in length, extra
+    properties allowed (the transaction schema: the features and transaction_id). Several times
+    faster than fastjsonschema's general code for it (perf/README.md); None for any other document, which then
+    gets fastjsonschema. It follows jsonschema's semantics: a bool is not a number, a bound
+    fails only on `<` / `>` (so NaN, which JSON cannot carry, passes, as it does in jsonschema), a
+    string is any str (a subclass too) and its length is len()'s, in code points."""
+    found = _flat_numbers(document)
+    if found is None:
+        return None
+    properties, strings = found
     names = tuple(properties)
+    count = len(names)
+    optional = tuple(strings.items())
     bounds = tuple(zip(*_double_bounds(properties), strict=True))
     exact_bounds = tuple(zip(*_bounds(properties), strict=True))
     values_of = itemgetter(*names) if len(names) > 1 else (lambda d: (d[names[0]],))
@@ -219,6 +276,13 @@ def compile_flat_numbers(document: dict[str, Any]) -> Callable[[Any], bool] | No
     def exactly_valid(values: Sequence[Any]) -> bool:
         for value, (low, high) in zip(values, exact_bounds, strict=True):
             if type(value) is bool or not isinstance(value, numbers.Number) or value < low or value > high:
+                return False
+        return True
+
+    def strings_valid(instance: dict[Any, Any]) -> bool:
+        for name, (shortest, longest) in optional:
+            value = instance.get(name, _ABSENT)
+            if value is not _ABSENT and not (isinstance(value, str) and shortest <= len(value) <= longest):
                 return False
         return True
 
@@ -237,8 +301,11 @@ def compile_flat_numbers(document: dict[str, Any]) -> Callable[[Any], bool] | No
             if value < low or value > high:
                 # The double bounds decide a float; another number (an int beyond 2**53, a
                 # Decimal) outside them may still be within the exact bounds, which decide then.
-                return kind is not float and exactly_valid(values)
-        return True
+                if kind is float or not exactly_valid(values):
+                    return False
+                break
+        # Holding the required keys and no more, it holds no optional one: the common case costs a len().
+        return len(instance) == count or strings_valid(instance)
 
     return is_valid
 
@@ -248,9 +315,10 @@ def _bounds_by_position(
 ) -> tuple[list[int], tuple[float, ...], tuple[float, ...]] | None:
     """For values in `names` order: each required property's position and its bounds. None unless
     compile_flat_numbers handles the document and every property it requires is among `names`."""
-    if compile_flat_numbers(document) is None or not set(document["properties"]) <= set(names):
+    found = _flat_numbers(document)
+    if found is None or not set(found[0]) <= set(names):
         return None
-    properties = document["properties"]
+    properties = found[0]
     return [names.index(name) for name in properties], *_double_bounds(properties)
 
 
@@ -298,22 +366,25 @@ _ARRAY_KEYS = {"type", "minItems", "maxItems", "items", "description"}
 
 def compile_flat_numbers_rows(document: dict[str, Any]) -> Callable[[list[Any]], np.ndarray | None] | None:
     """For a list of instances of a flat-numbers document (see compile_flat_numbers): the float64
-    matrix of their values, one row per instance in the document's property order, when every
-    instance is valid; None when one is not. None for any other document.
+    matrix of their required numbers, one row per instance in the document's property order, when
+    every instance is valid (its optional strings too); None when one is not. None for any other
+    document.
 
-    service/contract/_rows.c reads and checks plain floats and small ints in one pass; whatever it cannot
-    decide exactly (a bool, a string, an integer beyond 2**53…) is decided by the per-item check."""
+    service/contract/_rows.c reads and checks plain floats and small ints, and the optional strings,
+    in one pass; whatever it cannot decide exactly (a bool, a string for a number, an integer beyond
+    2**53, a str subclass…) is decided by the per-item check."""
     is_valid = compile_flat_numbers(document)
     if is_valid is None:
         return None
-    properties = document["properties"]
+    properties, strings = _flat_numbers(document)
     names = tuple(properties)
+    optional = tuple((name, *lengths) for name, lengths in strings.items())
     low, high = (np.array(bounds, dtype=np.float64) for bounds in _double_bounds(properties))
     values_of = itemgetter(*names) if len(names) > 1 else (lambda d: (d[names[0]],))
 
     def rows(items: list[Any]) -> np.ndarray | None:
         out = np.empty((len(items), len(names)), dtype=np.float64)
-        verdict = _rows.fill(items, names, low, high, out)
+        verdict = _rows.fill(items, names, low, high, out, optional)
         if verdict == _rows.VALID:
             return out
         if verdict == _rows.INVALID or not all(map(is_valid, items)):
@@ -365,24 +436,37 @@ def compile_batch_of_flat_numbers(document: dict[str, Any]) -> Callable[[Any], n
     return matrix
 
 
-def compile_batch_body_reader(document: dict[str, Any]) -> Callable[[bytes], np.ndarray | None] | None:
+class BodyRows(NamedTuple):
+    """A batch body read from its bytes: the items' matrix, and each optional string property that
+    some item carries, one value per item (None where an item has none)."""
+
+    matrix: np.ndarray
+    strings: dict[str, list[str | None]]
+
+
+def compile_batch_body_reader(document: dict[str, Any]) -> Callable[[bytes], BodyRows | None] | None:
     """For a batch document with a bounded array (see _batch_of_flat_numbers): reads a request
-    body's bytes straight into the items' matrix when the body is valid and plain (service/contract/_rows.c
-    `parse` says which bodies it reads: the matrix is then exactly the one compile_batch_of_flat_numbers
-    gives for the decoded body); None when undecided, and the body is then decoded and checked as
-    before. None for any other document."""
+    body's bytes straight into the items' matrix and optional strings when the body is valid and
+    plain (service/contract/_rows.c `parse` says which bodies it reads: the matrix is then exactly the one
+    compile_batch_of_flat_numbers gives for the decoded body, the strings exactly the decoded
+    items'); None when undecided, and the body is then decoded and checked as before. None for any
+    other document."""
     found = _batch_of_flat_numbers(document)
     if found is None or not isinstance(found[3], int):
         return None
     field, items, min_items, max_items = found
-    properties = items["properties"]
+    properties, strings = _flat_numbers(items)
     keys = tuple(name.encode() for name in properties)
+    optional = tuple((name.encode(), *lengths) for name, lengths in strings.items())
+    names = tuple(strings)
     low, high = (np.array(bounds, dtype=np.float64) for bounds in _double_bounds(properties))
 
-    def read(body: bytes) -> np.ndarray | None:
+    def read(body: bytes) -> BodyRows | None:
         out = np.empty((max_items, len(keys)), dtype=np.float64)
-        n = _rows.parse(body, field, keys, low, high, out)
-        return out[:n] if n >= max(min_items, 1) else None
+        n, values = _rows.parse(body, field, keys, low, high, out, optional)
+        if n < max(min_items, 1):
+            return None
+        return BodyRows(out[:n], {} if values is None else {k: v for k, v in zip(names, values) if v is not None})
 
     return read
 
