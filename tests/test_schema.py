@@ -85,7 +85,9 @@ feature_values = (
 ID_RULE = id_document()
 SHORTEST, LONGEST = ID_RULE["minLength"], ID_RULE["maxLength"]
 id_values = (
-    st.sampled_from(["", "x" * SHORTEST, "tx-1", "x" * LONGEST, "x" * (LONGEST + 1), "é" * LONGEST, "é" * (LONGEST + 1)])
+    st.sampled_from(
+        ["", "x" * SHORTEST, "tx-1", "x" * LONGEST, "x" * (LONGEST + 1), "é" * LONGEST, "é" * (LONGEST + 1)]
+    )
     | st.text(max_size=LONGEST + 2)
     | st.text(st.characters(codec="ascii"), min_size=LONGEST - 1, max_size=LONGEST + 1)
     | json_values

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import falcon.testing
+import jsonschema
 import pytest
 
 from service.api.app import create_app
@@ -113,3 +114,21 @@ def test_the_longest_id_is_taken(app):
     tid = "x" * LONGEST
     reply = post(client, "/v1/fraud-score/batch", '{"transactions": [' + one(f'"transaction_id": "{tid}"') + "]}")
     assert reply.status_code == 200 and reply.json["results"][0][ID_FIELD] == tid
+
+
+def test_the_openapi_document_declares_the_id_and_its_echo(app):
+    """The examples of the v1 routes carry an id; the service answers them as the document says."""
+    client, _ = app
+    document = client.simulate_get("/openapi.json").json
+    schemas = document["components"]["schemas"]
+    assert schemas["Transaction"]["properties"][ID_FIELD]["maxLength"] == LONGEST
+    assert schemas["ScoreResult"]["properties"][ID_FIELD]["maxLength"] == LONGEST
+    for path, result in (("/v1/fraud-score", "ScoreResult"), ("/v1/fraud-score/batch", "BatchResult")):
+        operation = document["paths"][path]["post"]
+        example = operation["requestBody"]["content"]["application/json"]["example"]
+        reply = client.simulate_post(path, json=example, headers={"X-API-Key": TEST_KEY})
+        assert reply.status_code == 200, reply.text
+        jsonschema.validate(reply.json, {**document, "$ref": f"#/components/schemas/{result}"})
+        answered = reply.json["results"][0] if "results" in reply.json else reply.json
+        documented = operation["responses"]["200"]["content"]["application/json"]["example"]
+        assert answered[ID_FIELD] == (documented["results"][0] if "results" in documented else documented)[ID_FIELD]

@@ -25,6 +25,7 @@ from service.contract.schema import (
     by_id_batch_document,
     by_id_document,
     embeddable,
+    id_document,
     sample_transaction,
 )
 from service.core import threshold
@@ -81,6 +82,10 @@ _SCHEMAS: dict[str, Any] = {
                 "description": "present when ood-warning is true",
             },
             "reasons": {"type": "array", "items": _ref("Reason"), "description": "with ?explain=true"},
+            ID_FIELD: {
+                **id_document(),
+                "description": "the transaction's id, when the request named one (its transaction_id, or the by-id id)",
+            },
         },
     },
     "Reason": {
@@ -710,12 +715,12 @@ def _document(transaction_schema: dict[str, Any], batch_max: int, app_version: s
                     "summary": "Score one transaction",
                     "operationId": "scoreTransaction",
                     "parameters": [explain],
-                    "requestBody": {"required": True, **_json(_ref("Transaction"), sample)},
+                    "requestBody": {"required": True, **_json(_ref("Transaction"), {**sample, ID_FIELD: "tx-1"})},
                     "responses": {
                         "200": {
-                            "description": "scored",
+                            "description": "scored (with the transaction's id, when it has one)",
                             "headers": _TRACE_HEADERS,
-                            **_json(_ref("ScoreResult"), scored),
+                            **_json(_ref("ScoreResult"), {**scored, ID_FIELD: "tx-1"}),
                         },
                         **client_errors,
                     },
@@ -728,15 +733,18 @@ def _document(transaction_schema: dict[str, Any], batch_max: int, app_version: s
                     "parameters": [explain],
                     "requestBody": {
                         "required": True,
-                        **_json(_ref("TransactionBatch"), {BATCH_FIELD: [sample, sample]}),
+                        **_json(_ref("TransactionBatch"), {BATCH_FIELD: [{**sample, ID_FIELD: "tx-1"}, sample]}),
                     },
                     "responses": {
                         "200": {
-                            "description": "results in input order",
+                            "description": "results in input order, each with its transaction's id when it has one",
                             "headers": _TRACE_HEADERS,
                             **_json(
                                 _ref("BatchResult"),
-                                {"results": [scored, scored], "model-version": scored["model-version"]},
+                                {
+                                    "results": [{**scored, ID_FIELD: "tx-1"}, scored],
+                                    "model-version": scored["model-version"],
+                                },
                             ),
                         },
                         **client_errors,

@@ -466,7 +466,9 @@ def compile_batch_body_reader(document: dict[str, Any]) -> Callable[[bytes], Bod
         n, values = _rows.parse(body, field, keys, low, high, out, optional)
         if n < max(min_items, 1):
             return None
-        return BodyRows(out[:n], {} if values is None else {k: v for k, v in zip(names, values) if v is not None})
+        return BodyRows(
+            out[:n], {} if values is None else {k: v for k, v in zip(names, values, strict=True) if v is not None}
+        )
 
     return read
 
