@@ -212,6 +212,9 @@ class Settings:
     prediction_log_segment_seconds: int = setting("PREDICTION_LOG_SEGMENT_SECONDS", _integer(1, 86_400), 60)
     prediction_log_sample: float = setting("PREDICTION_LOG_SAMPLE", _share, 1.0)
     prediction_log_client_address: bool = setting("PREDICTION_LOG_CLIENT_ADDRESS", _boolean, False)
+    # The label table (service/offline/labels.py): what became known about scored transactions,
+    # appended by `make labels`, read by `make outcomes` (unset: `make` uses .run/labels).
+    labels_dir: Path | None = setting("LABELS_DIR", _path, None)
 
     @property
     def scoring_queue(self) -> int:
