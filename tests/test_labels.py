@@ -153,6 +153,12 @@ def test_a_later_label_supersedes_from_its_ingestion_on_and_nothing_is_rewritten
     assert just_before["a"] == (False, dt.datetime(2026, 1, 10, tzinfo=UTC), FEB, "review", None)
     assert known(directory, later)["a"] == (True, dt.datetime(2026, 2, 20, tzinfo=UTC), later, "chargeback", None)
     assert known(directory, MAR)["b"][0] is True
+    # The latest ingestion wins even when what it says became known earlier (a late correction).
+    correction = tmp_path / "correction.csv"
+    correction.write_text("transaction_id,label,known_at,source\nb,0,2026-01-02,case\n")
+    assert ingest(correction, directory, MAR) == 0
+    assert known(directory, MAR)["b"] == (False, dt.datetime(2026, 1, 2, tzinfo=UTC), MAR, "case", None)
+    assert known(directory, MAR - dt.timedelta(microseconds=1))["b"][0] is True
 
 
 def test_the_same_ingestion_instant_is_decided_by_known_at(tmp_path):
