@@ -278,3 +278,11 @@ def load_or_exit() -> Settings:
         return load()
     except ConfigError as e:
         sys.exit(f"config error: {e}")
+
+
+def offline_or_exit() -> Settings:
+    """For offline commands, which serve nothing (no API key is read): the same one line."""
+    try:
+        return from_mapping(read_environment(), require_api_key=False)
+    except ConfigError as e:
+        sys.exit(f"config error: {e}")

@@ -28,7 +28,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from service.core.settings import ConfigError, from_mapping, read_environment
+from service.core.settings import offline_or_exit
 from service.offline.errors import BulkError
 from service.offline.source import Source
 from service.predlog.compactor import write_atomically
@@ -65,15 +65,15 @@ def connect() -> duckdb.DuckDBPyConnection:
     return con
 
 
-def _quoted(text: str) -> str:
+def sql_string(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def _instant(when: dt.datetime) -> str:
+def sql_instant(when: dt.datetime) -> str:
     """A SQL TIMESTAMPTZ literal of an instant (a naive datetime is UTC)."""
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
-    return f"TIMESTAMPTZ {_quoted(when.astimezone(UTC).isoformat())}"
+    return f"TIMESTAMPTZ {sql_string(when.astimezone(UTC).isoformat())}"
 
 
 def read_input(path: Path) -> pa.Table:
@@ -93,7 +93,7 @@ def read_input(path: Path) -> pa.Table:
 
 
 def _values(options: tuple[str, ...]) -> str:
-    return ", ".join(_quoted(v) for v in options)
+    return ", ".join(sql_string(v) for v in options)
 
 
 def parse(con: duckdb.DuckDBPyConnection, table: pa.Table, ingested_at: dt.datetime) -> tuple[pa.Table, pa.Table]:
@@ -118,7 +118,7 @@ def parse(con: duckdb.DuckDBPyConnection, table: pa.Table, ingested_at: dt.datet
             TRY_CAST(amount_text AS DOUBLE) AS amount
         FROM labels_input
     """)
-    ingested = _instant(ingested_at)
+    ingested = sql_instant(ingested_at)
     reason = f"""CASE
         WHEN transaction_id IS NULL THEN 'missing transaction_id'
         WHEN label_text IS NULL THEN 'missing label'
@@ -162,7 +162,7 @@ def _files(directory: Path, pattern: str) -> str | None:
     """A read_parquet glob over the directory's Parquet files, or None when there are none."""
     if not directory.is_dir() or next(directory.glob(pattern), None) is None:
         return None
-    return _quoted(str(directory / pattern))
+    return sql_string(str(directory / pattern))
 
 
 def labels_as_of(con: duckdb.DuckDBPyConnection, labels_dir: Path, as_of: dt.datetime) -> duckdb.DuckDBPyRelation:
@@ -176,12 +176,12 @@ def labels_as_of(con: duckdb.DuckDBPyConnection, labels_dir: Path, as_of: dt.dat
         con.register("labels_none", LABEL_SCHEMA.empty_table())
         return con.sql(f"SELECT {names} FROM labels_none")
     as_of = as_of if as_of.tzinfo else as_of.replace(tzinfo=UTC)
-    day = _quoted(as_of.astimezone(UTC).strftime("%Y-%m-%d"))
+    day = sql_string(as_of.astimezone(UTC).strftime("%Y-%m-%d"))
     return con.sql(f"""
         SELECT {names}
         FROM read_parquet({files}, hive_partitioning = true, union_by_name = true,
                           hive_types = {{'{PARTITION}': VARCHAR}})
-        WHERE {PARTITION} <= {day} AND ingested_at <= {_instant(as_of)}
+        WHERE {PARTITION} <= {day} AND ingested_at <= {sql_instant(as_of)}
         QUALIFY row_number() OVER (
             PARTITION BY transaction_id ORDER BY ingested_at DESC, known_at DESC, is_fraud DESC) = 1
     """)
@@ -210,7 +210,8 @@ def write_rejects(rejects: pa.Table, path: Path) -> None:
     temporary.replace(path)
 
 
-def _timestamp(text: str) -> dt.datetime:
+def instant_argument(text: str) -> dt.datetime:
+    """An ISO date or timestamp from the command line, UTC unless it says otherwise."""
     try:
         when = dt.datetime.fromisoformat(text)
     except ValueError:
@@ -227,14 +228,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--default-log-dir", type=Path, help="the log when neither names one")
     parser.add_argument("--rejects", type=Path, help="the rejects file (default: beside the input, IN.rejects.csv)")
     parser.add_argument(
-        "--ingested-at", type=_timestamp, help="the ingestion time recorded (default: now; for backfills and tests)"
+        "--ingested-at",
+        type=instant_argument,
+        help="the ingestion time recorded (default: now; for backfills and tests)",
     )
     args = parser.parse_args(argv)
-    try:
-        settings = from_mapping(read_environment(), require_api_key=False)
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
+    settings = offline_or_exit()
     labels_dir = args.dir or settings.labels_dir or args.default_dir
     if labels_dir is None:
         print("no label table: set LABELS_DIR or pass --dir", file=sys.stderr)

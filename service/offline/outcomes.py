@@ -32,9 +32,9 @@ from typing import Any
 import duckdb
 import numpy as np
 
-from service.core.settings import ConfigError, from_mapping, read_environment
+from service.core.settings import offline_or_exit
 from service.core.threshold import REVIEW_COST
-from service.offline.labels import UTC, connect, labels_as_of
+from service.offline.labels import UTC, connect, instant_argument, labels_as_of, sql_instant, sql_string
 
 WINDOW_DAYS = 120
 MATURITY_BAR = 0.9
@@ -47,20 +47,12 @@ BAND = 10  # calibration bands of fraud-score: 0-9, 10-19, ..., 90-100
 SUMS = ("weight", "frauds", "alerts", "caught", "missed_amount")
 
 
-def _quoted(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
-def _instant(when: dt.datetime) -> str:
-    return f"TIMESTAMPTZ {_quoted(when.astimezone(UTC).isoformat())}"
-
-
 def load_rows(
     con: duckdb.DuckDBPyConnection, log_dir: Path, labels_dir: Path, first: dt.date, last: dt.date, as_of: dt.datetime
 ) -> int:
     """Builds the temp table `outcome_rows`: one row per transaction scored from first to last
     (dates, inclusive), with its label known at as_of (or none) and its maturity. Returns its rows."""
-    files = _quoted(str(Path(log_dir) / "date=*" / "hour=*" / "*.parquet"))
+    files = sql_string(str(Path(log_dir) / "date=*" / "hour=*" / "*.parquet"))
     window = WINDOW_DAYS * 86_400
     labels_as_of(con, labels_dir, as_of).create_view("outcome_labels", replace=True)
     con.execute(f"""
@@ -70,7 +62,7 @@ def load_rows(
                "Amount" AS log_amount
         FROM read_parquet({files}, hive_partitioning = true, union_by_name = true,
                           hive_types = {{'date': DATE, 'hour': INTEGER}})
-        WHERE date BETWEEN DATE {_quoted(first.isoformat())} AND DATE {_quoted(last.isoformat())}
+        WHERE date BETWEEN DATE {sql_string(first.isoformat())} AND DATE {sql_string(last.isoformat())}
         QUALIFY transaction_id IS NULL
              OR row_number() OVER (PARTITION BY transaction_id ORDER BY ts DESC, ts_ns DESC) = 1
     """)
@@ -79,7 +71,7 @@ def load_rows(
         SELECT s.*, strftime(s.ts, '%G-W%V') AS week, CAST(date_trunc('week', s.ts) AS DATE) AS week_start,
                l.is_fraud AS label, coalesce(l.amount, s.log_amount, 0.0) AS amount,
                epoch(l.known_at) - epoch(s.ts) AS delay_s,
-               least(epoch({_instant(as_of)}) - epoch(s.ts), {window}) AS age_s
+               least(epoch({sql_instant(as_of)}) - epoch(s.ts), {window}) AS age_s
         FROM outcome_scored s LEFT JOIN outcome_labels l USING (transaction_id)
     """)
     # The delays a window brings: those of rows whose window has closed by as_of when there are
@@ -338,21 +330,13 @@ def _date(text: str) -> dt.date:
         raise argparse.ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD)") from None
 
 
-def _instant_argument(text: str) -> dt.datetime:
-    try:
-        when = dt.datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO date or timestamp") from None
-    return when if when.tzinfo else when.replace(tzinfo=UTC)
-
-
 def main(argv: list[str] | None = None) -> int:
     from service.offline.outcomes_report import render
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--from", dest="first", type=_date, help="first scoring date (default: AS_OF's minus 180 days)")
     parser.add_argument("--to", dest="last", type=_date, help="last scoring date, inclusive (default: AS_OF's)")
-    parser.add_argument("--as-of", type=_instant_argument, help="the label cut-off (default: now)")
+    parser.add_argument("--as-of", type=instant_argument, help="the label cut-off (default: now)")
     parser.add_argument("--review-cost", type=float, default=REVIEW_COST, help=f"per alert (default {REVIEW_COST:g})")
     parser.add_argument("--bootstrap", type=int, default=BOOTSTRAP, help=f"resamples (default {BOOTSTRAP})")
     parser.add_argument("--out", type=Path, default=Path(".run/outcomes"), help="the output directory")
@@ -361,11 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--labels-dir", type=Path, help="the label table (default: LABELS_DIR)")
     parser.add_argument("--default-labels-dir", type=Path, help="the label table when neither names one")
     args = parser.parse_args(argv)
-    try:
-        settings = from_mapping(read_environment(), require_api_key=False)
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
+    settings = offline_or_exit()
     log_dir = args.log_dir or settings.prediction_log_dir or args.default_log_dir
     labels_dir = args.labels_dir or settings.labels_dir or args.default_labels_dir
     if (
