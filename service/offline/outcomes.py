@@ -43,7 +43,7 @@ SEED = 2027
 BLOCK_ROWS = 4096  # rows per block of Poisson weights: BOOTSTRAP x BLOCK_ROWS doubles at a time
 BAND = 10  # calibration bands of fraud-score: 0-9, 10-19, ..., 90-100
 # The sums every rate is a ratio of, over the rows in a set: weight, fraud weight, alerts, caught
-# frauds, missed frauds' amount. The bootstrap recomputes the same sums with resampled weights.
+# frauds, missed frauds' amount (`_quantities`). The bootstrap recomputes them with resampled weights.
 SUMS = ("weight", "frauds", "alerts", "caught", "missed_amount")
 
 
@@ -92,17 +92,8 @@ def load_rows(
                          ELSE coalesce(d.share, 0.0) END AS maturity
         FROM outcome_joined j ASOF LEFT JOIN outcome_delays d ON j.age_s >= d.delay
     """)
+    con.execute("DROP TABLE outcome_joined; DROP TABLE outcome_scored")  # their memory back
     return con.execute("SELECT count(*) FROM outcome_rows").fetchall()[0][0]
-
-
-def _sum_columns(alert: str, within: str = "true") -> str:
-    """SQL of the SUMS for the rows where `within`, a decision being `alert`."""
-    return f"""
-        sum(weight) FILTER ({within}) AS weight,
-        coalesce(sum(weight) FILTER ({within} AND label), 0) AS frauds,
-        coalesce(sum(weight) FILTER ({within} AND {alert}), 0) AS alerts,
-        coalesce(sum(weight) FILTER ({within} AND label AND {alert}), 0) AS caught,
-        coalesce(sum(weight * amount) FILTER ({within} AND label AND NOT {alert}), 0) AS missed_amount"""
 
 
 def rates(sums: np.ndarray, review_cost: float) -> dict[str, np.ndarray]:
@@ -161,12 +152,12 @@ def _quantities(columns: dict[str, np.ndarray], alert: np.ndarray, within: np.nd
 def week_figures(
     con: duckdb.DuckDBPyConnection, review_cost: float, n_boot: int, seed: int, bar: float
 ) -> list[dict[str, Any]]:
-    groups = con.execute(f"""
+    groups = con.execute("""
         SELECT model_version, week, min(week_start) AS week_start, count(*) AS rows, sum(weight) AS rows_weighted,
                sum(weight * is_fraud::INT) / sum(weight) AS alert_rate_all_rows,
                count(label) AS labelled, coalesce(sum(weight) FILTER (label IS NOT NULL), 0) AS labelled_weighted,
                sum(weight * maturity) / sum(weight) AS maturity,
-               {_sum_columns("is_fraud", "label IS NOT NULL")}
+               coalesce(sum(weight) FILTER (label), 0) AS frauds
         FROM outcome_rows GROUP BY ALL ORDER BY model_version, week
     """).fetchall()
     names = [d[0] for d in con.description]
