@@ -324,3 +324,15 @@ def test_no_log_is_one_line_and_no_labels_is_no_labels_yet(tmp_path, generated):
     figures = outcomes.outcomes(log_dir, tmp_path / "no-labels", dt.date(2026, 1, 5), dt.date(2026, 1, 11), AS_OF)
     assert [w["verdict"] for w in figures["weeks"]] == ["no labels yet: not judged"]
     assert figures["weeks"][0]["champion"]["recall"] is None and figures["calibration"] == {}
+
+
+def test_the_bootstrap_drawn_by_kind_of_row_has_the_row_bootstraps_moments():
+    """Rows alike are drawn as one Poisson(count): each resampled sum must still have the mean
+    (sum of the rows' parts) and variance (sum of their squares) of Poisson(1) weights per row."""
+    rng = np.random.default_rng(3)
+    rows = np.vstack([np.tile([1.0, 0.0, 1.0], (700, 1)), np.tile([4.0, 0.0, 0.0], (250, 1)), rng.random((50, 3))])
+    kinds, counts = np.unique(rows, axis=0, return_counts=True)
+    sums = outcomes.resampled_sums(kinds, counts, 20_000, np.random.default_rng(9))
+    assert sums.shape == (20_000, 3)
+    np.testing.assert_allclose(sums.mean(axis=0), rows.sum(axis=0), rtol=0.01)
+    np.testing.assert_allclose(sums.var(axis=0), (rows**2).sum(axis=0), rtol=0.05)

@@ -18,7 +18,7 @@ alert rate of all rows) and left out of every figure that needs the truth. A tra
 more than once in the range (a retried request) counts once, as its latest scoring.
 
 The SQL (DuckDB) reads only the date partitions in range and does every join and sum; numpy draws
-the bootstrap's Poisson weights, a block of rows at a time, so memory stays bounded."""
+the bootstrap's Poisson weights, one per kind of row (`resampled_sums`), in bounded memory."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ WINDOW_DAYS = 120
 MATURITY_BAR = 0.9
 BOOTSTRAP = 1000
 SEED = 2027
-BLOCK_ROWS = 4096  # rows per block of Poisson weights: BOOTSTRAP x BLOCK_ROWS doubles at a time
+BLOCK_ROWS = 4096  # kinds of row per block of Poisson weights: BOOTSTRAP x BLOCK_ROWS doubles at a time
 BAND = 10  # calibration bands of fraud-score: 0-9, 10-19, ..., 90-100
 # The sums every rate is a ratio of, over the rows in a set: weight, fraud weight, alerts, caught
 # frauds, missed frauds' amount (`_quantities`). The bootstrap recomputes them with resampled weights.
@@ -123,13 +123,15 @@ def interval(values: np.ndarray) -> list[float] | None:
     return [float(low), float(high)]
 
 
-def resampled_sums(quantities: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+def resampled_sums(quantities: np.ndarray, counts: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
     """(n_boot, columns): each column's sum over the rows under Poisson(1) weights, one set of
-    weights per resample (the bootstrap of a large sample, drawn a block of rows at a time)."""
+    weights per resample (the bootstrap of a large sample). quantities holds one line per kind of
+    row, counts how many rows are of that kind: the sum of m Poisson(1) weights is one Poisson(m),
+    exactly, so the draws grow with the kinds of row, not the rows, a block of kinds at a time."""
     total = np.zeros((n_boot, quantities.shape[1]))
-    for start in range(0, len(quantities), BLOCK_ROWS):
-        block = quantities[start : start + BLOCK_ROWS]
-        total += rng.poisson(1.0, size=(n_boot, len(block))).astype(np.float64) @ block
+    for start in range(0, len(counts), BLOCK_ROWS):
+        block = slice(start, start + BLOCK_ROWS)
+        total += rng.poisson(counts[block], size=(n_boot, len(counts[block]))).astype(np.float64) @ quantities[block]
     return total
 
 
@@ -143,7 +145,7 @@ def _with_intervals(point: np.ndarray, boot: np.ndarray, review_cost: float) -> 
 
 
 def _quantities(columns: dict[str, np.ndarray], alert: np.ndarray, within: np.ndarray) -> np.ndarray:
-    """Per labelled row, its part of each of the SUMS (zero outside `within`)."""
+    """Per kind of labelled row, one row's part of each of the SUMS (zero outside `within`)."""
     w = columns["weight"] * within
     y = columns["label"].astype(bool)
     return np.column_stack([w, w * y, w * alert, w * (y & alert), w * (y & ~alert) * columns["amount"]])
@@ -165,12 +167,15 @@ def week_figures(
     for values in groups:
         group = dict(zip(names, values, strict=True))
         version, week = group["model_version"], group["week"]
+        # The week's labelled rows by kind: rows alike in everything a figure reads (most legitimate
+        # rows differ only by weight and decisions; an amount matters only for a fraud) are one line.
         columns = con.execute(
-            """SELECT weight, label, is_fraud, amount, coalesce(challenger_is_fraud, false) AS challenger_is_fraud,
+            """SELECT weight, label, is_fraud, CASE WHEN label THEN amount ELSE 0 END AS amount,
+                      coalesce(challenger_is_fraud, false) AS challenger_is_fraud,
                       CASE WHEN challenger_is_fraud IS NOT NULL THEN coalesce(challenger_version, '') ELSE '' END
-                          AS challenger
+                          AS challenger, count(*) AS rows
                FROM outcome_rows WHERE label IS NOT NULL AND model_version IS NOT DISTINCT FROM ? AND week = ?
-               ORDER BY transaction_id""",
+               GROUP BY ALL ORDER BY ALL""",
             [version, week],
         ).fetchnumpy()
         columns = {k: np.asarray(v) for k, v in columns.items()}
@@ -183,8 +188,9 @@ def week_figures(
             logged = columns["challenger"] == name
             parts += [_quantities(columns, alert, logged), _quantities(columns, theirs, logged)]
         quantities = np.hstack(parts) if len(alert) else np.zeros((0, len(SUMS) * len(parts)))
-        point = quantities.sum(axis=0)
-        boot = resampled_sums(quantities, n_boot, np.random.default_rng(seed))
+        counts = columns["rows"].astype(np.int64)
+        point = counts @ quantities
+        boot = resampled_sums(quantities, counts, n_boot, np.random.default_rng(seed))
         k = len(SUMS)
         entry: dict[str, Any] = {
             "model_version": version,
@@ -211,7 +217,7 @@ def week_figures(
             entry["challengers"].append(
                 {
                     "version": name,
-                    "labelled": int((columns["challenger"] == name).sum()),
+                    "labelled": int(counts[columns["challenger"] == name].sum()),
                     "champion": champion,
                     "challenger": challenger,
                     "cost_difference_per_1000": _number(
