@@ -27,14 +27,18 @@ INSTALLED := $(VENV)/.installed
 SPARK_INSTALLED := $(VENV)/.spark-installed
 # make run's prediction log, unless PREDICTION_LOG_DIR (environment or .env) names another place.
 LOCAL_PREDICTION_LOG := $(CURDIR)/.run/prediction-log
+# The label table's place for local runs, unless LABELS_DIR (environment or .env) names another.
+LOCAL_LABELS := $(CURDIR)/.run/labels
 
-.PHONY: lock test-sanitized compact verify-log score evaluate promote container-test features lint help install system-packages test-system-packages apt-packages venv slim-venv run reload model model-full convert test fuzz chaos clean perf perf-baseline perf-compare perf-install
+.PHONY: labels outcomes lock test-sanitized compact verify-log score evaluate promote container-test features lint help install system-packages test-system-packages apt-packages venv slim-venv run reload model model-full convert test fuzz chaos clean perf perf-baseline perf-compare perf-install
 
 help:
 	@echo "make run    install what is missing, train the default model if there is none, serve through nginx"
 	@echo "            MONITORING=1: Prometheus (deploy/prometheus rules), mtail and the nginx exporter beside it"
 	@echo "make test   run the test suite (unit + integration with real nginx and gunicorn)"
 	@echo "make compact  the prediction log's spool into Parquet now; make verify-log  re-score the log, bit for bit"
+	@echo "make labels IN=file  append chargebacks/cases/reviews (CSV or Parquet) to the label table (LABELS_DIR; REJECTS=file)"
+	@echo "make outcomes  each model's real recall, precision and cost by week, labels joined to the log (FROM= TO= AS_OF= OUT=)"
 	@echo "make reload roll out the model now at MODEL_PATH to the running service, with zero downtime"
 	@echo "make features IN=file  load transactions' features into the feature store (by-id scoring)"
 	@echo "make model  (re)train the default model; CSV=path/to/creditcard.csv trains on real data"
@@ -135,6 +139,20 @@ compact: install
 verify-log: install
 	$(PY) -m service.offline.verify_log --default-dir $(LOCAL_PREDICTION_LOG) $(if $(FROM),--from $(FROM)) \
 	  $(if $(TO),--to $(TO)) $(foreach m,$(MODELS),--model $(m))
+
+# The label table (docs/outcomes.md): IN=file.csv|.parquet with transaction_id, label, known_at
+# (source, amount optional) appended as one new file; refused rows to REJECTS (default IN.rejects.csv).
+labels: install
+	@test -n "$(IN)" || { echo "usage: make labels IN=labels.csv [REJECTS=file]"; exit 2; }
+	$(PY) -m service.offline.labels $(IN) --default-dir $(LOCAL_LABELS) --default-log-dir $(LOCAL_PREDICTION_LOG) \
+	  $(if $(REJECTS),--rejects $(REJECTS))
+
+# How each model really did (docs/outcomes.md): FROM= TO= the scoring dates, AS_OF= the label cut-off
+# (default now), REVIEW_COST= per alert (the trainer's default), OUT= the directory (.run/outcomes).
+outcomes: install
+	$(PY) -m service.offline.outcomes --default-log-dir $(LOCAL_PREDICTION_LOG) --default-labels-dir $(LOCAL_LABELS) \
+	  $(if $(FROM),--from $(FROM)) $(if $(TO),--to $(TO)) $(if $(AS_OF),--as-of $(AS_OF)) \
+	  $(if $(REVIEW_COST),--review-cost $(REVIEW_COST)) --out $(or $(OUT),$(CURDIR)/.run/outcomes)
 
 # Load transactions' features into the feature store (FEATURE_STORE_URL): IN=file.csv|.parquet
 # with a transaction_id column and the 30 features; TTL=seconds to keep each record; ROW_IDS=1: no id

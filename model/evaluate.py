@@ -32,6 +32,7 @@ from service.core.artifacts import ArtifactError
 from service.core.settings import Settings, read_environment
 from service.engine.drift import SCORE_EDGES, psi
 from service.engine.loader import LoadedModel, load_model
+from service.offline.report_page import page, percent
 
 TOP_DISAGREEMENTS = 15
 
@@ -193,10 +194,6 @@ def charts(models: list[Scored], y: np.ndarray, figures: dict[str, Any]) -> dict
     return out
 
 
-def _pct(v: float | None) -> str:
-    return "n/a" if v is None else f"{100 * v:.2f} %"
-
-
 def render(models: list[Scored], X: np.ndarray, y: np.ndarray, figures: dict[str, Any], source: str) -> str:
     from service.core.features import FEATURES
 
@@ -210,7 +207,7 @@ def render(models: list[Scored], X: np.ndarray, y: np.ndarray, figures: dict[str
             f"<tr><th>{e(m.name)}</th><td>{e(m.model.version)}</td><td>{m.threshold} ({e(m.model.threshold['source'])})</td>"
             f"<td>{f['roc_auc']:.4f} [{f['roc_auc_ci'][0]:.4f}, {f['roc_auc_ci'][1]:.4f}]</td>"
             f"<td>{f['average_precision']:.4f} [{f['average_precision_ci'][0]:.4f}, {f['average_precision_ci'][1]:.4f}]</td>"
-            f"<td>{_pct(at['recall'])}</td><td>{_pct(at['precision'])}</td><td>{_pct(at['alert_rate'])}</td>"
+            f"<td>{percent(at['recall'])}</td><td>{percent(at['precision'])}</td><td>{percent(at['alert_rate'])}</td>"
             f"<td>{at['cost_per_1000']:.2f} [{f['cost_per_1000_ci'][0]:.2f}, {f['cost_per_1000_ci'][1]:.2f}]</td></tr>"
         )
     shift = ""
@@ -237,16 +234,7 @@ def render(models: list[Scored], X: np.ndarray, y: np.ndarray, figures: dict[str
             "<h2>Transactions they disagree on most</h2><table><tr><th>row</th><th>label</th><th>champion score</th>"
             f"<th>challenger score</th><th>Amount</th><th>V14</th></tr>{lines}</table>"
         )
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Model evaluation</title>
-<style>
-body {{ font-family: sans-serif; margin: 2em; max-width: 1150px; color: #222; }}
-table {{ border-collapse: collapse; margin: 1em 0; }}
-th, td {{ border: 1px solid #ccc; padding: 4px 8px; text-align: right; }}
-th {{ background: #f3f3f3; }}
-.verdict {{ font-size: 1.2em; font-weight: bold; padding: 0.8em; background: #eef6ee; border-left: 6px solid #3a3; }}
-</style></head><body>
-<h1>Champion and challenger</h1>
+    body = f"""<h1>Champion and challenger</h1>
 <p>{figures["rows"]} labelled rows ({figures["frauds"]} frauds) from {e(source)}; expected cost: each missed fraud
 costs its Amount, each alert costs {figures["review_cost"]:g}. Intervals: 95 % bootstrap ({figures["bootstrap"]} resamples).
 Generated {e(figures["generated"])}.</p>
@@ -256,9 +244,8 @@ Generated {e(figures["generated"])}.</p>
 <h2>Score distributions</h2>{shift}
 <img alt="score distributions and cost by threshold" src="{images["scores"]}">
 {disagreements}
-<p class="verdict">{e(figures["verdict"])}</p>
-</body></html>
-"""
+<p class="verdict">{e(figures["verdict"])}</p>"""
+    return page("Model evaluation", body)
 
 
 def main(argv: list[str] | None = None) -> int:

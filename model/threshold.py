@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 
 from service.core.features import FEATURES
+from service.core.threshold import REVIEW_COST
 
-REVIEW_COST = 5.0
 THRESHOLDS = np.arange(0, 102)  # 101: never alert
 AMOUNT = FEATURES.index("Amount")
 

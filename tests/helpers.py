@@ -37,6 +37,21 @@ from stack.launcher import Stack
 # Screenshots and other files a reviewer looks at after the run (CI keeps them).
 ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS", Path(__file__).resolve().parent.parent / "test-artifacts"))
 
+
+def screenshot(page: Path, name: str, tmp_path: Path) -> Path:
+    """A headless Chromium screenshot of an HTML file, kept in ARTIFACTS under name."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "chromium is not installed: run `make install`"
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shot = ARTIFACTS / name
+    flags = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run"]
+    flags += ["--disable-background-networking", f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1280,1800"]
+    subprocess.run(
+        [*flags, f"--screenshot={shot}", page.resolve().as_uri()], capture_output=True, timeout=120, check=True
+    )
+    return shot
+
+
 # Set when the tests run against a service that is already running (see stack/harness.py).
 EXTERNAL = harness.external()
 TEST_KEY, OTHER_KEY = EXTERNAL.keys[:2] if EXTERNAL else ("test-key-0123456789abcdef", "rotated-key-abcdef0123456789")

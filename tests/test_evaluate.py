@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import subprocess
 
 import joblib
 import numpy as np
@@ -14,7 +12,7 @@ from sklearn.metrics import average_precision_score, precision_score, recall_sco
 
 from model import evaluate, synthetic
 from service.core.features import FEATURES
-from tests.helpers import ARTIFACTS, two_trained_models
+from tests.helpers import screenshot, two_trained_models
 
 
 @pytest.fixture(scope="module")
@@ -78,13 +76,5 @@ def test_report_figures_equal_sklearns(tmp_path, two_models, labelled_csv, capsy
     assert len(re.findall(r'src="data:image/png;base64,', page)) == 2
     assert not re.search(r"(src|href)=\"https?:", page)  # opens offline
 
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    assert chromium, "chromium is not installed: run `make install`"
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    screenshot = ARTIFACTS / "evaluation-report.png"
-    flags = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run"]
-    flags += ["--disable-background-networking", f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1280,1800"]
-    subprocess.run(
-        [*flags, f"--screenshot={screenshot}", output.resolve().as_uri()], capture_output=True, timeout=120, check=True
-    )
-    assert screenshot.stat().st_size > 20_000
+    shot = screenshot(output, "evaluation-report.png", tmp_path)
+    assert shot.stat().st_size > 20_000

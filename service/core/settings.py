@@ -212,6 +212,9 @@ class Settings:
     prediction_log_segment_seconds: int = setting("PREDICTION_LOG_SEGMENT_SECONDS", _integer(1, 86_400), 60)
     prediction_log_sample: float = setting("PREDICTION_LOG_SAMPLE", _share, 1.0)
     prediction_log_client_address: bool = setting("PREDICTION_LOG_CLIENT_ADDRESS", _boolean, False)
+    # The label table (service/offline/labels.py): what became known about scored transactions,
+    # appended by `make labels`, read by `make outcomes` (unset: `make` uses .run/labels).
+    labels_dir: Path | None = setting("LABELS_DIR", _path, None)
 
     @property
     def scoring_queue(self) -> int:
@@ -273,5 +276,13 @@ def load_or_exit() -> Settings:
     """For entry points: a bad setting stops the process with one clear line."""
     try:
         return load()
+    except ConfigError as e:
+        sys.exit(f"config error: {e}")
+
+
+def offline_or_exit() -> Settings:
+    """For offline commands, which serve nothing (no API key is read): the same one line."""
+    try:
+        return from_mapping(read_environment(), require_api_key=False)
     except ConfigError as e:
         sys.exit(f"config error: {e}")

@@ -8,6 +8,9 @@ from typing import Any
 from service.core.artifacts import ArtifactError
 
 DEFAULT = 50
+# What one alert's review costs, in Amount's money, unless training (`make model REVIEW_COST=`) or a
+# report is told otherwise: a missed fraud costs its amount.
+REVIEW_COST = 5.0
 SUMMARY = ("chosen_by", "costs", "max_alert_rate", "rows", "frauds", "at_threshold", "at_50")
 
 
