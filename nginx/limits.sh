@@ -8,7 +8,7 @@
 : "${BATCH_MAX:?must be the api container's BATCH_MAX}"
 # WORKERS x QUEUE_PER_WORKER API requests inside nginx at once (limit_conn).
 SCORING_QUEUE=$((WORKERS * QUEUE_PER_WORKER))
-# ceil(BATCH_MAX x 1.25 KiB) + 1 KiB: ceil(5b / 4) in integers is (5b + 3) / 4.
-BATCH_MAX_BODY_SIZE="$(((BATCH_MAX * 5 + 3) / 4 + 1))k"
+# ceil(BATCH_MAX x 1.5 KiB) + 1 KiB: ceil(3b / 2) in integers is (3b + 1) / 2.
+BATCH_MAX_BODY_SIZE="$(((BATCH_MAX * 3 + 1) / 2 + 1))k"
 CLIENT_MAX_BODY_SIZE=8k
 export SCORING_QUEUE BATCH_MAX_BODY_SIZE CLIENT_MAX_BODY_SIZE

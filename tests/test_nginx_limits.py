@@ -131,3 +131,17 @@ def test_ecs_gives_nginx_the_limits_of_the_apis_settings():
     assert f"COPY limits.sh {HOOK_PATH}" in (ROOT / "nginx" / "Dockerfile").read_text()
     (nginx,) = [c for c in task["containerDefinitions"] if c["name"] == "nginx"]
     assert sources_the_hook(nginx["command"])
+
+
+def test_a_full_batch_of_the_largest_ordinary_transactions_fits_the_batch_body_limit():
+    """BATCH_MAX transactions pretty-printed (two-space indent), every number at full precision and the longest ASCII
+    transaction_id the contract allows, inside {"transactions": [...]}: under nginx's limit, so a
+    valid batch is never a 413."""
+    from service.contract.schema import id_document
+    from service.core.features import FEATURES
+
+    settings = from_mapping({"MODEL_PATH": "unused", "BATCH_MAX": "1000"}, require_api_key=False)
+    largest = {name: -1.2345678901234567e-105 for name in FEATURES}
+    largest["transaction_id"] = "x" * id_document()["maxLength"]
+    body = json.dumps({"transactions": [largest] * settings.batch_max}, indent=2).encode()
+    assert len(body) <= settings.batch_body_kb * 1024

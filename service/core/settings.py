@@ -31,9 +31,11 @@ MIN_KEY_LENGTH = 16
 # The range a request's budget is clamped to, the client's X-Deadline-Ms and REQUEST_DEADLINE_MS
 # alike: below 5 ms nothing but an idle worker could answer; above a second no payment path waits.
 # nginx's body limits: one transaction's JSON (a few hundred bytes), and a batch's per transaction at
-# its largest (pretty-printed, full-precision numbers); nginx/limits.sh applies the same rule.
+# its largest (pretty-printed with two spaces, full-precision numbers, a 256-character ASCII transaction_id:
+# 1.46 KB);
+# nginx/limits.sh applies the same rule.
 CLIENT_MAX_BODY_KB = 8
-BATCH_ITEM_KB = 1.25
+BATCH_ITEM_KB = 1.5
 DEADLINE_MIN_MS = 5
 DEADLINE_MAX_MS = 1000
 
