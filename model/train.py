@@ -146,12 +146,14 @@ def main(argv: list[str] | None = None) -> int:
         source = f"synthetic rows={args.rows} seed={args.seed}"
     if not args.quiet:
         print(f"data: {source}: {len(y)} rows, {int(y.sum())} frauds ({100 * y.mean():.3f} %)", file=sys.stderr)
-    if weights is None:
-        weights = np.ones(len(y))
+    # The same split with or without weights (train_test_split shuffles indices); unweighted data
+    # keeps weights None throughout, so its figures are the ones it always had.
     X_train, X_test, y_train, y_test, w_train, w_test = train_test_split(
-        X, y, weights, test_size=0.2, stratify=y, random_state=args.seed
+        X, y, np.ones(len(y)) if weights is None else weights, test_size=0.2, stratify=y, random_state=args.seed
     )
-    model = fit_with_progress(X_train, y_train, args.trees, args.seed, args.quiet, w_train if logged else None)
+    if weights is None:
+        w_train = w_test = None
+    model = fit_with_progress(X_train, y_train, args.trees, args.seed, args.quiet, w_train)
     model.n_jobs = None
     p = model.predict_proba(X_test)[:, 1]
     metrics = {
@@ -168,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         X_test[:, threshold.AMOUNT],
         review_cost=args.review_cost,
         max_alert_rate=args.max_alert_rate,
-        weights=w_test if logged else None,
+        weights=w_test,
     )
     manifest = export(
         model,

@@ -4,6 +4,7 @@ rows dropped and counted, the sampling weights carried, and only the partitions 
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import json
 import subprocess
@@ -215,3 +216,27 @@ def test_a_range_with_no_log_says_so_in_one_line(tmp_path):
     )
     assert done.returncode == 2
     assert done.stderr.strip() == f"error: no prediction log files from 2027-01-01 to 2027-01-31 under {log}"
+
+
+def test_a_table_is_loaded_for_its_own_window_only_and_a_log_directory_is_built_on_the_fly(tmp_path):
+    log, labels, out = tmp_path / "log", tmp_path / "labels", tmp_path / "set.parquet"
+    write_log(log, [{"ts": START, "transaction_id": "a", "sample_weight": 4.0}, {"ts": START, "transaction_id": "b"}])
+    write_labels(labels, START + 50 * DAY, [("a", True, START + 45 * DAY)])
+    as_of = START + 130 * DAY
+    con = training_set.connect()
+    training_set.write(con, *training_set.build(con, log, labels, None, None, as_of), out)
+
+    def window(**given):
+        return argparse.Namespace(
+            **{"first": None, "last": None, "as_of": None, "labels_dir": labels, "default_labels_dir": None, **given}
+        )
+
+    from_file, meta = training_set.load(con, out, window(as_of=as_of))
+    from_dir, _ = training_set.load(training_set.connect(), log, window(as_of=as_of))
+    assert from_file.equals(from_dir)
+    X, y, w = training_set.arrays(from_file)
+    assert X.shape == (2, len(FEATURES)) and y.tolist() == [1, 0] and w.tolist() == [4.0, 1.0]
+    with pytest.raises(training_set.TrainingSetError, match="was built with as_of"):
+        training_set.load(con, out, window(as_of=as_of + DAY))
+    with pytest.raises(training_set.TrainingSetError, match="not a training set"):
+        training_set.load(con, tmp_path / "missing.parquet", window())

@@ -72,13 +72,12 @@ def _timestamp(value: dt.datetime) -> str:
 
 
 def connect() -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection whose clock is UTC, as the label table's."""
     # Imported here: DuckDB is not in the production image, whose build runs the trainer (and so
     # reads this module's arguments) on synthetic data.
-    import duckdb
+    from service.offline import labels
 
-    con = duckdb.connect()
-    con.execute("SET TimeZone = 'UTC'")
-    return con
+    return labels.connect()
 
 
 def build(
