@@ -20,10 +20,13 @@ the counts, and prints them. All of it is DuckDB SQL over the Parquet files."""
 from __future__ import annotations
 
 import argparse
+import atexit
 import datetime as dt
 import json
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +47,7 @@ LABEL_WINDOW = dt.timedelta(days=120)
 LABEL = "Class"  # the label column's name in creditcard.csv, so the table is also a labelled file
 WEIGHT = "sample_weight"
 DEFAULT_OUTPUT_DIR = Path(".run/training-sets")
+MEMORY_LIMIT = "1GB"  # DuckDB's working memory; beyond it, its temporary files
 
 
 class TrainingSetError(ValueError):
@@ -77,7 +81,14 @@ def connect() -> duckdb.DuckDBPyConnection:
     # reads this module's arguments) on synthetic data.
     from service.offline import labels
 
-    return labels.connect()
+    con = labels.connect()
+    # DuckDB's default takes 80 % of the machine's memory; within a fixed share it spills its join and
+    # sort to a private directory instead, so a log of any length is read in bounded memory.
+    spill = tempfile.mkdtemp(prefix="training-set-")
+    atexit.register(shutil.rmtree, spill, ignore_errors=True)
+    con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
+    con.execute(f"SET temp_directory = '{spill}'")
+    return con
 
 
 def build(
@@ -100,13 +111,18 @@ def build(
     known.create_view("known_labels")
     features = ", ".join(f's."{name}"' for name in FEATURES)
     # The latest scoring of each transaction id: a retry's answer is the one the caller acted on.
+    # Chosen on the keys alone, then joined back, so that memory grows with the ids, not the rows'
+    # forty columns (a window function over `scored` would hold them all).
     con.execute(
         """CREATE OR REPLACE TEMP VIEW latest AS
-        SELECT * FROM scored WHERE transaction_id IS NULL
+        WITH winners AS (
+            SELECT transaction_id, max({'ts': ts, 'ts_ns': ts_ns, 'request_id': request_id, 'row': "row"}) AS k
+            FROM scored WHERE transaction_id IS NOT NULL GROUP BY transaction_id)
+        SELECT s.* FROM scored s JOIN winners w
+            ON s.transaction_id = w.transaction_id AND s.ts = w.k.ts AND s.ts_ns IS NOT DISTINCT FROM w.k.ts_ns
+               AND s.request_id IS NOT DISTINCT FROM w.k.request_id AND s."row" IS NOT DISTINCT FROM w.k."row"
         UNION ALL BY NAME
-        (SELECT * FROM scored WHERE transaction_id IS NOT NULL
-         QUALIFY row_number() OVER (
-             PARTITION BY transaction_id ORDER BY ts DESC, ts_ns DESC, request_id DESC, "row" DESC) = 1)"""
+        SELECT * FROM scored WHERE transaction_id IS NULL"""
     )
     con.execute(
         f"""CREATE OR REPLACE TEMP VIEW training AS
