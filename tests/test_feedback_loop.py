@@ -1,6 +1,7 @@
 """The whole loop, as a user runs it: the real stack (nginx, gunicorn's workers, the compactor) scores
 generated transactions with their ids and logs them; chargebacks come in 30 to 120 days later and
-are ingested by `make labels`'s command in runs, as a bank's files would be; `make training-set`
+are ingested by `make labels`'s command in runs, as a bank's files would be; `make outcomes` shows
+how the champion did (and, after the roll-out, the challenger beside it); `make training-set`
 builds the table as of a cut-off (and a label ingested after it changes nothing); `make model`
 trains a challenger on it; the stack serves it beside the champion; `make evaluate` compares the
 two on what was scored after, labelled as of a later cut-off.
@@ -111,6 +112,17 @@ def write_labels_file(path: Path, start: dt.datetime, events) -> None:
             writer.writerow([tid, label, (start + days * DAY).isoformat(), source])
 
 
+def outcomes_of(out: Path, log_dir: Path, labels_dir: Path, first: str, last: str, as_of: dt.datetime) -> dict:
+    """`make outcomes`' figures (its JSON file)."""
+    printed = run(
+        "service.offline.outcomes",
+        *("--log-dir", str(log_dir), "--labels-dir", str(labels_dir), "--from", first, "--to", last),
+        *("--as-of", as_of.isoformat(), "--bootstrap", "50", "--out", str(out)),
+    )
+    figures = printed.split("figures: ")[-1].strip()
+    return json.loads(Path(figures).read_text())
+
+
 def chargebacks(ids: list[str | None], y: np.ndarray, rng: np.random.Generator) -> list[tuple[str, str, float, str]]:
     """A chargeback for every fraud with an id, 30 to 120 days after it; a cleared review
     (legitimate) for some others, 5 to 60 days after."""
@@ -139,13 +151,20 @@ def test_scored_traffic_labelled_later_trains_a_challenger_judged_on_a_later_win
 
     # 2. The labels, in runs as they come in; the earliest chargeback is reversed in a later run.
     events = chargebacks(ids, y, rng)
-    reversed_id, _, known, _ = min(events, key=lambda event: event[2])
+    reversed_id, _, known, _ = min((e for e in events if e[1] == "fraud"), key=lambda event: event[2])
     events.append((reversed_id, "legitimate", known + INGESTION_EVERY + 1, "case"))
     ingest(tmp_path, labels_dir, log1, start, events)
 
+    # How the champion really did, as of the same cut-off (make outcomes).
+    as_of = start + 125 * DAY
+    outcomes = outcomes_of(tmp_path / "outcomes-1", log1, labels_dir, first_date, last_date, as_of)
+    assert [week["model_version"] for week in outcomes["weeks"]] == ["test-3"] * len(outcomes["weeks"])
+    labelled_frauds = sum(week["frauds_weighted"] for week in outcomes["weeks"])
+    assert labelled_frauds == int(sum(1 for tid, label in zip(ids, y, strict=True) if tid and label)) - 1
+    assert all(week["maturity"] == 1.0 for week in outcomes["weeks"])
+
     # 3. The training set as of a cut-off when every window has closed; then a late run ingested
     # after the cut-off (a fraud on a legitimate row, another reversal) must change nothing.
-    as_of = start + 125 * DAY
     frame = ["--dir", str(log1), "--labels-dir", str(labels_dir), "--from", first_date, "--to", last_date]
     built = tmp_path / "training.parquet"
     out = run("service.offline.training_set", *frame, "--as-of", as_of.isoformat(), "--output", str(built))
@@ -206,6 +225,8 @@ def test_scored_traffic_labelled_later_trains_a_challenger_judged_on_a_later_win
     ingest(tmp_path, labels_dir, log2, start2, chargebacks(ids2, y2, rng))
     logged = pq.ParquetDataset(str(log2)).read(columns=["challenger_version"]).column(0).to_pylist()
     assert set(logged) == {"from-log"}
+    outcomes = outcomes_of(tmp_path / "outcomes-2", log2, labels_dir, first2, last2, start2 + 125 * DAY)
+    assert {c["version"] for week in outcomes["weeks"] for c in week["challengers"]} == {"from-log"}
 
     # 6. The evaluation on that later window, both models, the same labelled rows.
     report = tmp_path / "evaluation" / "report.html"

@@ -138,7 +138,7 @@ def test_a_retried_transaction_is_its_latest_scoring_and_rows_without_an_id_are_
 def test_rows_whose_labelling_window_is_open_are_dropped_and_counted(tmp_path):
     log, labels = tmp_path / "log", tmp_path / "labels"
     as_of = START + 200 * DAY
-    window = training_set.LABEL_WINDOW
+    window = training_set.label_window()
     write_log(
         log,
         [

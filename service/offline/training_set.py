@@ -9,7 +9,8 @@ transaction that was retried; rows without an id are kept as they are, and count
 label known at AS_OF (only labels ingested by then: a backtest cannot see the future), `Class` 1 for
 fraud and 0 otherwise, and `sample_weight` (1 / the chance the row had to be logged).
 
-A row is kept only when its labelling window (LABEL_WINDOW after it was scored) has closed by AS_OF;
+A row is kept only when its labelling window (`outcomes.WINDOW_DAYS` after it was scored, the window
+the outcomes' maturity counts) has closed by AS_OF;
 the others are dropped and counted as immature. A row of a closed window without a label is
 legitimate: a chargeback that has not come in by then never will (the chargeback convention). A
 row without a transaction id can never be labelled, so it counts as legitimate too.
@@ -35,15 +36,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from service.core.features import FEATURES
-from service.core.settings import ConfigError, from_mapping, read_environment
+from service.core.settings import offline_or_exit
 from service.offline import log_table
 
 if TYPE_CHECKING:
     import duckdb
 
-# How long after a transaction its label can still arrive (a chargeback: up to 120 days): a row
-# younger than this at the cut-off may yet be labelled fraud, so it is not used.
-LABEL_WINDOW = dt.timedelta(days=120)
 LABEL = "Class"  # the label column's name in creditcard.csv, so the table is also a labelled file
 WEIGHT = "sample_weight"
 DEFAULT_OUTPUT_DIR = Path(".run/training-sets")
@@ -52,6 +50,15 @@ MEMORY_LIMIT = "1GB"  # DuckDB's working memory; beyond it, its temporary files
 
 class TrainingSetError(ValueError):
     """The training table cannot be had: the message is the one line shown."""
+
+
+def label_window() -> dt.timedelta:
+    """How long after a transaction its label can still arrive (a chargeback: up to 120 days): a
+    row younger than this at the cut-off may yet be labelled fraud, so it is not used. The outcomes'
+    maturity counts the same window."""
+    from service.offline.outcomes import WINDOW_DAYS  # DuckDB's module: see connect()
+
+    return dt.timedelta(days=WINDOW_DAYS)
 
 
 def parse_instant(text: str) -> dt.datetime:
@@ -68,11 +75,6 @@ def parse_date(text: str) -> dt.date:
         return dt.date.fromisoformat(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an ISO date (YYYY-MM-DD): {text!r}") from None
-
-
-def _timestamp(value: dt.datetime) -> str:
-    """A SQL literal of an aware datetime (generated here, never from user text)."""
-    return f"TIMESTAMPTZ '{value.astimezone(dt.UTC).isoformat()}'"
 
 
 def connect() -> duckdb.DuckDBPyConnection:
@@ -98,12 +100,14 @@ def build(
     first: dt.date | None,
     last: dt.date | None,
     as_of: dt.datetime,
-    window: dt.timedelta = LABEL_WINDOW,
+    window: dt.timedelta | None = None,
 ) -> tuple[duckdb.DuckDBPyRelation, dict[str, Any]]:
-    """(the training table, its metadata with the counts). Raises log_table.LogError when the log
-    has no file in the range."""
+    """(the training table, its metadata with the counts). window: how long after a transaction its
+    label can still arrive (default label_window()). Raises log_table.LogError when the log has no
+    file in the range."""
     from service.offline import labels
 
+    window = window or label_window()
     mature_by = as_of - window
     log_table.relation(con, log_dir, first, last).create_view("scored")
     known = labels.labels_as_of(con, labels_dir, as_of)
@@ -130,12 +134,12 @@ def build(
                coalesce(k.is_fraud, false)::INTEGER AS {LABEL},
                k.transaction_id IS NOT NULL AS labelled, k.known_at AS label_known_at
         FROM latest s LEFT JOIN known_labels k ON s.transaction_id = k.transaction_id
-        WHERE s.ts <= {_timestamp(mature_by)}"""
+        WHERE s.ts <= {labels.sql_instant(mature_by)}"""
     )
     scored, without_id, distinct_ids = con.execute(
         "SELECT count(*), count(*) FILTER (WHERE transaction_id IS NULL), count(DISTINCT transaction_id) FROM scored"
     ).fetchall()[0]
-    (immature,) = con.execute(f"SELECT count(*) FROM latest WHERE ts > {_timestamp(mature_by)}").fetchall()[0]
+    (immature,) = con.execute(f"SELECT count(*) FROM latest WHERE ts > {labels.sql_instant(mature_by)}").fetchall()[0]
     rows, frauds, labelled_legitimate, weighted, weighted_frauds, first_ts, last_ts = con.execute(
         f"""SELECT count(*), count(*) FILTER (WHERE {LABEL} = 1), count(*) FILTER (WHERE labelled AND {LABEL} = 0),
                    coalesce(sum({WEIGHT}), 0), coalesce(sum({WEIGHT}) FILTER (WHERE {LABEL} = 1), 0), min(ts), max(ts)
@@ -257,10 +261,7 @@ def add_window_arguments(parser: argparse.ArgumentParser) -> None:
 def resolve_directories(args: argparse.Namespace, log_dir: Path | None) -> tuple[Path, Path]:
     """The log's and the label table's directories: as given, else from the settings, else the
     defaults given; one line and exit 2 when the log is not there."""
-    try:
-        settings = from_mapping(read_environment(), require_api_key=False)
-    except ConfigError as e:
-        sys.exit(f"config error: {e}")
+    settings = offline_or_exit()
     log_dir = log_dir or settings.prediction_log_dir or getattr(args, "default_dir", None)
     labels_dir = args.labels_dir or settings.labels_dir or args.default_labels_dir
     if log_dir is None or not Path(log_dir).is_dir():
