@@ -224,7 +224,7 @@ def test_a_table_is_loaded_for_its_own_window_only_and_a_log_directory_is_built_
     write_labels(labels, START + 50 * DAY, [("a", True, START + 45 * DAY)])
     as_of = START + 130 * DAY
     con = training_set.connect()
-    training_set.write(con, *training_set.build(con, log, labels, None, None, as_of), out)
+    training_set.write(*training_set.build(con, log, labels, None, None, as_of), out)
 
     def window(**given):
         return argparse.Namespace(

@@ -10,10 +10,10 @@ label known at AS_OF (only labels ingested by then: a backtest cannot see the fu
 fraud and 0 otherwise, and `sample_weight` (1 / the chance the row had to be logged).
 
 A row is kept only when its labelling window (`outcomes.WINDOW_DAYS` after it was scored, the window
-the outcomes' maturity counts) has closed by AS_OF;
-the others are dropped and counted as immature. A row of a closed window without a label is
-legitimate: a chargeback that has not come in by then never will (the chargeback convention). A
-row without a transaction id can never be labelled, so it counts as legitimate too.
+the outcomes' maturity counts) has closed by AS_OF; the others are dropped and counted as immature.
+A row of a closed window without a label is legitimate: a chargeback that has not come in by then
+never will (the chargeback convention). A row without a transaction id can never be labelled, so it
+counts as legitimate too.
 
 Writes the table as Parquet and, beside it (the same name, .json), the log range, the cut-off and
 the counts, and prints them. All of it is DuckDB SQL over the Parquet files."""
@@ -172,9 +172,7 @@ def build(
     return table, metadata
 
 
-def write(
-    con: duckdb.DuckDBPyConnection, table: duckdb.DuckDBPyRelation, metadata: dict[str, Any], output: Path
-) -> None:
+def write(table: duckdb.DuckDBPyRelation, metadata: dict[str, Any], output: Path) -> None:
     """The table as zstd Parquet and its metadata beside it (.json), each under a temporary name
     renamed into place, so a reader never sees half a file."""
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -291,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     except log_table.LogError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    write(con, table, metadata, output)
+    write(table, metadata, output)
     print(describe(metadata))
     print(f"training set: {output.resolve()}")
     print(f"metadata: {metadata_path(output).resolve()}")
