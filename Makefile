@@ -30,7 +30,7 @@ LOCAL_PREDICTION_LOG := $(CURDIR)/.run/prediction-log
 # The label table's place for local runs, unless LABELS_DIR (environment or .env) names another.
 LOCAL_LABELS := $(CURDIR)/.run/labels
 
-.PHONY: labels outcomes lock test-sanitized compact verify-log score evaluate promote container-test features lint help install system-packages test-system-packages apt-packages venv slim-venv run reload model model-full convert test fuzz chaos clean perf perf-baseline perf-compare perf-install
+.PHONY: labels outcomes training-set lock test-sanitized compact verify-log score evaluate promote container-test features lint help install system-packages test-system-packages apt-packages venv slim-venv run reload model model-full convert test fuzz chaos clean perf perf-baseline perf-compare perf-install
 
 help:
 	@echo "make run    install what is missing, train the default model if there is none, serve through nginx"
@@ -42,6 +42,8 @@ help:
 	@echo "make reload roll out the model now at MODEL_PATH to the running service, with zero downtime"
 	@echo "make features IN=file  load transactions' features into the feature store (by-id scoring)"
 	@echo "make model  (re)train the default model; CSV=path/to/creditcard.csv trains on real data"
+	@echo "            FROM_LOG=training-set.parquet (or the log's directory with FROM= TO= AS_OF=): on what production scored"
+	@echo "make training-set FROM= TO= AS_OF= [OUT=]  the logged features of the rows scored FROM..TO, labelled as known at AS_OF"
 	@echo "make convert  write MODEL_PATH's serving artifact ahead (OUTPUT_DIR=dir for a read-only mount; MODEL_SHA256=digest)"
 	@echo "make install  system packages (nginx) and the virtual environment in .venv/, from the hashed lock requirements/dev.txt"
 	@echo "make lock   resolve the lock files requirements/*.txt again after a change to pyproject.toml (UPGRADE=1: newest allowed)"
@@ -52,7 +54,7 @@ help:
 	@echo "make perf   load and micro-benchmarks against the real stack, checked against perf/baseline.json (~10 min, perf/README.md)"
 	@echo "make perf-baseline  the same, then record this run's ratios as the new baseline"
 	@echo "make perf-compare  A/B: this checkout against BASE=<git rev> (default: where it left main), ROUNDS=3"
-	@echo "make evaluate  champion and challenger side by side, an HTML report (CHAMPION= CHALLENGER= CSV=)"
+	@echo "make evaluate  champion and challenger side by side, an HTML report (CHAMPION= CHALLENGER= CSV=, or FROM_LOG= FROM= TO= AS_OF=)"
 	@echo "make promote   the challenger becomes the champion, zero downtime (RETIRE=1: no challenger after)"
 
 install: system-packages $(INSTALLED)
@@ -106,7 +108,10 @@ $(MODEL_PATH): | $(INSTALLED)
 
 # REVIEW_COST (per alert) and MAX_ALERT_RATE (0-1) set how the decision threshold is chosen;
 # OOD_TARGET_RATE (0-1) the share of ordinary rows the out-of-distribution flag may mark.
-TRAIN_ARGS = $(if $(CSV),--csv $(CSV)) $(if $(REVIEW_COST),--review-cost $(REVIEW_COST)) $(if $(MAX_ALERT_RATE),--max-alert-rate $(MAX_ALERT_RATE)) $(if $(OOD_TARGET_RATE),--ood-target-rate $(OOD_TARGET_RATE))
+# FROM_LOG: a `make training-set` table, or the prediction log's directory with FROM, TO and AS_OF.
+WINDOW_ARGS = $(if $(FROM),--from $(FROM)) $(if $(TO),--to $(TO)) $(if $(AS_OF),--as-of $(AS_OF)) --default-labels-dir $(LOCAL_LABELS)
+LOG_ARGS = $(if $(FROM_LOG),--from-log $(FROM_LOG) $(WINDOW_ARGS))
+TRAIN_ARGS = $(if $(CSV),--csv $(CSV)) $(LOG_ARGS) $(if $(REVIEW_COST),--review-cost $(REVIEW_COST)) $(if $(MAX_ALERT_RATE),--max-alert-rate $(MAX_ALERT_RATE)) $(if $(OOD_TARGET_RATE),--ood-target-rate $(OOD_TARGET_RATE))
 
 model: | $(INSTALLED)
 	$(PY) -m model.train --output $(MODEL_PATH) $(TRAIN_ARGS)
@@ -153,6 +158,11 @@ outcomes: install
 	$(PY) -m service.offline.outcomes --default-log-dir $(LOCAL_PREDICTION_LOG) --default-labels-dir $(LOCAL_LABELS) \
 	  $(if $(FROM),--from $(FROM)) $(if $(TO),--to $(TO)) $(if $(AS_OF),--as-of $(AS_OF)) \
 	  $(if $(REVIEW_COST),--review-cost $(REVIEW_COST)) --out $(or $(OUT),$(CURDIR)/.run/outcomes)
+
+# The next model's training table from the log (docs/training-set.md): the rows scored FROM..TO
+# (dates), labelled as known at AS_OF (default now); OUT= the Parquet file (default under .run/training-sets/).
+training-set: | $(INSTALLED)
+	$(PY) -m service.offline.training_set --default-dir $(LOCAL_PREDICTION_LOG) $(WINDOW_ARGS) $(if $(OUT),--output $(OUT))
 
 # Load transactions' features into the feature store (FEATURE_STORE_URL): IN=file.csv|.parquet
 # with a transaction_id column and the 30 features; TTL=seconds to keep each record; ROW_IDS=1: no id
@@ -243,7 +253,7 @@ perf-compare: perf-install $(MODEL_PATH)
 # Defaults: the served champion (MODEL_PATH), the configured challenger (CHALLENGER_MODEL_PATH), and
 # a fresh synthetic hold-out drawn with another seed than training's.
 evaluate: $(INSTALLED) $(MODEL_PATH)
-	$(PY) -m model.evaluate $(if $(CHAMPION),--champion $(CHAMPION)) $(if $(CHALLENGER),--challenger $(CHALLENGER)) $(if $(CSV),--csv $(CSV))
+	$(PY) -m model.evaluate $(if $(CHAMPION),--champion $(CHAMPION)) $(if $(CHALLENGER),--challenger $(CHALLENGER)) $(if $(CSV),--csv $(CSV)) $(LOG_ARGS)
 
 # The challenger's files replace the champion's (the old champion's go to the challenger's place,
 # or away with RETIRE=1), then the running `make run` rolls out both with zero downtime.

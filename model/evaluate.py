@@ -3,6 +3,8 @@
     python -m model.evaluate                                  # served champion, configured challenger,
                                                               # a fresh synthetic hold-out (another seed)
     python -m model.evaluate --champion A.joblib --challenger B.joblib --csv labelled.csv
+    python -m model.evaluate --challenger B.joblib --from-log .run/prediction-log --from 2026-05-01 \
+        --to 2026-05-31 --as-of 2026-10-01     # what production scored later, labelled as of a cut-off
 
 Both models are loaded and verified by the service's own loader and scored by its own engine.
 The page (images embedded, no network needed) shows ROC and precision-recall curves, ROC AUC and
@@ -27,11 +29,12 @@ import numpy as np
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
 from model import synthetic, threshold
-from model.train import read_labelled
+from model.train import read_labelled, read_training_set
 from service.core.artifacts import ArtifactError
 from service.core.settings import Settings, read_environment
 from service.engine.drift import SCORE_EDGES, psi
 from service.engine.loader import LoadedModel, load_model
+from service.offline import training_set
 from service.offline.report_page import page, percent
 
 TOP_DISAGREEMENTS = 15
@@ -71,25 +74,40 @@ def interval(values: np.ndarray) -> list[float]:
 
 
 def evaluate(
-    models: list[Scored], y: np.ndarray, amount: np.ndarray, review_cost: float, n_boot: int, seed: int
+    models: list[Scored],
+    y: np.ndarray,
+    amount: np.ndarray,
+    review_cost: float,
+    n_boot: int,
+    seed: int,
+    weights: np.ndarray | None = None,
 ) -> dict[str, Any]:
+    """weights: each row counts as that many transactions (the prediction log's sample_weight)."""
+    w = np.ones(len(y)) if weights is None else weights
     figures: dict[str, Any] = {"rows": int(len(y)), "frauds": int(y.sum()), "review_cost": review_cost, "models": {}}
+
+    def roc_auc(yy, p, ww):
+        return roc_auc_score(yy, p, sample_weight=ww)
+
+    def average_precision(yy, p, ww):
+        return average_precision_score(yy, p, sample_weight=ww)
+
     for m in models:
-        curve = threshold.figures(y, m.score, amount, review_cost)
+        curve = threshold.figures(y, m.score, amount, review_cost, w)
         at = threshold.at(curve, m.threshold)
         figures["models"][m.name] = {
             "version": m.model.version,
             "threshold": m.model.threshold,
-            "roc_auc": float(roc_auc_score(y, m.probability)),
-            "roc_auc_ci": interval(bootstrap(y, [m.probability], roc_auc_score, n_boot, seed)),
-            "average_precision": float(average_precision_score(y, m.probability)),
-            "average_precision_ci": interval(bootstrap(y, [m.probability], average_precision_score, n_boot, seed)),
+            "roc_auc": float(roc_auc(y, m.probability, w)),
+            "roc_auc_ci": interval(bootstrap(y, [m.probability, w], roc_auc, n_boot, seed)),
+            "average_precision": float(average_precision(y, m.probability, w)),
+            "average_precision_ci": interval(bootstrap(y, [m.probability, w], average_precision, n_boot, seed)),
             "at_threshold": at,
             "cost_per_1000_ci": interval(
                 bootstrap(
                     y,
-                    [m.score, amount],
-                    lambda yy, s, a, t=m.threshold: threshold.at(threshold.figures(yy, s, a, review_cost), t)[
+                    [m.score, amount, w],
+                    lambda yy, s, a, ww, t=m.threshold: threshold.at(threshold.figures(yy, s, a, review_cost, ww), t)[
                         "cost_per_1000"
                     ],
                     n_boot,
@@ -102,9 +120,9 @@ def evaluate(
     if len(models) == 2:
         champion, challenger = models
 
-        def cost_difference(yy, s1, s2, a):
-            c1 = threshold.at(threshold.figures(yy, s1, a, review_cost), champion.threshold)["cost_per_1000"]
-            c2 = threshold.at(threshold.figures(yy, s2, a, review_cost), challenger.threshold)["cost_per_1000"]
+        def cost_difference(yy, s1, s2, a, ww):
+            c1 = threshold.at(threshold.figures(yy, s1, a, review_cost, ww), champion.threshold)["cost_per_1000"]
+            c2 = threshold.at(threshold.figures(yy, s2, a, review_cost, ww), challenger.threshold)["cost_per_1000"]
             return c2 - c1
 
         difference = (
@@ -113,7 +131,7 @@ def evaluate(
         )
         figures["cost_difference_per_1000"] = difference
         figures["cost_difference_ci"] = interval(
-            bootstrap(y, [champion.score, challenger.score, amount], cost_difference, n_boot, seed)
+            bootstrap(y, [champion.score, challenger.score, amount, w], cost_difference, n_boot, seed)
         )
         n_bins = len(SCORE_EDGES) + 1
         expected = np.bincount(np.searchsorted(SCORE_EDGES, champion.score, side="right"), minlength=n_bins) / len(y)
@@ -254,6 +272,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--champion", type=Path, default=Path(env.get("MODEL_PATH") or "model/fraud-model.joblib"))
     parser.add_argument("--challenger", type=Path, default=env.get("CHALLENGER_MODEL_PATH") or None)
     parser.add_argument("--csv", type=Path, help="labelled rows (creditcard.csv columns); default: fresh synthetic")
+    parser.add_argument(
+        "--from-log",
+        type=Path,
+        help="labelled rows of what production scored: a `make training-set` table, or the prediction log's "
+        "directory (then with --from, --to, --as-of; a window later than the challenger's training)",
+    )
+    training_set.add_window_arguments(parser)
     parser.add_argument("--rows", type=int, default=100_000, help="synthetic rows (default 100000)")
     parser.add_argument("--seed", type=int, default=2027, help="synthetic data seed, not training's 42 (default 2027)")
     parser.add_argument(
@@ -269,7 +294,13 @@ def main(argv: list[str] | None = None) -> int:
             models.append(("challenger", load(args.challenger)))
     except ArtifactError as e:
         sys.exit(f"model error: {e}")
-    if args.csv:
+    weights = None
+    if args.csv and args.from_log:
+        parser.error("--csv and --from-log are two sources: give one")
+    if args.from_log:
+        X, y, weights, logged = read_training_set(args.from_log, args)
+        source = f"the prediction log, {training_set.describe(logged)}"
+    elif args.csv:
         X, y = read_labelled(args.csv)
         source = f"{args.csv.name}"
     else:
@@ -283,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, model in models:
         p = model.scorer.predict_rows(X)
         scored.append(Scored(name, model, p, threshold.scores_of(p)))
-    figures = evaluate(scored, y, X[:, threshold.AMOUNT], review_cost, args.bootstrap, args.seed)
+    figures = evaluate(scored, y, X[:, threshold.AMOUNT], review_cost, args.bootstrap, args.seed, weights)
     figures["bootstrap"] = args.bootstrap
     figures["generated"] = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
     figures["source"] = source

@@ -35,10 +35,12 @@ def export(
     threshold: dict[str, Any] | None = None,
     drift: dict[str, Any] | None = None,
     ood: dict[str, Any] | None = None,
+    training_set: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Writes the estimator, its serving artifact and the manifest; returns the manifest.
     `threshold` (model.threshold.choose), `drift` (service.engine.drift.reference) and `ood`
-    (model.ood_bounds.calibrate) are recorded as given."""
+    (model.ood_bounds.calibrate) are recorded as given, and so is `training_set` (the log range, the
+    label cut-off and the counts of a model trained on the prediction log: service/offline/training_set.py)."""
     paths = ArtifactPaths.for_model(model_path)
     paths.estimator.parent.mkdir(parents=True, exist_ok=True)
     # A forest pickled with n_jobs>1 makes every predict_proba spin up threads (~3x slower per row).
@@ -66,6 +68,8 @@ def export(
         manifest["drift"] = drift
     if ood is not None:
         manifest["ood"] = ood
+    if training_set is not None:
+        manifest["training_set"] = training_set
     try:
         arrays = forest.flatten(estimator)
     except forest.UnsupportedEstimator as e:

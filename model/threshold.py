@@ -22,21 +22,29 @@ def scores_of(probabilities: np.ndarray) -> np.ndarray:
     return np.round(100.0 * np.asarray(probabilities, dtype=np.float64)).astype(np.int64)
 
 
-def figures(y: np.ndarray, scores: np.ndarray, amount: np.ndarray, review_cost: float) -> dict[str, np.ndarray]:
+def figures(
+    y: np.ndarray,
+    scores: np.ndarray,
+    amount: np.ndarray,
+    review_cost: float,
+    weights: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
     """Per threshold in THRESHOLDS: recall, precision, alert rate and expected cost per 1,000
-    transactions (missed frauds' amounts + review_cost per alert)."""
+    transactions (missed frauds' amounts + review_cost per alert). weights: each row counts as that
+    many transactions (the prediction log's sample_weight: a sampled row stands for those not logged)."""
     y = np.asarray(y).astype(bool)
-    n = len(y)
+    w = np.ones(len(y)) if weights is None else np.asarray(weights, dtype=np.float64)
+    n = w.sum()
     # Rows per score, frauds per score and missed amount per score; cumulated from the top, the
     # alerts at threshold t are the rows with score >= t.
-    rows = np.bincount(scores, minlength=101)[:101]
-    frauds = np.bincount(scores[y], minlength=101)[:101]
-    fraud_amount = np.bincount(scores[y], weights=amount[y], minlength=101)[:101]
+    rows = np.bincount(scores, weights=w, minlength=101)[:101]
+    frauds = np.bincount(scores[y], weights=w[y], minlength=101)[:101]
+    fraud_amount = np.bincount(scores[y], weights=amount[y] * w[y], minlength=101)[:101]
     alerts = np.append(np.cumsum(rows[::-1])[::-1], 0)
     caught = np.append(np.cumsum(frauds[::-1])[::-1], 0)
     caught_amount = np.append(np.cumsum(fraud_amount[::-1])[::-1], 0.0)
     missed_amount = fraud_amount.sum() - caught_amount
-    n_fraud = int(y.sum())
+    n_fraud = w[y].sum()
     with np.errstate(invalid="ignore", divide="ignore"):
         precision = np.where(alerts > 0, caught / np.maximum(alerts, 1), np.nan)
     return {
@@ -59,13 +67,14 @@ def choose(
     amount: np.ndarray,
     review_cost: float = REVIEW_COST,
     max_alert_rate: float | None = None,
+    weights: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """The cheapest threshold with its figures and the whole curve, as the manifest records it.
 
     Where several thresholds cost the same (no held-out row scores between them: common with few
     frauds), the middle of the longest such run is chosen, as far as possible from the scores
     where the cost jumps, rather than its edge."""
-    curve = figures(y, scores, amount, review_cost)
+    curve = figures(y, scores, amount, review_cost, weights)
     allowed = np.ones(len(THRESHOLDS), dtype=bool)
     if max_alert_rate is not None:
         allowed = curve["alert_rate"] <= max_alert_rate

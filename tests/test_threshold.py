@@ -38,6 +38,24 @@ def test_figures_equal_a_direct_count_at_every_threshold():
     assert chosen["frauds"] == int(y.sum()) and chosen["rows"] == 4000
 
 
+def test_a_weighted_row_counts_as_that_many_rows():
+    """A sampled log's row of weight k stands for k transactions: the figures equal those of the
+    rows repeated k times."""
+    rng = np.random.default_rng(8)
+    y = rng.uniform(size=3000) < 0.05
+    scores = np.clip(np.round(rng.normal(15 + 45 * y, 18)), 0, 100).astype(np.int64)
+    amount = np.round(rng.lognormal(3, 1.5, 3000), 2)
+    weights = rng.integers(1, 6, 3000)
+    weighted = threshold.figures(y, scores, amount, 5.0, weights.astype(np.float64))
+    repeated = threshold.figures(*(np.repeat(a, weights) for a in (y, scores, amount)), 5.0)
+    for name in ("recall", "precision", "alert_rate", "cost_per_1000"):
+        np.testing.assert_allclose(weighted[name], repeated[name], rtol=1e-12)
+    assert (
+        threshold.choose(y, scores, amount, 5.0, weights=weights)["value"]
+        == threshold.choose(*(np.repeat(a, weights) for a in (y, scores, amount)), 5.0)["value"]
+    )
+
+
 def test_among_equally_cheap_thresholds_the_middle_of_the_longest_run_is_chosen():
     # Scores 10 and 40 only: every threshold from 11 to 40 alerts on the same rows.
     y = np.array([1, 1, 0, 0, 0, 0])
