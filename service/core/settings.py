@@ -134,7 +134,8 @@ def _path(text: str) -> Path:
 
 
 def _cores() -> int:
-    return os.cpu_count() or 1
+    """The cores this process may run on (a container's cpuset, a `taskset`), not the machine's."""
+    return len(os.sched_getaffinity(0)) or 1
 
 
 def setting(
