@@ -42,7 +42,7 @@ from perf import (
     stats,
     wrk,
 )
-from perf.common import BARE_APP, FALCON_APP, as_bodies, log, sample_rows, start_stack
+from perf.common import BARE_APP, FALCON_APP, as_bodies, log, sample_rows, start_stack, watched
 from perf.placement import SHARED, Placement, Watch
 from perf.placement import add_arguments as add_placement_arguments
 from perf.placement import failures as placement_failures
@@ -322,9 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     ) -> Stack:
         """A stack of this run, in its placement, watched there."""
         started_stack = start_stack(model_path, key, stack_log, workers, app, placed, **extra)
-        if placed.split:
-            watch.service(started_stack.gunicorn.pid, started_stack.nginx.pid)
-        return started_stack
+        return watched(started_stack, watch) if placed.split else started_stack
 
     if placement.split and not args.url:
         # Both placements' ceilings, each ratio from its own interleaved rounds: the split

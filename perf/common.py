@@ -10,7 +10,7 @@ import numpy as np
 import orjson
 
 from model import synthetic
-from perf.placement import EVERYWHERE, Placement
+from perf.placement import EVERYWHERE, Placement, Watch
 from service.core.features import FEATURES
 from stack import harness
 from stack.launcher import Stack
@@ -32,6 +32,12 @@ def as_bodies(X: np.ndarray) -> list[bytes]:
 
 BARE_APP = "perf.bare:application"
 FALCON_APP = "perf.bare:falcon_application"
+
+
+def watched(stack: Stack, watch: Watch) -> Stack:
+    """The stack, its servers watched as the service's (perf/placement.py)."""
+    watch.service(stack.gunicorn.pid if stack.gunicorn else None, stack.nginx.pid if stack.nginx else None)
+    return stack
 
 
 def start_stack(

@@ -43,8 +43,10 @@ from stack import harness
 ROUTES = {"raw single": "/v1/fraud-score", "by-id single": "/v1/fraud-score/by-id"}
 
 
-def app_for(model_path: Path, key: str, store_url: str) -> Any:
+def app_for(model_path: Path, key: str, store_url: str, spin_us: int | None = None) -> Any:
+    spin = {} if spin_us is None else {"feature_store_spin_us": spin_us}
     settings = Settings(
+        **spin,
         api_keys=(key.encode(),),
         model_path=model_path,
         rate_limit_per_key=10**9,
@@ -83,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=2000, help="requests of each route per round")
     parser.add_argument("--transport", choices=("tcp", "unix"), default="tcp")
     parser.add_argument("--json", type=Path, help="also write the rounds here")
+    parser.add_argument(
+        "--spin-us", type=int, help="FEATURE_STORE_SPIN_US (default: the setting's default), to compare"
+    )
     args = parser.parse_args(argv)
     placement = placement_from_arguments(parser, args)
     model = existing_model(args.model)
@@ -94,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         if placement.service:
             for tid in os.listdir("/proc/self/task"):
                 os.sched_setaffinity(int(tid), placement.service)
-        app = app_for(model, key, store.url if args.transport == "tcp" else store.unix_url)
+        app = app_for(model, key, store.url if args.transport == "tcp" else store.unix_url, args.spin_us)
         bodies = {
             "raw single": as_bodies(X),
             "by-id single": [orjson.dumps({"transaction_id": f"tx-{i}"}) for i in range(len(X))],
