@@ -41,11 +41,6 @@ def test_the_split_placement_defaults_to_the_first_core_and_the_rest():
         Placement.choose(SPLIT, "0", "0")
 
 
-def pinned(cpu: int) -> subprocess.Popen:
-    """A busy process confined to `cpu` by taskset, as the split placement starts the service."""
-    return subprocess.Popen(["taskset", "--cpu-list", str(cpu), sys.executable, "-c", BUSY])
-
-
 def watched(service: subprocess.Popen, load: subprocess.Popen, split: Placement) -> dict:
     """What the watch reports on `service` (a service root) and `load` (a child of this process),
     after samples that saw both running. This process stands on the load's cores, as make perf does."""
@@ -63,17 +58,25 @@ def watched(service: subprocess.Popen, load: subprocess.Popen, split: Placement)
         os.sched_setaffinity(0, before)
 
 
-@needs_two
-@pytest.mark.timeout(120)
-def test_processes_that_keep_to_their_cores_pass_the_check():
-    split = Placement.choose(SPLIT)
-    service, load = pinned(min(split.service)), pinned(min(split.load))
+def watch_two(service_cpus: frozenset[int], load_cpus: frozenset[int], split: Placement) -> tuple[dict, int, int]:
+    """The watch's report on a "service" pinned to `service_cpus` and a "load" pinned to `load_cpus`."""
+    service, load = (
+        subprocess.Popen(["taskset", "--cpu-list", placement.cpu_list(cpus), sys.executable, "-c", BUSY])
+        for cpus in (service_cpus, load_cpus)
+    )
     try:
-        found = watched(service, load, split)
+        return watched(service, load, split), service.pid, load.pid
     finally:
         for p in (service, load):
             p.kill()
             p.wait()
+
+
+@needs_two
+@pytest.mark.timeout(120)
+def test_processes_that_keep_to_their_cores_pass_the_check():
+    split = Placement.choose(SPLIT)
+    found, _, _ = watch_two(split.service, split.load, split)
     assert found["violations"] == []
     assert placement.failures(found) == []
     assert set(found["samples_per_cpu"]["service"]) == {str(min(split.service))}
@@ -84,34 +87,19 @@ def test_processes_that_keep_to_their_cores_pass_the_check():
 def test_a_service_process_on_a_load_core_fails_the_run():
     split = Placement.choose(SPLIT)
     # the "service" confined to a load core: allowed there, and seen running there
-    service, load = pinned(min(split.load)), pinned(min(split.load))
-    try:
-        found = watched(service, load, split)
-    finally:
-        for p in (service, load):
-            p.kill()
-            p.wait()
+    found, service, load = watch_two(split.load, split.load, split)
     failures = placement.failures(found)
-    assert any(f"service process {service.pid}" in f and "may run on" in f for f in failures), failures
-    assert any(f"of process {service.pid}" in f and f"ran on CPU {min(split.load)}" in f for f in failures), failures
-    assert not any(f"process {load.pid}" in f for f in failures)
+    assert any(f"service process {service}" in f and "may run on" in f for f in failures), failures
+    assert any(f"of process {service}" in f and f"ran on CPU {min(split.load)}" in f for f in failures), failures
+    assert not any(f"process {load}" in f for f in failures)
 
 
 @needs_two
 @pytest.mark.timeout(120)
 def test_a_load_process_allowed_on_the_service_core_fails_the_run():
     split = Placement.choose(SPLIT)
-    service = pinned(min(split.service))
-    load = subprocess.Popen(
-        ["taskset", "--cpu-list", placement.cpu_list(split.service | split.load), sys.executable, "-c", BUSY]
-    )
-    try:
-        found = watched(service, load, split)
-    finally:
-        for p in (service, load):
-            p.kill()
-            p.wait()
-    assert any(f"load process {load.pid}" in f for f in placement.failures(found))
+    found, _, load = watch_two(split.service, split.service | split.load, split)
+    assert any(f"load process {load}" in f for f in placement.failures(found))
 
 
 def test_a_split_run_that_saw_nothing_fails():
