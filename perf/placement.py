@@ -13,7 +13,7 @@ so no process of the service ever starts elsewhere); the harness confines itself
 redis-server inherit its affinity.
 
 Checked, not trusted (`Watch`): during the load, a thread samples every thread of every watched
-process. It reads each process's allowed CPUs (`Cpus_allowed_list` in /proc/PID/status): the kernel
+process (the service's and the load's: `Watch` says which they are). It reads each process's allowed CPUs (`Cpus_allowed_list` in /proc/PID/status): the kernel
 never runs a thread outside them, so an allowed set inside the role's cores proves the placement
 for as long as it holds, and it is read on every sample, so a process that widens its own
 affinity is caught. It also reads each thread's `processor` (field 39 of /proc/PID/task/TID/stat),
@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 SHARED, SPLIT = "shared", "split"
+LOAD_PROGRAMS = ("wrk", "redis-server")  # what the harness starts on the load's side
 NAMES = (SHARED, SPLIT)
 PROC = Path("/proc")
 
@@ -180,13 +181,15 @@ def command_name(pid: int) -> str:
 class Watch:
     """Samples where the service's and the load's processes run, every `interval_s`, until stopped.
 
-    The service is every process under a root added with `service()` (a stack's gunicorn and nginx);
-    the load is every other process under `load_root` (the harness itself: wrk, redis-server)."""
+    The service is every process under a root added with `service()` (a stack's gunicorn and nginx,
+    added once the stack answers); the load is the harness itself, the programs of LOAD_PROGRAMS it
+    started (wrk, redis-server) and any root added with `load()`, with their children. Another child
+    of the harness (a stack still starting, nginx's config test) is neither, and not checked."""
 
     placement: Placement
-    load_root: int = field(default_factory=os.getpid)
     interval_s: float = 0.02
     service_roots: set[int] = field(default_factory=set)
+    load_roots: set[int] = field(default_factory=set)
     samples: dict[str, Counter] = field(default_factory=lambda: {"service": Counter(), "load": Counter()})
     violations: dict[tuple[str, int, str], str] = field(default_factory=dict)
     seen: dict[str, set[str]] = field(default_factory=lambda: {"service": set(), "load": set()})
@@ -196,6 +199,9 @@ class Watch:
 
     def service(self, *pids: int | None) -> None:
         self.service_roots.update(p for p in pids if p)
+
+    def load(self, *pids: int) -> None:
+        self.load_roots.update(pids)
 
     def __enter__(self) -> Watch:
         if self.placement.split:
@@ -215,7 +221,10 @@ class Watch:
     def sample(self) -> None:
         children = children_map()
         service = descendants(self.service_roots, children)
-        load = descendants([self.load_root], children) - service
+        harness = descendants([os.getpid()], children) - service
+        programs = [pid for pid in harness if command_name(pid) in LOAD_PROGRAMS]
+        # the harness itself, not its children: those are the programs' and the roots' subtrees
+        load = ({os.getpid()} | descendants([*self.load_roots, *programs], children)) - service
         for role, pids, cores in (("service", service, self.placement.service), ("load", load, self.placement.load)):
             for pid in pids:
                 self._sample(role, pid, cores or frozenset())

@@ -216,7 +216,7 @@ class Stack:
         )
         nginx = find_nginx()
         check = subprocess.run(
-            [nginx, "-t", "-q", "-p", str(self.run_dir), "-c", str(conf)], capture_output=True, text=True
+            [*self.confine, nginx, "-t", "-q", "-p", str(self.run_dir), "-c", str(conf)], capture_output=True, text=True
         )
         if check.returncode != 0:
             raise RuntimeError(f"nginx rejected its config: {check.stderr.strip()}")
