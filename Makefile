@@ -239,16 +239,20 @@ score: install $(MODEL_PATH)
 perf-install: install
 	@$(MAKE) --no-print-directory test-system-packages
 
+# PLACEMENT=split: the service on SERVICE_CPUS (default the first core), wrk and redis-server on
+# LOAD_CPUS (default the others); shared (the default): every process on every core (perf/README.md).
+PLACEMENT ?= shared
+PLACEMENT_ARGS = --placement $(PLACEMENT) $(if $(SERVICE_CPUS),--service-cpus $(SERVICE_CPUS)) $(if $(LOAD_CPUS),--load-cpus $(LOAD_CPUS))
 perf: perf-install $(MODEL_PATH)
-	$(PY) -m perf $(PERF_ARGS)
+	$(PY) -m perf $(PLACEMENT_ARGS) $(PERF_ARGS)
 
 perf-baseline: perf-install $(MODEL_PATH)
-	$(PY) -m perf --write-baseline $(PERF_ARGS)
+	$(PY) -m perf --write-baseline $(PLACEMENT_ARGS) $(PERF_ARGS)
 
 # BASE: a git revision (default: `git merge-base HEAD main`, or HEAD~1 on main); ROUNDS >= 3.
 ROUNDS ?= 3
 perf-compare: perf-install $(MODEL_PATH)
-	$(PY) -m perf.compare $(if $(BASE),--base $(BASE)) --rounds $(ROUNDS) $(COMPARE_ARGS)
+	$(PY) -m perf.compare $(if $(BASE),--base $(BASE)) --rounds $(ROUNDS) $(PLACEMENT_ARGS) $(COMPARE_ARGS)
 
 # Defaults: the served champion (MODEL_PATH), the configured challenger (CHALLENGER_MODEL_PATH), and
 # a fresh synthetic hold-out drawn with another seed than training's.

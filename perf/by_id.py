@@ -33,7 +33,11 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from perf import add_model_argument, existing_model, report, stats, wrk
-from perf.common import log, sample_rows, start_stack
+from perf.common import log, sample_rows, start_stack, watched
+from perf.placement import Watch
+from perf.placement import add_arguments as add_placement_arguments
+from perf.placement import failures as placement_failures
+from perf.placement import from_arguments as placement_from_arguments
 from service.core.features import FEATURES
 from service.store.feature_record import encode_record
 from stack import harness
@@ -236,23 +240,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=4.0, help="length of each closed-loop round")
     parser.add_argument("--open-seconds", type=float, default=10.0, help="length of each open-loop run")
     parser.add_argument("--workers", type=int, help="WORKERS of both stacks (default: the service's)")
+    add_placement_arguments(parser)
     args = parser.parse_args(argv)
+    placement = placement_from_arguments(parser, args)
     model = existing_model(args.model)
     key = secrets.token_urlsafe(24)
     stack_log = Path(tempfile.mkdtemp(prefix="fraud-perf-by-id-log-")) / "stack.log"
-    result = measure(
-        sample_rows()[:1000],
-        key,
-        lambda **extra: start_stack(model, key, stack_log, args.workers, **extra),
-        harness.free_port,
-        args.rounds,
-        args.seconds,
-        log,
-        args.open_seconds,
-    )
+    placement.confine_load()  # redis-server and wrk on the load's cores, as other hosts would be
+    watch = Watch(placement)
+
+    def launch(**extra: str) -> Stack:
+        return watched(start_stack(model, key, stack_log, args.workers, placement=placement, **extra), watch)
+
+    with watch:
+        result = measure(
+            sample_rows()[:1000], key, launch, harness.free_port, args.rounds, args.seconds, log, args.open_seconds
+        )
     print(report.targets_table(report.by_id_targets(result)))
+    checked = watch.report()
+    print(f"placement: {placement.name}, violations: {checked['violations'] or 'none'}")
     failed = {**result["routes"], **result["open_loop"]}
-    return 1 if any(route["failed"] for route in failed.values()) else 0
+    return 1 if any(route["failed"] for route in failed.values()) or placement_failures(checked) else 0
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import numpy as np
 import orjson
 
 from model import synthetic
+from perf.placement import EVERYWHERE, Placement, Watch
 from service.core.features import FEATURES
 from stack import harness
 from stack.launcher import Stack
@@ -30,6 +31,13 @@ def as_bodies(X: np.ndarray) -> list[bytes]:
 
 
 BARE_APP = "perf.bare:application"
+FALCON_APP = "perf.bare:falcon_application"
+
+
+def watched(stack: Stack, watch: Watch) -> Stack:
+    """The stack, its servers watched as the service's (perf/placement.py)."""
+    watch.service(stack.gunicorn.pid if stack.gunicorn else None, stack.nginx.pid if stack.nginx else None)
+    return stack
 
 
 def start_stack(
@@ -38,14 +46,20 @@ def start_stack(
     stack_log: Path,
     workers: int | None = None,
     app: str | None = None,
+    placement: Placement = EVERYWHERE,
     **extra: str,
 ) -> Stack:
     """The real nginx + gunicorn, as `make run` starts them, on a free loopback port, limits lifted.
     WORKERS and GUNICORN_CMD_ARGS pass through, to compare settings; a developer's .env does not.
     nginx's access-log lines are formatted and written as in production, to /dev/null rather than
     filling the disk; errors go to the stack log. `app` replaces the service's WSGI callable (the bare
-    stack)."""
+    stack). In the split placement every server of the stack runs on the service's cores, and
+    WORKERS, unless set, is their number."""
     env = harness.environment(api_key, model_path, ("WORKERS", "GUNICORN_CMD_ARGS"), **{**harness.UNLIMITED, **extra})
     if workers:
         env["WORKERS"] = str(workers)
-    return harness.start(env, log=stack_log, access_log="/dev/null", stdout_to_log=False, app=app)
+    elif placement.service and "WORKERS" not in env:
+        env["WORKERS"] = str(len(placement.service))  # as the service counts them under taskset
+    return harness.start(
+        env, log=stack_log, access_log="/dev/null", stdout_to_log=False, app=app, confine=placement.service_prefix()
+    )

@@ -39,6 +39,10 @@ from typing import Any
 from perf import add_model_argument, existing_model, report, stats, wrk
 from perf.__main__ import CONNECTIONS
 from perf.common import as_bodies, log, sample_rows
+from perf.placement import Watch
+from perf.placement import add_arguments as add_placement_arguments
+from perf.placement import failures as placement_failures
+from perf.placement import from_arguments as placement_from_arguments
 from service.core.artifacts import ArtifactPaths
 from stack import harness
 
@@ -104,6 +108,7 @@ class Side:
     python: Path
     process: subprocess.Popen | None = None
     url: str = ""
+    confine: tuple[str, ...] = ()  # the placement's command prefix: the launcher and its servers
 
     def tooling(self) -> str:
         """The package of this side's launcher and harness: `stack`, or `service` in revisions from
@@ -119,7 +124,12 @@ class Side:
             with open(stack_log, "a") as errors:
                 # Access lines go to stdout, formatted and written as in production, then dropped.
                 self.process = subprocess.Popen(
-                    [str(self.python), "-m", "service.stack" if self.tooling() == "service" else "stack"],
+                    [
+                        *self.confine,
+                        str(self.python),
+                        "-m",
+                        "service.stack" if self.tooling() == "service" else "stack",
+                    ],
                     cwd=self.checkout,
                     env=env,
                     stdout=subprocess.DEVNULL,
@@ -256,11 +266,13 @@ def main(argv: list[str] | None = None) -> int:
         "--connections", default=",".join(map(str, CONNECTIONS)), help="connection counts (default: make perf's)"
     )
     add_model_argument(parser)
+    add_placement_arguments(parser)
     parser.add_argument("--results-dir", type=Path, default=ROOT / "perf" / "results")
     args = parser.parse_args(argv)
     if args.rounds < 3:
         parser.error("--rounds must be at least 3: fewer cannot show a spread")
     model_path = existing_model(args.model)
+    placement = placement_from_arguments(parser, args)
 
     base = resolve(ROOT, args.base)
     head = git(ROOT, "rev-parse", "HEAD")
@@ -273,14 +285,18 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="fraud-perf-compare-"))
     files = wrk.write_requests(work / "requests", as_bodies(sample_rows()[:1000]))
     key = secrets.token_urlsafe(24)
+    confine = placement.service_prefix()
     sides = {
-        "base": Side("base", checkout, checkout / ".venv" / "bin" / "python"),
-        "current": Side("current", ROOT, Path(sys.executable)),
+        "base": Side("base", checkout, checkout / ".venv" / "bin" / "python", confine=confine),
+        "current": Side("current", ROOT, Path(sys.executable), confine=confine),
     }
+    placement.confine_load()
+    watch = Watch(placement)
     stack_log = args.results_dir / f"{started}-compare-stack.log"
     try:
         for name, side in sides.items():
             side.start(copy_model(model_path, work / name), key, stack_log)
+            watch.service(side.process.pid)
         skipped = {e: r for side in sides.values() for e, r in servable(side.url, files, key).items()}
         for side in sides.values():
             if side.process is None or side.process.poll() is not None:
@@ -296,14 +312,16 @@ def main(argv: list[str] | None = None) -> int:
         for side in sides.values():
             for endpoint in endpoints:
                 wrk.run(wrk.Scenario(endpoint, 64, 2), side.url, files[endpoint], key)
-        recorded = run(sides, plan, files, key, args.rounds)
+        with watch:
+            recorded = run(sides, plan, files, key, args.rounds)
     finally:
         for side in sides.values():
             side.stop()
         shutil.rmtree(work, ignore_errors=True)
 
     compared = compare(recorded)
-    failed = [
+    checked = watch.report()
+    failed = placement_failures(checked) + [
         f"{name} ({side}): {r[side]['failed']} failed requests"
         for this_round in recorded
         for name, r in this_round.items()
@@ -322,6 +340,7 @@ def main(argv: list[str] | None = None) -> int:
                 "seconds": args.seconds,
                 "machine": {"cpus": os.cpu_count(), "load_average_after": os.getloadavg()},
                 "skipped": skipped,
+                "placement": checked,
                 "compared": compared,
                 "recorded": recorded,
                 "failures": failed,
@@ -331,7 +350,10 @@ def main(argv: list[str] | None = None) -> int:
         + "\n"
     )
     print()
-    print(f"current {head[:12]}{' (+ uncommitted changes)' if dirty else ''} ÷ base {base[:12]}, {args.rounds} rounds")
+    print(
+        f"current {head[:12]}{' (+ uncommitted changes)' if dirty else ''} ÷ base {base[:12]}, {args.rounds} rounds, "
+        f"{placement.name} placement"
+    )
     print(report.comparison_table(compared))
     for endpoint, reason in skipped.items():
         print(f"skipped {endpoint}: the base or current stack cannot serve it ({reason})")

@@ -66,12 +66,13 @@ def start(
     timeout: float = 60.0,
     app: str | None = None,
     wrapper: tuple[str, ...] = (),
+    confine: tuple[str, ...] = (),
 ) -> Stack:
     """Starts a Stack with `env` on a free loopback port and waits until it answers /health.
 
     `log` receives nginx's and gunicorn's stderr (and stdout, where gunicorn's access lines go, unless
     `stdout_to_log` is false); without it both are discarded. The last failure's log tail is raised.
-    `wrapper` is a command gunicorn runs inside (see Stack.wrapper)."""
+    `wrapper` is a command gunicorn runs inside, `confine` one every server runs inside (see Stack)."""
     for attempt in range(attempts):
         full = {**env, "PORT": str(free_port())}
         out = open(log, "a") if log else subprocess.DEVNULL  # noqa: SIM115  (the children keep it open)
@@ -85,6 +86,7 @@ def start(
                 access_log=access_log,
                 app=app,
                 wrapper=wrapper,
+                confine=confine,
             )
             return stack.start(timeout)
         except RuntimeError as e:

@@ -183,6 +183,9 @@ class Stack:
     app: str | None = None  # another WSGI callable than the service's (`make perf`'s bare stack)
     # A command that gunicorn runs inside (it must exec the rest), e.g. a test's mount namespace.
     wrapper: tuple[str, ...] = ()
+    # A command every server process of the stack runs inside (it must exec the rest), e.g. `taskset`
+    # confining the stack to some cores (`make perf PLACEMENT=split`).
+    confine: tuple[str, ...] = ()
     gunicorn: subprocess.Popen | None = None
     nginx: subprocess.Popen | None = None
     compactor: subprocess.Popen | None = None
@@ -213,7 +216,7 @@ class Stack:
         )
         nginx = find_nginx()
         check = subprocess.run(
-            [nginx, "-t", "-q", "-p", str(self.run_dir), "-c", str(conf)], capture_output=True, text=True
+            [*self.confine, nginx, "-t", "-q", "-p", str(self.run_dir), "-c", str(conf)], capture_output=True, text=True
         )
         if check.returncode != 0:
             raise RuntimeError(f"nginx rejected its config: {check.stderr.strip()}")
@@ -226,7 +229,7 @@ class Stack:
         }
         serve = [sys.executable, "-m", "service.runtime.serve"]
         self.gunicorn = subprocess.Popen(
-            [*self.wrapper, *serve] + ([self.app] if self.app else []),
+            [*self.confine, *self.wrapper, *serve] + ([self.app] if self.app else []),
             cwd=ROOT,
             env=env,
             stdout=self.stdout,
@@ -236,7 +239,7 @@ class Stack:
         self._wait(lambda: self.socket.exists(), self.gunicorn, "gunicorn", timeout)
         if self.settings.prediction_log_dir is not None:
             self.compactor = subprocess.Popen(
-                [sys.executable, "-m", "service.predlog.compactor"],
+                [*self.confine, sys.executable, "-m", "service.predlog.compactor"],
                 cwd=ROOT,
                 env=env,
                 stdout=self.stdout,
@@ -244,7 +247,7 @@ class Stack:
                 start_new_session=True,
             )
         self.nginx = subprocess.Popen(
-            [nginx, "-p", str(self.run_dir), "-c", str(conf), "-g", "daemon off;"],
+            [*self.confine, nginx, "-p", str(self.run_dir), "-c", str(conf), "-g", "daemon off;"],
             cwd=self.run_dir,
             stdout=self.stdout,
             stderr=self.stderr,

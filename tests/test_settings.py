@@ -87,7 +87,7 @@ def test_missing_env_file_is_fine(tmp_path):
 def test_defaults_are_declared_once_on_the_fields():
     """from_mapping adds nothing of its own: unset variables are the dataclass's defaults."""
     assert from_mapping({"API_KEY": KEY}) == Settings(api_keys=(KEY.encode(),))
-    assert from_mapping({"API_KEY": KEY}).workers == (os.cpu_count() or 1)
+    assert from_mapping({"API_KEY": KEY}).workers == len(os.sched_getaffinity(0))
     assert from_mapping({"API_KEY": KEY, "WORKERS": "", "PORT": ""}) == Settings(api_keys=(KEY.encode(),))
 
 

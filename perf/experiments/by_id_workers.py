@@ -31,7 +31,11 @@ from pathlib import Path
 from typing import Any
 
 from perf import add_model_argument, by_id, existing_model, memory, stats, wrk
-from perf.common import sample_rows, start_stack
+from perf.common import sample_rows, start_stack, watched
+from perf.placement import Watch
+from perf.placement import add_arguments as add_placement_arguments
+from perf.placement import failures as placement_failures
+from perf.placement import from_arguments as placement_from_arguments
 from stack import harness
 from stack.launcher import Stack
 
@@ -116,7 +120,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--open-rounds", type=int, default=3)
     parser.add_argument("--open-seconds", type=int, default=5, help="length of each open-loop run")
     parser.add_argument("--output", type=Path, help="also write every run's figures here (JSON)")
+    add_placement_arguments(parser)
     args = parser.parse_args(argv)
+    placement = placement_from_arguments(parser, args)
+    placement.confine_load()  # the store and wrk on the load's cores
+    watch = Watch(placement)
     counts = [int(n) for n in args.workers.split(",")]
     model = existing_model(args.model)
     key = secrets.token_urlsafe(24)
@@ -132,9 +140,14 @@ def main(argv: list[str] | None = None) -> int:
     def stack(n: int, route: str) -> Stack:
         return stacks[n][by_id.ROUTES[route][1]]
 
+    def launch(n: int, **extra: str) -> Stack:
+        started = start_stack(model, key, directory / f"{n}-workers.log", n, placement=placement, **extra)
+        return watched(started, watch)
+
     try:
+        watch.__enter__()
         for n in counts:
-            stacks[n] = by_id.start_stacks(store, partial(start_stack, model, key, directory / f"{n}-workers.log", n))
+            stacks[n] = by_id.start_stacks(store, partial(launch, n))
         for n in counts:  # warm-up: connections, workers' store connections, caches
             for route in ROUTES:
                 run(stack(n, route), wrk.Scenario(route, by_id.CONNECTIONS, 1), files[route], key, store_pid)
@@ -150,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
                     scenario = wrk.Scenario(route, by_id.CONNECTIONS, args.open_seconds, rate=rate)
                     open_loop[n][route].append(run(stack(n, route), scenario, files[route], key, store_pid))
     finally:
+        watch.__exit__()
         for pair in stacks.values():
             for running in pair.values():
                 running.stop()
@@ -157,9 +171,12 @@ def main(argv: list[str] | None = None) -> int:
     print(report(counts, closed, open_loop, rate))
     if args.output:
         args.output.write_text(json.dumps({"rate": rate, "closed": closed, "open": open_loop}, indent=1))
+    checked = placement_failures(watch.report())
+    print("\n".join(checked) or f"placement: {placement.name}, held")
     return (
         1
-        if any(
+        if checked
+        or any(
             r["failed"] for found in (closed, open_loop) for n in found.values() for runs in n.values() for r in runs
         )
         else 0

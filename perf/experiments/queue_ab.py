@@ -29,7 +29,11 @@ from typing import Any
 
 from perf import add_model_argument, overload, stats, wrk
 from perf.__main__ import OPEN_LOOP_CONNECTIONS, OPEN_LOOP_LOADS
-from perf.common import as_bodies, log, sample_rows, start_stack
+from perf.common import as_bodies, log, sample_rows, start_stack, watched
+from perf.placement import Watch
+from perf.placement import add_arguments as add_placement_arguments
+from perf.placement import failures as placement_failures
+from perf.placement import from_arguments as placement_from_arguments
 from stack.launcher import Stack
 
 TICK = os.sysconf("SC_CLK_TCK")
@@ -186,7 +190,11 @@ def main(argv: list[str] | None = None) -> int:
         "--capacity-connections", type=int, default=64, help="closed-loop connections of the capacity run (64)"
     )
     parser.add_argument("--output", type=Path, help="write every round's figures here (JSON)")
+    add_placement_arguments(parser)
     args = parser.parse_args(argv)
+    placement = placement_from_arguments(parser, args)
+    placement.confine_load()
+    watch = Watch(placement)
     key = secrets.token_urlsafe(24)
     requests = wrk.write_requests(Path(tempfile.mkdtemp(prefix="fraud-queue-ab-")), as_bodies(sample_rows()[:1000]))
     queues = [int(q) for q in args.queues.split(",")]
@@ -195,31 +203,39 @@ def main(argv: list[str] | None = None) -> int:
     configs = configurations(args.workers, queues)
     rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in configs}
     stack_log = Path(tempfile.mkdtemp(prefix="fraud-queue-ab-logs-")) / "stack.log"
-    for i in range(args.rounds):
-        order = list(configs) if i % 2 == 0 else list(reversed(configs))
-        for name in order:
-            stack = start_stack(args.model.resolve(), key, stack_log, args.workers, **configs[name])
-            try:
-                wrk.run(wrk.Scenario("score", 64, 2), stack.base_url, requests["score"], key)  # warm up
-                rounds[name].append(
-                    found := one_round(
-                        stack, requests["score"], key, args.seconds, name != "backlog", args.capacity_connections
-                    )
+    with watch:
+        for i in range(args.rounds):
+            order = list(configs) if i % 2 == 0 else list(reversed(configs))
+            for name in order:
+                stack = watched(
+                    start_stack(
+                        args.model.resolve(), key, stack_log, args.workers, placement=placement, **configs[name]
+                    ),
+                    watch,
                 )
-            finally:
-                stack.stop()
-            log(
-                f"round {i + 1} {name}: capacity {found['capacity_per_s']:.0f}/s, refusals "
-                f"{found['refusals_per_s']:.0f}/s; at 90 % {found['near_capacity']['refused']} refused of "
-                f"{found['near_capacity']['answered']}; scored "
-                f"{100 * found['open_150']['scored_share']:.0f} % at 150 %, "
-                f"{100 * found['closed_1024']['scored_share']:.0f} % closed 1,024; p99 "
-                f"{found['open_150']['p99_ms']:.1f} / {found['closed_1024']['p99_ms']:.1f} ms"
-            )
+                try:
+                    wrk.run(wrk.Scenario("score", 64, 2), stack.base_url, requests["score"], key)  # warm up
+                    rounds[name].append(
+                        found := one_round(
+                            stack, requests["score"], key, args.seconds, name != "backlog", args.capacity_connections
+                        )
+                    )
+                finally:
+                    stack.stop()
+                log(
+                    f"round {i + 1} {name}: capacity {found['capacity_per_s']:.0f}/s, refusals "
+                    f"{found['refusals_per_s']:.0f}/s; at 90 % {found['near_capacity']['refused']} refused of "
+                    f"{found['near_capacity']['answered']}; scored "
+                    f"{100 * found['open_150']['scored_share']:.0f} % at 150 %, "
+                    f"{100 * found['closed_1024']['scored_share']:.0f} % closed 1,024; p99 "
+                    f"{found['open_150']['p99_ms']:.1f} / {found['closed_1024']['p99_ms']:.1f} ms"
+                )
     if args.output:
         args.output.write_text(json.dumps(rounds, indent=2) + "\n")
     print(table(rounds))
-    return 0
+    checked = placement_failures(watch.report())
+    print("\n".join(checked) or f"placement: {placement.name}, held")
+    return 1 if checked else 0
 
 
 def table(rounds: dict[str, list[dict[str, Any]]]) -> str:

@@ -326,7 +326,10 @@ def feature_store(settings: Settings) -> FeatureStore:
     """The configured store's client (nothing connects until a worker's first lookup)."""
     return FeatureStore(
         StoreConfig(
-            settings.feature_store_url, settings.feature_store_prefix, settings.feature_store_timeout_ms / 1000
+            settings.feature_store_url,
+            settings.feature_store_prefix,
+            settings.feature_store_timeout_ms / 1000,
+            settings.feature_store_spin_us / 1e6,
         ),
         observe_fetch=metrics.observe_fetch,
     )
