@@ -48,6 +48,7 @@ from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from prometheus_client.utils import INF, floatToGoString
 
 from service.telemetry.multiproc import ENV as MULTIPROC_ENV
+from service.telemetry.stages import Stages
 
 # Latency of the app itself (nginx's view, with queueing, is in its access log): tens of µs to
 # the proxy's 10 s read timeout.
@@ -57,6 +58,11 @@ METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 # Queue waits from nginx's stamp to a worker: well under a millisecond idle, the deadline's
 # reserve to its clamp under overload.
 QUEUE_WAIT_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0)
+# A request's stages (service/telemetry/stages.py): a few µs (reading, scoring and writing one
+# transaction) to the milliseconds of a batch, a feature-store round trip or a queue under load.
+STAGE_BUCKETS = (
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+)  # fmt: skip
 # Negative observations make _sum useless for reset detection; the buckets and _count stay exact.
 DIFFERENCE_BUCKETS = (-50, -20, -10, -5, -2, -1, 0, 1, 2, 5, 10, 20, 50, 100)
 
@@ -138,6 +144,13 @@ SCORE_DIFFERENCE = Family(
     "histogram",
     buckets=DIFFERENCE_BUCKETS,
 )
+STAGE = Family(
+    "fraud_request_stage_seconds",
+    "Time a scoring request spent in each stage (queue, read, fetch, score, challenger, write), by route",
+    "histogram",
+    ("route", "stage"),
+    STAGE_BUCKETS,
+)
 FAMILIES = (
     REQUESTS,
     LATENCY,
@@ -149,6 +162,7 @@ FAMILIES = (
     CHALLENGER_SCORES,
     AGREEMENT,
     SCORE_DIFFERENCE,
+    STAGE,
 )
 
 MODEL_INFO = Gauge(
@@ -270,6 +284,7 @@ class _Process:
         self.ood = self.counters.slot(OUT_OF_DISTRIBUTION.key("_total", {}))
         self.waits: dict[str, _HistogramSlots] = {}
         self.sheds: dict[str, int] = {}
+        self.stages: dict[tuple[str, str], _HistogramSlots] = {}
         self.challenger_score = _HistogramSlots(CHALLENGER_SCORES, self.histograms, {})
         self.difference = _HistogramSlots(SCORE_DIFFERENCE, self.histograms, {})
         self._cells: tuple[int, ...] | None = None
@@ -284,6 +299,11 @@ class _Process:
 
     def wait_slots(self, route: str) -> _HistogramSlots:
         self.waits[route] = slots = _HistogramSlots(QUEUE_WAIT, self.histograms, {"route": route})
+        return slots
+
+    def stage_slots(self, key: tuple[str, str]) -> _HistogramSlots:
+        route, stage = key
+        self.stages[key] = slots = _HistogramSlots(STAGE, self.histograms, {"route": route, "stage": stage})
         return slots
 
     def shed_slot(self, route: str) -> int:
@@ -334,6 +354,17 @@ def record_request(route: str | None, method: str, status: int, elapsed: float) 
     count, latency = process.requests.get(key) or process.request_slots(key)
     process.counters.values[count] += 1.0
     latency.observe(process.histograms, elapsed)
+
+
+def record_stages(route: str, stages: Stages) -> None:
+    """Times each stage a scoring request went through (service/api/app.py's middleware calls it
+    with record_request). The labels are bounded: a route template and a stage's name."""
+    process = _process[0] if _process else _this_process()
+    histograms = process.histograms
+    found = process.stages
+    for stage, seconds in stages.durations():
+        key = (route, stage)
+        (found.get(key) or process.stage_slots(key)).observe(histograms, seconds)
 
 
 def observe_score(score: int, is_fraud: bool, ood_warning: bool = False) -> None:
