@@ -80,15 +80,16 @@ class RequestContext:
         context = req.context
         stages = context.stages
         elapsed = stages.finish(req.env.get(QUEUE_WAIT)) / 1e9
+        elapsed_ms = f"{elapsed * 1000.0:.3f}"
         resp.set_header("X-Request-ID", req.env.get("HTTP_X_REQUEST_ID") or uuid.uuid4().hex)
-        resp.set_header("X-Response-Time-Ms", f"{elapsed * 1000.0:.3f}")
+        resp.set_header("X-Response-Time-Ms", elapsed_ms)
         resp.set_header("X-Worker-PID", _pid[0] if _pid else _worker_pid())
         resp.set_header(TRACE_HEADER, server_span(context.trace_id))
         route = req.uri_template
         metrics.record_request(route, req.method, resp.status_code, elapsed)
         if stages.read:  # a scoring route's resource took it
-            resp.set_header(timings.HEADER, stages.server_timing())
-            metrics.record_stages(route, stages)
+            resp.set_header(timings.HEADER, stages.server_timing(elapsed_ms))
+            metrics.record_stages(route, stages.durations)
 
 
 class DocsPage:

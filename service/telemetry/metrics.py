@@ -48,7 +48,6 @@ from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from prometheus_client.utils import INF, floatToGoString
 
 from service.telemetry.multiproc import ENV as MULTIPROC_ENV
-from service.telemetry.stages import Stages
 
 # Latency of the app itself (nginx's view, with queueing, is in its access log): tens of µs to
 # the proxy's 10 s read timeout.
@@ -284,7 +283,7 @@ class _Process:
         self.ood = self.counters.slot(OUT_OF_DISTRIBUTION.key("_total", {}))
         self.waits: dict[str, _HistogramSlots] = {}
         self.sheds: dict[str, int] = {}
-        self.stages: dict[tuple[str, str], _HistogramSlots] = {}
+        self.stages: dict[str, dict[str, _HistogramSlots]] = {}  # route -> stage -> its samples
         self.challenger_score = _HistogramSlots(CHALLENGER_SCORES, self.histograms, {})
         self.difference = _HistogramSlots(SCORE_DIFFERENCE, self.histograms, {})
         self._cells: tuple[int, ...] | None = None
@@ -301,9 +300,12 @@ class _Process:
         self.waits[route] = slots = _HistogramSlots(QUEUE_WAIT, self.histograms, {"route": route})
         return slots
 
-    def stage_slots(self, key: tuple[str, str]) -> _HistogramSlots:
-        route, stage = key
-        self.stages[key] = slots = _HistogramSlots(STAGE, self.histograms, {"route": route, "stage": stage})
+    def route_stages(self, route: str) -> dict[str, _HistogramSlots]:
+        self.stages[route] = slots = {}
+        return slots
+
+    def stage_slots(self, route: str, stage: str) -> _HistogramSlots:
+        self.stages[route][stage] = slots = _HistogramSlots(STAGE, self.histograms, {"route": route, "stage": stage})
         return slots
 
     def shed_slot(self, route: str) -> int:
@@ -356,15 +358,20 @@ def record_request(route: str | None, method: str, status: int, elapsed: float) 
     latency.observe(process.histograms, elapsed)
 
 
-def record_stages(route: str, stages: Stages) -> None:
-    """Times each stage a scoring request went through (service/api/app.py's middleware calls it
-    with record_request). The labels are bounded: a route template and a stage's name."""
+def record_stages(route: str, durations: list[tuple[str, float]]) -> None:
+    """Times each stage a scoring request went through: its Stages' durations, (stage, seconds)
+    (service/telemetry/stages.py; service/api/app.py's middleware calls it with record_request).
+    The labels are bounded: a route template and a stage's name."""
     process = _process[0] if _process else _this_process()
-    histograms = process.histograms
-    found = process.stages
-    for stage, seconds in stages.durations():
-        key = (route, stage)
-        (found.get(key) or process.stage_slots(key)).observe(histograms, seconds)
+    slots = process.stages.get(route) or process.route_stages(route)
+    values = process.histograms.values
+    for stage, seconds in durations:
+        found = slots.get(stage)
+        if found is None:
+            found = process.stage_slots(route, stage)
+            values = process.histograms.values  # making its samples may have grown (remapped) the file
+        values[found.buckets[bisect_left(found.bounds, seconds)]] += 1.0  # _HistogramSlots.observe, inlined
+        values[found.sum] += seconds
 
 
 def observe_score(score: int, is_fraud: bool, ood_warning: bool = False) -> None:

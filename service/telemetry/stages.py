@@ -6,8 +6,9 @@ Timing, milliseconds; nginx logs it), the histogram `fraud_request_stage_seconds
 A request's `Stages` is made by the app's middleware when it takes the request and lives in
 `req.context.stages`. The route's resource stamps the clock as each stage ends (`read`, `fetched`,
 `scored`: perf_counter_ns values, 0 while not reached); the scoring engine adds the challenger's
-time to `challenger` (nanoseconds, within scoring); the middleware stamps `end` and reads the queue
-wait the deadline guard measured from nginx's stamp (`queue`, seconds, None without a stamp).
+time to `challenger` (nanoseconds, within scoring); the middleware's `finish`, with the queue wait
+the deadline guard measured from nginx's stamp, turns them into `durations`, a list of
+(stage, seconds) in the order below: what the header, the histogram and a span exporter read.
 A stage that was not reached (a 4xx before scoring, a route without a feature store) is left out.
 
 The stages, in order:
@@ -22,7 +23,6 @@ add up to no more than it."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from time import perf_counter_ns
 
 clock = perf_counter_ns  # the stamps' clock: monotonic, nanoseconds, no allocation beyond an int
@@ -31,41 +31,42 @@ HEADER = "Server-Timing"
 
 
 class Stages:
-    """One request's stage timings: clock stamps in nanoseconds (time.perf_counter_ns) and the queue
-    wait in seconds. `durations()` gives what was measured as (stage, seconds)."""
+    """One request's stage timings: clock stamps in nanoseconds (time.perf_counter_ns) while it runs;
+    once finished, `durations`: [(stage, seconds)] for each stage measured, in STAGES order."""
 
-    __slots__ = ("start", "read", "fetched", "scored", "challenger", "end", "queue")
+    __slots__ = ("start", "read", "fetched", "scored", "challenger", "durations")
 
     def __init__(self, start: int) -> None:
         self.start = start
-        self.read = self.fetched = self.scored = self.challenger = self.end = 0
-        self.queue: float | None = None
+        self.read = self.fetched = self.scored = self.challenger = 0
+        self.durations: list[tuple[str, float]] = []
 
     def finish(self, queue: float | None) -> int:
-        """Stamps the end (the queue wait is nginx's, from the deadline guard); the app's time in ns."""
-        self.queue = queue
-        self.end = end = clock()
+        """Stamps the end and works out `durations` (the queue wait is nginx's, measured by the
+        deadline guard, in seconds, or None); returns the app's time in nanoseconds."""
+        end = clock()
+        durations = self.durations
+        if queue is not None:
+            durations.append(("queue", queue))
+        read = self.read
+        if read:  # a scoring route's resource took the request: straight-line, no generator, few objects
+            durations.append(("read", (read - self.start) / 1e9))
+            begun = read
+            if self.fetched:
+                durations.append(("fetch", (self.fetched - read) / 1e9))
+                begun = self.fetched
+            scored = self.scored
+            if scored:
+                challenger = self.challenger
+                durations.append(("score", (scored - begun - challenger) / 1e9))
+                if challenger:
+                    durations.append(("challenger", challenger / 1e9))
+                durations.append(("write", (end - scored) / 1e9))
         return end - self.start
 
-    def durations(self) -> Iterator[tuple[str, float]]:
-        """(stage, seconds) for each stage measured, in STAGES order."""
-        if self.queue is not None:
-            yield "queue", self.queue
-        if not self.read:
-            return
-        yield "read", (self.read - self.start) / 1e9
-        begun = self.read
-        if self.fetched:
-            yield "fetch", (self.fetched - self.read) / 1e9
-            begun = self.fetched
-        if self.scored:
-            yield "score", (self.scored - begun - self.challenger) / 1e9
-            if self.challenger:
-                yield "challenger", self.challenger / 1e9
-            yield "write", ((self.end or clock()) - self.scored) / 1e9
-
-    def server_timing(self) -> str:
-        """The Server-Timing header's value: each stage measured, then `app`, in milliseconds."""
-        parts = [f"{stage};dur={seconds * 1e3:.3f}" for stage, seconds in self.durations()]
-        parts.append(f"app;dur={((self.end or clock()) - self.start) / 1e6:.3f}")
-        return ", ".join(parts)
+    def server_timing(self, app_ms: str) -> str:
+        """The Server-Timing header's value: each stage measured, then `app` (the app's whole time,
+        already formatted as X-Response-Time-Ms gives it), in milliseconds."""
+        return ", ".join(
+            [*[f"{stage};dur={seconds * 1e3:.3f}" for stage, seconds in self.durations], f"app;dur={app_ms}"]
+        )
