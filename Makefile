@@ -30,7 +30,7 @@ LOCAL_PREDICTION_LOG := $(CURDIR)/.run/prediction-log
 # The label table's place for local runs, unless LABELS_DIR (environment or .env) names another.
 LOCAL_LABELS := $(CURDIR)/.run/labels
 
-.PHONY: labels outcomes training-set lock test-sanitized compact verify-log score evaluate promote container-test features lint help install system-packages test-system-packages apt-packages venv slim-venv run reload model model-full convert test fuzz chaos clean perf perf-baseline perf-compare perf-install
+.PHONY: labels outcomes training-set lock test-sanitized compact verify-log score evaluate promote container-test features lint help install system-packages test-system-packages apt-packages venv slim-venv run reload model model-full convert test fuzz chaos clean perf perf-baseline perf-compare perf-stages perf-install
 
 help:
 	@echo "make run    install what is missing, train the default model if there is none, serve through nginx"
@@ -54,6 +54,7 @@ help:
 	@echo "make perf   load and micro-benchmarks against the real stack, checked against perf/baseline.json (~10 min, perf/README.md)"
 	@echo "make perf-baseline  the same, then record this run's ratios as the new baseline"
 	@echo "make perf-compare  A/B: this checkout against BASE=<git rev> (default: where it left main), ROUNDS=3"
+	@echo "make perf-stages   A/B, in-process: the stage timings' CPU per single score against BASE, ROUNDS=3"
 	@echo "make evaluate  champion and challenger side by side, an HTML report (CHAMPION= CHALLENGER= CSV=, or FROM_LOG= FROM= TO= AS_OF=)"
 	@echo "make promote   the challenger becomes the champion, zero downtime (RETIRE=1: no challenger after)"
 
@@ -253,6 +254,11 @@ perf-baseline: perf-install $(MODEL_PATH)
 ROUNDS ?= 3
 perf-compare: perf-install $(MODEL_PATH)
 	$(PY) -m perf.compare $(if $(BASE),--base $(BASE)) --rounds $(ROUNDS) $(PLACEMENT_ARGS) $(COMPARE_ARGS)
+
+# The stage timings' CPU per single score, in-process, this checkout against BASE (default: where it
+# left main), interleaved over ROUNDS (perf/experiments/stages_cost.py).
+perf-stages: perf-install $(MODEL_PATH)
+	$(PY) -m perf.experiments.stages_cost $(if $(BASE),--base $(BASE)) --rounds $(ROUNDS)
 
 # Defaults: the served champion (MODEL_PATH), the configured challenger (CHALLENGER_MODEL_PATH), and
 # a fresh synthetic hold-out drawn with another seed than training's.

@@ -77,15 +77,13 @@ def build() -> dashboard.Dashboard:
         .with_panel(
             graph(
                 "p99 by stage",
-                "nginx's whole time, the wait for a worker (queue), the app's own time by route, the feature store's round trip",
+                "nginx's whole time, the app's own time by route, and each stage of a scoring request by route "
+                "(queue: the wait for a worker; read, fetch: the feature store, score, challenger, write: the answer's "
+                "serialisation), as the Server-Timing header gives them",
                 "s",
                 query("fraud:nginx_request_duration_seconds:p99_5m", "nginx (whole request)"),
-                query("fraud:queue_wait_seconds:p99_5m", "queue {{route}}"),
                 query("fraud:http_request_duration_seconds:p99_5m", "app {{route}}"),
-                query(
-                    f"histogram_quantile(0.99, sum by (le) (rate(fraud_feature_store_fetch_seconds_bucket[{RATE}])))",
-                    "feature store",
-                ),
+                query("fraud:request_stage_seconds:p99_5m", "{{stage}} {{route}}"),
             )
         )
         .with_panel(

@@ -174,6 +174,21 @@ def samples(client: Client) -> dict[tuple[str, frozenset], float]:
     }
 
 
+SERVER_TIMING_METRIC = re.compile(r"([a-z]+);dur=(\d+\.\d{3})")
+
+
+def server_timing(header: str) -> dict[str, float]:
+    """A Server-Timing value as the app writes it (W3C Server Timing: `name;dur=ms`, comma-separated),
+    parsed strictly: each metric once, a duration in milliseconds with three decimals."""
+    found: dict[str, float] = {}
+    for metric in header.split(", "):
+        matched = SERVER_TIMING_METRIC.fullmatch(metric)
+        assert matched, f"not a Server-Timing metric: {metric!r} in {header!r}"
+        assert matched[1] not in found, header
+        found[matched[1]] = float(matched[2])
+    return found
+
+
 def value(found: dict, name: str, **labels: str) -> float:
     return found.get((name, frozenset(labels.items())), 0.0)
 

@@ -143,6 +143,10 @@ if sys.argv[1] == "prometheus":
     def shed(route):
         child(m.SHED, route=route).inc()
 
+    def stages(route, durations):
+        for stage, seconds in durations:
+            child(m.STAGE, route=route, stage=stage).observe(seconds)
+
     def challenger(champion, champion_is_fraud, score, is_fraud):
         child(m.CHALLENGER_SCORES).observe(score)
         child(m.SCORE_DIFFERENCE).observe(score - champion)
@@ -158,6 +162,7 @@ if sys.argv[1] == "prometheus":
             challenger(*row)
 else:
     record, observe, wait, shed = m.record_request, m.observe_score, m.observe_queue_wait, m.count_shed
+    stages = m.record_stages
     challenger, batch, challenger_rows = m.observe_challenger, m.observe_scores, m.observe_challenger_rows
 
 for i in range(300):  # bounds included: a value on a bucket's bound belongs to that bucket
@@ -167,6 +172,10 @@ for i in range(300):  # bounds included: a value on a bucket's bound belongs to 
     challenger((i * 7) % 101, i % 5 == 0, i % 101, i % 3 == 0)
     if i % 13 == 0:
         shed("/v1/fraud-score/batch")
+    stages(
+        ["/v1/fraud-score", "/v1/fraud-score/by-id"][i % 2],
+        [("queue", 0.001), ("read", i * 1e-6), ("fetch", 0.00025)][: 1 + i % 3] + [("score", 1e-5), ("write", 5e-4)],
+    )
 scores = np.arange(202, dtype=np.int32) % 101  # a batch counted at once: the samples of 202 more rows
 batch(scores, scores >= 50, scores % 4 == 0)
 challenger_rows(scores[::-1].copy(), scores[::-1] >= 50, scores, scores >= 40)
@@ -176,6 +185,7 @@ if os.fork() == 0:  # a forked worker writes files of its own
     wait("/v1/fraud-score", 0.2)
     shed("/v1/fraud-score")
     challenger(0, False, 100, True)
+    stages("/v1/fraud-score", [("read", 0.002), ("challenger", 0.0001)])
     os._exit(0)
 os.wait()
 registry = CollectorRegistry()
@@ -209,4 +219,6 @@ def test_the_sample_files_expose_what_prometheus_clients_own_values_would(tmp_pa
     assert exposed["sample-files"][("fraud_challenger_score_count", frozenset())] == 301 + 202
     assert exposed["sample-files"][("fraud_queue_wait_seconds_count", frozenset({("route", "/v1/fraud-score")}))] == 151
     assert exposed["sample-files"][("fraud_deadline_exceeded_total", frozenset({("route", "/v1/fraud-score")}))] == 1
+    read = frozenset({("route", "/v1/fraud-score"), ("stage", "read")})
+    assert exposed["sample-files"][("fraud_request_stage_seconds_count", read)] == 100 + 1
     assert any(f.name.startswith("counter_hot_") for f in (tmp_path / "sample-files").iterdir())

@@ -77,18 +77,29 @@ def make_log(directory: Path, counts: Counts | None = None, **options) -> Predic
     )
 
 
-def log_scored(log: PredictionLog, request_id: str, X: np.ndarray, probability: np.ndarray, tids=None, outside=None):
+TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+
+
+def log_scored(
+    log: PredictionLog,
+    request_id: str,
+    X: np.ndarray,
+    probability: np.ndarray,
+    tids=None,
+    outside=None,
+    trace_id: str | None = None,
+):
     """A batch's records as the batch route logs them, scored with these probabilities."""
     score = np.rint(100 * probability).astype(np.int32)
     outside = np.zeros(X.shape, dtype=np.bool_) if outside is None else outside
-    entry = log.entry(request_id, "/v1/fraud-score/batch", 0, tids)
+    entry = log.entry(request_id, "/v1/fraud-score/batch", 0, tids, trace_id=trace_id)
     log.many(entry, X, probability, score, score >= 50, outside, None, None)
 
 
-def log_rows(log: PredictionLog, X: np.ndarray, request_id: str = "r", tids=None) -> None:
+def log_rows(log: PredictionLog, X: np.ndarray, request_id: str = "r", tids=None, trace_id: str | None = None) -> None:
     outside = np.zeros(X.shape, dtype=np.bool_)
     outside[::7, 3] = True
-    log_scored(log, request_id, X, np.linspace(0, 1, len(X)), tids, outside)
+    log_scored(log, request_id, X, np.linspace(0, 1, len(X)), tids, outside, trace_id)
 
 
 def table(directory: Path) -> pa.Table:
@@ -97,7 +108,9 @@ def table(directory: Path) -> pa.Table:
 
 def test_the_issue_columns_are_the_schemas():
     assert set(ISSUE_COLUMNS) <= set(NAMES)
-    assert NAMES[-N_FEATURES:] == FEATURES
+    start = NAMES.index(FEATURES[0])
+    assert NAMES[start : start + N_FEATURES] == FEATURES  # one block, in the model's order
+    assert NAMES[-1] == "trace_id"  # version 2's column, after version 1's: a new column goes at the end
     assert len(set(NAMES)) == len(NAMES)
     assert arrow_schema().names == list(NAMES)
 
@@ -291,39 +304,55 @@ def test_sampling_keeps_flagged_rows_and_weights_the_rest(tmp_path):
     assert kept_ids == {t for i, t in enumerate(tids) if i % 10 and kept(t, 0.25)}
 
 
-def old_version_file(directory: Path) -> None:
-    """A file as an older schema wrote it: the same columns but the last few, version 0."""
+# Each older version's file, as that version wrote it: the columns of its day.
+OLD_VERSIONS = {0: ("client_address", "service_us", "trace_id"), 1: ("trace_id",)}
+
+
+def old_version_file(directory: Path, version: int = 0) -> None:
+    """A file as an older schema wrote it: the same columns but those added since, one row."""
     schema = arrow_schema()
-    old = pa.schema([schema.field(c.name) for c in COLUMNS if c.name not in ("client_address", "service_us")])
+    old = pa.schema([schema.field(c.name) for c in COLUMNS if c.name not in OLD_VERSIONS[version]])
     row = {f.name: [None] for f in old}
     row.update(
-        {"schema_version": [0], "request_id": ["old"], "row": [0], "probability": [0.5], "model_version": ["m-0"]}
+        {"schema_version": [version], "request_id": ["old"], "row": [0], "probability": [0.5], "model_version": ["m-0"]}
     )
-    target = directory / "date=2020-01-01" / "hour=00" / "part-old.parquet"
+    if version >= 1:
+        row["service_us"] = [42]
+    target = directory / "date=2020-01-01" / f"hour=0{version}" / "part-old.parquet"
     target.parent.mkdir(parents=True)
     pq.write_table(pa.table(row, schema=old), target, compression="zstd")
 
 
+def old_version_files(directory: Path) -> None:
+    for version in OLD_VERSIONS:
+        old_version_file(directory, version)
+
+
 def test_duckdb_reads_the_log_with_its_partitions_and_every_schema_version(tmp_path):
     log = make_log(tmp_path)
-    log_rows(log, np.ones((30, N_FEATURES)), "new")
+    log_rows(log, np.ones((30, N_FEATURES)), "new", trace_id=TRACE)
     log.spool.seal()
     compactor.compact(tmp_path)
-    old_version_file(tmp_path)
+    old_version_files(tmp_path)
     query = f"""
-        select schema_version, count(*) as n, min(date) as date, count(service_us) as timed
+        select schema_version, count(*) as n, min(date) as date, count(service_us) as timed,
+               count(trace_id) as traced, min(trace_id) as trace
         from read_parquet('{tmp_path}/date=*/hour=*/*.parquet', hive_partitioning = true, union_by_name = true)
         group by schema_version order by schema_version"""
     rows = duckdb.sql(query).fetchall()
-    assert [(v, n, t) for v, n, _, t in rows] == [(0, 1, 0), (SCHEMA_VERSION, 30, 30)]
-    assert str(rows[0][2]) == "2020-01-01"
+    assert SCHEMA_VERSION == 2
+    assert [(v, n, t, traced) for v, n, _, t, traced, _ in rows] == [(0, 1, 0, 0), (1, 1, 1, 0), (2, 30, 30, 30)]
+    assert str(rows[0][2]) == "2020-01-01" and rows[2][5] == TRACE
 
 
 def test_the_docs_table_is_the_schema():
     text = (ROOT / "docs" / "prediction-log.md").read_text()
     documented = [line.split("|")[1].strip().strip("`") for line in text.splitlines() if line.startswith("| `")]
-    assert documented[: len(COLUMNS) - N_FEATURES] == [c.name for c in COLUMNS[: len(COLUMNS) - N_FEATURES]]
-    for column in COLUMNS[: len(COLUMNS) - N_FEATURES]:
+    features = "`, `".join((FEATURES[0], "V1` … `V28", FEATURES[-1]))  # the one line for the 30 features
+    named = [c for c in COLUMNS if c.name not in FEATURES]
+    at = NAMES.index(FEATURES[0])
+    assert documented == [c.name for c in named[:at]] + [features] + [c.name for c in named[at:]]
+    for column in named:
         assert f"| `{column.name}` | {column.type} | {column.description} |" in text
 
 
@@ -360,13 +389,17 @@ def test_verify_log_counts_rows_checked_and_mismatched(tmp_path, small_model):
 )
 def test_spark_reads_the_log_with_its_partitions_and_every_schema_version(tmp_path, spark):
     log = make_log(tmp_path)
-    log_rows(log, np.ones((30, N_FEATURES)), "new")
+    log_rows(log, np.ones((30, N_FEATURES)), "new", trace_id=TRACE)
     log.spool.seal()
     compactor.compact(tmp_path)
-    old_version_file(tmp_path)
+    old_version_files(tmp_path)
     table = spark.read.option("mergeSchema", "true").parquet(str(tmp_path))
     counts = {r["schema_version"]: r["count"] for r in table.groupBy("schema_version").count().collect()}
-    assert counts == {0: 1, SCHEMA_VERSION: 30}
-    assert {"date", "hour", "service_us", *ISSUE_COLUMNS} <= set(table.columns)
+    assert counts == {0: 1, 1: 1, SCHEMA_VERSION: 30}
+    assert {"date", "hour", "service_us", "trace_id", *ISSUE_COLUMNS} <= set(table.columns)
     old = table.filter("schema_version = 0").select("date", "hour", "service_us").collect()[0]
     assert (str(old["date"]), old["hour"], old["service_us"]) == ("2020-01-01", 0, None)
+    first = table.filter("schema_version = 1").select("service_us", "trace_id").collect()[0]
+    assert (first["service_us"], first["trace_id"]) == (42, None)
+    traces = {r["trace_id"] for r in table.filter(f"schema_version = {SCHEMA_VERSION}").select("trace_id").collect()}
+    assert traces == {TRACE}

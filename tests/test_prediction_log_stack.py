@@ -25,6 +25,7 @@ from service.core.settings import from_mapping
 from service.offline import verify_log
 from service.predlog.sink import key_id
 from service.store.feature_record import encode_record
+from service.telemetry.stages import STAGES
 from stack.harness import EXTERNAL_SKIP_REASON, free_port
 from stack.launcher import ROOT, RedisServer
 from tests.helpers import (
@@ -36,6 +37,7 @@ from tests.helpers import (
     read_only,
     require_read_only_mounts,
     samples,
+    server_timing,
     start_stack,
     two_trained_models,
     value,
@@ -62,19 +64,49 @@ def compact_once(directory) -> None:
 
 
 class Sent:
-    """Requests sent with their own X-Request-ID, and what each answered."""
+    """Requests sent with their own X-Request-ID and W3C traceparent, and what each answered."""
 
     def __init__(self, client: Client) -> None:
         self.client = client
         self.answers: dict[str, tuple[str, list, object]] = {}  # request id -> (route, rows sent, answer)
+        self.traces: dict[str, str] = {}  # request id -> the trace id its traceparent named
 
     def post(self, path: str, body, rows, headers: dict | None = None):
-        rid = uuid.uuid4().hex
-        reply = self.client.request("POST", path, body, headers={"X-Request-ID": rid, **(headers or {})})
+        rid, trace = uuid.uuid4().hex, uuid.uuid4().hex
+        traceparent = f"00-{trace}-{uuid.uuid4().hex[:16]}-01"
+        reply = self.client.request(
+            "POST", path, body, headers={"X-Request-ID": rid, "traceparent": traceparent, **(headers or {})}
+        )
         assert reply.status == 200, reply.raw[:300]
         assert reply.headers["X-Request-ID"] == rid
         self.answers[rid] = (path, rows, reply)
+        self.traces[rid] = trace
         return reply
+
+
+def access_lines(stack) -> dict[str, dict]:
+    """nginx's access lines by request id."""
+    text = (stack.logs / "nginx-access.log").read_text()
+    return {line["request_id"]: line for line in map(json.loads, text[: text.rfind("\n") + 1].splitlines())}
+
+
+def v2_binary(X: np.ndarray) -> tuple[bytes, dict[str, str]]:
+    """A V2 inference request with its tensor as binary data (Triton's extension), and its headers."""
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "features",
+                    "datatype": "FP64",
+                    "shape": [len(X), N_FEATURES],
+                    "parameters": {"binary_data_size": len(X) * N_FEATURES * 8},
+                }
+            ],
+            "outputs": [{"name": "probability", "parameters": {"binary_data": True}}],
+        }
+    ).encode()
+    headers = {"Inference-Header-Content-Length": str(len(header)), "Content-Type": "application/octet-stream"}
+    return header + X.astype("<f8").tobytes(), headers
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +128,58 @@ def served(tmp_path_factory):
     yield stack, store, log_dir, champion, challenger
     stack.stop()
     store.stop()
+
+
+SCORING_ROUTES = (
+    "/v1/fraud-score",
+    "/v1/fraud-score/batch",
+    "/v2/models/{name}/infer",
+    "/v1/fraud-score/by-id",
+    "/v1/fraud-score/by-id/batch",
+)
+
+
+def test_every_scoring_route_says_where_its_time_went(served):
+    """Server-Timing on every scoring route's answer (as the app's stages: service/telemetry/stages.py),
+    the same in nginx's access line, and each stage in the histogram by route."""
+    stack, store, _, _, _ = served
+    X, _ = synthetic.generate(20, seed=44)
+    redis.Redis.from_url(store.url).mset({f"{PREFIX}timed-{i}": encode_record(row) for i, row in enumerate(X)})
+    client = Client(stack.host, stack.port)
+    sent = Sent(client)
+    tensor = {"name": "features", "datatype": "FP64", "shape": [3, N_FEATURES], "data": X[:3].tolist()}
+    binary, binary_headers = v2_binary(X[:3])
+    requests = [
+        ("/v1/fraud-score", as_transaction(X[0]), None),
+        ("/v1/fraud-score?explain=true", as_transaction(X[1]), None),
+        ("/v1/fraud-score/batch", {"transactions": [as_transaction(r) for r in X[:5]]}, None),
+        ("/v1/fraud-score/batch", {"transactions": [{**as_transaction(X[0]), "transaction_id": "t"}]}, None),
+        ("/v2/models/fraud/infer", {"inputs": [tensor]}, None),
+        ("/v2/models/fraud/infer", binary, binary_headers),
+        ("/v1/fraud-score/by-id", {"transaction_id": "timed-0"}, None),
+        ("/v1/fraud-score/by-id/batch", {"transaction_ids": [f"timed-{i}" for i in range(5)]}, None),
+    ]
+    timings = {}
+    for path, body, headers in requests:
+        reply = sent.post(path, body, [], headers)
+        timings[reply.headers["X-Request-ID"]] = (path, server_timing(reply.headers["Server-Timing"]))
+    for path, stages in timings.values():
+        expected = [stage for stage in STAGES if stage != "fetch" or "by-id" in path] + ["app"]
+        assert list(stages) == expected, (path, stages)  # every stage, in order
+        own = sum(ms for stage, ms in stages.items() if stage not in ("queue", "app"))
+        assert own <= stages["app"] + 0.001 * len(stages), (path, stages)  # each rounded to a microsecond
+        assert stages["score"] > 0 and stages["read"] > 0
+    lines = wait_for(lambda: (found := access_lines(stack)).keys() >= timings.keys() and found)
+    for rid, (_, stages) in timings.items():
+        assert server_timing(lines[rid]["server_timing"]) == stages  # nginx logs what the client got
+    found = samples(client)
+    for route in SCORING_ROUTES:
+        for stage in (stage for stage in STAGES if stage != "fetch" or "by-id" in route):
+            assert value(found, "fraud_request_stage_seconds_count", route=route, stage=stage) >= 1, (route, stage)
+            assert value(found, "fraud_request_stage_seconds_bucket", route=route, stage=stage, le="+Inf") >= 1
+    # a refusal before any stage ended (no key) says nothing of stages
+    refused = client.request("POST", "/v1/fraud-score", as_transaction(X[0]), key=None)
+    assert refused.status == 403 and "Server-Timing" not in refused.headers
 
 
 def test_every_route_logs_exactly_what_it_answered(served):
@@ -131,25 +215,8 @@ def test_every_route_logs_exactly_what_it_answered(served):
     }
     sent.post("/v2/models/fraud/infer", v2, chunk)
     chunk = taken(700)
-    header = json.dumps(
-        {
-            "inputs": [
-                {
-                    "name": "features",
-                    "datatype": "FP64",
-                    "shape": [len(chunk), N_FEATURES],
-                    "parameters": {"binary_data_size": len(chunk) * N_FEATURES * 8},
-                }
-            ],
-            "outputs": [{"name": "probability", "parameters": {"binary_data": True}}],
-        }
-    ).encode()
-    sent.post(
-        "/v2/models/fraud/infer",
-        header + X[chunk].astype("<f8").tobytes(),
-        chunk,
-        {"Inference-Header-Content-Length": str(len(header)), "Content-Type": "application/octet-stream"},
-    )
+    body, headers = v2_binary(X[chunk])
+    sent.post("/v2/models/fraud/infer", body, chunk, headers)
     for i in taken(100):
         sent.post("/v1/fraud-score/by-id", {"transaction_id": f"tx-{i}"}, [i])
     chunk = taken(1000)
@@ -159,7 +226,9 @@ def test_every_route_logs_exactly_what_it_answered(served):
 
     stack.stop()  # SIGTERM: the workers seal their segments, the compactor's last pass takes them
     compact_once(log_dir)
-    logged = read_log(log_dir)
+    # this test's requests' rows (the module's other tests score on the same stack)
+    logged = {key: record for key, record in read_log(log_dir).items() if key[0] in sent.answers}
+    nginx = access_lines(stack)
     n = sum(len(rows) for _, rows, _ in sent.answers.values())
     assert len(logged) == n >= 5000
     routes = set()
@@ -181,8 +250,10 @@ def test_every_route_logs_exactly_what_it_answered(served):
         else:
             body = reply.json
             answers = body.get("results", [body])
+        assert nginx[rid]["trace_id"] == sent.traces[rid]  # the caller's trace, in nginx's line
         for j, (i, answer) in enumerate(zip(rows, answers, strict=True)):
             record = logged[(rid, j)]
+            assert record["trace_id"] == sent.traces[rid]  # ... and in the log's rows
             routes.add((record["route"], record["explained"]))
             assert [record[name] for name in FEATURES] == X[i].tolist()  # the features exactly as scored
             if "probability" in answer:
@@ -199,21 +270,16 @@ def test_every_route_logs_exactly_what_it_answered(served):
             assert record["model_version"] == "test-3" and record["challenger_version"] == "test-4"
             assert record["challenger_probability"] is not None and record["sample_weight"] == 1.0
             assert record["key_id"] == key_id(TEST_KEY.encode()) and TEST_KEY not in json.dumps(record, default=str)
-    assert {route for route, _ in routes} == {
-        "/v1/fraud-score",
-        "/v1/fraud-score/batch",
-        "/v2/models/{name}/infer",
-        "/v1/fraud-score/by-id",
-        "/v1/fraud-score/by-id/batch",
-    }
+    assert {route for route, _ in routes} == set(SCORING_ROUTES)
     assert any(r["ood_warning"] for r in logged.values()) and any(r["is_fraud"] for r in logged.values())
     # the logged features re-score to the logged probabilities, champion's and challenger's
     settings = from_mapping(
         {"API_KEY": "x" * 16, "MODEL_PATH": str(champion), "CHALLENGER_MODEL_PATH": str(challenger)}
     )
     result = verify_log.verify(log_dir, verify_log.models(settings, []))
-    assert (result.checked, result.mismatched, result.skipped) == (n, 0, 0)
-    assert (result.challenger_checked, result.challenger_mismatched) == (n, 0)
+    everything = len(read_log(log_dir))  # this test's rows and those of the tests before it on this stack
+    assert (result.checked, result.mismatched, result.skipped) == (everything, 0, 0) and everything >= n
+    assert (result.challenger_checked, result.challenger_mismatched) == (everything, 0)
     print(json.dumps(next(iter(logged.values())), default=str))
 
 

@@ -9,7 +9,6 @@ import hashlib
 import logging
 import mimetypes
 import os
-import time
 import uuid
 from importlib import resources
 from importlib.resources.abc import Traversable
@@ -20,6 +19,7 @@ import falcon
 from service.api.auth import ApiKeys
 from service.api.budget import RowBudget
 from service.api.by_id import ByIdBatchResource, ByIdScoreResource, StoredRows, StoreStatusResource
+from service.api.deadline import QUEUE_WAIT
 from service.api.errors import handle_unexpected, serialize_error
 from service.api.openapi import DOCS_PAGE, build_openapi
 from service.api.prediction_log import PredictionLogStatusResource
@@ -44,10 +44,12 @@ from service.predlog.spool import Spool
 from service.predlog.status import StatusCollector
 from service.store.feature_store import FeatureStore, StoreConfig
 from service.telemetry import metrics, multiproc
+from service.telemetry import stages as timings
 from service.telemetry.trace_context import HEADER as TRACE_HEADER
 from service.telemetry.trace_context import server_span, trace_id
 
 log = logging.getLogger(__name__)
+clock = timings.perf_counter_ns
 _pid: list[str] = []  # this process's id as a header value, once per worker
 os.register_at_fork(after_in_child=_pid.clear)
 
@@ -63,21 +65,31 @@ class RequestContext:
     id (nginx sets one on every request) and the app's own time; answers with its span in the
     request's trace (traceresponse); tells nginx which worker answered
     (nginx logs it and hides it from clients), to correlate with its logs; then counts and times the
-    request in the metrics, with the final status."""
+    request in the metrics, with the final status. A scoring request's stages
+    (service/telemetry/stages.py: `req.context.stages`, which its resource stamps) go to the
+    Server-Timing header and the stage histogram."""
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
-        req.context.started = time.perf_counter()
-        req.context.trace_id = trace_id(req.env)
+        context = req.context
+        context.stages = timings.Stages(clock())
+        context.trace_id = trace_id(req.env)
 
     def process_response(
         self, req: falcon.Request, resp: falcon.Response, resource: object, req_succeeded: bool
     ) -> None:
-        elapsed = time.perf_counter() - req.context.started
+        context = req.context
+        stages = context.stages
+        elapsed = stages.finish(req.env.get(QUEUE_WAIT)) / 1e9
+        elapsed_ms = f"{elapsed * 1000.0:.3f}"
         resp.set_header("X-Request-ID", req.env.get("HTTP_X_REQUEST_ID") or uuid.uuid4().hex)
-        resp.set_header("X-Response-Time-Ms", f"{elapsed * 1000.0:.3f}")
+        resp.set_header("X-Response-Time-Ms", elapsed_ms)
         resp.set_header("X-Worker-PID", _pid[0] if _pid else _worker_pid())
-        resp.set_header(TRACE_HEADER, server_span(req.context.trace_id))
-        metrics.record_request(req.uri_template, req.method, resp.status_code, elapsed)
+        resp.set_header(TRACE_HEADER, server_span(context.trace_id))
+        route = req.uri_template
+        metrics.record_request(route, req.method, resp.status_code, elapsed)
+        if stages.read:  # a scoring route's resource took it
+            resp.set_header(timings.HEADER, stages.server_timing(elapsed_ms))
+            metrics.record_stages(route, stages.durations)
 
 
 class DocsPage:

@@ -29,6 +29,7 @@ from service.core.features import FEATURES
 from service.engine.scoring import Scoring
 from service.store.feature_record import RecordError, as_transaction, decode_record, decode_records
 from service.store.feature_store import FeatureStore, StoreUnavailable
+from service.telemetry.stages import clock
 
 STORE_RETRY_AFTER_SECONDS = "1"
 MISSING_NAMED = 10  # ids named in a 404 for a batch; the rest are counted
@@ -133,11 +134,16 @@ class ByIdScoreResource:
         if not self._request.is_valid(body):
             raise invalid_body(self._request.violations(body))
         transaction_id = body[ID_FIELD]
+        stages = req.context.stages
+        stages.read = clock()
         (row,) = self._stored.rows([transaction_id], req.env)
+        stages.fetched = clock()
         rid = request_id(req, self._scoring)
         explain = wants_explanation(req, self._scoring)
         logged = log_entry(req, self._scoring, key, transaction_id, explain) if self._scoring.log else None
-        result = self._scoring.one_explained(row, rid, logged) if explain else self._scoring.one(row, rid, logged)
+        score = self._scoring.one_explained if explain else self._scoring.one
+        result = score(row, rid, logged, stages)
+        stages.scored = clock()
         result[ID_FIELD] = transaction_id
         respond(resp, result)
 
@@ -160,10 +166,15 @@ class ByIdBatchResource:
         charge_batch(self._budget, key, ids, self._batch_max, "transaction ids")
         if not self._request.is_valid(body):
             raise invalid_body(self._request.violations(body))
+        stages = req.context.stages
+        stages.read = clock()
         X = self._stored.matrix(ids, req.env)
+        stages.fetched = clock()
         logged = log_entry(req, self._scoring, key, ids, explain) if self._scoring.log else None
         # Explanations name each feature's value: Python floats, as a posted batch gives them.
-        results = self._scoring.many(X.tolist() if explain else X, explain, request_id(req, self._scoring), logged)
+        rows = X.tolist() if explain else X
+        results = self._scoring.many(rows, explain, request_id(req, self._scoring), logged, stages)
+        stages.scored = clock()
         for transaction_id, result in zip(ids, results, strict=True):
             result[ID_FIELD] = transaction_id
         respond(resp, {"results": results, "model-version": self._scoring.version})

@@ -46,6 +46,8 @@ SPENT = (
 ROUTES_REMEMBERED = 4096  # paths resolved to their route template; templated paths repeat
 # Where the wall-clock time a request's answer is due is left for code that waits inside it.
 DUE = "fraud.due"
+# Where the queue wait (seconds) is left for the app's stage timings (service/telemetry/stages.py).
+QUEUE_WAIT = "fraud.queue_wait"
 
 StartResponse = Callable[..., Any]
 
@@ -119,7 +121,8 @@ class Deadlines:
             waited_ms = max(0.0, (now - float(stamp)) * 1000.0)  # a stamp ahead of this clock: no wait
         except ValueError:
             return self._app(environ, start_response)  # only nginx sets it: not the client's fault
-        self._observe_wait(route, waited_ms / 1000.0)
+        environ[QUEUE_WAIT] = waited = waited_ms / 1000.0
+        self._observe_wait(route, waited)
         try:
             budget = budget_ms(environ.get("HTTP_X_DEADLINE_MS"), self._default_ms)
         except InvalidDeadline as e:

@@ -34,15 +34,17 @@ def entry(
     if log.client_address:
         forwarded = req.get_header("X-Forwarded-For")
         client = forwarded.rsplit(",", 1)[-1].strip() if forwarded else req.remote_addr
+    context = req.context
     return log.entry(
         request_id,
         req.uri_template,
         key,
         transaction_ids,
         explained,
-        getattr(req.context, "started", None),
+        context.stages.start / 1e9,  # perf_counter()'s clock, as the log's service time counts
         env.get(DUE),
         client,
+        context.trace_id,
     )
 
 

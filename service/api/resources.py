@@ -16,6 +16,7 @@ from service.api.prediction_log import entry as log_entry
 from service.contract.schema import BATCH_FIELD, ID_FIELD, TransactionValidator
 from service.engine.drift import DriftCounter
 from service.engine.scoring import Scoring
+from service.telemetry.stages import clock
 
 RETRY_AFTER_SECONDS = "30"
 
@@ -124,8 +125,13 @@ class FraudScoreResource:
         rid = request_id(req, self._scoring)
         tid = transaction.get(ID_FIELD)  # valid: a string when present
         explain = wants_explanation(req, self._scoring)
+        stages = req.context.stages
+        stages.read = clock()
         logged = log_entry(req, self._scoring, key, tid, explain) if self._scoring.log else None
-        result = self._scoring.one_explained(row, rid, logged) if explain else self._one(row, rid, logged)
+        result = (
+            self._scoring.one_explained(row, rid, logged, stages) if explain else self._one(row, rid, logged, stages)
+        )
+        stages.scored = clock()
         if tid is not None:
             result[ID_FIELD] = tid
         respond(resp, result)
@@ -166,17 +172,22 @@ class BatchScoreResource:
             if X is None:
                 raise invalid_body(self._validator.violations(body))
             tids = transaction_ids(items)
+        stages = req.context.stages
+        stages.read = clock()
         logged = log_entry(req, self._scoring, key, tids, explain) if self._scoring.log else None
         if explain or tids is not None:
             rows = [self._scoring.row_of(item) for item in items] if explain else X
-            results = self._scoring.many(rows, explain, request_id(req, self._scoring), logged)
+            results = self._scoring.many(rows, explain, request_id(req, self._scoring), logged, stages)
+            stages.scored = clock()
             if tids is not None:
                 for tid, result in zip(tids, results, strict=True):
                     if tid is not None:
                         result[ID_FIELD] = tid
             respond(resp, {"results": results, "model-version": self._scoring.version})
         else:
-            scored = self._scoring.many_json(X, request_id(req, self._scoring), logged)
+            # The results' JSON is assembled with the scores (most are serialised at start): "score".
+            scored = self._scoring.many_json(X, request_id(req, self._scoring), logged, stages)
+            stages.scored = clock()
             resp.data = b"".join((b'{"results":', scored, self._version_tail))
             resp.content_type = JSON
 

@@ -29,6 +29,7 @@ from service.api.resources import ModelUnavailableResource, StaticJson, require_
 from service.api.routes import mount
 from service.core.features import FEATURES, FLOAT32_MAX, N_FEATURES
 from service.engine.scoring import Scoring
+from service.telemetry.stages import clock
 
 MODEL_NAME = "fraud"
 INPUT = "features"
@@ -164,12 +165,15 @@ class Inference(ModelRoute):
         self._budget.spend(key, n)
         X = self._matrix(tensor, n, datatype, binary)
         wanted = self._outputs(request)
+        stages = req.context.stages
+        stages.read = clock()
         logged = None
         if self._scoring.log is not None:
             logged = log_entry(req, self._scoring, key, request["id"] if isinstance(request.get("id"), str) else None)
         scored = self._scoring.rows(
-            X, req.get_header("X-Request-ID") if self._scoring.wants_request_id else None, logged
+            X, req.get_header("X-Request-ID") if self._scoring.wants_request_id else None, logged, stages
         )
+        stages.scored = clock()
         self._respond(resp, request, scored, wanted, n)
 
     @staticmethod

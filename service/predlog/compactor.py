@@ -80,6 +80,7 @@ def segment_table(payloads: list[memoryview]) -> pa.Table:
         columns["deadline"].extend([meta.get("deadline")] * n)
         columns["service_us"].extend([meta["service_us"]] * n)
         columns["client_address"].extend([meta.get("client_address")] * n)
+        columns["trace_id"].extend([meta.get("trace_id")] * n)  # a frame of version 1 has none
         columns["row"].extend(meta["rows"] if "rows" in meta else range(n))
         tid = meta.get("tid")
         columns["transaction_id"].extend(tid if isinstance(tid, list) else [tid] * n)

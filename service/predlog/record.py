@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 
 from service.core.features import FEATURE_DESCRIPTIONS
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class Column(NamedTuple):
@@ -45,6 +45,8 @@ COLUMNS: tuple[Column, ...] = (
     Column("service_us", "int64", "the request's time in the app when its records were written, microseconds"),
     Column("client_address", "string", "the client's address, only with PREDICTION_LOG_CLIENT_ADDRESS"),
     *(Column(name, "float64", f"the feature as scored: {text}") for name, text in FEATURE_DESCRIPTIONS.items()),
+    # version 2
+    Column("trace_id", "string", "the request's W3C trace id (the caller's traceparent's, else nginx's fresh one)"),
 )
 NAMES: tuple[str, ...] = tuple(c.name for c in COLUMNS)
 

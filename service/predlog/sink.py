@@ -48,6 +48,7 @@ class Entry(NamedTuple):
     started: float  # time.perf_counter() when the app took the request
     due: float | None  # the wall-clock time the answer was due (the deadline), when known
     client_address: str | None
+    trace_id: str | None = None  # the request's W3C trace id (service/telemetry/trace_context.py)
 
 
 def key_id(key: bytes) -> str:
@@ -116,6 +117,7 @@ class PredictionLog:
         started: float | None = None,
         due: float | None = None,
         client_address: str | None = None,
+        trace_id: str | None = None,
     ) -> Entry:
         return Entry(
             request_id,
@@ -126,6 +128,7 @@ class PredictionLog:
             time.perf_counter() if started is None else started,
             due,
             client_address if self.client_address else None,
+            trace_id,
         )
 
     def _meta(self, entry: Entry, now_ns: int, n: int, extra: dict[str, Any]) -> bytes:
@@ -143,6 +146,8 @@ class PredictionLog:
             meta["deadline"] = int(entry.due * 1e9)
         if entry.client_address is not None:
             meta["client_address"] = entry.client_address
+        if entry.trace_id is not None:
+            meta["trace_id"] = entry.trace_id
         encoded = self._head + orjson.dumps(meta)[1:]
         return META_LENGTH.pack(len(encoded)) + encoded
 

@@ -57,6 +57,11 @@ METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 # Queue waits from nginx's stamp to a worker: well under a millisecond idle, the deadline's
 # reserve to its clamp under overload.
 QUEUE_WAIT_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0)
+# A request's stages (service/telemetry/stages.py): a few µs (reading, scoring and writing one
+# transaction) to the milliseconds of a batch, a feature-store round trip or a queue under load.
+STAGE_BUCKETS = (
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+)  # fmt: skip
 # Negative observations make _sum useless for reset detection; the buckets and _count stay exact.
 DIFFERENCE_BUCKETS = (-50, -20, -10, -5, -2, -1, 0, 1, 2, 5, 10, 20, 50, 100)
 
@@ -138,6 +143,13 @@ SCORE_DIFFERENCE = Family(
     "histogram",
     buckets=DIFFERENCE_BUCKETS,
 )
+STAGE = Family(
+    "fraud_request_stage_seconds",
+    "Time a scoring request spent in each stage (queue, read, fetch, score, challenger, write), by route",
+    "histogram",
+    ("route", "stage"),
+    STAGE_BUCKETS,
+)
 FAMILIES = (
     REQUESTS,
     LATENCY,
@@ -149,6 +161,7 @@ FAMILIES = (
     CHALLENGER_SCORES,
     AGREEMENT,
     SCORE_DIFFERENCE,
+    STAGE,
 )
 
 MODEL_INFO = Gauge(
@@ -270,6 +283,7 @@ class _Process:
         self.ood = self.counters.slot(OUT_OF_DISTRIBUTION.key("_total", {}))
         self.waits: dict[str, _HistogramSlots] = {}
         self.sheds: dict[str, int] = {}
+        self.stages: dict[str, dict[str, _HistogramSlots]] = {}  # route -> stage -> its samples
         self.challenger_score = _HistogramSlots(CHALLENGER_SCORES, self.histograms, {})
         self.difference = _HistogramSlots(SCORE_DIFFERENCE, self.histograms, {})
         self._cells: tuple[int, ...] | None = None
@@ -284,6 +298,14 @@ class _Process:
 
     def wait_slots(self, route: str) -> _HistogramSlots:
         self.waits[route] = slots = _HistogramSlots(QUEUE_WAIT, self.histograms, {"route": route})
+        return slots
+
+    def route_stages(self, route: str) -> dict[str, _HistogramSlots]:
+        self.stages[route] = slots = {}
+        return slots
+
+    def stage_slots(self, route: str, stage: str) -> _HistogramSlots:
+        self.stages[route][stage] = slots = _HistogramSlots(STAGE, self.histograms, {"route": route, "stage": stage})
         return slots
 
     def shed_slot(self, route: str) -> int:
@@ -334,6 +356,22 @@ def record_request(route: str | None, method: str, status: int, elapsed: float) 
     count, latency = process.requests.get(key) or process.request_slots(key)
     process.counters.values[count] += 1.0
     latency.observe(process.histograms, elapsed)
+
+
+def record_stages(route: str, durations: list[tuple[str, float]]) -> None:
+    """Times each stage a scoring request went through: its Stages' durations, (stage, seconds)
+    (service/telemetry/stages.py; service/api/app.py's middleware calls it with record_request).
+    The labels are bounded: a route template and a stage's name."""
+    process = _process[0] if _process else _this_process()
+    slots = process.stages.get(route) or process.route_stages(route)
+    values = process.histograms.values
+    for stage, seconds in durations:
+        found = slots.get(stage)
+        if found is None:
+            found = process.stage_slots(route, stage)
+            values = process.histograms.values  # making its samples may have grown (remapped) the file
+        values[found.buckets[bisect_left(found.bounds, seconds)]] += 1.0  # _HistogramSlots.observe, inlined
+        values[found.sum] += seconds
 
 
 def observe_score(score: int, is_fraud: bool, ood_warning: bool = False) -> None:
