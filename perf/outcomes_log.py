@@ -78,6 +78,8 @@ class Traffic:
     fraud_rate: float = 0.005
     sample_rate: float = 0.25
     retry_share: float = 0.003
+    sampled_days: tuple[int, int] = (21, 35)  # the days logged at sample_rate: [first, last)
+    labels_until: datetime.date | None = None  # labels known before this day are written (default: end)
 
     @property
     def days(self) -> int:
@@ -98,7 +100,7 @@ class Traffic:
         return champion, None
 
     def sampled(self, day: int) -> bool:
-        return 21 <= day < 35
+        return self.sampled_days[0] <= day < self.sampled_days[1]
 
     def rows_on(self, day: int) -> int:
         """Scored rows a day (before sampling): the total spread evenly, a sampled day's scaled up
@@ -226,7 +228,7 @@ def _labels(
     reversed_ = fraud & (rng.uniform(size=n) < 0.005)  # charged back, then found legitimate
     parts.append((reversed_, days + rng.uniform(5, 30, n), np.zeros(n, bool), np.repeat("case", n), np.full(n, np.nan)))
 
-    end_ns = np.datetime64(traffic.end, "ns").astype(np.int64)
+    end_ns = np.datetime64(traffic.labels_until or traffic.end, "ns").astype(np.int64)
     tables = []
     for rows, delay_days, label, src, amt in parts:
         known = ts_ns + (delay_days * DAY_NS).astype(np.int64)

@@ -19,13 +19,47 @@ import datetime as dt
 import json
 import os
 import sys
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+
+from service.offline.labels import LABEL_SCHEMA, PARTITION
+from service.predlog.record import arrow_schema
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
 
 UTC = dt.UTC
-FIGURES = ("rows", "labelled", "frauds", "alerts", "recall", "precision", "alert_rate", "cost_per_1000")
+SPARK_TYPES = {
+    pa.string(): "string",
+    pa.bool_(): "boolean",
+    pa.int16(): "smallint",
+    pa.int32(): "int",
+    pa.int64(): "bigint",
+    pa.float64(): "double",
+    pa.timestamp("us", tz="UTC"): "timestamp",
+}
+# The log's columns the outcomes read (Spark reads no other).
+LOG_COLUMNS = (
+    "transaction_id",
+    "ts",
+    "ts_ns",
+    "model_version",
+    "is_fraud",
+    "challenger_version",
+    "challenger_is_fraud",
+    "sample_weight",
+    "Amount",
+)
+
+
+def _ddl(schema: pa.Schema, partitions: str, names: tuple[str, ...] | None = None) -> str:
+    """A Spark schema (DDL) of the Parquet schema's columns (those named), then the partitions'.
+    Given a schema, Spark reads no file's footer to infer one: the partitions a filter prunes are
+    never opened, and files of an older schema version read their missing columns as null."""
+    fields = [f for f in schema if names is None or f.name in names]
+    return ", ".join([*(f"`{f.name}` {SPARK_TYPES[f.type]}" for f in fields), partitions])
 
 
 def _instant(when: dt.datetime) -> dt.datetime:
@@ -41,9 +75,9 @@ def labels_as_of(spark: SparkSession, labels_dir: str, as_of: dt.datetime) -> Da
 
     as_of = _instant(as_of)
     table = (
-        spark.read.option("mergeSchema", "true")
+        spark.read.schema(_ddl(LABEL_SCHEMA, f"`{PARTITION}` string"))
         .parquet(labels_dir)
-        .where(F.col("ingested").cast("string") <= as_of.strftime("%Y-%m-%d"))
+        .where(F.col(PARTITION) <= as_of.strftime("%Y-%m-%d"))
         .where(F.col("ingested_at") <= F.lit(as_of))
     )
     latest = Window.partitionBy("transaction_id").orderBy(
@@ -60,7 +94,7 @@ def read_log(spark: SparkSession, log_dir: str, first: dt.date, last: dt.date) -
     """The log's rows scored from first to last (inclusive, by the date partition, UTC)."""
     from pyspark.sql import functions as F
 
-    log = spark.read.option("mergeSchema", "true").parquet(log_dir)
+    log = spark.read.schema(_ddl(arrow_schema(), "`date` date, `hour` int", LOG_COLUMNS)).parquet(log_dir)
     return log.where(F.col("date").between(F.lit(first), F.lit(last)))
 
 
@@ -72,77 +106,122 @@ def _iso_week(date: str) -> Column:
     return F.format_string("%04d-W%02d", F.expr(f"extract(YEAROFWEEK FROM {date})"), F.weekofyear(date))
 
 
-def outcomes(log: DataFrame, labels: DataFrame, review_cost: float) -> DataFrame:
-    """The figures per role (champion; challenger on the rows where one was logged), model version
-    and ISO week of scoring (FIGURES): rows weighted by sample_weight; labelled and frauds among
-    them; alerts (the decision logged at the threshold in force); recall and precision on the
-    labelled rows; the alert rate on all rows; cost per 1,000 labelled rows (a missed fraud costs
-    its Amount, an alert review_cost). Unlabelled rows count in rows and the alert rate only."""
+def outcome_rows(log: DataFrame, labels: DataFrame) -> DataFrame:
+    """One row per transaction scored (a retried one as its latest scoring; rows without an id as
+    they are) with its ISO week, its weight, its label known (null: none) and the amount a missed
+    fraud costs (the label's amount, else the logged Amount)."""
+    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    joined = log.join(labels.select("transaction_id", F.col("is_fraud").alias("_fraud")), "transaction_id", "left")
-    week = joined.withColumn("week", _iso_week("date"))
-    champion = week.select(
-        F.lit("champion").alias("role"),
+    latest = Window.partitionBy("transaction_id").orderBy(F.col("ts").desc(), F.col("ts_ns").desc())
+    scored = (
+        log.withColumn("_rank", F.row_number().over(latest))
+        .where(F.col("transaction_id").isNull() | (F.col("_rank") == 1))
+        .select(
+            "transaction_id",
+            "model_version",
+            _iso_week("date").alias("week"),
+            F.coalesce(F.col("sample_weight"), F.lit(1.0)).alias("weight"),
+            F.col("is_fraud").alias("alert"),
+            "challenger_version",
+            F.col("challenger_is_fraud").alias("challenger_alert"),
+            F.col("Amount").alias("log_amount"),
+        )
+    )
+    known = labels.select("transaction_id", F.col("is_fraud").alias("label"), F.col("amount").alias("label_amount"))
+    return scored.join(known, "transaction_id", "left").select(
         "model_version",
         "week",
-        "sample_weight",
-        "_fraud",
-        F.col("is_fraud").alias("_alert"),
-        "Amount",
+        "weight",
+        "alert",
+        "challenger_version",
+        "challenger_alert",
+        "label",
+        F.coalesce("label_amount", "log_amount", F.lit(0.0)).alias("amount"),
     )
-    challenger = week.where(F.col("challenger_version").isNotNull()).select(
-        F.lit("challenger").alias("role"),
-        F.col("challenger_version").alias("model_version"),
-        "week",
-        "sample_weight",
-        "_fraud",
-        F.col("challenger_is_fraud").alias("_alert"),
-        "Amount",
-    )
-    w = F.col("sample_weight")
-    labelled = F.col("_fraud").isNotNull()
-    fraud = F.coalesce(F.col("_fraud"), F.lit(False))
-    alert = F.coalesce(F.col("_alert"), F.lit(False))
+
+
+def _sums(rows: DataFrame, keys: list[str], alert: Column, review_cost: float) -> DataFrame:
+    """The figures of a decision over the labelled rows, per `keys`: the weighted sums (SUMS of the
+    one-machine command) and the rates made of them."""
+    from pyspark.sql import functions as F
+
+    w, label = F.col("weight"), F.col("label")
 
     def weighted(condition: Column, value: Column | None = None) -> Column:
-        return F.sum(F.when(condition, w * (value if value is not None else F.lit(1.0))).otherwise(0.0))
+        return F.coalesce(F.sum(F.when(condition, w * (value if value is not None else F.lit(1.0)))), F.lit(0.0))
 
     sums = (
-        champion.unionByName(challenger)
-        .groupBy("role", "model_version", "week")
+        rows.where(label.isNotNull())
+        .groupBy(*keys)
         .agg(
-            F.sum(w).alias("rows"),
-            weighted(labelled).alias("labelled"),
-            weighted(labelled & fraud).alias("frauds"),
+            F.count(F.lit(1)).alias("labelled"),
+            F.sum(w).alias("weight"),
+            weighted(label).alias("frauds"),
             weighted(alert).alias("alerts"),
-            weighted(labelled & alert).alias("labelled_alerts"),
-            weighted(labelled & fraud & alert).alias("caught"),
-            weighted(labelled & fraud & ~alert, F.col("Amount")).alias("missed_amount"),
+            weighted(label & alert).alias("caught"),
+            weighted(label & ~alert, F.col("amount")).alias("missed_amount"),
         )
     )
 
-    def ratio(top: str, bottom: str) -> Column:
-        return F.when(F.col(bottom) > 0, F.col(top) / F.col(bottom))
+    def ratio(top: Column, bottom: str) -> Column:
+        return F.when(F.col(bottom) > 0, top / F.col(bottom))
 
     return sums.select(
-        "role",
-        "model_version",
-        "week",
-        "rows",
+        *keys,
         "labelled",
-        "frauds",
-        "alerts",
-        ratio("caught", "frauds").alias("recall"),
-        ratio("caught", "labelled_alerts").alias("precision"),
-        ratio("alerts", "rows").alias("alert_rate"),
-        F.when(
-            F.col("labelled") > 0,
-            (F.col("missed_amount") + F.lit(float(review_cost)) * F.col("labelled_alerts"))
-            / F.col("labelled")
-            * 1000.0,
-        ).alias("cost_per_1000"),
-    ).orderBy("role", "model_version", "week")
+        ratio(F.col("caught"), "frauds").alias("recall"),
+        ratio(F.col("caught"), "alerts").alias("precision"),
+        ratio(F.col("alerts"), "weight").alias("alert_rate"),
+        ratio((F.col("missed_amount") + F.lit(float(review_cost)) * F.col("alerts")) * 1000.0, "weight").alias(
+            "cost_per_1000"
+        ),
+    )
+
+
+def outcomes(log: DataFrame, labels: DataFrame, review_cost: float) -> tuple[DataFrame, DataFrame]:
+    """(weeks, challengers): the point figures of `make outcomes` (service.offline.outcomes).
+
+    weeks: per model version and ISO week of scoring, the rows scored (a count and weighted), the
+    alert rate on all of them, the labelled rows (a count and weighted) and, over the labelled rows,
+    the champion's recall, precision, alert rate and cost per 1,000 rows (a missed fraud costs its
+    amount, an alert review_cost). An unlabelled row is neither fraud nor legitimate.
+
+    challengers: per model version, ISO week and challenger version, over the labelled rows where
+    the challenger was logged, the same figures for the champion (`champion_…`) and the challenger
+    (`challenger_…`) on those same rows."""
+    from pyspark.sql import functions as F
+
+    rows = outcome_rows(log, labels)
+    keys = ["model_version", "week"]
+    volumes = rows.groupBy(*keys).agg(
+        F.count(F.lit(1)).alias("rows"),
+        F.sum("weight").alias("rows_weighted"),
+        (F.sum(F.when(F.col("alert"), F.col("weight")).otherwise(0.0)) / F.sum("weight")).alias("alert_rate_all_rows"),
+        F.count("label").alias("labelled"),
+        F.coalesce(F.sum(F.when(F.col("label").isNotNull(), F.col("weight"))), F.lit(0.0)).alias("labelled_weighted"),
+        F.coalesce(F.sum(F.when(F.col("label"), F.col("weight"))), F.lit(0.0)).alias("frauds_weighted"),
+    )
+    champion = _sums(rows, keys, F.col("alert"), review_cost).drop("labelled")
+    weeks = volumes.join(champion, keys, "left").orderBy(*keys)
+
+    logged = rows.where(F.col("challenger_alert").isNotNull()).withColumn(
+        "challenger_version", F.coalesce("challenger_version", F.lit(""))
+    )
+    pair = [*keys, "challenger_version"]
+    figures = ("recall", "precision", "alert_rate", "cost_per_1000")
+
+    def prefixed(frame: DataFrame, prefix: str) -> DataFrame:
+        return frame.select(*pair, *(F.col(name).alias(f"{prefix}{name}") for name in figures), "labelled")
+
+    ours = prefixed(_sums(logged, pair, F.col("alert"), review_cost), "champion_")
+    theirs = prefixed(_sums(logged, pair, F.col("challenger_alert"), review_cost), "challenger_").drop("labelled")
+    challengers = (
+        ours.join(theirs, pair)
+        .withColumn("cost_difference_per_1000", F.col("challenger_cost_per_1000") - F.col("champion_cost_per_1000"))
+        .orderBy(*pair)
+    )
+    return weeks, challengers
 
 
 def _date(text: str) -> dt.date:
@@ -181,23 +260,36 @@ def main(argv: list[str] | None = None) -> int:
         SparkSession.builder.appName("fraud-scoring-outcomes").config("spark.sql.session.timeZone", "UTC").getOrCreate()
     )
     as_of = args.as_of or dt.datetime.now(UTC)
-    rows = [
-        r.asDict()
-        for r in outcomes(
-            read_log(spark, args.log_dir, args.first, args.last),
-            labels_as_of(spark, args.labels_dir, as_of),
-            args.review_cost,
-        ).collect()
-    ]
-    for r in rows:
-        figures = " ".join(f"{k} {r[k]:.4g}" if r[k] is not None else f"{k} -" for k in FIGURES)
-        print(f"{r['role']:10} {r['model_version']:20} {r['week']}  {figures}")
+    weeks, challengers = outcomes(
+        read_log(spark, args.log_dir, args.first, args.last),
+        labels_as_of(spark, args.labels_dir, as_of),
+        args.review_cost,
+    )
+    figures = {
+        "from": args.first.isoformat(),
+        "to": args.last.isoformat(),
+        "as_of": as_of.isoformat(),
+        "review_cost": args.review_cost,
+        "weeks": [r.asDict() for r in weeks.collect()],
+        "challengers": [r.asDict() for r in challengers.collect()],
+    }
+    for w in figures["weeks"]:
+        print(f"{w['model_version']} {w['week']}: {_line(w)}")
+    for c in figures["challengers"]:
+        print(f"{c['model_version']} {c['week']} challenger {c['challenger_version']}: {_line(c)}")
     if args.output:
-        with open(args.output, "w") as out:
-            json.dump({"from": str(args.first), "to": str(args.last), "as_of": as_of.isoformat(), "weeks": rows}, out)
+        Path(args.output).write_text(json.dumps(figures, indent=1) + "\n")
         print(f"figures -> {args.output}")
     spark.stop()
     return 0
+
+
+def _line(figures: dict[str, Any]) -> str:
+    return ", ".join(
+        f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v if v is not None else '-'}"
+        for k, v in figures.items()
+        if k not in ("model_version", "week", "challenger_version")
+    )
 
 
 if __name__ == "__main__":
