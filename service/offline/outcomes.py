@@ -35,6 +35,7 @@ import numpy as np
 from service.core.settings import offline_or_exit
 from service.core.threshold import REVIEW_COST
 from service.offline.labels import UTC, connect, instant_argument, labels_as_of, sql_instant, sql_string
+from service.predlog.record import arrow_schema
 
 WINDOW_DAYS = 120
 MATURITY_BAR = 0.9
@@ -47,12 +48,26 @@ BAND = 10  # calibration bands of fraud-score: 0-9, 10-19, ..., 90-100
 SUMS = ("weight", "frauds", "alerts", "caught", "missed_amount")
 
 
+def log_files(log_dir: Path, first: dt.date, last: dt.date) -> list[str]:
+    """The Parquet files of the log's date partitions from first to last, chosen by directory before
+    DuckDB opens any: read_parquet over a glob of the whole log opens every file's footer (and stops
+    at the first unreadable one) before the date filter prunes a partition."""
+    days = (first + dt.timedelta(days=n) for n in range((last - first).days + 1))
+    return [str(f) for day in days for f in sorted((log_dir / f"date={day.isoformat()}").glob("hour=*/*.parquet"))]
+
+
 def load_rows(
     con: duckdb.DuckDBPyConnection, log_dir: Path, labels_dir: Path, first: dt.date, last: dt.date, as_of: dt.datetime
 ) -> int:
     """Builds the temp table `outcome_rows`: one row per transaction scored from first to last
     (dates, inclusive), with its label known at as_of (or none) and its maturity. Returns its rows."""
-    files = sql_string(str(Path(log_dir) / "date=*" / "hour=*" / "*.parquet"))
+    files = log_files(Path(log_dir), first, last)
+    if files:
+        scan = f"""read_parquet([{", ".join(sql_string(f) for f in files)}], hive_partitioning = true,
+                                union_by_name = true, hive_types = {{'date': DATE, 'hour': INTEGER}})"""
+    else:  # no partition in range: no rows
+        con.register("outcome_no_log", arrow_schema().empty_table())
+        scan = "outcome_no_log"
     window = WINDOW_DAYS * 86_400
     labels_as_of(con, labels_dir, as_of).create_view("outcome_labels", replace=True)
     con.execute(f"""
@@ -60,9 +75,7 @@ def load_rows(
         SELECT transaction_id, ts, model_version, probability, fraud_score, is_fraud,
                challenger_version, challenger_is_fraud, coalesce(sample_weight, 1.0) AS weight,
                "Amount" AS log_amount
-        FROM read_parquet({files}, hive_partitioning = true, union_by_name = true,
-                          hive_types = {{'date': DATE, 'hour': INTEGER}})
-        WHERE date BETWEEN DATE {sql_string(first.isoformat())} AND DATE {sql_string(last.isoformat())}
+        FROM {scan}
         QUALIFY transaction_id IS NULL
              OR row_number() OVER (PARTITION BY transaction_id ORDER BY ts DESC, ts_ns DESC) = 1
     """)
