@@ -147,8 +147,11 @@ def test_outcomes_agree_with_the_one_machine_command(spark, tables):
 
 
 def test_spark_reads_only_the_partitions_in_range(spark, tables):
-    """The physical plan prunes by the partition: the scan's PartitionFilters name the dates."""
-    log_dir, _ = tables
+    """The physical plans prune by the partitions: the scans' PartitionFilters name the dates (the
+    log's) and AS_OF's day (the labels')."""
+    log_dir, labels_dir = tables
+    plan = spark_outcomes.labels_as_of(spark, str(labels_dir), AS_OF[1])._jdf.queryExecution().executedPlan().toString()
+    assert "PartitionFilters: [isnotnull(ingested" in plan and AS_OF[1].date().isoformat() in plan, plan
     plan = spark_outcomes.read_log(spark, str(log_dir), FIRST, LAST)._jdf.queryExecution().executedPlan().toString()
     assert "PartitionFilters: [isnotnull(date" in plan, plan
     assert FIRST.isoformat() in plan and LAST.isoformat() in plan

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
+from service.core.threshold import REVIEW_COST
 from service.offline.labels import LABEL_SCHEMA, PARTITION
 from service.predlog.record import arrow_schema
 
@@ -248,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--from", dest="first", type=_date, required=True, help="first scoring date (UTC)")
     parser.add_argument("--to", dest="last", type=_date, required=True, help="last scoring date (UTC), inclusive")
     parser.add_argument("--as-of", type=_timestamp, help="the label cut-off (default: now)")
-    parser.add_argument("--review-cost", type=float, default=5.0, help="the cost of one alert's review")
+    parser.add_argument("--review-cost", type=float, default=REVIEW_COST, help=f"per alert (default {REVIEW_COST:g})")
     parser.add_argument("--output", help="write the figures as JSON here too")
     args = parser.parse_args(argv)
 
