@@ -27,79 +27,47 @@ TIME = "/usr/bin/time"
 def commands(root: Path, traffic: Traffic) -> list[tuple[str, list[str]]]:
     log, labels = root / "prediction-log", root / "labels"
     as_of = traffic.end.isoformat()
+    start, last = traffic.start.isoformat(), (traffic.end - dt.timedelta(days=1)).isoformat()
     last_week = (traffic.end - dt.timedelta(days=7)).isoformat()
-    last = (traffic.end - dt.timedelta(days=1)).isoformat()
     first_month = (traffic.start + dt.timedelta(days=27)).isoformat()
     py = [sys.executable, "-m"]
-    outcomes = [*py, "service.offline.outcomes", "--log-dir", str(log), "--labels-dir", str(labels), "--as-of", as_of]
+
+    def outcomes(first: str, out: str) -> list[str]:
+        return [
+            *py,
+            "service.offline.outcomes",
+            *("--log-dir", str(log), "--labels-dir", str(labels), "--as-of", as_of),
+            *("--from", first, "--to", last, "--out", str(root / out)),
+        ]
+
+    def training_set(to: str, output: str) -> list[str]:
+        return [
+            *py,
+            "service.offline.training_set",
+            *("--dir", str(log), "--labels-dir", str(labels), "--as-of", as_of),
+            *("--from", start, "--to", to, "--output", str(root / output)),
+        ]
+
+    labels_run = [*py, "service.offline.labels", str(root / "labels.parquet")]
     return [
         (
             "make labels IN=labels.parquet (every label, one run)",
-            [
-                *py,
-                "service.offline.labels",
-                str(root / "labels.parquet"),
-                "--dir",
-                str(labels),
-                "--log-dir",
-                str(log),
-                "--ingested-at",
-                as_of,
-            ],
+            [*labels_run, "--dir", str(labels), "--log-dir", str(log), "--ingested-at", as_of],
         ),
-        (
-            "make outcomes FROM=<last week> (1 week of 26)",
-            [*outcomes, "--from", last_week, "--to", last, "--out", str(root / "outcomes-week")],
-        ),
+        ("make outcomes FROM=<last week> (1 week of 26)", outcomes(last_week, "outcomes-week")),
         (
             "make training-set FROM=<start> TO=<4 weeks on> (4 weeks of 26)",
-            [
-                *py,
-                "service.offline.training_set",
-                "--dir",
-                str(log),
-                "--labels-dir",
-                str(labels),
-                "--from",
-                traffic.start.isoformat(),
-                "--to",
-                first_month,
-                "--as-of",
-                as_of,
-                "--output",
-                str(root / "training-month.parquet"),
-            ],
+            training_set(first_month, "training-month.parquet"),
         ),
-        (
-            "make outcomes FROM=<start> (all 26 weeks)",
-            [*outcomes, "--from", traffic.start.isoformat(), "--to", last, "--out", str(root / "outcomes-all")],
-        ),
-        (
-            "make training-set FROM=<start> TO=<end> (all 26 weeks)",
-            [
-                *py,
-                "service.offline.training_set",
-                "--dir",
-                str(log),
-                "--labels-dir",
-                str(labels),
-                "--from",
-                traffic.start.isoformat(),
-                "--to",
-                last,
-                "--as-of",
-                as_of,
-                "--output",
-                str(root / "training-all.parquet"),
-            ],
-        ),
+        ("make outcomes FROM=<start> (all 26 weeks)", outcomes(start, "outcomes-all")),
+        ("make training-set FROM=<start> TO=<end> (all 26 weeks)", training_set(last, "training-all.parquet")),
     ]
 
 
-def measure(argv: list[str]) -> dict[str, object]:
+def measure(argv: list[str], cwd: Path | None = None) -> dict[str, object]:
     """One run under GNU time: its wall seconds, peak RSS, exit status and last lines of output."""
     started = time.monotonic()
-    done = subprocess.run([TIME, "-v", *argv], capture_output=True, text=True)
+    done = subprocess.run([TIME, "-v", *argv], capture_output=True, text=True, cwd=cwd)
     wall = time.monotonic() - started
     peak = re.search(r"Maximum resident set size \(kbytes\): (\d+)", done.stderr)
     cpu = [float(x) for x in re.findall(r"(?:User|System) time \(seconds\): ([\d.]+)", done.stderr)]
@@ -121,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("dir", type=Path)
     parser.add_argument("--generate", type=int, metavar="ROWS", help="write the log and labels first")
     parser.add_argument("--rows", type=int, default=Traffic.rows, help="the rows the log was generated with")
+    parser.add_argument("--only", help="only the commands whose name contains this, e.g. training-set")
+    parser.add_argument("--code", type=Path, help="the checkout whose modules the commands run (default: here)")
     args = parser.parse_args(argv)
     traffic = Traffic(rows=args.generate or args.rows)
     results: dict[str, object] = {"traffic": {"rows": traffic.rows, "weeks": traffic.weeks, "end": str(traffic.end)}}
@@ -129,9 +99,11 @@ def main(argv: list[str] | None = None) -> int:
             [sys.executable, "-m", "perf.outcomes_log", str(args.dir), "--rows", str(args.generate)]
         )
     runs: dict[str, dict[str, object]] = {}
-    out = args.dir / "scale-results.json"
-    for name, command in commands(args.dir, traffic):
-        runs[name] = measure(command)
+    out = args.dir / f"scale-results{'-' + args.only if args.only else ''}.json"
+    for name, command in commands(args.dir.resolve(), traffic):
+        if args.only and args.only not in name:
+            continue
+        runs[name] = measure(command, args.code)
         r = runs[name]
         print(
             f"{name}: exit {r['exit']}, {r['wall_s']} s wall, {r['cpu_s']} s CPU, peak RSS {r['peak_rss_mib']} MiB",
