@@ -26,6 +26,7 @@ import argparse
 import datetime as dt
 import json
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ from service.offline.labels import UTC, connect, instant_argument, labels_as_of,
 from service.predlog.record import arrow_schema
 
 WINDOW_DAYS = 120
+MEMORY_LIMIT = "1GB"  # DuckDB's working memory; beyond it, its temporary files
 MATURITY_BAR = 0.9
 BOOTSTRAP = 1000
 SEED = 2027
@@ -315,7 +317,30 @@ def outcomes(
     bar: float = MATURITY_BAR,
 ) -> dict[str, Any]:
     """Every figure of the report, as JSON-ready values."""
-    con = connect()
+    with tempfile.TemporaryDirectory(prefix="outcomes-") as spill:
+        con = connect()
+        # DuckDB's default is 80 % of the machine's memory: the range's rows would all be held (a
+        # 10-million-row log took 6.7 GB); within the limit it writes its temporary files instead.
+        con.execute(f"SET memory_limit = {sql_string(MEMORY_LIMIT)}")
+        con.execute(f"SET temp_directory = {sql_string(spill)}")
+        try:
+            return _figures(con, log_dir, labels_dir, first, last, as_of, review_cost, n_boot, seed, bar)
+        finally:
+            con.close()
+
+
+def _figures(
+    con: duckdb.DuckDBPyConnection,
+    log_dir: Path,
+    labels_dir: Path,
+    first: dt.date,
+    last: dt.date,
+    as_of: dt.datetime,
+    review_cost: float,
+    n_boot: int,
+    seed: int,
+    bar: float,
+) -> dict[str, Any]:
     rows = load_rows(con, log_dir, labels_dir, first, last, as_of)
     return {
         "from": first.isoformat(),
