@@ -35,6 +35,7 @@ import numpy as np
 
 from service.core.settings import offline_or_exit
 from service.core.threshold import REVIEW_COST
+from service.offline import log_table
 from service.offline.labels import UTC, connect, instant_argument, labels_as_of, sql_instant, sql_string
 from service.predlog.record import arrow_schema
 
@@ -50,20 +51,12 @@ BAND = 10  # calibration bands of fraud-score: 0-9, 10-19, ..., 90-100
 SUMS = ("weight", "frauds", "alerts", "caught", "missed_amount")
 
 
-def log_files(log_dir: Path, first: dt.date, last: dt.date) -> list[str]:
-    """The Parquet files of the log's date partitions from first to last, chosen by directory before
-    DuckDB opens any: read_parquet over a glob of the whole log opens every file's footer (and stops
-    at the first unreadable one) before the date filter prunes a partition."""
-    days = (first + dt.timedelta(days=n) for n in range((last - first).days + 1))
-    return [str(f) for day in days for f in sorted((log_dir / f"date={day.isoformat()}").glob("hour=*/*.parquet"))]
-
-
 def load_rows(
     con: duckdb.DuckDBPyConnection, log_dir: Path, labels_dir: Path, first: dt.date, last: dt.date, as_of: dt.datetime
 ) -> int:
     """Builds the temp table `outcome_rows`: one row per transaction scored from first to last
     (dates, inclusive), with its label known at as_of (or none) and its maturity. Returns its rows."""
-    files = log_files(Path(log_dir), first, last)
+    files = log_table.files(Path(log_dir), first, last)  # chosen by directory: no other file is opened
     if files:
         scan = f"""read_parquet([{", ".join(sql_string(f) for f in files)}], hive_partitioning = true,
                                 union_by_name = true, hive_types = {{'date': DATE, 'hour': INTEGER}})"""
