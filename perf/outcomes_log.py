@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 
 from model.synthetic import generate
 from service.core.features import FEATURES
-from service.predlog.record import arrow_schema
+from service.predlog.record import SCHEMA_VERSION, arrow_schema
 
 DAY_NS = 86_400 * 10**9
 HOUR_NS = 3_600 * 10**9
@@ -174,7 +174,7 @@ def day_tables(traffic: Traffic, day: int) -> tuple[pa.Table, pa.Table]:
     m = index.size
 
     columns = {
-        "schema_version": pa.array(np.ones(m, dtype=np.int16)),
+        "schema_version": pa.array(np.full(m, SCHEMA_VERSION, dtype=np.int16)),
         "ts": pa.array(ts_all // 1000, pa.timestamp("us", tz="UTC")),
         "ts_ns": pa.array(ts_all),
         "request_id": _strings("req-", rng.integers(0, 2**62, m)),
@@ -206,7 +206,10 @@ def day_tables(traffic: Traffic, day: int) -> tuple[pa.Table, pa.Table]:
         "client_address": pa.nulls(m, pa.string()),
         **{name: pa.array(X[index, i]) for i, name in enumerate(FEATURES)},
     }
-    log = pa.Table.from_pydict(columns, schema=arrow_schema())
+    schema = arrow_schema()
+    for field in schema:  # what these requests did not carry (e.g. no trace context): null
+        columns.setdefault(field.name, pa.nulls(m, field.type))
+    log = pa.Table.from_pydict(columns, schema=schema)
     return log, _labels(traffic, rng, tx_numbers[keep], ts_ns[keep], fraud[keep], X[keep, FEATURES.index("Amount")])
 
 
