@@ -60,10 +60,11 @@ def _times(rng: np.random.Generator, n: int) -> np.ndarray:
     return np.sort(np.round(out[:n]))
 
 
-def generate(n_rows: int = 100_000, seed: int = 42) -> tuple[np.ndarray, np.ndarray]:
-    """(X, y) with X's columns in FEATURES order and y 1 for fraud; the same for the same args."""
+def generate(n_rows: int = 100_000, seed: int = 42, fraud_rate: float = FRAUD_RATE) -> tuple[np.ndarray, np.ndarray]:
+    """(X, y) with X's columns in FEATURES order and y 1 for fraud; the same for the same args.
+    `fraud_rate` other than the published one serves generated traffic (perf/outcomes_log.py)."""
     rng = np.random.default_rng(seed)
-    n_fraud = max(2, round(n_rows * FRAUD_RATE))
+    n_fraud = max(2, round(n_rows * fraud_rate))
     y = np.zeros(n_rows, dtype=np.int64)
     y[rng.choice(n_rows, size=n_fraud, replace=False)] = 1
     fraud = y == 1

@@ -26,6 +26,7 @@ import argparse
 import datetime as dt
 import json
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +35,12 @@ import numpy as np
 
 from service.core.settings import offline_or_exit
 from service.core.threshold import REVIEW_COST
+from service.offline import log_table
 from service.offline.labels import UTC, connect, instant_argument, labels_as_of, sql_instant, sql_string
+from service.predlog.record import arrow_schema
 
 WINDOW_DAYS = 120
+MEMORY_LIMIT = "1GB"  # DuckDB's working memory; beyond it, its temporary files
 MATURITY_BAR = 0.9
 BOOTSTRAP = 1000
 SEED = 2027
@@ -52,7 +56,13 @@ def load_rows(
 ) -> int:
     """Builds the temp table `outcome_rows`: one row per transaction scored from first to last
     (dates, inclusive), with its label known at as_of (or none) and its maturity. Returns its rows."""
-    files = sql_string(str(Path(log_dir) / "date=*" / "hour=*" / "*.parquet"))
+    files = log_table.files(Path(log_dir), first, last)  # chosen by directory: no other file is opened
+    if files:
+        scan = f"""read_parquet([{", ".join(sql_string(f) for f in files)}], hive_partitioning = true,
+                                union_by_name = true, hive_types = {{'date': DATE, 'hour': INTEGER}})"""
+    else:  # no partition in range: no rows
+        con.register("outcome_no_log", arrow_schema().empty_table())
+        scan = "outcome_no_log"
     window = WINDOW_DAYS * 86_400
     labels_as_of(con, labels_dir, as_of).create_view("outcome_labels", replace=True)
     con.execute(f"""
@@ -60,9 +70,7 @@ def load_rows(
         SELECT transaction_id, ts, model_version, probability, fraud_score, is_fraud,
                challenger_version, challenger_is_fraud, coalesce(sample_weight, 1.0) AS weight,
                "Amount" AS log_amount
-        FROM read_parquet({files}, hive_partitioning = true, union_by_name = true,
-                          hive_types = {{'date': DATE, 'hour': INTEGER}})
-        WHERE date BETWEEN DATE {sql_string(first.isoformat())} AND DATE {sql_string(last.isoformat())}
+        FROM {scan}
         QUALIFY transaction_id IS NULL
              OR row_number() OVER (PARTITION BY transaction_id ORDER BY ts DESC, ts_ns DESC) = 1
     """)
@@ -302,7 +310,30 @@ def outcomes(
     bar: float = MATURITY_BAR,
 ) -> dict[str, Any]:
     """Every figure of the report, as JSON-ready values."""
-    con = connect()
+    with tempfile.TemporaryDirectory(prefix="outcomes-") as spill:
+        con = connect()
+        # DuckDB's default is 80 % of the machine's memory: the range's rows would all be held (a
+        # 10-million-row log took 6.7 GB); within the limit it writes its temporary files instead.
+        con.execute(f"SET memory_limit = {sql_string(MEMORY_LIMIT)}")
+        con.execute(f"SET temp_directory = {sql_string(spill)}")
+        try:
+            return _figures(con, log_dir, labels_dir, first, last, as_of, review_cost, n_boot, seed, bar)
+        finally:
+            con.close()
+
+
+def _figures(
+    con: duckdb.DuckDBPyConnection,
+    log_dir: Path,
+    labels_dir: Path,
+    first: dt.date,
+    last: dt.date,
+    as_of: dt.datetime,
+    review_cost: float,
+    n_boot: int,
+    seed: int,
+    bar: float,
+) -> dict[str, Any]:
     rows = load_rows(con, log_dir, labels_dir, first, last, as_of)
     return {
         "from": first.isoformat(),
