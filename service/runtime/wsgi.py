@@ -34,7 +34,7 @@ spool = prediction_spool(settings)
 # The OpenTelemetry export (OTEL_TRACES_EXPORTER=otlp), likewise: each worker starts its exporter
 # after fork (post_fork) and flushes it when it exits. None when off.
 try:
-    tracing = Tracing.from_environ(settings.app_version)
+    tracing = Tracing.from_environ(settings.app_version, settings_module.read_environment())
 except (TracingConfigError, ImportError) as e:
     sys.exit(f"config error: {e}")
 

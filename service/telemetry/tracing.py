@@ -36,6 +36,8 @@ class Tracing:
             otel.queue_sizes(environ)
         except ValueError as e:
             raise TracingConfigError(str(e)) from None
+        # The SDK reads its OTEL_* variables from the process environment: those set only in .env join it.
+        os.environ.update({k: v for k, v in environ.items() if k.startswith("OTEL_") and k not in os.environ})
         self._otel = otel
         self._service_version = service_version
         self._environ = dict(environ)
