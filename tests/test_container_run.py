@@ -205,8 +205,11 @@ def test_nginxs_exporters_beside_it_count_what_nginx_answered(pair):
     """mtail's counters of nginx's own refusals (a 413: the app never sees it) and of what the app
     answered, from the access log's datagrams; the stub_status exporter's connections; each
     container's health check."""
-    refused = ("fraud_nginx_responses_total", frozenset({"status": "413", "refused_by": "client_max_body_size"}))
-    answered = ("fraud_nginx_responses_total", frozenset({"status": "200", "refused_by": ""}))
+    refused = (
+        "fraud_nginx_responses_total",
+        frozenset({"status": "413", "refused_by": "client_max_body_size"}.items()),
+    )
+    answered = ("fraud_nginx_responses_total", frozenset({"status": "200", "refused_by": ""}.items()))
     before = scrape(pair.log_metrics_port)
     client = Client("127.0.0.1", pair.port)
     for _ in range(3):
@@ -222,7 +225,10 @@ def test_nginxs_exporters_beside_it_count_what_nginx_answered(pair):
 
     found = wait_for(counted)
     assert found[refused] - before.get(refused, 0) == 3
-    assert ("fraud_nginx_request_duration_seconds_count", frozenset({"refused_by": "client_max_body_size"})) in found
+    assert (
+        "fraud_nginx_request_duration_seconds_count",
+        frozenset({"refused_by": "client_max_body_size"}.items()),
+    ) in found
     connections = scrape(pair.nginx_metrics_port)
     assert connections[("nginx_up", frozenset())] == 1
     assert connections[("nginx_connections_active", frozenset())] >= 1  # the exporter's own scrape, at least

@@ -183,7 +183,10 @@ def test_nginxs_exporters_in_the_pod_count_what_nginx_answered(pod):
             for s in family.samples
         }
 
-    refused = ("fraud_nginx_responses_total", frozenset({"status": "413", "refused_by": "client_max_body_size"}))
+    refused = (
+        "fraud_nginx_responses_total",
+        frozenset({"status": "413", "refused_by": "client_max_body_size"}.items()),
+    )
     assert wait_for(lambda: metrics("mtail-metrics").get(refused)) == 1
     exporter = metrics("nginx-metrics")
     assert exporter[("nginx_up", frozenset())] == 1 and exporter[("nginx_connections_active", frozenset())] >= 1
