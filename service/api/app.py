@@ -105,7 +105,7 @@ class TracedRequestContext(RequestContext):
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         super().process_request(req, resp)
-        req.context.span = self._tracing.begin(req.env, req.context.trace_id, req.method)
+        req.context.span = self._tracing.exporter.begin(req.env, req.context.trace_id, req.method)
 
     def process_response(
         self, req: falcon.Request, resp: falcon.Response, resource: object, req_succeeded: bool
@@ -114,7 +114,7 @@ class TracedRequestContext(RequestContext):
         span = req.context.get("span")
         if span is not None:
             outcome = (req.method, req.uri_template, resp.status_code, self._attributes, req.context.stages.durations())
-            resp.set_header(TRACE_HEADER, self._tracing.end(span, *outcome))
+            resp.set_header(TRACE_HEADER, self._tracing.exporter.end(span, *outcome))
 
 
 class DocsPage:

@@ -8,7 +8,7 @@ fraud_trace_spans_dropped_total by reason, and neither ever waits in a request."
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from opentelemetry import trace
@@ -34,6 +34,9 @@ DEFAULT_QUEUE, DEFAULT_BATCH = 2048, 512
 # graceful_timeout (20 s), so that a stuck collector never turns a stop into a kill.
 STOP_FLUSH_SECONDS = 5.0
 _PROPAGATOR = TraceContextTextMapPropagator()
+# A stage's time (service/telemetry/stages.py) on the span, in seconds: fraud.request.stage_seconds.score
+# is fraud_request_stage_seconds{stage="score"}'s observation for this request.
+STAGE_ATTRIBUTE = "fraud.request.stage_seconds."
 
 
 class _NginxTraceIds(RandomIdGenerator):
@@ -121,6 +124,7 @@ class Exporter:
         self._tracer = self._provider.get_tracer("fraud-scoring")
 
     def begin(self, environ: dict[str, Any], trace_id: str, method: str) -> Any:
+        """A server span for the request (WSGI environ), started now."""
         parent = _PROPAGATOR.extract(
             {"traceparent": environ.get("HTTP_TRACEPARENT", ""), "tracestate": environ.get("HTTP_TRACESTATE", "")}
         )
@@ -133,13 +137,24 @@ class Exporter:
             method, context=parent, kind=SpanKind.SERVER, attributes={"http.request.method": method}
         )
 
-    def end(self, span: Any, method: str, route: str | None, status: int, attributes: dict[str, Any]) -> str:
+    def end(
+        self,
+        span: Any,
+        method: str,
+        route: str | None,
+        status: int,
+        attributes: dict[str, Any],
+        stages: Iterable[tuple[str, float]],
+    ) -> str:
+        """Ends the span with the request's outcome and its stages' (stage, seconds), read only for
+        a sampled span; returns the traceresponse header's value."""
         if span.is_recording():  # sampled: a span not sampled records nothing
             if route:
                 span.update_name(f"{method} {route}")  # the semantic conventions' server span name
                 span.set_attribute("http.route", route)
             span.set_attribute("http.response.status_code", status)
             span.set_attributes(attributes)
+            span.set_attributes({STAGE_ATTRIBUTE + stage: seconds for stage, seconds in stages})
         span.end()
         context = span.get_span_context()
         return f"00-{context.trace_id:032x}-{context.span_id:016x}-{'01' if context.trace_flags.sampled else '00'}"

@@ -27,7 +27,7 @@ class TracingConfigError(ValueError):
 
 
 class Tracing:
-    """The export of one process: `start` after fork, then `begin`/`end` per request, `stop` at exit."""
+    """The export of one process: `start` after fork, then its `exporter` per request, `stop` at exit."""
 
     def __init__(self, service_version: str, environ: Mapping[str, str]) -> None:
         from service.telemetry import otel  # the SDK, imported in the master: workers share its pages
@@ -58,15 +58,13 @@ class Tracing:
         if self._exporter is None:
             self._exporter = self._otel.Exporter(self._service_version, self._environ)
 
-    def begin(self, environ: dict[str, Any], trace_id: str, method: str) -> Any:
-        """A server span for the request, started now (a lazily started exporter outside gunicorn)."""
+    @property
+    def exporter(self) -> Any:
+        """This worker's exporter (service/telemetry/otel.py's Exporter: `begin` a request's span,
+        `end` it), started here if `start` was not called (outside gunicorn)."""
         if self._exporter is None:
             self.start()
-        return self._exporter.begin(environ, trace_id, method)
-
-    def end(self, span: Any, method: str, route: str | None, status: int, attributes: dict[str, Any]) -> str:
-        """Ends the span with the request's outcome; returns the traceresponse header's value."""
-        return self._exporter.end(span, method, route, status, attributes)
+        return self._exporter
 
     def stop(self) -> None:
         """At a worker's exit: what is queued is sent within a bounded time, else dropped and counted."""
