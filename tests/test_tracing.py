@@ -2,7 +2,7 @@
 gunicorn) to a real OTLP/HTTP receiver in the test process, which decodes the protobuf
 ExportTraceServiceRequest with opentelemetry-proto: one server span per request, in the caller's
 trace under the caller's span, with the semantic conventions' HTTP attributes and the model's
-version; sampled by OTEL_TRACES_SAMPLER; an absent collector drops and counts spans while every
+version and the request's stages; sampled by OTEL_TRACES_SAMPLER; an absent collector drops and counts spans while every
 request is answered; and with the export off, opentelemetry is never imported."""
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from service.api.app import MODEL_VERSION_ATTRIBUTE
+from service.telemetry.otel import STAGE_ATTRIBUTE
 from service.telemetry.tracing import Tracing, TracingConfigError
 from tests.helpers import Client, free_port, sample_transaction, samples, value, wait_for
 
@@ -115,6 +116,12 @@ def test_a_span_per_request_in_the_callers_trace(stack_factory, receiver, small_
     model_version = client.request("GET", "/v1/model-info").json["model-version"]
     assert found[MODEL_VERSION_ATTRIBUTE] == model_version
     assert span.end_time_unix_nano > span.start_time_unix_nano
+    # The request's stages, as its Server-Timing header gives them (in ms, to the microsecond).
+    timing = dict(part.split(";dur=") for part in reply.headers["Server-Timing"].split(", "))
+    stages = {k.removeprefix(STAGE_ATTRIBUTE): v for k, v in found.items() if k.startswith(STAGE_ATTRIBUTE)}
+    assert {"queue", "read", "score", "write"} <= set(stages) and set(stages) == set(timing) - {"app"}
+    for stage, seconds in stages.items():
+        assert abs(seconds * 1e3 - float(timing[stage])) < 0.001, (stage, seconds, timing)
     assert resource["service.name"] == "fraud-test" and resource["service.version"]
 
     # Without a traceparent: a root span in the trace nginx chose and logged.
@@ -124,6 +131,7 @@ def test_a_span_per_request_in_the_callers_trace(stack_factory, receiver, small_
     _, root = receiver.span_of_trace(trace_id)
     assert root.span_id.hex() == span_id and root.parent_span_id == b""
     assert attributes(root.attributes)["http.route"] == "/health"
+    assert not any(k.startswith(STAGE_ATTRIBUTE) for k in attributes(root.attributes))  # no stages there
 
 
 def test_sampler_zero_exports_nothing(stack_factory, receiver):
