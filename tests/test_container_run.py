@@ -36,6 +36,7 @@ from service.core.artifacts import sha256_file
 from stack.launcher import ROOT
 from tests import podman as pm
 from tests.helpers import OTHER_KEY, TEST_KEY, Client, as_transaction, free_port, sample_transaction, wait_for
+from tests.test_ecs import CONTAINERS as ECS_CONTAINERS
 
 pytestmark = pytest.mark.container
 SAMPLE = json.dumps(sample_transaction())
@@ -297,9 +298,13 @@ def test_the_image_healthcheck_command(pair):
 
 def test_the_baked_nginx_image_serves_the_same_api(pair):
     """nginx/Dockerfile (for ECS, where no file can be mounted) beside the compose file's nginx: the
-    same environment, joined to the api's socket volume, answers as the pair does."""
+    same environment, as ECS's task gives it (no exporters beside it: tests/test_ecs.py), joined to
+    the api's socket volume, answers as the pair does."""
     nginx = pair.inspect("nginx")
-    env = [f"--env={k}" for k in nginx["Config"]["Env"] if k.split("=", 1)[0] in COMPOSE_NGINX_ENV]
+    ecs = {e["name"]: e["value"] for e in ECS_CONTAINERS["nginx"]["environment"]}
+    env = [
+        f"--env={k}={ecs[k]}" for k in (kv.split("=", 1)[0] for kv in nginx["Config"]["Env"]) if k in COMPOSE_NGINX_ENV
+    ]
     socket_volume = next(m["Name"] for m in nginx["Mounts"] if m["Destination"] == "/run/fraud-scoring")
     port, name = free_port(), f"{pair.project}-baked-nginx"
     pm.podman(
