@@ -113,7 +113,7 @@ class TracedRequestContext(RequestContext):
         super().process_response(req, resp, resource, req_succeeded)
         span = req.context.get("span")
         if span is not None:
-            outcome = (req.method, req.uri_template, resp.status_code, self._attributes, req.context.stages.durations())
+            outcome = (req.method, req.uri_template, resp.status_code, self._attributes, req.context.stages.durations)
             resp.set_header(TRACE_HEADER, self._tracing.exporter.end(span, *outcome))
 
 
