@@ -56,18 +56,31 @@ def _spool():
     return getattr(sys.modules.get("service.runtime.wsgi"), "spool", None)
 
 
+def _tracing():
+    """The OpenTelemetry export of the preloaded service app (none for another app, or with it off)."""
+    return getattr(sys.modules.get("service.runtime.wsgi"), "tracing", None)
+
+
 def post_fork(server, worker):
-    """In each new worker: its own prediction-log segment, opened here and never in the master."""
+    """In each new worker: its own prediction-log segment and span exporter (queue and thread),
+    made here and never in the master."""
     spool = _spool()
     if spool is not None:
         spool.open()
+    tracing = _tracing()
+    if tracing is not None:
+        tracing.start()
 
 
 def worker_exit(server, worker):
-    """In a worker that stops (SIGTERM, rollout, max_requests): its segment sealed for the compactor."""
+    """In a worker that stops (SIGTERM, rollout, max_requests): its segment sealed for the compactor,
+    its last spans sent (within a bounded time)."""
     spool = _spool()
     if spool is not None:
         spool.seal()
+    tracing = _tracing()
+    if tracing is not None:
+        tracing.stop()
 
 
 def child_exit(server, worker):

@@ -40,13 +40,24 @@ def render_nginx_config(template: str, values: Mapping[str, str]) -> str:
     return PLACEHOLDER.sub(lambda m: values[m.group(1)], template)
 
 
-def nginx_values(settings: Settings, run_dir: Path, socket: Path, access_log: str = "/dev/stdout") -> dict[str, str]:
+def nginx_values(
+    settings: Settings,
+    run_dir: Path,
+    socket: Path,
+    access_log: str = "/dev/stdout",
+    mtail_socket: Path | None = None,
+) -> dict[str, str]:
+    """The template's values. `mtail_socket`: where mtail beside nginx receives the access log's
+    lines as datagrams (the containers); natively mtail follows the access log's file instead."""
     return {
         # As root, nginx's master keeps root and its workers drop to an unprivileged user.
         "NGINX_USER_LINE": "user nobody nogroup;" if os.geteuid() == 0 else "",
         "NGINX_WORKERS": "1",
         "NGINX_RUN_DIR": str(run_dir),
         "NGINX_ACCESS_LOG": access_log,
+        "NGINX_MTAIL_LOG_LINE": (
+            f"access_log syslog:server=unix:{mtail_socket},nohostname,tag=nginx json_datagram;" if mtail_socket else ""
+        ),
         "NGINX_LISTEN": f"{settings.host}:{settings.port}",
         "GUNICORN_UPSTREAM": f"unix:{socket}",
         "CLIENT_MAX_BODY_SIZE": f"{settings_module.CLIENT_MAX_BODY_KB}k",

@@ -27,6 +27,8 @@ STANDIN = "localhost/fraud-scoring-standin"
 DEBIAN_STANDIN = f"{STANDIN}/debian:bookworm"
 API_IMAGE = "localhost/fraud-scoring-api:container-test"
 NGINX_IMAGE = "localhost/fraud-scoring-nginx:container-test"  # nginx/Dockerfile: the template baked in (ECS)
+EXPORTERS_DOCKERFILE = ROOT / "nginx" / "exporters.Dockerfile"
+EXPORTERS_IMAGE = "localhost/fraud-scoring-nginx-exporters:container-test"  # mtail, prometheus-nginx-exporter
 STAGES = ("test", "build", "production")  # every stage of the Dockerfile, in build order
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fraud-scoring-containers"
 
@@ -54,8 +56,9 @@ def official_images() -> dict[str, str]:
     file's nginx default, so that there is one place for each."""
     python = re.search(r"^ARG PYTHON_IMAGE=(\S+)", (ROOT / "Dockerfile").read_text(), re.M)
     nginx = re.search(r"image: \$\{NGINX_IMAGE:-([^}]+)\}", (ROOT / "docker-compose.yml").read_text())
-    assert python and nginx, "the Dockerfile's PYTHON_IMAGE or the compose file's NGINX_IMAGE default is missing"
-    return {"PYTHON_IMAGE": python.group(1), "NGINX_IMAGE": nginx.group(1)}
+    debian = re.search(r"^ARG DEBIAN_IMAGE=(\S+)", EXPORTERS_DOCKERFILE.read_text(), re.M)
+    assert python and nginx and debian, "the Dockerfiles' or the compose file's base image default is missing"
+    return {"PYTHON_IMAGE": python.group(1), "NGINX_IMAGE": nginx.group(1), "DEBIAN_IMAGE": debian.group(1)}
 
 
 def pullable(image: str) -> bool:
@@ -117,6 +120,12 @@ def base_images() -> dict[str, str]:
         ("NGINX_IMAGE", "nginx", "nginx-unprivileged:1.27-debian"),
     ):
         images[arg] = official[arg] if pullable(official[arg]) else build_standin(name, tag)
+    if pullable(official["DEBIAN_IMAGE"]):
+        images["DEBIAN_IMAGE"] = official["DEBIAN_IMAGE"]
+    else:
+        if not exists(DEBIAN_STANDIN):
+            build_debian_standin()
+        images["DEBIAN_IMAGE"] = DEBIAN_STANDIN
     return images
 
 
@@ -181,25 +190,48 @@ def build_nginx(images: dict[str, str]) -> float:
     return time.monotonic() - start
 
 
+def build_exporters(images: dict[str, str]) -> float:
+    """nginx/exporters.Dockerfile: Debian's mtail and prometheus-nginx-exporter (apt over the network)."""
+    start = time.monotonic()
+    podman(
+        "build", "--format", "docker", "--network", "host", "--build-arg", f"DEBIAN_IMAGE={images['DEBIAN_IMAGE']}",
+        "-f", str(EXPORTERS_DOCKERFILE), "-t", EXPORTERS_IMAGE, str(ROOT / "nginx"), timeout=900,
+    )  # fmt: skip
+    return time.monotonic() - start
+
+
 def image_id(image: str) -> str | None:
     found = podman("image", "inspect", "--format", "{{.Id}}", image, check=False)
     return found.stdout.strip() if found.returncode == 0 else None
 
 
 def build_all(images: dict[str, str], no_cache: bool = False) -> dict[str, float]:
-    """Every stage, then nginx/Dockerfile. With no_cache, the test and build stages run every step
+    """Every stage, then nginx/Dockerfile and nginx/exporters.Dockerfile. With no_cache, the test and build stages run every step
     again; podman does not reuse the layers of a --no-cache build, so the production stage's time
     then includes both of them once more."""
-    tags = [f"localhost/fraud-scoring-{stage}:container-test" for stage in STAGES] + [API_IMAGE, NGINX_IMAGE]
+    tags = [f"localhost/fraud-scoring-{stage}:container-test" for stage in STAGES]
+    tags += [API_IMAGE, NGINX_IMAGE, EXPORTERS_IMAGE]
     before = {image_id(tag) for tag in tags} - {None}
     times = {stage: build_stage(stage, images, no_cache=no_cache and stage != "production") for stage in STAGES}
     podman("tag", "localhost/fraud-scoring-production:container-test", API_IMAGE)
     times["nginx/Dockerfile"] = build_nginx(images)
+    times["nginx/exporters.Dockerfile"] = build_exporters(images)
     # The images these tags named before, if no tag names them now: this project's, superseded
     # (kept if a container still uses one). Without this every changed build leaves gigabytes.
     for superseded in before - {image_id(tag) for tag in tags}:
         podman("rmi", superseded, check=False)
     return times
+
+
+def ensure_images() -> dict[str, str]:
+    """The base images, and the project's images built once (the container tests' fixtures): every
+    stage when the api image is missing, else only the exporters' image if that one is."""
+    images = base_images()
+    if not exists(API_IMAGE):
+        build_all(images)
+    elif not exists(EXPORTERS_IMAGE):
+        build_exporters(images)
+    return images
 
 
 def size_mb(image: str) -> float:
@@ -227,7 +259,7 @@ def main() -> int:
     for stage in cold:
         print(f"{stage:<18}{cold[stage]:>15.1f}{cached[stage]:>10.1f}")
     print(
-        f"image sizes: production {size_mb(API_IMAGE):.0f} MB, test stage {size_mb('localhost/fraud-scoring-test:container-test'):.0f} MB, nginx (nginx/Dockerfile) {size_mb(NGINX_IMAGE):.0f} MB"
+        f"image sizes: production {size_mb(API_IMAGE):.0f} MB, test stage {size_mb('localhost/fraud-scoring-test:container-test'):.0f} MB, nginx (nginx/Dockerfile) {size_mb(NGINX_IMAGE):.0f} MB, exporters {size_mb(EXPORTERS_IMAGE):.0f} MB"
     )
     print("production image layers (MB, instruction):")
     for mb, created_by in layers(API_IMAGE):

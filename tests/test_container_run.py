@@ -28,13 +28,15 @@ import joblib
 import numpy as np
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from chaos.load import Clients
 from model import synthetic
 from service.core.artifacts import sha256_file
 from stack.launcher import ROOT
 from tests import podman as pm
-from tests.helpers import OTHER_KEY, TEST_KEY, Client, as_transaction, free_port, sample_transaction
+from tests.helpers import OTHER_KEY, TEST_KEY, Client, as_transaction, free_port, sample_transaction, wait_for
+from tests.test_ecs import CONTAINERS as ECS_CONTAINERS
 
 pytestmark = pytest.mark.container
 SAMPLE = json.dumps(sample_transaction())
@@ -42,6 +44,7 @@ COMPOSE_NGINX_ENV = set(yaml.safe_load((ROOT / "docker-compose.yml").read_text()
 # The HTTP test files that run against an external service (FRAUD_BASE_URL: their tests that need a
 # stack of their own skip, saying why), run here against the pair. Named, not discovered: a new file
 # joins once it handles FRAUD_BASE_URL.
+EXPORTERS = ("nginx-log-exporter", "nginx-exporter")  # nginx's, beside it
 HTTP_TESTS = [
     f"tests/{name}.py"
     for name in (
@@ -66,9 +69,14 @@ class Pair:
         override = work / "model-volume.yml"
         override.write_text(json.dumps({"services": {"api": {"volumes": [f"{model_dir}:/models:ro"]}}}))
         images = pm.base_images()
+        self.log_metrics_port, self.nginx_metrics_port = free_port(), free_port()
         self.env = {
             **pm.env(),
             "PORT": str(self.port),
+            "NGINX_LOG_METRICS_PORT": str(self.log_metrics_port),
+            "NGINX_METRICS_PORT": str(self.nginx_metrics_port),
+            "EXPORTERS_IMAGE": pm.EXPORTERS_IMAGE,
+            "DEBIAN_IMAGE": images["DEBIAN_IMAGE"],
             "PUBLISH_ADDRESS": "127.0.0.1",
             "COMPOSE_ENV_FILE": str(env_file),
             "API_IMAGE": pm.API_IMAGE,
@@ -107,7 +115,7 @@ class Pair:
         return time.monotonic() - start
 
     def logs(self, service: str | None = None) -> str:
-        services = [service] if service else ["api", "nginx"]
+        services = [service] if service else ["api", "nginx", *EXPORTERS]
         text = []
         for s in services:
             try:
@@ -145,8 +153,7 @@ def seed_model_dir(estimator, work: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def pair(small_model, tmp_path_factory) -> Iterator[Pair]:
-    if not pm.exists(pm.API_IMAGE):
-        pm.build_all(pm.base_images())
+    pm.ensure_images()
     work = tmp_path_factory.mktemp("pair")
     directory = seed_model_dir(small_model[1], work)
     running = Pair(work, directory, sha256_file(directory / "model.joblib"))
@@ -161,13 +168,16 @@ def pair(small_model, tmp_path_factory) -> Iterator[Pair]:
 
 def test_the_pair_runs_hardened_as_the_compose_file_says(pair):
     api, nginx = pair.inspect("api"), pair.inspect("nginx")
-    for name, c in (("api", api), ("nginx", nginx)):
+    for name, c in (("api", api), ("nginx", nginx), *((e, pair.inspect(e)) for e in EXPORTERS)):
         host = c["HostConfig"]
         assert host["ReadonlyRootfs"] is True, name
         assert c["EffectiveCaps"] in (None, []), name  # cap_drop: [ALL]
         assert "no-new-privileges" in " ".join(host["SecurityOpt"]), name
         assert host["Memory"] > 0, name
         assert host["RestartPolicy"]["Name"] == "unless-stopped", name
+        if name in EXPORTERS:
+            assert pair.exec(name, "id", "-u").stdout.strip() == "101", name  # nginx's uid, not root
+            continue
         assert any(m["Destination"] == "/run/fraud-scoring" for m in c["Mounts"]), name
         assert "/tmp" in host["Tmpfs"], name
     assert api["Config"]["User"] == "10001:10001" and nginx["Config"]["User"] in ("101", "101:101")
@@ -180,6 +190,52 @@ def test_the_pair_runs_hardened_as_the_compose_file_says(pair):
         assert denied.returncode != 0 and "Read-only file system" in denied.stderr, (service, path)
     socket_ls = pair.exec("nginx", "ls", "-l", "/run/fraud-scoring/").stdout
     assert "gunicorn.sock" in socket_ls
+
+
+def scrape(port: int) -> dict[tuple[str, frozenset], float]:
+    reply = Client("127.0.0.1", port).request("GET", "/metrics", key=None)
+    assert reply.status == 200, reply.raw[:500]
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(reply.raw.decode())
+        for s in family.samples
+    }
+
+
+def test_nginxs_exporters_beside_it_count_what_nginx_answered(pair):
+    """mtail's counters of nginx's own refusals (a 413: the app never sees it) and of what the app
+    answered, from the access log's datagrams; the stub_status exporter's connections; each
+    container's health check."""
+    refused = (
+        "fraud_nginx_responses_total",
+        frozenset({"status": "413", "refused_by": "client_max_body_size"}.items()),
+    )
+    answered = ("fraud_nginx_responses_total", frozenset({"status": "200", "refused_by": ""}.items()))
+    before = scrape(pair.log_metrics_port)
+    client = Client("127.0.0.1", pair.port)
+    for _ in range(3):
+        assert client.score(sample_transaction() | {"padding": "x" * 20_000}).status == 413
+    while (reply := client.score(sample_transaction())).status == 429:
+        time.sleep(0.2)
+    assert reply.status == 200
+
+    def counted() -> dict:
+        found = scrape(pair.log_metrics_port)
+        done = found.get(refused, 0) - before.get(refused, 0) >= 3 and found.get(answered, 0) > before.get(answered, 0)
+        return found if done else {}
+
+    found = wait_for(counted)
+    assert found[refused] - before.get(refused, 0) == 3
+    assert (
+        "fraud_nginx_request_duration_seconds_count",
+        frozenset({"refused_by": "client_max_body_size"}.items()),
+    ) in found
+    connections = scrape(pair.nginx_metrics_port)
+    assert connections[("nginx_up", frozenset())] == 1
+    assert connections[("nginx_connections_active", frozenset())] >= 1  # the exporter's own scrape, at least
+    for exporter in EXPORTERS:
+        test = pair.inspect(exporter)["Config"]["Healthcheck"]["Test"]
+        assert pair.exec(exporter, *test[1:]).returncode == 0, (exporter, test)
 
 
 def test_the_mounted_seed_style_model_is_served_exactly(pair, small_model):
@@ -242,9 +298,13 @@ def test_the_image_healthcheck_command(pair):
 
 def test_the_baked_nginx_image_serves_the_same_api(pair):
     """nginx/Dockerfile (for ECS, where no file can be mounted) beside the compose file's nginx: the
-    same environment, joined to the api's socket volume, answers as the pair does."""
+    same environment, as ECS's task gives it (no exporters beside it: tests/test_ecs.py), joined to
+    the api's socket volume, answers as the pair does."""
     nginx = pair.inspect("nginx")
-    env = [f"--env={k}" for k in nginx["Config"]["Env"] if k.split("=", 1)[0] in COMPOSE_NGINX_ENV]
+    ecs = {e["name"]: e["value"] for e in ECS_CONTAINERS["nginx"]["environment"]}
+    env = [
+        f"--env={k}={ecs[k]}" for k in (kv.split("=", 1)[0] for kv in nginx["Config"]["Env"]) if k in COMPOSE_NGINX_ENV
+    ]
     socket_volume = next(m["Name"] for m in nginx["Mounts"] if m["Destination"] == "/run/fraud-scoring")
     port, name = free_port(), f"{pair.project}-baked-nginx"
     pm.podman(

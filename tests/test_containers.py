@@ -59,7 +59,7 @@ def test_the_schema_rejects_a_broken_compose_file():
 
 def test_compose_hardening():
     services = compose()["services"]
-    assert set(services) == {"api", "nginx", "compactor"}
+    assert set(services) == {"api", "nginx", "compactor", "nginx-log-exporter", "nginx-exporter"}
     for name, service in services.items():
         assert service["read_only"] is True, name
         assert service["cap_drop"] == ["ALL"], name
@@ -68,6 +68,11 @@ def test_compose_hardening():
     assert services["nginx"]["depends_on"]["api"]["condition"] == "service_healthy"
     assert "sockets:/run/fraud-scoring" in services["api"]["volumes"]
     assert "sockets:/run/fraud-scoring" in services["nginx"]["volumes"]
+    for exporter in ("nginx-log-exporter", "nginx-exporter"):  # beside nginx, on its run directory
+        assert (
+            "nginx-run:/run/nginx" in services[exporter]["volumes"]
+            and "nginx-run:/run/nginx" in services["nginx"]["volumes"]
+        )
     log = f"prediction-log:{services['api']['environment']['PREDICTION_LOG_DIR']}"
     assert log in services["api"]["volumes"] and log in services["compactor"]["volumes"]
 
@@ -80,7 +85,7 @@ def test_the_nginx_container_renders_a_config_that_nginx_accepts(tmp_path):
     assert f"-c {values['NGINX_ENVSUBST_OUTPUT_DIR']}/nginx.conf " in nginx["command"][-1]
     # Only the run directory moves, so that nginx -t may create its temp paths here.
     conf = tmp_path / "nginx.conf"
-    conf.write_text(rendered.replace("/tmp", str(tmp_path)))
+    conf.write_text(rendered.replace(values["NGINX_RUN_DIR"], str(tmp_path)))
     result = subprocess.run(
         [find_nginx(), "-t", "-q", "-p", str(tmp_path), "-c", str(conf)], capture_output=True, text=True, timeout=30
     )
@@ -94,7 +99,10 @@ def test_compose_gives_nginx_what_the_launcher_renders():
     no more (the container also has the settings the limits are derived from)."""
     placeholders = set(PLACEHOLDER.findall(TEMPLATE.read_text()))
     settings = from_mapping({"API_KEY": "k" * 16, "HOST": "0.0.0.0", "PORT": "8080"})
-    launcher = nginx_values(settings, Path("/tmp"), Path("/run/fraud-scoring/gunicorn.sock"), "/dev/stdout")
+    run_dir = Path("/run/nginx")  # shared with the exporters: their sockets are there
+    launcher = nginx_values(
+        settings, run_dir, Path("/run/fraud-scoring/gunicorn.sock"), "/dev/stdout", run_dir / "access-log.sock"
+    )
     environment = compose()["services"]["nginx"]["environment"]
     container = nginx_environment({k: interpolate(v) for k, v in environment.items()})
     settings_given = {"NGINX_ENVSUBST_OUTPUT_DIR", "WORKERS", "QUEUE_PER_WORKER", "BATCH_MAX"}
@@ -147,3 +155,11 @@ def test_the_container_healthcheck_against_a_real_gunicorn(local_stack, tmp_path
     assert '"status":"healthy"' in result.stdout
     healthy, line = healthcheck.check(f"unix:{tmp_path}/nothing.sock")
     assert not healthy and "unhealthy" in line
+
+
+def test_the_datagram_access_log_is_the_access_log_line_by_line():
+    """nginx sends mtail the access log's own lines (json), as newline-terminated datagrams
+    (json_datagram): the two formats differ by the newline only."""
+    text = TEMPLATE.read_text()
+    formats = dict(re.findall(r"log_format (\w+) escape=json\n((?:\s+'[^\n]*\n)+)", text))
+    assert formats["json_datagram"].replace(" '\\n';", ";") == formats["json"], formats

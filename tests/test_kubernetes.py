@@ -82,6 +82,12 @@ def test_the_pod_runs_what_the_compose_file_runs(docs):
     log = {e["name"]: e["value"] for e in pod["api"]["env"] if "value" in e}["PREDICTION_LOG_DIR"]
     assert log == services["api"]["environment"]["PREDICTION_LOG_DIR"] and log in mounts["api"] & mounts["compactor"]
     assert pod["compactor"]["command"] == services["compactor"]["command"]
+    for exporter in ("nginx-log-exporter", "nginx-exporter"):  # beside nginx, on its run directory
+        assert pod[exporter]["command"] == services[exporter]["command"], exporter
+        assert nginx_env["NGINX_RUN_DIR"] in mounts[exporter] & mounts["nginx"]
+        (port,) = pod[exporter]["ports"]
+        assert pod[exporter]["livenessProbe"]["httpGet"] == {"path": "/metrics", "port": port["name"]}
+        assert services[exporter]["ports"][0].endswith(f":{port['containerPort']}")
 
 
 def test_containers_are_non_root_read_only_without_capabilities_and_limited(docs):

@@ -21,10 +21,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests import podman as pm
 from tests.container_files import by_kind, documents
-from tests.helpers import TEST_KEY, Client, free_port, sample_transaction
+from tests.helpers import TEST_KEY, Client, free_port, sample_transaction, wait_for
 
 pytestmark = pytest.mark.container
 
@@ -55,7 +56,14 @@ class PlayedPod:
                         mount["name"] = f"{volume['name']}-{suffix}"
             volume["name"] = f"{volume['name']}-{suffix}"
         # The compactor is the api image with another command.
-        images = {"api": pm.API_IMAGE, "compactor": pm.API_IMAGE, "nginx": pm.base_images()["NGINX_IMAGE"]}
+        images = {
+            "api": pm.API_IMAGE,
+            "compactor": pm.API_IMAGE,
+            "nginx": pm.base_images()["NGINX_IMAGE"],
+            "nginx-log-exporter": pm.EXPORTERS_IMAGE,
+            "nginx-exporter": pm.EXPORTERS_IMAGE,
+        }
+        self.ports: dict[str, int] = {}  # each named port's published loopback port (nginx's http: self.port)
         for container in pod["containers"]:
             container["image"] = images[container["name"]]
             for source in container.get("envFrom", []):
@@ -64,7 +72,8 @@ class PlayedPod:
                 if "secretKeyRef" in env.get("valueFrom", {}):
                     env["valueFrom"]["secretKeyRef"]["name"] = self.secret
             for port in container.get("ports", []):
-                port.update(hostPort=self.port, hostIP="127.0.0.1")
+                self.ports[port["name"]] = self.port if port["name"] == "http" else free_port()
+                port.update(hostPort=self.ports[port["name"]], hostIP="127.0.0.1")
         self.deployment = deployment
         self.file = work / "pod.yaml"
         self.file.write_text(yaml.safe_dump_all([*configmaps, deployment]))
@@ -112,8 +121,7 @@ class PlayedPod:
 
 @pytest.fixture(scope="module")
 def pod(tmp_path_factory) -> Iterator[PlayedPod]:
-    if not pm.exists(pm.API_IMAGE):
-        pm.build_all(pm.base_images())
+    pm.ensure_images()
     played = PlayedPod(tmp_path_factory.mktemp("kube"))
     try:
         played.up()
@@ -144,11 +152,11 @@ def test_every_probe_command_passes(pod):
             if "exec" in probe:
                 ran = pm.podman("exec", pod.container_name(name), *probe["exec"]["command"], check=False)
                 assert ran.returncode == 0, (name, kind, ran.stdout, ran.stderr)
-            else:  # httpGet on the named port: the kubelet's GET, through the published port
-                assert probe["httpGet"]["port"] == "http"
-                reply = Client("127.0.0.1", pod.port).request("GET", probe["httpGet"]["path"])
+            else:  # httpGet on the named port: the kubelet's GET, through the port published for it
+                port = pod.ports[probe["httpGet"]["port"]]
+                reply = Client("127.0.0.1", port).request("GET", probe["httpGet"]["path"], key=None)
                 assert 200 <= reply.status < 400, (name, kind, reply.status)
-    assert probes == 5  # the api's three, nginx's and the compactor's liveness
+    assert probes == 7  # the api's three, nginx's, the compactor's and each exporter's liveness
 
 
 def test_the_pods_containers_run_as_the_manifest_says(pod):
@@ -158,3 +166,27 @@ def test_the_pods_containers_run_as_the_manifest_says(pod):
         assert inspected["EffectiveCaps"] in (None, []), name
         uid = pm.podman("exec", pod.container_name(name), "id", "-u").stdout.strip()
         assert uid == str(container["securityContext"]["runAsUser"]), name
+
+
+def test_nginxs_exporters_in_the_pod_count_what_nginx_answered(pod):
+    """The sidecars' /metrics on their named ports: mtail's count of a 413 nginx answered itself
+    (from the access log's datagrams) and the stub_status exporter's connections."""
+    client = Client("127.0.0.1", pod.port)
+    assert client.score(sample_transaction() | {"padding": "x" * 20_000}).status == 413
+
+    def metrics(port_name: str) -> dict[tuple[str, frozenset], float]:
+        reply = Client("127.0.0.1", pod.ports[port_name]).request("GET", "/metrics", key=None)
+        assert reply.status == 200
+        return {
+            (s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(reply.raw.decode())
+            for s in family.samples
+        }
+
+    refused = (
+        "fraud_nginx_responses_total",
+        frozenset({"status": "413", "refused_by": "client_max_body_size"}.items()),
+    )
+    assert wait_for(lambda: metrics("mtail-metrics").get(refused)) == 1
+    exporter = metrics("nginx-metrics")
+    assert exporter[("nginx_up", frozenset())] == 1 and exporter[("nginx_connections_active", frozenset())] >= 1

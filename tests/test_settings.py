@@ -97,8 +97,17 @@ def test_every_setting_has_a_variable_and_a_parser():
     assert len(variables()) == len(dataclasses.fields(Settings))  # no variable read into two fields
 
 
-# Documented in .env.example beside the settings, read by others: prometheus-client (gunicorn.conf.py).
-NOT_SETTINGS = {"PROMETHEUS_MULTIPROC_DIR"}
+# Documented in .env.example beside the settings, read by others: prometheus-client (gunicorn.conf.py),
+# OpenTelemetry's SDK (service/telemetry/tracing.py).
+NOT_SETTINGS = {
+    "PROMETHEUS_MULTIPROC_DIR",
+    "OTEL_TRACES_EXPORTER",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_TRACES_SAMPLER",
+    "OTEL_TRACES_SAMPLER_ARG",
+    "OTEL_SERVICE_NAME",
+    "OTEL_BSP_MAX_QUEUE_SIZE",
+}
 
 
 def env_example() -> dict[str, tuple[bool, str]]:

@@ -47,9 +47,11 @@ from service.telemetry import metrics, multiproc
 from service.telemetry import stages as timings
 from service.telemetry.trace_context import HEADER as TRACE_HEADER
 from service.telemetry.trace_context import server_span, trace_id
+from service.telemetry.tracing import Tracing
 
 log = logging.getLogger(__name__)
 clock = timings.perf_counter_ns
+MODEL_VERSION_ATTRIBUTE = "fraud.model.version"  # on every exported span: the champion that answered
 _pid: list[str] = []  # this process's id as a header value, once per worker
 os.register_at_fork(after_in_child=_pid.clear)
 
@@ -90,6 +92,29 @@ class RequestContext:
         if stages.read:  # a scoring route's resource took it
             resp.set_header(timings.HEADER, stages.server_timing(elapsed_ms))
             metrics.record_stages(route, stages.durations)
+
+
+class TracedRequestContext(RequestContext):
+    """RequestContext, and a server span exported per request (service/telemetry/tracing.py), with
+    the request's stages as attributes: the answer's traceresponse names that span, flagged 01 when
+    it is sampled. Used only when tracing is on, so that the app pays nothing for it otherwise."""
+
+    def __init__(self, tracing: Tracing, attributes: dict[str, Any]) -> None:
+        self._tracing = tracing
+        self._attributes = attributes  # the same on every span of this app (the model's version)
+
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        super().process_request(req, resp)
+        req.context.span = self._tracing.exporter.begin(req.env, req.context.trace_id, req.method)
+
+    def process_response(
+        self, req: falcon.Request, resp: falcon.Response, resource: object, req_succeeded: bool
+    ) -> None:
+        super().process_response(req, resp, resource, req_succeeded)
+        span = req.context.get("span")
+        if span is not None:
+            outcome = (req.method, req.uri_template, resp.status_code, self._attributes, req.context.stages.durations)
+            resp.set_header(TRACE_HEADER, self._tracing.exporter.end(span, *outcome))
 
 
 class DocsPage:
@@ -171,12 +196,19 @@ def create_app(
     challenger: LoadedModel | None = None,
     challenger_refused: str | None = None,
     spool: Spool | None = None,
+    tracing: Tracing | None = None,
 ) -> falcon.App:
     """`budget` is the per-key row budget shared by every worker; the gunicorn master makes it
     once (service/runtime/wsgi.py) so that it outlives rollouts. Without one, the app gets its own.
     `spool` likewise is the prediction log's (each worker opens its own segment after fork); with
-    PREDICTION_LOG_DIR set and none given, the app makes one."""
-    app = falcon.App(middleware=[RequestContext()])
+    PREDICTION_LOG_DIR set and none given, the app makes one. `tracing`, when given, exports a span
+    per request (each worker starts its exporter after fork)."""
+    context = (
+        TracedRequestContext(tracing, {MODEL_VERSION_ATTRIBUTE: model.version} if model else {})
+        if tracing
+        else RequestContext()
+    )
+    app = falcon.App(middleware=[context])
     app.set_error_serializer(serialize_error)
     app.add_error_handler(Exception, handle_unexpected)
     keys = ApiKeys(settings.api_keys)

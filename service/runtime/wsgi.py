@@ -20,6 +20,7 @@ from service.core.artifacts import ArtifactError
 from service.engine import challenger as challenger_module
 from service.engine.loader import LoadedModel, load_model
 from service.telemetry import logs, metrics
+from service.telemetry.tracing import Tracing, TracingConfigError
 
 logs.configure()
 log = logging.getLogger("service")
@@ -30,6 +31,12 @@ budget = RowBudget.for_settings(settings)
 # The prediction log's spool, likewise made once: each worker opens its own segment after fork
 # (gunicorn.conf.py's post_fork) and seals it when it exits.
 spool = prediction_spool(settings)
+# The OpenTelemetry export (OTEL_TRACES_EXPORTER=otlp), likewise: each worker starts its exporter
+# after fork (post_fork) and flushes it when it exits. None when off.
+try:
+    tracing = Tracing.from_environ(settings.app_version, settings_module.read_environment())
+except (TracingConfigError, ImportError) as e:
+    sys.exit(f"config error: {e}")
 
 
 def with_deadlines(app: falcon.App) -> Deadlines:
@@ -69,7 +76,7 @@ def build(current: LoadedModel | None = None) -> tuple[Deadlines, LoadedModel | 
             log.error("model not loaded: %s", e)
             sys.exit(f"model error: {e}")
         log.error("model not loaded, serving 503 until one is: %s", e)
-        return with_deadlines(create_app(settings, None, str(e), budget)), None
+        return with_deadlines(create_app(settings, None, str(e), budget, tracing=tracing)), None
     log.info(
         "model %s loaded (%s, %s trees); threshold %d (%s)",
         model.version,
@@ -79,7 +86,9 @@ def build(current: LoadedModel | None = None) -> tuple[Deadlines, LoadedModel | 
         model.threshold["source"],
     )
     challenger, refused = load_challenger(starting=True)
-    app = create_app(settings, model, budget=budget, challenger=challenger, challenger_refused=refused, spool=spool)
+    app = create_app(
+        settings, model, budget=budget, challenger=challenger, challenger_refused=refused, spool=spool, tracing=tracing
+    )
     return with_deadlines(app), model
 
 
@@ -107,7 +116,15 @@ def roll_out(server: Any) -> None:
     challenger, refused = load_challenger(starting=False)
     gc.unfreeze()
     application = with_deadlines(
-        create_app(settings, candidate, budget=budget, challenger=challenger, challenger_refused=refused, spool=spool)
+        create_app(
+            settings,
+            candidate,
+            budget=budget,
+            challenger=challenger,
+            challenger_refused=refused,
+            spool=spool,
+            tracing=tracing,
+        )
     )
     model = candidate
     server.app.callable = application

@@ -197,6 +197,12 @@ PREDICTION_LOG_DROPPED = Counter(
     "Records of scored rows the prediction log could not keep, by reason (spool_full, disk_full, unwritable, error)",
     ["reason"],
 )
+TRACE_SPANS_DROPPED = Counter(
+    "fraud_trace_spans_dropped_total",
+    "Server spans the OpenTelemetry export could not deliver, by reason (queue_full: the export queue was "
+    "full; export_failed: the collector did not take the batch)",
+    ["reason"],
+)
 
 
 class SampleFile:
@@ -464,6 +470,10 @@ def count_logged(rows: int) -> None:
 
 def count_log_dropped(reason: str, rows: int) -> None:
     PREDICTION_LOG_DROPPED.labels(reason).inc(rows)
+
+
+def count_spans_dropped(reason: str, spans: int) -> None:
+    TRACE_SPANS_DROPPED.labels(reason).inc(spans)
 
 
 def set_model_version(version: str) -> None:
