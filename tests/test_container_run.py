@@ -35,8 +35,8 @@ from model import synthetic
 from service.core.artifacts import sha256_file
 from stack.launcher import ROOT
 from tests import podman as pm
+from tests.container_files import ecs_containers
 from tests.helpers import OTHER_KEY, TEST_KEY, Client, as_transaction, free_port, sample_transaction, wait_for
-from tests.test_ecs import CONTAINERS as ECS_CONTAINERS
 
 pytestmark = pytest.mark.container
 SAMPLE = json.dumps(sample_transaction())
@@ -301,7 +301,7 @@ def test_the_baked_nginx_image_serves_the_same_api(pair):
     same environment, as ECS's task gives it (no exporters beside it: tests/test_ecs.py), joined to
     the api's socket volume, answers as the pair does."""
     nginx = pair.inspect("nginx")
-    ecs = {e["name"]: e["value"] for e in ECS_CONTAINERS["nginx"]["environment"]}
+    ecs = {e["name"]: e["value"] for e in ecs_containers()["nginx"]["environment"]}
     env = [
         f"--env={k}={ecs[k]}" for k in (kv.split("=", 1)[0] for kv in nginx["Config"]["Env"]) if k in COMPOSE_NGINX_ENV
     ]

@@ -9,10 +9,10 @@ import json
 import re
 
 from stack.launcher import ROOT
-from tests.container_files import compose, instructions, interpolate
+from tests.container_files import compose, ecs_containers, instructions, interpolate
 
 TASK = json.loads((ROOT / "deploy" / "ecs" / "task-definition.json").read_text())
-CONTAINERS = {c["name"]: c for c in TASK["containerDefinitions"]}
+CONTAINERS = ecs_containers()
 
 
 def test_the_task_runs_what_the_compose_file_runs():
