@@ -201,7 +201,7 @@ class Settings:
     feature_store_timeout_ms: int = setting("FEATURE_STORE_TIMEOUT_MS", _integer(1, 1000), 5)
     # A store on another core of the host answers within tens of µs: a worker that reads on for that
     # long instead of sleeping keeps its caches and skips a wake-up (docs/feature-store.md#workers).
-    feature_store_spin_us: int = setting("FEATURE_STORE_SPIN_US", _integer(0, 1000), 100)
+    feature_store_spin_us: int = setting("FEATURE_STORE_SPIN_US", _integer(0, 1000), 0)
     feature_store_start: bool = setting("FEATURE_STORE_START", _boolean, False)
     # A second model scored beside the champion (service/engine/challenger.py), its pin, and the share
     # of requests whose both scores are logged.
