@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from service.core.features import FEATURES
@@ -53,58 +54,86 @@ class Pass:
     orphans: int = 0
 
 
+# A request's fields, the same for each of its rows: kept once a frame, then repeated by `take`.
+PER_REQUEST = (
+    "schema_version", "ts_ns", "request_id", "route", "explained", "key_id", "model_version", "model_sha256",
+    "threshold", "challenger_version", "deadline", "service_us", "client_address", "trace_id",
+)  # fmt: skip
+META_NAMES = {"schema_version": "v", "ts_ns": "ts"}  # the frame's short names (service/predlog/sink.py)
+CHALLENGER_DTYPES = {"challenger_probability": np.float64, "challenger_is_fraud": np.bool_}
+
+
 def segment_table(payloads: list[memoryview]) -> pa.Table:
-    """A segment's frames as one table of the record's schema."""
-    columns: dict[str, list[Any]] = {c.name: [] for c in COLUMNS}
+    """A segment's frames as one table of the record's schema. Built column by column with numpy and
+    Arrow: a Python step per frame, never per row (a frame of a 1,000-row batch is one step)."""
+    schema = arrow_schema()
+    per_request: dict[str, list[Any]] = {name: [] for name in PER_REQUEST}
     arrays: dict[str, list[np.ndarray]] = {
-        name: []
-        for name in ("X", "probability", "fraud_score", "is_fraud", "sample_weight")
-        + ("challenger_probability", "challenger_is_fraud")
+        name: [] for name in ("X", "probability", "fraud_score", "is_fraud", "sample_weight", "row", "ood_count")
     }
+    challenger: dict[str, list[np.ndarray]] = {name: [] for name in CHALLENGER_DTYPES}
+    transaction_ids: list[Any] = []
+    ood_names: list[str] = []
+    reasons: list[Any] = []
+    sizes: list[int] = []
     for payload in payloads:
         meta, found = decode(payload)
         n = meta["n"]
+        sizes.append(n)
         for name in ("X", "probability", "fraud_score", "is_fraud", "sample_weight"):
             arrays[name].append(found[name])
-        if "challenger_probability" in found:
-            arrays["challenger_probability"].append(found["challenger_probability"])
-            arrays["challenger_is_fraud"].append(found["challenger_is_fraud"])
-        else:
-            arrays["challenger_probability"].append(np.full(n, np.nan))
-            arrays["challenger_is_fraud"].append(np.zeros(n, np.bool_))
-        for name in ("request_id", "route", "explained", "key_id", "model_version", "model_sha256", "threshold"):
-            columns[name].extend([meta[name]] * n)
-        columns["schema_version"].extend([meta["v"]] * n)
-        columns["ts_ns"].extend([meta["ts"]] * n)
-        columns["challenger_version"].extend([meta["challenger_version"]] * n)
-        columns["deadline"].extend([meta.get("deadline")] * n)
-        columns["service_us"].extend([meta["service_us"]] * n)
-        columns["client_address"].extend([meta.get("client_address")] * n)
-        columns["trace_id"].extend([meta.get("trace_id")] * n)  # a frame of version 1 has none
-        columns["row"].extend(meta["rows"] if "rows" in meta else range(n))
+        for name, values in challenger.items():
+            values.append(found[name] if name in found else np.zeros(n, CHALLENGER_DTYPES[name]))
+        for name in PER_REQUEST:
+            per_request[name].append(meta.get(META_NAMES.get(name, name)))  # a frame of version 1 has no trace_id
+        arrays["row"].append(
+            np.asarray(meta["rows"], dtype=np.int32) if "rows" in meta else np.arange(n, dtype=np.int32)
+        )
         tid = meta.get("tid")
-        columns["transaction_id"].extend(tid if isinstance(tid, list) else [tid] * n)
-        ood: list[list[str]] = [[] for _ in range(n)]
+        transaction_ids.extend(tid if isinstance(tid, list) else [tid] * n)
+        counts = np.zeros(n, dtype=np.int32)
         for i, names in meta.get("ood", ()):
-            ood[i] = names
-        columns["ood_features"].extend(ood)
-        columns["ood_warning"].extend(bool(names) for names in ood)
-        reasons = meta.get("reasons")
-        columns["reasons"].extend(reasons if reasons is not None else [None] * n)
-    challenger = np.array([v is not None for v in columns["challenger_version"]], dtype=np.bool_)
-    X = np.concatenate(arrays["X"]) if arrays["X"] else np.empty((0, len(FEATURES)))
-    data: dict[str, Any] = dict(columns)
-    for name in ("probability", "fraud_score", "is_fraud", "sample_weight"):
-        data[name] = np.concatenate(arrays[name]) if arrays[name] else np.empty(0)
-    for name in ("challenger_probability", "challenger_is_fraud"):
-        values = np.concatenate(arrays[name]) if arrays[name] else np.empty(0)
-        data[name] = pa.array(values, mask=~challenger)
+            counts[i] = len(names)
+            ood_names.extend(names)
+        arrays["ood_count"].append(counts)
+        explained = meta.get("reasons")
+        reasons.extend(explained if explained is not None else [None] * n)
+    joined = {name: np.concatenate(found) if found else np.empty(0) for name, found in arrays.items()}
+    frame_of_row = pa.array(np.repeat(np.arange(len(sizes)), sizes))
+
+    def repeated(name: str, values: list[Any]) -> pa.Array:
+        if name in ("ts_ns", "deadline"):
+            once = _timestamps(values) if name == "deadline" else pa.array(values, pa.int64())
+        else:
+            once = pa.array(values, schema.field(name).type)
+        return once.take(frame_of_row)
+
+    data: dict[str, Any] = {name: repeated(name, values) for name, values in per_request.items()}
+    data["ts"] = _timestamps(per_request["ts_ns"]).take(frame_of_row)
+    logged = pc.is_valid(data["challenger_version"]).to_numpy(zero_copy_only=False)
+    for name, found in challenger.items():
+        values = np.concatenate(found) if found else np.empty(0, CHALLENGER_DTYPES[name])
+        data[name] = pa.array(values, type=schema.field(name).type, mask=~logged)
+    X = joined["X"].reshape(-1, len(FEATURES))
     for j, name in enumerate(FEATURES):
         data[name] = X[:, j]
-    data["ts"] = _timestamps(columns["ts_ns"])
-    data["deadline"] = _timestamps(columns["deadline"])
-    schema = arrow_schema()
-    return pa.table({c.name: pa.array(data[c.name], type=schema.field(c.name).type) for c in COLUMNS}, schema=schema)
+    for name in ("probability", "fraud_score", "is_fraud", "sample_weight", "row"):
+        data[name] = joined[name]
+    counts = joined["ood_count"].astype(np.int32)
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
+    data["ood_features"] = pa.ListArray.from_arrays(pa.array(offsets), pa.array(ood_names, pa.string()))
+    data["ood_warning"] = counts > 0
+    data["transaction_id"] = transaction_ids
+    data["reasons"] = reasons
+    return pa.table(
+        {
+            c.name: data[c.name]
+            if isinstance(data[c.name], pa.Array)
+            else pa.array(data[c.name], schema.field(c.name).type)
+            for c in COLUMNS
+        },
+        schema=schema,
+    )
 
 
 def _timestamps(nanoseconds: list[int | None]) -> pa.Array:
