@@ -72,7 +72,10 @@ def test_every_row_is_scored_by_the_challenger_and_the_answer_is_the_champions(t
         assert info["challenger"]["estimator_sha256"] == sha256_file(challenger_path)
         answers = []
         for i, row in enumerate(X[:100]):
-            reply = client.score(as_transaction(row), headers={"X-Request-ID": f"single-{i}"})
+            traceparent = f"00-{i + 1:032x}-{i + 1:016x}-01"
+            reply = client.score(
+                as_transaction(row), headers={"X-Request-ID": f"single-{i}", "traceparent": traceparent}
+            )
             answers.append(reply.json)
         batch = {"transactions": [as_transaction(r) for r in X[100:]]}
         reply = client.request("POST", "/v1/fraud-score/batch", batch, headers={"X-Request-ID": "the-batch"})
@@ -106,6 +109,7 @@ def test_every_row_is_scored_by_the_challenger_and_the_answer_is_the_champions(t
         line = by_id[f"single-{i}"]
         assert line["champion_scores"] == [s_a[i]] and line["challenger_scores"] == [s_b[i]]
         assert line["champion_version"] == "test-3" and line["challenger_version"] == "test-4"
+        assert line["trace_id"] == f"{i + 1:032x}"  # the caller's trace, as nginx's line and the log have it
     assert by_id["the-batch"]["challenger_scores"] == s_b[100:].tolist()
 
 

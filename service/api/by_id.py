@@ -15,7 +15,7 @@ from service.api.budget import RowBudget
 from service.api.deadline import time_left_s
 from service.api.errors import ApiError, invalid_body
 from service.api.prediction_log import entry as log_entry
-from service.api.resources import charge_batch, request_id, require_json, require_key, respond, wants_explanation
+from service.api.resources import charge_batch, log_ids, require_json, require_key, respond, wants_explanation
 from service.contract.schema import (
     ID_FIELD,
     IDS_FIELD,
@@ -138,11 +138,11 @@ class ByIdScoreResource:
         stages.read = clock()
         (row,) = self._stored.rows([transaction_id], req.env)
         stages.fetched = clock()
-        rid = request_id(req, self._scoring)
+        ids = log_ids(req, self._scoring)
         explain = wants_explanation(req, self._scoring)
         logged = log_entry(req, self._scoring, key, transaction_id, explain) if self._scoring.log else None
         score = self._scoring.one_explained if explain else self._scoring.one
-        result = score(row, rid, logged, stages)
+        result = score(row, ids, logged, stages)
         stages.scored = clock()
         result[ID_FIELD] = transaction_id
         respond(resp, result)
@@ -173,7 +173,7 @@ class ByIdBatchResource:
         logged = log_entry(req, self._scoring, key, ids, explain) if self._scoring.log else None
         # Explanations name each feature's value: Python floats, as a posted batch gives them.
         rows = X.tolist() if explain else X
-        results = self._scoring.many(rows, explain, request_id(req, self._scoring), logged, stages)
+        results = self._scoring.many(rows, explain, log_ids(req, self._scoring), logged, stages)
         stages.scored = clock()
         for transaction_id, result in zip(ids, results, strict=True):
             result[ID_FIELD] = transaction_id

@@ -55,9 +55,12 @@ def wants_explanation(req: falcon.Request, scoring: Scoring) -> bool:
     return True
 
 
-def request_id(req: falcon.Request, scoring: Scoring) -> str | None:
-    """The request's id (nginx sets one), read only when a sampled challenger log line may need it."""
-    return req.get_header("X-Request-ID") if scoring.wants_request_id else None
+def log_ids(req: falcon.Request, scoring: Scoring) -> dict[str, str | None] | None:
+    """The request's ids (nginx sets both) for a sampled challenger log line, read only when one may
+    be written."""
+    if not scoring.wants_log_ids:
+        return None
+    return {"request_id": req.get_header("X-Request-ID"), "trace_id": getattr(req.context, "trace_id", None)}
 
 
 def charge_batch(budget: RowBudget, key: int, items: Any, batch_max: int, noun: str) -> None:
@@ -122,14 +125,14 @@ class FraudScoreResource:
         if not self._is_valid(transaction):
             raise invalid_body(self._validator.violations(transaction))
         row = self._row_of(transaction)
-        rid = request_id(req, self._scoring)
+        ids = log_ids(req, self._scoring)
         tid = transaction.get(ID_FIELD)  # valid: a string when present
         explain = wants_explanation(req, self._scoring)
         stages = req.context.stages
         stages.read = clock()
         logged = log_entry(req, self._scoring, key, tid, explain) if self._scoring.log else None
         result = (
-            self._scoring.one_explained(row, rid, logged, stages) if explain else self._one(row, rid, logged, stages)
+            self._scoring.one_explained(row, ids, logged, stages) if explain else self._one(row, ids, logged, stages)
         )
         stages.scored = clock()
         if tid is not None:
@@ -177,7 +180,7 @@ class BatchScoreResource:
         logged = log_entry(req, self._scoring, key, tids, explain) if self._scoring.log else None
         if explain or tids is not None:
             rows = [self._scoring.row_of(item) for item in items] if explain else X
-            results = self._scoring.many(rows, explain, request_id(req, self._scoring), logged, stages)
+            results = self._scoring.many(rows, explain, log_ids(req, self._scoring), logged, stages)
             stages.scored = clock()
             if tids is not None:
                 for tid, result in zip(tids, results, strict=True):
@@ -186,7 +189,7 @@ class BatchScoreResource:
             respond(resp, {"results": results, "model-version": self._scoring.version})
         else:
             # The results' JSON is assembled with the scores (most are serialised at start): "score".
-            scored = self._scoring.many_json(X, request_id(req, self._scoring), logged, stages)
+            scored = self._scoring.many_json(X, log_ids(req, self._scoring), logged, stages)
             stages.scored = clock()
             resp.data = b"".join((b'{"results":', scored, self._version_tail))
             resp.content_type = JSON

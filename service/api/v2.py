@@ -25,7 +25,7 @@ from service.api.auth import ApiKeys
 from service.api.budget import RowBudget
 from service.api.errors import JSON, ApiError
 from service.api.prediction_log import entry as log_entry
-from service.api.resources import ModelUnavailableResource, StaticJson, require_key
+from service.api.resources import ModelUnavailableResource, StaticJson, log_ids, require_key
 from service.api.routes import mount
 from service.core.features import FEATURES, FLOAT32_MAX, N_FEATURES
 from service.engine.scoring import Scoring
@@ -170,9 +170,7 @@ class Inference(ModelRoute):
         logged = None
         if self._scoring.log is not None:
             logged = log_entry(req, self._scoring, key, request["id"] if isinstance(request.get("id"), str) else None)
-        scored = self._scoring.rows(
-            X, req.get_header("X-Request-ID") if self._scoring.wants_request_id else None, logged, stages
-        )
+        scored = self._scoring.rows(X, log_ids(req, self._scoring), logged, stages)
         stages.scored = clock()
         self._respond(resp, request, scored, wanted, n)
 

@@ -76,16 +76,16 @@ class Challenger:
         self._observe_many = observe_many
         self._random = random.random
 
-    def one(self, row: Sequence[float], champion_score: int, request_id: str | None) -> float:
+    def one(self, row: Sequence[float], champion_score: int, log_ids: dict[str, str | None] | None) -> float:
         """The challenger's probability of the row."""
         probability = self._predict_row(row)
         score = round(100.0 * probability)
         self._observe_one(champion_score, champion_score >= self._champion_threshold, score, score >= self.threshold)
         if self.log_sample and self._random() < self.log_sample:
-            self._log(request_id, [champion_score], [score])
+            self._log(log_ids, [champion_score], [score])
         return probability
 
-    def many(self, X: np.ndarray, champion_scores: np.ndarray, request_id: str | None) -> np.ndarray:
+    def many(self, X: np.ndarray, champion_scores: np.ndarray, log_ids: dict[str, str | None] | None) -> np.ndarray:
         """The challenger's probabilities of the rows."""
         probabilities = self._predict_rows(X)
         scores = np.round(100.0 * probabilities)
@@ -93,14 +93,15 @@ class Challenger:
             champion_scores, champion_scores >= self._champion_threshold, scores, scores >= self.threshold
         )
         if self.log_sample and self._random() < self.log_sample:
-            self._log(request_id, champion_scores.astype(int).tolist(), scores.astype(int).tolist())
+            self._log(log_ids, champion_scores.astype(int).tolist(), scores.astype(int).tolist())
         return probabilities
 
-    def _log(self, request_id: str | None, champion: list[int], challenger: list[int]) -> None:
+    def _log(self, log_ids: dict[str, str | None] | None, champion: list[int], challenger: list[int]) -> None:
+        """A sampled line comparing the two; log_ids: the request's ids (request_id, trace_id)."""
         log.info(
             "challenger",
             extra={
-                "request_id": request_id,
+                **(log_ids or {}),
                 "champion_version": self._champion_version,
                 "champion_scores": champion,
                 "challenger_version": self.version,

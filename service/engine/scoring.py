@@ -63,8 +63,8 @@ class Scoring:
         self._observe_many = observe_many
         self._drift = drift
         self._challenger = challenger
-        # Only a sampled challenger log line needs the request's id: the resources read it then.
-        self.wants_request_id = bool(challenger and challenger.log_sample)
+        # Only a sampled challenger log line needs the request's ids: the resources read them then.
+        self.wants_log_ids = bool(challenger and challenger.log_sample)
         self.row_of = itemgetter(*FEATURES)
         self._plain_results = [
             orjson.dumps(annotate({"fraud-score": s, "is-fraud": s >= threshold, "model-version": self.version}, []))
@@ -85,27 +85,29 @@ class Scoring:
         self._observe(score, is_fraud, bool(flagged))
         return annotate({"fraud-score": score, "is-fraud": is_fraud, "model-version": self.version}, flagged)
 
-    def _beside_one(self, row: Sequence[float], score: int, request_id: str | None, stages: Any) -> float | None:
+    def _beside_one(
+        self, row: Sequence[float], score: int, log_ids: dict[str, str | None] | None, stages: Any
+    ) -> float | None:
         """Drift counts and the challenger for one row; the challenger's probability, if any."""
         if self._drift is not None:
             self._drift.add(row, score)
         if self._challenger is None:
             return None
         if stages is None:
-            return self._challenger.one(row, score, request_id)
+            return self._challenger.one(row, score, log_ids)
         started = perf_counter_ns()
-        probability = self._challenger.one(row, score, request_id)
+        probability = self._challenger.one(row, score, log_ids)
         stages.challenger += perf_counter_ns() - started
         return probability
 
     def one(
-        self, row: Sequence[float], request_id: str | None = None, entry: Any = None, stages: Any = None
+        self, row: Sequence[float], log_ids: dict[str, str | None] | None = None, entry: Any = None, stages: Any = None
     ) -> dict[str, Any]:
         """`entry`: the request's prediction-log entry (from the log's `entry`), when it is logged."""
         probability = self._predict_row(row)
         flagged = self._ood(row)
         result = self._result(probability, flagged)
-        challenger = self._beside_one(row, result["fraud-score"], request_id, stages)
+        challenger = self._beside_one(row, result["fraud-score"], log_ids, stages)
         if entry is not None:
             self.log.one(entry, row, probability, result["fraud-score"], result["is-fraud"], flagged, None, challenger)
         return result
@@ -124,10 +126,10 @@ class Scoring:
         return result, probability, flagged
 
     def one_explained(
-        self, row: Sequence[float], request_id: str | None = None, entry: Any = None, stages: Any = None
+        self, row: Sequence[float], log_ids: dict[str, str | None] | None = None, entry: Any = None, stages: Any = None
     ) -> dict[str, Any]:
         result, probability, flagged = self._explained(row)
-        challenger = self._beside_one(row, result["fraud-score"], request_id, stages)
+        challenger = self._beside_one(row, result["fraud-score"], log_ids, stages)
         if entry is not None:
             self.log.one(
                 entry,
@@ -141,7 +143,9 @@ class Scoring:
             )
         return result
 
-    def rows(self, X: np.ndarray, request_id: str | None = None, entry: Any = None, stages: Any = None) -> Scored:
+    def rows(
+        self, X: np.ndarray, log_ids: dict[str, str | None] | None = None, entry: Any = None, stages: Any = None
+    ) -> Scored:
         """A matrix of rows (in feature order) scored at once: vectorised decisions and
         out-of-distribution flags, counted in the metrics in one update."""
         probability = self._scorer.predict_rows(X)
@@ -151,16 +155,18 @@ class Scoring:
         outside = self._outside(X)
         ood_warning = outside.any(axis=1)
         self._observe_many(score, is_fraud, ood_warning)
-        challenger = self._beside_many(X, score, request_id, stages)
+        challenger = self._beside_many(X, score, log_ids, stages)
         if entry is not None:
             self.log.many(entry, X, probability, score, is_fraud, outside, None, challenger)
         return Scored(probability, score, is_fraud, ood_warning, outside)
 
-    def many_json(self, X: np.ndarray, request_id: str | None = None, entry: Any = None, stages: Any = None) -> bytes:
+    def many_json(
+        self, X: np.ndarray, log_ids: dict[str, str | None] | None = None, entry: Any = None, stages: Any = None
+    ) -> bytes:
         """The batch's results as a JSON array, one result per row in order, each as `one` gives
         it. A row without out-of-distribution features has one of 101 possible results (its
         score decides the rest), serialised once at start; only flagged rows are built here."""
-        scored = self.rows(X, request_id, entry, stages)
+        scored = self.rows(X, log_ids, entry, stages)
         scores = scored.score.tolist()
         parts = list(map(self._plain_results.__getitem__, scores))
         flagged = np.flatnonzero(scored.ood_warning)
@@ -179,14 +185,14 @@ class Scoring:
         self,
         rows: list[Sequence[float]],
         explain: bool,
-        request_id: str | None = None,
+        log_ids: dict[str, str | None] | None = None,
         entry: Any = None,
         stages: Any = None,
     ) -> list[dict[str, Any]]:
         """The results of many rows as dicts, one per row in order, as `one` (or `one_explained`) gives them."""
         if explain:
-            return self.many_explained(rows, request_id, entry, stages)
-        scored = self.rows(np.array(rows, dtype=np.float64), request_id, entry, stages)
+            return self.many_explained(rows, log_ids, entry, stages)
+        scored = self.rows(np.array(rows, dtype=np.float64), log_ids, entry, stages)
         results = [
             {"fraud-score": score, "is-fraud": is_fraud, "model-version": self.version, "ood-warning": ood}
             for score, is_fraud, ood in zip(
@@ -198,13 +204,17 @@ class Scoring:
         return results
 
     def many_explained(
-        self, rows: list[Sequence[float]], request_id: str | None = None, entry: Any = None, stages: Any = None
+        self,
+        rows: list[Sequence[float]],
+        log_ids: dict[str, str | None] | None = None,
+        entry: Any = None,
+        stages: Any = None,
     ) -> list[dict[str, Any]]:
         explained = [self._explained(row) for row in rows]
         results = [result for result, _, _ in explained]
         X = np.array(rows, dtype=np.float64)
         score = np.array([r["fraud-score"] for r in results])
-        challenger = self._beside_many(X, score, request_id, stages)
+        challenger = self._beside_many(X, score, log_ids, stages)
         if entry is not None:
             probability = np.array([p for _, p, _ in explained], dtype=np.float64)
             is_fraud = np.array([r["is-fraud"] for r in results], dtype=np.bool_)
@@ -212,7 +222,9 @@ class Scoring:
             self.log.many(entry, X, probability, score, is_fraud, outside, [r["reasons"] for r in results], challenger)
         return results
 
-    def _beside_many(self, X: np.ndarray, score: np.ndarray, request_id: str | None, stages: Any) -> np.ndarray | None:
+    def _beside_many(
+        self, X: np.ndarray, score: np.ndarray, log_ids: dict[str, str | None] | None, stages: Any
+    ) -> np.ndarray | None:
         """Drift counts and the challenger, for a matrix of rows (as _beside_one for one); the
         challenger's probabilities, if any."""
         if self._drift is not None or self._challenger is not None:
@@ -221,7 +233,7 @@ class Scoring:
                 self._drift.add_rows(X, scores)
             if self._challenger is not None:
                 started = perf_counter_ns()
-                probabilities = self._challenger.many(X, scores, request_id)
+                probabilities = self._challenger.many(X, scores, log_ids)
                 if stages is not None:
                     stages.challenger += perf_counter_ns() - started
                 return probabilities
