@@ -93,7 +93,11 @@ def stack_factory(small_model, tmp_path: Path) -> Iterator:
 
 @pytest.fixture(scope="session")
 def spark(tmp_path_factory):
-    """One local[2] session per test process (xdist worker): no UI, its own scratch directory."""
+    """One local[2] session per test process (xdist worker): no UI, its own scratch directory.
+    The Dockerfile's test stage runs `make test` inside an image build, whose sandbox does not
+    start Spark's JVM gateway; `make test` on the host (CI runs it first) runs these tests for real."""
+    if os.environ.get("FRAUD_IMAGE_BUILD") == "1":
+        pytest.skip("no JVM gateway inside an image build: tested on the host")
     pytest.importorskip("pyspark", reason="make test installs pyspark (the spark extra)")
     from pyspark.sql import SparkSession
 

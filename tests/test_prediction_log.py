@@ -384,9 +384,6 @@ def test_verify_log_counts_rows_checked_and_mismatched(tmp_path, small_model):
     assert verify_log.verify(tmp_path, {model.version: model}, first="2000-01-01", last="2000-01-02").checked == 0
 
 
-@pytest.mark.skipif(
-    os.environ.get("FRAUD_IMAGE_BUILD") == "1", reason="no JVM gateway inside an image build: tested on the host"
-)
 def test_spark_reads_the_log_with_its_partitions_and_every_schema_version(tmp_path, spark):
     log = make_log(tmp_path)
     log_rows(log, np.ones((30, N_FEATURES)), "new", trace_id=TRACE)

@@ -3,7 +3,6 @@ one-machine path. The session's start-up time is printed in the summary of the t
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -19,11 +18,6 @@ from service.offline.tables import Engine
 from service.offline.workers import Workers
 
 pyspark = pytest.importorskip("pyspark", reason="make test installs pyspark (the spark extra)")
-# The Dockerfile's test stage runs `make test` inside an image build, whose sandbox does not start
-# Spark's JVM gateway; `make test` on the host (CI runs it first) runs these tests for real.
-pytestmark = pytest.mark.skipif(
-    os.environ.get("FRAUD_IMAGE_BUILD") == "1", reason="no JVM gateway inside an image build: tested on the host"
-)
 
 
 @pytest.fixture(scope="module")
