@@ -115,6 +115,22 @@ import os, sys
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 from service.telemetry import metrics as m
+from service.telemetry.stages import Stages
+
+
+def timed(queue, read, fetch, score, challenger, write):  # a finished request's Stages, from each stage's ns
+    timing = Stages(10**9)
+    at = timing.start
+    if read:
+        timing.read = at = at + read
+        if fetch:
+            timing.fetched = at = at + fetch
+        if score:
+            timing.scored = at = at + score + challenger
+            timing.challenger = challenger
+    timing.end, timing.queue = at + write, queue
+    return timing
+
 
 if sys.argv[1] == "prometheus":
     own = {
@@ -143,8 +159,8 @@ if sys.argv[1] == "prometheus":
     def shed(route):
         child(m.SHED, route=route).inc()
 
-    def stages(route, durations):
-        for stage, seconds in durations:
+    def stages(route, timing):
+        for stage, seconds in timing.durations:
             child(m.STAGE, route=route, stage=stage).observe(seconds)
 
     def challenger(champion, champion_is_fraud, score, is_fraud):
@@ -162,7 +178,8 @@ if sys.argv[1] == "prometheus":
             challenger(*row)
 else:
     record, observe, wait, shed = m.record_request, m.observe_score, m.observe_queue_wait, m.count_shed
-    stages = m.record_stages
+    def stages(route, timing):
+        m.record_stages(route, timing, "1.000")
     challenger, batch, challenger_rows = m.observe_challenger, m.observe_scores, m.observe_challenger_rows
 
 for i in range(300):  # bounds included: a value on a bucket's bound belongs to that bucket
@@ -172,9 +189,9 @@ for i in range(300):  # bounds included: a value on a bucket's bound belongs to 
     challenger((i * 7) % 101, i % 5 == 0, i % 101, i % 3 == 0)
     if i % 13 == 0:
         shed("/v1/fraud-score/batch")
-    stages(
+    stages(  # 10,000 ns: on a bucket's bound
         ["/v1/fraud-score", "/v1/fraud-score/by-id"][i % 2],
-        [("queue", 0.001), ("read", i * 1e-6), ("fetch", 0.00025)][: 1 + i % 3] + [("score", 1e-5), ("write", 5e-4)],
+        timed(0.001 if i % 5 else None, i * 1000 if i % 3 else 0, 250_000 * (i % 3 == 2), 10_000, 3_000 * (i % 4 == 0), 500_000),
     )
 scores = np.arange(202, dtype=np.int32) % 101  # a batch counted at once: the samples of 202 more rows
 batch(scores, scores >= 50, scores % 4 == 0)
@@ -185,7 +202,7 @@ if os.fork() == 0:  # a forked worker writes files of its own
     wait("/v1/fraud-score", 0.2)
     shed("/v1/fraud-score")
     challenger(0, False, 100, True)
-    stages("/v1/fraud-score", [("read", 0.002), ("challenger", 0.0001)])
+    stages("/v1/fraud-score", timed(None, 2_000_000, 0, 50_000, 100_000, 10_000))
     os._exit(0)
 os.wait()
 registry = CollectorRegistry()

@@ -90,8 +90,7 @@ class RequestContext:
         route = req.uri_template
         metrics.record_request(route, req.method, resp.status_code, elapsed)
         if stages.read:  # a scoring route's resource took it
-            resp.set_header(timings.HEADER, stages.server_timing(elapsed_ms))
-            metrics.record_stages(route, stages.durations)
+            resp.set_header(timings.HEADER, metrics.record_stages(route, stages, elapsed_ms))
 
 
 class TracedRequestContext(RequestContext):

@@ -48,6 +48,7 @@ from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from prometheus_client.utils import INF, floatToGoString
 
 from service.telemetry.multiproc import ENV as MULTIPROC_ENV
+from service.telemetry.stages import STAGES, Stages, use_histogram
 
 # Latency of the app itself (nginx's view, with queueing, is in its access log): tens of µs to
 # the proxy's 10 s read timeout.
@@ -150,6 +151,7 @@ STAGE = Family(
     ("route", "stage"),
     STAGE_BUCKETS,
 )
+use_histogram(STAGE.bounds)  # the C pass that records a request's stages reads them
 # Counted on every logged request: through the sample files, as the scores are, not prometheus_client's
 # locked value (≈ 2.5 µs a request).
 PREDICTION_LOG_RECORDS = Family(
@@ -295,7 +297,8 @@ class _Process:
         self.logged = self.counters.slot(PREDICTION_LOG_RECORDS.key("_total", {}))
         self.waits: dict[str, _HistogramSlots] = {}
         self.sheds: dict[str, int] = {}
-        self.stages: dict[str, dict[str, _HistogramSlots]] = {}  # route -> stage -> its samples
+        # route -> per stage in STAGES order, (sum's slot, bucket slots), or None until first timed
+        self.stages: dict[str, list[tuple[int, ...] | None]] = {}
         self.challenger_score = _HistogramSlots(CHALLENGER_SCORES, self.histograms, {})
         self.difference = _HistogramSlots(SCORE_DIFFERENCE, self.histograms, {})
         self._cells: tuple[int, ...] | None = None
@@ -312,12 +315,8 @@ class _Process:
         self.waits[route] = slots = _HistogramSlots(QUEUE_WAIT, self.histograms, {"route": route})
         return slots
 
-    def route_stages(self, route: str) -> dict[str, _HistogramSlots]:
-        self.stages[route] = slots = {}
-        return slots
-
-    def stage_slots(self, route: str, stage: str) -> _HistogramSlots:
-        self.stages[route][stage] = slots = _HistogramSlots(STAGE, self.histograms, {"route": route, "stage": stage})
+    def route_stages(self, route: str) -> list[tuple[int, ...] | None]:
+        self.stages[route] = slots = [None] * len(STAGES)
         return slots
 
     def shed_slot(self, route: str) -> int:
@@ -370,20 +369,22 @@ def record_request(route: str | None, method: str, status: int, elapsed: float) 
     latency.observe(process.histograms, elapsed)
 
 
-def record_stages(route: str, durations: list[tuple[str, float]]) -> None:
-    """Times each stage a scoring request went through: its Stages' durations, (stage, seconds)
-    (service/telemetry/stages.py; service/api/app.py's middleware calls it with record_request).
-    The labels are bounded: a route template and a stage's name."""
+def record_stages(route: str, stages: Stages, app_ms: str) -> str:
+    """Times each stage a scoring request went through (its finished Stages) and returns their
+    Server-Timing header, in one C pass (service/telemetry/stages.py); service/api/app.py's
+    middleware calls it with record_request. The labels are bounded: a route template and a
+    stage's name."""
     process = _process[0] if _process else _this_process()
     slots = process.stages.get(route) or process.route_stages(route)
-    values = process.histograms.values
-    for stage, seconds in durations:
-        found = slots.get(stage)
-        if found is None:
-            found = process.stage_slots(route, stage)
-            values = process.histograms.values  # making its samples may have grown (remapped) the file
-        values[found.buckets[bisect_left(found.bounds, seconds)]] += 1.0  # _HistogramSlots.observe, inlined
-        values[found.sum] += seconds
+    header = stages.report(process.histograms.values, slots, app_ms)
+    if header is None:  # a stage not timed on this route before: its samples made, then recorded
+        for stage, _ in stages.durations:
+            index = STAGES.index(stage)
+            if slots[index] is None:
+                made = _HistogramSlots(STAGE, process.histograms, {"route": route, "stage": stage})
+                slots[index] = (made.sum, *made.buckets)
+        header = stages.report(process.histograms.values, slots, app_ms)  # read again: the file may have grown
+    return header
 
 
 def observe_score(score: int, is_fraud: bool, ood_warning: bool = False) -> None:
