@@ -74,13 +74,14 @@ def with_and_without(
         for stack in stacks.values():
             stack.stop()
         shutil.rmtree(directory, ignore_errors=True)
-    ratios = [w["rps"] / wo["rps"] for wo, w in zip(runs["without"], runs["with"], strict=True)]
+    ratios = [w["scored_rps"] / wo["scored_rps"] for wo, w in zip(runs["without"], runs["with"], strict=True)]
     cpu = {name: [r["worker_cpu_us"] for r in rs if r["worker_cpu_us"] is not None] for name, rs in runs.items()}
     worker_cpu_us = {name: stats.median(values) for name, values in cpu.items() if values}
     return {
         "connections": connections,
         "rounds": rounds,
-        "rps": {name: stats.median(r["rps"] for r in rs) for name, rs in runs.items()},
+        "rps": {name: stats.median(r["scored_rps"] for r in rs) for name, rs in runs.items()},
+        "refused": sum(sum(r["refused"].values()) for rs in runs.values() for r in rs),
         "failed": sum(r["failed"] for rs in runs.values() for r in rs),
         "ratio": stats.median(ratios),
         "ratio_spread": [min(ratios), max(ratios)],
@@ -94,12 +95,15 @@ def with_and_without(
 def run_counting_cpu(
     stack: Stack, files: dict[str, Path], key: str, connections: int, seconds: float
 ) -> dict[str, Any]:
-    """One closed-loop run, with the stack's workers' CPU per answered request (None when a worker
-    was replaced during the run: its time would be lost)."""
+    """One closed-loop run, its answers sorted by kind: a deadline's 503 is a designed answer, counted
+    apart (`refused`), not a failure; `scored_rps` and the workers' CPU per scored request (None when
+    a worker was replaced during the run: its time would be lost) count the 200s."""
     result, cpu = memory.workers_cpu_during(
         stack.gunicorn.pid if stack.gunicorn else None,
-        partial(wrk.run, wrk.Scenario("score", connections, seconds), stack.base_url, files["score"], key),
+        partial(
+            wrk.run, wrk.Scenario("score", connections, seconds, classify=True), stack.base_url, files["score"], key
+        ),
     )
-    answered = result["requests"]
-    result["worker_cpu_us"] = cpu * 1e6 / answered if cpu is not None and answered else None
+    scored = result["kinds"].get("ok", 0)
+    result["worker_cpu_us"] = cpu * 1e6 / scored if cpu is not None and scored else None
     return result

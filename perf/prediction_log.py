@@ -128,7 +128,9 @@ def measure(
         for stack in stacks.values():
             stack.stop()
         shutil.rmtree(directory, ignore_errors=True)
-    single_ratios = [w["rps"] / wo["rps"] for wo, w in zip(single["without"], single["with"], strict=True)]
+    single_ratios = [
+        w["scored_rps"] / wo["scored_rps"] for wo, w in zip(single["without"], single["with"], strict=True)
+    ]
     batch_ratios = [
         batch.scored_rps(w) / batch.scored_rps(wo) for wo, w in zip(rows["without"], rows["with"], strict=True)
     ]
@@ -142,7 +144,8 @@ def measure(
         "rounds": rounds,
         "single": {
             "connections": 64,
-            "rps": {name: stats.median(r["rps"] for r in runs) for name, runs in single.items()},
+            "rps": {name: stats.median(r["scored_rps"] for r in runs) for name, runs in single.items()},
+            "refused": sum(sum(r["refused"].values()) for runs in single.values() for r in runs),
             "ratio": stats.median(single_ratios),
             "ratio_spread": [min(single_ratios), max(single_ratios)],
             "worker_cpu_us_per_request": {name: stats.median(v) for name, v in cpu.items() if v},
