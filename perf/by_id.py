@@ -207,13 +207,17 @@ def measure(
             "failed": sum(r["failed"] for r in route_runs),
         }
 
-    def ratio(raw: str, by_id: str) -> float:
-        return stats.median(b["rps"] / a["rps"] for a, b in zip(runs[raw], runs[by_id], strict=True))
+    def ratios(raw: str, by_id: str) -> list[float]:
+        return [b["rps"] / a["rps"] for a, b in zip(runs[raw], runs[by_id], strict=True)]
 
-    result["single_ratio"] = ratio("raw single", "by-id single")
-    result["single_ratio_unix"] = ratio("raw single", "by-id single unix")
-    result["batch_ratio"] = ratio("raw batch", "by-id batch")
-    result["batch_ratio_unix"] = ratio("raw batch", "by-id batch unix")
+    for field, raw, by_id in (
+        ("single_ratio", "raw single", "by-id single"),
+        ("single_ratio_unix", "raw single", "by-id single unix"),
+        ("batch_ratio", "raw batch", "by-id batch"),
+        ("batch_ratio_unix", "raw batch", "by-id batch unix"),
+    ):
+        found = ratios(raw, by_id)
+        result[field], result[f"{field}_spread"] = stats.median(found), [min(found), max(found)]
     for name, route in result["routes"].items():
         log(
             f"{name}: {route['rps']:.0f} req/s ({route['rows_per_s']:.0f} rows/s), p99 {route['p99_ms']:.2f} ms "
