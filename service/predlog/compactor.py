@@ -38,7 +38,9 @@ from service.predlog.spool import NEW, OPEN, SEALED, seal_orphan, spool_dir, who
 from service.predlog.status import STATE, compactor_state
 
 POLL_SECONDS = 1.0
-HEALTHY_SECONDS = 30  # a running compactor finishes a pass every POLL_SECONDS, or is busy with a large one
+# A running compactor starts a pass POLL_SECONDS after one that found nothing, the next at once after
+# one that did; a pass older than this means it is stuck or busy with a very large segment.
+HEALTHY_SECONDS = 30
 TEMPORARY = ".tmp"
 STALE_NEW_SECONDS = 60  # a `.new` segment is renamed within microseconds; older, its writer died first
 HOUR_NS = 3600 * 10**9
@@ -269,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
             log.info("compacted %d segments, %d rows", done.segments, done.rows)
         if args.once or last:
             return 0
+        if done.segments:
+            continue  # more were sealed while this pass ran: waiting now would only let them pile up
         deadline = time.monotonic() + POLL_SECONDS
         while not stopping and time.monotonic() < deadline:
             time.sleep(0.1)
