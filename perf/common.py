@@ -35,8 +35,11 @@ FALCON_APP = "perf.bare:falcon_application"
 
 
 def watched(stack: Stack, watch: Watch) -> Stack:
-    """The stack, its servers watched as the service's (perf/placement.py)."""
+    """The stack, its servers watched as the service's and its compactor, a sidecar on the load's
+    cores, with the load (perf/placement.py)."""
     watch.service(stack.gunicorn.pid if stack.gunicorn else None, stack.nginx.pid if stack.nginx else None)
+    if stack.compactor:
+        watch.load(stack.compactor.pid)
     return stack
 
 
@@ -53,13 +56,19 @@ def start_stack(
     WORKERS and GUNICORN_CMD_ARGS pass through, to compare settings; a developer's .env does not.
     nginx's access-log lines are formatted and written as in production, to /dev/null rather than
     filling the disk; errors go to the stack log. `app` replaces the service's WSGI callable (the bare
-    stack). In the split placement every server of the stack runs on the service's cores, and
-    WORKERS, unless set, is their number."""
+    stack). In the split placement every server of the stack runs on the service's cores (the
+    compactor, a sidecar, on the load's), and WORKERS, unless set, is their number."""
     env = harness.environment(api_key, model_path, ("WORKERS", "GUNICORN_CMD_ARGS"), **{**harness.UNLIMITED, **extra})
     if workers:
         env["WORKERS"] = str(workers)
     elif placement.service and "WORKERS" not in env:
         env["WORKERS"] = str(len(placement.service))  # as the service counts them under taskset
     return harness.start(
-        env, log=stack_log, access_log="/dev/null", stdout_to_log=False, app=app, confine=placement.service_prefix()
+        env,
+        log=stack_log,
+        access_log="/dev/null",
+        stdout_to_log=False,
+        app=app,
+        confine=placement.service_prefix(),
+        sidecar_confine=placement.sidecar_prefix(),
     )

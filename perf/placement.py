@@ -3,10 +3,12 @@
 Two placements:
 
   shared  every process may run on every core (the default: the figures of earlier runs).
-  split   the service (nginx, the gunicorn master and workers, the compactor) on SERVICE_CPUS, the
-          load generator and the feature store (wrk, redis-server, this harness) on LOAD_CPUS: the
-          service measured as a small node of its own, without its callers' or its store's cost,
-          as in production where they are other hosts.
+  split   the service (nginx, the gunicorn master and workers) on SERVICE_CPUS, the load generator
+          and the feature store (wrk, redis-server, this harness) on LOAD_CPUS: the service measured
+          as a small node of its own, without its callers' or its store's cost, as in production
+          where they are other hosts. The prediction log's compactor, a container of its own in
+          production (a sidecar with its own CPU request), runs on LOAD_CPUS too: the service's
+          core does not pay for it, and its own CPU is measured apart.
 
 The service is confined at spawn (`taskset`, util-linux, execs the command with the affinity set,
 so no process of the service ever starts elsewhere); the harness confines itself, and wrk and
@@ -91,6 +93,11 @@ class Placement:
     def service_prefix(self) -> tuple[str, ...]:
         """What a service command runs inside: taskset with the service's cores, or nothing."""
         return ("taskset", "--cpu-list", cpu_list(self.service)) if self.service else ()
+
+    def sidecar_prefix(self) -> tuple[str, ...]:
+        """What a sidecar of the service (the prediction log's compactor) runs inside: taskset with
+        the load's cores, or nothing."""
+        return ("taskset", "--cpu-list", cpu_list(self.load)) if self.load else ()
 
     def confine_load(self) -> None:
         """This process, every thread of it (a thread pool started earlier, such as numpy's, keeps the

@@ -67,12 +67,14 @@ def start(
     app: str | None = None,
     wrapper: tuple[str, ...] = (),
     confine: tuple[str, ...] = (),
+    sidecar_confine: tuple[str, ...] | None = None,
 ) -> Stack:
     """Starts a Stack with `env` on a free loopback port and waits until it answers /health.
 
     `log` receives nginx's and gunicorn's stderr (and stdout, where gunicorn's access lines go, unless
     `stdout_to_log` is false); without it both are discarded. The last failure's log tail is raised.
-    `wrapper` is a command gunicorn runs inside, `confine` one every server runs inside (see Stack)."""
+    `wrapper` is a command gunicorn runs inside, `confine` one every server runs inside, and
+    `sidecar_confine`, when given, the compactor's instead (see Stack)."""
     for attempt in range(attempts):
         full = {**env, "PORT": str(free_port())}
         out = open(log, "a") if log else subprocess.DEVNULL  # noqa: SIM115  (the children keep it open)
@@ -87,6 +89,7 @@ def start(
                 app=app,
                 wrapper=wrapper,
                 confine=confine,
+                sidecar_confine=sidecar_confine,
             )
             return stack.start(timeout)
         except RuntimeError as e:

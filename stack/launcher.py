@@ -197,6 +197,8 @@ class Stack:
     # A command every server process of the stack runs inside (it must exec the rest), e.g. `taskset`
     # confining the stack to some cores (`make perf PLACEMENT=split`).
     confine: tuple[str, ...] = ()
+    # The compactor's, when not `confine`: the cores of a container of its own (perf/placement.py).
+    sidecar_confine: tuple[str, ...] | None = None
     gunicorn: subprocess.Popen | None = None
     nginx: subprocess.Popen | None = None
     compactor: subprocess.Popen | None = None
@@ -250,7 +252,12 @@ class Stack:
         self._wait(lambda: self.socket.exists(), self.gunicorn, "gunicorn", timeout)
         if self.settings.prediction_log_dir is not None:
             self.compactor = subprocess.Popen(
-                [*self.confine, sys.executable, "-m", "service.predlog.compactor"],
+                [
+                    *(self.confine if self.sidecar_confine is None else self.sidecar_confine),
+                    sys.executable,
+                    "-m",
+                    "service.predlog.compactor",
+                ],
                 cwd=ROOT,
                 env=env,
                 stdout=self.stdout,
