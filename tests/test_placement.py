@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -59,12 +60,18 @@ def watched(service: subprocess.Popen, load: subprocess.Popen, split: Placement)
         os.sched_setaffinity(0, before)
 
 
+def pinned(cpus: frozenset[int]) -> subprocess.Popen:
+    """A busy child under `taskset --cpu-list cpus`, once taskset has set its affinity: before that,
+    for an instant, it may run where its parent may, which the watch would rightly report."""
+    child = subprocess.Popen(["taskset", "--cpu-list", placement.cpu_list(cpus), sys.executable, "-c", BUSY])
+    while placement.allowed_cpus(child.pid) != cpus:  # bounded by the pytest timeout
+        time.sleep(0.001)
+    return child
+
+
 def watch_two(service_cpus: frozenset[int], load_cpus: frozenset[int], split: Placement) -> tuple[dict, int, int]:
     """The watch's report on a "service" pinned to `service_cpus` and a "load" pinned to `load_cpus`."""
-    service, load = (
-        subprocess.Popen(["taskset", "--cpu-list", placement.cpu_list(cpus), sys.executable, "-c", BUSY])
-        for cpus in (service_cpus, load_cpus)
-    )
+    service, load = (pinned(cpus) for cpus in (service_cpus, load_cpus))
     try:
         return watched(service, load, split), service.pid, load.pid
     finally:
