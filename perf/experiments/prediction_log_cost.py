@@ -5,10 +5,10 @@ in one process, passes interleaved (off on, then on off), CPU time per request.
 
 `make perf` compares two whole stacks under wrk; there a worker's CPU per request (several hundred
 µs with the kernel's socket work and nginx beside it) moves by tens of µs from round to round, so a
-difference of ten cannot be resolved. Here each app (built as gunicorn's master builds it, behind its
-deadline guard, nginx's stamp set) answers the same POST /v1/fraud-score requests, with ids, many
-times over; `time.process_time_ns` counts this process's CPU only, the spool's write into the page
-cache included. Reported: each pass's µs per request, and the median of the paired differences
+difference of ten cannot be resolved. Here each app (built as gunicorn's master builds it, behind
+its deadline guard, nginx's stamp set) answers the same POST /v1/fraud-score request many times
+over (perf/micro.py's `serving`); `time.process_time_ns` counts this process's CPU only, the
+spool's write into the page cache included. Reported: each pass's µs per request, and the median of the paired differences
 (on − off) with their min–max. A benchmark, not a test."""
 
 from __future__ import annotations
@@ -25,10 +25,9 @@ from pathlib import Path
 # Multiprocess mode is chosen when prometheus_client is imported: set it first, as gunicorn.conf.py does.
 os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="prediction-log-cost-")
 
-import falcon.testing  # noqa: E402
-
 from perf import add_model_argument, existing_model  # noqa: E402
 from perf.common import as_bodies, log, sample_rows  # noqa: E402
+from perf.micro import serving  # noqa: E402
 from service.api.app import create_app  # noqa: E402
 from service.api.deadline import Deadlines  # noqa: E402
 from service.core.settings import Settings  # noqa: E402
@@ -43,13 +42,12 @@ def app(model: Path, log_dir: Path | None):
     settings = Settings(
         api_keys=(KEY.encode(),), model_path=model, rate_limit_per_key=10**9, rate_limit_burst=10**9, **extra
     )
-    wrapped = Deadlines(
+    return Deadlines(
         create_app(settings, load_model(settings)),
         settings.request_deadline_ms,
         observe_wait=metrics.observe_queue_wait,
         count_shed=metrics.count_shed,
     )
-    return wrapped
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -60,34 +58,21 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     model = existing_model(args.model)
     apps = {"off": app(model, None), "on": app(model, Path(tempfile.mkdtemp(prefix="prediction-log-cost-log-")))}
-    bodies = as_bodies(sample_rows()[:1000])
-    due = f"{time.time() + 86400:.3f}"  # nginx's stamp, ahead of this clock: no wait, never shed
-    environs = [
-        falcon.testing.create_environ(
-            method="POST",
-            path="/v1/fraud-score",
-            body=bodies[i % len(bodies)],
-            headers={
-                "Content-Type": "application/json",
-                "X-API-Key": KEY,
-                "X-Request-ID": f"r{i}",
-                "X-Request-Start": due,
-            },
-        )
-        for i in range(args.requests)
-    ]
-    statuses: list[str] = []
-
-    def start_response(status, headers, exc_info=None):
-        statuses.append(status)
+    body = as_bodies(sample_rows()[:1])[0]
+    headers = {
+        "Content-Type": "application/json",
+        "X-API-Key": KEY,
+        "X-Request-ID": "perf-prediction-log",
+        "X-Request-Start": f"{time.time() + 86400:.3f}",  # nginx's stamp, ahead of this clock: never shed
+    }
+    serve_all = {
+        name: serving(target, "POST", "/v1/fraud-score", body, headers, args.requests) for name, target in apps.items()
+    }
 
     def serve(name: str) -> float:
         started = time.process_time_ns()
-        for environ in environs:
-            environ["wsgi.input"].seek(0)
-            for _ in apps[name](environ, start_response):
-                pass
-        return (time.process_time_ns() - started) / len(environs) / 1e3
+        serve_all[name]()  # fails unless every answer is a 200
+        return (time.process_time_ns() - started) / args.requests / 1e3
 
     for name in apps:  # warm: every label's samples made, the spool's segment opened, caches filled
         serve(name)
@@ -96,8 +81,6 @@ def main(argv: list[str] | None = None) -> dict:
         for name in ("off", "on") if round_ % 2 == 0 else ("on", "off"):
             passes[name].append(serve(name))
         log(f"round {round_ + 1}: off {passes['off'][-1]:.1f} µs, on {passes['on'][-1]:.1f} µs per request")
-    if any(not s.startswith("200") for s in statuses):
-        raise SystemExit(f"not every answer was 200: {set(statuses)}")
     added = [on - off for off, on in zip(passes["off"], passes["on"], strict=True)]
     found = {
         "requests": args.requests,
