@@ -18,7 +18,7 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONUNBUFFERED=1 DEBIAN_FRONTEND=nonintera
 # run), make for the one install script. Only the build and test stages have them: the production stage
 # starts again from the bare Python image.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends gcc libc6-dev make \
+ && apt-get install -y --no-install-recommends gcc libc6-dev make zlib1g-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
 

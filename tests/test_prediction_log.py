@@ -4,6 +4,7 @@ as a table with DuckDB and Spark (local[2]), old and new schema versions togethe
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -15,7 +16,6 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 
 from service.core.features import FEATURES, N_FEATURES
 from service.core.settings import from_mapping
@@ -116,10 +116,12 @@ def test_the_issue_columns_are_the_schemas():
 
 
 def test_frames_round_trip_and_a_torn_tail_is_cut():
-    payloads = [os.urandom(n) for n in (0, 1, 100, 5000)]
+    payloads = [os.urandom(n) for n in (1, 2, 100, 5000)]
     data = b"".join(frame(p) for p in payloads)
     found, whole = whole_frames(data)
     assert [bytes(p) for p in found] == payloads and whole == len(data)
+    # a segment's allocation past its last frame: zeros, which no record is
+    assert whole_frames(data + bytes(100))[1] == len(data)
     for cut in range(1, len(frame(payloads[-1]))):
         found, whole = whole_frames(data[:-cut])
         assert [bytes(p) for p in found] == payloads[:-1]
@@ -180,10 +182,8 @@ def test_records_fall_in_the_hour_they_were_written(tmp_path):
     hour_ns = 3600 * 10**9
     base = (time.time_ns() // hour_ns) * hour_ns
     for i, ts in enumerate((base + hour_ns - 1, base + hour_ns, base + hour_ns + 5)):
-        payload = log._meta(log.entry(f"r{i}", "/v1/fraud-score", 0), ts, 1, {}) + log._one.pack(
-            *X[0], 0.5, 50, True, 1.0
-        )
-        log.spool.write(frame(payload), 1, base)
+        entry = log.entry(f"r{i}", "/v1/fraud-score/batch", 0)
+        log.spool.write(frame(log._meta(entry, ts, 1, {}, 0) + X[0].tobytes() + b"\0" * 19), 1, base)
     log.spool.seal()
     done = compactor.compact(tmp_path)
     assert len(done.files) == 2 and done.rows == 3
@@ -194,14 +194,16 @@ def test_an_orphaned_segment_is_cut_at_its_last_whole_record_and_sealed(tmp_path
     log = make_log(tmp_path)
     X = np.ones((10, N_FEATURES))
     log_rows(log, X)
-    segment = log.spool.segment
-    with open(segment, "ab") as f:
-        f.write(frame(b"x" * 100)[:-7])  # a write torn by a kill
+    spool = log.spool
+    torn = frame(b"x" * 100)[:-7]  # a frame a kill interrupted mid-copy, before the allocation's zeros
+    spool._map[spool._size : spool._size + len(torn)] = torn
     # Its writer gone: the lock dies with the descriptor, as it does with a killed process.
-    os.close(log.spool._fd)
-    log.spool._fd = -1
+    spool._map.close()
+    os.close(spool._fd)
+    spool._fd = -1
     done = compactor.compact(tmp_path)
     assert done.orphans == 1 and done.rows == 10
+    assert not [*spool_dir(tmp_path).glob("*.seg"), *spool_dir(tmp_path).glob("*.open")]  # compacted, deleted
 
 
 def test_a_live_writers_segment_is_left_alone(tmp_path):
@@ -272,15 +274,22 @@ def test_an_unwritable_directory_drops_and_counts(tmp_path):
     assert set(counts.dropped) <= {UNWRITABLE, DISK_FULL, "error"}
 
 
-def test_a_full_disk_drops_and_counts(tmp_path):
-    if not Path("/dev/full").exists():
-        pytest.skip("no /dev/full")
+def test_a_full_disk_drops_and_counts(tmp_path, monkeypatch):
     counts = Counts()
     log = make_log(tmp_path, counts)
     log_rows(log, np.ones((4, N_FEATURES)))
-    os.dup2(os.open("/dev/full", os.O_WRONLY), log.spool._fd)  # the disk fills under the segment
-    log_rows(log, np.ones((4, N_FEATURES)), "r2")
-    assert counts.written == 4 and counts.dropped == {DISK_FULL: 4}
+
+    def full(fd, offset, length):  # the kernel's answer when the disk has no block left to allocate
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    big = np.ones((2000, N_FEATURES))  # past the segment's allocation: it must grow, and cannot
+    log_rows(log, big, "r2")
+    assert counts.written == 4 and counts.dropped == {DISK_FULL: 2000}
+    log_rows(log, np.ones((4, N_FEATURES)), "r3")  # what still fits its allocation is kept
+    assert counts.written == 8
+    log.spool.seal()
+    assert compactor.compact(tmp_path).rows == 8
 
 
 def test_sampling_keeps_flagged_rows_and_weights_the_rest(tmp_path):

@@ -1,8 +1,9 @@
 """From one request's scores to one spool frame, and back.
 
 The hot path pays for what changes per request only: the model's facts (versions, digest, threshold,
-schema version) are serialised once, a single row's numbers are one struct.pack, a batch's are its
-arrays' bytes. A frame holds one request's records column by column:
+schema version) are serialised once; a single row's frame is built in one C pass (_frame.c, the
+same bytes as this module's Python makes of a batch), a batch's numbers are its arrays' bytes. A
+frame holds one request's records column by column:
 
     <u32 length of the JSON meta><meta><X f8[n,30]><probability f8[n]><fraud_score i2[n]>
     <is_fraud u1[n]><sample_weight f8[n]>[<challenger_probability f8[n]><challenger_is_fraud u1[n]>]
@@ -28,6 +29,7 @@ import numpy as np
 import orjson
 
 from service.core.features import FEATURES, N_FEATURES
+from service.predlog._frame import single
 from service.predlog.record import SCHEMA_VERSION
 from service.predlog.spool import Spool, frame
 
@@ -49,6 +51,15 @@ class Entry(NamedTuple):
     due: float | None  # the wall-clock time the answer was due (the deadline), when known
     client_address: str | None
     trace_id: str | None = None  # the request's W3C trace id (service/telemetry/trace_context.py)
+
+
+def service_us(entry: Entry) -> int:
+    """The request's time in the app so far, in microseconds."""
+    return int((time.perf_counter() - entry.started) * 1e6)
+
+
+def deadline_ns(due: float) -> int:
+    return int(due * 1e9)
 
 
 def key_id(key: bytes) -> str:
@@ -105,7 +116,6 @@ class PredictionLog:
             "challenger_version": challenger_version,
         }
         self._head = orjson.dumps(head)[:-1] + b","  # the per-request fields follow
-        self._one = struct.Struct(f"<{N_FEATURES}ddh?d" + ("d?" if self._challenger else ""))
 
     def entry(
         self,
@@ -131,7 +141,7 @@ class PredictionLog:
             trace_id,
         )
 
-    def _meta(self, entry: Entry, now_ns: int, n: int, extra: dict[str, Any]) -> bytes:
+    def _meta(self, entry: Entry, now_ns: int, n: int, extra: dict[str, Any], service_us: int) -> bytes:
         meta = {
             "ts": now_ns,
             "request_id": entry.request_id,
@@ -139,11 +149,11 @@ class PredictionLog:
             "explained": entry.explained,
             "key_id": entry.key_id,
             "n": n,
-            "service_us": int((time.perf_counter() - entry.started) * 1e6),
+            "service_us": service_us,
             **extra,
         }
         if entry.due is not None:
-            meta["deadline"] = int(entry.due * 1e9)
+            meta["deadline"] = deadline_ns(entry.due)
         if entry.client_address is not None:
             meta["client_address"] = entry.client_address
         if entry.trace_id is not None:
@@ -172,20 +182,40 @@ class PredictionLog:
             if not kept(sampling_name(entry, 0), self.sample):
                 return
             weight = self._weight
+        if not challenged:
+            challenged = (float("nan"), False) if self._challenger else (None, False)
+        tids = entry.transaction_ids
+        tid = tids if isinstance(tids, str) else None
+        # the meta's rarer members, in the order _meta writes them: after the transaction id
         extra: dict[str, Any] = {}
-        if entry.transaction_ids is not None:
-            extra["tid"] = entry.transaction_ids
+        if tids is not None and tid is None:
+            extra["tid"] = tids
         if ood_features:
             extra["ood"] = [[0, ood_features]]
         if reasons is not None:
             extra["reasons"] = [reasons]
-        if self._challenger and not challenged:
-            challenged = (float("nan"), False)
         now = time.time_ns()
-        payload = self._meta(entry, now, 1, extra) + self._one.pack(
-            *row, probability, score, is_fraud, weight, *challenged
+        data = single(
+            self._head,
+            now,
+            entry.request_id,
+            entry.route,
+            entry.explained,
+            entry.key_id,
+            service_us(entry),
+            tid,
+            orjson.dumps(extra)[1:-1] if extra else None,
+            None if entry.due is None else deadline_ns(entry.due),
+            entry.client_address,
+            entry.trace_id,
+            row,
+            probability,
+            score,
+            is_fraud,
+            weight,
+            *challenged,
         )
-        self.spool.write(frame(payload), 1, now)
+        self.spool.write(data, 1, now)
 
     def many(
         self,
@@ -251,7 +281,7 @@ class PredictionLog:
                 np.asarray(challenger_is_fraud, dtype=np.bool_).tobytes(),
             ]
         now = time.time_ns()
-        payload = b"".join([self._meta(entry, now, len(X), extra), *parts])
+        payload = b"".join([self._meta(entry, now, len(X), extra, service_us(entry)), *parts])
         self.spool.write(frame(payload), len(X), now)
 
 
