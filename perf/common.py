@@ -12,6 +12,7 @@ import orjson
 from model import synthetic
 from perf.placement import EVERYWHERE, Placement, Watch
 from service.core.features import FEATURES
+from service.core.settings import default_workers, from_mapping
 from stack import harness
 from stack.launcher import Stack
 
@@ -62,7 +63,11 @@ def start_stack(
     if workers:
         env["WORKERS"] = str(workers)
     elif placement.service and "WORKERS" not in env:
-        env["WORKERS"] = str(len(placement.service))  # as the service counts them under taskset
+        # as the service counts them under taskset (this process runs on the load's cores)
+        settings = from_mapping(env)
+        env["WORKERS"] = str(
+            default_workers(len(placement.service), settings.feature_store_url, settings.feature_store_start)
+        )
     return harness.start(
         env,
         log=stack_log,
