@@ -12,7 +12,6 @@ import orjson
 from model import synthetic
 from perf.placement import EVERYWHERE, Placement, Watch
 from service.core.features import FEATURES
-from service.core.settings import default_workers, from_mapping
 from stack import harness
 from stack.launcher import Stack
 
@@ -63,11 +62,7 @@ def start_stack(
     if workers:
         env["WORKERS"] = str(workers)
     elif placement.service and "WORKERS" not in env:
-        # as the service counts them under taskset (this process runs on the load's cores)
-        settings = from_mapping(env)
-        env["WORKERS"] = str(
-            default_workers(len(placement.service), settings.feature_store_url, settings.feature_store_start)
-        )
+        env["WORKERS"] = str(len(placement.service))  # as the service counts them under taskset
     return harness.start(
         env,
         log=stack_log,

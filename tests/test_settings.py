@@ -91,14 +91,6 @@ def test_defaults_are_declared_once_on_the_fields():
     assert from_mapping({"API_KEY": KEY, "WORKERS": "", "PORT": ""}) == Settings(api_keys=(KEY.encode(),))
 
 
-def test_workers_default_to_two_a_core_with_a_store_elsewhere():
-    cores = len(os.sched_getaffinity(0))
-    store = {"API_KEY": KEY, "FEATURE_STORE_URL": "redis://store.internal:6379/0"}
-    assert from_mapping(store).workers == 2 * cores  # its round trip is idle time a second worker fills
-    assert from_mapping({**store, "FEATURE_STORE_START": "1"}).workers == cores  # a store on these cores
-    assert from_mapping({**store, "WORKERS": "3"}).workers == 3
-
-
 def test_every_setting_has_a_variable_and_a_parser():
     for f in dataclasses.fields(Settings):
         assert f.metadata["variable"].isupper() and callable(f.metadata["parse"]), f.name

@@ -135,17 +135,6 @@ def _path(text: str) -> Path:
     return Path(_nonempty(text))
 
 
-# The worker count per core that served the most by-id requests with the store on other cores
-# (make perf PLACEMENT=split measures 1, 2 and 3 on one core).
-WORKERS_PER_CORE_REMOTE_STORE = 2
-
-
-def default_workers(cores: int, feature_store_url: str | None, feature_store_start: bool) -> int:
-    """WORKERS when unset, for a service on `cores` cores."""
-    remote_store = feature_store_url is not None and not feature_store_start
-    return cores * (WORKERS_PER_CORE_REMOTE_STORE if remote_store else 1)
-
-
 def _cores() -> int:
     """The cores this process may run on (a container's cpuset, a `taskset`), not the machine's."""
     return len(os.sched_getaffinity(0)) or 1
@@ -181,11 +170,10 @@ class Settings:
     app_version: str = setting("APP_VERSION", _nonempty, __version__)
     host: str = setting("HOST", _nonempty, "127.0.0.1")
     port: int = setting("PORT", _integer(1, 65535), 8080)
-    # Unset: one per core; two per core with a feature store elsewhere (FEATURE_STORE_URL, not started
-    # beside the service by FEATURE_STORE_START), whose round trip a sync worker spends idle while a
-    # second one serves. A store beside the service answers in its own CPU time on the same cores, where
-    # a worker beyond the cores adds time-slicing, not throughput (docs/feature-store.md#workers).
-    workers: int = setting("WORKERS", _integer(1, 64), None)
+    # One per core, with a feature store too: a by-id worker's wait on a store beside the service is
+    # short and mostly the store's own CPU time, so a worker beyond the cores adds time-slicing, not
+    # throughput (docs/feature-store.md#workers).
+    workers: int = setting("WORKERS", _integer(1, 64), default_factory=_cores)
     batch_max: int = setting("BATCH_MAX", _integer(1, 10_000), 1000)
     # None: the model's calibrated out-of-distribution bounds (service/engine/ood.py); set: mean ± z std.
     ood_z: float | None = setting("OOD_Z", _positive_float, None)
@@ -233,12 +221,6 @@ class Settings:
     # The label table (service/offline/labels.py): what became known about scored transactions,
     # appended by `make labels`, read by `make outcomes` (unset: `make` uses .run/labels).
     labels_dir: Path | None = setting("LABELS_DIR", _path, None)
-
-    def __post_init__(self) -> None:
-        if self.workers is None:
-            object.__setattr__(
-                self, "workers", default_workers(_cores(), self.feature_store_url, self.feature_store_start)
-            )
 
     @property
     def scoring_queue(self) -> int:
