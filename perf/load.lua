@@ -14,8 +14,10 @@
 -- status from 400 up as an error; with "classify" the script also sorts the answers (below).
 --
 -- Answers are sorted into kinds: ok (2xx), deadline (503 deadline_exceeded, the app's refusal of a
--- request that waited its budget out), unavailable (nginx's 503: no worker could take it), other_5xx
--- and other (any other status). At a fixed rate every answer's kind and time are recorded too.
+-- request that waited its budget out), unavailable (nginx's 503: no worker could take it), other_5xx,
+-- other (any other status) and store (503 feature_store_unavailable: the by-id routes' answer when the
+-- store did not answer within FEATURE_STORE_TIMEOUT_MS). At a fixed rate every answer's kind and time
+-- are recorded too.
 --
 -- With a rate, sends follow a fixed schedule (one slot every 1/RATE s per thread), whatever the
 -- server does. A connection that comes free takes the next slot and waits for it; if it comes
@@ -48,17 +50,18 @@ local wait_head, wait_tail = 1, 0
 latencies = {}                  -- open loop: µs per answer, read by done() via thread:get
 kinds = {}                      -- open loop: each answer's kind (an index into KINDS)
 answered = {}                   -- open loop: each answer's arrival (µs, monotonic)
-kind_counts = {0, 0, 0, 0, 0}   -- answers by kind
+kind_counts = {0, 0, 0, 0, 0, 0}  -- answers by kind
 non_2xx, unmatched, sent = 0, 0, 0
 first_send, last_answer, final_slot = 0, 0, 0
 
-local KINDS = { "ok", "deadline", "unavailable", "other_5xx", "other" }
+local KINDS = { "ok", "deadline", "unavailable", "other_5xx", "other", "store" }
 
 local function kind_of(status, body)
   if status >= 200 and status <= 299 then return 1 end
   if status == 503 and body then
     if body:find("deadline_exceeded", 1, true) then return 2 end
     if body:find('"unavailable"', 1, true) then return 3 end
+    if body:find('"feature_store_unavailable"', 1, true) then return 6 end
   end
   if status >= 500 then return 4 end
   return 5
@@ -177,7 +180,7 @@ function done(summary, latency, _)
   end
   fields[#fields + 1] = '"wrk_latency_us":{' .. table.concat(percentiles, ",") ..
       string.format(',"min":%d,"max":%d,"mean":%.1f}', latency.min, latency.max, latency.mean)
-  local counts = { 0, 0, 0, 0, 0 }
+  local counts = { 0, 0, 0, 0, 0, 0 }
   for _, thread in ipairs(threads) do
     local c = thread:get("kind_counts")
     for k = 1, #KINDS do counts[k] = counts[k] + c[k] end

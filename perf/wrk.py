@@ -28,9 +28,10 @@ ENDPOINTS = {
 # Percentiles drawn on the chart; wrk's histogram gives these for closed-loop runs.
 CHART_POINTS = (50.0, 75.0, 90.0, 99.0, 99.9, 99.99)
 SOCKET_ERRORS = ("connect", "read", "write", "timeout")
-KINDS = ("ok", "deadline", "unavailable", "other_5xx", "other")  # load.lua's kinds of answer, in its order
-# The documented refusals of an overloaded service (docs/operations.md): counted, not failures.
-REFUSALS = ("deadline", "unavailable")
+KINDS = ("ok", "deadline", "unavailable", "other_5xx", "other", "store")  # load.lua's kinds of answer, in its order
+# The documented refusals of an overloaded service (docs/operations.md; the by-id routes' answer when
+# their store is late, docs/feature-store.md): counted, not failures.
+REFUSALS = ("deadline", "unavailable", "store")
 # Closed loops with more connections than this also sort their answers: towards and beyond the
 # scoring queue (nginx's limit_conn) and the deadline, some answers are refusals by design. So do
 # closed loops of batches at any count: 64 requests of a thousand rows already wait out the deadline.
