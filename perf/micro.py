@@ -130,14 +130,19 @@ def serving(
     return serve_all
 
 
+def lifted_settings(model_path: Path, key: str, **extra: Any) -> Settings:
+    """An in-process app's settings: this key and model, and a rate limit no benchmark reaches (the
+    budget is still spent on every score, as in the service); `extra` sets other fields."""
+    return Settings(
+        api_keys=(key.encode(),), model_path=model_path, rate_limit_per_key=10**9, rate_limit_burst=10**9, **extra
+    )
+
+
 def hot_path(model_path: Path, bodies: list[bytes]) -> dict[str, float]:
     """CPU per request (µs) inside one process: the whole Falcon app for /health and for a score,
     and the steps of a score."""
     key = "perf-micro-key-0123456789"
-    # The budget is spent on every score, as in the service, at a rate no benchmark reaches.
-    settings = Settings(
-        api_keys=(key.encode(),), model_path=model_path, rate_limit_per_key=10**9, rate_limit_burst=10**9
-    )
+    settings = lifted_settings(model_path, key)
     model = load_model(settings)
     validator = TransactionValidator(load_schema_document())
     budget = RowBudget.for_settings(settings)

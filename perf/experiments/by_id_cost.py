@@ -31,12 +31,11 @@ import orjson
 
 from perf import add_model_argument, by_id, existing_model, stats
 from perf.common import as_bodies, log, sample_rows
-from perf.micro import serving
+from perf.micro import lifted_settings, serving
 from perf.placement import SPLIT
 from perf.placement import add_arguments as add_placement_arguments
 from perf.placement import from_arguments as placement_from_arguments
 from service.api.app import create_app
-from service.core.settings import Settings
 from service.engine.loader import load_model
 from stack import harness
 
@@ -45,12 +44,10 @@ ROUTES = {"raw single": "/v1/fraud-score", "by-id single": "/v1/fraud-score/by-i
 
 def app_for(model_path: Path, key: str, store_url: str, spin_us: int | None = None) -> Any:
     spin = {} if spin_us is None else {"feature_store_spin_us": spin_us}
-    settings = Settings(
+    settings = lifted_settings(
+        model_path,
+        key,
         **spin,
-        api_keys=(key.encode(),),
-        model_path=model_path,
-        rate_limit_per_key=10**9,
-        rate_limit_burst=10**9,
         feature_store_url=store_url,
         feature_store_prefix=by_id.PREFIX,
         feature_store_timeout_ms=100,  # generous, as make perf's: a busy machine is not a failure here

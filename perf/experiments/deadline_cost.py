@@ -27,12 +27,11 @@ os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="deadline-cost-
 import falcon  # noqa: E402
 import falcon.testing  # noqa: E402
 
-from perf.micro import serving  # noqa: E402
+from perf.micro import lifted_settings, serving  # noqa: E402
 from service.api.app import create_app  # noqa: E402
 from service.api.budget import RowBudget  # noqa: E402
 from service.api.deadline import RESERVE_MS, RETRY_AFTER_SECONDS, Deadlines, budget_ms  # noqa: E402
 from service.api.errors import ApiError  # noqa: E402
-from service.core.settings import Settings  # noqa: E402
 from service.engine.loader import load_model  # noqa: E402
 from service.telemetry import metrics  # noqa: E402
 
@@ -79,9 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=Path("model/fraud-model.joblib"))
     args = parser.parse_args(argv)
-    settings = Settings(
-        api_keys=(KEY.encode(),), model_path=args.model, rate_limit_per_key=10**9, rate_limit_burst=10**9
-    )
+    settings = lifted_settings(args.model, KEY)
     model = load_model(settings)
 
     def app() -> falcon.App:

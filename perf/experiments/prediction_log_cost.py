@@ -36,10 +36,9 @@ os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="prediction-log
 
 from perf import add_model_argument, existing_model  # noqa: E402
 from perf.common import as_bodies, log, sample_rows  # noqa: E402
-from perf.micro import serving  # noqa: E402
+from perf.micro import lifted_settings, serving  # noqa: E402
 from service.api.app import create_app  # noqa: E402
 from service.api.deadline import Deadlines  # noqa: E402
-from service.core.settings import Settings  # noqa: E402
 from service.engine.loader import load_model  # noqa: E402
 from service.engine.scoring import Scoring  # noqa: E402
 from service.telemetry import metrics  # noqa: E402
@@ -50,13 +49,7 @@ ROUTE = "/v1/fraud-score"
 
 def app(model: Path, log_dir: Path) -> tuple[Deadlines, Scoring]:
     """The served app with its log on, and the Scoring its single route scores with."""
-    settings = Settings(
-        api_keys=(KEY.encode(),),
-        model_path=model,
-        rate_limit_per_key=10**9,
-        rate_limit_burst=10**9,
-        prediction_log_dir=log_dir,
-    )
+    settings = lifted_settings(model, KEY, prediction_log_dir=log_dir)
     falcon_app = create_app(settings, load_model(settings))
     resource = falcon_app._router.find(ROUTE)[0]  # the route's resource, as the app routes a request
     served = Deadlines(
