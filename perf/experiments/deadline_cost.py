@@ -36,7 +36,7 @@ from service.engine.loader import load_model  # noqa: E402
 from service.telemetry import metrics  # noqa: E402
 
 KEY = "perf-deadline-key-0123456789"
-BODY = (Path(__file__).resolve().parent.parent / "service/contract/schemas/transaction.example.json").read_bytes()
+BODY = (Path(__file__).resolve().parents[2] / "service/contract/schemas/transaction.example.json").read_bytes()
 N = 2000
 DEFAULT_MS = 150
 
