@@ -2,22 +2,29 @@
 measured in alternating rounds whose order alternates too (as the challenger's comparison is).
 
 - single scoring at 64 connections: throughput with ÷ without, and the workers' CPU per request
-  added (user + system from /proc: the one write a request costs, whatever else the machine runs);
+  added (user + system from /proc: the frame a request costs, whatever else the machine runs);
 - the 1,000-row JSON batch at 4 connections, every row logged: rows/s with ÷ without;
 - the compactor (its own process, started by the launcher): its CPU per million rows, from its CPU
   time and the rows that reached Parquet while the batch runs wrote at full speed; and whether it
-  keeps up: the spool's largest size and the oldest sealed segment's largest wait during those
-  runs (sampled), and how long after the last run the spool took to empty.
+  keeps up: the spool's largest size and the longest wait of a sealed segment during those runs
+  (sampled), and how long after the last run sealed segments were left.
 
 The logging stack seals its segments every second (PREDICTION_LOG_SEGMENT_SECONDS=1) rather than
 every minute, so that the compactor works while the runs go on and its pace can be judged: that
-costs each worker a rename a second, nothing a request would see."""
+costs each worker a rename a second, nothing a request would see.
+
+`make perf` runs it among the rest; this part alone, in either placement:
+
+    .venv/bin/python -m perf.prediction_log [--placement split] [--rounds 6] [--seconds 4]"""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
+import secrets
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -28,8 +35,13 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from perf import batch, memory, stats, wrk
+from perf import add_model_argument, batch, existing_model, memory, stats, wrk
+from perf.common import as_bodies, log, sample_rows, start_stack, watched
 from perf.lifecycle import run_counting_cpu
+from perf.placement import Watch
+from perf.placement import add_arguments as add_placement_arguments
+from perf.placement import failures as placement_failures
+from perf.placement import from_arguments as placement_from_arguments
 from perf.report import Target
 from service.predlog.spool import SEALED, spool_bytes, spool_dir
 from service.predlog.status import LAG_SEGMENTS, segments
@@ -223,3 +235,37 @@ def targets(found: dict[str, Any] | None) -> list[Target]:
             drained is not None and compactor["longest_wait_s"] <= LAG_SEGMENTS * SEGMENT_SECONDS,
         ),
     ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_argument(parser)
+    parser.add_argument("--rounds", type=int, default=6, help="alternating rounds of each route (make perf: 6)")
+    parser.add_argument("--seconds", type=float, default=4.0, help="length of each round")
+    add_placement_arguments(parser)
+    args = parser.parse_args(argv)
+    placement = placement_from_arguments(parser, args)
+    model = existing_model(args.model)
+    key = secrets.token_urlsafe(24)
+    work = Path(tempfile.mkdtemp(prefix="fraud-perf-prediction-log-run-"))
+    X = sample_rows()
+    bodies = as_bodies(X[:1000])
+    files = wrk.write_requests(work, bodies)
+    batch_files = batch.write_files(work / "batch", X, bodies)
+    placement.confine_load()  # wrk (and the compactor, a sidecar) on the load's cores
+    watch = Watch(placement)
+
+    def launch(extra: dict[str, str]) -> Stack:
+        return watched(start_stack(model, key, work / "stack.log", placement=placement, **extra), watch)
+
+    with watch:
+        found = measure(launch, files, batch_files["batch"], key, args.rounds, args.seconds)
+    for target in targets(found):
+        log(f"{target.figure}: {target.measured}")
+    checked = watch.report()
+    print(f"placement: {placement.name}, violations: {checked['violations'] or 'none'}")
+    return 1 if found.get("failed") or placement_failures(checked) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
