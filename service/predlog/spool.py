@@ -22,8 +22,9 @@ A frame is `<u32 length><u32 CRC-32 of the payload><payload>`, little-endian.
 The spool is bounded: a write that would take the spool's files beyond PREDICTION_LOG_MAX_BYTES is
 dropped, as is one the disk or the directory refuses; scoring goes on and every dropped record is
 counted by reason. Each worker knows the spool's size from a scan of the directory, repeated at most
-every SCAN_SECONDS and on rotation, plus what it has written since: several workers writing between
-scans can overshoot the limit by about one scan interval of their writes. Another worker's open
+every SCAN_SECONDS, on rotation and after each SCAN_SHARE of the limit it has written itself, plus
+what it has written since: several workers writing at once can overshoot the limit by about that
+share for each of the others (and the frames in flight). Another worker's open
 segment counts with its allocation (at most one CHUNK beyond its frames)."""
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from pathlib import Path
 FRAME_HEAD = struct.Struct("<II")
 OPEN, SEALED, NEW = ".open", ".seg", ".new"
 SCAN_SECONDS = 1.0
+SCAN_SHARE = 1 / 64  # a busy worker also rescans after writing this share of PREDICTION_LOG_MAX_BYTES
 CHUNK = 1 << 18  # a segment's allocation grows by this much (a multiple of the page size)
 RETRY_OPEN_SECONDS = 1.0  # a directory that refused a segment is not asked again on every request
 # Readers of the log's directory as a table (Spark, pyarrow) skip names that start with "_".
@@ -120,6 +122,7 @@ class Spool:
     ) -> None:
         self.spool = spool_dir(directory)
         self.max_bytes = max_bytes
+        self._scan_bytes = int(SCAN_SHARE * max_bytes)
         self._segment_bytes = segment_bytes
         self._segment_ns = int(segment_seconds * 1e9)
         self._on_written = on_written
@@ -136,6 +139,7 @@ class Spool:
         self._allocated = 0  # bytes of the file, allocated and mapped
         self._seal_at_ns = 0
         self._scan_at_ns = 0
+        self._unscanned = 0  # bytes this process wrote since its last scan
         self._retry_at_ns = 0
         self._spool_bytes = 0
         self.failure: str | None = None  # why the last segment could not be opened (a drop reason)
@@ -180,6 +184,7 @@ class Spool:
         # this segment's allocation ahead of its frames is room, not records
         self._spool_bytes = spool_bytes(self.spool) - (self._allocated - self._size)
         self._scan_at_ns = now_ns + int(SCAN_SECONDS * 1e9)
+        self._unscanned = 0
 
     def _allocate(self, end: int) -> None:
         """The segment's file allocated and mapped up to at least `end` bytes; OSError when the disk
@@ -201,7 +206,7 @@ class Spool:
             self.seal()
             if not self.open(now_ns):
                 return self._drop(self.failure or ERROR, rows)
-        elif now_ns >= self._scan_at_ns:
+        elif now_ns >= self._scan_at_ns or self._unscanned >= self._scan_bytes:
             self._scan(now_ns)
         size = len(data)
         if self._spool_bytes + size > self.max_bytes:
@@ -224,6 +229,7 @@ class Spool:
                 return self._drop(ERROR, rows)
         self._size = end
         self._spool_bytes += size
+        self._unscanned += size
         self._on_written(rows)
         return True
 
