@@ -346,6 +346,18 @@ def is_deadline_answer(path: str, status: int, retry_after: str | None, body: by
     )
 
 
+def past_the_queue(client: Client, method: str, path: str, body: Any = None, headers=None, tries: int = 20) -> Reply:
+    """client.request's answer, asked again while it is the documented deadline refusal (a busy
+    machine's queue outlasted the budget; the request was not scored, so nothing of it was
+    recorded), waiting its Retry-After between tries."""
+    for _ in range(tries - 1):
+        reply = client.request(method, path, body, headers)
+        if not is_deadline_answer(path, reply.status, reply.headers.get("Retry-After"), reply.raw):
+            return reply
+        time.sleep(float(RETRY_AFTER_SECONDS))
+    return client.request(method, path, body, headers)
+
+
 class SteadyTraffic(threading.Thread):
     """Scores the probe transaction back to back over keep-alive connections through nginx."""
 

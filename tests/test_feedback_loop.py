@@ -26,16 +26,28 @@ import pyarrow.parquet as pq
 import pytest
 
 from model import synthetic
+from service.api.deadline import DEADLINE_HEADER
 from service.core.artifacts import ArtifactPaths, read_manifest
 from service.core.features import FEATURES
+from service.core.settings import DEADLINE_MAX_MS
 from stack.harness import EXTERNAL_SKIP_REASON
 from stack.launcher import ROOT
-from tests.helpers import EXTERNAL, UNLIMITED, Client, as_transaction, start_stack, train_small_model
+from tests.helpers import (
+    EXTERNAL,
+    UNLIMITED,
+    Client,
+    as_transaction,
+    past_the_queue,
+    start_stack,
+    train_small_model,
+)
 
 pytestmark = [pytest.mark.skipif(bool(EXTERNAL), reason=EXTERNAL_SKIP_REASON), pytest.mark.timeout(1200)]
 DAY = dt.timedelta(days=1)
 INGESTION_EVERY = 15  # days between two runs of the label ingestion
 BATCH = 500
+BATCH_PATH = "/v1/fraud-score/batch"
+LONGEST_BUDGET = {DEADLINE_HEADER: str(DEADLINE_MAX_MS)}
 
 
 def run(*args: str) -> str:
@@ -68,7 +80,8 @@ def serve_and_log(model: Path, logs: Path, log_dir: Path, ids: list[str | None],
             items = [
                 {**as_transaction(X[i]), **({"transaction_id": ids[i]} if ids[i] is not None else {})} for i in rows
             ]
-            reply = client.request("POST", "/v1/fraud-score/batch", {"transactions": items})
+            # the longest budget a client may ask for, and a retry of a refusal past it (by design)
+            reply = past_the_queue(client, "POST", BATCH_PATH, {"transactions": items}, LONGEST_BUDGET)
             assert reply.status == 200, reply.raw[:300]
     finally:
         stack.stop()
