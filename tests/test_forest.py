@@ -46,11 +46,11 @@ def test_bit_identical_to_predict_proba(make_estimator, training_data):
     # (max_leaf_nodes) does not: the walker has a loop for each layout, and both are checked here.
     depth_first = getattr(estimator, "max_leaf_nodes", None) is None
     assert scorer._walker.left_is_next is depth_first
-    # Batches take QuickScorer's route (bytes with AVX-512BW, words with AVX-512 or AVX2) where the
+    # Batches take QuickScorer's route (bytes with AVX-512BW or AVX2; words on request) where the
     # CPU has it, else the walk: every route this CPU runs is checked, on a row count that leaves a
     # remainder of a block.
-    assert scorer._walker.lanes == cpu_lanes()
-    routes = [with_lanes(scorer, lanes) for lanes in forest.ROUTES if lanes <= cpu_lanes()]
+    assert scorer._walker.lanes == next(iter(cpu_routes()))
+    routes = [with_lanes(scorer, lanes) for lanes in cpu_routes()]
     rng = np.random.default_rng(0)
     X_test, _ = synthetic.generate(N_ROWS + 7, seed=99)
     on_thresholds = rows_on_thresholds(arrays, X, rng, N_ROWS)
@@ -69,14 +69,16 @@ def test_bit_identical_to_predict_proba(make_estimator, training_data):
     assert not np.array_equal(naive, estimator.predict_proba(on_thresholds[:2000])[:, 1])
 
 
-def cpu_lanes() -> int:
-    """Rows a QuickScorer block on this CPU: 64 with AVX-512BW, 16 with AVX-512, 8 with AVX2, 0
-    (walk) without."""
+def cpu_routes() -> list[int]:
+    """The batch routes (rows a block) this CPU runs, fastest first: 64 (bytes) with AVX-512BW, 32
+    (bytes) with AVX2, 16 (words) with AVX-512, 8 (words) with AVX2; 0 (the walk) everywhere."""
     lines = Path("/proc/cpuinfo").read_text().splitlines()
-    flags = next((line.split() for line in lines if line.startswith("flags")), [])
-    if "avx512f" in flags:
-        return 64 if "avx512bw" in flags else 16
-    return 8 if "avx2" in flags else 0
+    flags = set(next((line.split() for line in lines if line.startswith("flags")), []))
+    needs = {64: {"avx512f", "avx512bw"}, 32: {"avx2"}, 16: {"avx512f"}, 8: {"avx2"}, 0: set()}
+    return [lanes for lanes in forest.ROUTES if needs[lanes] <= flags]
+
+
+BYTE_ROUTES = [lanes for lanes in (64, 32) if lanes in cpu_routes()]
 
 
 def with_lanes(scorer: forest.Forest, lanes: int) -> Walker:
@@ -103,7 +105,7 @@ def test_every_batch_route_agrees_on_every_row_count_and_on_nan(training_data):
     X, y = training_data
     scorer = forest.Forest(forest.flatten(RandomForestClassifier(n_estimators=25, random_state=7).fit(X, y)))
     walked = with_lanes(scorer, 0)
-    routes = [with_lanes(scorer, lanes) for lanes in forest.ROUTES[:-1] if lanes <= cpu_lanes()]
+    routes = [with_lanes(scorer, lanes) for lanes in cpu_routes() if lanes]
     rows, _ = synthetic.generate(3000, seed=12)
     rng = np.random.default_rng(1)
     with_nan = rows.copy()
@@ -116,17 +118,18 @@ def test_every_batch_route_agrees_on_every_row_count_and_on_nan(training_data):
                 assert np.array_equal(predict_rows(route, batch[:n]), expected), (route.lanes, n)
 
 
-@pytest.mark.skipif(cpu_lanes() < 64, reason="the 64-row byte kernel needs AVX-512BW")
-def test_the_byte_kernel_on_trees_in_several_groups_and_of_many_leaves(training_data):
-    """The 64-row kernel scores the trees in groups whose state fits the cache, and finds the exit
+@pytest.mark.parametrize("lanes", BYTE_ROUTES or [pytest.param(0, marks=pytest.mark.skip("needs AVX2"))])
+def test_the_byte_kernel_on_trees_in_several_groups_and_of_many_leaves(training_data, lanes):
+    """The byte kernels score the trees in groups whose state fits the cache, and find the exit
     leaf of a tree of more than 256 leaves (more than a byte can number) without vectors."""
     X, y = training_data
     estimator = ExtraTreesClassifier(n_estimators=60, random_state=8).fit(X, y)
     scorer = forest.Forest(forest.flatten(estimator))
-    assert scorer._walker.groups > 1
+    walker = with_lanes(scorer, lanes)
+    assert walker.groups > 1
     assert max(tree.tree_.n_leaves for tree in estimator.estimators_) > 256
     rows, _ = synthetic.generate(5000, seed=13)
-    assert np.array_equal(scorer.predict_rows(rows), estimator.predict_proba(rows)[:, 1])
+    assert np.array_equal(predict_rows(walker, rows), estimator.predict_proba(rows)[:, 1])
 
 
 def test_a_tree_too_large_for_the_tables_is_walked(training_data):
@@ -145,8 +148,8 @@ def test_a_tree_too_large_for_the_tables_is_walked(training_data):
     arrays = {"nodes": nodes, "value": value, "roots": np.zeros(1, dtype=np.int32), "n_features": 1}
     walker = Walker(**arrays)
     assert walker.lanes == 0
-    for lanes in forest.ROUTES[:-1]:
-        if lanes <= cpu_lanes():
+    for lanes in cpu_routes():
+        if lanes:
             with pytest.raises(ValueError, match="leaves"):
                 Walker(**arrays, lanes=lanes)
     rows = np.random.default_rng(1).uniform(-5, 2 * leaves, size=(300, 1))
@@ -253,9 +256,8 @@ def test_a_deep_tree_whose_left_subtrees_span_many_words_gets_a_table_entry_for_
     walked = Walker(**arrays, lanes=0)
     rows = np.random.default_rng(1).uniform(-5, leaves + 5, size=(500, 1))
     expected = predict_rows(walked, rows)
-    for lanes in forest.ROUTES[:-1]:
-        if lanes <= cpu_lanes():
-            assert np.array_equal(predict_rows(Walker(**arrays, lanes=lanes), rows), expected), lanes
+    for lanes in cpu_routes():
+        assert np.array_equal(predict_rows(Walker(**arrays, lanes=lanes), rows), expected), lanes
 
 
 def test_an_artifact_in_the_old_format_is_recognised(training_data):

@@ -2,8 +2,8 @@
 
     .venv/bin/python -m perf.experiments.walker_routes [--model model/fraud-model.joblib] [--rows 10000] [--rounds 5]
 
-A route is the walker's `lanes`: 64 (bytes, AVX-512BW), 16 (words, AVX-512), 8 (words, AVX2) or 0
-(the tree walk). Each round times every route and sklearn in turn, CPU time of this thread, the
+A route is the walker's `lanes`: 64 (bytes, AVX-512BW), 32 (bytes, AVX2), 16 (words, AVX-512), 8
+(words, AVX2) or 0 (the tree walk). Each round times every route and sklearn in turn, CPU time of this thread, the
 fastest of 15 calls; the figures are the rounds' medians with their range, so that a route's ratio
 to another comes from interleaved runs. Every route's probabilities are checked bit for bit against
 predict_proba first."""

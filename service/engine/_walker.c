@@ -9,10 +9,10 @@
  *
  * A node is 16 bytes, everything one step of the walk reads: one cache line access a level.
  *
- * Batches of 12 rows or more (16 with AVX-512 without BW, 8 with AVX2) take another route when
- * the CPU has AVX-512 or AVX2 (checked at run time; the walk stays the fallback): QuickScorer
- * (Lucchese et al., SIGIR 2015), which visits no tree; with AVX-512BW in the byte layout further
- * down.
+ * Batches of 12 rows or more (7 with AVX2) take another route when the CPU has AVX-512BW or AVX2
+ * (checked at run time; the walk stays the fallback): QuickScorer (Lucchese et al., SIGIR 2015), which visits
+ * no tree, in the byte layout further down (64 rows a block with AVX-512BW, 32 with AVX2). The
+ * word layout (16 rows with AVX-512, 8 with AVX2) is the route a caller can still ask for.
  * A row goes right at a node exactly when !(x <= threshold) (the walk's float32 comparison, NaN
  * going right). Number each tree's leaves left to right; going right at a node rules out the
  * leaves of its left subtree, and the leaf the walk reaches is the leftmost leaf no node on any
@@ -48,7 +48,7 @@ typedef struct {
      * threshold: the threshold, the tree word it clears bits of, the mask; per tree, its first
      * word and word count; per leaf word slot, the leaf's value. */
     Py_ssize_t qs_words;
-    int qs_lanes; /* rows a block: 64 (AVX-512BW, the byte kernel), 16 (AVX-512), 8 (AVX2); 0: walked */
+    int qs_lanes; /* rows a block: 64 (AVX-512BW) or 32 (AVX2), the byte kernel; 16 (AVX-512), 8 (AVX2); 0: walked */
     float *qs_threshold;
     uint32_t *qs_word;
     uint64_t *qs_mask;
@@ -431,8 +431,10 @@ typedef struct RsEntry {
     uint32_t lines;      /* lines touched; those between the first and the last are cleared whole */
 } RsEntry;
 
-#define RS_LANES 64
+#define RS_LANES 64 /* AVX-512BW's block; AVX2's is RS_LANES_AVX2 */
+#define RS_LANES_AVX2 32
 #define RS_MIN_ROWS 12 /* fewer rows are walked: a block costs about what twelve rows walked cost */
+#define RS_MIN_ROWS_AVX2 7 /* a 32-row block (AVX2) costs about what six or seven rows walked cost */
 #define RS_GROUP_LINES 1024 /* 64 KiB of state a group: faster than groups that fit L1 (perf/README.md) */
 
 static void rs_free(Walker *w) {
@@ -534,10 +536,30 @@ done:
     return result;
 }
 
-/* The scratch memory of rs_rows_avx512bw: the state, the block's rows by feature, its totals, and a
- * zero-padded copy of the last, partial block. */
-static Py_ssize_t rs_scratch_bytes(const Walker *w) {
-    return (w->rs_max_lines + w->n_features * 4 + 8 + w->n_features * 4) * RS_LANES + 64;
+/* The scratch memory of the byte kernels (a block of `lanes` rows): the state, the block's rows by
+ * feature, its totals, and a zero-padded copy of the last, partial block. */
+static Py_ssize_t rs_scratch_bytes(const Walker *w, int lanes) {
+    return (w->rs_max_lines + w->n_features * 4 + 8 + w->n_features * 4) * lanes + 64;
+}
+
+/* The block of `lanes` rows at row r: in place, or the last, partial one copied into `padded` and
+ * zero-filled; `rows` the block's real rows. */
+static inline const float *rs_block(const float *x, Py_ssize_t r, Py_ssize_t n_rows, Py_ssize_t nf, int lanes,
+                                    float *padded, Py_ssize_t *rows) {
+    *rows = n_rows - r < lanes ? n_rows - r : lanes;
+    if (*rows == lanes) return x + r * nf;
+    memset(padded, 0, lanes * nf * sizeof(float));
+    memcpy(padded, x + r * nf, *rows * nf * sizeof(float));
+    return padded;
+}
+
+/* A tree of more lines than a byte can number: each row's exit leaf found without vectors. */
+static void rs_exit_leaves(const uint8_t *tree, int lanes, const double *values, double *total) {
+    for (int i = 0; i < lanes; i++) {
+        int32_t b = 0;
+        while (tree[(Py_ssize_t)b * lanes + i] == 0) b++; /* the exit leaf's bit is never cleared */
+        total[i] += values[8 * b + __builtin_ctz(tree[(Py_ssize_t)b * lanes + i])];
+    }
 }
 
 /* The block's rows going right at a node: !(x <= threshold), NaN included; a bit a row. */
@@ -576,13 +598,8 @@ static void rs_rows_avx512bw(const Walker *w, const float *x, Py_ssize_t n_rows,
     const __m512i low_bit = _mm512_broadcast_i32x4(_mm_setr_epi8(0, 0, 1, 0, 2, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0));
     const __m512i high_bit = _mm512_broadcast_i32x4(_mm_setr_epi8(0, 4, 5, 0, 6, 0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0));
     for (Py_ssize_t r = 0; r < n_rows; r += RS_LANES) {
-        const float *block = x + r * nf;
-        Py_ssize_t rows = n_rows - r < RS_LANES ? n_rows - r : RS_LANES;
-        if (rows < RS_LANES) {
-            memset(padded, 0, RS_LANES * nf * sizeof(float));
-            memcpy(padded, block, rows * nf * sizeof(float));
-            block = padded;
-        }
+        Py_ssize_t rows;
+        const float *block = rs_block(x, r, n_rows, nf, RS_LANES, padded, &rows);
         for (Py_ssize_t f = 0; f < nf; f++)
             for (int part = 0; part < 4; part++)
                 _mm512_store_ps(by_feature + f * RS_LANES + 16 * part,
@@ -636,11 +653,7 @@ static void rs_rows_avx512bw(const Walker *w, const float *x, Py_ssize_t n_rows,
                                                                      _mm512_i32gather_pd(_mm512_extracti64x4_epi64(index, 1), values, 8)));
                     }
                 } else {
-                    for (int i = 0; i < RS_LANES; i++) {
-                        int32_t b = 0;
-                        while (tree[(Py_ssize_t)b * RS_LANES + i] == 0) b++; /* the exit leaf's bit is never cleared */
-                        total[i] += values[8 * b + __builtin_ctz(tree[(Py_ssize_t)b * RS_LANES + i])];
-                    }
+                    rs_exit_leaves(tree, RS_LANES, values, total);
                 }
             }
         }
@@ -648,11 +661,134 @@ static void rs_rows_avx512bw(const Walker *w, const float *x, Py_ssize_t n_rows,
     }
 }
 
-/* The fastest route this CPU runs: 64, 16, 8, or 0 (walk). */
+/* ---- The byte kernel with AVX2: 32 rows a block, a line 32 bytes ----
+ *
+ * The same tables, state and rule as rs_rows_avx512bw; without mask registers, a comparison's 32
+ * rows become a byte mask (0xFF: goes right) by packing the four 8-row comparisons, which leaves
+ * the bytes of a line in the order of `rs_avx2_row` (two packs work within 128-bit halves), and the
+ * block's totals are handed back to their rows in that order. */
+
+/* The row of the block whose byte is at position k of a line. */
+static inline int rs_avx2_row(int k) { return 8 * ((k % 16) / 4) + 4 * (k / 16) + k % 4; }
+
+__attribute__((target("avx2")))
+static inline __m256i rs_right_avx2(__m256 x0, __m256 x1, __m256 x2, __m256 x3, float threshold) {
+    __m256 t = _mm256_set1_ps(threshold);
+    __m256i r01 = _mm256_packs_epi32(_mm256_castps_si256(_mm256_cmp_ps(x0, t, _CMP_NLE_UQ)),
+                                     _mm256_castps_si256(_mm256_cmp_ps(x1, t, _CMP_NLE_UQ)));
+    __m256i r23 = _mm256_packs_epi32(_mm256_castps_si256(_mm256_cmp_ps(x2, t, _CMP_NLE_UQ)),
+                                     _mm256_castps_si256(_mm256_cmp_ps(x3, t, _CMP_NLE_UQ)));
+    return _mm256_packs_epi16(r01, r23);
+}
+
+/* In the rows going right (their bytes 0xFF), a line keeps only the bits of keep. */
+__attribute__((target("avx2")))
+static inline void rs_keep_avx2(uint8_t *line, __m256i right, uint8_t keep) {
+    __m256i v = _mm256_load_si256((const __m256i *)line);
+    __m256i cleared = _mm256_andnot_si256(_mm256_set1_epi8((char)keep), right);
+    _mm256_store_si256((__m256i *)line, _mm256_andnot_si256(cleared, v));
+}
+
+__attribute__((target("avx2")))
+static void rs_rows_avx2(const Walker *w, const float *x, Py_ssize_t n_rows, double *proba, void *scratch) {
+    enum { L = RS_LANES_AVX2 };
+    const Py_ssize_t nf = w->n_features, T = w->n_trees;
+    const RsEntry *entries = w->rs_entries;
+    const Py_ssize_t *entry_start = w->rs_entry_start;
+    const int32_t *group_tree = w->rs_group_tree, *tree_line = w->rs_tree_line, *tree_lines = w->rs_tree_lines;
+    const Py_ssize_t *tree_value = w->rs_tree_value;
+    const double *leaf_value = w->rs_leaf_value;
+    const Py_ssize_t groups = w->rs_groups;
+    uint8_t *state = (uint8_t *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);
+    float *by_feature = (float *)(state + w->rs_max_lines * L);
+    double *total = (double *)(by_feature + nf * L);
+    float *padded = (float *)(total + L);
+    uint8_t exit_leaf[L] __attribute__((aligned(32)));
+    const __m256i row_start = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32((int)nf));
+    const __m256i ones = _mm256_set1_epi8(-1), zero = _mm256_setzero_si256(), nibble = _mm256_set1_epi8(0x0F);
+    const __m256i low_bit = _mm256_broadcastsi128_si256(_mm_setr_epi8(0, 0, 1, 0, 2, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0));
+    const __m256i high_bit = _mm256_broadcastsi128_si256(_mm_setr_epi8(0, 4, 5, 0, 6, 0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0));
+    for (Py_ssize_t r = 0; r < n_rows; r += L) {
+        Py_ssize_t rows;
+        const float *block = rs_block(x, r, n_rows, nf, L, padded, &rows);
+        for (Py_ssize_t f = 0; f < nf; f++)
+            for (int part = 0; part < 4; part++)
+                _mm256_store_ps(by_feature + f * L + 8 * part,
+                                _mm256_i32gather_ps(block + 8 * part * nf, _mm256_add_epi32(row_start, _mm256_set1_epi32((int)f)), 4));
+        for (int i = 0; i < L; i += 4) _mm256_store_pd(total + i, _mm256_setzero_pd());
+        for (Py_ssize_t g = 0; g < groups; g++) {
+            int32_t t0 = group_tree[g], t1 = group_tree[g + 1];
+            Py_ssize_t lines = tree_line[t1 - 1] + tree_lines[t1 - 1];
+            for (Py_ssize_t i = 0; i < lines; i++) _mm256_store_si256((__m256i *)(state + i * L), ones);
+            for (Py_ssize_t f = 0; f < nf; f++) {
+                const float *xf = by_feature + f * L;
+                __m256 x0 = _mm256_load_ps(xf), x1 = _mm256_load_ps(xf + 8);
+                __m256 x2 = _mm256_load_ps(xf + 16), x3 = _mm256_load_ps(xf + 24);
+                const Py_ssize_t list = g * nf + f;
+                for (Py_ssize_t k = entry_start[list]; k < entry_start[list + 1]; k++) {
+                    const RsEntry e = entries[k];
+                    __m256i right = rs_right_avx2(x0, x1, x2, x3, e.threshold);
+                    if (_mm256_testz_si256(right, right)) break; /* all 32 <= this threshold, so <= every later one */
+                    uint8_t *line = state + (Py_ssize_t)e.line * L;
+                    rs_keep_avx2(line, right, e.first);
+                    if (e.lines > 1) {
+                        for (uint32_t j = 1; j + 1 < e.lines; j++) rs_keep_avx2(line + j * L, right, 0);
+                        rs_keep_avx2(line + (Py_ssize_t)(e.lines - 1) * L, right, e.last);
+                    }
+                }
+            }
+            for (int32_t t = t0; t < t1; t++) {
+                const uint8_t *tree = state + (Py_ssize_t)tree_line[t] * L;
+                const double *values = leaf_value + tree_value[t];
+                if (tree_lines[t] <= 32) {
+                    /* As in rs_rows_avx512bw: each row's first line with a bit left, its lowest bit. */
+                    __m256i exit_line = zero, exit_byte = zero;
+                    for (int32_t b = tree_lines[t] - 1; b >= 0; b--) {
+                        __m256i v = _mm256_load_si256((const __m256i *)(tree + (Py_ssize_t)b * L));
+                        __m256i empty = _mm256_cmpeq_epi8(v, zero);
+                        exit_byte = _mm256_blendv_epi8(v, exit_byte, empty);
+                        exit_line = _mm256_blendv_epi8(_mm256_set1_epi8((char)(8 * b)), exit_line, empty);
+                    }
+                    __m256i lowest = _mm256_and_si256(exit_byte, _mm256_sub_epi8(zero, exit_byte));
+                    __m256i bit = _mm256_or_si256(
+                        _mm256_shuffle_epi8(low_bit, _mm256_and_si256(lowest, nibble)),
+                        _mm256_shuffle_epi8(high_bit, _mm256_and_si256(_mm256_srli_epi16(lowest, 4), nibble)));
+                    _mm256_store_si256((__m256i *)exit_leaf, _mm256_add_epi8(exit_line, bit));
+                    for (int i = 0; i < L; i += 4) { /* 4 rows' leaves as int32, their values gathered */
+                        int32_t four;
+                        memcpy(&four, exit_leaf + i, 4);
+                        __m128i index = _mm_cvtepu8_epi32(_mm_cvtsi32_si128(four));
+                        _mm256_store_pd(total + i, _mm256_add_pd(_mm256_load_pd(total + i), _mm256_i32gather_pd(values, index, 8)));
+                    }
+                } else {
+                    rs_exit_leaves(tree, L, values, total);
+                }
+            }
+        }
+        for (int k = 0; k < L; k++) {
+            int row = rs_avx2_row(k);
+            if (row < rows) proba[r + row] = total[k] / (double)T;
+        }
+    }
+}
+
+/* The fastest route this CPU runs: 64, 32, or 0 (walk). */
 static int cpu_lanes(void) {
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f")) return __builtin_cpu_supports("avx512bw") ? 64 : 16;
-    return __builtin_cpu_supports("avx2") ? 8 : 0;
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")) return RS_LANES;
+    return __builtin_cpu_supports("avx2") ? RS_LANES_AVX2 : 0;
+}
+
+/* Whether this CPU runs the route of `lanes` rows a block. */
+static int cpu_runs(int lanes) {
+    __builtin_cpu_init();
+    switch (lanes) {
+        case 0: return 1;
+        case RS_LANES: return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
+        case 16: return __builtin_cpu_supports("avx512f");
+        case RS_LANES_AVX2: case 8: return __builtin_cpu_supports("avx2");
+        default: return 0;
+    }
 }
 #endif
 
@@ -671,20 +807,23 @@ static PyObject *Walker_predict_rows(Walker *w, PyObject *args) {
     const float *x = X.buf;
     double *proba = out.buf;
 #ifdef HAVE_AVX512_KERNEL
-    if (w->qs_lanes == RS_LANES && n_rows >= RS_MIN_ROWS) {
-        void *scratch = PyMem_RawMalloc(rs_scratch_bytes(w));
+    if ((w->qs_lanes == RS_LANES && n_rows >= RS_MIN_ROWS) || (w->qs_lanes == RS_LANES_AVX2 && n_rows >= RS_MIN_ROWS_AVX2)) {
+        void *scratch = PyMem_RawMalloc(rs_scratch_bytes(w, w->qs_lanes));
         if (!scratch) {
             PyErr_NoMemory();
             goto done;
         }
         Py_BEGIN_ALLOW_THREADS
-        rs_rows_avx512bw(w, x, n_rows, proba, scratch);
+        if (w->qs_lanes == RS_LANES)
+            rs_rows_avx512bw(w, x, n_rows, proba, scratch);
+        else
+            rs_rows_avx2(w, x, n_rows, proba, scratch);
         Py_END_ALLOW_THREADS
         PyMem_RawFree(scratch);
         result = Py_NewRef(Py_None);
         goto done;
     }
-    if (w->qs_lanes && w->qs_lanes != RS_LANES && n_rows >= w->qs_lanes) {
+    if ((w->qs_lanes == 16 || w->qs_lanes == 8) && n_rows >= w->qs_lanes) {
         void *memory = PyMem_RawMalloc(w->qs_words * 2 * w->qs_lanes * sizeof(uint64_t) + 64);
         if (!memory) {
             PyErr_NoMemory();
@@ -803,7 +942,7 @@ static int Walker_init(Walker *w, PyObject *args, PyObject *kwargs) {
     static char *kwlist[] = {"nodes", "value", "roots", "n_features", "lanes", NULL};
     PyObject *nodes, *value, *roots;
     Py_ssize_t n_features;
-    int lanes = -1; /* -1: the fastest this CPU runs; 64, 16, 8: that route if the CPU runs it; 0: walk */
+    int lanes = -1; /* -1: the fastest this CPU runs; 64, 32, 16, 8: that route if the CPU runs it; 0: walk */
     if (w->buffers_held) {
         PyErr_SetString(PyExc_RuntimeError, "Walker is already initialised");
         return -1;
@@ -830,19 +969,26 @@ static int Walker_init(Walker *w, PyObject *args, PyObject *kwargs) {
     PyMem_Free(parents);
     if (!bad) {
         w->buffers_held = 1;
-        int supported = 0;
-#ifdef HAVE_AVX512_KERNEL
-        supported = cpu_lanes();
-#endif
         const int chosen = lanes != -1;
-        if (!chosen) lanes = supported;
-        if (lanes != 0 && ((lanes != 64 && lanes != 16 && lanes != 8) || lanes > supported)) {
-            PyErr_Format(PyExc_ValueError, "lanes=%d: this CPU runs 0%s", lanes,
-                         supported == 64 ? ", 8, 16 or 64" : supported == 16 ? ", 8 or 16" : supported == 8 ? " or 8" : "");
+        int runs = lanes == 0;
+#ifdef HAVE_AVX512_KERNEL
+        if (!chosen) lanes = cpu_lanes();
+        runs = cpu_runs(lanes);
+#else
+        if (!chosen) lanes = 0, runs = 1;
+#endif
+        if (!runs) {
+            char these[32] = "0";
+#ifdef HAVE_AVX512_KERNEL
+            static const int routes[] = {8, 16, 32, 64};
+            for (int i = 0; i < 4; i++)
+                if (cpu_runs(routes[i])) snprintf(these + strlen(these), sizeof these - strlen(these), ", %d", routes[i]);
+#endif
+            PyErr_Format(PyExc_ValueError, "lanes=%d: this CPU runs %s", lanes, these);
             return -1;
         }
 #ifdef HAVE_AVX512_KERNEL
-        if (lanes && (lanes == RS_LANES ? rs_build(w) : qs_build(w)) < 0) {
+        if (lanes && (lanes == RS_LANES || lanes == RS_LANES_AVX2 ? rs_build(w) : qs_build(w)) < 0) {
             /* A tree with more leaves than the tables number: its batches are walked, unless the
              * caller asked for this route. */
             if (chosen || !PyErr_ExceptionMatches(PyExc_ValueError)) return -1;
