@@ -232,6 +232,7 @@ def test_key_required(stack, loaded):
 def test_store_status_route(stack, loaded):
     reply = Client("127.0.0.1", stack.settings.port).request("GET", "/health/feature-store")
     assert reply.status == 200 and reply.json["reachable"] is True
+    assert isinstance(reply.json["within_timeout"], bool)  # a busy host may answer a PING slowly
     assert reply.json["prefix"] == PREFIX and reply.json["timeout_ms"] == int(STORE_TIMEOUT_MS)
 
 

@@ -54,6 +54,23 @@ def test_a_timeout_leaves_no_late_reply_for_the_next_request(server):
     assert store.fetch(["tx-2"], 1.0) == [encode_record([2.0] * 30)]
 
 
+def test_a_probe_waits_its_own_time_on_its_own_connection(server):
+    """The status probe is bounded by its own wait, not the fetch timeout, and leaves the fetch
+    connection as it was; a stopped store is unreachable once that wait is spent."""
+    store = FeatureStore(StoreConfig(server.url, PREFIX, 0.000001, 0.0))  # no fetch could keep to it
+    assert store.reachable(5.0)[0]
+    store = FeatureStore(StoreConfig(server.url, PREFIX, 1.0, 0.0))
+    assert store.fetch(["tx-1"]) == [encode_record([1.0] * 30)]
+    fetching = store._wire
+    assert store.reachable()[0] and store._wire is fetching and not fetching.closed
+    os.kill(server.process.pid, signal.SIGSTOP)
+    try:
+        assert store.reachable(0.05) == (False, None)
+    finally:
+        os.kill(server.process.pid, signal.SIGCONT)
+    assert store.fetch(["tx-2"]) == [encode_record([2.0] * 30)] and store._wire is fetching
+
+
 def test_a_store_that_is_gone_is_unavailable_and_one_that_is_back_answers(tmp_path):
     port = free_port()
     store = FeatureStore(StoreConfig(f"redis://127.0.0.1:{port}/0", PREFIX, 0.5, 0.0))

@@ -3,6 +3,7 @@ obeying it and one breaking it; and the service's default worker count follows t
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -44,9 +45,11 @@ def test_the_split_placement_defaults_to_the_first_core_and_the_rest():
 
 def watched(service: subprocess.Popen, load: subprocess.Popen, split: Placement) -> dict:
     """What the watch reports on `service` (a service root) and `load` (a child of this process),
-    after samples that saw both running. This process stands on the load's cores, as make perf does."""
-    before = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, split.load)
+    after samples that saw both running. This process stands on the load's cores, every thread of it
+    as make perf confines them: the watch counts the harness as load, and a pytest worker has threads
+    of its own (xdist's channel, the timeout's) that wake now and then."""
+    before = {int(tid): os.sched_getaffinity(int(tid)) for tid in os.listdir("/proc/self/task")}
+    split.confine_load()
     try:
         watch = Watch(split)
         watch.service(service.pid)
@@ -57,7 +60,9 @@ def watched(service: subprocess.Popen, load: subprocess.Popen, split: Placement)
             watch.sample()
         return watch.report()
     finally:
-        os.sched_setaffinity(0, before)
+        for tid, cpus in before.items():
+            with contextlib.suppress(ProcessLookupError):  # a thread that ended meanwhile
+                os.sched_setaffinity(tid, cpus)
 
 
 def pinned(cpus: frozenset[int]) -> subprocess.Popen:

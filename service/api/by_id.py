@@ -196,6 +196,7 @@ class StoreStatusResource:
             {
                 "reachable": reachable,
                 "latency_ms": latency_ms,
+                "within_timeout": reachable and latency_ms <= config.timeout_s * 1000.0,
                 "url": config.display_url,
                 "prefix": config.prefix,
                 "timeout_ms": round(config.timeout_s * 1000.0, 3),

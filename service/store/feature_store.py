@@ -23,7 +23,7 @@ import select
 import ssl
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from urllib.parse import urlsplit, urlunsplit
 
 import hiredis
@@ -80,6 +80,10 @@ def connect(config: StoreConfig) -> AbstractConnection:
     )
     return pool.make_connection()
 
+
+# How long a status probe waits for the store: long enough that a busy host's slow answer reads as
+# slow, short enough that a hung store holds the worker serving the probe for no more than this.
+PROBE_TIMEOUT_S = 0.5
 
 _WOULD_BLOCK = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 _READ_BYTES = 64 * 1024  # a batch's MGET reply arrives in a few reads
@@ -211,13 +215,24 @@ class FeatureStore:
             raise _unavailable(e) from e
         return [kind.decode() if isinstance(kind, bytes) else str(kind) for kind in kinds]
 
-    def reachable(self) -> tuple[bool, float | None]:
-        """Whether the store answers a PING within the timeout, and how long it took (ms)."""
-        started = time.perf_counter()
+    def reachable(self, timeout_s: float = PROBE_TIMEOUT_S) -> tuple[bool, float | None]:
+        """Whether the store answers a PING within `timeout_s`, and the PING's round trip (ms).
+
+        On a connection of its own, made and closed here: a probe neither waits on nor disturbs the
+        worker's fetch connection, and a store slower than the fetch timeout shows as slow (its
+        latency against `timeout_s` of the config), not as gone."""
         try:
-            (answer,) = self._call(hiredis.pack_command((b"PING",)), 1, None)
+            wire = Wire(connect(replace(self.config, timeout_s=timeout_s)))
         except redis.RedisError:
             return False, None
+        try:
+            started = time.perf_counter()
+            (answer,) = wire.call(hiredis.pack_command((b"PING",)), 1, timeout_s)
+            latency_ms = round((time.perf_counter() - started) * 1000.0, 3)
+        except redis.RedisError:
+            return False, None
+        finally:
+            wire.close()
         if isinstance(answer, hiredis.ReplyError):
             return False, None
-        return True, round((time.perf_counter() - started) * 1000.0, 3)
+        return True, latency_ms
