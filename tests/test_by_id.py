@@ -330,7 +330,9 @@ def test_a_store_slower_than_the_timeout_is_503_never_a_hung_worker(small_model,
             tmp_path / "logs",
             FEATURE_STORE_URL=server.url,
             FEATURE_STORE_PREFIX=PREFIX,
-            FEATURE_STORE_TIMEOUT_MS="20",
+            # Short enough that the stalled phase is quick, long enough that a busy machine's first
+            # connection (made on a worker's first lookup) and lookups keep inside it.
+            FEATURE_STORE_TIMEOUT_MS="100",
             # The longest deadline: on a busy machine a request queued behind the stalled lookups
             # could otherwise wait out 150 ms and get the (documented) deadline 503 instead.
             REQUEST_DEADLINE_MS=str(DEADLINE_MAX_MS),
@@ -372,7 +374,7 @@ def test_a_store_on_a_unix_socket_scores_the_same_and_times_out_the_same(small_m
             tmp_path / "logs",
             FEATURE_STORE_URL=server.unix_url,
             FEATURE_STORE_PREFIX=PREFIX,
-            FEATURE_STORE_TIMEOUT_MS="20",
+            FEATURE_STORE_TIMEOUT_MS="100",  # under the 150 ms deadline, as a busy machine needs
             **UNLIMITED,
         )
         try:
