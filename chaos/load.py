@@ -64,9 +64,11 @@ class Clients:
     refused (no connection, or closed before a response byte: never processed), error_status (a
     complete non-200 answer, with its status in `statuses`) and cut (a response broken off)."""
 
-    def __init__(self, host: str, port: int, body: str, key: str, threads: int) -> None:
+    def __init__(
+        self, host: str, port: int, body: str, key: str, threads: int, headers: dict[str, str] | None = None
+    ) -> None:
         self.host, self.port, self.body = host, port, body.encode()
-        self.headers = {"Content-Type": "application/json", "X-API-Key": key}
+        self.headers = {"Content-Type": "application/json", "X-API-Key": key, **(headers or {})}
         self.counts = {"ok": 0, "refused": 0, "cut": 0, "error_status": 0}
         self.statuses: dict[int, int] = {}
         self._lock = threading.Lock()

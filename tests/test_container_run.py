@@ -36,7 +36,16 @@ from service.core.artifacts import sha256_file
 from stack.launcher import ROOT
 from tests import podman as pm
 from tests.container_files import ecs_containers
-from tests.helpers import OTHER_KEY, TEST_KEY, Client, as_transaction, free_port, sample_transaction, wait_for
+from tests.helpers import (
+    LONGEST_BUDGET,
+    OTHER_KEY,
+    TEST_KEY,
+    Client,
+    as_transaction,
+    free_port,
+    sample_transaction,
+    wait_for,
+)
 
 pytestmark = pytest.mark.container
 SAMPLE = json.dumps(sample_transaction())
@@ -346,7 +355,7 @@ def failures(clients: Clients) -> int:
 def test_kill_9_of_a_worker_under_load_loses_under_half_a_percent(pair):
     before = workers(pair)
     assert len(before) == 2, gunicorn_processes(pair)
-    with Clients("127.0.0.1", pair.port, SAMPLE, TEST_KEY, 8) as clients:
+    with Clients("127.0.0.1", pair.port, SAMPLE, TEST_KEY, 8, LONGEST_BUDGET) as clients:
         time.sleep(3)
         assert pair.exec("api", "sh", "-c", f"kill -9 {before[0]}").returncode == 0
         killed = time.monotonic()
@@ -388,7 +397,7 @@ def test_sigterm_to_the_api_drains_without_cutting_a_request(pair):
     nothing processed, answered 503 (the template's error_page for an unavailable upstream) and logged
     by nginx as a failed connect() or "no live upstreams". None may be cut."""
     api = pair.container("api")
-    with Clients("127.0.0.1", pair.port, SAMPLE, TEST_KEY, 8) as clients:
+    with Clients("127.0.0.1", pair.port, SAMPLE, TEST_KEY, 8, LONGEST_BUDGET) as clients:
         time.sleep(3)
         before = clients.snapshot()
         # nginx's log from here on only: earlier tests killed workers and the master on purpose.

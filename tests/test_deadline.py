@@ -132,7 +132,7 @@ def test_a_fresh_request_does_wait_for_its_body(local_stack):
 def test_the_clients_deadline_is_honoured(local_stack):
     body = transaction_body()
     waited = time.time() - 0.030
-    # 30 ms of the default 150 ms spent: scored.
+    # 30 ms of the stack's budget spent: scored.
     assert call_upstream(local_stack.socket, "POST", "/v1/fraud-score", waited, body)[0] == 200
     # The client's own 20 ms budget is spent: refused.
     status, _, answer = call_upstream(

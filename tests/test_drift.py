@@ -105,7 +105,7 @@ def test_shifted_v14_crosses_the_act_threshold_and_the_others_stay_low(trained_m
             )
             assert rows == len(X), name
         assert client.request("POST", "/v1/drift/reset").json["rows"] == 0
-        client.score(as_transaction(X[0]))
+        assert client.score(as_transaction(X[0])).status == 200
         assert client.request("GET", "/v1/drift").json["rows"] == 1
     finally:
         stack.stop()

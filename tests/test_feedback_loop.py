@@ -26,14 +26,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from model import synthetic
-from service.api.deadline import DEADLINE_HEADER
 from service.core.artifacts import ArtifactPaths, read_manifest
 from service.core.features import FEATURES
-from service.core.settings import DEADLINE_MAX_MS
 from stack.harness import EXTERNAL_SKIP_REASON
 from stack.launcher import ROOT
 from tests.helpers import (
     EXTERNAL,
+    LONGEST_BUDGET,
     UNLIMITED,
     Client,
     as_transaction,
@@ -47,7 +46,6 @@ DAY = dt.timedelta(days=1)
 INGESTION_EVERY = 15  # days between two runs of the label ingestion
 BATCH = 500
 BATCH_PATH = "/v1/fraud-score/batch"
-LONGEST_BUDGET = {DEADLINE_HEADER: str(DEADLINE_MAX_MS)}
 
 
 def run(*args: str) -> str:

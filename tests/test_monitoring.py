@@ -89,6 +89,7 @@ def test_prometheus_sees_the_stack_and_its_alarms_go_pending(trained_model, tmp_
         tmp_path / "logs",
         CHALLENGER_MODEL_PATH=str(trained_model),  # the same model: every champion-vs-challenger series
         FEATURE_STORE_URL=store.url,
+        FEATURE_STORE_TIMEOUT_MS="1000",  # the by-id 404 below must not be a busy machine's late store
         **RATE_LIMITS,
     )
     (tmp_path / "monitoring").mkdir()

@@ -153,7 +153,12 @@ def test_every_path_reports_the_same_flags_from_the_same_bounds(calibrated, tmp_
     try:
         load(parquet, redis.Redis.from_url(store.url), "ood:", tmp_path / "rejects.csv", progress=False)
         stack = start_stack(
-            path, tmp_path / "logs", FEATURE_STORE_URL=store.url, FEATURE_STORE_PREFIX="ood:", **UNLIMITED
+            path,
+            tmp_path / "logs",
+            FEATURE_STORE_URL=store.url,
+            FEATURE_STORE_PREFIX="ood:",
+            FEATURE_STORE_TIMEOUT_MS="1000",  # a busy machine's 1,000-id lookup may outlast the 5 ms default
+            **UNLIMITED,
         )
         try:
             client = Client("127.0.0.1", stack.settings.port)
