@@ -221,12 +221,13 @@ class Spool:
             return self._drop(SPOOL_FULL, rows)
         start = self._size
         end = start + size
+        mapped = size <= mmap.PAGESIZE  # a single row's frame is copied into the mapping; longer, pwrite
         if end > self._allocated:
             try:
-                self._allocate(end, through_mapping=size <= mmap.PAGESIZE)
+                self._allocate(end, through_mapping=mapped)
             except OSError as e:
                 return self._drop(drop_reason(e), rows)
-        if size <= mmap.PAGESIZE:
+        if mapped:
             self._map[start:end] = data  # type: ignore[index]
         else:
             try:

@@ -220,7 +220,7 @@ class FeatureStore:
 
         On a connection of its own, made and closed here: a probe neither waits on nor disturbs the
         worker's fetch connection, and a store slower than the fetch timeout shows as slow (its
-        latency against `timeout_s` of the config), not as gone."""
+        latency above the config's timeout), not as gone."""
         try:
             wire = Wire(connect(replace(self.config, timeout_s=timeout_s)))
         except redis.RedisError:
