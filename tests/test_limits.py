@@ -7,6 +7,7 @@ import json
 import math
 import secrets
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from tests.helpers import (
@@ -28,10 +29,10 @@ def statuses(client: Client, n: int, **kwargs) -> list[int]:
     return [client.score(sample_transaction(), **kwargs).status for _ in range(n)]
 
 
-def timed_statuses(client: Client, n: int, **kwargs) -> tuple[list[int], float]:
-    """statuses(), and the seconds they took."""
+def timed(requests: Callable[[], list]) -> tuple[list, float]:
+    """What `requests()` returns, and the seconds it took."""
     started = time.monotonic()
-    found = statuses(client, n, **kwargs)
+    found = requests()
     return found, time.monotonic() - started
 
 
@@ -54,7 +55,7 @@ def get_from(source: str, port: int, path: str, headers: dict[str, str] | None =
 def test_a_burst_beyond_the_key_limit_gets_429_and_another_key_does_not(stack_factory):
     stack = stack_factory(**SLOW)
     client = Client("127.0.0.1", stack.settings.port)
-    first, seconds = timed_statuses(client, 20)
+    first, seconds = timed(lambda: statuses(client, 20))
     assert set(first) == {200, 429}
     assert 6 <= first.count(200) <= most_let_through(5, 1, seconds), (first, seconds)
     assert first[:6] == [200] * 6
@@ -85,9 +86,7 @@ def test_rotating_keys_does_not_dodge_the_address_limit(stack_factory):
     stack = stack_factory(RATE_LIMIT_PER_KEY="1000", RATE_LIMIT_PER_IP="1", RATE_LIMIT_BURST="5")
     client = Client("127.0.0.1", stack.settings.port)
     keys = [TEST_KEY, OTHER_KEY] + [secrets.token_urlsafe(24) for _ in range(18)]
-    started = time.monotonic()
-    replies = [client.score(sample_transaction(), key=k).status for k in keys]
-    seconds = time.monotonic() - started
+    replies, seconds = timed(lambda: [client.score(sample_transaction(), key=k).status for k in keys])
     assert replies[:2] == [200, 200]
     assert replies.count(429) >= len(keys) - most_let_through(5, 1, seconds), (replies, seconds)
     assert {client.request("GET", "/health").status for _ in range(20)} == {200}
@@ -98,7 +97,7 @@ def test_behind_a_trusted_proxy_each_client_address_has_its_own_limit(stack_fact
         RATE_LIMIT_PER_KEY="1000", RATE_LIMIT_PER_IP="1", RATE_LIMIT_BURST="3", TRUSTED_PROXIES="127.0.0.1/32"
     )
     client = Client("127.0.0.1", stack.settings.port)
-    one, seconds = timed_statuses(client, 10, headers={"X-Forwarded-For": "198.51.100.7"})
+    one, seconds = timed(lambda: statuses(client, 10, headers={"X-Forwarded-For": "198.51.100.7"}))
     assert one.count(429) >= 10 - most_let_through(3, 1, seconds), (one, seconds)
     other = statuses(client, 4, headers={"X-Forwarded-For": "198.51.100.8"})
     assert other == [200] * 4
@@ -215,9 +214,7 @@ def test_a_batch_that_is_not_json_or_over_batch_max_costs_its_key_a_row(stack_fa
 def test_the_address_limit_applies_to_batches(stack_factory):
     stack = stack_factory(RATE_LIMIT_PER_KEY="1000", RATE_LIMIT_PER_IP="1", RATE_LIMIT_BURST="3")
     client = Client("127.0.0.1", stack.settings.port)
-    started = time.monotonic()
-    replies = [batch(client, 1, key=(TEST_KEY, OTHER_KEY)[i % 2]) for i in range(20)]
-    seconds = time.monotonic() - started
+    replies, seconds = timed(lambda: [batch(client, 1, key=(TEST_KEY, OTHER_KEY)[i % 2]) for i in range(20)])
     assert [r.status for r in replies[:4]] == [200] * 4
     refused = [r for r in replies if r.status != 200]
     assert len(refused) >= 20 - most_let_through(3, 1, seconds), ([r.status for r in replies], seconds)

@@ -29,6 +29,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 # Multiprocess mode is chosen when prometheus_client is imported: set it first, as gunicorn.conf.py does.
@@ -58,6 +59,20 @@ def app(model: Path, log_dir: Path) -> tuple[Deadlines, Scoring]:
     return served, resource._scoring
 
 
+def served_singles(model: Path, requests: int) -> tuple[Scoring, Callable[[], None]]:
+    """The app's single route with its log on, and a callable that serves it `requests` copies of
+    one single score (failing unless every answer is a 200)."""
+    served, scoring = app(model, Path(tempfile.mkdtemp(prefix="prediction-log-cost-log-")))
+    body = as_bodies(sample_rows()[:1])[0]
+    headers = {
+        "Content-Type": "application/json",
+        "X-API-Key": KEY,
+        "X-Request-ID": "perf-prediction-log",
+        "X-Request-Start": f"{time.time() + 86400:.3f}",  # nginx's stamp, ahead of this clock: never shed
+    }
+    return scoring, serving(served, "POST", ROUTE, body, headers, requests)
+
+
 def spread(values: list[float]) -> dict[str, float]:
     quartiles = statistics.quantiles(values, n=4)
     return {
@@ -75,16 +90,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--rounds", type=int, default=40, help="passes of each state, interleaved (>= 2)")
     parser.add_argument("--requests", type=int, default=1000, help="requests per pass")
     args = parser.parse_args(argv)
-    served, scoring = app(existing_model(args.model), Path(tempfile.mkdtemp(prefix="prediction-log-cost-log-")))
+    scoring, serve_all = served_singles(existing_model(args.model), args.requests)
     prediction_log = scoring.log
-    body = as_bodies(sample_rows()[:1])[0]
-    headers = {
-        "Content-Type": "application/json",
-        "X-API-Key": KEY,
-        "X-Request-ID": "perf-prediction-log",
-        "X-Request-Start": f"{time.time() + 86400:.3f}",  # nginx's stamp, ahead of this clock: never shed
-    }
-    serve_all = serving(served, "POST", ROUTE, body, headers, args.requests)  # fails unless every answer is a 200
 
     def serve(state: str) -> float:
         scoring.log = prediction_log if state == "on" else None

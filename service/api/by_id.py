@@ -190,15 +190,16 @@ class StoreStatusResource:
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         reachable, latency_ms = self._store.reachable()
         config = self._store.config
+        timeout_ms = round(config.timeout_s * 1000.0, 3)
         resp.status = falcon.HTTP_200 if reachable else falcon.HTTP_503
         respond(
             resp,
             {
                 "reachable": reachable,
                 "latency_ms": latency_ms,
-                "within_timeout": reachable and latency_ms <= config.timeout_s * 1000.0,
+                "within_timeout": reachable and latency_ms <= timeout_ms,
                 "url": config.display_url,
                 "prefix": config.prefix,
-                "timeout_ms": round(config.timeout_s * 1000.0, 3),
+                "timeout_ms": timeout_ms,
             },
         )
