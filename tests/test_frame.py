@@ -10,15 +10,16 @@ from __future__ import annotations
 import math
 import random
 import struct
+import time
 from pathlib import Path
 
 import numpy as np
 import orjson
 import pytest
-from service.predlog._frame import single
+from service.predlog._frame import Writer
 
 from service.core.features import FEATURES, N_FEATURES
-from service.predlog.sink import Entry, PredictionLog, deadline_ns, decode
+from service.predlog.sink import Entry, PredictionLog, decode
 from service.predlog.spool import CHUNK, Spool, frame, spool_dir, whole_frames
 
 pytestmark = pytest.mark.native  # the sanitizer run of `make test` repeats these
@@ -58,8 +59,8 @@ def random_request(rng: random.Random, log: PredictionLog):
         key_id=text(rng),
         transaction_ids=tid,
         explained=rng.random() < 0.5,
-        started=0.0,
-        due=rng.choice([None, rng.uniform(1.6e9, 1.9e9)]),
+        started=rng.choice([0.0, time.perf_counter() + rng.uniform(0, 1e6)]),  # a time ahead: negative
+        due=rng.choice([None, rng.uniform(1.6e9, 1.9e9), rng.uniform(-1e9, 0)]),
         client_address=rng.choice([None, text(rng)]),
         trace_id=rng.choice([None, text(rng, 32)]),
     )
@@ -86,30 +87,25 @@ def random_request(rng: random.Random, log: PredictionLog):
 def test_the_c_frame_is_the_python_frame_for_random_requests(tmp_path, challenger):
     rng = random.Random(11 + challenger)
     log = make_log(tmp_path, challenger)
+    writer = log.spool.writer  # no segment open: it hands every frame back
     for _ in range(3000):
         entry, extra, numbers = random_request(rng, log)
-        now, service_us = rng.randrange(1 << 62), rng.randrange(1 << 40)
-        tids = entry.transaction_ids
-        built = single(
+        before_ns, before = time.time_ns(), time.perf_counter()
+        built = writer.single(
             log._head,
-            now,
-            entry.request_id,
-            entry.route,
-            entry.explained,
-            entry.key_id,
-            service_us,
-            tids if isinstance(tids, str) else None,
+            entry,
             orjson.dumps(extra)[1:-1] if extra else None,
-            None if entry.due is None else deadline_ns(entry.due),
-            entry.client_address,
-            entry.trace_id,
             numbers[:N_FEATURES],
             *(numbers[N_FEATURES:] if challenger else (*numbers[N_FEATURES:], None, False)),
         )
-        assert built == python_frame(log, entry, now, service_us, extra, numbers)
+        after_ns, after = time.time_ns(), time.perf_counter()
         (payload,), _ = whole_frames(built)
         meta, arrays = decode(payload)
-        assert meta["request_id"] == entry.request_id and meta["ts"] == now
+        # the clocks the C read: the wall clock's ns, and the time since `started` as perf_counter counts
+        assert before_ns <= meta["ts"] <= after_ns
+        assert int((before - entry.started) * 1e6) - 1 <= meta["service_us"] <= int((after - entry.started) * 1e6) + 1
+        assert built == python_frame(log, entry, meta["ts"], meta["service_us"], extra, numbers)
+        assert meta["request_id"] == entry.request_id
         assert arrays["X"][0].tobytes() == np.array(numbers[:N_FEATURES], dtype="<f8").tobytes()
         assert arrays["probability"][0] == numbers[N_FEATURES]
 
@@ -131,21 +127,66 @@ def test_one_logs_what_it_was_given(tmp_path):
 
 def test_bad_arguments_raise(tmp_path):
     log = make_log(tmp_path, challenger=False)
-    good = [log._head, 1, "r", "/v1/fraud-score", False, "k", 2, None, None, None, None, None]
-    numbers = [tuple([0.5] * N_FEATURES), 0.5, 50, True, 1.0, None, False]
-    assert single(*good, *numbers)
+    writer = log.spool.writer
+    entry = log.entry("r", "/v1/fraud-score", 0)
+    good = [log._head, entry, None, (0.5,) * N_FEATURES, 0.5, 50, True, 1.0, None, False]
+    assert writer.single(*good)
     with pytest.raises(TypeError):
-        single(*good)
-    for at, bad in [(0, "head"), (2, None), (2, b"r"), (7, 5), (8, "extra"), (9, 1.5), (1, 1 << 70)]:
-        arguments = [*good, *numbers]
+        writer.single(*good[:-1])
+    bad_entries = [
+        tuple(entry),
+        entry[:-1],
+        entry._replace(request_id=None),
+        entry._replace(request_id=b"r"),
+        entry._replace(route=5),
+        entry._replace(key_id=None),
+        entry._replace(trace_id=7),
+        entry._replace(started="x"),
+        entry._replace(started=math.inf),
+        entry._replace(due="x"),
+        entry._replace(due=1e300),
+    ]
+    arguments_bad = [(0, "head"), (2, "extra"), (3, (0.5,) * 29), (3, ("x",) * N_FEATURES), (3, 5)]
+    arguments_bad += [(4, "p"), (5, 1 << 20), (5, 1 << 70), (7, None)]
+    arguments_bad += [(1, bad) for bad in bad_entries[1:]]
+    assert writer.single(*[bad_entries[0] if i == 1 else a for i, a in enumerate(good)])  # a plain tuple will do
+    for at, bad in arguments_bad:
+        arguments = list(good)
         arguments[at] = bad
         with pytest.raises((TypeError, ValueError, OverflowError)):
-            single(*arguments)
-    for at, bad in [(0, (0.5,) * 29), (0, ("x",) * N_FEATURES), (0, 5), (2, 1 << 20), (1, "p")]:
-        arguments = [*good, *numbers]
-        arguments[len(good) + at] = bad
-        with pytest.raises((TypeError, ValueError, OverflowError)):
-            single(*arguments)
+            writer.single(*arguments)
+    with pytest.raises(ValueError):
+        writer.put(b"no mapping")
+    with pytest.raises(TypeError):
+        Writer(1, 1, 1, "not callable")
+
+
+def test_a_single_frame_goes_into_the_mapping_when_the_spool_has_nothing_to_do_first(tmp_path):
+    written = []
+    spool = Spool(tmp_path, 1 << 30, 1 << 26, 3600, on_written=written.append)
+    log = PredictionLog(spool, model_version="m", model_sha256=None, threshold=50, key_ids=["k0"])
+    row = tuple(float(i) for i in range(N_FEATURES))
+    entry = log.entry("r0", "/v1/fraud-score", 0, "tx-0")
+    assert spool.writer.single(log._head, entry, None, row, 0.25, 25, False, 1.0, None, False) is not None
+    log.one(entry, row, 0.25, 25, False, [], None, None)  # handed to Spool.write, which opens the segment
+    assert spool.writer.allocated == CHUNK and spool.writer.size > 0
+    size = spool.writer.size
+    for i in range(1, 200):
+        assert (
+            spool.writer.single(
+                log._head, log.entry(f"r{i}", "/v1/fraud-score", 0), None, row, 0.25, 25, False, 1.0, None, False
+            )
+            is None
+        )
+    assert written == [1] * 200
+    assert spool.writer.size == size + 199 * (spool.writer.size - size) // 199
+    spool.writer.seal_at_ns = 0  # a rotation due: the C leaves it to Spool.write
+    assert spool.writer.single(log._head, entry, None, row, 0.25, 25, False, 1.0, None, False) is not None
+    spool.seal()
+    (segment,) = spool_dir(tmp_path).glob("*.seg")
+    payloads, whole = whole_frames(segment.read_bytes())
+    assert whole == segment.stat().st_size and len(payloads) == 200
+    assert [decode(p)[0]["request_id"] for p in payloads] == [f"r{i}" for i in range(200)]
 
 
 def test_frames_past_a_chunk_grow_the_mapping_and_a_seal_cuts_it(tmp_path):
@@ -153,7 +194,7 @@ def test_frames_past_a_chunk_grow_the_mapping_and_a_seal_cuts_it(tmp_path):
     frames = [frame(bytes([i % 251 + 1]) * (i * 997 % 70_000 + 1)) for i in range(40)]
     for data in frames:
         assert spool.write(data, 1, 1)
-    assert spool._allocated >= sum(map(len, frames)) > CHUNK
+    assert spool.writer.allocated >= sum(map(len, frames)) > CHUNK
     spool.seal()
     (segment,) = spool_dir(tmp_path).glob("*.seg")
     assert segment.read_bytes() == b"".join(frames)

@@ -196,9 +196,9 @@ def test_an_orphaned_segment_is_cut_at_its_last_whole_record_and_sealed(tmp_path
     log_rows(log, X)
     spool = log.spool
     torn = frame(b"x" * 100)[:-7]  # a frame a kill interrupted mid-copy, before the allocation's zeros
-    spool._map[spool._size : spool._size + len(torn)] = torn
+    spool.writer.put(torn)
     # Its writer gone: the lock dies with the descriptor, as it does with a killed process.
-    spool._map.close()
+    spool.writer.unmap()
     os.close(spool._fd)
     spool._fd = -1
     done = compactor.compact(tmp_path)
@@ -261,6 +261,45 @@ def test_a_full_spool_drops_and_counts(tmp_path):
     assert counts.written + counts.dropped[SPOOL_FULL] == 200
     log.spool.seal()
     assert compactor.compact(tmp_path).rows == counts.written
+
+
+def log_singles(log: PredictionLog, n: int, challenger: bool = False) -> list[float]:
+    """n single rows as the single route logs them (its one C call), probabilities 0, 1/n, ...;
+    with a challenger that says fraud on every third row. Returns the probabilities."""
+    probabilities = [i / n for i in range(n)]
+    for i, p in enumerate(probabilities):
+        row = tuple(float(i + j) for j in range(N_FEATURES))
+        entry = log.entry(f"s{i}", "/v1/fraud-score", 0, f"tx-{i}")
+        score = round(100 * p)
+        log.one(entry, row, p, score, score >= 50, [], None, (0.9 if i % 3 == 0 else 0.1) if challenger else None)
+    return probabilities
+
+
+def test_single_rows_keep_the_limit_rotate_and_count(tmp_path):
+    counts = Counts()
+    log = make_log(tmp_path, counts, max_bytes=100_000, segment_bytes=8192)
+    log_singles(log, 400)
+    assert counts.dropped[SPOOL_FULL] > 0
+    assert counts.written + counts.dropped[SPOOL_FULL] == 400
+    log.spool.seal()
+    done = compactor.compact(tmp_path)
+    assert done.rows == counts.written and done.segments > 1  # rotated at the segment's size
+    read = table(tmp_path)
+    assert sorted(read["request_id"].to_pylist(), key=lambda r: int(r[1:])) == [f"s{i}" for i in range(counts.written)]
+
+
+def test_single_rows_are_sampled_as_a_batchs_are(tmp_path):
+    log = make_log(tmp_path, sample=0.25, challenger_version="c-1", challenger_threshold=50)
+    n = 3000
+    probabilities = log_singles(log, n, challenger=True)
+    log.spool.seal()
+    compactor.compact(tmp_path)
+    read = table(tmp_path).to_pydict()
+    always = {f"tx-{i}" for i, p in enumerate(probabilities) if round(100 * p) >= 50 or i % 3 == 0}
+    sampled = {f"tx-{i}" for i in range(n) if f"tx-{i}" not in always and kept(f"tx-{i}", 0.25)}
+    assert set(read["transaction_id"]) == always | sampled
+    weights = dict(zip(read["transaction_id"], read["sample_weight"], strict=True))
+    assert all(weights[t] == 1.0 for t in always) and all(weights[t] == 4.0 for t in sampled)
 
 
 def test_an_unwritable_directory_drops_and_counts(tmp_path):

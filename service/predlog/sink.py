@@ -1,8 +1,9 @@
 """From one request's scores to one spool frame, and back.
 
 The hot path pays for what changes per request only: the model's facts (versions, digest, threshold,
-schema version) are serialised once; a single row's frame is built in one C pass (_frame.c, the
-same bytes as this module's Python makes of a batch), a batch's numbers are its arrays' bytes. A
+schema version) are serialised once; a single row's frame is built by one C call in place, in the
+segment's mapping (_frame.c's Writer: the same bytes as this module's Python makes of a batch), a
+batch's numbers are its arrays' bytes. A
 frame holds one request's records column by column:
 
     <u32 length of the JSON meta><meta><X f8[n,30]><probability f8[n]><fraud_score i2[n]>
@@ -29,7 +30,6 @@ import numpy as np
 import orjson
 
 from service.core.features import FEATURES, N_FEATURES
-from service.predlog._frame import single
 from service.predlog.record import SCHEMA_VERSION
 from service.predlog.spool import Spool, frame
 
@@ -37,10 +37,12 @@ META_LENGTH = struct.Struct("<I")
 # V2's request `id` names the request, not a transaction: its rows are sampled apart.
 V2_PREFIX = "/v2/"
 _HASH_SCALE = float(2**64)
+NAN = float("nan")  # a challenger's probability when it did not score the row
 
 
 class Entry(NamedTuple):
-    """What the API layer knows of a request that the records need."""
+    """What the API layer knows of a request that the records need. (_frame.c reads its fields by
+    position: a new one goes at the end.)"""
 
     request_id: str
     route: str
@@ -85,6 +87,9 @@ def sampling_name(entry: Entry, row: int) -> str:
     return f"{tids or entry.request_id}/{row}"
 
 
+_new_entry = tuple.__new__
+
+
 class PredictionLog:
     """The records of the requests a model scores, into a spool. Built with the app, in the master."""
 
@@ -102,6 +107,7 @@ class PredictionLog:
         client_address: bool = False,
     ) -> None:
         self.spool = spool
+        self._writer = spool.writer
         self.sample = sample
         self._weight = 1.0 / sample if sample else 0.0
         self.key_ids = tuple(key_ids)
@@ -129,16 +135,20 @@ class PredictionLog:
         client_address: str | None = None,
         trace_id: str | None = None,
     ) -> Entry:
-        return Entry(
-            request_id,
-            route,
-            self.key_ids[key] if 0 <= key < len(self.key_ids) else "",
-            transaction_ids,
-            explained,
-            time.perf_counter() if started is None else started,
-            due,
-            client_address if self.client_address else None,
-            trace_id,
+        # tuple.__new__ is what Entry(...) calls, less a Python frame (on every logged request)
+        return _new_entry(
+            Entry,
+            (
+                request_id,
+                route,
+                self.key_ids[key] if 0 <= key < len(self.key_ids) else "",
+                transaction_ids,
+                explained,
+                time.perf_counter() if started is None else started,
+                due,
+                client_address if self.client_address else None,
+                trace_id,
+            ),
         )
 
     def _meta(self, entry: Entry, now_ns: int, n: int, extra: dict[str, Any], service_us: int) -> bytes:
@@ -172,50 +182,51 @@ class PredictionLog:
         reasons: list[dict[str, Any]] | None,
         challenger_probability: float | None,
     ) -> None:
-        """One scored row's record, written (one frame) before the answer leaves."""
+        """One scored row's record, written (one frame) before the answer leaves: built in place in
+        the segment's mapping by one C call (Writer.single), or handed to Spool.write when the
+        spool has work to do first (a segment to open or seal, a scan, an allocation) or refuses."""
         weight = 1.0
-        challenged = ()
-        if self._challenger and challenger_probability is not None:
-            challenger_is_fraud = round(100.0 * challenger_probability) >= self._challenger_threshold
-            challenged = (challenger_probability, challenger_is_fraud)
-        if self.sample < 1.0 and not (is_fraud or ood_features or (challenged and challenged[1] != is_fraud)):
+        challenger_is_fraud = False
+        if self._challenger:
+            if challenger_probability is None:
+                challenger_probability = NAN
+            else:
+                challenger_is_fraud = round(100.0 * challenger_probability) >= self._challenger_threshold
+        else:
+            challenger_probability = None  # the frame has the challenger's columns only when it names one
+        # Flagged rows and disagreements are always kept: with is-fraud false, a disagreement is the
+        # challenger's fraud (one that did not score the row has none).
+        if self.sample < 1.0 and not (is_fraud or ood_features or challenger_is_fraud):
             if not kept(sampling_name(entry, 0), self.sample):
                 return
             weight = self._weight
-        if not challenged:
-            challenged = (float("nan"), False) if self._challenger else (None, False)
+        extra = None
         tids = entry.transaction_ids
-        tid = tids if isinstance(tids, str) else None
-        # the meta's rarer members, in the order _meta writes them: after the transaction id
-        extra: dict[str, Any] = {}
-        if tids is not None and tid is None:
-            extra["tid"] = tids
-        if ood_features:
-            extra["ood"] = [[0, ood_features]]
-        if reasons is not None:
-            extra["reasons"] = [reasons]
-        now = time.time_ns()
-        data = single(
+        if ood_features or reasons is not None or not (tids is None or isinstance(tids, str)):
+            # the meta's rarer members, in the order _meta writes them: after a transaction id (a
+            # single string the C writes itself)
+            members: dict[str, Any] = {}
+            if not (tids is None or isinstance(tids, str)):
+                members["tid"] = tids
+            if ood_features:
+                members["ood"] = [[0, ood_features]]
+            if reasons is not None:
+                members["reasons"] = [reasons]
+            extra = orjson.dumps(members)[1:-1]
+        data = self._writer.single(
             self._head,
-            now,
-            entry.request_id,
-            entry.route,
-            entry.explained,
-            entry.key_id,
-            service_us(entry),
-            tid,
-            orjson.dumps(extra)[1:-1] if extra else None,
-            None if entry.due is None else deadline_ns(entry.due),
-            entry.client_address,
-            entry.trace_id,
+            entry,
+            extra,
             row,
             probability,
             score,
             is_fraud,
             weight,
-            *challenged,
+            challenger_probability,
+            challenger_is_fraud,
         )
-        self.spool.write(data, 1, now)
+        if data is not None:
+            self.spool.write(data, 1, time.time_ns())
 
     def many(
         self,

@@ -2,9 +2,10 @@
 frame per request, before the answer leaves. A killed worker loses nothing it answered (the bytes
 are in the page cache); nothing here is shared between workers (no thread, no lock, no queue).
 
-A frame of a page or less (a single row's) is copied into a shared mapping of the file: memory the
+A frame of a page or less (a single row's) is written into a shared mapping of the file: memory the
 kernel already holds for it, where a write(2) cost a worker about 10 µs a request in the caches a
-request leaves. A longer frame (a batch's) goes by pwrite(2) at the same place: each page the
+request leaves. The mapping and the accounts a write checks live in a C Writer (_frame.c), which
+builds a single row's frame in place when the checks below pass and hands it back here when not. A longer frame (a batch's) goes by pwrite(2) at the same place: each page the
 mapping first touches costs a fault and the filesystem's page work, several times the kernel's own
 copy. The file is allocated ahead in CHUNK steps (posix_fallocate: the blocks are the file's before
 a byte is copied, so a full disk refuses the allocation, a dropped record, instead of killing the
@@ -39,6 +40,8 @@ import time
 import zlib
 from collections.abc import Callable
 from pathlib import Path
+
+from service.predlog._frame import Writer
 
 FRAME_HEAD = struct.Struct("<II")
 OPEN, SEALED, NEW = ".open", ".seg", ".new"
@@ -123,26 +126,21 @@ class Spool:
     ) -> None:
         self.spool = spool_dir(directory)
         self.max_bytes = max_bytes
-        self._scan_bytes = int(SCAN_SHARE * max_bytes)
-        self._segment_bytes = segment_bytes
         self._segment_ns = int(segment_seconds * 1e9)
         self._on_written = on_written
         self._on_dropped = on_dropped
+        # The open segment's mapping and the accounts a write checks, kept where the hot path's C
+        # reads them: a single row's frame goes in with one call (PredictionLog.one).
+        self.writer = Writer(max_bytes, int(SCAN_SHARE * max_bytes), segment_bytes, on_written)
         self._forget()
         # A segment belongs to the process that opened it: a child starts without one.
         os.register_at_fork(after_in_child=self._forget)
 
     def _forget(self) -> None:
         self._fd = -1
-        self._map: mmap.mmap | None = None
         self._path: Path | None = None
-        self._size = 0  # bytes of whole frames in the segment
-        self._allocated = 0  # bytes of the file, allocated and mapped
-        self._seal_at_ns = 0
-        self._scan_at_ns = 0
-        self._unscanned = 0  # bytes this process wrote since its last scan
+        self.writer.forget()
         self._retry_at_ns = 0
-        self._spool_bytes = 0
         self.failure: str | None = None  # why the last segment could not be opened (a drop reason)
         self.last_error: str | None = None
 
@@ -173,8 +171,9 @@ class Spool:
             self.failure, self.last_error = drop_reason(e), str(e)
             self._retry_at_ns = now_ns + int(RETRY_OPEN_SECONDS * 1e9)
             return False
-        self._fd, self._path, self._size, self._allocated, self._map = fd, path, 0, 0, None
-        self._seal_at_ns = now_ns + self._segment_ns
+        self._fd, self._path = fd, path
+        self.writer.size = 0
+        self.writer.seal_at_ns = now_ns + self._segment_ns
         with contextlib.suppress(OSError):  # refused: the first write counts its drop
             self._allocate(CHUNK)
         self._scan(now_ns)
@@ -182,10 +181,11 @@ class Spool:
         return True
 
     def _scan(self, now_ns: int) -> None:
+        writer = self.writer
         # this segment's allocation ahead of its frames is room, not records
-        self._spool_bytes = spool_bytes(self.spool) - (self._allocated - self._size)
-        self._scan_at_ns = now_ns + int(SCAN_SECONDS * 1e9)
-        self._unscanned = 0
+        writer.spool_bytes = spool_bytes(self.spool) - (writer.allocated - writer.size)
+        writer.scan_at_ns = now_ns + int(SCAN_SECONDS * 1e9)
+        writer.unscanned = 0
 
     def _allocate(self, end: int, through_mapping: bool = True) -> None:
         """The segment's file allocated and mapped up to at least `end` bytes; OSError when the disk
@@ -194,41 +194,41 @@ class Spool:
         them: the first store to a page of a fallocated (unwritten) extent faults into the
         filesystem (about 10 µs a page on ext4), where a page already written faults for its
         page-table entry only. `perf.experiments.prediction_log_cost` measures the whole."""
+        was = self.writer.allocated
         allocated = -(-end // CHUNK) * CHUNK
-        os.posix_fallocate(self._fd, self._allocated, allocated - self._allocated)
+        os.posix_fallocate(self._fd, was, allocated - was)
         if through_mapping:
-            for at in range(self._allocated, allocated, CHUNK):
+            for at in range(was, allocated, CHUNK):
                 os.pwrite(self._fd, _ZEROS, at)
-        if self._map is None:
-            self._map = mmap.mmap(self._fd, allocated, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-        else:
-            self._map.resize(allocated)  # the file is that long already: resize only moves the mapping
-        self._allocated = allocated
+        self.writer.map(self._fd, allocated)
 
     def write(self, data: bytes, rows: int, now_ns: int) -> bool:
-        """Appends one request's frame (`rows` records) in one copy; False when it was dropped."""
+        """Appends one request's frame (`rows` records) in one copy; False when it was dropped.
+        (Writer.single makes the same checks in this order for a single row's frame, and comes here
+        when one fails.)"""
+        writer = self.writer
         if self._fd < 0:
             if now_ns < self._retry_at_ns or not self.open(now_ns):
                 return self._drop(self.failure or UNWRITABLE, rows)
-        elif now_ns >= self._seal_at_ns or self._size >= self._segment_bytes:
+        elif now_ns >= writer.seal_at_ns or writer.size >= writer.segment_bytes:
             self.seal()
             if not self.open(now_ns):
                 return self._drop(self.failure or ERROR, rows)
-        elif now_ns >= self._scan_at_ns or self._unscanned >= self._scan_bytes:
+        elif now_ns >= writer.scan_at_ns or writer.unscanned >= writer.scan_bytes:
             self._scan(now_ns)
         size = len(data)
-        if self._spool_bytes + size > self.max_bytes:
+        if writer.spool_bytes + size > self.max_bytes:
             return self._drop(SPOOL_FULL, rows)
-        start = self._size
+        start = writer.size
         end = start + size
         mapped = size <= mmap.PAGESIZE  # a single row's frame is copied into the mapping; longer, pwrite
-        if end > self._allocated:
+        if end > writer.allocated:
             try:
                 self._allocate(end, through_mapping=mapped)
             except OSError as e:
                 return self._drop(drop_reason(e), rows)
         if mapped:
-            self._map[start:end] = data  # type: ignore[index]
+            writer.put(data)
         else:
             try:
                 written = os.pwrite(self._fd, data, start)
@@ -236,9 +236,9 @@ class Spool:
                 return self._drop(drop_reason(e), rows)
             if written != size:  # what did land lies past the frames, where the next frame overwrites it
                 return self._drop(ERROR, rows)
-        self._size = end
-        self._spool_bytes += size
-        self._unscanned += size
+        writer.size = end
+        writer.spool_bytes += size
+        writer.unscanned += size
         self._on_written(rows)
         return True
 
@@ -249,17 +249,16 @@ class Spool:
     def tick(self, now_ns: int | None = None) -> None:
         """Seals a segment past its age even when no request comes (the worker's idle loop calls it),
         so that an idle worker's records reach the compactor."""
-        if self._fd >= 0 and (time.time_ns() if now_ns is None else now_ns) >= self._seal_at_ns:
+        if self._fd >= 0 and (time.time_ns() if now_ns is None else now_ns) >= self.writer.seal_at_ns:
             self.seal()
 
     def seal(self) -> None:
         """Closes the segment and hands it to the compactor (an empty one is removed)."""
         if self._fd < 0 or self._path is None:
             return
-        fd, path, size, mapped = self._fd, self._path, self._size, self._map
-        self._fd, self._path, self._map, self._allocated = -1, None, None, 0
-        if mapped is not None:
-            mapped.close()
+        fd, path, size = self._fd, self._path, self.writer.size
+        self._fd, self._path = -1, None
+        self.writer.unmap()
         with contextlib.suppress(OSError):
             if size == 0:
                 os.unlink(path)
