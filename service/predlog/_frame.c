@@ -140,6 +140,40 @@ typedef struct {
     Py_ssize_t payload; /* the frame's length field: the meta's length, the meta, the numbers */
 } Record;
 
+/* zlib's CRC-32 of a payload. Debian's zlib (1.2.13) reads a byte a cycle, a fifth of a logged
+ * request's pass; x86-64's carry-less multiply folds 16 bytes a step instead (the folding of Intel's
+ * "Fast CRC computation for generic polynomials using PCLMULQDQ"): each step multiplies the
+ * state's halves by x^160 and x^96 mod P (bit-reflected, as zlib's CRC is) and adds the next 16
+ * bytes, which keeps the state congruent to the message read so far; zlib then takes the CRC of the
+ * 16-byte state and the last bytes. tests/test_frame.py checks frames against zlib.crc32. */
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+__attribute__((target("pclmul,sse2"))) static uint32_t folded_crc32(const unsigned char *data, size_t size) {
+    const __m128i k = _mm_set_epi64x(0xccaa009e, 0x1751997d0); /* x^96, x^160 mod P, reflected */
+    __m128i state = _mm_xor_si128(_mm_loadu_si128((const __m128i *)data), _mm_cvtsi32_si128((int)0xffffffff));
+    size_t at = 16;
+    for (; at + 16 <= size; at += 16) {
+        __m128i low = _mm_clmulepi64_si128(state, k, 0x00), high = _mm_clmulepi64_si128(state, k, 0x11);
+        state = _mm_xor_si128(_mm_xor_si128(low, high), _mm_loadu_si128((const __m128i *)(data + at)));
+    }
+    unsigned char bytes[16];
+    _mm_storeu_si128((__m128i *)bytes, state);
+    /* the state's CRC with no initial value (zlib's start 0xffffffff undoes its own), then the rest */
+    uLong crc = crc32(0xffffffffUL, bytes, 16);
+    return (uint32_t)crc32(crc, data + at, (uInt)(size - at));
+}
+#endif
+
+static uint32_t payload_crc32(const char *data, Py_ssize_t size) {
+#if defined(__x86_64__)
+    static int pclmul = -1;
+    if (pclmul < 0) pclmul = __builtin_cpu_supports("pclmul");
+    if (pclmul && size >= 16) return folded_crc32((const unsigned char *)data, (size_t)size);
+#endif
+    return (uint32_t)crc32(0L, (const Bytef *)data, (uInt)size);
+}
+
 /* A decimal integer, as snprintf's "%lld" writes it (which took a third of the pass). */
 static int decimal(long long value, char out[24]) {
     char digits[24];
@@ -325,7 +359,7 @@ static int put_frame(char *start, const Record *r) {
         *at++ = (char)r->challenger_is_fraud;
     }
 #undef PUT
-    uint32_t head[2] = {(uint32_t)r->payload, (uint32_t)crc32(0L, (const Bytef *)(start + HEAD), (uInt)r->payload)};
+    uint32_t head[2] = {(uint32_t)r->payload, payload_crc32(start + HEAD, r->payload)};
     memcpy(start, head, HEAD);
     return 0;
 }
