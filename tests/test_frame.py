@@ -59,7 +59,7 @@ def random_request(rng: random.Random, log: PredictionLog):
         key_id=text(rng),
         transaction_ids=tid,
         explained=rng.random() < 0.5,
-        started=rng.choice([0.0, time.perf_counter() + rng.uniform(0, 1e6)]),  # a time ahead: negative
+        started_ns=rng.choice([0, time.perf_counter_ns() + rng.randrange(10**15)]),  # a time ahead: negative
         due=rng.choice([None, rng.uniform(1.6e9, 1.9e9), rng.uniform(-1e9, 0)]),
         client_address=rng.choice([None, text(rng)]),
         trace_id=rng.choice([None, text(rng, 32)]),
@@ -90,7 +90,7 @@ def test_the_c_frame_is_the_python_frame_for_random_requests(tmp_path, challenge
     writer = log.spool.writer  # no segment open: it hands every frame back
     for _ in range(3000):
         entry, extra, numbers = random_request(rng, log)
-        before_ns, before = time.time_ns(), time.perf_counter()
+        before_ns, before = time.time_ns(), time.perf_counter_ns()
         built = writer.single(
             log._head,
             entry,
@@ -98,12 +98,12 @@ def test_the_c_frame_is_the_python_frame_for_random_requests(tmp_path, challenge
             numbers[:N_FEATURES],
             *(numbers[N_FEATURES:] if challenger else (*numbers[N_FEATURES:], None, False)),
         )
-        after_ns, after = time.time_ns(), time.perf_counter()
+        after_ns, after = time.time_ns(), time.perf_counter_ns()
         (payload,), _ = whole_frames(built)
         meta, arrays = decode(payload)
-        # the clocks the C read: the wall clock's ns, and the time since `started` as perf_counter counts
+        # the clocks the C read: the wall clock's ns, and the µs since `started_ns` as perf_counter_ns counts
         assert before_ns <= meta["ts"] <= after_ns
-        assert int((before - entry.started) * 1e6) - 1 <= meta["service_us"] <= int((after - entry.started) * 1e6) + 1
+        assert (before - entry.started_ns) // 1000 <= meta["service_us"] <= (after - entry.started_ns) // 1000
         assert built == python_frame(log, entry, meta["ts"], meta["service_us"], extra, numbers)
         assert meta["request_id"] == entry.request_id
         assert arrays["X"][0].tobytes() == np.array(numbers[:N_FEATURES], dtype="<f8").tobytes()
@@ -141,8 +141,10 @@ def test_bad_arguments_raise(tmp_path):
         entry._replace(route=5),
         entry._replace(key_id=None),
         entry._replace(trace_id=7),
-        entry._replace(started="x"),
-        entry._replace(started=math.inf),
+        entry._replace(started_ns="x"),
+        entry._replace(started_ns=1.5),
+        entry._replace(started_ns=-(1 << 63)),
+        entry._replace(started_ns=1 << 64),
         entry._replace(due="x"),
         entry._replace(due=1e300),
     ]

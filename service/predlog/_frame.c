@@ -15,6 +15,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
+#include <limits.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -195,14 +196,15 @@ static long long clock_ns(clockid_t clock) {
     return (long long)t.tv_sec * 1000000000LL + t.tv_nsec;
 }
 
-/* A time in seconds as an int64 count of `scale`ths, or -1 with ValueError. */
-static int scaled(double seconds, double scale, const char *what, long long *out) {
-    double value = seconds * scale;
+/* A wall-clock time in seconds as int64 nanoseconds, toward zero as Python's int(due * 1e9); -1 with
+ * ValueError out of range. */
+static int nanoseconds(double seconds, const char *what, long long *out) {
+    double value = seconds * 1e9;
     if (!(value > -9.2e18 && value < 9.2e18)) {
         PyErr_Format(PyExc_ValueError, "%s is out of range", what);
         return -1;
     }
-    *out = (long long)value; /* toward zero, as Python's int() */
+    *out = (long long)value;
     return 0;
 }
 
@@ -229,11 +231,11 @@ static int parse(PyObject *const *args, Record *r) {
         PyErr_SetString(PyExc_TypeError, "request_id, route and key_id must be str");
         return -1;
     }
-    double started, due = 0.0;
-    long long score, ts, service_us, deadline = 0;
+    double due = 0.0;
+    long long started, score, ts, service_us, deadline = 0;
     r->has_deadline = e[E_DUE] != Py_None;
-    if (double_of(e[E_STARTED], "started", &started) || (r->has_deadline && double_of(e[E_DUE], "due", &due)) ||
-        integer_of(args[A_SCORE], "score", &score))
+    if (integer_of(e[E_STARTED], "started_ns", &started) ||
+        (r->has_deadline && double_of(e[E_DUE], "due", &due)) || integer_of(args[A_SCORE], "score", &score))
         return -1;
     if (score < INT16_MIN || score > INT16_MAX) {
         PyErr_SetString(PyExc_ValueError, "score out of int16's range");
@@ -241,10 +243,14 @@ static int parse(PyObject *const *args, Record *r) {
     }
     r->score = (int16_t)score;
     ts = clock_ns(CLOCK_REALTIME); /* time.time_ns() */
-    /* the request's time in the app, as perf_counter() counts (CLOCK_MONOTONIC) from `started` */
-    if (scaled((double)clock_ns(CLOCK_MONOTONIC) / 1e9 - started, 1e6, "started", &service_us) ||
-        (r->has_deadline && scaled(due, 1e9, "due", &deadline)))
+    /* the request's time in the app, as perf_counter_ns() counts (CLOCK_MONOTONIC), floored to µs */
+    long long elapsed;
+    if (__builtin_sub_overflow(clock_ns(CLOCK_MONOTONIC), started, &elapsed) || elapsed == LLONG_MIN) {
+        PyErr_SetString(PyExc_ValueError, "started_ns is out of range");
         return -1;
+    }
+    service_us = elapsed >= 0 ? elapsed / 1000 : -((-elapsed + 999) / 1000);
+    if (r->has_deadline && nanoseconds(due, "due", &deadline)) return -1;
     r->explained = PyObject_IsTrue(e[E_EXPLAINED]);
     r->is_fraud = PyObject_IsTrue(args[A_IS_FRAUD]);
     r->challenged = args[A_CHALLENGER_P] != Py_None;

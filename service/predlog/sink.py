@@ -49,7 +49,7 @@ class Entry(NamedTuple):
     key_id: str
     transaction_ids: str | list[Any] | None  # one for every row (V2's id), one per row, or none
     explained: bool
-    started: float  # time.perf_counter() when the app took the request
+    started_ns: int  # time.perf_counter_ns() when the app took the request
     due: float | None  # the wall-clock time the answer was due (the deadline), when known
     client_address: str | None
     trace_id: str | None = None  # the request's W3C trace id (service/telemetry/trace_context.py)
@@ -57,7 +57,7 @@ class Entry(NamedTuple):
 
 def service_us(entry: Entry) -> int:
     """The request's time in the app so far, in microseconds."""
-    return int((time.perf_counter() - entry.started) * 1e6)
+    return (time.perf_counter_ns() - entry.started_ns) // 1000
 
 
 def deadline_ns(due: float) -> int:
@@ -130,7 +130,7 @@ class PredictionLog:
         key: int,
         transaction_ids: str | list[Any] | None = None,
         explained: bool = False,
-        started: float | None = None,
+        started_ns: int | None = None,
         due: float | None = None,
         client_address: str | None = None,
         trace_id: str | None = None,
@@ -144,7 +144,7 @@ class PredictionLog:
                 self.key_ids[key] if 0 <= key < len(self.key_ids) else "",
                 transaction_ids,
                 explained,
-                time.perf_counter() if started is None else started,
+                time.perf_counter_ns() if started_ns is None else started_ns,
                 due,
                 client_address if self.client_address else None,
                 trace_id,
