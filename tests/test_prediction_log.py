@@ -206,6 +206,41 @@ def test_an_orphaned_segment_is_cut_at_its_last_whole_record_and_sealed(tmp_path
     assert not [*spool_dir(tmp_path).glob("*.seg"), *spool_dir(tmp_path).glob("*.open")]  # compacted, deleted
 
 
+def test_a_segment_born_while_a_pass_looks_does_not_stop_it(tmp_path, monkeypatch):
+    log = make_log(tmp_path)
+    log_rows(log, np.ones((3, N_FEATURES)))
+    log.spool.seal()
+    born = spool_dir(tmp_path) / "00000000000000000001-1.new"
+    born.touch()
+    real_stat = Path.stat
+
+    def renamed_meanwhile(path, *args, **kwargs):  # its worker renamed it `.open` after the listing
+        if path == born:
+            raise FileNotFoundError(2, "No such file or directory", str(path))
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "stat", renamed_meanwhile)
+    assert compactor.compact(tmp_path).rows == 3
+
+
+def test_a_failed_pass_does_not_end_the_compactor(tmp_path, monkeypatch):
+    passes = []
+    handlers = {}
+
+    def failing(directory):
+        passes.append(directory)
+        if len(passes) == 1:
+            raise OSError("a pass that fails")
+        handlers[signal.SIGTERM](signal.SIGTERM, None)  # then asked to stop: one last pass, and out
+        return compactor.Pass()
+
+    monkeypatch.setattr(compactor.signal, "signal", lambda signum, handler: handlers.__setitem__(signum, handler))
+    monkeypatch.setattr(compactor, "compact", failing)
+    monkeypatch.setattr(compactor, "POLL_SECONDS", 0.1)
+    assert compactor.main(["--dir", str(tmp_path)]) == 0
+    assert len(passes) == 3
+
+
 def test_a_live_writers_segment_is_left_alone(tmp_path):
     log = make_log(tmp_path)
     log_rows(log, np.ones((5, N_FEATURES)))

@@ -203,9 +203,12 @@ def compact(directory: Path) -> Pass:
         if path.suffix == OPEN and seal_orphan(path) is not None:
             done.orphans += 1
             log.info("sealed %s, whose worker is gone", path.name)
-        elif path.suffix == NEW and now - path.stat().st_mtime > STALE_NEW_SECONDS:
+        elif path.suffix == NEW:
+            # a worker's segment being born: renamed `.open` a moment later, unless its worker died
+            # in between; it may be gone by the time it is looked at
             with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+                if now - path.stat().st_mtime > STALE_NEW_SECONDS:
+                    path.unlink()
     for segment in sorted(spool.glob(f"*{SEALED}")):
         rows, files = compact_segment(segment, directory)
         done.segments += 1
@@ -266,7 +269,11 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, request_stop)
     while True:
         last = stopping  # asked to stop: one more whole pass, for what the workers sealed as they left
-        done = compact(directory)
+        try:
+            done = compact(directory)
+        except Exception:  # a pass that fails must not end the compactor: the next one tries again
+            log.exception("a compaction pass failed; the next one starts in %s s", POLL_SECONDS)
+            done = Pass()
         if done.segments:
             log.info("compacted %d segments, %d rows", done.segments, done.rows)
         if args.once or last:
