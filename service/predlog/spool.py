@@ -125,7 +125,6 @@ class Spool:
         on_dropped: Callable[[str, int], None] = lambda reason, rows: None,
     ) -> None:
         self.spool = spool_dir(directory)
-        self.max_bytes = max_bytes
         self._segment_ns = int(segment_seconds * 1e9)
         self._on_written = on_written
         self._on_dropped = on_dropped
@@ -217,7 +216,7 @@ class Spool:
         elif now_ns >= writer.scan_at_ns or writer.unscanned >= writer.scan_bytes:
             self._scan(now_ns)
         size = len(data)
-        if writer.spool_bytes + size > self.max_bytes:
+        if writer.spool_bytes + size > writer.max_bytes:
             return self._drop(SPOOL_FULL, rows)
         start = writer.size
         end = start + size
